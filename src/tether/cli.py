@@ -1,0 +1,178 @@
+"""The `tether` command: one small function per subcommand.
+
+Every training or evaluation command takes `--config FILE.yaml` plus `key=value`
+overrides (dotted keys for sections: `lora.enabled=true`, `generation.max_new_tokens=32`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from tether import config as C
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="tether: RLHF end to end (SFT, preferences, reward model, PPO).")
+reward_app = typer.Typer(no_args_is_help=True, help="Reward models: train and evaluate.")
+app.add_typer(reward_app, name="reward")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
+OverridesArg = typer.Argument(None, help="key=value overrides, e.g. lr=1e-4 lora.enabled=true")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tether.data.readers import DataError
+    from tether.models.loading import ModelError
+
+    return (C.ConfigError, DataError, ModelError, FileNotFoundError)
+
+
+def _run(fn: Callable, *args):
+    """Call a stage; a user error becomes one red sentence and exit code 2, not a traceback."""
+    try:
+        return fn(*args)
+    except _user_errors() as e:
+        from tether.tracking import console
+
+        console.print(f"[bold red]error:[/bold red] {e}")
+        raise typer.Exit(2)
+
+
+def _load(cls, config: Optional[Path], overrides: Optional[List[str]]):
+    return _run(C.load_config, cls, config, overrides or [])
+
+
+def _print_summary(summary: dict | None) -> None:
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
+
+
+@app.command()
+def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Supervised fine-tuning on (prompt, response) demonstrations."""
+    from tether.stages.sft import train_sft
+
+    _print_summary(_run(train_sft, _load(C.SFTConfig, config, overrides)))
+
+
+@app.command()
+def collect(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Sample K responses per prompt and label the pairs (simulated annotator)."""
+    from tether.stages.collect import collect as run_collect
+
+    _print_summary(_run(run_collect, _load(C.CollectConfig, config, overrides)))
+
+
+@reward_app.command("train")
+def reward_train(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Train a reward model with the Bradley-Terry loss."""
+    from tether.stages.reward import train_reward
+
+    _print_summary(_run(train_reward, _load(C.RewardConfig, config, overrides)))
+
+
+@reward_app.command("eval")
+def reward_eval(
+    model: str = typer.Option(..., "--model", help="Reward model directory."),
+    data: str = typer.Option(..., "--data", help="Preference pairs (JSONL/JSONL.gz)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
+    max_prompt_tokens: int = typer.Option(192, help="Prompt tokens kept (cut from the left)."),
+    max_response_tokens: int = typer.Option(128, help="Response tokens kept."),
+    precision: str = typer.Option("bf16", help="bf16 or fp32."),
+):
+    """Held-out accuracy of a reward model on preference pairs; prints one JSON object."""
+
+    def go():
+        from tether.data.readers import read_preferences
+        from tether.models.reward_model import RewardModel
+        from tether.stages.reward import pair_metrics
+
+        rm = RewardModel.load(model)
+        pairs = read_preferences(C.resolve_path(data), limit=limit)
+        settings = C.RewardConfig(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision)
+        return pair_metrics(rm.model, rm.tokenizer, pairs, settings, rm.normalization)
+
+    print(json.dumps(_run(go)))
+
+
+@app.command()
+def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """PPO against a reward model under a KL penalty to the reference."""
+    from tether.stages.ppo import train_ppo
+
+    _print_summary(_run(train_ppo, _load(C.PPOConfig, config, overrides)))
+
+
+@app.command("eval")
+def evaluate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Compare a policy with a baseline on held-out prompts (gold win rate, KL, proxy reward, diversity)."""
+    from tether.eval.evaluate import evaluate as run_eval
+
+    _print_summary(_run(run_eval, _load(C.EvalConfig, config, overrides)))
+
+
+@app.command()
+def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Sample responses for a prompts file and write them as JSONL."""
+
+    def go(cfg: C.GenerateConfig):
+        from tether.data.readers import read_prompts, write_jsonl
+        from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
+        from tether.rollout.generate import sample_responses
+
+        path = resolve_model(cfg.model)
+        tokenizer, model = load_tokenizer(path), load_causal_lm(path).eval()
+        records = read_prompts(C.resolve_path(cfg.prompts), limit=cfg.limit)
+        samples = sample_responses(model, tokenizer, [r.prompt for r in records], cfg.generation, cfg.seed, cfg.precision)
+        rows = [{"prompt": r.prompt, **s} for r, s in zip(records, samples)]
+        write_jsonl(cfg.output, rows)
+        for row in rows:
+            print(json.dumps(row))
+
+    _run(go, _load(C.GenerateConfig, config, overrides))
+
+
+def default_demo_config() -> Path:
+    """The shipped demo config (inside the package, also reachable as configs/demo.yaml in the repo)."""
+    return Path(__file__).parent / "configs" / "demo.yaml"
+
+
+@app.command()
+def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML."),
+        overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. ppo.steps=10"),
+        config_opt: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (same as the argument).")):
+    """The whole line: SFT -> collect -> reward -> PPO -> eval, and report.md."""
+    from tether.pipeline import run_pipeline
+
+    if config is not None and "=" in str(config):  # `tether run key=value` with --config
+        overrides, config = [str(config)] + list(overrides or []), None
+    cfg = _load(C.RunConfig, config or config_opt, overrides)
+    result = _run(run_pipeline, cfg)
+    if result is None:
+        raise typer.Exit(1)
+    report = Path(cfg.output_dir) / "report.md"
+    if report.exists():
+        print(report.read_text())
+
+
+@app.command()
+def demo(overrides: Optional[List[str]] = OverridesArg):
+    """Run the shipped demo: RLHF on SmolLM2-135M-Instruct with a simulated annotator."""
+    from tether.pipeline import run_pipeline
+
+    cfg = _load(C.RunConfig, default_demo_config(), overrides)
+    result = _run(run_pipeline, cfg)
+    if result is None:
+        raise typer.Exit(1)
+    print((Path(cfg.output_dir) / "report.md").read_text())
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,507 @@
+"""Configs: plain YAML mapped onto typed dataclasses, plus `key=value` overrides.
+
+Every stage has one dataclass below. A field's comment says what it is; the YAML only
+supplies values. Loading is strict: an unknown key or a value of the wrong type is an
+error that names the key (and the file), so a typo never silently falls back to a default.
+
+    cfg = load_config(SFTConfig, "configs/sft/demo.yaml", ["lr=1e-4", "lora.r=8"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the stage's dataclass."""
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+@dataclass
+class LoraSettings:
+    """Low-rank adapters (Hu et al. 2021) through peft."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of every weight."""
+    r: int = 16
+    """Rank of each adapter."""
+    alpha: int = 32
+    """Scaling numerator: the update is (alpha / r) * B @ A."""
+    dropout: float = 0.0
+    """Dropout inside the adapters (keep 0 for RL: dropout makes log-probs noisy)."""
+    target_modules: str = "all-linear"
+    """Which linear layers get adapters: 'all-linear' or a comma-separated list of names."""
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are sampled."""
+
+    max_new_tokens: int = 48
+    """Longest response in tokens; a response cut here did not finish (no EOS)."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs for RL are computed with logits / temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 samples from the full distribution, as PPO assumes)."""
+    batch_size: int = 16
+    """Prompts generated together in one batch."""
+    max_prompt_tokens: int = 192
+    """Prompts longer than this are cut from the left (the end holds the question)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError("generation.temperature must be > 0 (use a small value such as 0.01 for near-greedy).")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("generation.top_p must be in (0, 1].")
+
+
+@dataclass
+class OptimSettings:
+    """AdamW with warm-up and a decaying schedule."""
+
+    lr: float = 2e-5
+    """Peak learning rate."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up, to 0 at the last step."""
+    warmup_ratio: float = 0.05
+    """Fraction of steps spent warming up linearly from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 = off)."""
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class SFTConfig:
+    """`tether sft`: next-token cross-entropy on response tokens."""
+
+    model: str = "default"
+    """Base model: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face directory."""
+    data: str = "shared:alpaca_seed_tasks.jsonl"
+    """Demonstrations (JSONL/JSONL.gz; native, chat, Alpaca or HH format). 'shared:' = ../shared/data."""
+    output_dir: str = "runs/sft"
+    """Where checkpoints, metrics.jsonl, summary.json and the final model go."""
+    limit: Optional[int] = None
+    """Use only the first N demonstrations (None = all)."""
+    eval_fraction: float = 0.1
+    """Held-out fraction for eval loss."""
+    max_prompt_tokens: int = 192
+    """Prompt tokens kept (cut from the left)."""
+    max_response_tokens: int = 128
+    """Response tokens kept (cut from the right)."""
+    epochs: int = 1
+    """Passes over the training split."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (None = epochs decide)."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    """Optimizer and schedule."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA instead of full fine-tuning; the adapter is merged into the saved model."""
+    eval_every: int = 0
+    """Compute eval loss every N steps (0 = only at the end)."""
+    save_every: int = 25
+    """Write a resumable checkpoint every N optimizer steps (0 = only at the end)."""
+    interrupt_after: Optional[int] = None
+    """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision: bf16 autocast keeps fp32 master weights and runs ~2x faster on modern CPUs."""
+    seed: int = 0
+    """Seeds data order, initialisation and dropout."""
+
+
+@dataclass
+class AnnotatorSettings:
+    """The simulated annotator: gold score -> noisy Bradley-Terry choice."""
+
+    kind: Literal["simulated"] = "simulated"
+    """Who labels the pairs (people and AI judges come with the feedback issue)."""
+    temperature: Optional[float] = None
+    """Bradley-Terry temperature on gold margins; None = calibrate to target_agreement."""
+    target_agreement: float = 0.75
+    """Expected agreement with the gold ordering when temperature is None (people: ~0.7-0.8)."""
+    seed: int = 0
+    """Seeds the annotator's coin flips."""
+
+
+@dataclass
+class CollectConfig:
+    """`tether collect`: sample K responses per prompt and label pairs."""
+
+    model: str = "default"
+    """Model that samples the responses (the SFT model in the pipeline)."""
+    prompts: str = "shared:alpaca_seed_tasks.jsonl"
+    """Prompts file (any format `tether` reads)."""
+    output_dir: str = "runs/collect"
+    """Writes samples.jsonl, preferences.jsonl, summary.json."""
+    limit: Optional[int] = None
+    """Use only the first N prompts."""
+    responses_per_prompt: int = 2
+    """K >= 2 samples per prompt; all K*(K-1)/2 pairs are labelled."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings."""
+    annotator: AnnotatorSettings = field(default_factory=AnnotatorSettings)
+    """Who labels."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision for generation."""
+    seed: int = 0
+    """Seeds sampling."""
+
+    def __post_init__(self) -> None:
+        if self.responses_per_prompt < 2:
+            raise ConfigError("responses_per_prompt must be at least 2 to form a pair.")
+
+
+@dataclass
+class RewardConfig:
+    """`tether reward train`: SFT trunk + scalar head, Bradley-Terry loss."""
+
+    model: str = "default"
+    """Trunk to start from (the SFT model in the pipeline)."""
+    data: str = "runs/collect/preferences.jsonl"
+    """Preference pairs (native, chat or HH format)."""
+    eval_data: Optional[str] = None
+    """Held-out pairs; None = split eval_fraction off `data`."""
+    output_dir: str = "runs/reward"
+    """Writes the reward model (HF directory + tether_reward.json), metrics, summary."""
+    limit: Optional[int] = None
+    """Use only the first N pairs."""
+    eval_fraction: float = 0.15
+    """Held-out fraction when eval_data is None."""
+    normalize_data: Optional[str] = None
+    """Responses whose rewards define mean 0 / std 1 (policy samples); None = the pairs' responses."""
+    max_prompt_tokens: int = 192
+    """Prompt tokens kept (cut from the left, so the response is never cut by this)."""
+    max_response_tokens: int = 128
+    """Response tokens kept."""
+    epochs: int = 1
+    """Passes over the training pairs."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps."""
+    batch_size: int = 8
+    """Pairs per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-5))
+    """Optimizer and schedule."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA on the trunk (the head is always trained)."""
+    freeze_layers: int = 0
+    """Freeze the embeddings and the lowest N transformer blocks (cheaper, less overfitting)."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only the final model)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 0
+    """Seeds data order and head initialisation."""
+
+
+@dataclass
+class KLSettings:
+    """The KL leash: per-token penalty -beta * KL(pi || pi_ref)."""
+
+    init_beta: float = 0.05
+    """Starting KL coefficient."""
+    adaptive: bool = True
+    """Adapt beta towards `target` (Ziegler et al. 2019); False = fixed beta."""
+    target: float = 4.0
+    """Target KL in nats per response for the adaptive controller."""
+    horizon: int = 10000
+    """Controller horizon in episodes: larger = slower adaptation."""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator in the reward (Schulman 2020)."""
+
+
+@dataclass
+class PPOConfig:
+    """`tether ppo`: the policy, a frozen reference, a frozen reward model, a value model."""
+
+    policy: str = "default"
+    """Policy start and reference (the SFT model)."""
+    reward_model: str = "runs/reward/model"
+    """Reward model directory written by `tether reward train`."""
+    prompts: str = "shared:alpaca_seed_tasks.jsonl"
+    """Training prompts."""
+    output_dir: str = "runs/ppo"
+    """Writes checkpoints, metrics.jsonl, summary.json and the final policy."""
+    limit: Optional[int] = None
+    """Use only the first N prompts."""
+    steps: int = 20
+    """PPO iterations (rollout + update)."""
+    batch_size: int = 16
+    """Prompts (= episodes) per rollout."""
+    mini_batch_size: int = 8
+    """Episodes per gradient step."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings (temperature also divides logits in every log-prob)."""
+    kl: KLSettings = field(default_factory=KLSettings)
+    """KL penalty and controller."""
+    gamma: float = 1.0
+    """Discount in GAE."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip_eps: float = 0.2
+    """PPO ratio clip."""
+    value_clip_eps: float = 0.2
+    """Value clipping around the old values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    whiten_advantages: bool = True
+    """Normalise advantages per batch (mean 0, std 1)."""
+    reward_clip: float = 10.0
+    """Clip RM scores to [-c, c] before use."""
+    missing_eos_penalty: Optional[float] = None
+    """Score given to responses that hit max_new_tokens without EOS (None = use the RM's score)."""
+    value_model: Literal["policy_head", "reward_model"] = "policy_head"
+    """Value function: a zero-initialised head on the policy trunk, or a copy of the reward model."""
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
+    """Optimizer and schedule (annealed to 0 over `steps`)."""
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
+    """LoRA policy: the reference is the same weights with the adapter off (one copy in memory)."""
+    save_every: int = 10
+    """Checkpoint every N steps."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 0
+    """Seeds sampling and prompt order."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size}).")
+
+
+@dataclass
+class EvalConfig:
+    """`tether eval`: a policy against a baseline on held-out prompts."""
+
+    policy: str = "runs/ppo/model"
+    """Policy to judge."""
+    baseline: str = "default"
+    """Baseline policy (the SFT model in the pipeline)."""
+    reference: Optional[str] = None
+    """Reference for KL (None = the baseline)."""
+    reward_model: Optional[str] = None
+    """Reward model for the proxy score (None = skip proxy)."""
+    prompts: str = "shared:self_instruct_user_eval.jsonl"
+    """Held-out prompts."""
+    output_dir: str = "runs/eval"
+    """Writes samples.jsonl and summary.json."""
+    limit: Optional[int] = 64
+    """Number of prompts to use."""
+    offset: int = 0
+    """Skip the first N prompts (keep evaluation prompts apart from training prompts)."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings (same for both policies)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 1234
+    """Seeds sampling (both policies get the same seed)."""
+
+
+@dataclass
+class GenerateConfig:
+    """`tether generate`: sample responses for a prompts file."""
+
+    model: str = "default"
+    """Model to sample from."""
+    prompts: str = "shared:self_instruct_user_eval.jsonl"
+    """Prompts file."""
+    output: str = "runs/generate/samples.jsonl"
+    """Output JSONL (prompt, response, finished)."""
+    limit: Optional[int] = 8
+    """Number of prompts."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 0
+    """Seeds sampling."""
+
+
+@dataclass
+class RunConfig:
+    """`tether run`: SFT -> collect -> reward -> PPO -> eval in one directory.
+
+    Each stage's `model`/`data`/`output_dir` inputs are filled in from the previous
+    stage; any other field can be set in the stage's section.
+    """
+
+    output_dir: str = "runs/demo"
+    """Run directory: one sub-folder per stage, plus report.md."""
+    model: str = "default"
+    """Base model for SFT."""
+    seed: int = 0
+    """Seed given to every stage."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision for every stage."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """SFT stage settings."""
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    """Preference collection settings."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward model settings."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO settings."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation settings."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None):
+    """Build `cls` from a YAML file (optional) and `key=value` overrides (dotted keys for nesting)."""
+    data: dict[str, Any] = {}
+    where = ""
+    if path is not None:
+        where = f"{path}: "
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (for example lr=1e-4 or lora.r=8)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return from_dict(cls, data, where=where)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "", prefix: str = ""):
+    """Strictly convert a mapping to dataclass `cls`; errors name the full dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}unknown key '{prefix}{key}'; valid keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}'{key}': {value!r} does not fit {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}'{key}': expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}'{key}': expected a list, got {value!r}")
+        return [_coerce(inner, v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}'{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}'{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 without a dot as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}'{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}'{key}': expected a string, got {value!r}")
+    raise ConfigError(f"{where}'{key}': unsupported type {tp}")
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """The config as plain data (written beside every run as config.yaml)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def shared_data_dir() -> Path:
+    """Folder of the shared data sets: $TETHER_SHARED_DATA, else ../shared/data next to the repo or cwd."""
+    env = os.environ.get("TETHER_SHARED_DATA")
+    if env:
+        return Path(env)
+    candidates = [
+        Path(__file__).resolve().parents[3] / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+    ]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return candidates[0]
+
+
+def resolve_path(path: str) -> str:
+    """Expand 'shared:NAME' to the shared data folder and '~' to the home folder."""
+    if path.startswith("shared:"):
+        return str(shared_data_dir() / path[len("shared:"):])
+    return os.path.expanduser(path)

@@ -1,0 +1,65 @@
+"""Data: records, readers and writers, prompt templates and batch collation.
+
+The submodules:
+
+* :mod:`tether.data.records` -- ``PromptRecord``, ``Demonstration``, ``PreferencePair``.
+* :mod:`tether.data.readers` -- ``read_prompts`` / ``read_demonstrations`` /
+  ``read_preferences`` (native, chat, HH-RLHF, Alpaca and Self-Instruct rows),
+  ``write_jsonl`` (atomic), ``split``, and ``DataError``.
+* :mod:`tether.data.templates` -- rendering and encoding prompts and responses.
+* :mod:`tether.data.collate` -- padding and batches for SFT and reward models.
+"""
+
+from typing import Any
+
+from tether.data.readers import (
+    DataError,
+    iter_jsonl,
+    read_demonstrations,
+    read_preferences,
+    read_prompts,
+    split,
+    write_jsonl,
+)
+from tether.data.records import Demonstration, PreferencePair, Prompt, PromptRecord, prompt_text
+from tether.data.templates import as_messages, encode_prompt, encode_response, render_prompt
+
+_COLLATE_NAMES = frozenset(
+    {"IGNORE_INDEX", "SFTExample", "collate_pairs", "collate_sft", "encode_demonstration", "pad_left", "pad_right"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the collate names on first use, so reading data does not import torch."""
+    if name in _COLLATE_NAMES:
+        from tether.data import collate
+
+        return getattr(collate, name)
+    raise AttributeError(f"module 'tether.data' has no attribute {name!r}")
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "DataError",
+    "Demonstration",
+    "PreferencePair",
+    "Prompt",
+    "PromptRecord",
+    "SFTExample",
+    "as_messages",
+    "collate_pairs",
+    "collate_sft",
+    "encode_demonstration",
+    "encode_prompt",
+    "encode_response",
+    "iter_jsonl",
+    "pad_left",
+    "pad_right",
+    "prompt_text",
+    "read_demonstrations",
+    "read_preferences",
+    "read_prompts",
+    "render_prompt",
+    "split",
+    "write_jsonl",
+]

@@ -1,0 +1,157 @@
+"""Batch token sequences into padded tensors for training.
+
+* :func:`pad_right` / :func:`pad_left` -- pad lists of ids into ``(B, T)``
+  tensors with an attention mask (1 on tokens, 0 on padding). The mask comes
+  from the lengths, never from comparing ids with ``pad_id``, so a pad id that
+  equals the EOS id (as with many chat models) is safe.
+* :func:`encode_demonstration` + :func:`collate_sft` -- supervised
+  fine-tuning batches whose labels are -100 on prompt tokens and padding, so
+  the loss covers the response (and its EOS) only.
+* :func:`collate_pairs` -- reward-model batches: chosen rows first, then
+  rejected rows, each ``prompt + response + EOS``, right-padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+import torch
+
+from tether.data.records import Demonstration, PreferencePair
+from tether.data.templates import encode_prompt, encode_response_with_flag
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SFTExample",
+    "pad_right",
+    "pad_left",
+    "encode_demonstration",
+    "collate_sft",
+    "collate_pairs",
+]
+
+IGNORE_INDEX = -100
+"""Label value that PyTorch's cross-entropy (and transformers) skip."""
+
+
+class SFTExample(TypedDict):
+    """One encoded demonstration.
+
+    Attributes:
+        input_ids: prompt ids followed by response ids.
+        labels: ``IGNORE_INDEX`` on the prompt, the response ids after it.
+        truncated: whether the prompt or the response was cut to fit.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(seqs) == 0:
+        raise ValueError("Cannot pad an empty batch: got no sequences.")
+    width = max(len(seq) for seq in seqs)
+    input_ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if not seq:
+            continue
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        input_ids[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids, attention_mask
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad sequences on the right into ``(input_ids, attention_mask)``, both LongTensor ``(B, T)``.
+
+    Right padding suits training and scoring (position ``t`` of every row is
+    token ``t``).
+    """
+    return _pad(seqs, pad_id, left=False)
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad sequences on the left into ``(input_ids, attention_mask)``, both LongTensor ``(B, T)``.
+
+    Left padding suits batched generation (every prompt ends at the last column).
+    """
+    return _pad(seqs, pad_id, left=True)
+
+
+def encode_demonstration(
+    tokenizer: Any, demo: Demonstration, max_prompt_tokens: int, max_response_tokens: int
+) -> SFTExample:
+    """Encode a demonstration for supervised fine-tuning.
+
+    ``input_ids`` is :func:`~tether.data.templates.encode_prompt` followed by
+    :func:`~tether.data.templates.encode_response` (with EOS); ``labels``
+    repeat the ids with the prompt part set to ``IGNORE_INDEX``.
+    """
+    prompt_ids, prompt_cut = encode_prompt(tokenizer, demo.prompt, max_prompt_tokens)
+    response_ids, response_cut = encode_response_with_flag(tokenizer, demo.response, max_response_tokens)
+    return SFTExample(
+        input_ids=prompt_ids + response_ids,
+        labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
+        truncated=prompt_cut or response_cut,
+    )
+
+
+def collate_sft(examples: Sequence[SFTExample | dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad encoded demonstrations into a batch.
+
+    Returns:
+        ``input_ids``, ``attention_mask`` and ``labels``, each LongTensor
+        ``(B, T)``; labels are ``IGNORE_INDEX`` on prompt tokens and padding.
+        The keys match a causal LM's ``forward``, so ``model(**batch)`` works.
+    """
+    for index, example in enumerate(examples):
+        if len(example["input_ids"]) != len(example["labels"]):
+            raise ValueError(
+                f"Example {index} has {len(example['input_ids'])} input_ids but {len(example['labels'])} labels; "
+                "they must be the same length."
+            )
+    input_ids, attention_mask = pad_right([example["input_ids"] for example in examples], pad_id)
+    labels, _ = pad_right([example["labels"] for example in examples], IGNORE_INDEX)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def collate_pairs(
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    pad_id: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Encode preference pairs into one right-padded batch of ``2B`` rows.
+
+    Rows ``0..B-1`` are ``prompt + chosen`` for pairs ``0..B-1``, rows
+    ``B..2B-1`` are ``prompt + rejected`` in the same order, each built as
+    :func:`~tether.data.templates.encode_prompt` +
+    :func:`~tether.data.templates.encode_response` (with EOS unless cut).
+    A reward model reads each row's score at its last attended token.
+
+    Args:
+        pad_id: padding id; None takes the tokenizer's pad id, else its EOS id.
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, LongTensor ``(2B, T)``.
+    """
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(tokenizer, "eos_token_id", None)
+        if pad_id is None:
+            raise ValueError("No pad_id given and the tokenizer has neither a pad nor an EOS token.")
+    chosen_rows: list[list[int]] = []
+    rejected_rows: list[list[int]] = []
+    for pair in pairs:
+        prompt_ids, _ = encode_prompt(tokenizer, pair.prompt, max_prompt_tokens)
+        chosen_ids, _ = encode_response_with_flag(tokenizer, pair.chosen, max_response_tokens)
+        rejected_ids, _ = encode_response_with_flag(tokenizer, pair.rejected, max_response_tokens)
+        chosen_rows.append(prompt_ids + chosen_ids)
+        rejected_rows.append(prompt_ids + rejected_ids)
+    input_ids, attention_mask = pad_right(chosen_rows + rejected_rows, pad_id)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

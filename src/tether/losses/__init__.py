@@ -1,0 +1,40 @@
+"""Loss functions for tether: pure functions, tensors in, (loss, metrics) out.
+
+Shapes: B = batch, T = response length (right-padded), V = vocabulary.
+Masks are float or bool (B, T), 1 on real response tokens.
+"""
+
+from tether.losses.advantages import gae
+from tether.losses.bradley_terry import bradley_terry_loss
+from tether.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3
+from tether.losses.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from tether.losses.ppo import (
+    entropy_from_logits,
+    explained_variance,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from tether.losses.sft import IGNORE_INDEX, sft_loss, sft_loss_sum
+
+__all__ = [
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "IGNORE_INDEX",
+    "sft_loss",
+    "sft_loss_sum",
+    "bradley_terry_loss",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "gae",
+    "per_token_rewards",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "entropy_from_logits",
+    "explained_variance",
+]

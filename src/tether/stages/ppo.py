@@ -1,0 +1,197 @@
+"""PPO-RLHF: maximise E[r(x, y)] - beta * KL(pi || pi_ref), one loop, top to bottom.
+
+Ziegler et al. 2019 (Fine-Tuning Language Models from Human Preferences), Stiennon et al.
+2020, Ouyang et al. 2022. Each iteration:
+
+  1. rollout:   sample responses y ~ pi(.|x) for a batch of prompts
+  2. score:     log pi_old, values V_old, log pi_ref, RM score r(x, y)   (no grad)
+  3. rewards:   per token  -beta * (log pi - log pi_ref),  plus r(x, y) at the last token;
+                advantages and returns by GAE (Schulman et al. 2016)
+  4. update:    ppo_epochs passes over minibatches of the rollout: clipped surrogate
+                (Schulman et al. 2017, eq. 7) + vf_coef * clipped value loss
+  5. control:   the adaptive KL controller moves beta towards the target KL
+
+Models: with LoRA (the default) the reference is the policy's own weights with the
+adapter switched off, so policy and reference share one copy of the weights. The value
+function is a zero-initialised head on the policy trunk, or a copy of the reward model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tether.config import PPOConfig, resolve_path, save_config
+from tether.data.readers import read_prompts
+from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
+                           masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss)
+from tether.models.loading import apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
+from tether.models.reward_model import RewardModel, position_ids_from_mask, trunk_of, unwrap
+from tether.rollout.generate import generate
+from tether.rollout.logprobs import policy_forward
+from tether.tracking import MetricsLogger, console, write_summary
+from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+class RewardModelValue(torch.nn.Module):
+    """Value function from a copy of the reward model: its head applied at every response position."""
+
+    def __init__(self, reward_model):
+        super().__init__()
+        self.model = reward_model
+
+    def forward(self, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
+        hidden = trunk_of(self.model)(input_ids=sequences, attention_mask=attention_mask,
+                                      position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        return unwrap(self.model).score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, R)
+
+
+def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperature: float, with_entropy: bool = False) -> dict:
+    """Policy log-probs (B, R), values (B, R) and optionally entropy, from the trainable models."""
+    out = policy_forward(policy, seqs, attn, P, temperature, value_head=value_head, with_entropy=with_entropy)
+    if value_model is not None:
+        out["values"] = value_model(seqs, attn, P)
+    return out
+
+
+def train_ppo(cfg: PPOConfig) -> dict:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+    t_start = time.time()
+
+    # ---- models: policy (+ value), reference, reward model
+    policy_path = resolve_model(cfg.policy)
+    tokenizer = load_tokenizer(policy_path)
+    prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    rm = RewardModel.load(cfg.reward_model)
+    if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
+                         "train the reward model from the SFT model so both read the same tokens")
+    policy = load_causal_lm(policy_path)
+    if cfg.lora.enabled:
+        policy = apply_lora(policy, cfg.lora)
+        reference = None  # the same weights with the adapter disabled
+    else:
+        reference = load_causal_lm(policy_path).eval().requires_grad_(False)
+    value_head, value_model = None, None
+    if cfg.value_model == "policy_head":
+        value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device())
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+        trainable = {"policy": policy, "value_head": value_head}
+    else:
+        value_model = RewardModelValue(RewardModel.load(cfg.reward_model).model.requires_grad_(True)).to(device())
+        trainable = {"policy": policy, "value_model": value_model}
+    policy.train()
+    params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
+    n_minibatches = cfg.batch_size // cfg.mini_batch_size
+    optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.ppo_epochs * n_minibatches)
+    kl_ctl = (AdaptiveKLController(cfg.kl.init_beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
+              else FixedKLController(cfg.kl.init_beta))
+    kl_estimator = KL_ESTIMATORS[cfg.kl.estimator]
+    stream = index_stream(len(prompts), cfg.seed, cfg.steps * cfg.batch_size)
+    temperature = cfg.generation.temperature
+
+    start_step = 0
+    resumed = load_checkpoint(out, trainable, optimizer, scheduler)
+    if resumed is not None:
+        start_step = resumed[0]
+        kl_ctl.load_state_dict(resumed[1]["kl_controller"])
+        console.print(f"ppo: resuming from step {start_step} of {cfg.steps}")
+    n_trainable, n_total = count_parameters(policy)
+    logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step)
+    history = []
+
+    for step in range(start_step, cfg.steps):
+        t0 = time.time()
+        batch_prompts = [prompts[i].prompt for i in stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+
+        # 1. rollout
+        rollout = generate(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
+        seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
+        mask = rollout.response_mask.float()  # (B, R)
+        t_gen = time.time() - t0
+
+        # 2. score with the frozen models and the pre-update policy
+        policy.eval()
+        with torch.no_grad(), autocast(cfg.precision):
+            old = evaluate_step(policy, value_head, value_model, seqs, attn, P, temperature, with_entropy=True)
+            with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
+                ref_logp = policy_forward(reference or policy, seqs, attn, P, temperature)["logp"]
+            scores = rm.scores(seqs, attn)  # (B,) read at the last real token
+        if cfg.missing_eos_penalty is not None:
+            scores = torch.where(rollout.finished, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        old_logp, old_values = old["logp"], old["values"]
+
+        # 3. per-token rewards (KL penalty + score at the last token), GAE
+        rewards, kl = per_token_rewards(scores, old_logp, ref_logp, mask, kl_ctl.beta, kl_estimator)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        # 4. PPO update: several epochs over minibatches of this rollout
+        policy.train()
+        stats: dict[str, float] = {}
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.batch_size)
+            for k in range(n_minibatches):
+                mb = perm[k * cfg.mini_batch_size:(k + 1) * cfg.mini_batch_size]
+                with autocast(cfg.precision):
+                    new = evaluate_step(policy, value_head, value_model, seqs[mb], attn[mb], P, temperature)
+                pg_loss, pg_stats = ppo_policy_loss(new["logp"], old_logp[mb], advantages[mb], mask[mb], cfg.clip_eps)
+                vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[mb], returns[mb], mask[mb], cfg.value_clip_eps)
+                (pg_loss + cfg.vf_coef * vf_loss).backward()
+                grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+                for key, v in {**pg_stats, **vf_stats, "grad_norm": grad_norm}.items():
+                    stats[key] = stats.get(key, 0.0) + v / (cfg.ppo_epochs * n_minibatches)
+
+        # 5. adapt beta towards the target KL (nats per response)
+        kl_per_response = (kl * mask).sum(-1)  # (B,)
+        mean_kl = kl_per_response.mean().item()
+        beta_used = kl_ctl.beta
+        kl_ctl.update(mean_kl, cfg.batch_size)
+
+        metrics = {
+            "rollout/reward": scores.mean().item(), "rollout/reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "rollout/kl": mean_kl, "rollout/beta": beta_used,
+            "rollout/non_score_reward": (-beta_used * kl_per_response).mean().item(),
+            "rollout/entropy": masked_mean(old["entropy"], mask).item(), "rollout/length": mask.sum(-1).mean().item(),
+            "rollout/finished": rollout.finished.float().mean().item(),
+            "train/policy_loss": stats["policy_loss"], "train/value_loss": stats["value_loss"],
+            "train/clipfrac": stats["clipfrac"], "train/approx_kl": stats["approx_kl"], "train/vf_clipfrac": stats["vf_clipfrac"],
+            "train/explained_variance": explained_variance(old_values, returns, mask),
+            "train/grad_norm": stats["grad_norm"], "train/lr": scheduler.get_last_lr()[0],
+            "time/rollout_s": t_gen, "time/step_s": time.time() - t0,
+        }
+        history.append(metrics)
+        done = step + 1
+        logger.log(done, metrics)
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            save_checkpoint(out, done, trainable, optimizer, scheduler, extra={"kl_controller": kl_ctl.state_dict()})
+    logger.close()
+
+    # ---- save the policy (LoRA merged: a plain HF directory) and the value function
+    save_model(policy, tokenizer, out / "model")
+    if value_head is not None:
+        save_file({k: v.detach().cpu() for k, v in value_head.state_dict().items()}, str(out / "value_head.safetensors"))
+    tail = history[-max(1, len(history) // 4):] if history else []
+    mean = lambda key: sum(h[key] for h in tail) / len(tail) if tail else None  # noqa: E731
+    summary = {
+        "stage": "ppo", "model": str(out / "model"), "policy_init": policy_path, "reward_model": cfg.reward_model,
+        "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size,
+        "reward_first": history[0]["rollout/reward"] if history else None, "reward_last_quarter": mean("rollout/reward"),
+        "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
+        "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),
+        "trainable_params": n_trainable, "total_params": n_total, "seconds": time.time() - t_start,
+    }
+    write_summary(out, summary)
+    return summary

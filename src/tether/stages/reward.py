@@ -1,0 +1,157 @@
+"""Reward model training: SFT trunk + scalar head, Bradley-Terry loss.
+
+    loss = -log sigmoid(r(x, y_chosen) - r(x, y_rejected))      (Stiennon et al. 2020, eq. 1)
+
+r is read at the last real token. After training, a gain and bias are fitted so that
+responses sampled from the SFT policy score mean 0 and std 1 (stored beside the model in
+`tether_reward.json` and applied on every load).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from tether.config import RewardConfig, resolve_path, save_config
+from tether.data.collate import collate_pairs, pad_right
+from tether.data.readers import read_demonstrations, read_preferences, split
+from tether.data.records import PreferencePair, Prompt
+from tether.data.templates import encode_prompt, encode_response
+from tether.losses import bradley_terry_loss
+from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
+from tether.models.reward_model import RewardNormalization, init_reward_model, raw_rewards, save_normalization, trunk_of
+from tether.tracking import MetricsLogger, console, write_summary
+from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int = 192,
+                max_response_tokens: int = 128, batch_size: int = 16, precision: str = "bf16") -> torch.Tensor:
+    """(N,) raw head outputs for (prompt, response) pairs, scored in batches."""
+    scores = []
+    for i in range(0, len(prompts), batch_size):
+        seqs = [encode_prompt(tokenizer, p, max_prompt_tokens)[0] + encode_response(tokenizer, r, max_response_tokens)
+                for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+        ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+        with autocast(precision):
+            scores.append(raw_rewards(model, ids.to(device()), mask.to(device())).cpu())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+@torch.no_grad()
+def pair_metrics(model, tokenizer, pairs: list[PreferencePair], cfg_like, normalization: RewardNormalization | None = None) -> dict:
+    """Held-out pairwise accuracy (ties count half), mean margin, BT loss; with a 95% normal-approximation CI."""
+    if not pairs:
+        return {"accuracy": None, "n": 0}
+    kw = dict(max_prompt_tokens=cfg_like.max_prompt_tokens, max_response_tokens=cfg_like.max_response_tokens,
+              precision=cfg_like.precision)
+    r_c = score_texts(model, tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs], **kw)
+    r_r = score_texts(model, tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs], **kw)
+    if normalization is not None:
+        r_c, r_r = normalization.apply(r_c), normalization.apply(r_r)
+    correct = (r_c > r_r).float() + 0.5 * (r_c == r_r).float()
+    n = len(pairs)
+    acc = correct.mean().item()
+    half = 1.96 * math.sqrt(max(acc * (1 - acc), 0.0) / n)
+    loss, _ = bradley_terry_loss(r_c, r_r)
+    return {"accuracy": acc, "accuracy_ci_low": max(0.0, acc - half), "accuracy_ci_high": min(1.0, acc + half),
+            "n": n, "mean_margin": (r_c - r_r).mean().item(), "loss": loss.item()}
+
+
+def _freeze_lower_layers(model, n_layers: int) -> None:
+    trunk = trunk_of(model)
+    trunk.embed_tokens.requires_grad_(False)
+    for layer in trunk.layers[:n_layers]:
+        layer.requires_grad_(False)
+
+
+def train_reward(cfg: RewardConfig) -> dict:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+    t0 = time.time()
+
+    # 1. data: preference pairs, held-out split
+    trunk_path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(trunk_path)
+    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit)
+    if cfg.eval_data:
+        train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data))
+    else:
+        train_pairs, eval_pairs = split(pairs, cfg.eval_fraction, cfg.seed)
+
+    # 2. model: trunk + fresh head; optionally LoRA or frozen lower layers
+    model = init_reward_model(trunk_path, tokenizer.pad_token_id, seed=cfg.seed)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", modules_to_save=["score"])
+    if cfg.freeze_layers:
+        _freeze_lower_layers(model, cfg.freeze_layers)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_step = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.max_steps or max(1, math.ceil(len(train_pairs) * cfg.epochs / per_step))
+    optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
+    stream = index_stream(len(train_pairs), cfg.seed, total_steps * per_step)
+    start_step = 0
+    resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler)
+    if resumed is not None:
+        start_step = resumed[0]
+        console.print(f"reward: resuming from step {start_step} of {total_steps}")
+    logger = MetricsLogger(out, total_steps, "reward", ["train/loss", "train/accuracy"], start_step=start_step)
+
+    # 3. the loop: Bradley-Terry on (chosen, rejected), mean over the pairs of the step
+    for step in range(start_step, total_steps):
+        window = stream[step * per_step:(step + 1) * per_step]
+        totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+        for k in range(0, per_step, cfg.batch_size):
+            batch = [train_pairs[i] for i in window[k:k + cfg.batch_size]]
+            enc = collate_pairs(tokenizer, batch, cfg.max_prompt_tokens, cfg.max_response_tokens, tokenizer.pad_token_id)
+            with autocast(cfg.precision):
+                r = raw_rewards(model, enc["input_ids"].to(device()), enc["attention_mask"].to(device()))
+            r_chosen, r_rejected = r[:len(batch)], r[len(batch):]
+            margin = None
+            if any(p.margin is not None for p in batch):
+                margin = torch.tensor([p.margin or 0.0 for p in batch], device=r.device)
+            loss, m = bradley_terry_loss(r_chosen, r_rejected, margin)
+            (loss * len(batch) / per_step).backward()
+            for key in totals:
+                totals[key] += m[key] * len(batch) / per_step
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+        done = step + 1
+        logger.log(done, {"train/loss": totals["loss"], "train/accuracy": totals["accuracy"], "train/margin": totals["margin"],
+                          "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm})
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
+    logger.close()
+    model.eval()
+
+    # 4. normalise on policy samples (or the pairs' own responses), evaluate, save
+    if cfg.normalize_data:
+        norm_rows = read_demonstrations(resolve_path(cfg.normalize_data))
+        norm_prompts, norm_responses, fitted_on = [d.prompt for d in norm_rows], [d.response for d in norm_rows], cfg.normalize_data
+    else:
+        norm_prompts = [p.prompt for p in train_pairs for _ in (0, 1)]
+        norm_responses = [r for p in train_pairs for r in (p.chosen, p.rejected)]
+        fitted_on = "training pairs (chosen and rejected)"
+    raw = score_texts(model, tokenizer, norm_prompts, norm_responses, cfg.max_prompt_tokens, cfg.max_response_tokens, precision=cfg.precision)
+    normalization = RewardNormalization.fit(raw, fitted_on)
+    eval_metrics = pair_metrics(model, tokenizer, eval_pairs, cfg, normalization)
+    train_metrics = pair_metrics(model, tokenizer, train_pairs[:256], cfg, normalization)
+    save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
+    save_normalization(out / "model", normalization)
+    trainable, total = count_parameters(model)
+    summary = {
+        "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
+        "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+        "eval_accuracy": eval_metrics.get("accuracy"), "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
+        "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
+        "train_accuracy": train_metrics.get("accuracy"),
+        "normalization": {"gain": normalization.gain, "bias": normalization.bias, "fitted_on": fitted_on, "n": normalization.n},
+        "trainable_params": trainable, "total_params": total, "seconds": time.time() - t0,
+    }
+    write_summary(out, summary)
+    return summary

@@ -1,0 +1,134 @@
+"""Supervised fine-tuning: next-token cross-entropy on response tokens only.
+
+    loss = - sum_{t in response} log pi(y_t | x, y_<t)  /  #response tokens
+
+(prompt tokens are masked with -100; the mean is over every response token of the whole
+gradient-accumulation window, so 1 micro-batch of 8 equals 8 micro-batches of 1). The
+result is the policy's starting point and the frozen reference of the RL stage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from tether.config import SFTConfig, resolve_path, save_config
+from tether.data.collate import collate_sft, encode_demonstration
+from tether.data.readers import read_demonstrations, split
+from tether.losses import sft_loss_sum
+from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
+                                   resolve_model, save_model)
+from tether.tracking import MetricsLogger, console, write_summary
+from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+
+
+def _batches(examples: list[dict], batch_size: int, pad_id: int):
+    for i in range(0, len(examples), batch_size):
+        yield collate_sft(examples[i:i + batch_size], pad_id)
+
+
+@torch.no_grad()
+def eval_loss(model, examples: list[dict], batch_size: int, pad_id: int, precision: str) -> float:
+    """Mean response-token cross-entropy on held-out examples (nats per token)."""
+    if not examples:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    for batch in _batches(examples, batch_size, pad_id):
+        batch = {k: v.to(device()) for k, v in batch.items()}
+        with autocast(precision):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, n = sft_loss_sum(logits, batch["labels"])
+        total, count = total + nll.item(), count + int(n)
+    model.train()
+    return total / max(count, 1)
+
+
+def train_sft(cfg: SFTConfig) -> dict | None:
+    """Run SFT; returns the summary, or None if stopped early by `interrupt_after` (a checkpoint is left)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+
+    # 1. data: demonstrations -> token ids with the prompt masked out of the labels
+    model_path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    demos = read_demonstrations(resolve_path(cfg.data), limit=cfg.limit)
+    train_demos, eval_demos = split(demos, cfg.eval_fraction, cfg.seed)
+    encode = lambda d: encode_demonstration(tokenizer, d, cfg.max_prompt_tokens, cfg.max_response_tokens)  # noqa: E731
+    train_ex, eval_ex = [encode(d) for d in train_demos], [encode(d) for d in eval_demos]
+    n_truncated = sum(e["truncated"] for e in train_ex + eval_ex)
+    if n_truncated:
+        console.print(f"sft: {n_truncated} of {len(demos)} demonstrations were truncated to fit the token limits")
+
+    # 2. model and optimizer
+    model = load_causal_lm(model_path)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_step = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.max_steps or math.ceil(len(train_ex) * cfg.epochs / per_step)
+    optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
+    stream = index_stream(len(train_ex), cfg.seed, total_steps * per_step)
+
+    start_step = 0
+    resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler)
+    if resumed is not None:
+        start_step = resumed[0]
+        console.print(f"sft: resuming from step {start_step} of {total_steps}")
+    trainable, total = count_parameters(model)
+    logger = MetricsLogger(out, total_steps, "sft", ["train/loss", "eval/loss"], start_step=start_step)
+    eval_before = eval_loss(model, eval_ex, cfg.batch_size, tokenizer.pad_token_id, cfg.precision) if start_step == 0 else None
+    t0, tokens_seen = time.time(), 0
+
+    # 3. the loop: one optimizer step per `grad_accum` micro-batches
+    for step in range(start_step, total_steps):
+        window = stream[step * per_step:(step + 1) * per_step]
+        micro = [collate_sft([train_ex[i] for i in window[k:k + cfg.batch_size]], tokenizer.pad_token_id)
+                 for k in range(0, per_step, cfg.batch_size)]
+        n_tokens = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+        loss_total = 0.0
+        for m in micro:
+            m = {k: v.to(device()) for k, v in m.items()}
+            with autocast(cfg.precision):
+                logits = model(input_ids=m["input_ids"], attention_mask=m["attention_mask"]).logits
+            nll, _ = sft_loss_sum(logits, m["labels"])
+            (nll / max(n_tokens, 1)).backward()
+            loss_total += nll.item()
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+        tokens_seen += n_tokens
+        metrics = {"train/loss": loss_total / max(n_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
+                   "train/grad_norm": grad_norm, "train/tokens": n_tokens}
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
+            metrics["eval/loss"] = eval_loss(model, eval_ex, cfg.batch_size, tokenizer.pad_token_id, cfg.precision)
+        logger.log(done, metrics)
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
+        if cfg.interrupt_after is not None and done >= cfg.interrupt_after and done < total_steps:
+            save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
+            logger.close()
+            console.print(f"sft: stopped after step {done} (interrupt_after); rerun the same command to resume")
+            return None
+
+    # 4. evaluate, save the final model (LoRA merged in) and the summary
+    final_eval = eval_loss(model, eval_ex, cfg.batch_size, tokenizer.pad_token_id, cfg.precision)
+    logger.log(total_steps, {"eval/loss": final_eval})
+    logger.close()
+    save_model(model, tokenizer, out / "model")
+    elapsed = time.time() - t0
+    summary = {
+        "stage": "sft", "model": str(out / "model"), "base_model": model_path, "steps": total_steps,
+        "train_examples": len(train_ex), "eval_examples": len(eval_ex), "truncated": n_truncated,
+        "eval_loss_before": eval_before, "eval_loss": final_eval,
+        "final_train_loss": loss_total / max(n_tokens, 1) if total_steps > start_step else None,
+        "trainable_params": trainable, "total_params": total,
+        "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else None, "seconds": elapsed,
+    }
+    write_summary(out, summary)
+    return summary

@@ -1,0 +1,133 @@
+"""Pieces every training stage uses: optimizer + schedule, seeding, resumable checkpoints.
+
+A checkpoint holds everything needed to continue bit-for-bit: the trainable weights, the
+optimizer and scheduler states, every RNG state, the step (which fixes the data
+position, since data order is a pure function of seed and epoch), and any extra state a
+stage adds (e.g. the KL controller). It is written to a temporary folder and renamed, so
+an interrupt during saving never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tether.config import OptimSettings
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], settings: OptimSettings, total_steps: int):
+    """AdamW + warm-up + decay to 0 at `total_steps`."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, eps=settings.adam_eps)
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[settings.schedule]
+    warmup = int(round(settings.warmup_ratio * total_steps))
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
+    return optimizer, scheduler
+
+
+def clip_and_step(params, optimizer, scheduler, max_grad_norm: float) -> float:
+    """Clip gradients, step, zero grads; returns the pre-clip global gradient norm."""
+    if max_grad_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    else:
+        grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch: a permutation fixed by (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def index_stream(n: int, seed: int, n_needed: int) -> list[int]:
+    """Example indices for the whole run, epoch after epoch, so step s always sees the same data."""
+    stream: list[int] = []
+    epoch = 0
+    while len(stream) < n_needed:
+        stream.extend(epoch_order(n, seed, epoch))
+        epoch += 1
+    return stream[:n_needed]
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().cpu().contiguous() for k, p in module.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict[str, Any] | None = None) -> Path:
+    """Write `<output_dir>/checkpoint` atomically."""
+    target = Path(output_dir) / CHECKPOINT_DIR
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".checkpoint-"))
+    try:
+        for name, module in modules.items():
+            save_file(trainable_state(module), str(tmp / f"{name}.safetensors"))
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {
+                    "python": random.getstate(),
+                    "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                },
+                "extra": extra or {},
+            },
+            tmp / "state.pt",
+        )
+        old = target.with_name(".checkpoint-old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.Module], optimizer, scheduler) -> tuple[int, dict[str, Any]] | None:
+    """Restore a checkpoint written by `save_checkpoint`; returns (step, extra) or None if there is none."""
+    target = Path(output_dir) / CHECKPOINT_DIR
+    if not (target / "state.pt").exists():
+        return None
+    for name, module in modules.items():
+        weights = load_file(str(target / f"{name}.safetensors"))
+        params = dict(module.named_parameters())
+        missing = [k for k in weights if k not in params]
+        if missing:
+            raise ValueError(f"checkpoint {target}: parameters {missing[:3]} do not exist in the model; was it written by a different config?")
+        with torch.no_grad():
+            for k, v in weights.items():
+                params[k].copy_(v)
+    state = torch.load(target / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"], state["extra"]
