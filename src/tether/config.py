@@ -200,6 +200,8 @@ class RewardConfig:
     """Pairs per micro-batch."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
+    group_by_prompt: bool = True
+    """Keep the pairs of one prompt in the same batch and score each response once (InstructGPT sec. 3.5)."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-5))
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)

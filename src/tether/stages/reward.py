@@ -9,6 +9,7 @@ responses sampled from the SFT policy score mean 0 and std 1 (stored beside the 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tether.config import RewardConfig, resolve_path, save_config
-from tether.data.collate import collate_pairs, pad_right
+from tether.data.collate import pad_right
 from tether.data.readers import read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
@@ -24,7 +25,15 @@ from tether.losses import bradley_terry_loss
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import RewardNormalization, init_reward_model, raw_rewards, save_normalization, trunk_of
 from tether.tracking import MetricsLogger, console, write_summary
-from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+from tether.training import clip_and_step, epoch_order, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+
+
+def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
+    """Right-padded (input_ids, attention_mask) of prompt + response (+ EOS), on the model's device."""
+    seqs = [encode_prompt(tokenizer, p, max_prompt_tokens)[0] + encode_response(tokenizer, r, max_response_tokens)
+            for p, r in zip(prompts, responses)]
+    ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+    return ids.to(device()), mask.to(device())
 
 
 @torch.no_grad()
@@ -33,12 +42,50 @@ def score_texts(model, tokenizer, prompts: list[Prompt], responses: list[str], m
     """(N,) raw head outputs for (prompt, response) pairs, scored in batches."""
     scores = []
     for i in range(0, len(prompts), batch_size):
-        seqs = [encode_prompt(tokenizer, p, max_prompt_tokens)[0] + encode_response(tokenizer, r, max_response_tokens)
-                for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-        ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+        ids, mask = encode_texts(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], max_prompt_tokens, max_response_tokens)
         with autocast(precision):
-            scores.append(raw_rewards(model, ids.to(device()), mask.to(device())).cpu())
+            scores.append(raw_rewards(model, ids, mask).cpu())
     return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def _key(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def pair_stream(pairs: list[PreferencePair], seed: int, n_needed: int, group_by_prompt: bool) -> list[int]:
+    """Pair indices for the whole run; with `group_by_prompt`, the pairs of one prompt stay adjacent
+    (prompts are shuffled, not pairs), so a batch scores each shared response once."""
+    if not group_by_prompt:
+        return index_stream(len(pairs), seed, n_needed)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(_key(p.prompt), []).append(i)
+    grouped = list(groups.values())
+    stream: list[int] = []
+    epoch = 0
+    while len(stream) < n_needed:
+        for g in epoch_order(len(grouped), seed, epoch):
+            stream.extend(grouped[g])
+        epoch += 1
+    return stream[:n_needed]
+
+
+def unique_responses(batch: list[PreferencePair]) -> tuple[list[Prompt], list[str], list[int], list[int]]:
+    """Each distinct (prompt, response) once, and where each pair's chosen / rejected sits in that list."""
+    index: dict[tuple[str, str], int] = {}
+    prompts, responses = [], []
+
+    def slot(prompt: Prompt, response: str) -> int:
+        key = (_key(prompt), response)
+        if key not in index:
+            index[key] = len(prompts)
+            prompts.append(prompt)
+            responses.append(response)
+        return index[key]
+
+    chosen = [slot(p.prompt, p.chosen) for p in batch]
+    rejected = [slot(p.prompt, p.rejected) for p in batch]
+    return prompts, responses, chosen, rejected
 
 
 @torch.no_grad()
@@ -95,7 +142,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     per_step = cfg.batch_size * cfg.grad_accum
     total_steps = cfg.max_steps or max(1, math.ceil(len(train_pairs) * cfg.epochs / per_step))
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
-    stream = index_stream(len(train_pairs), cfg.seed, total_steps * per_step)
+    stream = pair_stream(train_pairs, cfg.seed, total_steps * per_step, cfg.group_by_prompt)
     start_step = 0
     resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler)
     if resumed is not None:
@@ -109,10 +156,11 @@ def train_reward(cfg: RewardConfig) -> dict:
         totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
         for k in range(0, per_step, cfg.batch_size):
             batch = [train_pairs[i] for i in window[k:k + cfg.batch_size]]
-            enc = collate_pairs(tokenizer, batch, cfg.max_prompt_tokens, cfg.max_response_tokens, tokenizer.pad_token_id)
+            prompts, responses, i_chosen, i_rejected = unique_responses(batch)
+            ids, mask = encode_texts(tokenizer, prompts, responses, cfg.max_prompt_tokens, cfg.max_response_tokens)
             with autocast(cfg.precision):
-                r = raw_rewards(model, enc["input_ids"].to(device()), enc["attention_mask"].to(device()))
-            r_chosen, r_rejected = r[:len(batch)], r[len(batch):]
+                r = raw_rewards(model, ids, mask)  # (N_unique,): one forward per distinct response
+            r_chosen, r_rejected = r[i_chosen], r[i_rejected]
             margin = None
             if any(p.margin is not None for p in batch):
                 margin = torch.tensor([p.margin or 0.0 for p in batch], device=r.device)

@@ -1,0 +1,152 @@
+"""Every stage end to end on a tiny model: SFT (resume, accumulation), collect, reward, PPO, eval."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.config import load_config, CollectConfig, EvalConfig, PPOConfig, RewardConfig, SFTConfig
+from tether.eval.evaluate import evaluate
+from tether.stages.collect import collect
+from tether.stages.ppo import train_ppo
+from tether.stages.reward import train_reward
+from tether.stages.sft import train_sft
+
+GEN = ["generation.max_new_tokens=8", "generation.batch_size=4"]
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def sft_cfg(tiny_model_dir, tiny_data, out, *extra):
+    return load_config(SFTConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={out}",
+                                         "precision=fp32", "optim.lr=1e-3", "optim.warmup_ratio=0.0", *extra])
+
+
+def test_sft_learns_and_writes_outputs(tiny_model_dir, tiny_data, tmp_path):
+    summary = train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "sft", "max_steps=6", "batch_size=4", "eval_fraction=0.25"))
+    assert summary["steps"] == 6 and summary["eval_examples"] == 3
+    assert summary["eval_loss"] < summary["eval_loss_before"]  # 6 steps at lr 1e-3 must fit the response pattern
+    lines = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "train/loss" in x] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((tmp_path / "sft" / "summary.json").read_text())["stage"] == "sft"
+    assert (tmp_path / "sft" / "model" / "config.json").exists()
+
+
+def test_sft_resume_is_bit_for_bit(tiny_model_dir, tiny_data, tmp_path):
+    common = ["max_steps=5", "batch_size=2", "save_every=0", "eval_fraction=0.2"]
+    full = train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "a", *common))
+    assert full is not None
+    assert train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "b", *common, "interrupt_after=2")) is None
+    assert (tmp_path / "b" / "checkpoint" / "state.pt").exists() and not (tmp_path / "b" / "summary.json").exists()
+    resumed = train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "b", *common))
+    wa, wb = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert resumed["eval_loss"] == full["eval_loss"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(x)["step"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, tiny_data, tmp_path):
+    one = ["max_steps=1", "eval_fraction=0", "optim.max_grad_norm=0"]
+    train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "a", *one, "batch_size=8", "grad_accum=1"))
+    train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "b", *one, "batch_size=1", "grad_accum=8"))
+    base = weights(tiny_model_dir)
+    wa, wb = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")
+    moved = sum((wa[k] - base[k]).abs().sum().item() for k in wa)
+    assert moved > 0
+    for k in wa:
+        # Adam's first step is ~lr*sign(g), so compare at 1% of the step size (lr = 1e-3)
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
+
+
+def test_sft_lora_merges_into_plain_model(tiny_model_dir, tiny_data, tmp_path):
+    summary = train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "s", "max_steps=2", "batch_size=4", "lora.enabled=true", "lora.r=4"))
+    assert summary["trainable_params"] < summary["total_params"] / 2
+    assert weights(tmp_path / "s" / "model").keys() == weights(tiny_model_dir).keys()  # merged: no lora_ keys
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_model_dir, tiny_data, tmp_path_factory):
+    """collect -> reward -> ppo on the tiny model, shared by the tests below."""
+    root = tmp_path_factory.mktemp("chain")
+    col = collect(load_config(CollectConfig, None, [f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={root / 'collect'}",
+                                                    "limit=8", "responses_per_prompt=3", "precision=fp32", *GEN]))
+    rm = train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}",
+                                                       f"output_dir={root / 'reward'}", f"normalize_data={root / 'collect' / 'samples.jsonl'}",
+                                                       "batch_size=4", "epochs=1", "precision=fp32", "optim.lr=1e-3"]))
+    ppo = train_ppo(load_config(PPOConfig, None, [f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}",
+                                                  f"prompts={tiny_data['prompts']}", f"output_dir={root / 'ppo'}", "steps=3",
+                                                  "batch_size=4", "mini_batch_size=2", "precision=fp32", "save_every=2", *GEN]))
+    return root, col, rm, ppo
+
+
+def test_collect_writes_labelled_pairs_with_provenance(chain):
+    root, col, _, _ = chain
+    assert col["prompts"] == 8 and col["samples"] == 24 and col["pairs"] == 24  # 3 choose 2 = 3 pairs per prompt
+    pairs = [json.loads(x) for x in (root / "collect" / "preferences.jsonl").read_text().splitlines()]
+    meta = pairs[0]["meta"]
+    assert meta["annotator"].startswith("simulated-bt") and "gold_margin" in meta and "seed" in meta
+    assert meta["gold_margin"] == pytest.approx(meta["gold_chosen"] - meta["gold_rejected"])
+
+
+def test_reward_model_is_a_normal_hf_directory(chain):
+    from transformers import AutoModelForSequenceClassification
+
+    root, _, rm, _ = chain
+    model = AutoModelForSequenceClassification.from_pretrained(root / "reward" / "model")
+    assert model.config.num_labels == 1
+    norm = json.loads((root / "reward" / "model" / "tether_reward.json").read_text())
+    assert norm["n"] == 24 and "samples.jsonl" in norm["fitted_on"]
+    assert rm["eval_pairs"] >= 1 and 0.0 <= rm["eval_accuracy"] <= 1.0
+
+
+def test_reward_normalisation_gives_mean_zero_on_policy_samples(chain):
+    from tether.data.readers import read_demonstrations
+    from tether.models.reward_model import RewardModel
+    from tether.stages.reward import score_texts
+
+    root = chain[0]
+    rm = RewardModel.load(str(root / "reward" / "model"))
+    rows = read_demonstrations(root / "collect" / "samples.jsonl")
+    raw = score_texts(rm.model, rm.tokenizer, [r.prompt for r in rows], [r.response for r in rows], precision="fp32")
+    normed = rm.normalization.apply(raw)
+    assert abs(normed.mean().item()) < 1e-4 and normed.std().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_ppo_logs_every_diagnostic(chain):
+    root, _, _, ppo = chain
+    rows = [json.loads(x) for x in (root / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ["rollout/reward", "rollout/kl", "rollout/beta", "rollout/entropy", "train/clipfrac", "train/approx_kl",
+                "train/value_loss", "train/explained_variance", "rollout/length"]:
+        assert key in rows[-1], key
+    assert rows[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-5)  # LoRA starts at B = 0: policy == reference
+    assert ppo["steps"] == 3 and (root / "ppo" / "model" / "config.json").exists()
+
+
+def test_ppo_full_finetune_with_reward_model_value(chain, tiny_model_dir, tiny_data, tmp_path):
+    root = chain[0]
+    summary = train_ppo(load_config(PPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}", f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'ppo'}", "steps=2", "batch_size=4", "mini_batch_size=4", "precision=fp32",
+        "lora.enabled=false", "value_model=reward_model", "kl.adaptive=false", "missing_eos_penalty=-1.0", *GEN]))
+    assert summary["beta_final"] == pytest.approx(0.05)  # fixed controller
+    assert summary["trainable_params"] == summary["total_params"]
+
+
+def test_eval_compares_policy_with_baseline(chain, tiny_model_dir, tiny_data, tmp_path):
+    root = chain[0]
+    s = evaluate(load_config(EvalConfig, None, [
+        f"policy={root / 'ppo' / 'model'}", f"baseline={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}",
+        f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'eval'}", "limit=6", "precision=fp32", *GEN]))
+    assert s["prompts"] == 6 and s["gold_wins"] + s["gold_ties"] + s["gold_losses"] == 6
+    assert s["kl_baseline"] == 0.0  # the baseline is its own reference
+    assert s["gold_win_rate_ci"][0] <= s["gold_win_rate"] <= s["gold_win_rate_ci"][1]
+    assert {"proxy_win_rate", "distinct1_policy", "length_policy"} <= s.keys()
+    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 6

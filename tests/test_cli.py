@@ -1,0 +1,97 @@
+"""Smoke runs of every `tether` command on the tiny model, through the real CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tether.cli import app
+
+runner = CliRunner()
+GEN = ["generation.max_new_tokens=6", "generation.batch_size=4"]
+
+
+def tether(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def ok(*args: str):
+    result = tether(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tiny_data, tmp_path_factory):
+    """`tether run` on the tiny model with the demo config's structure, small sizes."""
+    out = tmp_path_factory.mktemp("run") / "r"
+    ok("run", "--config", Path(__file__).resolve().parents[1] / "src" / "tether" / "configs" / "demo.yaml", *_tiny_run(out, tiny_model_dir, tiny_data))
+    return out
+
+
+def _tiny_run(out, model, data):
+    return [f"output_dir={out}", f"model={model}", "precision=fp32", f"sft.data={data['demos']}", "sft.max_steps=2",
+            f"collect.prompts={data['prompts']}", "collect.limit=4", "collect.responses_per_prompt=2", "collect.generation.max_new_tokens=6",
+            "reward.max_steps=2", "reward.batch_size=2", f"ppo.prompts={data['prompts']}", "ppo.steps=2", "ppo.batch_size=4",
+            "ppo.mini_batch_size=2", "ppo.generation.max_new_tokens=6", f"eval.prompts={data['prompts']}", "eval.limit=4",
+            "eval.generation.max_new_tokens=6"]
+
+
+def test_run_writes_every_stage_and_report(run_dir):
+    for stage in ["sft", "collect", "reward", "ppo", "eval"]:
+        assert json.loads((run_dir / stage / "summary.json").read_text())["stage"] == stage
+        assert (run_dir / stage / "config.yaml").exists()
+    report = (run_dir / "report.md").read_text()
+    assert "win rate" in report and "KL(policy || SFT)" in report and "held-out accuracy" in report
+
+
+def test_run_again_skips_completed_stages(run_dir, tiny_model_dir, tiny_data):
+    before = (run_dir / "ppo" / "summary.json").read_text()
+    result = ok("run", "--config", Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", *_tiny_run(run_dir, tiny_model_dir, tiny_data))
+    assert "already complete" in result.output
+    assert (run_dir / "ppo" / "summary.json").read_text() == before
+
+
+def test_demo_command_runs_the_shipped_config(tiny_model_dir, tiny_data, tmp_path):
+    result = ok("demo", *_tiny_run(tmp_path / "d", tiny_model_dir, tiny_data))
+    assert "PPO policy vs SFT model" in result.output
+
+
+def test_stage_commands(run_dir, tiny_model_dir, tiny_data, tmp_path):
+    sft = ok("sft", f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={tmp_path / 'sft'}", "max_steps=1", "precision=fp32")
+    assert json.loads(sft.stdout)["stage"] == "sft"
+    ok("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'col'}", "limit=2", *GEN)
+    ok("reward", "train", f"model={tiny_model_dir}", f"data={tmp_path / 'col' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'rm'}",
+       "batch_size=1", "eval_fraction=0.5")
+    ev = ok("reward", "eval", "--model", tmp_path / "rm" / "model", "--data", tiny_data["prefs"])
+    metrics = json.loads(ev.stdout)
+    assert metrics["n"] == 12 and 0 <= metrics["accuracy"] <= 1
+    ok("ppo", f"policy={tiny_model_dir}", f"reward_model={tmp_path / 'rm' / 'model'}", f"prompts={tiny_data['prompts']}",
+       f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", *GEN)
+    ok("eval", f"policy={tmp_path / 'ppo' / 'model'}", f"baseline={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
+       f"output_dir={tmp_path / 'ev'}", "limit=2", *GEN)
+    gen = ok("generate", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output={tmp_path / 'g.jsonl'}", "limit=3", *GEN)
+    assert len(gen.stdout.strip().splitlines()) == 3 and (tmp_path / "g.jsonl").exists()
+
+
+def test_config_errors_exit_2_and_name_the_key(tiny_data, tmp_path):
+    result = tether("sft", "learning_rate=1")
+    assert result.exit_code == 2 and "unknown key 'learning_rate'" in result.output
+    result = tether("ppo", "steps=many")
+    assert result.exit_code == 2 and "'steps': expected an integer" in result.output
+
+
+def test_malformed_data_exits_2_and_names_file_and_line(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "response": "hello"}\n{"prompt": "hi", "response": 3}\n')
+    result = tether("sft", f"model={tiny_model_dir}", f"data={bad}", f"output_dir={tmp_path / 'o'}")
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in result.output and "response" in result.output
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    result = tether("generate", f"model={tmp_path / 'nope'}")
+    assert result.exit_code == 2 and "no such directory" in result.output

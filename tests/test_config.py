@@ -1,0 +1,77 @@
+"""Config loading: YAML -> dataclasses, overrides, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from tether.config import (CollectConfig, ConfigError, EvalConfig, GenerateConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig,
+                           load_config, resolve_path)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs"
+# a shipped config's dataclass is told by its folder: configs/<stage>/*.yaml; top-level files are run configs
+BY_FOLDER = {"sft": SFTConfig, "collect": CollectConfig, "reward": RewardConfig, "ppo": PPOConfig, "eval": EvalConfig,
+             "generate": GenerateConfig}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_loads(path):
+    cls = BY_FOLDER.get(path.parent.name, RunConfig) if path.parent != CONFIGS else RunConfig
+    cfg = load_config(cls, path)
+    assert isinstance(cfg, cls)
+
+
+def test_there_is_a_shipped_config():
+    assert (CONFIGS / "demo.yaml").exists()
+
+
+def test_overrides_nested_and_typed(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 2\nlora:\n  r: 4\n")
+    cfg = load_config(SFTConfig, f, ["lora.enabled=true", "optim.lr=1e-4", "max_steps=7"])
+    assert cfg.epochs == 2 and cfg.lora.r == 4 and cfg.lora.enabled is True
+    assert cfg.optim.lr == pytest.approx(1e-4) and cfg.max_steps == 7
+
+
+def test_unknown_key_is_named(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*unknown key 'learning_rate'"):
+        load_config(SFTConfig, f)
+
+
+def test_unknown_nested_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'lora\.rank'"):
+        load_config(SFTConfig, None, ["lora.rank=8"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"'epochs': expected an integer, got 'two'"):
+        load_config(SFTConfig, None, ["epochs=two"])
+    with pytest.raises(ConfigError, match=r"'lora.enabled': expected true or false"):
+        load_config(SFTConfig, None, ["lora.enabled=maybe"])
+    with pytest.raises(ConfigError, match=r"'optim.schedule': expected one of"):
+        load_config(SFTConfig, None, ["optim.schedule=exponential"])
+
+
+def test_invalid_combination_is_rejected():
+    with pytest.raises(ConfigError, match="batch_size .* multiple of mini_batch_size"):
+        load_config(PPOConfig, None, ["batch_size=10", "mini_batch_size=4"])
+    with pytest.raises(ConfigError, match="responses_per_prompt"):
+        load_config(CollectConfig, None, ["responses_per_prompt=1"])
+
+
+def test_bad_yaml_and_bad_override(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(SFTConfig, f)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(SFTConfig, None, ["epochs"])
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(SFTConfig, tmp_path / "missing.yaml")
+
+
+def test_shared_paths_resolve(monkeypatch, tmp_path):
+    monkeypatch.setenv("TETHER_SHARED_DATA", str(tmp_path))
+    assert resolve_path("shared:x.jsonl") == str(tmp_path / "x.jsonl")
+    assert resolve_path("plain.jsonl") == "plain.jsonl"
