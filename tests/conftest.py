@@ -74,18 +74,6 @@ def tiny_base_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer(chat_template=None, bos_token="<s>")
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny chat tokenizer with a ChatML template (eos ``<|im_end|>``, pad ``<|endoftext|>``)."""
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_base_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny tokenizer with no chat template and a BOS token ``<s>``, like a base model's."""
-    return build_tiny_tokenizer(chat_template=None, bos_token="<s>")
-
-
 def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
     """Save a 2-layer Llama (hidden 32) and the tiny tokenizer as a Hugging Face directory."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -88,12 +88,12 @@ def reward_eval(
     def go():
         from tether.data.readers import read_preferences
         from tether.models.reward_model import RewardModel
-        from tether.stages.reward import pair_metrics
+        from tether.stages.reward import CachedScorer, pair_metrics
 
         rm = RewardModel.load(model)
         pairs = read_preferences(C.resolve_path(data), limit=limit)
-        settings = C.RewardConfig(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision)
-        return pair_metrics(rm.model, rm.tokenizer, pairs, settings, rm.normalization)
+        scorer = CachedScorer(rm.model, rm.tokenizer, max_prompt_tokens, max_response_tokens, precision)
+        return pair_metrics(scorer, pairs, rm.normalization)
 
     print(json.dumps(_run(go)))
 

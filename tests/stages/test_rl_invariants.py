@@ -94,3 +94,15 @@ def test_temperature_divides_logits(lm, rollout):
     # recompute by hand for the first response token of row 1 (no padding in that row)
     expected = torch.log_softmax(out[1, P - 1] / 2.0, -1)[seqs[1, P]]
     assert hot[1, 0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_reward_sequences_end_with_eos(rollout, lm):
+    """The RM reads every response as text + EOS, as in its training data, finished or not."""
+    _, tok = lm
+    seqs, attn = rollout.sequences_for_reward(tok.eos_token_id, tok.pad_token_id)
+    assert seqs.shape[1] == rollout.sequences.shape[1] + 1
+    for row in range(seqs.shape[0]):
+        last = int(attn[row].nonzero().max())
+        assert seqs[row, last] == tok.eos_token_id
+        n_real = int(rollout.attention_mask[row].sum()) + (0 if rollout.finished[row] else 1)
+        assert int(attn[row].sum()) == n_real

@@ -42,7 +42,7 @@ def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], setting
             logp = policy_forward(model, seqs, attn, P, settings.temperature)["logp"]
             ref_logp = logp if reference is model else policy_forward(reference, seqs, attn, P, settings.temperature)["logp"]
             if reward_model is not None:
-                proxy.extend(reward_model.scores(seqs, attn).tolist())
+                proxy.extend(reward_model.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id)).tolist())
         kls.extend(((logp - ref_logp) * mask).sum(-1).tolist())
         texts.extend(rollout.texts)
         finished.extend(rollout.finished.tolist())

@@ -44,6 +44,23 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    def sequences_for_reward(self, eos_token_id: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequences, attention_mask) with EOS appended to responses that were cut off.
+
+        A reward model learns from preference text, and is shown every response as
+        `prompt + text + EOS`; a response cut at max_new_tokens is scored the same way, so
+        the head is always read on the token it was trained on (the EOS). Whether
+        unfinished responses should be punished is `missing_eos_penalty`'s job.
+        """
+        extra = torch.full_like(self.response_ids[:, :1], pad_token_id)
+        ids = torch.cat([self.response_ids, extra], dim=1)
+        mask = torch.cat([self.response_mask, torch.zeros_like(extra)], dim=1)
+        rows = torch.nonzero(~self.finished).squeeze(-1)
+        cols = self.lengths[rows]
+        ids[rows, cols] = eos_token_id
+        mask[rows, cols] = 1
+        return torch.cat([self.prompt_ids, ids], dim=1), torch.cat([self.prompt_mask, mask], dim=1)
+
 
 def _generation_config(tokenizer, settings: GenerationSettings):
     from transformers import GenerationConfig

@@ -126,7 +126,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             old = evaluate_step(policy, value_head, value_model, seqs, attn, P, temperature, with_entropy=True)
             with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
                 ref_logp = policy_forward(reference or policy, seqs, attn, P, temperature)["logp"]
-            scores = rm.scores(seqs, attn)  # (B,) read at the last real token
+            scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id))  # (B,)
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(rollout.finished, scores, torch.full_like(scores, cfg.missing_eos_penalty))
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)

@@ -88,17 +88,35 @@ def unique_responses(batch: list[PreferencePair]) -> tuple[list[Prompt], list[st
     return prompts, responses, chosen, rejected
 
 
-@torch.no_grad()
-def pair_metrics(model, tokenizer, pairs: list[PreferencePair], cfg_like, normalization: RewardNormalization | None = None) -> dict:
-    """Held-out pairwise accuracy (ties count half), mean margin, BT loss; with a 95% normal-approximation CI."""
+class CachedScorer:
+    """Raw rewards of (prompt, response) pairs, each distinct pair scored once and remembered.
+
+    After training, the normalisation set, the held-out pairs and the training pairs share
+    most responses (they are all SFT samples), so each is run through the model only once.
+    """
+
+    def __init__(self, model, tokenizer, max_prompt_tokens: int, max_response_tokens: int, precision: str):
+        self.model, self.tokenizer, self.cache = model, tokenizer, {}
+        self.kw = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision)
+
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        keys = [(_key(p), r) for p, r in zip(prompts, responses)]
+        todo = {k: (p, r) for k, p, r in zip(keys, prompts, responses) if k not in self.cache}
+        if todo:
+            scores = score_texts(self.model, self.tokenizer, [p for p, _ in todo.values()], [r for _, r in todo.values()], **self.kw)
+            self.cache.update(zip(todo.keys(), scores.tolist()))
+        return torch.tensor([self.cache[k] for k in keys])
+
+
+def pair_metrics(scorer: CachedScorer, pairs: list[PreferencePair], normalization: RewardNormalization | None = None) -> dict:
+    """Pairwise accuracy (ties count half) with a 95% normal-approximation CI, mean margin, BT loss."""
     if not pairs:
         return {"accuracy": None, "n": 0}
-    kw = dict(max_prompt_tokens=cfg_like.max_prompt_tokens, max_response_tokens=cfg_like.max_response_tokens,
-              precision=cfg_like.precision)
-    r_c = score_texts(model, tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs], **kw)
-    r_r = score_texts(model, tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs], **kw)
+    prompts, responses, i_chosen, i_rejected = unique_responses(pairs)
+    r = scorer(prompts, responses)
     if normalization is not None:
-        r_c, r_r = normalization.apply(r_c), normalization.apply(r_r)
+        r = normalization.apply(r)
+    r_c, r_r = r[i_chosen], r[i_rejected]
     correct = (r_c > r_r).float() + 0.5 * (r_c == r_r).float()
     n = len(pairs)
     acc = correct.mean().item()
@@ -185,10 +203,10 @@ def train_reward(cfg: RewardConfig) -> dict:
         norm_prompts = [p.prompt for p in train_pairs for _ in (0, 1)]
         norm_responses = [r for p in train_pairs for r in (p.chosen, p.rejected)]
         fitted_on = "training pairs (chosen and rejected)"
-    raw = score_texts(model, tokenizer, norm_prompts, norm_responses, cfg.max_prompt_tokens, cfg.max_response_tokens, precision=cfg.precision)
-    normalization = RewardNormalization.fit(raw, fitted_on)
-    eval_metrics = pair_metrics(model, tokenizer, eval_pairs, cfg, normalization)
-    train_metrics = pair_metrics(model, tokenizer, train_pairs[:256], cfg, normalization)
+    scorer = CachedScorer(model, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
+    normalization = RewardNormalization.fit(scorer(norm_prompts, norm_responses), fitted_on)
+    eval_metrics = pair_metrics(scorer, eval_pairs, normalization)
+    train_metrics = pair_metrics(scorer, train_pairs[:256], normalization)
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
     save_normalization(out / "model", normalization)
     trainable, total = count_parameters(model)
