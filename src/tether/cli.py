@@ -35,9 +35,11 @@ def _run(fn: Callable, *args):
     try:
         return fn(*args)
     except _user_errors() as e:
+        from rich.markup import escape
+
         from tether.tracking import console
 
-        console.print(f"[bold red]error:[/bold red] {e}")
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2)
 
 

@@ -17,8 +17,8 @@ def test_unique_responses_scores_each_response_once():
 
 def test_same_text_under_two_prompts_is_two_responses():
     batch = [PreferencePair("p", "x", "y"), PreferencePair([{"role": "user", "content": "q"}], "x", "y")]
-    _, responses, chosen, _ = unique_responses(batch)
-    assert len(responses) == 4 and chosen == [0, 2]
+    _, responses, chosen, rejected = unique_responses(batch)
+    assert len(responses) == 4 and chosen == [0, 1] and rejected == [2, 3]  # chosen slots are filled first
 
 
 def test_pair_stream_keeps_groups_adjacent_and_covers_every_pair():
