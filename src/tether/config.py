@@ -282,6 +282,8 @@ class PPOConfig:
     """LoRA policy: the reference is the same weights with the adapter off (one copy in memory)."""
     save_every: int = 10
     """Checkpoint every N steps."""
+    interrupt_after: Optional[int] = None
+    """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0

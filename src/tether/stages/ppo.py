@@ -19,6 +19,7 @@ function is a zero-initialised head on the policy trunk, or a copy of the reward
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperatu
     return out
 
 
-def train_ppo(cfg: PPOConfig) -> dict:
+def train_ppo(cfg: PPOConfig) -> dict | None:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -108,7 +109,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         console.print(f"ppo: resuming from step {start_step} of {cfg.steps}")
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step)
-    history = []
+    history = [json.loads(line) for line in logger.path.read_text().splitlines() if line]  # steps before a resume
 
     for step in range(start_step, cfg.steps):
         t0 = time.time()
@@ -177,6 +178,11 @@ def train_ppo(cfg: PPOConfig) -> dict:
         logger.log(done, metrics)
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
             save_checkpoint(out, done, trainable, optimizer, scheduler, extra={"kl_controller": kl_ctl.state_dict()})
+        if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
+            save_checkpoint(out, done, trainable, optimizer, scheduler, extra={"kl_controller": kl_ctl.state_dict()})
+            logger.close()
+            console.print(f"ppo: stopped after step {done} (interrupt_after); rerun the same command to resume")
+            return None
     logger.close()
 
     # ---- save the policy (LoRA merged: a plain HF directory) and the value function
