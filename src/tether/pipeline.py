@@ -115,8 +115,8 @@ def write_report(run: Path, cfg: RunConfig, s: dict) -> Path:
         "",
         "## 4. PPO",
         "",
-        f"{ppo['steps']} iterations, {ppo['episodes']} episodes; RM reward {_fmt(ppo['reward_first'])} (first batch) -> "
-        f"{_fmt(ppo['reward_last_quarter'])} (mean of the last quarter); KL {_fmt(ppo['kl_last_quarter'])} nats; "
+        f"{ppo['steps']} iterations, {ppo['episodes']} episodes; mean RM reward of the rollouts {_fmt(ppo['reward_first_quarter'])} "
+        f"(first quarter of the run) -> {_fmt(ppo['reward_last_quarter'])} (last quarter); KL {_fmt(ppo['kl_last_quarter'])} nats; "
         f"final beta {_fmt(ppo['beta_final'], 4)}; {_fmt(ppo['seconds'], 0)} s.",
         "",
         "## 5. Evaluation (held-out prompts)",

@@ -29,3 +29,12 @@ def test_pair_stream_keeps_groups_adjacent_and_covers_every_pair():
     assert all(len(set(prompts[k:k + 3])) == 1 for k in range(0, 9, 3))  # three blocks of one prompt each
     assert pair_stream(pairs, seed=0, n_needed=9, group_by_prompt=True) == stream  # deterministic
     assert len(pair_stream(pairs, seed=0, n_needed=20, group_by_prompt=True)) == 20  # wraps into a second epoch
+
+
+def test_held_out_pairs_never_share_a_prompt_with_training_pairs():
+    from tether.stages.reward import split_by_prompt
+
+    pairs = [q for i in range(10) for q in pairs_for(f"prompt {i}", ["a", "b", "c"])]
+    train, held_out = split_by_prompt(pairs, eval_fraction=0.2, seed=0)
+    assert len(train) + len(held_out) == 30 and len(held_out) == 6  # 2 of 10 prompts, 3 pairs each
+    assert not {p.prompt for p in train} & {p.prompt for p in held_out}

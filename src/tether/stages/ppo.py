@@ -189,12 +189,13 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     save_model(policy, tokenizer, out / "model")
     if value_head is not None:
         save_file({k: v.detach().cpu() for k, v in value_head.state_dict().items()}, str(out / "value_head.safetensors"))
-    tail = history[-max(1, len(history) // 4):] if history else []
-    mean = lambda key: sum(h[key] for h in tail) / len(tail) if tail else None  # noqa: E731
+    quarter = max(1, len(history) // 4)
+    head, tail = history[:quarter], history[-quarter:]
+    mean = lambda key, rows=tail: sum(h[key] for h in rows) / len(rows) if rows else None  # noqa: E731
     summary = {
         "stage": "ppo", "model": str(out / "model"), "policy_init": policy_path, "reward_model": cfg.reward_model,
         "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size,
-        "reward_first": history[0]["rollout/reward"] if history else None, "reward_last_quarter": mean("rollout/reward"),
+        "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
         "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),
         "trainable_params": n_trainable, "total_params": n_total, "seconds": time.time() - t_start,

@@ -70,6 +70,13 @@ def pair_stream(pairs: list[PreferencePair], seed: int, n_needed: int, group_by_
     return stream[:n_needed]
 
 
+def split_by_prompt(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Hold out whole prompts: pairs of one prompt share responses, so splitting pairs would leak."""
+    train_keys, _ = split(sorted({_key(p.prompt) for p in pairs}), eval_fraction, seed)
+    keep = set(train_keys)
+    return [p for p in pairs if _key(p.prompt) in keep], [p for p in pairs if _key(p.prompt) not in keep]
+
+
 def unique_responses(batch: list[PreferencePair]) -> tuple[list[Prompt], list[str], list[int], list[int]]:
     """Each distinct (prompt, response) once, and where each pair's chosen / rejected sits in that list."""
     index: dict[tuple[str, str], int] = {}
@@ -147,7 +154,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if cfg.eval_data:
         train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data))
     else:
-        train_pairs, eval_pairs = split(pairs, cfg.eval_fraction, cfg.seed)
+        train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
 
     # 2. model: trunk + fresh head; optionally LoRA or frozen lower layers
     model = init_reward_model(trunk_path, tokenizer.pad_token_id, seed=cfg.seed)
