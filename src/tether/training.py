@@ -31,6 +31,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_stage(cfg) -> Path:
+    """Every stage begins the same way: create `cfg.output_dir`, write its config.yaml, seed."""
+    from tether.config import save_config
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+    return out
+
+
 def make_optimizer(params: list[torch.nn.Parameter], settings: OptimSettings, total_steps: int):
     """AdamW + warm-up + decay to 0 at `total_steps`."""
     from transformers import get_scheduler

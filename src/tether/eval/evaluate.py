@@ -12,11 +12,10 @@ Both policies answer the same prompts with the same sampling seed. Reported:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from tether.config import EvalConfig, GenerationSettings, resolve_path, save_config
+from tether.config import EvalConfig, GenerationSettings, resolve_path
 from tether.data.readers import read_prompts, write_jsonl
 from tether.data.records import Prompt, prompt_text
 from tether.eval.metrics import distinct_n, length_stats, mean_and_se, win_rate
@@ -26,7 +25,7 @@ from tether.models.reward_model import RewardModel
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import write_summary
-from tether.training import seed_everything
+from tether.training import start_stage
 
 
 @torch.no_grad()
@@ -51,10 +50,7 @@ def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], setting
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
+    out = start_stage(cfg)
     t0 = time.time()
 
     records = read_prompts(resolve_path(cfg.prompts))

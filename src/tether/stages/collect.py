@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 
-from tether.config import CollectConfig, resolve_path, save_config
+from tether.config import CollectConfig, resolve_path
 from tether.data.readers import read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
 from tether.rollout.generate import sample_responses
 from tether.tracking import MetricsLogger, write_summary
-from tether.training import seed_everything
+from tether.training import start_stage
 
 
 def collect(cfg: CollectConfig) -> dict:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
+    out = start_stage(cfg)
     t0 = time.time()
 
     # 1. sample K responses for every prompt

@@ -21,12 +21,11 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from tether.config import PPOConfig, resolve_path, save_config
+from tether.config import PPOConfig, resolve_path
 from tether.data.readers import read_prompts
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss)
@@ -35,7 +34,7 @@ from tether.models.reward_model import RewardModel, position_ids_from_mask, trun
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, write_summary
-from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
@@ -62,10 +61,7 @@ def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperatu
 
 
 def train_ppo(cfg: PPOConfig) -> dict | None:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
+    out = start_stage(cfg)
     t_start = time.time()
 
     # ---- models: policy (+ value), reference, reward model

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 
-from tether.config import RewardConfig, resolve_path, save_config
+from tether.config import RewardConfig, resolve_path
 from tether.data.collate import pad_right
 from tether.data.readers import read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
@@ -25,7 +24,7 @@ from tether.losses import bradley_terry_loss
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import RewardNormalization, init_reward_model, raw_rewards, save_normalization, trunk_of
 from tether.tracking import MetricsLogger, console, write_summary
-from tether.training import clip_and_step, epoch_order, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+from tether.training import clip_and_step, epoch_order, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
 
 
 def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
@@ -141,10 +140,7 @@ def _freeze_lower_layers(model, n_layers: int) -> None:
 
 
 def train_reward(cfg: RewardConfig) -> dict:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
+    out = start_stage(cfg)
     t0 = time.time()
 
     # 1. data: preference pairs, held-out split

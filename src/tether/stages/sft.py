@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 
-from tether.config import SFTConfig, resolve_path, save_config
+from tether.config import SFTConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, split
 from tether.losses import sft_loss_sum
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
 from tether.tracking import MetricsLogger, console, write_summary
-from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, seed_everything
+from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
 
 
 def _batches(examples: list[dict], batch_size: int, pad_id: int):
@@ -49,10 +48,7 @@ def eval_loss(model, examples: list[dict], batch_size: int, pad_id: int, precisi
 
 def train_sft(cfg: SFTConfig) -> dict | None:
     """Run SFT; returns the summary, or None if stopped early by `interrupt_after` (a checkpoint is left)."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
+    out = start_stage(cfg)
 
     # 1. data: demonstrations -> token ids with the prompt masked out of the labels
     model_path = resolve_model(cfg.model)
