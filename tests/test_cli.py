@@ -95,3 +95,20 @@ def test_malformed_data_exits_2_and_names_file_and_line(tiny_model_dir, tmp_path
 def test_missing_model_is_a_clear_error(tmp_path):
     result = tether("generate", f"model={tmp_path / 'nope'}")
     assert result.exit_code == 2 and "no such directory" in result.output
+
+
+def test_reward_eval_reports_calibration_and_plots(run_dir, tiny_data, tmp_path):
+    result = ok("reward", "eval", "--model", run_dir / "reward" / "model", "--data", tiny_data["prefs"],
+                "--out", tmp_path / "rm.json", "--plot", "--precision", "fp32")
+    metrics = json.loads(result.stdout)
+    assert {"accuracy", "n", "ece", "mean_margin", "length_corr"} <= metrics.keys() and metrics["n"] == 12
+    assert 0.0 <= metrics["ece"] <= 1.0
+    assert json.loads((tmp_path / "rm.json").read_text()) == metrics
+    assert (tmp_path / "rm.png").stat().st_size > 1000
+
+
+def test_reward_score_writes_a_column(run_dir, tiny_data, tmp_path):
+    result = ok("reward", "score", "--model", run_dir / "reward" / "model", "--data", tiny_data["demos"], "--out", tmp_path / "s.jsonl")
+    assert json.loads(result.stdout)["scored"] == 12
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(isinstance(r["reward"], float) and "response" in r for r in rows)

@@ -81,21 +81,61 @@ def reward_eval(
     model: str = typer.Option(..., "--model", help="Reward model directory."),
     data: str = typer.Option(..., "--data", help="Preference pairs (JSONL/JSONL.gz)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON object to this file."),
+    plot: bool = typer.Option(False, "--plot", help="Write a reliability diagram PNG beside --out (or reliability.png)."),
     max_prompt_tokens: int = typer.Option(192, help="Prompt tokens kept (cut from the left)."),
     max_response_tokens: int = typer.Option(128, help="Response tokens kept."),
     precision: str = typer.Option("bf16", help="bf16 or fp32."),
 ):
-    """Held-out accuracy of a reward model on preference pairs; prints one JSON object."""
+    """Judge a reward model on preference pairs; prints one JSON object (accuracy, n, ece, mean_margin, length_corr)."""
 
     def go():
         from tether.data.readers import read_preferences
+        from tether.eval.calibration import reliability_diagram
         from tether.models.reward_model import RewardModel
         from tether.stages.reward import CachedScorer, pair_metrics
 
         rm = RewardModel.load(model)
         pairs = read_preferences(C.resolve_path(data), limit=limit)
         scorer = CachedScorer(rm.model, rm.tokenizer, max_prompt_tokens, max_response_tokens, precision)
-        return pair_metrics(scorer, pairs, rm.normalization)
+        metrics = pair_metrics(scorer, pairs, rm.normalization, with_bins=True)
+        bins = metrics.pop("bins", None)
+        if plot and bins is not None:
+            png = out.with_suffix(".png") if out else Path("reliability.png")
+            reliability_diagram({"ece": metrics["ece"], "bins": bins}, png, title=f"{Path(model).name} on {Path(data).name}")
+            metrics["plot"] = str(png)
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+    print(json.dumps(_run(go)))
+
+
+@reward_app.command("score")
+def reward_score(
+    model: str = typer.Option(..., "--model", help="Reward model directory."),
+    data: str = typer.Option(..., "--data", help="Prompt/response JSONL (any demonstration format)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output JSONL (default: DATA with .scored.jsonl)."),
+    column: str = typer.Option("reward", help="Name of the score column."),
+    max_prompt_tokens: int = typer.Option(192, help="Prompt tokens kept (cut from the left)."),
+    max_response_tokens: int = typer.Option(128, help="Response tokens kept."),
+    precision: str = typer.Option("bf16", help="bf16 or fp32."),
+):
+    """Score every (prompt, response) row with a reward model and write the score back as a column."""
+
+    def go():
+        from tether.data.readers import read_demonstrations, write_jsonl
+        from tether.models.reward_model import RewardModel
+        from tether.stages.reward import CachedScorer
+
+        rm = RewardModel.load(model)
+        rows = read_demonstrations(C.resolve_path(data))
+        scorer = CachedScorer(rm.model, rm.tokenizer, max_prompt_tokens, max_response_tokens, precision)
+        scores = rm.normalization.apply(scorer([r.prompt for r in rows], [r.response for r in rows])).tolist()
+        target = out or Path(str(C.resolve_path(data)).removesuffix(".gz").removesuffix(".jsonl") + ".scored.jsonl")
+        write_jsonl(target, [{**r.to_dict(), column: s} for r, s in zip(rows, scores)])
+        return {"scored": len(rows), "out": str(target), "mean": sum(scores) / max(len(scores), 1)}
 
     print(json.dumps(_run(go)))
 

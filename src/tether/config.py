@@ -202,10 +202,18 @@ class RewardConfig:
     """Micro-batches per optimizer step."""
     group_by_prompt: bool = True
     """Keep the pairs of one prompt in the same batch and score each response once (InstructGPT sec. 3.5)."""
+    label_smoothing: float = 0.0
+    """Label-smoothing epsilon for noisy labels: -(1-eps) log s(d) - eps log s(-d); 0 = plain Bradley-Terry."""
+    center_rewards_coefficient: Optional[float] = None
+    """Weight of the centring term mean((r_c + r_r)^2) (Eisenstein et al. 2023); None = off."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-5))
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the trunk (the head is always trained)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
     freeze_layers: int = 0
     """Freeze the embeddings and the lowest N transformer blocks (cheaper, less overfitting)."""
     save_every: int = 0

@@ -164,3 +164,17 @@ def test_ppo_resume_is_bit_for_bit(chain, tiny_model_dir, tiny_data, tmp_path):
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert resumed["beta_final"] == full["beta_final"] != 0.05  # the controller moved, and resumed identically
+
+
+def test_reward_loss_options_and_lora_head(chain, tiny_model_dir, tmp_path):
+    root = chain[0]
+    s = train_reward(load_config(RewardConfig, None, [
+        f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'rm'}",
+        "batch_size=4", "precision=fp32", "label_smoothing=0.1", "center_rewards_coefficient=0.01",
+        "lora.enabled=true", "lora.r=4", "optim.lr=1e-3"]))
+    assert s["trainable_params"] < s["total_params"] and s["eval_ece"] is not None
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model").config.num_labels == 1
+    with pytest.raises(Exception, match="label_smoothing"):
+        load_config(RewardConfig, None, ["label_smoothing=0.7"])

@@ -5,7 +5,12 @@ Masks are float or bool (B, T), 1 on real response tokens.
 """
 
 from tether.losses.advantages import gae
-from tether.losses.bradley_terry import bradley_terry_loss
+from tether.losses.bradley_terry import (
+    bradley_terry_label_smoothed_loss,
+    bradley_terry_loss,
+    bradley_terry_tie_loss,
+    reward_centering_penalty,
+)
 from tether.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3
 from tether.losses.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from tether.losses.ppo import (
@@ -26,6 +31,9 @@ __all__ = [
     "sft_loss",
     "sft_loss_sum",
     "bradley_terry_loss",
+    "bradley_terry_label_smoothed_loss",
+    "bradley_terry_tie_loss",
+    "reward_centering_penalty",
     "kl_k1",
     "kl_k2",
     "kl_k3",

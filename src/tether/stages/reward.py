@@ -20,7 +20,8 @@ from tether.data.collate import pad_right
 from tether.data.readers import read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
-from tether.losses import bradley_terry_loss
+from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
+from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, reward_centering_penalty
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import RewardNormalization, init_reward_model, raw_rewards, save_normalization, trunk_of
 from tether.tracking import MetricsLogger, console, write_summary
@@ -114,8 +115,15 @@ class CachedScorer:
         return torch.tensor([self.cache[k] for k in keys])
 
 
-def pair_metrics(scorer: CachedScorer, pairs: list[PreferencePair], normalization: RewardNormalization | None = None) -> dict:
-    """Pairwise accuracy (ties count half) with a 95% normal-approximation CI, mean margin, BT loss."""
+def pair_metrics(scorer: CachedScorer, pairs: list[PreferencePair], normalization: RewardNormalization | None = None,
+                 with_bins: bool = False) -> dict:
+    """How well rewards order held-out pairs.
+
+    accuracy (ties count half) with a 95% Wilson interval; ece: expected calibration error of
+    sigmoid(r_c - r_r) on the symmetrised pairs, 10 bins (Guo et al. 2017); mean_margin;
+    length_corr: Pearson correlation of reward with response length in words over every
+    response (the first symptom of a length-hacked RM, Singhal et al. 2023); BT loss.
+    """
     if not pairs:
         return {"accuracy": None, "n": 0}
     prompts, responses, i_chosen, i_rejected = unique_responses(pairs)
@@ -123,13 +131,17 @@ def pair_metrics(scorer: CachedScorer, pairs: list[PreferencePair], normalizatio
     if normalization is not None:
         r = normalization.apply(r)
     r_c, r_r = r[i_chosen], r[i_rejected]
-    correct = (r_c > r_r).float() + 0.5 * (r_c == r_r).float()
+    calibration = pairwise_calibration(r_c.numpy(), r_r.numpy())
     n = len(pairs)
-    acc = correct.mean().item()
-    half = 1.96 * math.sqrt(max(acc * (1 - acc), 0.0) / n)
+    acc = calibration["accuracy"]
+    low, high = wilson_interval(acc * n, n)
     loss, _ = bradley_terry_loss(r_c, r_r)
-    return {"accuracy": acc, "accuracy_ci_low": max(0.0, acc - half), "accuracy_ci_high": min(1.0, acc + half),
-            "n": n, "mean_margin": (r_c - r_r).mean().item(), "loss": loss.item()}
+    out = {"accuracy": acc, "accuracy_ci_low": low, "accuracy_ci_high": high, "n": n, "ece": calibration["ece"],
+           "mean_margin": calibration["mean_margin"], "length_corr": length_correlation(r.numpy(), [len(x.split()) for x in responses]),
+           "loss": loss.item()}
+    if with_bins:
+        out["bins"] = calibration["bins"]
+    return out
 
 
 def _freeze_lower_layers(model, n_layers: int) -> None:
@@ -151,6 +163,11 @@ def train_reward(cfg: RewardConfig) -> dict:
         train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data))
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+
+    cut = sum(encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens)[1] for p in train_pairs + eval_pairs)
+    if cut:
+        console.print(f"reward: {cut} of {len(train_pairs) + len(eval_pairs)} prompts were cut from the left to "
+                      f"max_prompt_tokens={cfg.max_prompt_tokens} (the response is never cut by this)")
 
     # 2. model: trunk + fresh head; optionally LoRA or frozen lower layers
     model = init_reward_model(trunk_path, tokenizer.pad_token_id, seed=cfg.seed)
@@ -185,7 +202,12 @@ def train_reward(cfg: RewardConfig) -> dict:
             margin = None
             if any(p.margin is not None for p in batch):
                 margin = torch.tensor([p.margin or 0.0 for p in batch], device=r.device)
-            loss, m = bradley_terry_loss(r_chosen, r_rejected, margin)
+            if cfg.label_smoothing > 0:
+                loss, m = bradley_terry_label_smoothed_loss(r_chosen, r_rejected, cfg.label_smoothing, margin)
+            else:
+                loss, m = bradley_terry_loss(r_chosen, r_rejected, margin)
+            if cfg.center_rewards_coefficient:
+                loss = loss + cfg.center_rewards_coefficient * reward_centering_penalty(r_chosen, r_rejected)
             (loss * len(batch) / per_step).backward()
             for key in totals:
                 totals[key] += m[key] * len(batch) / per_step
@@ -215,7 +237,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     trainable, total = count_parameters(model)
     summary = {
         "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
-        "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+        "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "prompts_truncated": cut,
+        "eval_ece": eval_metrics.get("ece"), "eval_length_corr": eval_metrics.get("length_corr"),
         "eval_accuracy": eval_metrics.get("accuracy"), "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
         "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
         "train_accuracy": train_metrics.get("accuracy"),
