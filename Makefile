@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 venv: $(STAMP)
 
@@ -26,3 +26,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs tests/.tether-home
+
+# Benchmarks (long: real data, the default model). Figures are printed and kept in runs/.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/reward_hh.py
