@@ -13,6 +13,18 @@ __all__ = [
 ]
 
 
+@torch.no_grad()
+def _pair_metrics(loss: torch.Tensor, r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, float]:
+    """The metrics every pairwise reward loss reports, as Python floats."""
+    return {
+        "loss": loss.item(),
+        "accuracy": (r_chosen > r_rejected).float().mean().item(),
+        "margin": (r_chosen - r_rejected).float().mean().item(),
+        "chosen_reward": r_chosen.float().mean().item(),
+        "rejected_reward": r_rejected.float().mean().item(),
+    }
+
+
 def bradley_terry_loss(
     r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -35,15 +47,7 @@ def bradley_terry_loss(
     diff = r_chosen - r_rejected
     logits = diff if margin is None else diff - margin
     loss = -F.logsigmoid(logits).mean()
-    with torch.no_grad():
-        metrics = {
-            "loss": loss.item(),
-            "accuracy": (r_chosen > r_rejected).float().mean().item(),
-            "margin": diff.float().mean().item(),
-            "chosen_reward": r_chosen.float().mean().item(),
-            "rejected_reward": r_rejected.float().mean().item(),
-        }
-    return loss, metrics
+    return loss, _pair_metrics(loss, r_chosen, r_rejected)
 
 
 def bradley_terry_label_smoothed_loss(
@@ -84,15 +88,7 @@ def bradley_terry_label_smoothed_loss(
     diff = r_chosen - r_rejected
     logits = diff if margin is None else diff - margin
     loss = (-(1.0 - epsilon) * F.logsigmoid(logits) - epsilon * F.logsigmoid(-logits)).mean()
-    with torch.no_grad():
-        metrics = {
-            "loss": loss.item(),
-            "accuracy": (r_chosen > r_rejected).float().mean().item(),
-            "margin": diff.float().mean().item(),
-            "chosen_reward": r_chosen.float().mean().item(),
-            "rejected_reward": r_rejected.float().mean().item(),
-        }
-    return loss, metrics
+    return loss, _pair_metrics(loss, r_chosen, r_rejected)
 
 
 def _masked_mean_or_nan(x: torch.Tensor, mask: torch.Tensor) -> float:
