@@ -92,13 +92,13 @@ def reward_eval(
     def go():
         from tether.data.readers import read_preferences
         from tether.eval.calibration import reliability_diagram
-        from tether.models.reward_model import RewardModel
+        from tether.models.reward_model import load_reward_model
         from tether.stages.reward import CachedScorer, pair_metrics
 
-        rm = RewardModel.load(model)
+        rm = load_reward_model(model)
         pairs = read_preferences(C.resolve_path(data), limit=limit)
-        scorer = CachedScorer(rm.model, rm.tokenizer, max_prompt_tokens, max_response_tokens, precision)
-        metrics = pair_metrics(scorer, pairs, rm.normalization, with_bins=True)
+        scorers = CachedScorer.for_members(rm, max_prompt_tokens, max_response_tokens, precision)
+        metrics = pair_metrics(scorers, pairs, with_bins=True)
         bins = metrics.pop("bins", None)
         if plot and bins is not None:
             png = out.with_suffix(".png") if out else Path("reliability.png")
@@ -125,16 +125,21 @@ def reward_score(
     """Score every (prompt, response) row with a reward model and write the score back as a column."""
 
     def go():
+        import torch
+
         from tether.data.readers import read_demonstrations, write_jsonl
-        from tether.models.reward_model import RewardModel
+        from tether.models.reward_model import load_reward_model
         from tether.stages.reward import CachedScorer
 
-        rm = RewardModel.load(model)
+        rm = load_reward_model(model)
         rows = read_demonstrations(C.resolve_path(data))
-        scorer = CachedScorer(rm.model, rm.tokenizer, max_prompt_tokens, max_response_tokens, precision)
-        scores = rm.normalization.apply(scorer([r.prompt for r in rows], [r.response for r in rows])).tolist()
+        prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
+        members = torch.stack([s(prompts, responses) for s in CachedScorer.for_members(rm, max_prompt_tokens, max_response_tokens, precision)])
+        scores = members.mean(0).tolist()
+        spread = members.std(0, correction=0).tolist()
         target = out or Path(str(C.resolve_path(data)).removesuffix(".gz").removesuffix(".jsonl") + ".scored.jsonl")
-        write_jsonl(target, [{**r.to_dict(), column: s} for r, s in zip(rows, scores)])
+        extra = (lambda i: {f"{column}_std": spread[i]}) if len(members) > 1 else (lambda i: {})  # noqa: E731
+        write_jsonl(target, [{**r.to_dict(), column: s, **extra(i)} for i, (r, s) in enumerate(zip(rows, scores))])
         return {"scored": len(rows), "out": str(target), "mean": sum(scores) / max(len(scores), 1)}
 
     print(json.dumps(_run(go)))

@@ -206,6 +206,8 @@ class RewardConfig:
     """Label-smoothing epsilon for noisy labels: -(1-eps) log s(d) - eps log s(-d); 0 = plain Bradley-Terry."""
     center_rewards_coefficient: Optional[float] = None
     """Weight of the centring term mean((r_c + r_r)^2) (Eisenstein et al. 2023); None = off."""
+    ensemble: int = 1
+    """Train N reward models with seeds seed..seed+N-1 (an ensemble: its mean and spread reach PPO)."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-5))
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -280,6 +282,8 @@ class PPOConfig:
     """Normalise advantages per batch (mean 0, std 1)."""
     reward_clip: float = 10.0
     """Clip RM scores to [-c, c] before use."""
+    reward_std_coef: float = 0.0
+    """With a reward-model ensemble: reward = mean - k * std over members (conservative reward); 0 = mean."""
     missing_eos_penalty: Optional[float] = None
     """Score given to responses that hit max_new_tokens without EOS (None = use the RM's score)."""
     value_model: Literal["policy_head", "reward_model"] = "policy_head"

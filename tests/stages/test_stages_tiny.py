@@ -178,3 +178,29 @@ def test_reward_loss_options_and_lora_head(chain, tiny_model_dir, tmp_path):
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model").config.num_labels == 1
     with pytest.raises(Exception, match="label_smoothing"):
         load_config(RewardConfig, None, ["label_smoothing=0.7"])
+
+
+def test_reward_ensemble_trains_members_and_reaches_ppo(chain, tiny_model_dir, tiny_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+    from tether.models.reward_model import RewardEnsemble, load_reward_model
+
+    root = chain[0]
+    s = train_reward(load_config(RewardConfig, None, [
+        f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'ens'}",
+        "batch_size=4", "precision=fp32", "optim.lr=1e-3", "ensemble=2"]))
+    assert s["ensemble"] == 2 and len(s["member_eval_accuracy"]) == 2 and s["eval_disagreement"] >= 0.0
+    ens = load_reward_model(str(tmp_path / "ens" / "model"))
+    assert isinstance(ens, RewardEnsemble) and len(ens.members) == 2
+    ids, mask = torch.tensor([[5, 6, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
+    members = ens.member_scores(ids, mask)  # (2, 1): different seeds give different heads
+    assert members.shape == (2, 1) and members[0, 0] != members[1, 0]
+    assert ens.scores(ids, mask, std_coef=1.0) < ens.scores(ids, mask)  # mean - std is the conservative reward
+    result = CliRunner().invoke(app, ["reward", "eval", "--model", str(tmp_path / "ens" / "model"), "--data", str(tiny_data["prefs"])])
+    assert result.exit_code == 0, result.output
+    assert {"disagreement", "vote_disagreement"} <= json.loads(result.stdout).keys()
+    ppo = train_ppo(load_config(PPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward_model={tmp_path / 'ens' / 'model'}", f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", "precision=fp32", "reward_std_coef=1.0", *GEN]))
+    assert ppo["steps"] == 1

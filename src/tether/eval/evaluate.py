@@ -21,7 +21,7 @@ from tether.data.records import Prompt, prompt_text
 from tether.eval.metrics import distinct_n, length_stats, mean_and_se, win_rate
 from tether.feedback.gold import gold_scores
 from tether.models.loading import autocast, load_causal_lm, load_tokenizer, resolve_model
-from tether.models.reward_model import RewardModel
+from tether.models.reward_model import RewardEnsemble, RewardModel, load_reward_model
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import write_summary
@@ -30,7 +30,7 @@ from tether.training import start_stage
 
 @torch.no_grad()
 def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int,
-                     precision: str, reward_model: RewardModel | None) -> dict:
+                     precision: str, reward_model: RewardModel | RewardEnsemble | None) -> dict:
     """Responses of `model`, with per-response KL to `reference` (k1, nats) and RM scores."""
     texts, finished, kls, proxy, lengths = [], [], [], [], []
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
@@ -61,7 +61,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     policy_path, baseline_path = resolve_model(cfg.policy), resolve_model(cfg.baseline)
     reference_path = resolve_model(cfg.reference) if cfg.reference else baseline_path
     tokenizer = load_tokenizer(policy_path)
-    rm = RewardModel.load(cfg.reward_model) if cfg.reward_model else None
+    rm = load_reward_model(cfg.reward_model) if cfg.reward_model else None
 
     # 1. the two policies answer the same prompts with the same seed
     baseline = load_causal_lm(baseline_path).eval()

@@ -17,6 +17,7 @@ import torch
 from tether.models.loading import device, disable_dropout, load_tokenizer
 
 NORMALIZATION_FILE = "tether_reward.json"
+ENSEMBLE_FILE = "tether_ensemble.json"
 
 
 @dataclass
@@ -114,9 +115,56 @@ class RewardModel:
         norm = RewardNormalization(**json.loads(norm_file.read_text())) if norm_file.exists() else RewardNormalization()
         return cls(model.to(device()), load_tokenizer(path), norm, path)
 
+    @property
+    def members(self) -> list["RewardModel"]:
+        return [self]
+
     @torch.no_grad()
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.normalization.apply(raw_rewards(self.model, input_ids, attention_mask))
+    def member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(1, B) normalised rewards (the ensemble interface with one member)."""
+        return self.normalization.apply(raw_rewards(self.model, input_ids, attention_mask)).unsqueeze(0)
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, std_coef: float = 0.0) -> torch.Tensor:
+        return conservative_reward(self.member_scores(input_ids, attention_mask), std_coef)
+
+
+class RewardEnsemble:
+    """Several reward models trained with different seeds; `tether_ensemble.json` lists them.
+
+    `scores` gives mean - k * std over members: the conservative reward of Coste et al.
+    2023 ("Reward Model Ensembles Help Mitigate Overoptimization"); k = 0 is the mean.
+    """
+
+    def __init__(self, members: list[RewardModel], path: str):
+        self.members, self.path = members, path
+        self.tokenizer = members[0].tokenizer
+
+    @torch.no_grad()
+    def member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, B) normalised rewards, one row per member."""
+        return torch.cat([m.member_scores(input_ids, attention_mask) for m in self.members])
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, std_coef: float = 0.0) -> torch.Tensor:
+        return conservative_reward(self.member_scores(input_ids, attention_mask), std_coef)
+
+
+def conservative_reward(member_scores: torch.Tensor, std_coef: float) -> torch.Tensor:
+    """(N, B) member rewards -> (B,) mean - std_coef * std over members (population std; 0 for one member)."""
+    return member_scores.mean(0) - std_coef * member_scores.std(0, correction=0)
+
+
+def load_reward_model(path: str) -> RewardModel | RewardEnsemble:
+    """A reward model folder, or an ensemble folder holding tether_ensemble.json."""
+    manifest = Path(path) / ENSEMBLE_FILE
+    if manifest.exists():
+        members = json.loads(manifest.read_text())["members"]
+        return RewardEnsemble([RewardModel.load(str((Path(path) / m).resolve())) for m in members], path)
+    return RewardModel.load(path)
+
+
+def save_ensemble_manifest(path: str | Path, member_dirs: list[str]) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    (Path(path) / ENSEMBLE_FILE).write_text(json.dumps({"members": member_dirs}, indent=2) + "\n")
 
 
 def save_normalization(path: str | Path, norm: RewardNormalization) -> None:

@@ -9,6 +9,7 @@ responses sampled from the SFT policy score mean 0 and std 1 (stored beside the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -23,8 +24,9 @@ from tether.data.templates import encode_prompt, encode_response
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, reward_centering_penalty
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
-from tether.models.reward_model import RewardNormalization, init_reward_model, raw_rewards, save_normalization, trunk_of
-from tether.tracking import MetricsLogger, console, write_summary
+from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, raw_rewards, save_ensemble_manifest,
+                                        save_normalization, trunk_of)
+from tether.tracking import MetricsLogger, console, read_summary, write_summary
 from tether.training import clip_and_step, epoch_order, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
 
 
@@ -102,11 +104,12 @@ class CachedScorer:
     most responses (they are all SFT samples), so each is run through the model only once.
     """
 
-    def __init__(self, model, tokenizer, max_prompt_tokens: int, max_response_tokens: int, precision: str):
-        self.model, self.tokenizer, self.cache = model, tokenizer, {}
+    def __init__(self, model, tokenizer, max_prompt_tokens: int, max_response_tokens: int, precision: str,
+                 normalization: RewardNormalization | None = None):
+        self.model, self.tokenizer, self.cache, self.normalization = model, tokenizer, {}, normalization
         self.kw = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision)
 
-    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+    def raw(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
         keys = [(_key(p), r) for p, r in zip(prompts, responses)]
         todo = {k: (p, r) for k, p, r in zip(keys, prompts, responses) if k not in self.cache}
         if todo:
@@ -114,22 +117,33 @@ class CachedScorer:
             self.cache.update(zip(todo.keys(), scores.tolist()))
         return torch.tensor([self.cache[k] for k in keys])
 
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        """Rewards, normalised when a normalisation is set."""
+        r = self.raw(prompts, responses)
+        return self.normalization.apply(r) if self.normalization is not None else r
 
-def pair_metrics(scorer: CachedScorer, pairs: list[PreferencePair], normalization: RewardNormalization | None = None,
-                 with_bins: bool = False) -> dict:
-    """How well rewards order held-out pairs.
+    @classmethod
+    def for_members(cls, reward_model, max_prompt_tokens: int, max_response_tokens: int, precision: str) -> list["CachedScorer"]:
+        """One normalised scorer per member of a loaded RewardModel or RewardEnsemble."""
+        return [cls(m.model, m.tokenizer, max_prompt_tokens, max_response_tokens, precision, m.normalization)
+                for m in reward_model.members]
+
+
+def pair_metrics(scorers: list[CachedScorer], pairs: list[PreferencePair], with_bins: bool = False) -> dict:
+    """How well rewards order held-out pairs; with several scorers, of the ensemble mean.
 
     accuracy (ties count half) with a 95% Wilson interval; ece: expected calibration error of
     sigmoid(r_c - r_r) on the symmetrised pairs, 10 bins (Guo et al. 2017); mean_margin;
     length_corr: Pearson correlation of reward with response length in words over every
     response (the first symptom of a length-hacked RM, Singhal et al. 2023); BT loss.
+    Ensembles add disagreement (mean over pairs of the std of the members' margins) and
+    vote_disagreement (fraction of pairs the members do not order unanimously).
     """
     if not pairs:
         return {"accuracy": None, "n": 0}
     prompts, responses, i_chosen, i_rejected = unique_responses(pairs)
-    r = scorer(prompts, responses)
-    if normalization is not None:
-        r = normalization.apply(r)
+    members = torch.stack([scorer(prompts, responses) for scorer in scorers])  # (N, U)
+    r = members.mean(0)
     r_c, r_r = r[i_chosen], r[i_rejected]
     calibration = pairwise_calibration(r_c.numpy(), r_r.numpy())
     n = len(pairs)
@@ -139,6 +153,12 @@ def pair_metrics(scorer: CachedScorer, pairs: list[PreferencePair], normalizatio
     out = {"accuracy": acc, "accuracy_ci_low": low, "accuracy_ci_high": high, "n": n, "ece": calibration["ece"],
            "mean_margin": calibration["mean_margin"], "length_corr": length_correlation(r.numpy(), [len(x.split()) for x in responses]),
            "loss": loss.item()}
+    if len(scorers) > 1:
+        margins = members[:, i_chosen] - members[:, i_rejected]  # (N, n)
+        votes = (margins > 0).float().mean(0)
+        out["disagreement"] = margins.std(0, correction=0).mean().item()
+        out["vote_disagreement"] = ((votes > 0) & (votes < 1)).float().mean().item()
+        out["members"] = len(scorers)
     if with_bins:
         out["bins"] = calibration["bins"]
     return out
@@ -151,7 +171,40 @@ def _freeze_lower_layers(model, n_layers: int) -> None:
         layer.requires_grad_(False)
 
 
+def train_reward_ensemble(cfg: RewardConfig) -> dict:
+    """N members with seeds seed..seed+N-1 in member_<i>/ (each resumable on its own), listed in model/."""
+    out = start_stage(cfg)
+    summaries = []
+    for i in range(cfg.ensemble):
+        member_dir = out / f"member_{i}"
+        done = read_summary(member_dir)
+        if done is None:
+            console.rule(f"reward ensemble: member {i + 1} of {cfg.ensemble}")
+            done = train_reward(dataclasses.replace(cfg, ensemble=1, seed=cfg.seed + i, output_dir=str(member_dir)))
+        summaries.append(done)
+    save_ensemble_manifest(out / "model", [f"../member_{i}/model" for i in range(cfg.ensemble)])
+    ensemble = load_reward_model(str(out / "model"))
+    pairs = read_preferences(resolve_path(cfg.eval_data)) if cfg.eval_data else \
+        split_by_prompt(read_preferences(resolve_path(cfg.data), limit=cfg.limit), cfg.eval_fraction, cfg.seed)[1]
+    metrics = pair_metrics(CachedScorer.for_members(ensemble, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision), pairs)
+    summary = {
+        "stage": "reward", "model": str(out / "model"), "ensemble": cfg.ensemble, "train_pairs": summaries[0]["train_pairs"],
+        "eval_pairs": metrics["n"], "eval_accuracy": metrics["accuracy"],
+        "eval_accuracy_ci": [metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]], "eval_ece": metrics["ece"],
+        "eval_mean_margin": metrics["mean_margin"], "eval_length_corr": metrics["length_corr"], "eval_loss": metrics["loss"],
+        "eval_disagreement": metrics["disagreement"], "eval_vote_disagreement": metrics["vote_disagreement"],
+        "member_eval_accuracy": [m["eval_accuracy"] for m in summaries], "steps": sum(m["steps"] for m in summaries),
+        "train_accuracy": sum(m["train_accuracy"] for m in summaries) / len(summaries),
+        "normalization": {"gain": None, "bias": None, "fitted_on": "per member", "n": summaries[0]["normalization"]["n"]},
+        "seconds": sum(m["seconds"] for m in summaries),
+    }
+    write_summary(out, summary)
+    return summary
+
+
 def train_reward(cfg: RewardConfig) -> dict:
+    if cfg.ensemble > 1:
+        return train_reward_ensemble(cfg)
     out = start_stage(cfg)
     t0 = time.time()
 
@@ -229,9 +282,10 @@ def train_reward(cfg: RewardConfig) -> dict:
         norm_responses = [r for p in train_pairs for r in (p.chosen, p.rejected)]
         fitted_on = "training pairs (chosen and rejected)"
     scorer = CachedScorer(model, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
-    normalization = RewardNormalization.fit(scorer(norm_prompts, norm_responses), fitted_on)
-    eval_metrics = pair_metrics(scorer, eval_pairs, normalization)
-    train_metrics = pair_metrics(scorer, train_pairs[:256], normalization)
+    normalization = RewardNormalization.fit(scorer.raw(norm_prompts, norm_responses), fitted_on)
+    scorer.normalization = normalization
+    eval_metrics = pair_metrics([scorer], eval_pairs)
+    train_metrics = pair_metrics([scorer], train_pairs[:256])
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
     save_normalization(out / "model", normalization)
     trainable, total = count_parameters(model)
