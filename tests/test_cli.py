@@ -112,3 +112,9 @@ def test_reward_score_writes_a_column(run_dir, tiny_data, tmp_path):
     assert json.loads(result.stdout)["scored"] == 12
     rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(isinstance(r["reward"], float) and "response" in r for r in rows)
+
+
+def test_missing_reward_model_is_a_clear_error(tiny_model_dir, tiny_data, tmp_path):
+    result = tether("ppo", f"policy={tiny_model_dir}", f"reward_model={tmp_path}", f"prompts={tiny_data['prompts']}",
+                    f"output_dir={tmp_path / 'ppo'}")
+    assert result.exit_code == 2 and "no config.json" in result.output

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tether.models.loading import device, disable_dropout, load_tokenizer
+from tether.models.loading import ModelError, device, disable_dropout, load_tokenizer
 
 NORMALIZATION_FILE = "tether_reward.json"
 ENSEMBLE_FILE = "tether_ensemble.json"
@@ -106,10 +106,10 @@ class RewardModel:
 
         norm_file = Path(path) / NORMALIZATION_FILE
         if not (Path(path) / "config.json").exists():
-            raise ValueError(f"reward model '{path}': no config.json (expected a folder written by `tether reward train`)")
+            raise ModelError(f"reward model '{path}': no config.json (expected a folder written by `tether reward train`)")
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
         if model.config.num_labels != 1:
-            raise ValueError(f"reward model '{path}': num_labels is {model.config.num_labels}, expected 1")
+            raise ModelError(f"reward model '{path}': num_labels is {model.config.num_labels}, expected 1")
         disable_dropout(model)
         model.eval().requires_grad_(False)
         norm = RewardNormalization(**json.loads(norm_file.read_text())) if norm_file.exists() else RewardNormalization()

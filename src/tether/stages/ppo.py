@@ -29,7 +29,7 @@ from tether.config import PPOConfig, resolve_path
 from tether.data.readers import read_prompts
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss)
-from tether.models.loading import apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
+from tether.models.loading import ModelError, apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
@@ -70,7 +70,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     rm = load_reward_model(cfg.reward_model)
     if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
+        raise ModelError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
                          "train the reward model from the SFT model so both read the same tokens")
     policy = load_causal_lm(policy_path)
     if cfg.lora.enabled:
@@ -122,7 +122,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         with torch.no_grad(), autocast(cfg.precision):
             old = evaluate_step(policy, value_head, value_model, seqs, attn, P, temperature, with_entropy=True)
             with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
-                ref_logp = policy_forward(reference or policy, seqs, attn, P, temperature)["logp"]
+                ref_logp = policy_forward(policy if reference is None else reference, seqs, attn, P, temperature)["logp"]
             scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id), std_coef=cfg.reward_std_coef)  # (B,)
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(rollout.finished, scores, torch.full_like(scores, cfg.missing_eos_penalty))
