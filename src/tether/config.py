@@ -206,6 +206,8 @@ class RewardConfig:
     """Label-smoothing epsilon for noisy labels: -(1-eps) log s(d) - eps log s(-d); 0 = plain Bradley-Terry."""
     center_rewards_coefficient: Optional[float] = None
     """Weight of the centring term mean((r_c + r_r)^2) (Eisenstein et al. 2023); None = off."""
+    ties: Literal["skip", "half"] = "skip"
+    """Pairs marked {"tie": true}: drop them, or train them towards equal rewards (target 0.5, Christiano et al. 2017)."""
     ensemble: int = 1
     """Train N reward models with seeds seed..seed+N-1 (an ensemble: its mean and spread reach PPO)."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-5))

@@ -204,3 +204,16 @@ def test_reward_ensemble_trains_members_and_reaches_ppo(chain, tiny_model_dir, t
         f"policy={tiny_model_dir}", f"reward_model={tmp_path / 'ens' / 'model'}", f"prompts={tiny_data['prompts']}",
         f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", "precision=fp32", "reward_std_coef=1.0", *GEN]))
     assert ppo["steps"] == 1
+
+
+def test_reward_ties_are_skipped_or_trained_to_equal(tiny_model_dir, tmp_path):
+    rows = [{"prompt": f"question {i}", "chosen": "a good answer.", "rejected": "bad", "tie": i % 3 == 0} for i in range(12)]
+    data = tmp_path / "ties.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [f"model={tiny_model_dir}", f"data={data}", "batch_size=4", "precision=fp32", "eval_fraction=0.25", "optim.lr=1e-3"]
+    skip = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'skip'}", "ties=skip"]))
+    half = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'half'}", "ties=half"]))
+    # 12 prompts, 3 held out -> 9 training pairs with ties=half; ties=skip drops the tied ones among them
+    # (4 of the 12 are ties); held-out ties never count towards accuracy
+    assert skip["train_pairs"] < half["train_pairs"] == 9
+    assert skip["eval_pairs"] == half["eval_pairs"] <= 3

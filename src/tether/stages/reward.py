@@ -22,7 +22,7 @@ from tether.data.readers import read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
-from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, reward_centering_penalty
+from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, raw_rewards, save_ensemble_manifest,
                                         save_normalization, trunk_of)
@@ -77,6 +77,10 @@ def split_by_prompt(pairs: list[PreferencePair], eval_fraction: float, seed: int
     train_keys, _ = split(sorted({_key(p.prompt) for p in pairs}), eval_fraction, seed)
     keep = set(train_keys)
     return [p for p in pairs if _key(p.prompt) in keep], [p for p in pairs if _key(p.prompt) not in keep]
+
+
+def is_tie(pair: PreferencePair) -> bool:
+    return bool(pair.meta.get("tie", False))
 
 
 def unique_responses(batch: list[PreferencePair]) -> tuple[list[Prompt], list[str], list[int], list[int]]:
@@ -216,6 +220,13 @@ def train_reward(cfg: RewardConfig) -> dict:
         train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data))
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    # a tie is a pair whose meta says {"tie": true}; accuracy is only defined on the others
+    eval_pairs = [p for p in eval_pairs if not is_tie(p)]
+    n_ties = sum(is_tie(p) for p in train_pairs)
+    if cfg.ties == "skip":
+        train_pairs = [p for p in train_pairs if not is_tie(p)]
+    if n_ties:
+        console.print(f"reward: {n_ties} tied training pairs ({'dropped' if cfg.ties == 'skip' else 'trained towards equal rewards'})")
 
     cut = sum(encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens)[1] for p in train_pairs + eval_pairs)
     if cut:
@@ -255,7 +266,10 @@ def train_reward(cfg: RewardConfig) -> dict:
             margin = None
             if any(p.margin is not None for p in batch):
                 margin = torch.tensor([p.margin or 0.0 for p in batch], device=r.device)
-            if cfg.label_smoothing > 0:
+            if cfg.ties == "half" and any(is_tie(p) for p in batch):
+                target = torch.tensor([0.5 if is_tie(p) else 1.0 - cfg.label_smoothing for p in batch], device=r.device)
+                loss, m = bradley_terry_tie_loss(r_chosen, r_rejected, target)
+            elif cfg.label_smoothing > 0:
                 loss, m = bradley_terry_label_smoothed_loss(r_chosen, r_rejected, cfg.label_smoothing, margin)
             else:
                 loss, m = bradley_terry_loss(r_chosen, r_rejected, margin)
