@@ -206,6 +206,8 @@ class RewardConfig:
     """Label-smoothing epsilon for noisy labels: -(1-eps) log s(d) - eps log s(-d); 0 = plain Bradley-Terry."""
     center_rewards_coefficient: Optional[float] = None
     """Weight of the centring term mean((r_c + r_r)^2) (Eisenstein et al. 2023); None = off."""
+    skip_bad_rows: bool = False
+    """Skip malformed pairs (empty or identical responses, bad fields) with a count in the log and summary, instead of stopping."""
     ties: Literal["skip", "half"] = "skip"
     """Pairs marked {"tie": true}: drop them, or train them towards equal rewards (target 0.5, Christiano et al. 2017)."""
     ensemble: int = 1

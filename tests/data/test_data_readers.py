@@ -150,11 +150,19 @@ def test_hh_rows_that_part_early(tmp_path: Path) -> None:
     assert pair.rejected == "You mean a password?"
 
 
-def test_hh_empty_reply_is_kept(tmp_path: Path) -> None:
-    """An empty final Assistant turn is a real (preferred!) reply in HH-RLHF."""
-    path = write_lines(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: Swear.\n\nAssistant: ", "rejected": "\n\nHuman: Swear.\n\nAssistant: Ok"}])
-    (pair,) = read_preferences(path)
-    assert (pair.chosen, pair.rejected) == ("", "Ok")
+def test_empty_or_identical_responses_are_errors_or_skipped(tmp_path: Path) -> None:
+    """HH-RLHF has a few pairs whose preferred reply is empty: no reward model should train on them silently."""
+    path = write_lines(tmp_path / "hh.jsonl", [
+        {"chosen": "\n\nHuman: Hi.\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi.\n\nAssistant: Go away."},
+        {"chosen": "\n\nHuman: Swear.\n\nAssistant: ", "rejected": "\n\nHuman: Swear.\n\nAssistant: Ok"},
+        {"prompt": "q", "chosen": "same", "rejected": "same "},
+    ])
+    with pytest.raises(DataError, match=r"hh\.jsonl:2: field 'chosen': expected a non-empty response"):
+        read_preferences(path)
+    skipped: list[DataError] = []
+    pairs = read_preferences(path, skipped=skipped)
+    assert [p.chosen for p in pairs] == ["Hello!"]
+    assert [e.line for e in skipped] == [2, 3] and "different from 'chosen'" in str(skipped[1])
 
 
 def test_alpaca_seed_rows(tmp_path: Path) -> None:

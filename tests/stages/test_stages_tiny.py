@@ -217,3 +217,17 @@ def test_reward_ties_are_skipped_or_trained_to_equal(tiny_model_dir, tmp_path):
     # (4 of the 12 are ties); held-out ties never count towards accuracy
     assert skip["train_pairs"] < half["train_pairs"] == 9
     assert skip["eval_pairs"] == half["eval_pairs"] <= 3
+
+
+def test_reward_bad_rows_stop_or_are_counted(tiny_model_dir, tmp_path):
+    from tether.data.readers import DataError
+
+    rows = [{"prompt": f"q{i}", "chosen": "fine answer.", "rejected": "meh"} for i in range(8)]
+    rows[3]["rejected"] = "fine answer."  # identical to chosen
+    data = tmp_path / "bad.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [f"model={tiny_model_dir}", f"data={data}", "batch_size=4", "precision=fp32", "eval_fraction=0.25"]
+    with pytest.raises(DataError, match=r"bad\.jsonl:4: field 'rejected'"):
+        train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'strict'}"]))
+    s = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'lenient'}", "skip_bad_rows=true"]))
+    assert s["skipped_rows"] == 1 and s["train_pairs"] + s["eval_pairs"] == 7

@@ -533,8 +533,22 @@ def _parse_self_instruct(row: _Row, want: _Want) -> Any:
 # Public readers
 
 
-def _read(path: PathLike, want: _Want, limit: int | None) -> list[Any]:
-    """Read up to ``limit`` records of kind ``want`` from ``path``."""
+def _check_pair(name: str, line: int, pair: PreferencePair) -> None:
+    """A pair a reward model can learn from: two non-empty, different responses."""
+    for field_name in ("chosen", "rejected"):
+        if not getattr(pair, field_name).strip():
+            raise DataError(name, line, field_name, "a non-empty response", getattr(pair, field_name))
+    if pair.chosen.strip() == pair.rejected.strip():
+        raise DataError(name, line, "rejected", "a response different from 'chosen'", pair.rejected)
+
+
+def _read(path: PathLike, want: _Want, limit: int | None, skipped: list[DataError] | None = None) -> list[Any]:
+    """Read up to ``limit`` records of kind ``want`` from ``path``.
+
+    With ``skipped`` (a list), a malformed row is appended to it as its DataError and
+    skipped instead of stopping the read (``skip_bad_rows``); a missing or unreadable
+    file is always an error.
+    """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or a whole number >= 0, got {limit!r}.")
     name = os.fspath(path)
@@ -544,7 +558,17 @@ def _read(path: PathLike, want: _Want, limit: int | None) -> list[Any]:
         next(rows, None)  # still report a missing or unreadable file
         return records
     for line, data in rows:
-        for record in _parse_row(_Row(name, line, data), want):
+        try:
+            parsed = _parse_row(_Row(name, line, data), want)
+            if want == "preference":
+                for pair in parsed:
+                    _check_pair(name, line, pair)
+        except DataError as error:
+            if skipped is None:
+                raise
+            skipped.append(error)
+            continue
+        for record in parsed:
             records.append(record)
             if limit is not None and len(records) >= limit:
                 return records
@@ -583,17 +607,21 @@ def read_demonstrations(path: PathLike, limit: int | None = None) -> list[Demons
     return _read(path, "demonstration", limit)
 
 
-def read_preferences(path: PathLike, limit: int | None = None) -> list[PreferencePair]:
+def read_preferences(path: PathLike, limit: int | None = None, skipped: list[DataError] | None = None) -> list[PreferencePair]:
     """Read preference pairs: native, chat-message or HH-RLHF rows.
+
+    A pair must hold two non-empty, different responses: training on anything else is
+    training on garbage.
 
     Args:
         path: a ``.jsonl``, ``.jsonl.gz`` or ``.json`` file.
         limit: stop after this many records (None: read all).
+        skipped: when given, malformed rows are appended here as DataErrors and skipped.
 
     Raises:
-        DataError: the file is missing or a row is malformed.
+        DataError: the file is missing or a row is malformed (and ``skipped`` is None).
     """
-    return _read(path, "preference", limit)
+    return _read(path, "preference", limit, skipped)
 
 
 # --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 
 from tether.config import RewardConfig, resolve_path
 from tether.data.collate import pad_right
-from tether.data.readers import read_demonstrations, read_preferences, split
+from tether.data.readers import DataError, read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
@@ -188,8 +188,10 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
         summaries.append(done)
     save_ensemble_manifest(out / "model", [f"../member_{i}/model" for i in range(cfg.ensemble)])
     ensemble = load_reward_model(str(out / "model"))
-    pairs = read_preferences(resolve_path(cfg.eval_data)) if cfg.eval_data else \
-        split_by_prompt(read_preferences(resolve_path(cfg.data), limit=cfg.limit), cfg.eval_fraction, cfg.seed)[1]
+    skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
+    pairs = read_preferences(resolve_path(cfg.eval_data), skipped=skipped) if cfg.eval_data else \
+        split_by_prompt(read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped), cfg.eval_fraction, cfg.seed)[1]
+    pairs = [p for p in pairs if not is_tie(p)]
     metrics = pair_metrics(CachedScorer.for_members(ensemble, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision), pairs)
     summary = {
         "stage": "reward", "model": str(out / "model"), "ensemble": cfg.ensemble, "train_pairs": summaries[0]["train_pairs"],
@@ -215,11 +217,14 @@ def train_reward(cfg: RewardConfig) -> dict:
     # 1. data: preference pairs, held-out split
     trunk_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(trunk_path)
-    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit)
+    skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
+    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped)
     if cfg.eval_data:
-        train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data))
+        train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data), skipped=skipped)
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    if skipped:
+        console.print(f"reward: skipped {len(skipped)} malformed rows (skip_bad_rows=true); first: {skipped[0]}")
     # a tie is a pair whose meta says {"tie": true}; accuracy is only defined on the others
     eval_pairs = [p for p in eval_pairs if not is_tie(p)]
     n_ties = sum(is_tie(p) for p in train_pairs)
@@ -305,7 +310,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     trainable, total = count_parameters(model)
     summary = {
         "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
-        "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "prompts_truncated": cut,
+        "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "prompts_truncated": cut, "skipped_rows": len(skipped or []),
         "eval_ece": eval_metrics.get("ece"), "eval_length_corr": eval_metrics.get("length_corr"),
         "eval_accuracy": eval_metrics.get("accuracy"), "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
         "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
