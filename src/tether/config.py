@@ -298,6 +298,8 @@ class PPOConfig:
     """LoRA policy: the reference is the same weights with the adapter off (one copy in memory)."""
     save_every: int = 10
     """Checkpoint every N steps."""
+    samples_every: int = 5
+    """Append the batch's (prompt, response, reward) to samples.jsonl every N steps (and at step 1); 0 = never."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
     precision: Literal["bf16", "fp32"] = "bf16"

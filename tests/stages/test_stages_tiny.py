@@ -124,10 +124,13 @@ def test_ppo_logs_every_diagnostic(chain):
     rows = [json.loads(x) for x in (root / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in ["rollout/reward", "rollout/kl", "rollout/beta", "rollout/entropy", "train/clipfrac", "train/approx_kl",
-                "train/value_loss", "train/explained_variance", "rollout/length"]:
+                "train/value_loss", "train/explained_variance", "rollout/length", "rollout/length_p95", "train/ratio_max",
+                "rollout/distinct1", "rollout/distinct2", "rollout/reward_length_corr", "rollout/finished"]:
         assert key in rows[-1], key
     assert rows[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-5)  # LoRA starts at B = 0: policy == reference
     assert ppo["steps"] == 3 and (root / "ppo" / "model" / "config.json").exists()
+    samples = [json.loads(x) for x in (root / "ppo" / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {1} and len(samples) == 4 and {"prompt", "response", "reward"} <= samples[0].keys()
 
 
 def test_ppo_full_finetune_with_reward_model_value(chain, tiny_model_dir, tiny_data, tmp_path):

@@ -27,6 +27,8 @@ from safetensors.torch import save_file
 
 from tether.config import PPOConfig, resolve_path
 from tether.data.readers import read_prompts
+from tether.eval.calibration import length_correlation
+from tether.eval.metrics import distinct_n
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss)
 from tether.models.loading import ModelError, apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
@@ -106,6 +108,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step)
     history = [json.loads(line) for line in logger.path.read_text().splitlines() if line]  # steps before a resume
+    samples_path = out / "samples.jsonl"
+    if samples_path.exists():  # keep only what the checkpoint had seen
+        kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        samples_path.write_text("".join(line + "\n" for line in kept))
 
     for step in range(start_step, cfg.steps):
         t0 = time.time()
@@ -150,6 +156,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                 grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
                 for key, v in {**pg_stats, **vf_stats, "grad_norm": grad_norm}.items():
                     stats[key] = stats.get(key, 0.0) + v / (cfg.ppo_epochs * n_minibatches)
+                stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), pg_stats["ratio_max"])
 
         # 5. adapt beta towards the target KL (nats per response)
         kl_per_response = (kl * mask).sum(-1)  # (B,)
@@ -163,6 +170,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             "rollout/non_score_reward": (-beta_used * kl_per_response).mean().item(),
             "rollout/entropy": masked_mean(old["entropy"], mask).item(), "rollout/length": mask.sum(-1).mean().item(),
             "rollout/finished": rollout.finished.float().mean().item(),
+            "rollout/length_p95": torch.quantile(mask.sum(-1), 0.95).item(),
+            "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
+            "rollout/reward_length_corr": length_correlation(scores.cpu().numpy(), mask.sum(-1).cpu().numpy()),
+            "train/ratio_max": stats["ratio_peak"],
             "train/policy_loss": stats["policy_loss"], "train/value_loss": stats["value_loss"],
             "train/clipfrac": stats["clipfrac"], "train/approx_kl": stats["approx_kl"], "train/vf_clipfrac": stats["vf_clipfrac"],
             "train/explained_variance": explained_variance(old_values, returns, mask),
@@ -172,6 +183,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         history.append(metrics)
         done = step + 1
         logger.log(done, metrics)
+        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1):  # read what the policy does
+            with samples_path.open("a") as f:
+                for prompt, text, r in zip(batch_prompts, rollout.texts, scores.tolist()):
+                    f.write(json.dumps({"step": done, "prompt": prompt, "response": text, "reward": r}) + "\n")
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
             save_checkpoint(out, done, trainable, optimizer, scheduler, extra={"kl_controller": kl_ctl.state_dict()})
         if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
