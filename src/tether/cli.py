@@ -26,8 +26,9 @@ OverridesArg = typer.Argument(None, help="key=value overrides, e.g. lr=1e-4 lora
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tether.data.readers import DataError
     from tether.models.loading import ModelError
+    from tether.rewards.functions import RewardFunctionError
 
-    return (C.ConfigError, DataError, ModelError, FileNotFoundError)
+    return (C.ConfigError, DataError, ModelError, RewardFunctionError, FileNotFoundError)
 
 
 def _run(fn: Callable, *args):

@@ -252,8 +252,10 @@ class PPOConfig:
 
     policy: str = "default"
     """Policy start and reference (the SFT model)."""
-    reward_model: str = "runs/reward/model"
-    """Reward model directory written by `tether reward train`."""
+    reward_model: Optional[str] = "runs/reward/model"
+    """Reward model (or ensemble) directory written by `tether reward train`."""
+    reward_function: Optional[str] = None
+    """Instead of a reward model: 'module:function' or 'file.py:function' (prompts, completions, metadata) -> floats or None."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Training prompts."""
     output_dir: str = "runs/ppo"
@@ -308,6 +310,12 @@ class PPOConfig:
     """Seeds sampling and prompt order."""
 
     def __post_init__(self) -> None:
+        if self.reward_function:
+            self.reward_model = None  # a reward function replaces the reward model
+        elif not self.reward_model:
+            raise ConfigError("set reward_model (a trained reward model) or reward_function (module:function)")
+        if self.value_model == "reward_model" and not self.reward_model:
+            raise ConfigError("value_model=reward_model needs a reward_model; use value_model=policy_head with a reward_function")
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size}).")
 

@@ -27,12 +27,14 @@ from safetensors.torch import save_file
 
 from tether.config import PPOConfig, resolve_path
 from tether.data.readers import read_prompts
+from tether.data.records import prompt_text
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss)
 from tether.models.loading import ModelError, apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import load_reward_model, position_ids_from_mask, trunk_of, unwrap
+from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, write_summary
@@ -70,8 +72,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     policy_path = resolve_model(cfg.policy)
     tokenizer = load_tokenizer(policy_path)
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
-    rm = load_reward_model(cfg.reward_model)
-    if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+    rm = load_reward_model(cfg.reward_model) if cfg.reward_model else None
+    reward_fn = load_reward_function(cfg.reward_function) if cfg.reward_function else None
+    if rm is not None and rm.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ModelError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
                          "train the reward model from the SFT model so both read the same tokens")
     policy = load_causal_lm(policy_path)
@@ -129,7 +132,12 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             old = evaluate_step(policy, value_head, value_model, seqs, attn, P, temperature, with_entropy=True)
             with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
                 ref_logp = policy_forward(policy if reference is None else reference, seqs, attn, P, temperature)["logp"]
-            scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id), std_coef=cfg.reward_std_coef)  # (B,)
+            if rm is not None:
+                scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id), std_coef=cfg.reward_std_coef)  # (B,)
+        if reward_fn is not None:  # None from the function drops that episode from the update
+            values = call_reward_function(reward_fn, [prompt_text(p) for p in batch_prompts], rollout.texts, [{} for _ in batch_prompts])
+            scores = torch.tensor([0.0 if v is None else v for v in values], device=seqs.device)
+            mask = mask * torch.tensor([v is not None for v in values], device=seqs.device, dtype=mask.dtype).unsqueeze(-1)
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(rollout.finished, scores, torch.full_like(scores, cfg.missing_eos_penalty))
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)

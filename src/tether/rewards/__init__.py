@@ -1,0 +1,1 @@
+"""Reward sources other than a trained reward model."""

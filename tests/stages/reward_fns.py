@@ -1,0 +1,15 @@
+"""Reward functions used by the tests (loaded by path, as a user's would be)."""
+
+
+def letter_e(prompts, completions, metadata):
+    """Fraction of the completion's characters that are 'e': dense, and maximised by a known behaviour."""
+    return [sum(c == "e" for c in text) / max(len(text), 1) for text in completions]
+
+
+def drop_odd(prompts, completions, metadata):
+    """Scores even samples 1.0 and drops odd ones (None)."""
+    return [1.0 if i % 2 == 0 else None for i in range(len(completions))]
+
+
+def wrong_length(prompts, completions, metadata):
+    return [1.0]
