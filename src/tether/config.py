@@ -188,6 +188,8 @@ class RewardConfig:
     """Held-out fraction when eval_data is None."""
     normalize_data: Optional[str] = None
     """Responses whose rewards define mean 0 / std 1 (policy samples); None = the pairs' responses."""
+    normalize_samples: int = 512
+    """At most this many of those responses (a random subset) are scored to fit the normalisation."""
     max_prompt_tokens: int = 192
     """Prompt tokens kept (cut from the left, so the response is never cut by this)."""
     max_response_tokens: int = 128

@@ -234,3 +234,11 @@ def test_reward_bad_rows_stop_or_are_counted(tiny_model_dir, tmp_path):
         train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'strict'}"]))
     s = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'lenient'}", "skip_bad_rows=true"]))
     assert s["skipped_rows"] == 1 and s["train_pairs"] + s["eval_pairs"] == 7
+
+
+def test_reward_normalisation_uses_a_capped_sample(chain, tiny_model_dir, tmp_path):
+    root = chain[0]
+    s = train_reward(load_config(RewardConfig, None, [
+        f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'rm'}",
+        "batch_size=4", "precision=fp32", "max_steps=1", "normalize_samples=5"]))
+    assert s["normalization"]["n"] == 5

@@ -300,6 +300,9 @@ def train_reward(cfg: RewardConfig) -> dict:
         norm_prompts = [p.prompt for p in train_pairs for _ in (0, 1)]
         norm_responses = [r for p in train_pairs for r in (p.chosen, p.rejected)]
         fitted_on = "training pairs (chosen and rejected)"
+    if len(norm_responses) > cfg.normalize_samples:  # a mean and a std need a few hundred samples, not thousands
+        keep = sorted(epoch_order(len(norm_responses), cfg.seed, 0)[:cfg.normalize_samples])
+        norm_prompts, norm_responses = [norm_prompts[i] for i in keep], [norm_responses[i] for i in keep]
     scorer = CachedScorer(model, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
     normalization = RewardNormalization.fit(scorer.raw(norm_prompts, norm_responses), fitted_on)
     scorer.normalization = normalization
