@@ -242,3 +242,11 @@ def test_reward_normalisation_uses_a_capped_sample(chain, tiny_model_dir, tmp_pa
         f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'rm'}",
         "batch_size=4", "precision=fp32", "max_steps=1", "normalize_samples=5"]))
     assert s["normalization"]["n"] == 5
+
+
+def test_collect_drops_pairs_with_nothing_to_prefer(tiny_model_dir, tiny_data, tmp_path):
+    # near-greedy sampling of one token: the K samples of a prompt are identical, so no pair is usable
+    s = collect(load_config(CollectConfig, None, [f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path}",
+                                                  "limit=3", "responses_per_prompt=2", "precision=fp32", "generation.max_new_tokens=1",
+                                                  "generation.temperature=0.0001"]))
+    assert s["pairs"] + s["pairs_dropped"] == 3 and s["pairs_dropped"] >= 1

@@ -49,7 +49,11 @@ def collect(cfg: CollectConfig) -> dict:
     write_jsonl(out / "samples.jsonl", rows)
 
     # 2. label all K*(K-1)/2 pairs per prompt
-    pairs = [(i, a, b) for i in range(len(records)) for a, b in itertools.combinations(range(K), 2)]
+    # a pair needs two different, non-empty responses: there is nothing to prefer otherwise
+    usable = lambda i, a, b: (samples[i * K + a]["response"].strip() and samples[i * K + b]["response"].strip()  # noqa: E731
+                              and samples[i * K + a]["response"].strip() != samples[i * K + b]["response"].strip())
+    all_pairs = [(i, a, b) for i in range(len(records)) for a, b in itertools.combinations(range(K), 2)]
+    pairs = [p for p in all_pairs if usable(*p)]
     texts = [prompt_text(records[i].prompt) for i, _, _ in pairs]
     firsts = [samples[i * K + a]["response"] for i, a, _ in pairs]
     seconds = [samples[i * K + b]["response"] for i, _, b in pairs]
@@ -66,9 +70,10 @@ def collect(cfg: CollectConfig) -> dict:
         }))
     write_jsonl(out / "preferences.jsonl", prefs)
 
-    agreement = gold_agreement(judgements)
+    distinct = [j for j in judgements if j.gold_first != j.gold_second]
+    agreement = gold_agreement(distinct) if distinct else None  # undefined when every pair is a gold tie
     summary = {
-        "stage": "collect", "prompts": len(records), "samples": len(samples), "pairs": len(prefs),
+        "stage": "collect", "prompts": len(records), "samples": len(samples), "pairs": len(prefs), "pairs_dropped": len(all_pairs) - len(pairs),
         "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
         "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
         "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
