@@ -71,14 +71,20 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def index_stream(n: int, seed: int, n_needed: int) -> list[int]:
-    """Example indices for the whole run, epoch after epoch, so step s always sees the same data."""
+def group_stream(groups: list[list[int]], seed: int, n_needed: int) -> list[int]:
+    """Indices for the whole run, epoch after epoch: groups are shuffled, their members stay adjacent."""
     stream: list[int] = []
     epoch = 0
     while len(stream) < n_needed:
-        stream.extend(epoch_order(n, seed, epoch))
+        for g in epoch_order(len(groups), seed, epoch):
+            stream.extend(groups[g])
         epoch += 1
     return stream[:n_needed]
+
+
+def index_stream(n: int, seed: int, n_needed: int) -> list[int]:
+    """Example indices for the whole run, epoch after epoch, so step s always sees the same data."""
+    return group_stream([[i] for i in range(n)], seed, n_needed)
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

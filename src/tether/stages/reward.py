@@ -27,7 +27,7 @@ from tether.models.loading import apply_lora, autocast, count_parameters, device
 from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, raw_rewards, save_ensemble_manifest,
                                         save_normalization, trunk_of)
 from tether.tracking import MetricsLogger, console, read_summary, write_summary
-from tether.training import clip_and_step, epoch_order, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
+from tether.training import clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
 
 
 def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
@@ -62,14 +62,7 @@ def pair_stream(pairs: list[PreferencePair], seed: int, n_needed: int, group_by_
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(pairs):
         groups.setdefault(_key(p.prompt), []).append(i)
-    grouped = list(groups.values())
-    stream: list[int] = []
-    epoch = 0
-    while len(stream) < n_needed:
-        for g in epoch_order(len(grouped), seed, epoch):
-            stream.extend(grouped[g])
-        epoch += 1
-    return stream[:n_needed]
+    return group_stream(list(groups.values()), seed, n_needed)
 
 
 def split_by_prompt(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
