@@ -204,6 +204,10 @@ class RewardConfig:
     """Micro-batches per optimizer step."""
     group_by_prompt: bool = True
     """Keep the pairs of one prompt in the same batch and score each response once (InstructGPT sec. 3.5)."""
+    pack_prompts: bool = True
+    """Score the responses to one prompt in one row, the prompt computed once (block-diagonal attention; same rewards, less compute)."""
+    bucket_by_length: bool = True
+    """Within windows of 32 batches, batch pairs of similar length together (less padding); batches are then shuffled."""
     label_smoothing: float = 0.0
     """Label-smoothing epsilon for noisy labels: -(1-eps) log s(d) - eps log s(-d); 0 = plain Bradley-Terry."""
     center_rewards_coefficient: Optional[float] = None

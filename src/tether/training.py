@@ -14,7 +14,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -85,6 +85,26 @@ def group_stream(groups: list[list[int]], seed: int, n_needed: int) -> list[int]
 def index_stream(n: int, seed: int, n_needed: int) -> list[int]:
     """Example indices for the whole run, epoch after epoch, so step s always sees the same data."""
     return group_stream([[i] for i in range(n)], seed, n_needed)
+
+
+def bucket_by_length(stream: list[int], key: Callable[[int], Any], batch_size: int, seed: int, window: int = 32) -> list[int]:
+    """`stream` reordered so that each batch holds examples of similar length (less padding).
+
+    Within consecutive windows of `window` batches the indices are sorted by `key(i)` (a
+    length, or a (length, group) tuple to keep a group adjacent), cut into batches, and
+    the batches shuffled: a window holds the same examples as before, and the order stays
+    a pure function of the seed, so a resumed run sees the same batches.
+    """
+    out: list[int] = []
+    span = window * batch_size
+    for w, start in enumerate(range(0, len(stream), span)):
+        chunk = sorted(stream[start:start + span], key=key)
+        full = len(chunk) // batch_size
+        batches = [chunk[k * batch_size:(k + 1) * batch_size] for k in range(full)]
+        for b in epoch_order(full, seed + 7919, w):
+            out.extend(batches[b])
+        out.extend(chunk[full * batch_size:])  # a short remainder stays last, so batch boundaries hold
+    return out
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -38,3 +38,97 @@ def test_held_out_pairs_never_share_a_prompt_with_training_pairs():
     train, held_out = split_by_prompt(pairs, eval_fraction=0.2, seed=0)
     assert len(train) + len(held_out) == 30 and len(held_out) == 6  # 2 of 10 prompts, 3 pairs each
     assert not {p.prompt for p in train} & {p.prompt for p in held_out}
+
+
+def test_pack_shared_prompts_lays_out_prompt_once_then_each_response():
+    from tether.data.collate import pack_shared_prompts
+
+    packed = pack_shared_prompts([([5, 6, 7], [[8, 9], [10]]), ([11], [[12, 13, 14]])], pad_id=0)
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]]
+    # each response continues the positions of its prompt, as it would in a row of its own
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 3, 0, 0]]
+    assert packed["segment_ids"].tolist() == [[0, 0, 0, 1, 1, 2], [0, 1, 1, 1, -1, -1]]
+    assert packed["ends"].tolist() == [[0, 4], [0, 5], [1, 3]]
+
+
+def test_shared_prompt_mask_hides_other_responses_and_padding():
+    import torch
+
+    from tether.models.reward_model import shared_prompt_mask
+
+    mask = shared_prompt_mask(torch.tensor([[0, 0, 1, 1, 2, -1]]))[0, 0].int()
+    assert mask.tolist() == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],  # the second response sees the prompt and itself, not the first response
+        [0, 0, 0, 0, 0, 1],  # padding sees only itself (an all-false row would give NaN)
+    ]
+
+
+def test_packed_rewards_equal_separate_rows_in_input_order(tiny_model_dir):
+    import torch
+
+    from tether.models.loading import load_tokenizer
+    from tether.models.reward_model import init_reward_model
+    from tether.stages.reward import batch_rewards, can_pack, score_texts
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = init_reward_model(str(tiny_model_dir), tokenizer.pad_token_id, seed=0)
+    # prompts interleaved and of different lengths; responses of different lengths
+    prompts = ["tell me a story about a cat", "hi", "tell me a story about a cat", [{"role": "user", "content": "hi"}], "hi"]
+    responses = ["once upon a time", "hello there friend", "no", "hello", "hey"]
+    with torch.no_grad():
+        packed = batch_rewards(model, tokenizer, prompts, responses, 64, 32, pack=True)
+        separate = batch_rewards(model, tokenizer, prompts, responses, 64, 32, pack=False)
+    assert torch.allclose(packed, separate, atol=1e-5)
+    assert len(set(separate.tolist())) == 5  # five different rewards, so a mix-up of the order would show
+    scored = score_texts(model, tokenizer, prompts, responses, 64, 32, batch_size=2, precision="fp32")
+    assert torch.allclose(scored, separate, atol=1e-5)
+    assert can_pack(model, tokenizer, [PreferencePair("hi", "a", "b")], 64, 32)
+
+
+def test_packed_training_gradients_match_separate_rows(tiny_model_dir):
+    import torch
+
+    from tether.models.loading import load_tokenizer
+    from tether.models.reward_model import init_reward_model
+    from tether.stages.reward import batch_rewards
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    grads = []
+    for pack in (True, False):
+        model = init_reward_model(str(tiny_model_dir), tokenizer.pad_token_id, seed=0)
+        r = batch_rewards(model, tokenizer, ["a question", "a question", "other"], ["yes", "no", "maybe"], 64, 32, pack=pack)
+        (r[0] - r[1] + r[2]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_bucket_by_length_batches_similar_lengths_and_keeps_the_examples():
+    from tether.training import bucket_by_length, index_stream
+
+    lengths = [(i * 37) % 100 for i in range(64)]
+    stream = index_stream(64, seed=0, n_needed=64)
+    bucketed = bucket_by_length(stream, lambda i: lengths[i], batch_size=4, seed=0, window=8)
+    assert bucketed == bucket_by_length(stream, lambda i: lengths[i], batch_size=4, seed=0, window=8)  # deterministic
+    for start in range(0, 64, 32):  # each window holds the same examples as before
+        assert sorted(bucketed[start:start + 32]) == sorted(stream[start:start + 32])
+    spread = lambda s: sum(max(lengths[i] for i in s[k:k + 4]) - min(lengths[i] for i in s[k:k + 4]) for k in range(0, 64, 4))
+    assert spread(bucketed) < spread(stream) / 3
+    # a short remainder stays at the end, so every earlier batch boundary holds
+    tail = bucket_by_length(stream[:30], lambda i: lengths[i], batch_size=4, seed=0, window=8)
+    assert sorted(tail) == sorted(stream[:30]) and sorted(tail[28:]) == sorted(sorted(stream[:30], key=lambda i: lengths[i])[28:])
+
+
+def test_bucketing_keeps_the_pairs_of_a_prompt_adjacent():
+    from tether.stages.reward import pair_stream
+
+    pairs = [q for i in range(8) for q in pairs_for(f"prompt {'x' * i}", ["a", "b", "c"])]
+    lengths = {f"prompt {'x' * i}": i for i in range(8)}
+    from tether.training import bucket_by_length
+
+    stream = bucket_by_length(pair_stream(pairs, 0, 24, True), lambda i: (lengths[pairs[i].prompt], pairs[i].prompt), 3, 0, window=4)
+    prompts = [pairs[i].prompt for i in stream]
+    assert all(len(set(prompts[k:k + 3])) == 1 for k in range(0, 24, 3))

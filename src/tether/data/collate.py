@@ -9,6 +9,10 @@
   the loss covers the response (and its EOS) only.
 * :func:`collate_pairs` -- reward-model batches: chosen rows first, then
   rejected rows, each ``prompt + response + EOS``, right-padded.
+* :func:`pack_shared_prompts` -- one row per prompt holding the prompt once and
+  then each of its responses, with the positions and segment ids that let a
+  block-diagonal attention mask score every response as if it sat alone after
+  the prompt (the prompt is computed once instead of once per response).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ __all__ = [
     "encode_demonstration",
     "collate_sft",
     "collate_pairs",
+    "PackedRows",
+    "pack_shared_prompts",
 ]
 
 IGNORE_INDEX = -100
@@ -155,3 +161,54 @@ def collate_pairs(
         rejected_rows.append(prompt_ids + rejected_ids)
     input_ids, attention_mask = pad_right(chosen_rows + rejected_rows, pad_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class PackedRows(TypedDict):
+    """Prompts with their responses packed one row per prompt (see :func:`pack_shared_prompts`).
+
+    Attributes:
+        input_ids: LongTensor ``(R, T)``, right-padded with the pad id.
+        position_ids: LongTensor ``(R, T)``: each response continues from the end of its prompt.
+        segment_ids: LongTensor ``(R, T)``: 0 on the prompt, k on the k-th response (from 1), -1 on padding.
+        ends: LongTensor ``(N, 2)``: (row, column) of each response's last token, in input order.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    ends: torch.Tensor
+
+
+def pack_shared_prompts(rows: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], pad_id: int) -> PackedRows:
+    """Pack ``(prompt_ids, [response_ids, ...])`` rows as ``prompt + response_1 + response_2 + ...``.
+
+    Response k gets positions ``len(prompt) .. len(prompt) + len(response_k) - 1``, the
+    positions it would have right after the prompt, so with a mask that lets a token see
+    only the prompt and its own response (``tether.models.reward_model.shared_prompt_mask``)
+    each response is computed exactly as in its own row, and the shared prompt only once.
+    ``ends`` lists the responses row by row, in the order given.
+    """
+    if not rows:
+        raise ValueError("Cannot pack an empty batch: got no rows.")
+    width = max(len(prompt) + sum(len(r) for r in responses) for prompt, responses in rows)
+    input_ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    ends: list[tuple[int, int]] = []
+    for row, (prompt, responses) in enumerate(rows):
+        if any(len(r) == 0 for r in responses):
+            raise ValueError(f"Row {row}: a response has no tokens; every response needs at least its EOS.")
+        n = len(prompt)
+        input_ids[row, :n] = torch.as_tensor(list(prompt), dtype=torch.long)
+        position_ids[row, :n] = torch.arange(n)
+        segment_ids[row, :n] = 0
+        col = n
+        for k, response in enumerate(responses, start=1):
+            span = slice(col, col + len(response))
+            input_ids[row, span] = torch.as_tensor(list(response), dtype=torch.long)
+            position_ids[row, span] = torch.arange(n, n + len(response))
+            segment_ids[row, span] = k
+            col += len(response)
+            ends.append((row, col - 1))
+    return PackedRows(input_ids=input_ids, position_ids=position_ids, segment_ids=segment_ids,
+                      ends=torch.tensor(ends, dtype=torch.long))

@@ -94,6 +94,33 @@ def raw_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
     return unwrap(model).score(h_last).squeeze(-1).float()
 
 
+def shared_prompt_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(R, 1, T, T) boolean attention mask for rows packed by `pack_shared_prompts`.
+
+    Token i sees token j <= i when j is on the prompt (segment 0) or on i's own response;
+    never another response, never padding. A padding query sees itself only, so no row of
+    the mask is empty (an empty row makes SDPA return NaN).
+    """
+    T = segment_ids.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
+    mask = causal & (query >= 0) & (key >= 0) & ((key == 0) | (key == query))
+    mask |= torch.eye(T, dtype=torch.bool, device=segment_ids.device)
+    return mask[:, None]
+
+
+def packed_rewards(model, packed) -> torch.Tensor:
+    """(N,) head outputs at each packed response's last token, in fp32 (same values as `raw_rewards`
+    on separate rows, with each shared prompt computed once)."""
+    dev = next(model.parameters()).device
+    hidden = trunk_of(model)(
+        input_ids=packed["input_ids"].to(dev), attention_mask=shared_prompt_mask(packed["segment_ids"].to(dev)),
+        position_ids=packed["position_ids"].to(dev),
+    ).last_hidden_state  # (R, T, d)
+    ends = packed["ends"].to(dev)
+    return unwrap(model).score(hidden[ends[:, 0], ends[:, 1]]).squeeze(-1).float()
+
+
 class RewardModel:
     """A loaded, frozen reward model: `scores(input_ids, attention_mask)` gives normalised rewards."""
 

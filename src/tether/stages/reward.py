@@ -17,17 +17,17 @@ import time
 import torch
 
 from tether.config import RewardConfig, resolve_path
-from tether.data.collate import pad_right
+from tether.data.collate import pack_shared_prompts, pad_right
 from tether.data.readers import DataError, read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
-from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, raw_rewards, save_ensemble_manifest,
-                                        save_normalization, trunk_of)
+from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
+                                        save_ensemble_manifest, save_normalization, trunk_of, unwrap)
 from tether.tracking import MetricsLogger, console, read_summary, write_summary
-from tether.training import clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
+from tether.training import bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
 
 
 def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
@@ -38,16 +38,68 @@ def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_pro
     return ids.to(device()), mask.to(device())
 
 
+def encode_packed(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
+    """Responses packed one row per distinct prompt (`pack_shared_prompts`), and for each input
+    the index of its reward in the packed output, so `packed_rewards(...)[order]` is in input order."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(_key(p), []).append(i)
+    rows, order, slot = [], [0] * len(prompts), 0
+    for members in groups.values():
+        rows.append((encode_prompt(tokenizer, prompts[members[0]], max_prompt_tokens)[0],
+                     [encode_response(tokenizer, responses[i], max_response_tokens) for i in members]))
+        for i in members:  # packed output lists responses row by row
+            order[i], slot = slot, slot + 1
+    return pack_shared_prompts(rows, tokenizer.pad_token_id), torch.tensor(order)
+
+
+def batch_rewards(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int,
+                  max_response_tokens: int, pack: bool = True) -> torch.Tensor:
+    """(N,) raw rewards of (prompt, response) pairs in one forward. With `pack`, responses to the
+    same prompt share one row and the prompt is computed once (same values, less compute)."""
+    if pack:
+        packed, order = encode_packed(tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens)
+        return packed_rewards(model, packed)[order.to(device())]
+    ids, mask = encode_texts(tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens)
+    return raw_rewards(model, ids, mask)
+
+
+def can_pack(model, tokenizer, sample: list[PreferencePair], max_prompt_tokens: int, max_response_tokens: int) -> bool:
+    """Whether packed scoring gives this model's separate-row rewards (it needs an attention
+    implementation that honours a custom 4D mask); checked once, in fp32, on a few pairs."""
+    if getattr(unwrap(model).config, "_attn_implementation", "sdpa") not in ("sdpa", "eager") or not sample:
+        return False
+    prompts = [p.prompt for p in sample for _ in (0, 1)]
+    responses = [r for p in sample for r in (p.chosen, p.rejected)]
+    with torch.no_grad():
+        packed = batch_rewards(model, tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens, pack=True)
+        separate = batch_rewards(model, tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens, pack=False)
+    return bool(torch.allclose(packed, separate, atol=1e-3, rtol=1e-3))
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int = 192,
-                max_response_tokens: int = 128, batch_size: int = 16, precision: str = "bf16") -> torch.Tensor:
-    """(N,) raw head outputs for (prompt, response) pairs, scored in batches."""
-    scores = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = encode_texts(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], max_prompt_tokens, max_response_tokens)
-        with autocast(precision):
-            scores.append(raw_rewards(model, ids, mask).cpu())
-    return torch.cat(scores) if scores else torch.zeros(0)
+                max_response_tokens: int = 128, batch_size: int = 16, precision: str = "bf16", pack: bool = True) -> torch.Tensor:
+    """(N,) raw head outputs for (prompt, response) pairs, scored in batches of about `batch_size`
+    responses; responses to one prompt are batched together, and batches hold similar lengths."""
+    if not prompts:
+        return torch.zeros(0)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(_key(p), []).append(i)
+    # sorting by length keeps padding low; the scores go back to input order at the end
+    members = sorted(groups.values(), key=lambda g: len(_key(prompts[g[0]])) + sum(len(responses[i]) for i in g))
+    scores = torch.zeros(len(prompts))
+    batch: list[int] = []
+    for k, group in enumerate(members):
+        batch.extend(group)
+        if len(batch) >= batch_size or k == len(members) - 1:
+            with autocast(precision):
+                r = batch_rewards(model, tokenizer, [prompts[i] for i in batch], [responses[i] for i in batch],
+                                  max_prompt_tokens, max_response_tokens, pack)
+            scores[batch] = r.cpu()
+            batch = []
+    return scores
 
 
 def _key(prompt: Prompt) -> str:
@@ -63,6 +115,22 @@ def pair_stream(pairs: list[PreferencePair], seed: int, n_needed: int, group_by_
     for i, p in enumerate(pairs):
         groups.setdefault(_key(p.prompt), []).append(i)
     return group_stream(list(groups.values()), seed, n_needed)
+
+
+def packed_length_key(tokenizer, pairs: list[PreferencePair], prompt_ids: dict, cfg: RewardConfig):
+    """Sort key for `bucket_by_length`: (tokens in the pair's packed prompt row, prompt); pairs
+    of one prompt share a key, so they stay adjacent when sorted."""
+    lengths: dict[str, int] = {}
+    seen: set[tuple[str, str]] = set()
+    for p in pairs:
+        k = _key(p.prompt)
+        lengths.setdefault(k, len(prompt_ids[k][0]))
+        for r in (p.chosen, p.rejected):
+            if (k, r) not in seen:
+                seen.add((k, r))
+                lengths[k] += len(encode_response(tokenizer, r, cfg.max_response_tokens))
+    order = {k: n for n, k in enumerate(lengths)}
+    return lambda i: (lengths[_key(pairs[i].prompt)], order[_key(pairs[i].prompt)])
 
 
 def split_by_prompt(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -102,9 +170,9 @@ class CachedScorer:
     """
 
     def __init__(self, model, tokenizer, max_prompt_tokens: int, max_response_tokens: int, precision: str,
-                 normalization: RewardNormalization | None = None):
+                 normalization: RewardNormalization | None = None, pack: bool = True):
         self.model, self.tokenizer, self.cache, self.normalization = model, tokenizer, {}, normalization
-        self.kw = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision)
+        self.kw = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision, pack=pack)
 
     def raw(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
         keys = [(_key(p), r) for p, r in zip(prompts, responses)]
@@ -226,7 +294,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     if n_ties:
         console.print(f"reward: {n_ties} tied training pairs ({'dropped' if cfg.ties == 'skip' else 'trained towards equal rewards'})")
 
-    cut = sum(encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens)[1] for p in train_pairs + eval_pairs)
+    prompt_ids = {_key(p.prompt): encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens) for p in train_pairs + eval_pairs}
+    cut = sum(prompt_ids[_key(p.prompt)][1] for p in train_pairs + eval_pairs)
     if cut:
         console.print(f"reward: {cut} of {len(train_pairs) + len(eval_pairs)} prompts were cut from the left to "
                       f"max_prompt_tokens={cfg.max_prompt_tokens} (the response is never cut by this)")
@@ -243,6 +312,11 @@ def train_reward(cfg: RewardConfig) -> dict:
     total_steps = cfg.max_steps or max(1, math.ceil(len(train_pairs) * cfg.epochs / per_step))
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
     stream = pair_stream(train_pairs, cfg.seed, total_steps * per_step, cfg.group_by_prompt)
+    if cfg.bucket_by_length:
+        stream = bucket_by_length(stream, packed_length_key(tokenizer, train_pairs, prompt_ids, cfg), cfg.batch_size, cfg.seed)
+    pack = cfg.pack_prompts and can_pack(model, tokenizer, train_pairs[:2], cfg.max_prompt_tokens, cfg.max_response_tokens)
+    if cfg.pack_prompts and not pack:
+        console.print("reward: this model's attention does not honour a packed (block-diagonal) mask; scoring each response in its own row")
     start_step = 0
     resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler)
     if resumed is not None:
@@ -257,9 +331,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         for k in range(0, per_step, cfg.batch_size):
             batch = [train_pairs[i] for i in window[k:k + cfg.batch_size]]
             prompts, responses, i_chosen, i_rejected = unique_responses(batch)
-            ids, mask = encode_texts(tokenizer, prompts, responses, cfg.max_prompt_tokens, cfg.max_response_tokens)
-            with autocast(cfg.precision):
-                r = raw_rewards(model, ids, mask)  # (N_unique,): one forward per distinct response
+            with autocast(cfg.precision):  # (N_unique,): each distinct response scored once
+                r = batch_rewards(model, tokenizer, prompts, responses, cfg.max_prompt_tokens, cfg.max_response_tokens, pack)
             r_chosen, r_rejected = r[i_chosen], r[i_rejected]
             margin = None
             if any(p.margin is not None for p in batch):
@@ -296,7 +369,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if len(norm_responses) > cfg.normalize_samples:  # a mean and a std need a few hundred samples, not thousands
         keep = sorted(epoch_order(len(norm_responses), cfg.seed, 0)[:cfg.normalize_samples])
         norm_prompts, norm_responses = [norm_prompts[i] for i in keep], [norm_responses[i] for i in keep]
-    scorer = CachedScorer(model, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
+    scorer = CachedScorer(model, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision, pack=pack)
     normalization = RewardNormalization.fit(scorer.raw(norm_prompts, norm_responses), fitted_on)
     scorer.normalization = normalization
     eval_metrics = pair_metrics([scorer], eval_pairs)
