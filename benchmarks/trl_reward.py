@@ -15,8 +15,10 @@ What TRL 1.16 does per batch (trl/trainer/reward_trainer.py unless named otherwi
   `rejected_ids` and `margin` survive `remove_unused_columns` (L744-749).
 * Collation. `DataCollatorForPreference` puts the B chosen rows then the B rejected rows
   into one list and right-pads it to the longest row of the batch (L203-229);
-  `pad_to_multiple_of` resolves to None off Neuron (reward_config.py L187-189). tether
-  also scores chosen and rejected in one right-padded batch of 2B rows.
+  `pad_to_multiple_of` resolves to None off Neuron (reward_config.py L187-189). So the
+  prompt is computed twice per pair; tether's default `pack_prompts` puts both responses
+  after one copy of the prompt, and its `bucket_by_length` batches similar lengths, both
+  real savings this benchmark measures (with both off, tether also runs 2B right-padded rows).
 * Forward and loss (`compute_loss`, L778-817). One forward over the 2B rows with
   use_cache=False (L782-783); `torch.chunk` splits the rewards (L786); the loss is
   -mean logsigmoid(r_c - r_r [- margin]) (L789-792), the same Bradley-Terry loss as
@@ -69,7 +71,7 @@ from tether.data.records import PreferencePair  # noqa: E402
 from tether.data.templates import encode_prompt, encode_response  # noqa: E402
 from tether.models.loading import _cpu_has_bf16, load_tokenizer, resolve_model  # noqa: E402
 from tether.models.reward_model import init_reward_model, trunk_of  # noqa: E402
-from tether.stages.reward import _freeze_lower_layers, is_tie, score_texts  # noqa: E402
+from tether.stages.reward import _freeze_lower_layers, can_pack, is_tie, score_texts  # noqa: E402
 
 
 def encode_pairs(tokenizer, pairs: list[PreferencePair], max_prompt_tokens: int, max_response_tokens: int) -> dict[str, list]:
@@ -148,12 +150,14 @@ def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_toke
     steps = trainer.state.global_step
     n_seen = pairs_seen(len(train_pairs), batch_size, steps)
     scored = [p for p in eval_pairs if not is_tie(p)]  # as tether: accuracy is undefined on ties
-    precision = "bf16" if bf16 else "fp32"
-    # tether's own scorer, so both sides are judged by the same code
+    # tether's own scorer, packed exactly when tether's train_reward would pack, so both
+    # sides are judged by the same code
+    kw = dict(precision="bf16" if bf16 else "fp32",
+              pack=can_pack(model, tokenizer, train_pairs[:2], max_prompt_tokens, max_response_tokens))
     r_chosen = score_texts(model, tokenizer, [p.prompt for p in scored], [p.chosen for p in scored],
-                           max_prompt_tokens, max_response_tokens, precision=precision)
+                           max_prompt_tokens, max_response_tokens, **kw)
     r_rejected = score_texts(model, tokenizer, [p.prompt for p in scored], [p.rejected for p in scored],
-                             max_prompt_tokens, max_response_tokens, precision=precision)
+                             max_prompt_tokens, max_response_tokens, **kw)
     wins = (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()
     return {
         "train_seconds": train_seconds,
@@ -163,6 +167,7 @@ def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_toke
         "train_pairs": len(train_pairs),
         "eval_accuracy": wins.mean().item() if scored else None,
         "eval_n": len(scored),
+        "eval_packed": kw["pack"],
         "tokenize_seconds": tokenize_seconds,
         "autocast_dtype": seen.get("dtype"),
         # tether's autocast("bf16") is a no-op on a CPU without bf16 instructions, TRL's is not

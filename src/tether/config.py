@@ -57,8 +57,12 @@ class GenerationSettings:
     """Prompts generated together in one batch."""
     max_prompt_tokens: int = 192
     """Prompts longer than this are cut from the left (the end holds the question)."""
+    stop_strings: list[str] = field(default_factory=list)
+    """End a response at the first of these strings (kept in the response); it then counts as finished."""
 
     def __post_init__(self) -> None:
+        if any(not s for s in self.stop_strings):
+            raise ConfigError("generation.stop_strings: every stop string must be non-empty")
         if self.temperature <= 0:
             raise ConfigError("generation.temperature must be > 0 (use a small value such as 0.01 for near-greedy).")
         if not 0 < self.top_p <= 1:
@@ -249,7 +253,25 @@ class KLSettings:
     horizon: int = 10000
     """Controller horizon in episodes: larger = slower adaptation."""
     estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator in the reward (Schulman 2020)."""
+    """Per-token KL estimator (Schulman 2020)."""
+    penalty: Literal["reward", "loss"] = "reward"
+    """Where the KL goes: into the per-token reward (classic RLHF), or as a loss term beta * KL(pi || pi_ref) on the policy."""
+
+
+@dataclass
+class EarlyStopSettings:
+    """The Goodhart guard: watch held-out prompts, keep the best policy, stop when it turns."""
+
+    prompts: Optional[str] = None
+    """Held-out prompts to watch (None = off)."""
+    every: int = 5
+    """Evaluate every N steps (and after the last)."""
+    limit: int = 32
+    """Held-out prompts used per evaluation."""
+    max_kl: Optional[float] = None
+    """Hard KL ceiling in nats per response on the held-out prompts: above it, stop and roll back to the best policy."""
+    patience: int = 2
+    """Stop and roll back to the best policy after this many evaluations without a new best held-out reward (0 = never)."""
 
 
 @dataclass
@@ -292,6 +314,18 @@ class PPOConfig:
     """Weight of the value loss."""
     whiten_advantages: bool = True
     """Normalise advantages per batch (mean 0, std 1)."""
+    whiten_rewards: bool = False
+    """Scale per-token rewards by their batch std before GAE, without shifting the mean (keeps the sign of 'stop here')."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight: loss -= ent_coef * mean token entropy (against mode collapse); 0 = off."""
+    ptx_data: Optional[str] = None
+    """Demonstrations for the pretraining/SFT loss mix (InstructGPT's PPO-ptx); None = off."""
+    ptx_coef: float = 0.0
+    """Weight of that SFT loss in every minibatch."""
+    ptx_batch_size: int = 4
+    """Demonstrations per minibatch for the ptx loss."""
+    early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
+    """Held-out reward and KL every N steps; best checkpoint kept; stop on a KL ceiling or a falling reward."""
     reward_clip: float = 10.0
     """Clip RM scores to [-c, c] before use."""
     reward_std_coef: float = 0.0
@@ -322,6 +356,8 @@ class PPOConfig:
             raise ConfigError("set reward_model (a trained reward model) or reward_function (module:function)")
         if self.value_model == "reward_model" and not self.reward_model:
             raise ConfigError("value_model=reward_model needs a reward_model; use value_model=policy_head with a reward_function")
+        if self.ptx_coef > 0 and not self.ptx_data:
+            raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size}).")
 

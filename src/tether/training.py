@@ -111,14 +111,33 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: p.detach().cpu().contiguous() for k, p in module.named_parameters() if p.requires_grad}
 
 
+def save_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module]) -> None:
+    """The trainable weights of each module to `<folder>/<name>.safetensors`."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for name, module in modules.items():
+        save_file(trainable_state(module), str(Path(folder) / f"{name}.safetensors"))
+
+
+def load_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module]) -> None:
+    """Copy weights written by `save_weights` back into the modules."""
+    for name, module in modules.items():
+        weights = load_file(str(Path(folder) / f"{name}.safetensors"))
+        params = dict(module.named_parameters())
+        missing = [k for k in weights if k not in params]
+        if missing:
+            raise ValueError(f"checkpoint {folder}: parameters {missing[:3]} do not exist in the model; was it written by a different config?")
+        with torch.no_grad():
+            for k, v in weights.items():
+                params[k].copy_(v)
+
+
 def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict[str, Any] | None = None) -> Path:
     """Write `<output_dir>/checkpoint` atomically."""
     target = Path(output_dir) / CHECKPOINT_DIR
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".checkpoint-"))
     try:
-        for name, module in modules.items():
-            save_file(trainable_state(module), str(tmp / f"{name}.safetensors"))
+        save_weights(tmp, modules)
         torch.save(
             {
                 "step": step,
@@ -150,15 +169,7 @@ def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.M
     target = Path(output_dir) / CHECKPOINT_DIR
     if not (target / "state.pt").exists():
         return None
-    for name, module in modules.items():
-        weights = load_file(str(target / f"{name}.safetensors"))
-        params = dict(module.named_parameters())
-        missing = [k for k in weights if k not in params]
-        if missing:
-            raise ValueError(f"checkpoint {target}: parameters {missing[:3]} do not exist in the model; was it written by a different config?")
-        with torch.no_grad():
-            for k, v in weights.items():
-                params[k].copy_(v)
+    load_weights(target, modules)
     state = torch.load(target / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -55,7 +55,9 @@ class Rollout:
         extra = torch.full_like(self.response_ids[:, :1], pad_token_id)
         ids = torch.cat([self.response_ids, extra], dim=1)
         mask = torch.cat([self.response_mask, torch.zeros_like(extra)], dim=1)
-        rows = torch.nonzero(~self.finished).squeeze(-1)
+        # every response that does not already end with EOS: cut off, or ended by a stop string
+        last = ids.gather(1, (self.lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        rows = torch.nonzero((last != eos_token_id) | (self.lengths == 0)).squeeze(-1)
         cols = self.lengths[rows]
         ids[rows, cols] = eos_token_id
         mask[rows, cols] = 1
@@ -71,6 +73,7 @@ def _generation_config(tokenizer, settings: GenerationSettings):
         do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
         max_new_tokens=settings.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0,
+        stop_strings=settings.stop_strings or None,  # lets a row stop sampling early; the cut itself is cut_at_stop_strings
     )
 
 
@@ -87,6 +90,7 @@ def generate(model, tokenizer, prompts: list[Prompt], settings: GenerationSettin
         out = model.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask,
             generation_config=_generation_config(tokenizer, settings),
+            **({"tokenizer": tokenizer} if settings.stop_strings else {}),  # HF matches stop strings on text
         )
     model.train(was_training)
     response_ids = out[:, prompt_ids.shape[1]:]
@@ -98,11 +102,40 @@ def generate(model, tokenizer, prompts: list[Prompt], settings: GenerationSettin
     response_ids = response_ids.masked_fill(after_eos, tokenizer.pad_token_id)
     if response_ids.shape[1] == 0:  # max_new_tokens == 0 or immediate stop everywhere
         response_mask = response_ids.new_zeros(response_ids.shape)
+    if settings.stop_strings:
+        response_ids, response_mask, finished = cut_at_stop_strings(tokenizer, response_ids, response_mask, finished, settings.stop_strings)
     texts = tokenizer.batch_decode(response_ids * response_mask + tokenizer.pad_token_id * (1 - response_mask), skip_special_tokens=True)
     return Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
         finished=finished, texts=[t.strip() for t in texts], prompts_truncated=sum(t for _, t in encoded),
     )
+
+
+def cut_at_stop_strings(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor, finished: torch.Tensor,
+                        stop_strings: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """End each response at the shortest token prefix whose text contains a stop string.
+
+    The stop string stays in the response (its tokens were sampled, so they keep their
+    log-probs); every token after it becomes padding, and the response counts as finished.
+    Returns new (response_ids, response_mask, finished).
+    """
+    ids, mask, finished = response_ids.clone(), response_mask.clone(), finished.clone()
+    text_of = lambda row, n: tokenizer.decode(ids[row, :n].tolist(), skip_special_tokens=True)  # noqa: E731
+    for row in range(ids.shape[0]):
+        n = int(mask[row].sum())
+        if not any(s in text_of(row, n) for s in stop_strings):
+            continue
+        lo, hi = 1, n  # the shortest prefix holding a stop string: containment only grows with the prefix
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if any(s in text_of(row, mid) for s in stop_strings):
+                hi = mid
+            else:
+                lo = mid + 1
+        ids[row, lo:] = tokenizer.pad_token_id
+        mask[row, lo:] = 0
+        finished[row] = True
+    return ids, mask, finished
 
 
 def sample_responses(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16", progress=None) -> list[dict]:

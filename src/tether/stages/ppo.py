@@ -10,6 +10,13 @@ Ziegler et al. 2019 (Fine-Tuning Language Models from Human Preferences), Stienn
   4. update:    ppo_epochs passes over minibatches of the rollout: clipped surrogate
                 (Schulman et al. 2017, eq. 7) + vf_coef * clipped value loss
   5. control:   the adaptive KL controller moves beta towards the target KL
+  6. guard:     every N steps, reward and KL on held-out prompts; the best policy is kept,
+                and training stops (rolled back to the best) when KL passes a ceiling or
+                the held-out reward stops rising (the Goodhart guard)
+
+Options on top of the classic recipe: KL as a loss term instead of a reward penalty,
+reward whitening, an entropy bonus, and InstructGPT's PPO-ptx (an SFT loss mixed into
+every minibatch).
 
 Models: with LoRA (the default) the reference is the policy's own weights with the
 adapter switched off, so policy and reference share one copy of the weights. The value
@@ -20,25 +27,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import time
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from tether.config import PPOConfig, resolve_path
-from tether.data.readers import read_prompts
+from tether.data.collate import collate_sft, encode_demonstration
+from tether.data.readers import read_demonstrations, read_prompts
 from tether.data.records import prompt_text
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
-                           masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss)
+                           masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
 from tether.models.loading import ModelError, apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, write_summary
-from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
+from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, save_checkpoint, save_weights,
+                             start_stage)
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
@@ -62,6 +74,39 @@ def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperatu
     if value_model is not None:
         out["values"] = value_model(seqs, attn, P)
     return out
+
+
+BEST_DIR = "best"
+
+
+def keep_best(out: Path, trainable: dict) -> None:
+    """The trainable weights of the best policy so far to `<out>/best`, replaced whole."""
+    tmp = out / ".best-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_weights(tmp, trainable)
+    shutil.rmtree(out / BEST_DIR, ignore_errors=True)
+    os.replace(tmp, out / BEST_DIR)
+
+
+@torch.no_grad()
+def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_fn) -> dict:
+    """Mean reward and KL (k1, nats per response) of the current policy on held-out prompts,
+    sampled with a fixed seed so successive checks differ only by the policy."""
+    rewards, kls = [], []
+    settings = cfg.generation
+    for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
+        batch = prompts[start:start + settings.batch_size]
+        rollout = generate(policy, tokenizer, batch, settings, seed=cfg.seed * 7919 + b, precision=cfg.precision)
+        seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
+        mask = rollout.response_mask.float()
+        with autocast(cfg.precision):
+            logp = policy_forward(policy, seqs, attn, P, settings.temperature)["logp"]
+            with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
+                ref_logp = policy_forward(policy if reference is None else reference, seqs, attn, P, settings.temperature)["logp"]
+        kls.extend(((logp - ref_logp) * mask).sum(-1).tolist())
+        scores, keep = score_fn(batch, rollout)
+        rewards.extend(s for s, k in zip(scores.tolist(), keep.tolist()) if k)
+    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": sum(kls) / max(len(kls), 1)}
 
 
 def train_ppo(cfg: PPOConfig) -> dict | None:
@@ -101,13 +146,41 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     kl_estimator = KL_ESTIMATORS[cfg.kl.estimator]
     stream = index_stream(len(prompts), cfg.seed, cfg.steps * cfg.batch_size)
     temperature = cfg.generation.temperature
+    ptx_examples = []
+    if cfg.ptx_coef > 0:  # PPO-ptx: demonstrations whose SFT loss is mixed into every minibatch
+        ptx_examples = [encode_demonstration(tokenizer, d, cfg.generation.max_prompt_tokens, cfg.generation.max_new_tokens)
+                        for d in read_demonstrations(resolve_path(cfg.ptx_data))]
+        ptx_stream = index_stream(len(ptx_examples), cfg.seed, cfg.steps * cfg.ppo_epochs * n_minibatches * cfg.ptx_batch_size)
+    guard = cfg.early_stop
+    held_out = read_prompts(resolve_path(guard.prompts), limit=guard.limit) if guard.prompts else []
+
+    def score(batch_prompts, rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) scores after penalties and clipping, and (B,) whether each episode counts."""
+        keep = torch.ones(len(batch_prompts), dtype=torch.bool, device=rollout.sequences.device)
+        if rm is not None:
+            with torch.no_grad(), autocast(cfg.precision):
+                scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id), std_coef=cfg.reward_std_coef)
+        else:  # None from the function drops that episode from the update
+            values = call_reward_function(reward_fn, [prompt_text(p) for p in batch_prompts], rollout.texts, [{} for _ in batch_prompts])
+            scores = torch.tensor([0.0 if v is None else v for v in values], device=keep.device)
+            keep = torch.tensor([v is not None for v in values], device=keep.device)
+        if cfg.missing_eos_penalty is not None:
+            scores = torch.where(rollout.finished, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        return scores.clamp(-cfg.reward_clip, cfg.reward_clip), keep
 
     start_step = 0
+    best = {"step": None, "reward": None, "kl": None, "since": 0}  # the Goodhart guard's memory
     resumed = load_checkpoint(out, trainable, optimizer, scheduler)
     if resumed is not None:
         start_step = resumed[0]
         kl_ctl.load_state_dict(resumed[1]["kl_controller"])
+        best = resumed[1].get("best", best)
         console.print(f"ppo: resuming from step {start_step} of {cfg.steps}")
+    if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
+        check = held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, score)
+        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"]}
+        keep_best(out, trainable)
+        console.print(f"ppo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step)
     history = [json.loads(line) for line in logger.path.read_text().splitlines() if line]  # steps before a resume
@@ -116,6 +189,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
+    done, stop_reason = start_step, None
     for step in range(start_step, cfg.steps):
         t0 = time.time()
         batch_prompts = [prompts[i].prompt for i in stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
@@ -132,19 +206,16 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             old = evaluate_step(policy, value_head, value_model, seqs, attn, P, temperature, with_entropy=True)
             with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
                 ref_logp = policy_forward(policy if reference is None else reference, seqs, attn, P, temperature)["logp"]
-            if rm is not None:
-                scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id), std_coef=cfg.reward_std_coef)  # (B,)
-        if reward_fn is not None:  # None from the function drops that episode from the update
-            values = call_reward_function(reward_fn, [prompt_text(p) for p in batch_prompts], rollout.texts, [{} for _ in batch_prompts])
-            scores = torch.tensor([0.0 if v is None else v for v in values], device=seqs.device)
-            mask = mask * torch.tensor([v is not None for v in values], device=seqs.device, dtype=mask.dtype).unsqueeze(-1)
-        if cfg.missing_eos_penalty is not None:
-            scores = torch.where(rollout.finished, scores, torch.full_like(scores, cfg.missing_eos_penalty))
-        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        scores, keep = score(batch_prompts, rollout)  # (B,), (B,)
+        mask = mask * keep.to(mask.dtype).unsqueeze(-1)
         old_logp, old_values = old["logp"], old["values"]
 
-        # 3. per-token rewards (KL penalty + score at the last token), GAE
-        rewards, kl = per_token_rewards(scores, old_logp, ref_logp, mask, kl_ctl.beta, kl_estimator)
+        # 3. per-token rewards (KL penalty + score at the last token), GAE;
+        #    with kl.penalty=loss the KL leaves the reward and enters the loss below
+        kl_in_reward = cfg.kl.penalty == "reward"
+        rewards, kl = per_token_rewards(scores, old_logp, ref_logp, mask, kl_ctl.beta if kl_in_reward else 0.0, kl_estimator)
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
@@ -152,17 +223,31 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         # 4. PPO update: several epochs over minibatches of this rollout
         policy.train()
         stats: dict[str, float] = {}
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.batch_size)
             for k in range(n_minibatches):
                 mb = perm[k * cfg.mini_batch_size:(k + 1) * cfg.mini_batch_size]
                 with autocast(cfg.precision):
-                    new = evaluate_step(policy, value_head, value_model, seqs[mb], attn[mb], P, temperature)
+                    new = evaluate_step(policy, value_head, value_model, seqs[mb], attn[mb], P, temperature, with_entropy=cfg.ent_coef > 0)
                 pg_loss, pg_stats = ppo_policy_loss(new["logp"], old_logp[mb], advantages[mb], mask[mb], cfg.clip_eps)
                 vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[mb], returns[mb], mask[mb], cfg.value_clip_eps)
-                (pg_loss + cfg.vf_coef * vf_loss).backward()
+                loss, extra = pg_loss + cfg.vf_coef * vf_loss, {}
+                if not kl_in_reward:  # beta * KL(pi || pi_ref) on the current policy (k3 is the usual choice here)
+                    kl_loss = masked_mean(kl_estimator(new["logp"], ref_logp[mb]), mask[mb])
+                    loss, extra["kl_loss"] = loss + kl_ctl.beta * kl_loss, kl_loss.item()
+                if cfg.ent_coef > 0:  # entropy bonus: keeps the policy from collapsing onto a few answers
+                    entropy = masked_mean(new["entropy"], mask[mb])
+                    loss, extra["entropy_bonus"] = loss - cfg.ent_coef * entropy, entropy.item()
+                if ptx_examples:  # PPO-ptx (Ouyang et al. 2022, eq. 2): keep the demonstrations' likelihood
+                    at = ((step * cfg.ppo_epochs + epoch) * n_minibatches + k) * cfg.ptx_batch_size
+                    ptx = collate_sft([ptx_examples[i] for i in ptx_stream[at:at + cfg.ptx_batch_size]], tokenizer.pad_token_id)
+                    with autocast(cfg.precision):
+                        logits = policy(input_ids=ptx["input_ids"].to(device()), attention_mask=ptx["attention_mask"].to(device())).logits
+                    ptx_loss, _ = sft_loss(logits.float(), ptx["labels"].to(device()))
+                    loss, extra["ptx_loss"] = loss + cfg.ptx_coef * ptx_loss, ptx_loss.item()
+                loss.backward()
                 grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
-                for key, v in {**pg_stats, **vf_stats, "grad_norm": grad_norm}.items():
+                for key, v in {**pg_stats, **vf_stats, **extra, "grad_norm": grad_norm}.items():
                     stats[key] = stats.get(key, 0.0) + v / (cfg.ppo_epochs * n_minibatches)
                 stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), pg_stats["ratio_max"])
 
@@ -175,7 +260,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         metrics = {
             "rollout/reward": scores.mean().item(), "rollout/reward_std": scores.std().item() if len(scores) > 1 else 0.0,
             "rollout/kl": mean_kl, "rollout/beta": beta_used,
-            "rollout/non_score_reward": (-beta_used * kl_per_response).mean().item(),
+            "rollout/non_score_reward": (-beta_used * kl_per_response).mean().item() if kl_in_reward else 0.0,  # KL part of the reward
             "rollout/entropy": masked_mean(old["entropy"], mask).item(), "rollout/length": mask.sum(-1).mean().item(),
             "rollout/finished": rollout.finished.float().mean().item(),
             "rollout/length_p95": torch.quantile(mask.sum(-1), 0.95).item(),
@@ -187,22 +272,46 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             "train/explained_variance": explained_variance(old_values, returns, mask),
             "train/grad_norm": stats["grad_norm"], "train/lr": scheduler.get_last_lr()[0],
             "time/rollout_s": t_gen, "time/step_s": time.time() - t0,
+            **{f"train/{key}": stats[key] for key in ("kl_loss", "entropy_bonus", "ptx_loss") if key in stats},
         }
-        history.append(metrics)
         done = step + 1
+
+        # 6. the Goodhart guard: held-out reward and KL; keep the best, stop when it turns
+        stop_reason = None
+        if held_out and (done % guard.every == 0 or done == cfg.steps):
+            check = held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, score)
+            metrics.update({"held_out/reward": check["reward"], "held_out/kl": check["kl"]})
+            within_kl = guard.max_kl is None or check["kl"] <= guard.max_kl
+            if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
+                best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)
+                keep_best(out, trainable)
+            else:
+                best["since"] += 1
+            if not within_kl:
+                stop_reason = f"held-out KL {check['kl']:.2f} nats passed max_kl={guard.max_kl}"
+            elif guard.patience and best["since"] >= guard.patience:
+                stop_reason = f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
+        history.append(metrics)
         logger.log(done, metrics)
         if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1):  # read what the policy does
             with samples_path.open("a") as f:
                 for prompt, text, r in zip(batch_prompts, rollout.texts, scores.tolist()):
                     f.write(json.dumps({"step": done, "prompt": prompt, "response": text, "reward": r}) + "\n")
+        if stop_reason:
+            console.print(f"ppo: early stop after step {done}: {stop_reason}")
+            break
+        state = {"kl_controller": kl_ctl.state_dict(), "best": best}
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            save_checkpoint(out, done, trainable, optimizer, scheduler, extra={"kl_controller": kl_ctl.state_dict()})
+            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
         if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
-            save_checkpoint(out, done, trainable, optimizer, scheduler, extra={"kl_controller": kl_ctl.state_dict()})
+            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
             logger.close()
             console.print(f"ppo: stopped after step {done} (interrupt_after); rerun the same command to resume")
             return None
     logger.close()
+    if held_out and best["step"] is not None and best["step"] != done:  # roll back to the policy that did best on held-out prompts
+        load_weights(out / BEST_DIR, trainable)
+        console.print(f"ppo: rolled back to the best held-out policy, step {best['step']}")
 
     # ---- save the policy (LoRA merged: a plain HF directory) and the value function
     save_model(policy, tokenizer, out / "model")
@@ -217,6 +326,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
         "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),
+        "steps_done": done, "stopped_early": stop_reason,
+        "held_out": None if not held_out else {
+            "prompts": len(held_out), "initial_reward": best.get("initial_reward"), "best_reward": best["reward"],
+            "best_kl": best["kl"], "best_step": best["step"]},
         "trainable_params": n_trainable, "total_params": n_total, "seconds": time.time() - t_start,
     }
     write_summary(out, summary)

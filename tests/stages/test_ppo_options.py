@@ -1,0 +1,103 @@
+"""PPO options beyond the classic recipe: stop strings, KL as a loss, reward whitening, the
+entropy bonus, PPO-ptx, and the Goodhart guard (held-out checks, best policy, early stop)."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tether.config import GenerationSettings, PPOConfig, load_config
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.rollout.generate import generate
+from tether.stages.ppo import train_ppo
+
+FNS = Path(__file__).resolve().parent / "reward_fns.py"
+PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves and the cold wind in October."]
+
+
+def ppo(tiny_model_dir, tiny_data, out, fn, *extra):
+    return train_ppo(load_config(PPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward_function={FNS}:{fn}", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
+        "precision=fp32", "generation.max_new_tokens=8", "generation.batch_size=8", "save_every=0", "samples_every=0",
+        "batch_size=4", "mini_batch_size=2", *extra]))
+
+
+def rows(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stop_string_ends_the_response_at_its_first_occurrence(tiny_model_dir):
+    model, tok = load_causal_lm(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
+    free = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=16), seed=3, precision="fp32")
+    text = tok.decode(free.response_ids[0, :int(free.lengths[0])].tolist(), skip_special_tokens=True)
+    stop = text[len(text) // 2:len(text) // 2 + 2]  # two characters from the middle of what it wrote
+    assert stop.strip()
+    cut = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=16, stop_strings=[stop]), seed=3, precision="fp32")
+    n = int(cut.lengths[0])
+    ids = cut.response_ids[0, :n].tolist()
+    assert ids == free.response_ids[0, :n].tolist()  # same sample, only shorter
+    assert stop in tok.decode(ids, skip_special_tokens=True)
+    assert stop not in tok.decode(ids[:-1], skip_special_tokens=True)  # ended at the first token that completes it
+    assert bool(cut.finished[0]) and cut.response_mask[0, n:].sum() == 0
+    # the reward model still reads it as text + EOS
+    seqs, attn = cut.sequences_for_reward(tok.eos_token_id, tok.pad_token_id)
+    last = int(attn[0].nonzero().max())
+    assert seqs[0, last] == tok.eos_token_id and int(attn[0].sum()) == int(cut.attention_mask[0].sum()) + 1
+
+
+def test_kl_as_loss_keeps_the_reward_free_of_kl_and_holds_the_policy_back(tiny_model_dir, tiny_data, tmp_path):
+    common = ["steps=8", "kl.penalty=loss", "kl.estimator=k3", "kl.adaptive=false", "whiten_rewards=true", "lora.enabled=false", "optim.lr=3e-3"]
+    ppo(tiny_model_dir, tiny_data, tmp_path / "leash", "letter_e", *common, "kl.init_beta=5.0")
+    ppo(tiny_model_dir, tiny_data, tmp_path / "free", "letter_e", *common, "kl.init_beta=0.0")
+    leash, free = rows(tmp_path / "leash"), rows(tmp_path / "free")
+    assert leash[-1]["rollout/kl"] > 0 and all(x["rollout/non_score_reward"] == 0 for x in leash)  # KL measured, not in the reward
+    assert all(x["train/kl_loss"] >= 0 for x in leash)  # k3 >= 0
+    assert sum(x["rollout/kl"] for x in leash) < 0.75 * sum(x["rollout/kl"] for x in free)  # the loss term holds the policy near pi_ref
+
+
+def test_entropy_bonus_slows_the_collapse_onto_one_behaviour(tiny_model_dir, tiny_data, tmp_path):
+    # letter_e rewards one narrow behaviour, so PPO lowers entropy; the bonus must hold it higher
+    common = ["steps=6", "kl.adaptive=false", "kl.init_beta=0", "optim.lr=1e-2", "lora.enabled=false", "ppo_epochs=4"]
+    ppo(tiny_model_dir, tiny_data, tmp_path / "plain", "letter_e", *common)
+    ppo(tiny_model_dir, tiny_data, tmp_path / "bonus", "letter_e", *common, "ent_coef=2.0")
+    plain, bonus = rows(tmp_path / "plain"), rows(tmp_path / "bonus")
+    assert plain[-1]["rollout/entropy"] < plain[0]["rollout/entropy"] - 0.05  # the task does collapse entropy
+    assert bonus[-1]["rollout/entropy"] > plain[-1]["rollout/entropy"] + 0.03, (plain[-1]["rollout/entropy"], bonus[-1]["rollout/entropy"])
+    assert bonus[0]["train/entropy_bonus"] > 0 and "train/entropy_bonus" not in plain[0]
+
+
+def test_ptx_loss_pulls_the_policy_towards_the_demonstrations(tiny_model_dir, tiny_data, tmp_path):
+    common = ["steps=4", "kl.adaptive=false", "kl.init_beta=0", "optim.lr=5e-3", "lora.enabled=false", f"ptx_data={tiny_data['demos']}"]
+    ppo(tiny_model_dir, tiny_data, tmp_path / "ptx", "constant", *common, "ptx_coef=1.0", "ptx_batch_size=4")
+    r = rows(tmp_path / "ptx")
+    assert r[-1]["train/ptx_loss"] < r[0]["train/ptx_loss"]  # demonstrations' NLL falls: the SFT term is trained
+
+
+def test_goodhart_guard_rolls_back_when_kl_passes_the_ceiling(tiny_model_dir, tiny_data, tmp_path):
+    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "letter_e", "steps=6", "optim.lr=1e-2", "lora.enabled=false",
+            f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=1", "early_stop.limit=4", "early_stop.max_kl=1e-6")
+    assert s["steps_done"] == 1 and "max_kl" in s["stopped_early"]
+    assert s["held_out"]["best_step"] == 0 and s["held_out"]["prompts"] == 4
+    start, final = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(tmp_path / "g" / "model" / "model.safetensors"))
+    for k in start:  # rolled back to the starting policy, which the ceiling still allowed
+        assert torch.equal(start[k], final[k]), k
+    assert "held_out/kl" in rows(tmp_path / "g")[0]
+
+
+def test_goodhart_guard_stops_when_held_out_reward_stops_rising(tiny_model_dir, tiny_data, tmp_path):
+    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "constant", "steps=8", f"early_stop.prompts={tiny_data['prompts']}",
+            "early_stop.every=1", "early_stop.limit=4", "early_stop.patience=2")
+    # a constant reward never beats the start, so two checks without a new best end the run
+    assert s["steps_done"] == 2 and "not improved" in s["stopped_early"] and s["held_out"]["best_step"] == 0
+    assert (tmp_path / "g" / "best" / "policy.safetensors").exists()
+
+
+def test_goodhart_guard_keeps_the_best_step_and_resumes_with_it(tiny_model_dir, tiny_data, tmp_path):
+    common = ["steps=4", "optim.lr=1e-2", "lora.enabled=false", "kl.init_beta=0.001", "kl.adaptive=false",
+              f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.limit=4", "early_stop.patience=0"]
+    full = ppo(tiny_model_dir, tiny_data, tmp_path / "a", "letter_e", *common)
+    assert ppo(tiny_model_dir, tiny_data, tmp_path / "b", "letter_e", *common, "interrupt_after=2") is None
+    resumed = ppo(tiny_model_dir, tiny_data, tmp_path / "b", "letter_e", *common)
+    assert resumed["held_out"] == full["held_out"] and full["steps_done"] == 4
+    assert full["held_out"]["best_reward"] >= full["held_out"]["initial_reward"]
