@@ -27,6 +27,9 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) runs tests/.tether-home
 
-# Benchmarks (long: real data, the default model). Figures are printed and kept in runs/.
+# Benchmarks (long: real data, the default model, about an hour on 2 CPU cores). TRL is
+# installed here only, as the yardstick; tether never imports it. Figures are printed and
+# kept in runs/bench/.
 bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/reward_hh.py

@@ -60,7 +60,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -72,6 +71,7 @@ from tether.data.templates import encode_prompt, encode_response  # noqa: E402
 from tether.models.loading import _cpu_has_bf16, load_tokenizer, resolve_model  # noqa: E402
 from tether.models.reward_model import init_reward_model, trunk_of  # noqa: E402
 from tether.stages.reward import _freeze_lower_layers, can_pack, is_tie, score_texts  # noqa: E402
+from tether.tracking import peak_rss_gb  # noqa: E402
 
 
 def encode_pairs(tokenizer, pairs: list[PreferencePair], max_prompt_tokens: int, max_response_tokens: int) -> dict[str, list]:
@@ -159,7 +159,10 @@ def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_toke
     r_rejected = score_texts(model, tokenizer, [p.prompt for p in scored], [p.rejected for p in scored],
                              max_prompt_tokens, max_response_tokens, **kw)
     wins = (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()
+    import trl
+
     return {
+        "trl_version": trl.__version__,
         "train_seconds": train_seconds,
         "train_pairs_per_second": n_seen / train_seconds,
         "train_pairs_seen": n_seen,
@@ -174,7 +177,7 @@ def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_toke
         "tether_would_autocast": bf16 and (torch.cuda.is_available() or _cpu_has_bf16()),
         "pad_ended_rows": pad_ended,
         "train_loss": trainer.state.log_history[-1].get("train_loss") if trainer.state.log_history else None,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # kB on Linux; whole process
+        "peak_rss_gb": peak_rss_gb(),  # the whole process: run it alone to compare
     }
 
 

@@ -76,6 +76,13 @@ class MetricsLogger:
         self._file.close()
 
 
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GB (Linux reports kB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
     """Write `summary.json` last: its presence marks the stage as complete."""
     path = Path(output_dir) / "summary.json"

@@ -26,7 +26,7 @@ from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss,
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
                                         save_ensemble_manifest, save_normalization, trunk_of, unwrap)
-from tether.tracking import MetricsLogger, console, read_summary, write_summary
+from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
 from tether.training import bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
 
 
@@ -325,6 +325,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     logger = MetricsLogger(out, total_steps, "reward", ["train/loss", "train/accuracy"], start_step=start_step)
 
     # 3. the loop: Bradley-Terry on (chosen, rejected), mean over the pairs of the step
+    t_loop = time.time()
     for step in range(start_step, total_steps):
         window = stream[step * per_step:(step + 1) * per_step]
         totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
@@ -356,6 +357,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
             save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
     logger.close()
+    train_seconds = time.time() - t_loop  # the loop only (this session's part of it after a resume)
     model.eval()
 
     # 4. normalise on policy samples (or the pairs' own responses), evaluate, save
@@ -373,7 +375,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     normalization = RewardNormalization.fit(scorer.raw(norm_prompts, norm_responses), fitted_on)
     scorer.normalization = normalization
     eval_metrics = pair_metrics([scorer], eval_pairs)
-    train_metrics = pair_metrics([scorer], train_pairs[:256])
+    train_metrics = pair_metrics([scorer], train_pairs[:128])  # enough to see over-fitting next to eval_accuracy
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
     save_normalization(out / "model", normalization)
     trainable, total = count_parameters(model)
@@ -385,7 +387,9 @@ def train_reward(cfg: RewardConfig) -> dict:
         "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
         "train_accuracy": train_metrics.get("accuracy"),
         "normalization": {"gain": normalization.gain, "bias": normalization.bias, "fitted_on": fitted_on, "n": normalization.n},
-        "trainable_params": trainable, "total_params": total, "seconds": time.time() - t0,
+        "trainable_params": trainable, "total_params": total, "packed": pack, "bucketed": cfg.bucket_by_length,
+        "train_seconds": train_seconds, "train_pairs_per_second": (total_steps - start_step) * per_step / max(train_seconds, 1e-9),
+        "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t0,
     }
     write_summary(out, summary)
     return summary
