@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-trl-ppo-env bench-ppo-vs-trl venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,17 @@ clean:
 # Benchmarks (long: real data, the default model, about an hour on 2 CPU cores). TRL is
 # installed here only, as the yardstick; tether never imports it. Figures are printed and
 # kept in runs/bench/.
-bench: $(STAMP)
+bench: $(STAMP) bench-trl-ppo-env
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/reward_hh.py
+	$(BIN)/python benchmarks/ppo_memory.py
+	$(BIN)/python benchmarks/ppo_vs_trl.py
+
+# PPO side by side with TRL 1.10.0 (the last TRL with PPO), on the test suite's tiny model:
+# episodes/s and peak RSS. TRL 1.10 lives in its own virtualenv, .venv-trl110 (torch installed
+# first from the local CPU wheel); tether is not installed there.
+bench-trl-ppo-env:
+	bash benchmarks/trl_ppo_env.sh
+
+bench-ppo-vs-trl: $(STAMP) bench-trl-ppo-env
+	$(BIN)/python benchmarks/ppo_vs_trl.py

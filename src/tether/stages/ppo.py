@@ -48,7 +48,7 @@ from tether.models.reward_model import load_reward_model, position_ids_from_mask
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
-from tether.tracking import MetricsLogger, console, write_summary
+from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, save_checkpoint, save_weights,
                              start_stage)
 
@@ -330,7 +330,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         "held_out": None if not held_out else {
             "prompts": len(held_out), "initial_reward": best.get("initial_reward"), "best_reward": best["reward"],
             "best_kl": best["kl"], "best_step": best["step"]},
-        "trainable_params": n_trainable, "total_params": n_total, "seconds": time.time() - t_start,
+        "trainable_params": n_trainable, "total_params": n_total, "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
     return summary
