@@ -212,6 +212,9 @@ class RewardConfig:
     """Score the responses to one prompt in one row, the prompt computed once (block-diagonal attention; same rewards, less compute)."""
     bucket_by_length: bool = True
     """Within windows of 32 batches, batch pairs of similar length together (less padding); batches are then shuffled."""
+    max_tokens_per_forward: int = 0
+    """Cut a micro-batch whose padded size (rows x longest row) passes this many tokens into smaller forwards
+    with gradients accumulated (same result, bounded memory); 0 = no limit."""
     label_smoothing: float = 0.0
     """Label-smoothing epsilon for noisy labels: -(1-eps) log s(d) - eps log s(-d); 0 = plain Bradley-Terry."""
     center_rewards_coefficient: Optional[float] = None

@@ -132,3 +132,35 @@ def test_bucketing_keeps_the_pairs_of_a_prompt_adjacent():
     stream = bucket_by_length(pair_stream(pairs, 0, 24, True), lambda i: (lengths[pairs[i].prompt], pairs[i].prompt), 3, 0, window=4)
     prompts = [pairs[i].prompt for i in stream]
     assert all(len(set(prompts[k:k + 3])) == 1 for k in range(0, 24, 3))
+
+
+def test_token_chunks_bound_the_padded_size():
+    from tether.stages.reward import token_chunks
+
+    lengths = {0: (10, 0), 1: (10, 0), 2: (30, 1), 3: (5, 2), 4: (50, 3)}  # pair -> (packed row length, prompt)
+    key = lengths.__getitem__
+    assert token_chunks([0, 1, 2, 3, 4], key, 0, packed=True) == [[0, 1, 2, 3, 4]]  # 0: no limit
+    # packed: pairs 0 and 1 share one row of 10; pair 2 makes 2 rows x 30 = 60; pair 3 would make 3 x 30 = 90
+    assert token_chunks([0, 1, 2, 3, 4], key, 60, packed=True) == [[0, 1, 2], [3], [4]]
+    assert token_chunks([0, 1, 2, 3, 4], key, 40, packed=True) == [[0, 1], [2], [3], [4]]
+    # a pair longer than the budget still gets a chunk of its own
+    assert token_chunks([4, 0], key, 20, packed=False) == [[4], [0]]
+    # unpacked: every response is a row; 4 rows x 10 = 40
+    assert token_chunks([0, 1, 3], key, 40, packed=False) == [[0, 1], [3]]
+
+
+def test_a_token_budget_leaves_the_training_step_unchanged(tiny_model_dir, tiny_data, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from tether.config import RewardConfig, load_config
+    from tether.stages.reward import train_reward
+
+    common = [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", "max_steps=1", "batch_size=8", "eval_fraction=0.2",
+              "precision=fp32", "optim.max_grad_norm=0", "optim.warmup_ratio=0", "optim.lr=1e-3", "normalize_samples=8"]
+    whole = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'a'}"]))
+    split = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'b'}", "max_tokens_per_forward=64"]))
+    wa, wb = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("a", "b"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
+    assert whole["steps"] == split["steps"] == 1

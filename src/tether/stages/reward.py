@@ -133,6 +133,29 @@ def packed_length_key(tokenizer, pairs: list[PreferencePair], prompt_ids: dict, 
     return lambda i: (lengths[_key(pairs[i].prompt)], order[_key(pairs[i].prompt)])
 
 
+def token_chunks(indices: list[int], length_key, budget: int, packed: bool) -> list[list[int]]:
+    """Consecutive chunks of a batch of pair indices whose padded size (rows x longest row, in
+    tokens) stays within `budget`; a chunk holds at least one pair, and 0 means no limit.
+    The chunks' gradients add up to the whole batch's, so this bounds activation memory
+    without changing what is learnt. Packed, a row is a prompt with its responses; else
+    each response is a row of its own (the packed length is then an upper bound)."""
+    if not budget:
+        return [indices]
+    chunks: list[list[int]] = [[]]
+    groups: set = set()
+    longest = 0
+    for i in indices:
+        length, group = length_key(i)
+        rows = len(groups | {group}) if packed else 2 * (len(chunks[-1]) + 1)
+        if chunks[-1] and rows * max(longest, length) > budget:
+            chunks.append([])
+            groups, longest = set(), 0
+        chunks[-1].append(i)
+        groups.add(group)
+        longest = max(longest, length)
+    return chunks
+
+
 def split_by_prompt(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Hold out whole prompts: pairs of one prompt share responses, so splitting pairs would leak."""
     train_keys, _ = split(sorted({_key(p.prompt) for p in pairs}), eval_fraction, seed)
@@ -312,8 +335,9 @@ def train_reward(cfg: RewardConfig) -> dict:
     total_steps = cfg.max_steps or max(1, math.ceil(len(train_pairs) * cfg.epochs / per_step))
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
     stream = pair_stream(train_pairs, cfg.seed, total_steps * per_step, cfg.group_by_prompt)
+    length_key = packed_length_key(tokenizer, train_pairs, prompt_ids, cfg)
     if cfg.bucket_by_length:
-        stream = bucket_by_length(stream, packed_length_key(tokenizer, train_pairs, prompt_ids, cfg), cfg.batch_size, cfg.seed)
+        stream = bucket_by_length(stream, length_key, cfg.batch_size, cfg.seed)
     pack = cfg.pack_prompts and can_pack(model, tokenizer, train_pairs[:2], cfg.max_prompt_tokens, cfg.max_response_tokens)
     if cfg.pack_prompts and not pack:
         console.print("reward: this model's attention does not honour a packed (block-diagonal) mask; scoring each response in its own row")
@@ -329,8 +353,11 @@ def train_reward(cfg: RewardConfig) -> dict:
     for step in range(start_step, total_steps):
         window = stream[step * per_step:(step + 1) * per_step]
         totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-        for k in range(0, per_step, cfg.batch_size):
-            batch = [train_pairs[i] for i in window[k:k + cfg.batch_size]]
+        # micro-batches of batch_size pairs, each cut further when its padded tokens pass the budget
+        chunks = [c for k in range(0, per_step, cfg.batch_size)
+                  for c in token_chunks(window[k:k + cfg.batch_size], length_key, cfg.max_tokens_per_forward, pack)]
+        for chunk in chunks:
+            batch = [train_pairs[i] for i in chunk]
             prompts, responses, i_chosen, i_rejected = unique_responses(batch)
             with autocast(cfg.precision):  # (N_unique,): each distinct response scored once
                 r = batch_rewards(model, tokenizer, prompts, responses, cfg.max_prompt_tokens, cfg.max_response_tokens, pack)
@@ -353,7 +380,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
         done = step + 1
         logger.log(done, {"train/loss": totals["loss"], "train/accuracy": totals["accuracy"], "train/margin": totals["margin"],
-                          "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm})
+                          "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb()})
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
             save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
     logger.close()
