@@ -9,6 +9,7 @@ an interrupt during saving never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import shutil
@@ -63,6 +64,27 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float) -> float:
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def release_freed_memory() -> None:
+    """Hand memory the allocator holds but no tensor uses back to the OS (glibc's malloc_trim).
+
+    On CPU, activations of varying shapes leave holes in glibc's heap that it keeps, so a
+    long run's resident memory creeps up step after step (about +3 GB over a 190-step reward
+    model run); trimming once a step keeps it flat. A no-op off glibc.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -49,8 +49,8 @@ from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, save_checkpoint, save_weights,
-                             start_stage)
+from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, release_freed_memory,
+                             save_checkpoint, save_weights, start_stage)
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
@@ -250,6 +250,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                 for key, v in {**pg_stats, **vf_stats, **extra, "grad_norm": grad_norm}.items():
                     stats[key] = stats.get(key, 0.0) + v / (cfg.ppo_epochs * n_minibatches)
                 stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), pg_stats["ratio_max"])
+
+        release_freed_memory()  # rollout shapes vary: without this, resident memory creeps up
 
         # 5. adapt beta towards the target KL (nats per response)
         kl_per_response = (kl * mask).sum(-1)  # (B,)

@@ -27,7 +27,8 @@ from tether.models.loading import apply_lora, autocast, count_parameters, device
 from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
                                         save_ensemble_manifest, save_normalization, trunk_of, unwrap)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
-from tether.training import bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
+from tether.training import (bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint,
+                             make_optimizer, release_freed_memory, save_checkpoint, start_stage)
 
 
 def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
@@ -378,6 +379,7 @@ def train_reward(cfg: RewardConfig) -> dict:
             for key in totals:
                 totals[key] += m[key] * len(batch) / per_step
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+        release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         done = step + 1
         logger.log(done, {"train/loss": totals["loss"], "train/accuracy": totals["accuracy"], "train/margin": totals["margin"],
                           "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb()})

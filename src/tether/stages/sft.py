@@ -21,7 +21,8 @@ from tether.losses import sft_loss_sum
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
 from tether.tracking import MetricsLogger, console, write_summary
-from tether.training import clip_and_step, index_stream, load_checkpoint, make_optimizer, save_checkpoint, start_stage
+from tether.training import (clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
+                             start_stage)
 
 
 def _batches(examples: list[dict], batch_size: int, pad_id: int):
@@ -97,6 +98,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
             (nll / max(n_tokens, 1)).backward()
             loss_total += nll.item()
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+        release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         tokens_seen += n_tokens
         metrics = {"train/loss": loss_total / max(n_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
                    "train/grad_norm": grad_norm, "train/tokens": n_tokens}
