@@ -75,3 +75,15 @@ def test_shared_paths_resolve(monkeypatch, tmp_path):
     monkeypatch.setenv("TETHER_SHARED_DATA", str(tmp_path))
     assert resolve_path("shared:x.jsonl") == str(tmp_path / "x.jsonl")
     assert resolve_path("plain.jsonl") == "plain.jsonl"
+
+
+def test_a_section_given_in_part_keeps_its_own_defaults(tmp_path):
+    # PPO's LoRA is on by default and its optimizer has its own lr: changing one key of a
+    # section must leave the others at the section's defaults, not at the class's
+    cfg = load_config(PPOConfig, None, ["reward_model=rm", "lora.r=4", "optim.max_grad_norm=0.5"])
+    assert cfg.lora.enabled and cfg.lora.r == 4
+    assert cfg.optim.lr == pytest.approx(1e-4) and cfg.optim.schedule == "linear" and cfg.optim.max_grad_norm == 0.5
+    f = tmp_path / "run.yaml"
+    f.write_text("ppo:\n  lora: {alpha: 8}\n")
+    run = load_config(RunConfig, f)
+    assert run.ppo.lora.enabled and run.ppo.lora.alpha == 8 and run.ppo.optim.lr == pytest.approx(1e-4)

@@ -335,8 +335,12 @@ class PPOConfig:
     """With a reward-model ensemble: reward = mean - k * std over members (conservative reward); 0 = mean."""
     missing_eos_penalty: Optional[float] = None
     """Score given to responses that hit max_new_tokens without EOS (None = use the RM's score)."""
-    value_model: Literal["policy_head", "reward_model"] = "policy_head"
-    """Value function: a zero-initialised head on the policy trunk, or a copy of the reward model."""
+    value_model: Literal["policy_head", "reward_adapter", "reward_model"] = "policy_head"
+    """Value function: 'policy_head' = a zero-initialised head on the policy trunk (no extra forward); 'reward_adapter' = the
+    reward model's frozen weights (shared, not copied) + a LoRA adapter (`lora` r/alpha/targets) + a copy of its head, so the
+    value starts as the reward model; 'reward_model' = a full trainable copy of the reward model."""
+    share_weights: bool = True
+    """Hold reward-model tensors that equal the frozen base's (frozen layers, embeddings) once, not twice (models/sharing.py)."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
     """Optimizer and schedule (annealed to 0 over `steps`)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
@@ -357,8 +361,8 @@ class PPOConfig:
             self.reward_model = None  # a reward function replaces the reward model
         elif not self.reward_model:
             raise ConfigError("set reward_model (a trained reward model) or reward_function (module:function)")
-        if self.value_model == "reward_model" and not self.reward_model:
-            raise ConfigError("value_model=reward_model needs a reward_model; use value_model=policy_head with a reward_function")
+        if self.value_model != "policy_head" and not self.reward_model:
+            raise ConfigError(f"value_model={self.value_model} needs a reward_model; use value_model=policy_head with a reward_function")
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
@@ -483,16 +487,34 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", prefix: str = ""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"{where}unknown key '{prefix}{key}'; valid keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", where)
+        if key not in fields:
+            raise ConfigError(f"{where}unknown key '{prefix}{key}'; valid keys here: {', '.join(fields)}")
+        kwargs[key] = _coerce(hints[key], _with_section_defaults(fields[key], value), f"{prefix}{key}", where)
     try:
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
+
+
+def _with_section_defaults(f: dataclasses.Field, value: Any) -> Any:
+    """A section given in part keeps its field's own defaults for the rest: PPOConfig.lora
+    defaults to enabled=True, so `lora.r=8` must change r and leave LoRA on."""
+    if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            return _merge(dataclasses.asdict(default), value)
+    return value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` laid over `base`, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _coerce(tp: Any, value: Any, key: str, where: str):

@@ -19,8 +19,11 @@ reward whitening, an entropy bonus, and InstructGPT's PPO-ptx (an SFT loss mixed
 every minibatch).
 
 Models: with LoRA (the default) the reference is the policy's own weights with the
-adapter switched off, so policy and reference share one copy of the weights. The value
-function is a zero-initialised head on the policy trunk, or a copy of the reward model.
+adapter switched off, so policy and reference share one copy of the weights, and the
+reward model's tensors that equal those weights (its frozen layers) point at the same copy.
+The value function is a zero-initialised head on the policy trunk, a second adapter with a
+copy of the reward head over the reward model's (shared) weights, or a full copy of the
+reward model.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tether.config import PPOConfig, resolve_path
+from tether.config import LoraSettings, PPOConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, read_prompts
 from tether.data.records import prompt_text
@@ -45,6 +48,7 @@ from tether.losses import (AdaptiveKLController, FixedKLController, explained_va
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
 from tether.models.loading import ModelError, apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import load_reward_model, position_ids_from_mask, trunk_of, unwrap
+from tether.models.sharing import shallow_clone, share_equal_weights, unique_parameter_bytes
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
@@ -66,6 +70,12 @@ class RewardModelValue(torch.nn.Module):
         hidden = trunk_of(self.model)(input_ids=sequences, attention_mask=attention_mask,
                                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
         return unwrap(self.model).score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, R)
+
+
+def reward_adapter_value(reward_model, lora: LoraSettings) -> RewardModelValue:
+    """A value model that starts as the reward model at the memory cost of an adapter: the
+    reward model's own (frozen, shared) tensors under a new LoRA adapter, and a trainable copy of its head."""
+    return RewardModelValue(apply_lora(shallow_clone(reward_model), lora, task_type="SEQ_CLS", modules_to_save=["score"]))
 
 
 def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperature: float, with_entropy: bool = False) -> dict:
@@ -123,20 +133,34 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         raise ModelError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
                          "train the reward model from the SFT model so both read the same tokens")
     policy = load_causal_lm(policy_path)
+    # With LoRA the reference is the policy's own base weights with the adapter disabled;
+    # with full fine-tuning it is a frozen second copy. Either way those weights never change,
+    # so the reward model's tensors that equal them are held once (its frozen layers).
+    reference = None if cfg.lora.enabled else load_causal_lm(policy_path).eval().requires_grad_(False)
+    shared_params = 0
+    if rm is not None and cfg.share_weights:
+        shared_params = sum(share_equal_weights(m.model, policy if reference is None else reference) for m in rm.members)
     if cfg.lora.enabled:
-        policy = apply_lora(policy, cfg.lora)
-        reference = None  # the same weights with the adapter disabled
-    else:
-        reference = load_causal_lm(policy_path).eval().requires_grad_(False)
+        policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
     value_head, value_model = None, None
     if cfg.value_model == "policy_head":
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device())
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
         trainable = {"policy": policy, "value_head": value_head}
+    elif cfg.value_model == "reward_adapter":  # the reward model's weights, a second adapter, a copy of its head
+        value_model = reward_adapter_value(rm.members[0].model, cfg.lora)
+        trainable = {"policy": policy, "value_model": value_model}
     else:
         value_model = RewardModelValue(load_reward_model(cfg.reward_model).members[0].model.requires_grad_(True)).to(device())
         trainable = {"policy": policy, "value_model": value_model}
+    frozen_rms = [m.model for m in rm.members] if rm is not None else []
+    if any(p.requires_grad for m in frozen_rms for p in m.parameters()):
+        raise AssertionError("a reward-model weight is trainable: weight sharing must only join frozen tensors")
+    held = [m for m in (policy, reference, value_head, value_model, *frozen_rms) if m is not None]
+    parameter_gb = unique_parameter_bytes(*held) / 1e9  # every weight tensor in memory, shared ones once
+    console.print(f"ppo: {parameter_gb:.2f} GB of weights for policy, reference, value and reward"
+                  + (f" ({shared_params / 1e6:.1f}M reward-model parameters shared with the frozen base)" if shared_params else ""))
     policy.train()
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
     n_minibatches = cfg.batch_size // cfg.mini_batch_size
@@ -332,7 +356,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         "held_out": None if not held_out else {
             "prompts": len(held_out), "initial_reward": best.get("initial_reward"), "best_reward": best["reward"],
             "best_kl": best["kl"], "best_step": best["step"]},
-        "trainable_params": n_trainable, "total_params": n_total, "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
+        "trainable_params": n_trainable, "total_params": n_total, "reward_model_shared_params": shared_params,
+        "parameter_gb": parameter_gb,
+        "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
     return summary

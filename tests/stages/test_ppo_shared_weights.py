@@ -1,0 +1,63 @@
+"""PPO with one copy of the weights: sharing the reward model's frozen tensors with the base
+changes no number, and the value adapter trains, checkpoints and resumes like any value model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.config import PPOConfig, RewardConfig, load_config
+from tether.stages.ppo import train_ppo
+from tether.stages.reward import train_reward
+
+
+@pytest.fixture(scope="module")
+def frozen_layer_rm(tiny_model_dir, tiny_data, tmp_path_factory) -> Path:
+    """A reward model trained from the policy's own weights with its lower block frozen."""
+    out = tmp_path_factory.mktemp("rm")
+    train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={out}",
+                                                  "freeze_layers=1", "batch_size=4", "epochs=1", "precision=fp32", "optim.lr=1e-3"]))
+    return out / "model"
+
+
+def ppo(tiny_model_dir, tiny_data, rm, out, *extra):
+    return train_ppo(load_config(PPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward_model={rm}", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
+        "steps=3", "batch_size=4", "mini_batch_size=2", "precision=fp32", "save_every=0", "samples_every=0",
+        "generation.max_new_tokens=8", "generation.batch_size=4", "optim.lr=3e-3", *extra]))
+
+
+def metrics(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def drop_timing(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+
+
+@pytest.mark.parametrize("lora", ["true", "false"])
+def test_sharing_the_frozen_base_changes_no_number(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path, lora):
+    # with LoRA the reward model shares the policy's frozen base; with full fine-tuning, the frozen reference
+    shared = ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "shared", f"lora.enabled={lora}")
+    apart = ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "apart", f"lora.enabled={lora}", "share_weights=false")
+    emb = 400 * 32  # the tiny model's embeddings are frozen by freeze_layers and shared
+    assert shared["reward_model_shared_params"] > emb and apart["reward_model_shared_params"] == 0
+    assert shared["parameter_gb"] < apart["parameter_gb"]
+    assert drop_timing(metrics(tmp_path / "shared")) == drop_timing(metrics(tmp_path / "apart"))
+    a, b = load_file(str(tmp_path / "shared" / "model" / "model.safetensors")), load_file(str(tmp_path / "apart" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(tmp_path / "shared")[-1]["rollout/kl"] != 0  # the policy did move, so the shared base was tested under training
+
+
+def test_value_adapter_trains_and_resumes_bit_for_bit(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path):
+    common = ["value_model=reward_adapter", "lora.r=4"]
+    full = ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "a", *common)
+    # policy adapter + value adapter + the value head copy are the only trainable weights
+    assert 0 < full["trainable_params"] < full["total_params"] / 4
+    rows = metrics(tmp_path / "a")
+    assert rows[0]["train/value_loss"] > 0 and rows[-1]["rollout/kl"] != 0
+    assert ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "b", *common, "interrupt_after=2") is None
+    ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "b", *common)
+    assert drop_timing(metrics(tmp_path / "b")) == drop_timing(rows)
