@@ -299,6 +299,8 @@ class PPOConfig:
     """Prompts (= episodes) per rollout."""
     mini_batch_size: int = 8
     """Episodes per gradient step."""
+    grad_accum: int = 1
+    """Run each minibatch as this many micro-batches (less memory, same gradient: each is weighted by its share of tokens)."""
     ppo_epochs: int = 2
     """Passes over each rollout batch."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -367,6 +369,8 @@ class PPOConfig:
             raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size}).")
+        if self.grad_accum < 1 or self.mini_batch_size % self.grad_accum:
+            raise ConfigError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of grad_accum ({self.grad_accum}), which must be >= 1.")
 
 
 @dataclass

@@ -4,6 +4,7 @@ entropy bonus, PPO-ptx, and the Goodhart guard (held-out checks, best policy, ea
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -47,7 +48,8 @@ def test_stop_string_ends_the_response_at_its_first_occurrence(tiny_model_dir):
 
 
 def test_kl_as_loss_keeps_the_reward_free_of_kl_and_holds_the_policy_back(tiny_model_dir, tiny_data, tmp_path):
-    common = ["steps=8", "kl.penalty=loss", "kl.estimator=k3", "kl.adaptive=false", "whiten_rewards=true", "lora.enabled=false", "optim.lr=3e-3"]
+    common = ["steps=8", "kl.penalty=loss", "kl.estimator=k3", "kl.adaptive=false", "whiten_rewards=true", "lora.enabled=false", "optim.lr=3e-3",
+              "optim.schedule=cosine", "optim.warmup_ratio=0.05"]
     ppo(tiny_model_dir, tiny_data, tmp_path / "leash", "letter_e", *common, "kl.init_beta=5.0")
     ppo(tiny_model_dir, tiny_data, tmp_path / "free", "letter_e", *common, "kl.init_beta=0.0")
     leash, free = rows(tmp_path / "leash"), rows(tmp_path / "free")
@@ -58,7 +60,7 @@ def test_kl_as_loss_keeps_the_reward_free_of_kl_and_holds_the_policy_back(tiny_m
 
 def test_entropy_bonus_slows_the_collapse_onto_one_behaviour(tiny_model_dir, tiny_data, tmp_path):
     # letter_e rewards one narrow behaviour, so PPO lowers entropy; the bonus must hold it higher
-    common = ["steps=6", "kl.adaptive=false", "kl.init_beta=0", "optim.lr=1e-2", "lora.enabled=false", "ppo_epochs=4"]
+    common = ["steps=6", "kl.adaptive=false", "kl.init_beta=0", "optim.lr=1e-2", "optim.schedule=constant", "lora.enabled=false", "ppo_epochs=4"]
     ppo(tiny_model_dir, tiny_data, tmp_path / "plain", "letter_e", *common)
     ppo(tiny_model_dir, tiny_data, tmp_path / "bonus", "letter_e", *common, "ent_coef=2.0")
     plain, bonus = rows(tmp_path / "plain"), rows(tmp_path / "bonus")
@@ -101,3 +103,22 @@ def test_goodhart_guard_keeps_the_best_step_and_resumes_with_it(tiny_model_dir, 
     resumed = ppo(tiny_model_dir, tiny_data, tmp_path / "b", "letter_e", *common)
     assert resumed["held_out"] == full["held_out"] and full["steps_done"] == 4
     assert full["held_out"]["best_reward"] >= full["held_out"]["initial_reward"]
+
+
+def test_gradient_accumulation_gives_the_unaccumulated_update(tiny_model_dir, tiny_data, tmp_path):
+    # one minibatch of 4 episodes as 1 micro-batch or as 4; a stop string makes the replies
+    # differ in length, so the token-share weighting of each micro-batch's loss is what is tested
+    common = ["steps=1", "ppo_epochs=1", "mini_batch_size=4", "lora.enabled=false", "optim.lr=1e-3",
+              "generation.stop_strings=[e]", "samples_every=1"]
+    ppo(tiny_model_dir, tiny_data, tmp_path / "one", "letter_e", *common, "grad_accum=1")
+    ppo(tiny_model_dir, tiny_data, tmp_path / "four", "letter_e", *common, "grad_accum=4")
+    lengths = {len(s["response"]) for s in map(json.loads, (tmp_path / "one" / "samples.jsonl").read_text().splitlines())}
+    assert len(lengths) > 1
+    one, four = rows(tmp_path / "one")[0], rows(tmp_path / "four")[0]
+    for key in ("train/policy_loss", "train/value_loss", "train/grad_norm", "train/approx_kl"):
+        assert four[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    a, b = load_file(str(tmp_path / "one" / "model" / "model.safetensors")), load_file(str(tmp_path / "four" / "model" / "model.safetensors"))
+    assert sum((a[k] - base[k]).abs().sum().item() for k in base) > 0
+    for k in base:  # Adam's first step is about lr * sign(g): compare at 1% of it
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)

@@ -244,36 +244,45 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        # 4. PPO update: several epochs over minibatches of this rollout
+        # 4. PPO update: several epochs over minibatches of this rollout; a minibatch may be
+        #    run as grad_accum micro-batches, each loss weighted by its share of the
+        #    minibatch's tokens so the summed gradient is the minibatch's token mean
         policy.train()
         stats: dict[str, float] = {}
+        n_updates = cfg.ppo_epochs * n_minibatches
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.batch_size)
             for k in range(n_minibatches):
                 mb = perm[k * cfg.mini_batch_size:(k + 1) * cfg.mini_batch_size]
-                with autocast(cfg.precision):
-                    new = evaluate_step(policy, value_head, value_model, seqs[mb], attn[mb], P, temperature, with_entropy=cfg.ent_coef > 0)
-                pg_loss, pg_stats = ppo_policy_loss(new["logp"], old_logp[mb], advantages[mb], mask[mb], cfg.clip_eps)
-                vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[mb], returns[mb], mask[mb], cfg.value_clip_eps)
-                loss, extra = pg_loss + cfg.vf_coef * vf_loss, {}
-                if not kl_in_reward:  # beta * KL(pi || pi_ref) on the current policy (k3 is the usual choice here)
-                    kl_loss = masked_mean(kl_estimator(new["logp"], ref_logp[mb]), mask[mb])
-                    loss, extra["kl_loss"] = loss + kl_ctl.beta * kl_loss, kl_loss.item()
-                if cfg.ent_coef > 0:  # entropy bonus: keeps the policy from collapsing onto a few answers
-                    entropy = masked_mean(new["entropy"], mask[mb])
-                    loss, extra["entropy_bonus"] = loss - cfg.ent_coef * entropy, entropy.item()
-                if ptx_examples:  # PPO-ptx (Ouyang et al. 2022, eq. 2): keep the demonstrations' likelihood
-                    at = ((step * cfg.ppo_epochs + epoch) * n_minibatches + k) * cfg.ptx_batch_size
-                    ptx = collate_sft([ptx_examples[i] for i in ptx_stream[at:at + cfg.ptx_batch_size]], tokenizer.pad_token_id)
+                mb_tokens = mask[mb].sum().clamp(min=1.0)
+                for micro_index, micro in enumerate(mb.chunk(cfg.grad_accum)):
+                    share = (mask[micro].sum() / mb_tokens).item()
                     with autocast(cfg.precision):
-                        logits = policy(input_ids=ptx["input_ids"].to(device()), attention_mask=ptx["attention_mask"].to(device())).logits
-                    ptx_loss, _ = sft_loss(logits.float(), ptx["labels"].to(device()))
-                    loss, extra["ptx_loss"] = loss + cfg.ptx_coef * ptx_loss, ptx_loss.item()
-                loss.backward()
+                        new = evaluate_step(policy, value_head, value_model, seqs[micro], attn[micro], P, temperature, with_entropy=cfg.ent_coef > 0)
+                    pg_loss, pg_stats = ppo_policy_loss(new["logp"], old_logp[micro], advantages[micro], mask[micro], cfg.clip_eps)
+                    vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[micro], returns[micro], mask[micro], cfg.value_clip_eps)
+                    loss, extra = pg_loss + cfg.vf_coef * vf_loss, {}
+                    if not kl_in_reward:  # beta * KL(pi || pi_ref) on the current policy (k3 is the usual choice here)
+                        kl_loss = masked_mean(kl_estimator(new["logp"], ref_logp[micro]), mask[micro])
+                        loss, extra["kl_loss"] = loss + kl_ctl.beta * kl_loss, kl_loss.item()
+                    if cfg.ent_coef > 0:  # entropy bonus: keeps the policy from collapsing onto a few answers
+                        entropy = masked_mean(new["entropy"], mask[micro])
+                        loss, extra["entropy_bonus"] = loss - cfg.ent_coef * entropy, entropy.item()
+                    loss = loss * share
+                    if ptx_examples and micro_index == 0:  # PPO-ptx (Ouyang et al. 2022, eq. 2): keep the demonstrations' likelihood
+                        at = ((step * cfg.ppo_epochs + epoch) * n_minibatches + k) * cfg.ptx_batch_size
+                        ptx = collate_sft([ptx_examples[i] for i in ptx_stream[at:at + cfg.ptx_batch_size]], tokenizer.pad_token_id)
+                        with autocast(cfg.precision):
+                            logits = policy(input_ids=ptx["input_ids"].to(device()), attention_mask=ptx["attention_mask"].to(device())).logits
+                        ptx_loss, _ = sft_loss(logits.float(), ptx["labels"].to(device()))
+                        loss = loss + cfg.ptx_coef * ptx_loss  # once per minibatch, its own mean
+                        stats["ptx_loss"] = stats.get("ptx_loss", 0.0) + ptx_loss.item() / n_updates
+                    loss.backward()
+                    for key, v in {**pg_stats, **vf_stats, **extra}.items():  # token-weighted, as the loss
+                        stats[key] = stats.get(key, 0.0) + v * share / n_updates
+                    stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), pg_stats["ratio_max"])
                 grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
-                for key, v in {**pg_stats, **vf_stats, **extra, "grad_norm": grad_norm}.items():
-                    stats[key] = stats.get(key, 0.0) + v / (cfg.ppo_epochs * n_minibatches)
-                stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), pg_stats["ratio_max"])
+                stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
 
         release_freed_memory()  # rollout shapes vary: without this, resident memory creeps up
 
