@@ -61,3 +61,41 @@ def test_value_adapter_trains_and_resumes_bit_for_bit(tiny_model_dir, tiny_data,
     assert ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "b", *common, "interrupt_after=2") is None
     ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "b", *common)
     assert drop_timing(metrics(tmp_path / "b")) == drop_timing(rows)
+
+
+@pytest.fixture(scope="module")
+def lora_rm(tiny_model_dir, tiny_data, tmp_path_factory) -> Path:
+    """A reward model trained with LoRA from the policy's own weights (adapter kept beside the merged model)."""
+    out = tmp_path_factory.mktemp("lora-rm")
+    train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={out}",
+                                                  "lora.enabled=true", "lora.r=4", "batch_size=4", "epochs=1", "precision=fp32",
+                                                  "optim.lr=1e-2"]))
+    return out / "model"
+
+
+def test_lora_reward_model_is_held_as_an_adapter_on_the_policy_base(tiny_model_dir, tiny_data, lora_rm, tmp_path):
+    assert (lora_rm / "adapter" / "adapter_config.json").exists() and (lora_rm / "model.safetensors").exists()
+    shared = ppo(tiny_model_dir, tiny_data, lora_rm, tmp_path / "shared", "steps=1")
+    apart = ppo(tiny_model_dir, tiny_data, lora_rm, tmp_path / "apart", "steps=1", "share_weights=false")
+    trunk = 31392  # every trunk weight of the tiny model: embeddings, 2 blocks, final norm
+    assert shared["reward_model_shared_params"] == trunk
+    saved = apart["parameter_gb"] - shared["parameter_gb"]
+    assert saved * 1e9 >= 4 * (trunk - 2 * 4 * (32 + 64) * 7)  # a whole trunk, less at most the adapter it brings
+    one, two = metrics(tmp_path / "shared")[0], metrics(tmp_path / "apart")[0]
+    # the same rollout scored by base + adapter instead of the merged weights: equal up to rounding
+    assert one["rollout/reward"] == pytest.approx(two["rollout/reward"], rel=1e-4, abs=1e-5)
+
+
+def test_an_adapter_trained_on_other_weights_is_not_used(tiny_model_dir, lora_rm, tmp_path):
+    from conftest import build_tiny_model_dir
+    from tether.models.loading import load_causal_lm
+    from tether.models.reward_model import load_reward_model
+    from tether.models.sharing import share_with_base
+
+    other = load_causal_lm(str(build_tiny_model_dir(tmp_path / "other", seed=1))).requires_grad_(False)
+    rm = load_reward_model(str(lora_rm))
+    merged = rm.members[0].model
+    probe = torch.tensor([[5, 6, 7, 8, 9]])
+    shared = share_with_base(rm, other, probe)
+    assert rm.members[0].model is merged  # the probe disagreed, so the merged model stays
+    assert shared < 31392 // 10  # at most a few equal tensors (norm gains) are shared

@@ -18,6 +18,8 @@ from tether.models.loading import ModelError, device, disable_dropout, load_toke
 
 NORMALIZATION_FILE = "tether_reward.json"
 ENSEMBLE_FILE = "tether_ensemble.json"
+ADAPTER_DIR = "adapter"
+"""A LoRA-trained reward model also keeps its adapter and head here (peft format), unmerged."""
 
 
 @dataclass

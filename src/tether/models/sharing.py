@@ -5,7 +5,9 @@ policy with its adapter off, so those two already share every base tensor. The r
 usually starts from the same SFT weights, and with `freeze_layers` (or frozen embeddings)
 a large part of it never moved in training: those tensors are equal, value for value, to the
 base's. `share_equal_weights` finds them and points the reward model at the base's tensors,
-so they are held once. The value adapter (`value_model=reward_adapter`) is a second module
+so they are held once. A reward model trained with LoRA keeps its adapter unmerged beside
+the merged weights; `as_adapter_on` rebuilds it as the base's tensors plus that adapter and
+its head, a third adapter on the one base. The value adapter (`value_model=reward_adapter`) is a second module
 tree over the reward model's tensors (`shallow_clone`) with its own LoRA adapter and head.
 
 Sharing is only sound while the shared tensors stay frozen in both models: with LoRA the
@@ -16,10 +18,11 @@ with the frozen reference instead.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
-from tether.models.reward_model import trunk_of
+from tether.models.reward_model import ADAPTER_DIR, raw_rewards, trunk_of
 
 
 def _owner(root: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
@@ -48,6 +51,44 @@ def share_equal_weights(model: torch.nn.Module, base: torch.nn.Module) -> int:
             module, attr = _owner(target, name)
             setattr(module, attr, other)
             shared += param.numel()
+    return shared
+
+
+@torch.no_grad()
+def as_adapter_on(model: torch.nn.Module, base: torch.nn.Module, adapter_dir: str | Path, probe: torch.Tensor) -> torch.nn.Module | None:
+    """A LoRA-trained reward model rebuilt as `base`'s trunk tensors + its own adapter and head,
+    so it costs an adapter, not a model. `model` is the merged reward model loaded from the
+    same folder; the rebuilt one must score the token ids `probe` (B, T) as `model` does, else
+    the adapter was trained on other base weights and None is returned (keep `model`)."""
+    from peft import PeftModel
+
+    rebuilt = shallow_clone(model)
+    trunk, source = trunk_of(rebuilt), dict(trunk_of(base).named_parameters())
+    for name, param in list(trunk.named_parameters()):
+        other = source.get(name)
+        if other is None or other.shape != param.shape or other.dtype != param.dtype:
+            return None
+        module, attr = _owner(trunk, name)
+        setattr(module, attr, other)
+    rebuilt = PeftModel.from_pretrained(rebuilt, str(adapter_dir)).eval().requires_grad_(False)  # frozen adapter
+    mask = torch.ones_like(probe)
+    same = torch.allclose(raw_rewards(rebuilt, probe, mask), raw_rewards(model, probe, mask), rtol=1e-4, atol=1e-4)
+    return rebuilt if same else None
+
+
+def share_with_base(reward_model, base: torch.nn.Module, probe: torch.Tensor, use_adapters: bool = True) -> int:
+    """Hold each member of a loaded reward model (or ensemble) on `base`'s frozen weights where it
+    can: as an adapter on `base` when it was trained with LoRA on these weights, else by sharing
+    its tensors that equal `base`'s. Returns the number of reward-model parameters now shared."""
+    shared = 0
+    for member in reward_model.members:
+        adapter = Path(member.path) / ADAPTER_DIR
+        rebuilt = as_adapter_on(member.model, base, adapter, probe) if use_adapters and adapter.is_dir() else None
+        if rebuilt is not None:
+            member.model = rebuilt  # the merged copy is dropped
+            shared += sum(p.numel() for p in trunk_of(base).parameters())
+        else:
+            shared += share_equal_weights(member.model, base)
     return shared
 
 

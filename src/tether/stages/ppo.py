@@ -48,7 +48,7 @@ from tether.losses import (AdaptiveKLController, FixedKLController, explained_va
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
 from tether.models.loading import ModelError, apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import load_reward_model, position_ids_from_mask, trunk_of, unwrap
-from tether.models.sharing import shallow_clone, share_equal_weights, unique_parameter_bytes
+from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
@@ -138,8 +138,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     # so the reward model's tensors that equal them are held once (its frozen layers).
     reference = None if cfg.lora.enabled else load_causal_lm(policy_path).eval().requires_grad_(False)
     shared_params = 0
-    if rm is not None and cfg.share_weights:
-        shared_params = sum(share_equal_weights(m.model, policy if reference is None else reference) for m in rm.members)
+    if rm is not None and cfg.share_weights:  # a LoRA-trained RM becomes an adapter on the base (not under a value adapter)
+        probe = tokenizer("Is this a helpful answer? Yes, it is.", return_tensors="pt").input_ids.to(device())
+        shared_params = share_with_base(rm, policy if reference is None else reference, probe,
+                                        use_adapters=cfg.value_model != "reward_adapter")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
     value_head, value_model = None, None

@@ -24,7 +24,7 @@ from tether.data.templates import encode_prompt, encode_response
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
 from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
-from tether.models.reward_model import (RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
+from tether.models.reward_model import (ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
                                         save_ensemble_manifest, save_normalization, trunk_of, unwrap)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
 from tether.training import (bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint,
@@ -407,6 +407,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     train_metrics = pair_metrics([scorer], train_pairs[:128])  # enough to see over-fitting next to eval_accuracy
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
     save_normalization(out / "model", normalization)
+    if cfg.lora.enabled:  # the adapter and head on their own too, so PPO can hold this RM as an adapter on its base
+        model.save_pretrained(out / "model" / ADAPTER_DIR)
     trainable, total = count_parameters(model)
     summary = {
         "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
