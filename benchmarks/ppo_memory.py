@@ -10,7 +10,9 @@ fully trained value model initialised from the reward model (gradients and momen
 the frozen reward model, nothing shared (`share_weights=false`).
 
 Each mode runs the same PPO step (16 episodes, 40 new tokens, minibatches of 8) alone in a
-fresh process; its peak RSS and the bytes of weights it holds are read from the stage summary.
+fresh process, once as it comes and once with the memory settings on for every mode alike
+(activation checkpointing, each minibatch as 4 micro-batches); its peak RSS and the bytes of
+weights it holds are read from the stage summary.
 The reward model must be a trained one, since how much of it can be shared depends on what
 training left untouched: the shipped HH reward model (`runs/reward_hh/model`, or the one
 `benchmarks/reward_hh.py` trains earlier in `make bench`).
@@ -27,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench" / "ppo_memory"
 COMMON = ["steps=1", "batch_size=16", "mini_batch_size=8", "ppo_epochs=1", "save_every=0", "samples_every=0",
           "generation.max_new_tokens=40", "generation.batch_size=16", "generation.max_prompt_tokens=128", "limit=64"]
+# the same PPO step as it comes, and with the memory settings a user would turn on (for every mode alike)
+SETTINGS = {"plain": [], "memory_saving": ["activation_checkpointing=true", "grad_accum=4"]}
 MODES = {
     "shared_base": ["lora.enabled=true", "value_model=policy_head"],
     "shared_base_value_adapter": ["lora.enabled=true", "value_model=reward_adapter"],
@@ -46,22 +50,23 @@ def reward_model_dir() -> Path:
 def main() -> dict:
     rm = reward_model_dir()
     result = {"reward_model": str(rm)}
-    for mode, extra in MODES.items():
-        out = OUT / mode
-        cmd = [str(Path(sys.executable).with_name("tether")), "ppo", f"reward_model={rm}", f"output_dir={out}", *COMMON, *extra]
-        if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
-            raise SystemExit(f"the {mode} run failed: {' '.join(cmd)}")
-        summary = json.loads((out / "summary.json").read_text())
-        result[mode] = {key: summary[key] for key in ("peak_rss_gb", "parameter_gb", "reward_model_shared_params", "trainable_params", "seconds")}
-    full = result["four_models"]["peak_rss_gb"]
     print(f"PPO step peak RSS, default model, reward model {rm}:")
-    for mode in MODES:
-        r = result[mode]
-        r["ratio"] = r["peak_rss_gb"] / full
-        print(f"  {mode:26s} {r['peak_rss_gb']:.2f} GB  (weights {r['parameter_gb']:.2f} GB, "
-              f"{r['reward_model_shared_params'] / 1e6:.1f}M reward-model parameters shared)  ratio {r['ratio']:.2f}")
-    result["ratio"] = result["shared_base"]["ratio"]
-    print(f"  shared base / four separate models: {result['ratio']:.2f} (target <= 0.40)")
+    for setting, memory_flags in SETTINGS.items():
+        rows = result[setting] = {}
+        for mode, extra in MODES.items():
+            out = OUT / setting / mode
+            cmd = [str(Path(sys.executable).with_name("tether")), "ppo", f"reward_model={rm}", f"output_dir={out}", *COMMON, *memory_flags, *extra]
+            if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
+                raise SystemExit(f"the {setting}/{mode} run failed: {' '.join(cmd)}")
+            summary = json.loads((out / "summary.json").read_text())
+            rows[mode] = {key: summary[key] for key in ("peak_rss_gb", "parameter_gb", "reward_model_shared_params", "trainable_params", "seconds")}
+        for mode in MODES:
+            r = rows[mode]
+            r["ratio"] = r["peak_rss_gb"] / rows["four_models"]["peak_rss_gb"]
+            print(f"  {setting:14s} {mode:26s} {r['peak_rss_gb']:.2f} GB  (weights {r['parameter_gb']:.2f} GB, "
+                  f"{r['reward_model_shared_params'] / 1e6:.1f}M reward-model parameters shared)  ratio {r['ratio']:.2f}  {r['seconds']:.0f} s")
+    for setting in SETTINGS:
+        print(f"  {setting}: shared base / four separate models = {result[setting]['shared_base']['ratio']:.2f} (target <= 0.40)")
     (OUT / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

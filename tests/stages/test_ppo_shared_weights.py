@@ -99,3 +99,18 @@ def test_an_adapter_trained_on_other_weights_is_not_used(tiny_model_dir, lora_rm
     shared = share_with_base(rm, other, probe)
     assert rm.members[0].model is merged  # the probe disagreed, so the merged model stays
     assert shared < 31392 // 10  # at most a few equal tensors (norm gains) are shared
+
+
+@pytest.mark.parametrize("value_model", ["policy_head", "reward_model"])
+def test_activation_checkpointing_changes_no_number(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path, value_model):
+    # recomputing block activations in the backward pass gives the same gradients, so the same run
+    common = ["steps=2", f"value_model={value_model}", "lora.enabled=false"]
+    ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "kept", *common)
+    ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "recomputed", *common, "activation_checkpointing=true", "grad_accum=2")
+    kept, recomputed = drop_timing(metrics(tmp_path / "kept")), drop_timing(metrics(tmp_path / "recomputed"))
+    assert [r["rollout/reward"] for r in kept] == pytest.approx([r["rollout/reward"] for r in recomputed], rel=1e-4)
+    for key in ("train/policy_loss", "train/value_loss", "train/grad_norm"):
+        assert [r[key] for r in kept] == pytest.approx([r[key] for r in recomputed], rel=1e-3, abs=1e-6), key
+    a, b = load_file(str(tmp_path / "kept" / "model" / "model.safetensors")), load_file(str(tmp_path / "recomputed" / "model" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)

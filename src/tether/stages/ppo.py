@@ -46,7 +46,8 @@ from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
-from tether.models.loading import ModelError, apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
+from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
+                                   load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
 from tether.rewards.functions import call_reward_function, load_reward_function
@@ -67,7 +68,7 @@ class RewardModelValue(torch.nn.Module):
         self.model = reward_model
 
     def forward(self, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
-        hidden = trunk_of(self.model)(input_ids=sequences, attention_mask=attention_mask,
+        hidden = trunk_of(self.model)(input_ids=sequences, attention_mask=attention_mask, use_cache=False,
                                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
         return unwrap(self.model).score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, R)
 
@@ -84,6 +85,20 @@ def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperatu
     if value_model is not None:
         out["values"] = value_model(seqs, attn, P)
     return out
+
+
+def in_chunks(fn, n: int, size: int) -> dict:
+    """`fn(rows)` -> dict of tensors with `rows` first, run on consecutive slices of `size` rows
+    and concatenated: the values of one call over all n rows, with 1/k of the peak memory."""
+    parts = [fn(slice(i, i + size)) for i in range(0, n, size)]
+    return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def set_train_mode(modules: dict, training: bool) -> None:
+    """Train mode for the update, eval mode for scoring. Dropout is off either way; activation
+    checkpointing works only in train mode."""
+    for module in modules.values():
+        module.train(training)
 
 
 BEST_DIR = "best"
@@ -156,6 +171,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     else:
         value_model = RewardModelValue(load_reward_model(cfg.reward_model).members[0].model.requires_grad_(True)).to(device())
         trainable = {"policy": policy, "value_model": value_model}
+    if cfg.activation_checkpointing:
+        for model in (policy, value_model.model if value_model is not None else None):
+            if model is not None:
+                enable_activation_checkpointing(model)
     frozen_rms = [m.model for m in rm.members] if rm is not None else []
     if any(p.requires_grad for m in frozen_rms for p in m.parameters()):
         raise AssertionError("a reward-model weight is trainable: weight sharing must only join frozen tensors")
@@ -163,7 +182,6 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     parameter_gb = unique_parameter_bytes(*held) / 1e9  # every weight tensor in memory, shared ones once
     console.print(f"ppo: {parameter_gb:.2f} GB of weights for policy, reference, value and reward"
                   + (f" ({shared_params / 1e6:.1f}M reward-model parameters shared with the frozen base)" if shared_params else ""))
-    policy.train()
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
     n_minibatches = cfg.batch_size // cfg.mini_batch_size
     optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.ppo_epochs * n_minibatches)
@@ -216,6 +234,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         samples_path.write_text("".join(line + "\n" for line in kept))
 
     done, stop_reason = start_step, None
+    set_train_mode(trainable, False)
     for step in range(start_step, cfg.steps):
         t0 = time.time()
         batch_prompts = [prompts[i].prompt for i in stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
@@ -227,11 +246,13 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         t_gen = time.time() - t0
 
         # 2. score with the frozen models and the pre-update policy
-        policy.eval()
         with torch.no_grad(), autocast(cfg.precision):
-            old = evaluate_step(policy, value_head, value_model, seqs, attn, P, temperature, with_entropy=True)
+            # in minibatch-sized chunks: scoring then never holds more logits than an update does
+            old = in_chunks(lambda rows: evaluate_step(policy, value_head, value_model, seqs[rows], attn[rows], P, temperature,
+                                                       with_entropy=True), cfg.batch_size, cfg.mini_batch_size)
             with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
-                ref_logp = policy_forward(policy if reference is None else reference, seqs, attn, P, temperature)["logp"]
+                ref_logp = in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P,
+                                                                 temperature), cfg.batch_size, cfg.mini_batch_size)["logp"]
         scores, keep = score(batch_prompts, rollout)  # (B,), (B,)
         mask = mask * keep.to(mask.dtype).unsqueeze(-1)
         old_logp, old_values = old["logp"], old["values"]
@@ -249,7 +270,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         # 4. PPO update: several epochs over minibatches of this rollout; a minibatch may be
         #    run as grad_accum micro-batches, each loss weighted by its share of the
         #    minibatch's tokens so the summed gradient is the minibatch's token mean
-        policy.train()
+        set_train_mode(trainable, True)
         stats: dict[str, float] = {}
         n_updates = cfg.ppo_epochs * n_minibatches
         for epoch in range(cfg.ppo_epochs):
@@ -286,6 +307,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                 grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
                 stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
 
+        set_train_mode(trainable, False)  # eval mode for the held-out check and the next rollout (KV cache on)
         release_freed_memory()  # rollout shapes vary: without this, resident memory creeps up
 
         # 5. adapt beta towards the target KL (nats per response)
