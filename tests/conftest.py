@@ -96,6 +96,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def other_tiny_model_dir(tmp_path_factory) -> Path:
+    """The same architecture and tokenizer as `tiny_model_dir`, other random weights."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("other-tiny-model"), seed=1)
+
+
 INSTRUCTIONS = [
     "Write a haiku about autumn leaves.", "Give three tips for staying healthy.", "Explain what a rainbow is.",
     "Name two primary colors.", "Describe the taste of a lemon.", "Suggest a name for a pet cat.",

@@ -45,10 +45,8 @@ def test_only_equal_tensors_are_shared_and_rewards_do_not_change(tiny_model_dir)
     assert share_equal_weights(rm, base) == 0  # already shared: nothing more to do
 
 
-def test_different_values_are_never_shared(tiny_model_dir, tmp_path):
-    from conftest import build_tiny_model_dir
-
-    other = load_causal_lm(str(build_tiny_model_dir(tmp_path / "other", seed=1)))
+def test_different_values_are_never_shared(tiny_model_dir, other_tiny_model_dir):
+    other = load_causal_lm(str(other_tiny_model_dir))
     rm, _ = _trained_top_block(tiny_model_dir)
     # another random init: only the RMSNorm gains still at their init of ones are equal
     # (block 0's two and the final one; block 1's moved): 3 x 32 values

@@ -86,13 +86,12 @@ def test_lora_reward_model_is_held_as_an_adapter_on_the_policy_base(tiny_model_d
     assert one["rollout/reward"] == pytest.approx(two["rollout/reward"], rel=1e-4, abs=1e-5)
 
 
-def test_an_adapter_trained_on_other_weights_is_not_used(tiny_model_dir, lora_rm, tmp_path):
-    from conftest import build_tiny_model_dir
+def test_an_adapter_trained_on_other_weights_is_not_used(other_tiny_model_dir, lora_rm):
     from tether.models.loading import load_causal_lm
     from tether.models.reward_model import load_reward_model
     from tether.models.sharing import share_with_base
 
-    other = load_causal_lm(str(build_tiny_model_dir(tmp_path / "other", seed=1))).requires_grad_(False)
+    other = load_causal_lm(str(other_tiny_model_dir)).requires_grad_(False)
     rm = load_reward_model(str(lora_rm))
     merged = rm.members[0].model
     probe = torch.tensor([[5, 6, 7, 8, 9]])
