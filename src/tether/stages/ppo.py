@@ -171,10 +171,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     else:
         value_model = RewardModelValue(load_reward_model(cfg.reward_model).members[0].model.requires_grad_(True)).to(device())
         trainable = {"policy": policy, "value_model": value_model}
-    if cfg.activation_checkpointing:
-        for model in (policy, value_model.model if value_model is not None else None):
-            if model is not None:
-                enable_activation_checkpointing(model)
+    if cfg.activation_checkpointing:  # the models that are trained through their blocks
+        for model in [policy] + ([value_model.model] if value_model is not None else []):
+            enable_activation_checkpointing(model)
     frozen_rms = [m.model for m in rm.members] if rm is not None else []
     if any(p.requires_grad for m in frozen_rms for p in m.parameters()):
         raise AssertionError("a reward-model weight is trainable: weight sharing must only join frozen tensors")
