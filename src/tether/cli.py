@@ -183,6 +183,21 @@ def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] 
     _run(go, _load(C.GenerateConfig, config, overrides))
 
 
+@app.command()
+def judge(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Label candidate pairs with an LLM judge (RLAIF): the letter's next-token probability, both orders averaged."""
+    from tether.feedback.judge import run_judge
+
+    _print_summary(_run(run_judge, _load(C.JudgeConfig, config, overrides)))
+
+
+@app.command()
+def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Constitutional AI: answer, critique by a sampled principle, revise; (original, revision) become (rejected, chosen)."""
+    from tether.feedback.constitution import run_revise
+
+    _print_summary(_run(run_revise, _load(C.ReviseConfig, config, overrides)))
+
 def default_demo_config() -> Path:
     """The shipped demo config (inside the package, also reachable as configs/demo.yaml in the repo)."""
     return Path(__file__).parent / "configs" / "demo.yaml"

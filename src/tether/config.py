@@ -424,6 +424,75 @@ class GenerateConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """`tether judge`: an LLM judge labels candidate pairs (RLAIF; feedback/judge.py)."""
+
+    model: str = "default"
+    """The judge: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face causal-LM directory (bigger judges better)."""
+    data: str = "runs/collect/samples.jsonl"
+    """Candidate pairs: preference pairs (prompt/chosen/rejected, chat or HH rows; their labels are only compared with)
+    or collect's samples.jsonl (every pair of distinct responses to one prompt)."""
+    output_dir: str = "runs/judge"
+    """Writes preferences.jsonl (readable by `tether reward train`), config.yaml, metrics.jsonl and summary.json."""
+    constitution: str = "default"
+    """Principles whose rubric lines tell the judge what 'better' means: 'default' (shipped) or a YAML file."""
+    limit: Optional[int] = None
+    """Judge only the first N pairs (None = all)."""
+    batch_size: int = 8
+    """Pairs per forward pass (each pair is two rows: both orders)."""
+    max_prompt_tokens: int = 256
+    """Conversation tokens shown to the judge (cut from the left, so the last turn stays)."""
+    max_response_tokens: int = 192
+    """Tokens of each response shown to the judge (cut from the right)."""
+    min_strength: float = 0.0
+    """Drop pairs whose preference strength |2 p - 1| is below this (0 = keep all), counted in the summary."""
+    require_consistent: bool = False
+    """Drop pairs on which the two orders disagree (position-inconsistent verdicts), counted in the summary."""
+    write_margin: bool = False
+    """Also write the strength as the pair's `margin` (the reward stage then uses it as the Llama 2 margin); it is always in meta."""
+    skip_bad_rows: bool = False
+    """Skip input pairs without two different, non-empty responses (counted) instead of stopping."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 0
+    """Recorded with the run (judging itself is deterministic)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_strength < 1.0:
+            raise ConfigError(f"min_strength must be in [0, 1), got {self.min_strength}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class ReviseConfig:
+    """`tether revise`: Constitutional AI critique-and-revise (Bai et al. 2022; feedback/constitution.py)."""
+
+    model: str = "default"
+    """Model that answers, critiques its answer and revises it."""
+    prompts: str = "shared:hh_rlhf_harmless/train.jsonl.gz"
+    """Prompts file (any format `tether` reads; HH-RLHF pairs give their dialogues)."""
+    output_dir: str = "runs/revise"
+    """Writes revisions.jsonl (every step), preferences.jsonl (revision chosen over original), summary.json."""
+    constitution: str = "default"
+    """Principles to critique and revise by: 'default' (shipped) or a YAML file."""
+    limit: Optional[int] = 64
+    """Use only the first N prompts (None = all)."""
+    rounds: int = 1
+    """Critique-and-revise rounds per prompt, each with a newly sampled principle."""
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=96, max_prompt_tokens=512))
+    """Sampling settings for the answer, the critiques and the revisions (the prompt grows with each step)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 0
+    """Seeds sampling and the choice of principles."""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+
+
+@dataclass
 class RunConfig:
     """`tether run`: SFT -> collect -> reward -> PPO -> eval in one directory.
 

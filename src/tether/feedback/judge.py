@@ -1,0 +1,354 @@
+"""A pairwise LLM judge (RLAIF): which of two responses is better, read off next-token probabilities.
+
+Any local causal LM can judge (Lee et al. 2023, "RLAIF: Scaling Reinforcement Learning from
+Human Feedback with AI Feedback", sec. 2.1; Bai et al. 2022, "Constitutional AI", sec. 4.1).
+The judge is shown the constitution's rubric, the conversation and the two responses as
+"Response A" and "Response B", and its own turn is begun for it with
+:data:`ANSWER_PREFIX` ("The better response is Response"), so the next token is the verdict.
+No text is generated or parsed: with l_A, l_B the next-token logits of the letters,
+
+    p(A) = exp(l_A) / (exp(l_A) + exp(l_B)) = sigmoid(l_A - l_B)          (1)
+
+(the two-way renormalisation of Lee et al. 2023, sec. 2.1, over tokens "A" and "B").
+Judges favour a position (Lee et al. 2023, sec. 2.1.1; Zheng et al. 2023), so every pair
+is asked in both orders, (first, second) and (second, first), and averaged:
+
+    p_first = ( p_AB(A) + p_BA(B) ) / 2 = ( p_AB(A) + 1 - p_BA(A) ) / 2   (2)
+
+Swapping a pair's responses maps p_first to 1 - p_first exactly, and a judge that only
+likes the letter A gets p_first = 1/2. The verdict is *position consistent* when both
+orders prefer the same response, and its strength is |2 p_first - 1| in [0, 1].
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tether.config import JudgeConfig, resolve_path
+from tether.data.records import PreferencePair, Prompt
+from tether.data.templates import as_messages, has_chat_template, render_prompt
+
+__all__ = ["JUDGE_TEMPLATE", "ANSWER_PREFIX", "Verdict", "judge_text", "verdict_token_ids", "two_way_probability",
+           "debias_orders", "verdict_logits", "judge_pairs", "read_candidates", "run_judge"]
+
+JUDGE_TEMPLATE = """\
+You are comparing two responses of an AI assistant to the same conversation. Judge them by these principles:
+{rubric}
+
+Conversation:
+{conversation}
+
+Response A:
+{first}
+
+Response B:
+{second}
+
+Considering the principles above, which response is better? Answer with a single letter, A or B."""
+"""The judge's question, after Lee et al. 2023 (Appendix, the "OpenAI + CoT 0-shot" preamble without
+chain of thought) and Bai et al. 2022's multiple-choice harmlessness question (sec. 4.1)."""
+
+ANSWER_PREFIX = "The better response is Response"
+"""Begins the judge's own turn, so that its next token is the letter (" A" or " B")."""
+
+_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judge's verdict on one (first, second) pair.
+
+    Attributes:
+        p_first: P(first is better), both orders averaged: eq. (2).
+        p_ab: P(first is better) asked as (A=first, B=second): p_AB(A), eq. (1).
+        p_ba: P(first is better) asked as (A=second, B=first): p_BA(B).
+    """
+
+    p_first: float
+    p_ab: float
+    p_ba: float
+
+    @property
+    def strength(self) -> float:
+        """|2 p_first - 1|: 0 for a coin flip, 1 for certainty."""
+        return abs(2 * self.p_first - 1)
+
+    @property
+    def position_consistent(self) -> bool:
+        """Both orders prefer the same response."""
+        return (self.p_ab > 0.5) == (self.p_ba > 0.5)
+
+    @property
+    def p_letter_a(self) -> float:
+        """Mean probability of the letter A over the two orders: 0.5 = no position bias."""
+        return (self.p_ab + 1 - self.p_ba) / 2
+
+
+# --------------------------------------------------------------------------- the prompt
+
+
+def format_conversation(prompt: Prompt) -> str:
+    """The conversation as 'User: ...' / 'Assistant: ...' paragraphs (a plain prompt is one user turn)."""
+    return "\n\n".join(f"{_ROLE_NAMES[m['role']]}: {m['content'].strip()}" for m in as_messages(prompt))
+
+
+def _clip(tokenizer, text: str, max_tokens: int, keep_end: bool) -> str:
+    """`text` cut to at most `max_tokens` tokens: from the left (keep_end) or from the right."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    return "..." + tokenizer.decode(ids[-max_tokens:]) if keep_end else tokenizer.decode(ids[:max_tokens]) + "..."
+
+
+def judge_text(tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str],
+               max_prompt_tokens: int = 256, max_response_tokens: int = 192) -> str:
+    """The whole judge input for the order (A=first, B=second), ending where the letter comes.
+
+    The conversation keeps its last `max_prompt_tokens` tokens (the latest turn matters most),
+    each response its first `max_response_tokens`. The question is one user message, rendered
+    with the tokenizer's chat template, followed by `ANSWER_PREFIX` in the assistant's turn.
+    """
+    question = JUDGE_TEMPLATE.format(
+        rubric="\n".join(f"- {line}" for line in rubric),
+        conversation=_clip(tokenizer, format_conversation(prompt), max_prompt_tokens, keep_end=True),
+        first=_clip(tokenizer, first.strip(), max_response_tokens, keep_end=False),
+        second=_clip(tokenizer, second.strip(), max_response_tokens, keep_end=False),
+    )
+    context = render_prompt(tokenizer, question)
+    return context + ("" if context.endswith((" ", "\n")) else " ") + ANSWER_PREFIX
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """Token ids of a judge input; a BOS in front when there is no chat template (as `encode_prompt` does)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ([bos] if bos is not None and not has_chat_template(tokenizer) else []) + ids
+
+
+def verdict_token_ids(tokenizer, context: str) -> tuple[int, int]:
+    """Token ids of the letters A and B as the next token after `context`.
+
+    Tries " A"/" B" and then "A"/"B": a form is used when `context + letter` tokenizes as
+    `context` plus exactly one more token for each letter, and the two tokens differ.
+
+    Raises:
+        ModelError: neither form is one token per letter for this tokenizer.
+    """
+    from tether.models.loading import ModelError
+
+    base = _encode(tokenizer, context)
+    for sep in (" ", ""):
+        ids = []
+        for letter in "AB":
+            full = _encode(tokenizer, context + sep + letter)
+            if len(full) == len(base) + 1 and full[: len(base)] == base:
+                ids.append(full[-1])
+        if len(ids) == 2 and ids[0] != ids[1]:
+            return ids[0], ids[1]
+    raise ModelError(
+        f"the judge reads its verdict from the next-token probabilities of the letters A and B, but this tokenizer "
+        f"({type(tokenizer).__name__}) does not encode {ANSWER_PREFIX!r} followed by ' A'/' B' or 'A'/'B' as one extra "
+        "token per letter; use a judge model with a different tokenizer.")
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+def two_way_probability(letter_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. (1): P(A) renormalised over the two letters (Lee et al. 2023, sec. 2.1).
+
+    Args:
+        letter_logits: (N, 2) next-token logits of the tokens [A, B].
+    Returns:
+        (N,) p(A) = sigmoid(l_A - l_B), in float32.
+    """
+    letter_logits = letter_logits.float()
+    return torch.sigmoid(letter_logits[:, 0] - letter_logits[:, 1])
+
+
+def debias_orders(p_ab_a: torch.Tensor, p_ba_a: torch.Tensor) -> torch.Tensor:
+    """Eq. (2): P(first better) averaged over both orders, cancelling position bias.
+
+    Args:
+        p_ab_a: (N,) P("A") when asked as (A=first, B=second).
+        p_ba_a: (N,) P("A") when asked as (A=second, B=first).
+    Returns:
+        (N,) (p_ab_a + (1 - p_ba_a)) / 2.
+    """
+    return (p_ab_a + (1 - p_ba_a)) / 2
+
+
+@torch.no_grad()
+def verdict_logits(model, token_ids: list[list[int]], letter_ids: tuple[int, int], pad_id: int, precision: str = "bf16") -> torch.Tensor:
+    """Next-token logits of the two letters after each sequence, as one left-padded batch.
+
+    Left padding puts every sequence's last token in the last column; positions are counted
+    over real tokens only, so padding changes nothing. Only the last column goes through the
+    output layer.
+
+    Args:
+        token_ids: B sequences of token ids.
+    Returns:
+        (B, 2) float32 logits of [A, B].
+    """
+    from tether.data.collate import pad_left
+    from tether.models.loading import autocast, device
+    from tether.models.reward_model import position_ids_from_mask
+
+    input_ids, attention_mask = pad_left(token_ids, pad_id)  # (B, T) each
+    input_ids, attention_mask = input_ids.to(device()), attention_mask.to(device())
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    with autocast(precision):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                       use_cache=False, **extra).logits  # (B, T or 1, V)
+    return logits[:, -1, list(letter_ids)].float().cpu()
+
+
+def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], firsts: Sequence[str], seconds: Sequence[str], rubric: Sequence[str], *,
+                batch_size: int = 8, max_prompt_tokens: int = 256, max_response_tokens: int = 192, precision: str = "bf16",
+                progress=None) -> list[Verdict]:
+    """Judge N pairs (prompt, first, second): one forward per pair and order, `batch_size` pairs (2 x rows) per batch.
+
+    A pair's two orders share a batch and pairs of similar length are batched together.
+
+    Returns:
+        N verdicts, in input order.
+    """
+    if not len(prompts) == len(firsts) == len(seconds):
+        raise ValueError(f"judge_pairs: {len(prompts)} prompts, {len(firsts)} first and {len(seconds)} second responses; expected as many of each.")
+    if not prompts:
+        return []
+    texts_ab = [judge_text(tokenizer, p, a, b, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
+    texts_ba = [judge_text(tokenizer, p, b, a, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
+    letters = verdict_token_ids(tokenizer, texts_ab[0])
+    ids_ab, ids_ba = [_encode(tokenizer, t) for t in texts_ab], [_encode(tokenizer, t) for t in texts_ba]
+    order = sorted(range(len(prompts)), key=lambda i: max(len(ids_ab[i]), len(ids_ba[i])))
+    p_ab_a, p_ba_a = torch.empty(len(prompts)), torch.empty(len(prompts))  # (N,) P("A") in each order
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        p_a = two_way_probability(verdict_logits(model, [ids_ab[i] for i in idx] + [ids_ba[i] for i in idx], letters,
+                                                 tokenizer.pad_token_id, precision))  # (2b,)
+        p_ab_a[idx], p_ba_a[idx] = p_a[: len(idx)], p_a[len(idx):]
+        if progress is not None:
+            progress(len(idx))
+    model.train(was_training)
+    p_first = debias_orders(p_ab_a, p_ba_a)  # (N,)
+    return [Verdict(p_first=float(p), p_ab=float(a), p_ba=float(1 - b)) for p, a, b in zip(p_first, p_ab_a, p_ba_a)]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class Candidate:
+    """A pair to judge; `input_first_chosen` says whether the input file preferred `first` (None: no label)."""
+
+    prompt: Prompt
+    first: str
+    second: str
+    input_first_chosen: bool | None
+
+
+def read_candidates(path: str, limit: int | None = None, skip_bad_rows: bool = False) -> tuple[list[Candidate], str, int]:
+    """Pairs to judge from a preference file (prompt/chosen/rejected, chat or HH rows) or collect's samples.jsonl.
+
+    A samples file (rows with a "response") gives every pair of distinct, non-empty responses
+    to the same prompt (grouped by "prompt_index" when present, else by the prompt).
+
+    Returns:
+        (candidates, kind: "preferences" or "samples", rows skipped).
+    """
+    from tether.data.readers import iter_jsonl, read_demonstrations, read_preferences
+
+    first_row = next((row for _, row in iter_jsonl(path)), {})
+    if "response" in first_row and "chosen" not in first_row:
+        groups: dict[str, list] = {}
+        for d in read_demonstrations(path):
+            key = str(d.meta["prompt_index"]) if "prompt_index" in d.meta else json.dumps(d.prompt, sort_keys=True)
+            groups.setdefault(key, []).append(d)
+        out, skipped = [], 0
+        for demos in groups.values():
+            for a, b in itertools.combinations(demos, 2):
+                if not a.response.strip() or not b.response.strip() or a.response.strip() == b.response.strip():
+                    skipped += 1  # nothing to prefer (and the reward stage would reject the pair)
+                    continue
+                out.append(Candidate(a.prompt, a.response, b.response, None))
+        return out[:limit] if limit is not None else out, "samples", skipped
+    bad: list | None = [] if skip_bad_rows else None
+    pairs = read_preferences(path, limit=limit, skipped=bad)
+    return [Candidate(p.prompt, p.chosen, p.rejected, True) for p in pairs], "preferences", len(bad or [])
+
+
+def run_judge(cfg: JudgeConfig) -> dict:
+    """`tether judge`: label candidate pairs with an LLM judge; writes preferences.jsonl and summary.json."""
+    from tether.data.readers import write_jsonl
+    from tether.feedback.constitution import load_constitution
+    from tether.models.loading import DEFAULT_MODEL_NAME, load_causal_lm, load_tokenizer, resolve_model
+    from tether.tracking import MetricsLogger, console, write_summary
+    from tether.training import start_stage
+
+    constitution = load_constitution(cfg.constitution)  # before anything slow: a bad file fails at once
+    candidates, kind, skipped_rows = read_candidates(resolve_path(cfg.data), cfg.limit, cfg.skip_bad_rows)
+    out = start_stage(cfg)
+    t0 = time.time()
+    if skipped_rows:
+        console.print(f"judge: skipped {skipped_rows} pairs without two different, non-empty responses", highlight=False)
+
+    # 1. the judge
+    model_path = resolve_model(cfg.model)
+    tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
+    annotator = f"judge:{DEFAULT_MODEL_NAME if cfg.model == 'default' else cfg.model}"
+
+    # 2. both orders of every pair, p_first from eq. (2)
+    logger = MetricsLogger(out, len(candidates), "judge", [])
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        logger.log(done[0], {"judge/pairs": done[0]})
+
+    verdicts = judge_pairs(model, tokenizer, [c.prompt for c in candidates], [c.first for c in candidates], [c.second for c in candidates],
+                           constitution.rubric(), batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                           max_response_tokens=cfg.max_response_tokens, precision=cfg.precision, progress=tick)
+    logger.close()
+
+    # 3. preference pairs, the preferred response as chosen
+    pairs, weak, inconsistent = [], 0, 0
+    for c, v in zip(candidates, verdicts):
+        if v.strength < cfg.min_strength:
+            weak += 1
+            continue
+        if cfg.require_consistent and not v.position_consistent:
+            inconsistent += 1
+            continue
+        first_wins = v.p_first >= 0.5
+        meta = {"annotator": annotator, "p_chosen": max(v.p_first, 1 - v.p_first), "p_first": v.p_first, "strength": v.strength,
+                "position_consistent": v.position_consistent, "p_ab": v.p_ab, "p_ba": v.p_ba, "constitution": constitution.name}
+        if c.input_first_chosen is not None:
+            meta["agrees_with_input"] = first_wins == c.input_first_chosen
+        chosen, rejected = (c.first, c.second) if first_wins else (c.second, c.first)
+        pairs.append(PreferencePair(c.prompt, chosen, rejected, margin=v.strength if cfg.write_margin else None, meta=meta))
+    write_jsonl(out / "preferences.jsonl", pairs)
+
+    n = max(len(verdicts), 1)
+    labelled = [v.p_first >= 0.5 for c, v in zip(candidates, verdicts) if c.input_first_chosen is not None]
+    summary = {
+        "stage": "judge", "input": kind, "candidates": len(candidates), "pairs": len(pairs), "rows_skipped": skipped_rows,
+        "dropped_weak": weak, "dropped_inconsistent": inconsistent, "annotator": annotator, "constitution": constitution.source,
+        "position_consistent_fraction": sum(v.position_consistent for v in verdicts) / n,
+        "mean_strength": sum(v.strength for v in verdicts) / n,
+        "p_letter_a": sum(v.p_letter_a for v in verdicts) / n,  # the judge's position bias before averaging (0.5 = none)
+        "agreement_with_input": sum(labelled) / len(labelled) if labelled else None,
+        "preferences": str(out / "preferences.jsonl"), "seconds": time.time() - t0,
+    }
+    write_summary(out, summary)
+    return summary
