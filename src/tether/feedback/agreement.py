@@ -1,0 +1,179 @@
+"""Agreement statistics for pairwise judgements: pure functions, and :func:`stats` over a store.
+
+Labels are 'A', 'B' and 'tie' (skips are not labels and are left out before anything here).
+
+* :func:`pair_agreement`: on one task, the share of annotator pairs that gave the same label.
+* :func:`cohen_kappa`: chance-corrected agreement of two annotators on their common tasks
+  (Cohen, 1960): ``kappa = (p_o - p_e) / (1 - p_e)``, ``p_o`` the observed share of equal
+  labels, ``p_e = sum_c p_1(c) p_2(c)`` the share expected from each annotator's own label rates.
+* :func:`krippendorff_alpha`: chance-corrected agreement of any number of annotators with
+  missing labels, nominal metric (Krippendorff, 2011, "Computing Krippendorff's alpha-reliability"):
+  ``alpha = 1 - (n - 1) * sum_{c != k} o_ck / sum_{c != k} n_c n_k`` over the coincidence
+  matrix ``o``, where every ordered pair of labels (c, k) from two different annotators of a
+  task with ``m`` labels adds ``1 / (m - 1)`` to ``o_ck``, ``n_c = sum_k o_ck`` and ``n = sum_c n_c``.
+* :func:`throughput`: judgements per hour of active time, active time being the time spent on
+  each judgement (shown -> answered), each capped so that a coffee break is not counted.
+* :func:`position_bias`: among A/B answers whose screen order is known, the share where the
+  answer shown on the left won (0.5 when position does not matter), with a Wilson interval.
+* :func:`golden_accuracy`: the share of golden tasks answered with the known answer; an
+  annotator below the threshold is flagged.
+
+1.0 is perfect agreement for kappa and alpha, 0 is chance, below 0 is systematic disagreement.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tether.eval.calibration import wilson_interval
+
+LABELS: tuple[str, ...] = ("A", "B", "tie")
+"""The labels agreement is measured on (a skip is not a label)."""
+
+
+def pair_agreement(labels: Sequence[str]) -> float | None:
+    """Share of annotator pairs on one task that agree: ``sum_c n_c (n_c - 1) / (n (n - 1))``; None below 2 labels."""
+    n = len(labels)
+    if n < 2:
+        return None
+    return sum(k * (k - 1) for k in Counter(labels).values()) / (n * (n - 1))
+
+
+def cohen_kappa(first: Sequence[str], second: Sequence[str]) -> float | None:
+    """Cohen's kappa of two annotators' labels on the same tasks (``first[i]`` and ``second[i]`` on task i).
+
+    None when undefined: no tasks, or ``p_e = 1`` (both always gave one and the same label).
+    """
+    if len(first) != len(second):
+        raise ValueError(f"cohen_kappa needs the two annotators' labels on the same tasks, got {len(first)} and {len(second)} labels")
+    n = len(first)
+    if n == 0:
+        return None
+    p_o = sum(a == b for a, b in zip(first, second)) / n
+    rate_1, rate_2 = Counter(first), Counter(second)
+    p_e = sum(rate_1[c] * rate_2[c] for c in rate_1) / (n * n)
+    if p_e == 1:
+        return None
+    return (p_o - p_e) / (1 - p_e)
+
+
+def pairwise_kappa(by_annotator: Mapping[str, Mapping[int, str]]) -> list[dict[str, Any]]:
+    """Cohen's kappa for every two annotators with a task in common: ``[{"a", "b", "n", "kappa"}]``.
+
+    ``by_annotator[name][task_id]`` is that annotator's label on that task.
+    """
+    out = []
+    for a, b in itertools.combinations(sorted(by_annotator), 2):
+        common = sorted(set(by_annotator[a]) & set(by_annotator[b]))
+        if common:
+            kappa = cohen_kappa([by_annotator[a][t] for t in common], [by_annotator[b][t] for t in common])
+            out.append({"a": a, "b": b, "n": len(common), "kappa": kappa})
+    return out
+
+
+def krippendorff_alpha(units: Iterable[Sequence[str]]) -> float | None:
+    """Krippendorff's alpha, nominal: one sequence of labels per task (any number of annotators each).
+
+    Tasks with fewer than two labels carry no information about agreement and are left out.
+    None when undefined: fewer than two labels in all, or only one label value used.
+    """
+    o: dict[tuple[str, str], float] = defaultdict(float)  # coincidence matrix o_ck
+    for labels in units:
+        m = len(labels)
+        if m < 2:
+            continue
+        for i, j in itertools.permutations(range(m), 2):
+            o[labels[i], labels[j]] += 1 / (m - 1)
+    n_c: dict[str, float] = defaultdict(float)
+    for (c, _), value in o.items():
+        n_c[c] += value
+    n = sum(n_c.values())
+    disagree_expected = sum(n_c[c] * n_c[k] for c in n_c for k in n_c if c != k)
+    if n < 2 or disagree_expected == 0:
+        return None
+    disagree_observed = sum(value for (c, k), value in o.items() if c != k)
+    return 1 - (n - 1) * disagree_observed / disagree_expected
+
+
+def throughput(seconds: Iterable[float | None], cap: float = 600.0) -> dict[str, Any]:
+    """Pace of one annotator from the seconds each judgement took (None: unknown, left out).
+
+    Each judgement counts at most ``cap`` seconds of active time. Returns ``judgements``
+    (those timed), ``active_hours``, ``seconds_per_judgement`` (mean of the capped times) and
+    ``per_hour`` (judgements per active hour); None where there is nothing to divide by.
+    """
+    timed = [min(max(s, 0.0), cap) for s in seconds if s is not None]
+    active = sum(timed)
+    return {"judgements": len(timed), "active_hours": active / 3600,
+            "seconds_per_judgement": active / len(timed) if timed else None,
+            "per_hour": len(timed) * 3600 / active if active > 0 else None}
+
+
+def position_bias(answers: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
+    """How often the left answer won, from ``(choice, left_side)`` pairs.
+
+    Only A/B choices with a known left side count (ties and skips say nothing about position).
+    Returns ``n``, ``left_wins``, ``left_win_rate`` and its 95% Wilson interval ``ci``.
+    """
+    decided = [(c, left) for c, left in answers if c in ("A", "B") and left in ("A", "B")]
+    wins = sum(c == left for c, left in decided)
+    n = len(decided)
+    return {"n": n, "left_wins": wins, "left_win_rate": wins / n if n else None,
+            "ci": list(wilson_interval(wins, n)) if n else None}
+
+
+def golden_accuracy(answers: Iterable[tuple[str, str]], threshold: float) -> dict[str, Any]:
+    """Accuracy on golden tasks from ``(choice, golden_answer)`` pairs; skips are left out.
+
+    ``flagged`` is True when there is at least one answer and the accuracy is below ``threshold``.
+    """
+    graded = [(c, g) for c, g in answers if c != "skip"]
+    correct = sum(c == g for c, g in graded)
+    accuracy = correct / len(graded) if graded else None
+    return {"n": len(graded), "correct": correct, "accuracy": accuracy, "flagged": accuracy is not None and accuracy < threshold}
+
+
+def stats(store, golden_threshold: float = 0.7, seconds_cap: float = 600.0) -> dict[str, Any]:
+    """Every statistic above for a store, as one JSON-able dict.
+
+    Agreement (per-pair, kappa, alpha) is measured on regular tasks; golden tasks measure
+    each annotator against the known answer instead. Keys: ``tasks``, ``judgements``,
+    ``agreement`` (mean per-pair agreement and the number of tasks with two or more labels),
+    ``kappa`` (one entry per annotator pair), ``alpha``, ``position_bias`` (all annotators),
+    ``annotators`` (per name: kind, judgements, skips, throughput, position bias, golden).
+    """
+    tasks = {t.id: t for t in store.tasks()}
+    votes = store.votes()
+    labels = [v for v in votes if v.choice in LABELS]
+    regular = [v for v in labels if not tasks[v.task_id].is_golden]
+
+    units: dict[int, list[str]] = defaultdict(list)
+    by_annotator: dict[str, dict[int, str]] = defaultdict(dict)
+    for v in regular:
+        units[v.task_id].append(v.choice)
+        by_annotator[v.annotator][v.task_id] = v.choice
+    agreements = [a for a in map(pair_agreement, units.values()) if a is not None]
+    answered = Counter(v.task_id for v in labels)
+
+    people: dict[str, dict[str, Any]] = {}
+    for name in sorted({v.annotator for v in votes}):
+        mine = [v for v in votes if v.annotator == name]
+        golden = [(v.choice, tasks[v.task_id].golden_answer) for v in mine if tasks[v.task_id].is_golden]
+        people[name] = {"kind": mine[0].kind, "judgements": len(mine), "skips": sum(v.choice == "skip" for v in mine),
+                        "throughput": throughput((v.seconds for v in mine), seconds_cap),
+                        "position_bias": position_bias((v.choice, v.left_side) for v in mine),
+                        "golden": golden_accuracy(golden, golden_threshold)}
+    return {
+        "tasks": {"total": len(tasks), "golden": sum(t.is_golden for t in tasks.values()),
+                  "complete": sum(answered[t.id] >= t.required for t in tasks.values() if not t.is_golden)},
+        "judgements": {"total": len(votes), **{c: sum(v.choice == c for v in votes) for c in LABELS + ("skip",)}},
+        "agreement": {"tasks": len(agreements), "mean_pair_agreement": sum(agreements) / len(agreements) if agreements else None},
+        "kappa": pairwise_kappa(by_annotator),
+        "alpha": krippendorff_alpha(units.values()),
+        "position_bias": position_bias((v.choice, v.left_side) for v in votes),
+        "annotators": people,
+        "golden_threshold": golden_threshold,
+    }
