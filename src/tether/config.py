@@ -429,9 +429,12 @@ class JudgeConfig:
 
     model: str = "default"
     """The judge: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face causal-LM directory (bigger judges better)."""
-    data: str = "runs/collect/samples.jsonl"
+    data: Optional[str] = "runs/collect/samples.jsonl"
     """Candidate pairs: preference pairs (prompt/chosen/rejected, chat or HH rows; their labels are only compared with)
-    or collect's samples.jsonl (every pair of distinct responses to one prompt)."""
+    or collect's samples.jsonl (every pair of distinct responses to one prompt); null with `db`: the store's tasks."""
+    db: Optional[str] = None
+    """Preference store (SQLite file or postgresql:// URL): every verdict is also recorded there as annotator
+    judge:<model>, beside people's judgements; with data=null the judge answers the store's tasks it has not answered."""
     output_dir: str = "runs/judge"
     """Writes preferences.jsonl (readable by `tether reward train`), config.yaml, metrics.jsonl and summary.json."""
     constitution: str = "default"
@@ -462,6 +465,8 @@ class JudgeConfig:
             raise ConfigError(f"min_strength must be in [0, 1), got {self.min_strength}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.data is None and self.db is None:
+            raise ConfigError("set data (a pairs or samples file) or db (a preference store whose tasks to judge), or both")
 
 
 @dataclass

@@ -230,3 +230,68 @@ def test_judge_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="min_strength"):
         load_config(JudgeConfig, None, ["min_strength=1.5"])
     assert load_config(JudgeConfig, None, ["require_consistent=true"]).require_consistent
+
+
+# --------------------------------------------------------------------------- the preference store
+
+
+def test_judge_answers_the_store_tasks_beside_people(tiny_model_dir, tmp_path):
+    from tether.data.records import PreferencePair
+    from tether.feedback.agreement import stats
+    from tether.feedback.store import open_store
+
+    db = tmp_path / "prefs.db"
+    with open_store(db, seed=0, golden_rate=0.0) as store:
+        ids = store.add_pairs([PreferencePair(p, a, b) for p, a, b in zip(PROMPTS, FIRSTS, SECONDS)])
+        store.add_pairs([PreferencePair("Say hi.", "Hi!", "Go away.")], golden=True)
+        store.add_annotator("ada")
+        ada = store.find_annotator("ada")
+        task = store.next_task_for(ada)
+        store.record_judgement(ada, task.id, "left")
+    args = [f"model={tiny_model_dir}", "data=null", f"db={db}", f"output_dir={tmp_path / 'j'}", "precision=fp32"]
+    result = judge_cli(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads(result.stdout)
+    # every task, golden included (its known answer A makes agreement_with_input the golden accuracy)
+    assert summary["input"] == "store" and summary["candidates"] == 4 and summary["db_recorded"] == 4
+    assert summary["agreement_with_input"] in (0.0, 1.0)
+    name = f"judge:{tiny_model_dir}"
+    with open_store(db) as store:
+        votes = [v for v in store.votes() if v.annotator == name]
+        assert len(votes) == 4 and {v.kind for v in votes} == {"judge"} and {v.task_id for v in votes} >= set(ids)
+        assert all(v.choice in ("A", "B") and 0.5 <= v.strength <= 1 and "both orders" in v.reason for v in votes)
+        pairs = {(p.chosen, p.rejected) for p in read_preferences(tmp_path / "j" / "preferences.jsonl")}
+        tasks = {t.id: t for t in store.tasks()}
+        for v in votes:  # the store's answer and the written pair say the same thing
+            t = tasks[v.task_id]
+            assert ((t.response_a, t.response_b) if v.choice == "A" else (t.response_b, t.response_a)) in pairs
+        assert stats(store)["annotators"][name]["kind"] == "judge"  # the same statistics as people
+    again = json.loads(judge_cli(*args).stdout)  # nothing left for this judge: nothing judged twice
+    assert again["candidates"] == 0 and again["rows_skipped"] == 4
+
+
+def test_judge_writes_file_pairs_into_the_store_in_the_task_order(tiny_model_dir, tmp_path):
+    from tether.data.records import PreferencePair
+    from tether.feedback.store import open_store
+
+    db = tmp_path / "prefs.db"
+    with open_store(db) as store:  # this pair is already a task, its responses the other way round
+        (task_id,) = store.add_pairs([PreferencePair(PROMPTS[0], SECONDS[0], FIRSTS[0])])
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": a, "rejected": b}) + "\n" for p, a, b in zip(PROMPTS, FIRSTS, SECONDS)))
+    result = judge_cli(f"model={tiny_model_dir}", f"data={data}", f"db={db}", f"output_dir={tmp_path / 'j'}", "precision=fp32")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads(result.stdout)["db_recorded"] == 3
+    first = read_preferences(tmp_path / "j" / "preferences.jsonl")[0]
+    with open_store(db) as store:
+        assert len(store.tasks()) == 3  # the existing task was reused, not duplicated
+        (vote,) = [v for v in store.votes() if v.task_id == task_id]
+        assert vote.choice == ("A" if first.chosen == SECONDS[0] else "B")  # the task's A is the file's rejected
+
+
+def test_judge_store_errors_are_user_errors(tiny_model_dir, tmp_path):
+    (tmp_path / "folder.db").mkdir()
+    result = judge_cli(f"model={tiny_model_dir}", "data=null", f"db={tmp_path / 'folder.db'}", f"output_dir={tmp_path / 'j'}")
+    assert result.exit_code == 2 and "db:" in result.output and "folder" in result.output
+    with pytest.raises(ConfigError, match="set data .* or db"):
+        load_config(JudgeConfig, None, ["data=null"])

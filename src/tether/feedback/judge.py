@@ -22,6 +22,7 @@ orders prefer the same response, and its strength is |2 p_first - 1| in [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import json
@@ -36,7 +37,8 @@ from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import as_messages, has_chat_template, render_prompt
 
 __all__ = ["JUDGE_TEMPLATE", "ANSWER_PREFIX", "Verdict", "judge_text", "verdict_token_ids", "two_way_probability",
-           "debias_orders", "verdict_logits", "judge_pairs", "read_candidates", "run_judge"]
+           "debias_orders", "verdict_logits", "judge_pairs", "Candidate", "read_candidates", "candidates_from_store", "record_in_store",
+           "run_judge"]
 
 JUDGE_TEMPLATE = """\
 You are comparing two responses of an AI assistant to the same conversation. Judge them by these principles:
@@ -250,12 +252,14 @@ def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], firsts: Sequence[st
 
 @dataclass
 class Candidate:
-    """A pair to judge; `input_first_chosen` says whether the input file preferred `first` (None: no label)."""
+    """A pair to judge; `input_first_chosen` says whether the input preferred `first` (None: no label);
+    `task_id` is its task in the preference store (first = the task's response A), once it has one."""
 
     prompt: Prompt
     first: str
     second: str
     input_first_chosen: bool | None
+    task_id: int | None = None
 
 
 def read_candidates(path: str, limit: int | None = None, skip_bad_rows: bool = False) -> tuple[list[Candidate], str, int]:
@@ -288,6 +292,76 @@ def read_candidates(path: str, limit: int | None = None, skip_bad_rows: bool = F
     return [Candidate(p.prompt, p.chosen, p.rejected, True) for p in pairs], "preferences", len(bad or [])
 
 
+def candidates_from_store(store, annotator: str) -> tuple[list[Candidate], int]:
+    """The store's tasks that `annotator` has not answered, as candidates (first = response A).
+
+    A golden task's known answer becomes the input label (a tie gives none), so the summary's
+    agreement_with_input is the judge's accuracy on the golden set.
+
+    Returns:
+        (candidates, tasks already answered by `annotator`).
+    """
+    answered = {v.task_id for v in store.votes() if v.annotator == annotator}
+    tasks = store.tasks()
+    label = {"A": True, "B": False}
+    out = [Candidate(t.prompt, t.response_a, t.response_b, label.get(t.golden_answer), t.id) for t in tasks if t.id not in answered]
+    return out, len(tasks) - len(out)
+
+
+def record_in_store(store, annotator: str, candidates: Sequence[Candidate], verdicts: Sequence[Verdict], constitution: str,
+                    min_strength: float = 0.0) -> dict[str, int]:
+    """Record verdicts in the preference store as annotator `annotator` (kind 'judge'), one committed judgement each.
+
+    Candidates without a task get one (their pair is added; the store keeps one task per pair
+    in either order, so the choice is turned to the task's own A/B). Choice: 'A' or 'B', the
+    response with p >= 1/2, or 'tie' when the strength |2p - 1| is below `min_strength`;
+    strength: P(the chosen response is better), as the simulated panel records it; reason:
+    both orders' probabilities. Tasks this judge already answered are left as they are.
+
+    Returns:
+        {"recorded": n, "already_answered": m}.
+    """
+    from tether.feedback.store import Candidate as Response
+
+    judge = store.get_or_add_annotator(annotator, "judge")
+    answered = {v.task_id for v in store.votes() if v.annotator == annotator}
+    for c in candidates:
+        if c.task_id is None:
+            (c.task_id,) = store.add_candidates(c.prompt, [Response(c.first), Response(c.second)], [(0, 1)], source="tether judge")
+    response_a = {t.id: t.response_a for t in store.tasks()}
+    counts = {"recorded": 0, "already_answered": 0}
+    for c, v in zip(candidates, verdicts):
+        if c.task_id in answered:
+            counts["already_answered"] += 1
+            continue
+        p_a = v.p_first if response_a[c.task_id] == c.first else 1 - v.p_first  # P(the task's response A is better)
+        choice = "tie" if v.strength < min_strength else ("A" if p_a >= 0.5 else "B")
+        reason = (f"P(A better) = {p_a:.3f}, both orders averaged (asked with the first response as A: {v.p_ab:.3f}, as B: {v.p_ba:.3f}); "
+                  f"position {'consistent' if v.position_consistent else 'inconsistent'}; constitution {constitution}")
+        store.record_judgement(judge, c.task_id, choice, strength=max(p_a, 1 - p_a), reason=reason)
+        answered.add(c.task_id)
+        counts["recorded"] += 1
+    return counts
+
+
+@contextlib.contextmanager
+def _store(db: str):
+    """The preference store at `db`, closed afterwards; its errors become ConfigErrors naming `db` (user errors in the CLI)."""
+    from tether.config import ConfigError
+    from tether.feedback.store import StoreError, open_store
+
+    try:
+        store = open_store(db)
+    except StoreError as e:
+        raise ConfigError(f"db: {e}") from None
+    try:
+        yield store
+    except StoreError as e:
+        raise ConfigError(f"db {db}: {e}") from None
+    finally:
+        store.close()
+
+
 def run_judge(cfg: JudgeConfig) -> dict:
     """`tether judge`: label candidate pairs with an LLM judge; writes preferences.jsonl and summary.json."""
     from tether.data.readers import write_jsonl
@@ -297,18 +371,25 @@ def run_judge(cfg: JudgeConfig) -> dict:
     from tether.training import start_stage
 
     constitution = load_constitution(cfg.constitution)  # before anything slow: a bad file fails at once
-    candidates, kind, skipped_rows = read_candidates(resolve_path(cfg.data), cfg.limit, cfg.skip_bad_rows)
+    annotator = f"judge:{DEFAULT_MODEL_NAME if cfg.model == 'default' else cfg.model}"
+    # 1. the pairs: from a file, or the store's tasks this judge has not answered
+    if cfg.data is not None:
+        candidates, kind, skipped_rows = read_candidates(resolve_path(cfg.data), cfg.limit, cfg.skip_bad_rows)
+    else:
+        with _store(cfg.db) as store:
+            candidates, skipped_rows = candidates_from_store(store, annotator)
+        candidates, kind = candidates[:cfg.limit] if cfg.limit is not None else candidates, "store"
     out = start_stage(cfg)
     t0 = time.time()
     if skipped_rows:
-        console.print(f"judge: skipped {skipped_rows} pairs without two different, non-empty responses", highlight=False)
+        console.print(f"judge: skipped {skipped_rows} {'tasks answered before' if kind == 'store' else 'pairs without two different, non-empty responses'}",
+                      highlight=False)
 
-    # 1. the judge
+    # 2. the judge
     model_path = resolve_model(cfg.model)
     tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
-    annotator = f"judge:{DEFAULT_MODEL_NAME if cfg.model == 'default' else cfg.model}"
 
-    # 2. both orders of every pair, p_first from eq. (2)
+    # 3. both orders of every pair, p_first from eq. (2)
     logger = MetricsLogger(out, len(candidates), "judge", [])
     done = [0]
 
@@ -321,7 +402,11 @@ def run_judge(cfg: JudgeConfig) -> dict:
                            max_response_tokens=cfg.max_response_tokens, precision=cfg.precision, progress=tick)
     logger.close()
 
-    # 3. preference pairs, the preferred response as chosen
+    # 4. preference pairs, the preferred response as chosen (and the verdicts in the store, beside people's)
+    in_store = {}
+    if cfg.db is not None:
+        with _store(cfg.db) as store:
+            in_store = record_in_store(store, annotator, candidates, verdicts, constitution.name, cfg.min_strength)
     pairs, weak, inconsistent = [], 0, 0
     for c, v in zip(candidates, verdicts):
         if v.strength < cfg.min_strength:
@@ -340,7 +425,7 @@ def run_judge(cfg: JudgeConfig) -> dict:
     write_jsonl(out / "preferences.jsonl", pairs)
 
     n = max(len(verdicts), 1)
-    labelled = [v.p_first >= 0.5 for c, v in zip(candidates, verdicts) if c.input_first_chosen is not None]
+    labelled = [(v.p_first >= 0.5) == c.input_first_chosen for c, v in zip(candidates, verdicts) if c.input_first_chosen is not None]
     summary = {
         "stage": "judge", "input": kind, "candidates": len(candidates), "pairs": len(pairs), "rows_skipped": skipped_rows,
         "dropped_weak": weak, "dropped_inconsistent": inconsistent, "annotator": annotator, "constitution": constitution.source,
@@ -348,7 +433,7 @@ def run_judge(cfg: JudgeConfig) -> dict:
         "mean_strength": sum(v.strength for v in verdicts) / n,
         "p_letter_a": sum(v.p_letter_a for v in verdicts) / n,  # the judge's position bias before averaging (0.5 = none)
         "agreement_with_input": sum(labelled) / len(labelled) if labelled else None,
-        "preferences": str(out / "preferences.jsonl"), "seconds": time.time() - t0,
+        "preferences": str(out / "preferences.jsonl"), **{f"db_{k}": v for k, v in in_store.items()}, "seconds": time.time() - t0,
     }
     write_summary(out, summary)
     return summary
