@@ -216,8 +216,14 @@ def _alembic_config(migrations: Path):
 def upgrade_schema(engine: Engine, revision: str = "head", migrations: Path = MIGRATIONS) -> None:
     """Run the Alembic migrations up to ``revision`` (the newest by default), in one transaction."""
     from alembic import command
+    from alembic.script import ScriptDirectory
 
     config = _alembic_config(migrations)
+    current = schema_revision(engine)
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if current is not None and current not in known:
+        raise StoreError(f"the preference store {_shown(str(engine.url))} has schema revision {current}, which this version "
+                         f"of tether does not know (it knows {', '.join(sorted(known))}): it was written by a newer tether; upgrade tether")
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
