@@ -168,10 +168,16 @@ class CollectConfig:
     """Matmul precision for generation."""
     seed: int = 0
     """Seeds sampling."""
+    db: Optional[str] = None
+    """Preference store (a SQLite file or a postgresql:// URL) that also gets the prompts, responses and comparison tasks; None = JSONL only."""
+    annotators_per_task: int = 3
+    """Distinct annotators each comparison task written to `db` asks for."""
 
     def __post_init__(self) -> None:
         if self.responses_per_prompt < 2:
             raise ConfigError("responses_per_prompt must be at least 2 to form a pair.")
+        if self.annotators_per_task < 1:
+            raise ConfigError(f"annotators_per_task must be at least 1, got {self.annotators_per_task}.")
 
 
 @dataclass
@@ -299,8 +305,9 @@ class PPOConfig:
     """Prompts (= episodes) per rollout."""
     mini_batch_size: int = 8
     """Episodes per gradient step."""
-    grad_accum: int = 1
-    """Run each minibatch as this many micro-batches (less memory, same gradient: each is weighted by its share of tokens)."""
+    micro_batch_size: int = 2
+    """Episodes per forward/backward pass: a minibatch runs as micro-batches, each loss weighted by its share of the
+    minibatch's tokens, so the gradient is the minibatch's and only a micro-batch's activations are held at once."""
     activation_checkpointing: bool = False
     """Recompute the trained models' block activations in the backward pass: far less memory, about a third more update compute."""
     ppo_epochs: int = 2
@@ -371,8 +378,8 @@ class PPOConfig:
             raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size}).")
-        if self.grad_accum < 1 or self.mini_batch_size % self.grad_accum:
-            raise ConfigError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of grad_accum ({self.grad_accum}), which must be >= 1.")
+        if self.micro_batch_size < 1:
+            raise ConfigError(f"micro_batch_size must be at least 1 episode, got {self.micro_batch_size}.")
 
 
 @dataclass
@@ -443,10 +450,12 @@ class JudgeConfig:
     """Judge only the first N pairs (None = all)."""
     batch_size: int = 8
     """Pairs per forward pass (each pair is two rows: both orders)."""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = 192
     """Conversation tokens shown to the judge (cut from the left, so the last turn stays)."""
-    max_response_tokens: int = 192
+    max_response_tokens: int = 128
     """Tokens of each response shown to the judge (cut from the right)."""
+    share_head: bool = True
+    """Compute the instructions and rubric (the same for every pair) once and continue every row from their cache."""
     min_strength: float = 0.0
     """Drop pairs whose preference strength |2 p - 1| is below this (0 = keep all), counted in the summary."""
     require_consistent: bool = False

@@ -5,7 +5,7 @@ import torch
 
 from tether.config import LoraSettings
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.reward_model import init_reward_model, raw_rewards, trunk_of
+from tether.models.reward_model import RewardModel, RewardNormalization, init_reward_model, raw_rewards, trunk_of
 from tether.models.sharing import share_equal_weights, shallow_clone, unique_parameter_bytes
 from tether.stages.ppo import RewardModelValue, reward_adapter_value
 
@@ -59,10 +59,17 @@ def test_different_values_are_never_shared(tiny_model_dir, other_tiny_model_dir)
 def test_value_adapter_starts_as_the_reward_model_and_trains_without_touching_it(tiny_model_dir):
     rm, tok = _trained_top_block(tiny_model_dir)
     ids, mask = _batch(tok)
-    rm_values = RewardModelValue(rm)
-    critic = reward_adapter_value(rm, LoraSettings(r=4, alpha=8))
+    norm = RewardNormalization(gain=2.0, bias=-1.0)
+    member = RewardModel(rm, tok, norm, "tiny")
+    rm_values = RewardModelValue(rm, norm)
+    critic = reward_adapter_value(member, LoraSettings(r=4, alpha=8))
     with torch.no_grad():
         start = rm_values(ids, mask, 3)
+        # on the reward model's normalised scale: the value before the last token of an unpadded
+        # row is the score the reward model gives the row without that token
+        row = ids[:1, : int(mask[0].sum())]
+        ones = torch.ones_like(row)
+        torch.testing.assert_close(rm_values(row, ones, 3)[0, -1], member.scores(row[:, :-1], ones[:, :-1])[0])
     torch.testing.assert_close(critic(ids, mask, 3), start)  # LoRA B = 0 and the head copied: the value is the RM's score
 
     trainable = [p for p in critic.parameters() if p.requires_grad]

@@ -105,20 +105,22 @@ def test_goodhart_guard_keeps_the_best_step_and_resumes_with_it(tiny_model_dir, 
     assert full["held_out"]["best_reward"] >= full["held_out"]["initial_reward"]
 
 
-def test_gradient_accumulation_gives_the_unaccumulated_update(tiny_model_dir, tiny_data, tmp_path):
-    # one minibatch of 4 episodes as 1 micro-batch or as 4; a stop string makes the replies
-    # differ in length, so the token-share weighting of each micro-batch's loss is what is tested
+@pytest.mark.parametrize("micro", [1, 3])
+def test_micro_batches_give_the_whole_minibatch_update(tiny_model_dir, tiny_data, tmp_path, micro):
+    # one minibatch of 4 episodes in one pass, or as micro-batches of 1 (4 passes) or of 3 and 1
+    # (unequal); a stop string makes the replies differ in length, so the token-share weighting
+    # of each micro-batch's loss is what is tested
     common = ["steps=1", "ppo_epochs=1", "mini_batch_size=4", "lora.enabled=false", "optim.lr=1e-3",
               "generation.stop_strings=[e]", "samples_every=1"]
-    ppo(tiny_model_dir, tiny_data, tmp_path / "one", "letter_e", *common, "grad_accum=1")
-    ppo(tiny_model_dir, tiny_data, tmp_path / "four", "letter_e", *common, "grad_accum=4")
-    lengths = {len(s["response"]) for s in map(json.loads, (tmp_path / "one" / "samples.jsonl").read_text().splitlines())}
+    ppo(tiny_model_dir, tiny_data, tmp_path / "whole", "letter_e", *common, "micro_batch_size=4")
+    ppo(tiny_model_dir, tiny_data, tmp_path / "micro", "letter_e", *common, f"micro_batch_size={micro}")
+    lengths = {len(s["response"]) for s in map(json.loads, (tmp_path / "whole" / "samples.jsonl").read_text().splitlines())}
     assert len(lengths) > 1
-    one, four = rows(tmp_path / "one")[0], rows(tmp_path / "four")[0]
+    whole, split = rows(tmp_path / "whole")[0], rows(tmp_path / "micro")[0]
     for key in ("train/policy_loss", "train/value_loss", "train/grad_norm", "train/approx_kl"):
-        assert four[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
+        assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-7), key
     base = load_file(str(tiny_model_dir / "model.safetensors"))
-    a, b = load_file(str(tmp_path / "one" / "model" / "model.safetensors")), load_file(str(tmp_path / "four" / "model" / "model.safetensors"))
+    a, b = load_file(str(tmp_path / "whole" / "model" / "model.safetensors")), load_file(str(tmp_path / "micro" / "model" / "model.safetensors"))
     assert sum((a[k] - base[k]).abs().sum().item() for k in base) > 0
     for k in base:  # Adam's first step is about lr * sign(g): compare at 1% of it
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)

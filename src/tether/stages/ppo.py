@@ -48,7 +48,7 @@ from tether.losses import (AdaptiveKLController, FixedKLController, explained_va
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
 from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
                                    load_tokenizer, resolve_model, save_model)
-from tether.models.reward_model import load_reward_model, position_ids_from_mask, trunk_of, unwrap
+from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rollout.generate import generate
@@ -61,22 +61,25 @@ KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 class RewardModelValue(torch.nn.Module):
-    """Value function from a copy of the reward model: its head applied at every response position."""
+    """Value function from a copy of the reward model: its head applied at every response position,
+    on the reward model's normalised scale (the scale of the scores it will predict)."""
 
-    def __init__(self, reward_model):
+    def __init__(self, reward_model, normalization: RewardNormalization):
         super().__init__()
-        self.model = reward_model
+        self.model, self.gain, self.bias = reward_model, normalization.gain, normalization.bias
 
     def forward(self, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
         hidden = trunk_of(self.model)(input_ids=sequences, attention_mask=attention_mask, use_cache=False,
                                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        return unwrap(self.model).score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, R)
+        raw = unwrap(self.model).score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, R)
+        return raw * self.gain + self.bias
 
 
-def reward_adapter_value(reward_model, lora: LoraSettings) -> RewardModelValue:
+def reward_adapter_value(member, lora: LoraSettings) -> RewardModelValue:
     """A value model that starts as the reward model at the memory cost of an adapter: the
     reward model's own (frozen, shared) tensors under a new LoRA adapter, and a trainable copy of its head."""
-    return RewardModelValue(apply_lora(shallow_clone(reward_model), lora, task_type="SEQ_CLS", modules_to_save=["score"]))
+    model = apply_lora(shallow_clone(member.model), lora, task_type="SEQ_CLS", modules_to_save=["score"])
+    return RewardModelValue(model, member.normalization)
 
 
 def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperature: float, with_entropy: bool = False) -> dict:
@@ -166,10 +169,11 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         torch.nn.init.zeros_(value_head.bias)
         trainable = {"policy": policy, "value_head": value_head}
     elif cfg.value_model == "reward_adapter":  # the reward model's weights, a second adapter, a copy of its head
-        value_model = reward_adapter_value(rm.members[0].model, cfg.lora)
+        value_model = reward_adapter_value(rm.members[0], cfg.lora)
         trainable = {"policy": policy, "value_model": value_model}
     else:
-        value_model = RewardModelValue(load_reward_model(cfg.reward_model).members[0].model.requires_grad_(True)).to(device())
+        member = load_reward_model(cfg.reward_model).members[0]
+        value_model = RewardModelValue(member.model.requires_grad_(True), member.normalization).to(device())
         trainable = {"policy": policy, "value_model": value_model}
     if cfg.activation_checkpointing:  # the models that are trained through their blocks
         for model in [policy] + ([value_model.model] if value_model is not None else []):
@@ -246,12 +250,12 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
 
         # 2. score with the frozen models and the pre-update policy
         with torch.no_grad(), autocast(cfg.precision):
-            # in minibatch-sized chunks: scoring then never holds more logits than an update does
+            # in micro-batches: scoring then never holds more logits than an update does
             old = in_chunks(lambda rows: evaluate_step(policy, value_head, value_model, seqs[rows], attn[rows], P, temperature,
-                                                       with_entropy=True), cfg.batch_size, cfg.mini_batch_size)
+                                                       with_entropy=True), cfg.batch_size, cfg.micro_batch_size)
             with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
                 ref_logp = in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P,
-                                                                 temperature), cfg.batch_size, cfg.mini_batch_size)["logp"]
+                                                                 temperature), cfg.batch_size, cfg.micro_batch_size)["logp"]
         scores, keep = score(batch_prompts, rollout)  # (B,), (B,)
         mask = mask * keep.to(mask.dtype).unsqueeze(-1)
         old_logp, old_values = old["logp"], old["values"]
@@ -266,9 +270,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        # 4. PPO update: several epochs over minibatches of this rollout; a minibatch may be
-        #    run as grad_accum micro-batches, each loss weighted by its share of the
-        #    minibatch's tokens so the summed gradient is the minibatch's token mean
+        # 4. PPO update: several epochs over minibatches of this rollout; a minibatch runs as
+        #    micro-batches, each loss weighted by its share of the minibatch's tokens so the
+        #    summed gradient is the minibatch's token mean
         set_train_mode(trainable, True)
         stats: dict[str, float] = {}
         n_updates = cfg.ppo_epochs * n_minibatches
@@ -277,7 +281,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             for k in range(n_minibatches):
                 mb = perm[k * cfg.mini_batch_size:(k + 1) * cfg.mini_batch_size]
                 mb_tokens = mask[mb].sum().clamp(min=1.0)
-                for micro_index, micro in enumerate(mb.chunk(cfg.grad_accum)):
+                for micro_index, micro in enumerate(mb.split(cfg.micro_batch_size)):
                     share = (mask[micro].sum() / mb_tokens).item()
                     with autocast(cfg.precision):
                         new = evaluate_step(policy, value_head, value_model, seqs[micro], attn[micro], P, temperature, with_entropy=cfg.ent_coef > 0)
