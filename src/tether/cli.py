@@ -25,10 +25,11 @@ OverridesArg = typer.Argument(None, help="key=value overrides, e.g. lr=1e-4 lora
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tether.data.readers import DataError
+    from tether.feedback.store import StoreError
     from tether.models.loading import ModelError
     from tether.rewards.functions import RewardFunctionError
 
-    return (C.ConfigError, DataError, ModelError, RewardFunctionError, FileNotFoundError)
+    return (C.ConfigError, DataError, ModelError, RewardFunctionError, StoreError, FileNotFoundError)
 
 
 def _run(fn: Callable, *args):
@@ -197,6 +198,116 @@ def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = 
     from tether.feedback.constitution import run_revise
 
     _print_summary(_run(run_revise, _load(C.ReviseConfig, config, overrides)))
+
+
+# --------------------------------------------------------------------------- tether label: the preference store
+
+label_app = typer.Typer(no_args_is_help=True, help="People label pairs: annotators, import, export, agreement statistics, a simulated panel.")
+app.add_typer(label_app, name="label")
+DbOpt = typer.Option(..., "--db", help="Preference store: a SQLite file (created if missing) or a postgresql:// URL.")
+
+
+def _store(db: str):
+    from tether.feedback.store import open_store
+
+    return open_store(db)
+
+
+@label_app.command("add-annotator")
+def label_add_annotator(name: str = typer.Argument(..., help="The annotator's name."), db: str = DbOpt,
+                        admin: bool = typer.Option(False, "--admin", help="May open the admin pages."),
+                        kind: str = typer.Option("human", help="human, judge or simulated.")):
+    """Register an annotator and print their token: it is shown this once (only its SHA-256 is stored)."""
+
+    def go():
+        with _store(db) as store:
+            return store.add_annotator(name, kind, admin=admin)
+
+    token = _run(go)
+    print(token)
+    typer.echo(f"the token of {name}: give it to them now, it cannot be shown again", err=True)
+
+
+@label_app.command("import")
+def label_import(file: str = typer.Argument(..., help="Pairs (prompt, chosen, rejected) or samples (prompt, response), JSONL."),
+                 db: str = DbOpt,
+                 annotators_per_task: int = typer.Option(3, help="Distinct annotators each task asks for."),
+                 golden: bool = typer.Option(False, "--golden", help="The pairs are a golden set: 'chosen' is the known answer.")):
+    """Load candidate pairs, or samples (every two answers to a prompt become a pair), as comparison tasks."""
+
+    def go():
+        from tether.feedback.importing import import_file
+
+        with _store(db) as store:
+            return import_file(store, C.resolve_path(file), required=annotators_per_task, golden=golden)
+
+    _print_summary(_run(go))
+
+
+@label_app.command("guidelines")
+def label_guidelines(file: Path = typer.Argument(..., help="Text or Markdown file with the annotation guidelines."), db: str = DbOpt):
+    """Put a new version of the annotation guidelines in force (every later judgement records it)."""
+
+    def go():
+        with _store(db) as store:
+            return {"guidelines_version": store.add_guidelines(file.read_text())}
+
+    _print_summary(_run(go))
+
+
+@label_app.command("export")
+def label_export(db: str = DbOpt, out: Path = typer.Option(..., "--out", help="Preference pairs JSONL for `tether reward train`."),
+                 aggregate: str = typer.Option("majority", help="majority (one pair per task) or per_annotator (one per judgement)."),
+                 ties: str = typer.Option("drop", help="drop, or keep as pairs with meta.tie = true."),
+                 include_golden: bool = typer.Option(False, "--include-golden", help="Also export golden tasks (majority: their known answer).")):
+    """Write the judgements as preference pairs (left/right order undone, skips left out)."""
+
+    def go():
+        from tether.feedback.export import export_preferences
+
+        with _store(db) as store:
+            return export_preferences(store, out, aggregate, ties, include_golden)
+
+    _print_summary(_run(go))
+
+
+@label_app.command("stats")
+def label_stats(db: str = DbOpt, as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+                golden_threshold: float = typer.Option(0.7, help="Flag annotators whose golden-set accuracy is below this.")):
+    """Agreement (per pair, Cohen's kappa, Krippendorff's alpha), throughput, position bias and golden-set accuracy."""
+
+    def go():
+        from tether.feedback.agreement import stats
+
+        with _store(db) as store:
+            return stats(store, golden_threshold)
+
+    out = _run(go)
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        from rich.console import Console
+
+        from tether.feedback.agreement import stats_tables
+
+        Console().print(*stats_tables(out))
+
+
+@label_app.command("simulate")
+def label_simulate(db: str = DbOpt,
+                   agreement: List[float] = typer.Option([0.9, 0.75, 0.6], help="One simulated annotator per value: its agreement with gold."),
+                   gold_spread: float = typer.Option(0.0, help="0: one shared gold; > 0: each annotator's own gold weights, this spread."),
+                   limit: Optional[int] = typer.Option(None, help="At most this many judgements per annotator."),
+                   seed: int = typer.Option(0, help="Seeds the annotators.")):
+    """Label the store's tasks with a panel of simulated annotators (kind 'simulated'), as people would."""
+
+    def go():
+        from tether.feedback.panel import default_panel, run_panel
+
+        with _store(db) as store:
+            return run_panel(store, default_panel(agreement, gold_spread, seed), limit)
+
+    _print_summary(_run(go))
 
 def default_demo_config() -> Path:
     """The shipped demo config (inside the package, also reachable as configs/demo.yaml in the repo)."""

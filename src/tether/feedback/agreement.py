@@ -177,3 +177,38 @@ def stats(store, golden_threshold: float = 0.7, seconds_cap: float = 600.0) -> d
         "annotators": people,
         "golden_threshold": golden_threshold,
     }
+
+
+def stats_tables(out: dict[str, Any]) -> list[Any]:
+    """:func:`stats` as rich tables: the whole store, each annotator, each pair of annotators."""
+    from rich.table import Table
+
+    def num(x: float | None, digits: int = 3) -> str:
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    bias = out["position_bias"]
+    whole = Table(title="Preference store", show_header=False)
+    whole.add_row("tasks", f"{out['tasks']['total']} ({out['tasks']['golden']} golden, {out['tasks']['complete']} with all their annotators)")
+    j = out["judgements"]
+    whole.add_row("judgements", f"{j['total']} (A {j['A']}, B {j['B']}, tie {j['tie']}, skip {j['skip']})")
+    whole.add_row("mean per-pair agreement", f"{num(out['agreement']['mean_pair_agreement'])} over {out['agreement']['tasks']} tasks")
+    whole.add_row("Krippendorff's alpha", num(out["alpha"]))
+    whole.add_row("left answer wins", "-" if not bias["n"] else
+                  f"{num(bias['left_win_rate'])} of {bias['n']} (95% CI {num(bias['ci'][0])} to {num(bias['ci'][1])})")
+
+    people = Table(title="Annotators")
+    for column in ("name", "kind", "judgements", "skips", "per hour", "s / judgement", "left wins", "golden accuracy", ""):
+        people.add_column(column, justify="left" if column in ("name", "kind", "") else "right")
+    for name, a in out["annotators"].items():
+        g = a["golden"]
+        people.add_row(name, a["kind"], str(a["judgements"]), str(a["skips"]), num(a["throughput"]["per_hour"], 1),
+                       num(a["throughput"]["seconds_per_judgement"], 1), num(a["position_bias"]["left_win_rate"]),
+                       "-" if g["accuracy"] is None else f"{g['accuracy']:.3f} ({g['n']})",
+                       f"[red]below {out['golden_threshold']}[/red]" if g["flagged"] else "")
+
+    pairs = Table(title="Cohen's kappa")
+    for column in ("annotator", "annotator", "common tasks", "kappa"):
+        pairs.add_column(column)
+    for k in out["kappa"]:
+        pairs.add_row(k["a"], k["b"], str(k["n"]), num(k["kappa"]))
+    return [whole, people, pairs]

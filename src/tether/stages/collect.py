@@ -7,6 +7,7 @@ agrees with the gold ordering about as often as people agree with each other.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 
@@ -14,6 +15,7 @@ from tether.config import CollectConfig, resolve_path
 from tether.data.readers import read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
+from tether.feedback.store import Candidate, open_store
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
 from tether.rollout.generate import sample_responses
 from tether.tracking import MetricsLogger, write_summary
@@ -23,6 +25,7 @@ from tether.training import start_stage
 def collect(cfg: CollectConfig) -> dict:
     out = start_stage(cfg)
     t0 = time.time()
+    store = open_store(cfg.db) if cfg.db else None  # opened first: a wrong URL fails before any sampling
 
     # 1. sample K responses for every prompt
     model_path = resolve_model(cfg.model)
@@ -70,6 +73,19 @@ def collect(cfg: CollectConfig) -> dict:
         }))
     write_jsonl(out / "preferences.jsonl", prefs)
 
+    # 3. the preference store, when asked: prompts, responses with their model and sampling settings, the same pairs as tasks
+    tasks_stored = None
+    if store is not None:
+        settings = {**dataclasses.asdict(cfg.generation), "seed": cfg.seed, "precision": cfg.precision}
+        tasks_stored = 0
+        for i, rec in enumerate(records):
+            candidates = [Candidate(samples[i * K + k]["response"], model_path, settings,
+                                    {"finished": samples[i * K + k]["finished"], "n_tokens": samples[i * K + k]["n_tokens"], "sample_index": k})
+                          for k in range(K)]
+            tasks_stored += len(store.add_candidates(rec.prompt, candidates, [(a, b) for j, a, b in pairs if j == i],
+                                                     required=cfg.annotators_per_task, source=cfg.prompts, prompt_meta=rec.meta))
+        store.close()
+
     distinct = [j for j in judgements if j.gold_first != j.gold_second]
     agreement = gold_agreement(distinct) if distinct else None  # undefined when every pair is a gold tie
     summary = {
@@ -77,6 +93,7 @@ def collect(cfg: CollectConfig) -> dict:
         "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
         "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
         "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
+        **({"db": cfg.db, "db_tasks": tasks_stored} if store is not None else {}),
     }
     write_summary(out, summary)
     return summary

@@ -1,0 +1,111 @@
+"""`tether label ...` through the real CLI, and `tether collect` writing into the store."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tether.cli import app
+from tether.data.readers import read_preferences
+from tether.feedback.store import open_store
+
+runner = CliRunner()
+
+
+def tether(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def ok(*args):
+    result = tether(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_label_commands_end_to_end(tmp_path):
+    db = tmp_path / "prefs.db"
+    samples = write_rows(tmp_path / "samples.jsonl", [
+        {"prompt": f"Tell me about {topic}.", "response": f"{topic.title()} {detail}.", "model": "tiny"}
+        for topic in ("rivers", "forests", "bread", "winter") for detail in ("are old", "matter a lot", "vary", "are in many stories")])
+    report = json.loads(ok("label", "import", samples, "--db", db, "--annotators-per-task", 2).stdout)
+    assert report == {"kind": "samples", "rows": 16, "prompts": 4, "tasks": 24, "golden": False}  # 4 prompts x C(4, 2)
+    golden = write_rows(tmp_path / "golden.jsonl", [{"prompt": "Tell me about rivers.", "chosen": "Rivers flow to the sea.", "rejected": "no"}])
+    assert json.loads(ok("label", "import", golden, "--db", db, "--golden").stdout)["tasks"] == 1
+    guidelines = tmp_path / "guidelines.md"
+    guidelines.write_text("Prefer the answer that is on topic and finished.")
+    assert json.loads(ok("label", "guidelines", guidelines, "--db", db).stdout) == {"guidelines_version": 1}
+
+    result = ok("label", "add-annotator", "ada", "--db", db, "--admin")
+    token = result.stdout.strip()
+    with open_store(db) as store:
+        ada = store.annotator_for_token(token)
+        assert (ada.name, ada.is_admin) == ("ada", True)
+
+    panel = json.loads(ok("label", "simulate", "--db", db, "--agreement", 0.9, "--agreement", 0.7, "--seed", 1).stdout)
+    # each answers all 24 regular tasks, and the golden one if it was mixed in (at the default rate, 0.1)
+    assert set(panel) == {"simulated-1", "simulated-2"} and all(24 <= r["judgements"] <= 25 for r in panel.values())
+
+    out = json.loads(ok("label", "stats", "--db", db, "--json").stdout)
+    assert out["judgements"]["total"] == sum(r["judgements"] for r in panel.values()) and len(out["kappa"]) == 1
+    assert out["tasks"] == {"total": 25, "golden": 1, "complete": 24}
+    table = ok("label", "stats", "--db", db).stdout
+    assert "Krippendorff's alpha" in table and "simulated-2" in table
+
+    summary = json.loads(ok("label", "export", "--db", db, "--out", tmp_path / "prefs.jsonl", "--ties", "keep").stdout)
+    pairs = read_preferences(tmp_path / "prefs.jsonl")
+    assert summary["pairs"] == len(pairs) == 24 and summary["ties"] == sum(bool(p.meta.get("tie")) for p in pairs)
+    each = json.loads(ok("label", "export", "--db", db, "--out", tmp_path / "each.jsonl", "--aggregate", "per_annotator",
+                         "--ties", "keep").stdout)
+    assert each["pairs"] == 48
+
+
+def test_user_errors_are_one_red_sentence(tmp_path):
+    db = tmp_path / "prefs.db"
+    ok("label", "add-annotator", "ada", "--db", db)
+    for args, said in [
+        (["label", "add-annotator", "ada", "--db", db], "an annotator named 'ada' already exists"),
+        (["label", "export", "--db", db, "--out", tmp_path / "p.jsonl", "--ties", "half"], "ties must be 'drop' or 'keep'"),
+        (["label", "stats", "--db", f"postgresql://nobody@/x?host={tmp_path}"], "cannot open the preference store"),
+        (["label", "import", tmp_path / "missing.jsonl", "--db", db], "missing.jsonl"),
+        (["label", "import", write_rows(tmp_path / "s.jsonl", [{"prompt": "Q?", "response": "a"}]), "--db", db, "--golden"],
+         "golden tasks need preference pairs"),
+    ]:
+        result = tether(*args)
+        assert result.exit_code == 2, result.output
+        assert "error:" in result.output and said in result.output and "Traceback" not in result.output
+
+
+def test_collect_writes_prompts_responses_and_tasks_to_the_store(tiny_model_dir, tiny_data, tmp_path):
+    db = tmp_path / "prefs.db"
+    result = ok("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'collect'}",
+                "limit=3", "responses_per_prompt=3", "generation.max_new_tokens=6", "precision=fp32", f"db={db}",
+                "annotators_per_task=2")
+    summary = json.loads(result.stdout)
+    jsonl = read_preferences(tmp_path / "collect" / "preferences.jsonl")
+    assert summary["db_tasks"] == summary["pairs"] == len(jsonl)  # the JSONL output is as before
+    with open_store(db) as store:
+        tasks = store.tasks()
+        assert len(tasks) == len(jsonl) and {t.required for t in tasks} == {2}
+        assert {(t.prompt, frozenset((t.response_a, t.response_b))) for t in tasks} == {
+            (p.prompt, frozenset((p.chosen, p.rejected))) for p in jsonl}
+        from sqlalchemy import select
+
+        from tether.feedback.schema import ResponseRow
+
+        with store.engine.connect() as c:
+            models_settings = c.execute(select(ResponseRow.model, ResponseRow.settings)).all()
+    assert {m for m, _ in models_settings} == {str(tiny_model_dir)}
+    assert all(s["max_new_tokens"] == 6 and s["temperature"] == 1.0 and s["seed"] == 0 for _, s in models_settings)
+
+
+def test_collect_with_an_unreachable_store_stops_before_sampling(tiny_model_dir, tiny_data, tmp_path):
+    result = tether("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'c'}",
+                    f"db=postgresql://nobody@/x?host={tmp_path}")
+    assert result.exit_code == 2 and "cannot open the preference store" in result.output
+    assert not (tmp_path / "c" / "samples.jsonl").exists()
