@@ -309,6 +309,30 @@ def label_simulate(db: str = DbOpt,
 
     _print_summary(_run(go))
 
+
+@label_app.command("serve")
+def label_serve(db: str = DbOpt,
+                host: str = typer.Option("127.0.0.1", help="Address to listen on (put a TLS proxy in front before leaving loopback)."),
+                port: int = typer.Option(8000, help="Port to listen on."),
+                golden_rate: float = typer.Option(0.1, help="Share of the pairs handed out that are golden (while any are left)."),
+                golden_threshold: float = typer.Option(0.7, help="The statistics flag annotators whose golden-set accuracy is below this.")):
+    """The annotation web app: annotators sign in with their token and compare pairs in a browser."""
+    import uvicorn
+
+    from tether.feedback.store import open_store
+    from tether.feedback.webapp import create_app
+
+    store = _run(lambda: open_store(db, golden_rate=golden_rate))
+    typer.echo(f"tether label: http://{host}:{port}/login (annotators sign in with their token; admins also see /admin/stats)", err=True)
+    try:
+        # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 only: behind a local TLS proxy (which must pass the
+        # Host header on) the cookie is then marked Secure
+        uvicorn.run(create_app(store, golden_threshold=golden_threshold), host=host, port=port, log_level="info",
+                    server_header=False)
+    finally:
+        store.close()
+
+
 def default_demo_config() -> Path:
     """The shipped demo config (inside the package, also reachable as configs/demo.yaml in the repo)."""
     return Path(__file__).parent / "configs" / "demo.yaml"

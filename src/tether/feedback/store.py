@@ -603,6 +603,15 @@ class Store:
             return [Vote(j.task_id, name, kind, j.choice, j.left_side, j.strength, j.reason, j.seconds, j.answered_at, j.guidelines_version)
                     for j, name, kind in rows]
 
+    # ----------------------------------------------------------------- one annotator's own (for the web app)
+
+    def votes_of(self, annotator: Annotator) -> list[Vote]:
+        """This annotator's own judgements, in the order recorded: all that a labelling front end may show them."""
+        with self._sessions.begin() as s:
+            rows = s.scalars(select(JudgementRow).where(JudgementRow.annotator_id == annotator.id).order_by(JudgementRow.id))
+            return [Vote(j.task_id, annotator.name, annotator.kind, j.choice, j.left_side, j.strength, j.reason, j.seconds,
+                         j.answered_at, j.guidelines_version) for j in rows]
+
 
 # --------------------------------------------------------------------------- query pieces
 
