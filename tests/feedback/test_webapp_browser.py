@@ -91,7 +91,7 @@ def browser(tmp_path):
         _skip("selenium is not installed (it is in the `test` extra: pip install -e '.[test]')")
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not Path(path).exists():
-            _skip(f"{path} is missing (Debian: apt-get install chromium chromium-driver; package {package})")
+            _skip(f"{path} is missing (Debian package {package}: apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
@@ -104,7 +104,27 @@ def browser(tmp_path):
         driver.quit()
 
 
-def test_sign_in_and_label_by_click_and_keyboard_in_chromium(served, browser, tmp_path):
+def test_label_serve_answers_on_loopback(served):
+    """The command itself, with or without a browser: sign-in form, redirect, cookie, the page."""
+    url, _, token = served
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(f"{url}/")
+    assert (e.value.code, e.value.headers["location"]) == (303, "/login")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(urllib.request.Request(f"{url}/login", data=f"token={token}".encode()))
+    assert e.value.code == 303 and "HttpOnly" in e.value.headers["set-cookie"]
+    cookie = e.value.headers["set-cookie"].split(";")[0]
+    with opener.open(urllib.request.Request(f"{url}/", headers={"Cookie": cookie})) as page:
+        assert page.status == 200 and b'id="progress">0 of 4 today<' in page.read()
+
+
+def test_sign_in_and_label_by_click_and_keyboard_in_chromium(browser, served, tmp_path):  # browser first: skip before serving
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
