@@ -320,7 +320,7 @@ def label_serve(db: str = DbOpt,
     import uvicorn
 
     from tether.feedback.store import open_store
-    from tether.feedback.webapp import create_app
+    from tether.feedback.webapp import create_app, uvicorn_log_config
 
     store = _run(lambda: open_store(db, golden_rate=golden_rate))
     typer.echo(f"tether label: http://{host}:{port}/login (annotators sign in with their token; admins also see /admin/stats)", err=True)
@@ -328,7 +328,7 @@ def label_serve(db: str = DbOpt,
         # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 only: behind a local TLS proxy (which must pass the
         # Host header on) the cookie is then marked Secure
         uvicorn.run(create_app(store, golden_threshold=golden_threshold), host=host, port=port, log_level="info",
-                    server_header=False)
+                    server_header=False, log_config=uvicorn_log_config())
     finally:
         store.close()
 

@@ -217,6 +217,7 @@ def test_posts_from_another_origin_or_without_the_form_token_are_refused(app, st
     assert ada.post("/judge", data=form, headers={"Origin": "https://evil.example"}).status_code == 403
     assert ada.post("/judge", data=form, headers={"Origin": "null"}).status_code == 403
     assert ada.post("/judge", data={**form, "csrf": "0" * 64}).status_code == 403
+    assert ada.post("/judge", data={**form, "csrf": "é" * 64}).status_code == 403
     assert ada.post("/judge", data={k: v for k, v in form.items() if k != "csrf"}).status_code == 403
     assert client(app).post("/login", data={"token": token}, headers={"Origin": "https://evil.example"}).status_code == 403
     assert store.votes() == []
@@ -229,7 +230,8 @@ def test_malformed_answers_are_refused_with_400(app, store):
     page = shown(ada.get("/").text)
     form = {"task_id": page["task_id"], "csrf": page["csrf"]}
     assert ada.post("/judge", data={**form, "choice": "A"}).status_code == 400  # store terms are not accepted from the page
-    assert ada.post("/judge", data={**form, "choice": "left", "task_id": "1 OR 1=1"}).status_code == 400
+    for task_id in ("1 OR 1=1", "²", "9" * 40, ""):
+        assert ada.post("/judge", data={**form, "choice": "left", "task_id": task_id}).status_code == 400
     assert store.votes() == []
 
 

@@ -104,8 +104,8 @@ def browser(tmp_path):
         driver.quit()
 
 
-def test_label_serve_answers_on_loopback(served):
-    """The command itself, with or without a browser: sign-in form, redirect, cookie, the page."""
+def test_label_serve_answers_on_loopback(served, tmp_path):
+    """The command itself, with or without a browser: sign-in form, redirect, cookie, the page; no token in its log."""
     url, _, token = served
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -122,6 +122,10 @@ def test_label_serve_answers_on_loopback(served):
     cookie = e.value.headers["set-cookie"].split(";")[0]
     with opener.open(urllib.request.Request(f"{url}/", headers={"Cookie": cookie})) as page:
         assert page.status == 200 and b'id="progress">0 of 4 today<' in page.read()
+    with opener.open(f"{url}/?token={token}") as page:  # signs in from a link
+        assert page.status == 200 and "HttpOnly" in page.headers["set-cookie"]
+    log = (tmp_path / "server.log").read_text()
+    assert '"GET /?token=[hidden] HTTP/1.1" 200' in log and token not in log
 
 
 def test_sign_in_and_label_by_click_and_keyboard_in_chromium(browser, served, tmp_path):  # browser first: skip before serving

@@ -36,8 +36,11 @@ Security, each property tested in ``tests/feedback/test_webapp.py``:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -254,11 +257,11 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
         annotator = who(request)
         if annotator is None:
             return error(401, "Sign in first: this answer carried no valid token, and nothing was recorded.")
-        if not same_origin(request) or not hmac.compare_digest(csrf, csrf_token(token_of(request))):
+        if not same_origin(request) or not hmac.compare_digest(csrf.encode("utf-8"), csrf_token(token_of(request)).encode("utf-8")):
             return error(403, "This answer did not come from your labelling page, and was not recorded. Reload the page.", annotator)
         if choice not in SCREEN_CHOICES:
             return error(400, f"The answer must be one of {', '.join(SCREEN_CHOICES)}; got {choice[:20]!r}.", annotator)
-        if not task_id.isdigit():
+        if not (task_id.isascii() and task_id.isdigit() and len(task_id) <= 18):
             return error(400, f"The task must be a task number; got {task_id[:20]!r}.", annotator)
         if len(reason) > max_reason_chars:
             return error(413, f"The reason is {len(reason)} characters long; at most {max_reason_chars} are kept. "
@@ -316,6 +319,29 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
         return admin_stats()
 
     return app
+
+
+class HideTokens(logging.Filter):
+    """Keeps a token given in the address (``?token=...``) out of the access log."""
+
+    PATTERN = re.compile(r"(token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1[hidden]", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1[hidden]", record.msg)
+        return True
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging set-up, with tokens hidden from its access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["hide_tokens"] = {"()": HideTokens}
+    config["handlers"]["access"].setdefault("filters", []).append("hide_tokens")
+    return config
 
 
 def _screen_choice(choice: str, left_side: str | None) -> str:
