@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -235,3 +236,26 @@ def test_foreign_keys_are_enforced(store):
     with pytest.raises(IntegrityError):
         with store.engine.begin() as c:
             c.execute(JudgementRow.__table__.insert().values(task_id=42, annotator_id=42, choice="A", answered_at=datetime(2020, 1, 1)))
+
+
+def test_concurrent_annotators_never_overfill_a_task(store):
+    tasks = add_tasks(store, 15, required=2)
+    people = [person(store, f"p{i}") for i in range(4)]
+    errors = []
+
+    def label(annotator):
+        try:
+            answer_all(store, annotator)
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=label, args=(p,)) for p in people]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    per_task = {}
+    for v in store.votes():
+        per_task.setdefault(v.task_id, []).append(v.annotator)
+    assert sorted(per_task) == tasks and all(len(set(who)) == len(who) == 2 for who in per_task.values())

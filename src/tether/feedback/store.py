@@ -18,8 +18,10 @@ Assignment. Each task needs ``required`` distinct annotators whose answer is not
 shown to an annotator is held for them (an *assignment*, with the left/right order drawn
 then) for ``assignment_timeout_s``; after that the slot goes to someone else, though the
 annotator can still answer. Asking again before answering shows the same task in the same
-order. Nobody is shown a task twice. Golden tasks (known answer) are mixed in at
-``golden_rate``, each at most once per annotator, and only while there is real work left.
+order. Nobody is shown a task twice. Tasks are assigned one at a time (SQLite's write lock,
+a PostgreSQL advisory lock), so concurrent annotators never over-fill a task. Golden tasks
+(known answer) are mixed in at ``golden_rate``, each at most once per annotator, and only
+while there is real work left.
 
 Durability. Every judgement is its own transaction, committed (and on SQLite synced to the
 WAL file, ``synchronous=FULL``) before ``record_judgement`` returns: an acknowledged judgement
@@ -40,7 +42,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exists, func, or_, select
+from sqlalchemy import Engine, create_engine, event, exists, func, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,6 +65,9 @@ from tether.feedback.schema import (
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 """The Alembic migrations that create and change the schema."""
+
+_ASSIGNMENT_LOCK = 0x7E7E_0001
+"""PostgreSQL advisory lock held while a task is assigned, so two annotators never take the same last slot."""
 
 
 class StoreError(ValueError):
@@ -481,6 +486,8 @@ class Store:
         The left/right order is drawn here and recorded.
         """
         with self._sessions.begin() as s:
+            if s.bind.dialect.name == "postgresql":  # one assignment at a time, as BEGIN IMMEDIATE gives on SQLite
+                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ASSIGNMENT_LOCK})
             now = utcnow()
             pending = s.scalars(select(AssignmentRow).where(
                 AssignmentRow.annotator_id == annotator.id, ~_answered(AssignmentRow.task_id, annotator.id),
