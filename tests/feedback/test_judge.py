@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from tether.cli import app
 from tether.config import ConfigError, JudgeConfig, load_config
 from tether.data.readers import read_preferences
-from tether.feedback.judge import (ANSWER_PREFIX, debias_orders, judge_pairs, judge_text, two_way_probability, verdict_logits,
+from tether.feedback.judge import (ANSWER_PREFIX, debias_orders, judge_pairs, judge_parts, judge_text, two_way_probability, verdict_logits,
                                    verdict_token_ids)
 from tether.models.loading import ModelError, load_causal_lm, load_tokenizer
 
@@ -34,10 +34,14 @@ def tok(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def sharp_model(tiny_model_dir):
-    """The tiny model with its (tied) output layer scaled up, so its letter probabilities are far from 1/2."""
+    """The tiny model with its weights scaled up: sharp attention, so the verdict depends on the context and its
+    positions (a random model at init hardly looks back), and letter probabilities far from 1/2."""
     model = load_causal_lm(str(tiny_model_dir)).eval()
     with torch.no_grad():
-        model.lm_head.weight.mul_(40)
+        for name, weight in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "up_proj.weight", "down_proj.weight")):
+                weight.mul_(6)
+        model.lm_head.weight.mul_(10)
     return model
 
 
@@ -122,6 +126,15 @@ def test_batching_and_left_padding_change_nothing(tok, sharp_model):
         assert got[row].tolist() == pytest.approx(plain.tolist(), abs=1e-4)
 
 
+def test_the_shared_head_cache_changes_nothing(tok, sharp_model):
+    shared = judge_pairs(sharp_model, tok, PROMPTS, FIRSTS, SECONDS, RUBRIC, precision="fp32", batch_size=2)
+    whole = judge_pairs(sharp_model, tok, PROMPTS, FIRSTS, SECONDS, RUBRIC, precision="fp32", batch_size=2, share_head=False)
+    for a, b in zip(shared, whole):
+        assert a.p_ab == pytest.approx(b.p_ab, abs=1e-4) and a.p_ba == pytest.approx(b.p_ba, abs=1e-4)
+    head, rest = judge_parts(tok, PROMPTS[0], FIRSTS[0], SECONDS[0], RUBRIC)
+    assert head == judge_parts(tok, PROMPTS[2], SECONDS[2], FIRSTS[2], RUBRIC)[0] and RUBRIC[0] in head and FIRSTS[0] in rest
+
+
 # --------------------------------------------------------------------------- scripted judges: the mechanics
 
 
@@ -148,7 +161,7 @@ class ScriptedJudge(torch.nn.Module):
 
 def test_a_judge_that_only_likes_the_letter_a_is_cancelled_to_one_half(tok):
     judge = ScriptedJudge(tok, letter_bias=2.0, content_bias=0.0)
-    (v,) = judge_pairs(judge, tok, ["Q?"], ["GOOD answer"], ["bad answer"], RUBRIC)
+    (v,) = judge_pairs(judge, tok, ["Q?"], ["GOOD answer"], ["bad answer"], RUBRIC, share_head=False)
     # asked (first, second): P(A) = sigmoid(2) = 0.8808; asked (second, first): P(B) = sigmoid(-2) = 0.1192
     assert v.p_ab == pytest.approx(sig(2), abs=1e-6) and v.p_ba == pytest.approx(sig(-2), abs=1e-6)
     assert v.p_first == pytest.approx(0.5, abs=1e-7) and v.strength == pytest.approx(0, abs=1e-6)
@@ -157,7 +170,8 @@ def test_a_judge_that_only_likes_the_letter_a_is_cancelled_to_one_half(tok):
 
 def test_a_judge_that_likes_the_content_prefers_it_in_both_orders(tok):
     judge = ScriptedJudge(tok, letter_bias=1.0, content_bias=3.0)
-    good_first, good_second = judge_pairs(judge, tok, ["Q?", "Q?"], ["GOOD answer", "bad answer"], ["bad answer", "GOOD answer"], RUBRIC)
+    good_first, good_second = judge_pairs(judge, tok, ["Q?", "Q?"], ["GOOD answer", "bad answer"], ["bad answer", "GOOD answer"], RUBRIC,
+                                         share_head=False)
     # GOOD first: (sigmoid(1 + 3) + sigmoid(3 - 1)) / 2 = (0.98201 + 0.88080) / 2 = 0.93141
     assert good_first.p_first == pytest.approx((sig(4) + sig(2)) / 2, abs=1e-6) and good_first.position_consistent
     assert good_second.p_first == pytest.approx(1 - good_first.p_first, abs=1e-6) and good_second.position_consistent
@@ -165,7 +179,7 @@ def test_a_judge_that_likes_the_content_prefers_it_in_both_orders(tok):
 
 def test_position_bias_stronger_than_content_is_flagged_inconsistent(tok):
     judge = ScriptedJudge(tok, letter_bias=3.0, content_bias=1.0)
-    (v,) = judge_pairs(judge, tok, ["Q?"], ["GOOD answer"], ["bad answer"], RUBRIC)
+    (v,) = judge_pairs(judge, tok, ["Q?"], ["GOOD answer"], ["bad answer"], RUBRIC, share_head=False)
     # (sigmoid(3 + 1) + sigmoid(1 - 3)) / 2 = (0.98201 + 0.11920) / 2 = 0.55061: still the content wins, weakly
     assert v.p_first == pytest.approx((sig(4) + sig(-2)) / 2, abs=1e-6)
     assert not v.position_consistent

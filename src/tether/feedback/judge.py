@@ -15,9 +15,14 @@ is asked in both orders, (first, second) and (second, first), and averaged:
 
     p_first = ( p_AB(A) + p_BA(B) ) / 2 = ( p_AB(A) + 1 - p_BA(A) ) / 2   (2)
 
-Swapping a pair's responses maps p_first to 1 - p_first exactly, and a judge that only
-likes the letter A gets p_first = 1/2. The verdict is *position consistent* when both
-orders prefer the same response, and its strength is |2 p_first - 1| in [0, 1].
+Swapping a pair's responses maps p_first to 1 - p_first (exactly, up to floating-point
+rounding), and a judge that only likes the letter A gets p_first = 1/2. The verdict is
+*position consistent* when both orders prefer the same response, and its strength is
+|2 p_first - 1| in [0, 1].
+
+Cost: one forward pass per pair and order, no generation; the pair's two orders share a
+left-padded batch, and the instructions and rubric (the same for every pair, about half of
+each input) are computed once and reused through the key/value cache (`share_head`).
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ from tether.config import JudgeConfig, resolve_path
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import as_messages, has_chat_template, render_prompt
 
-__all__ = ["JUDGE_TEMPLATE", "ANSWER_PREFIX", "Verdict", "judge_text", "verdict_token_ids", "two_way_probability",
-           "debias_orders", "verdict_logits", "judge_pairs", "Candidate", "read_candidates", "candidates_from_store", "record_in_store",
+__all__ = ["JUDGE_TEMPLATE", "ANSWER_PREFIX", "Verdict", "judge_parts", "judge_text", "verdict_token_ids", "two_way_probability",
+           "debias_orders", "head_cache", "verdict_logits", "judge_pairs", "Candidate", "read_candidates", "candidates_from_store", "record_in_store",
            "run_judge"]
 
 JUDGE_TEMPLATE = """\
@@ -54,8 +59,9 @@ Response B:
 {second}
 
 Considering the principles above, which response is better? Answer with a single letter, A or B."""
-"""The judge's question, after Lee et al. 2023 (Appendix, the "OpenAI + CoT 0-shot" preamble without
-chain of thought) and Bai et al. 2022's multiple-choice harmlessness question (sec. 4.1)."""
+"""The judge's question, in the shape of Lee et al. 2023, sec. 2.1 (a preamble saying what to judge, the
+context, the two candidates, an ending that asks for the preferred one; no chain of thought) with the
+constitution's principles as the criteria, as in Bai et al. 2022's multiple-choice question (sec. 4.1)."""
 
 ANSWER_PREFIX = "The better response is Response"
 """Begins the judge's own turn, so that its next token is the letter (" A" or " B")."""
@@ -109,13 +115,18 @@ def _clip(tokenizer, text: str, max_tokens: int, keep_end: bool) -> str:
     return "..." + tokenizer.decode(ids[-max_tokens:]) if keep_end else tokenizer.decode(ids[:max_tokens]) + "..."
 
 
-def judge_text(tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str],
-               max_prompt_tokens: int = 256, max_response_tokens: int = 192) -> str:
-    """The whole judge input for the order (A=first, B=second), ending where the letter comes.
+_SPLIT = "\n\nConversation:\n"  # the judge input before this is the same for every pair
+
+
+def judge_parts(tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str],
+                max_prompt_tokens: int = 192, max_response_tokens: int = 128) -> tuple[str, str]:
+    """The judge input for the order (A=first, B=second) as (shared head, the pair's part), ending where the letter comes.
 
     The conversation keeps its last `max_prompt_tokens` tokens (the latest turn matters most),
     each response its first `max_response_tokens`. The question is one user message, rendered
     with the tokenizer's chat template, followed by `ANSWER_PREFIX` in the assistant's turn.
+    The head (chat preamble, instructions, rubric) is the same for every pair, so it can be
+    computed once; the two are tokenized apart, so the split never depends on the tokenizer.
     """
     question = JUDGE_TEMPLATE.format(
         rubric="\n".join(f"- {line}" for line in rubric),
@@ -124,14 +135,25 @@ def judge_text(tokenizer, prompt: Prompt, first: str, second: str, rubric: Seque
         second=_clip(tokenizer, second.strip(), max_response_tokens, keep_end=False),
     )
     context = render_prompt(tokenizer, question)
-    return context + ("" if context.endswith((" ", "\n")) else " ") + ANSWER_PREFIX
+    text = context + ("" if context.endswith((" ", "\n")) else " ") + ANSWER_PREFIX
+    cut = text.index(_SPLIT) + len(_SPLIT)
+    return text[:cut], text[cut:]
+
+
+def judge_text(tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str],
+               max_prompt_tokens: int = 192, max_response_tokens: int = 128) -> str:
+    """The whole judge input (see `judge_parts`) as one string."""
+    return "".join(judge_parts(tokenizer, prompt, first, second, rubric, max_prompt_tokens, max_response_tokens))
+
+
+def _encode_head(tokenizer, text: str) -> list[int]:
+    """Token ids of the judge input's head; a BOS in front when there is no chat template (as `encode_prompt` does)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ([bos] if bos is not None and not has_chat_template(tokenizer) else []) + _encode(tokenizer, text)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
-    """Token ids of a judge input; a BOS in front when there is no chat template (as `encode_prompt` does)."""
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return ([bos] if bos is not None and not has_chat_template(tokenizer) else []) + ids
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def verdict_token_ids(tokenizer, context: str) -> tuple[int, int]:
@@ -188,37 +210,62 @@ def debias_orders(p_ab_a: torch.Tensor, p_ba_a: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def verdict_logits(model, token_ids: list[list[int]], letter_ids: tuple[int, int], pad_id: int, precision: str = "bf16") -> torch.Tensor:
+def head_cache(model, head_ids: list[int], precision: str = "bf16"):
+    """The key/value cache of the shared head (one row), to start every batch from."""
+    from tether.models.loading import autocast, device
+
+    ids = torch.tensor([head_ids], device=device())  # (1, H)
+    with autocast(precision):
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **_keep_last(model)).past_key_values
+
+
+def _keep_last(model) -> dict:
+    """Ask for the last position's logits only, where the model supports it (the output layer is large)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+@torch.no_grad()
+def verdict_logits(model, token_ids: list[list[int]], letter_ids: tuple[int, int], pad_id: int, precision: str = "bf16",
+                   cache=None, cache_len: int = 0) -> torch.Tensor:
     """Next-token logits of the two letters after each sequence, as one left-padded batch.
 
     Left padding puts every sequence's last token in the last column; positions are counted
     over real tokens only, so padding changes nothing. Only the last column goes through the
-    output layer.
+    output layer. With `cache` (from `head_cache`, `cache_len` tokens), every sequence is a
+    continuation of that shared head: the head is computed once instead of once per row.
 
     Args:
-        token_ids: B sequences of token ids.
+        token_ids: B sequences of token ids (after the head, when there is one).
     Returns:
         (B, 2) float32 logits of [A, B].
     """
+    import copy
+
     from tether.data.collate import pad_left
     from tether.models.loading import autocast, device
-    from tether.models.reward_model import position_ids_from_mask
 
-    input_ids, attention_mask = pad_left(token_ids, pad_id)  # (B, T) each
-    input_ids, attention_mask = input_ids.to(device()), attention_mask.to(device())
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    input_ids, mask = pad_left(token_ids, pad_id)  # (B, T) each
+    input_ids, mask = input_ids.to(device()), mask.to(device())
+    position_ids = cache_len + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T), continuing after the head
+    extra = {}
+    if cache is not None:
+        extra["past_key_values"] = copy.deepcopy(cache)
+        extra["past_key_values"].batch_repeat_interleave(input_ids.shape[0])
+        mask = torch.cat([mask.new_ones(mask.shape[0], cache_len), mask], dim=1)  # (B, H + T)
     with autocast(precision):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                       use_cache=False, **extra).logits  # (B, T or 1, V)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                       **extra, **_keep_last(model)).logits  # (B, T or 1, V)
     return logits[:, -1, list(letter_ids)].float().cpu()
 
 
 def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], firsts: Sequence[str], seconds: Sequence[str], rubric: Sequence[str], *,
-                batch_size: int = 8, max_prompt_tokens: int = 256, max_response_tokens: int = 192, precision: str = "bf16",
-                progress=None) -> list[Verdict]:
+                batch_size: int = 8, max_prompt_tokens: int = 192, max_response_tokens: int = 128, precision: str = "bf16",
+                share_head: bool = True, progress=None) -> list[Verdict]:
     """Judge N pairs (prompt, first, second): one forward per pair and order, `batch_size` pairs (2 x rows) per batch.
 
-    A pair's two orders share a batch and pairs of similar length are batched together.
+    A pair's two orders share a batch and pairs of similar length are batched together. With
+    `share_head`, the rubric and instructions (the same for every pair) are computed once and
+    every row continues from their cache (same verdicts, about half the compute).
 
     Returns:
         N verdicts, in input order.
@@ -227,18 +274,26 @@ def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], firsts: Sequence[st
         raise ValueError(f"judge_pairs: {len(prompts)} prompts, {len(firsts)} first and {len(seconds)} second responses; expected as many of each.")
     if not prompts:
         return []
-    texts_ab = [judge_text(tokenizer, p, a, b, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
-    texts_ba = [judge_text(tokenizer, p, b, a, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
-    letters = verdict_token_ids(tokenizer, texts_ab[0])
-    ids_ab, ids_ba = [_encode(tokenizer, t) for t in texts_ab], [_encode(tokenizer, t) for t in texts_ba]
-    order = sorted(range(len(prompts)), key=lambda i: max(len(ids_ab[i]), len(ids_ba[i])))
-    p_ab_a, p_ba_a = torch.empty(len(prompts)), torch.empty(len(prompts))  # (N,) P("A") in each order
+    parts_ab = [judge_parts(tokenizer, p, a, b, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
+    parts_ba = [judge_parts(tokenizer, p, b, a, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
+    letters = verdict_token_ids(tokenizer, parts_ab[0][1])
+    head_ids = _encode_head(tokenizer, parts_ab[0][0])
+    if any(head != parts_ab[0][0] for head, _ in parts_ab + parts_ba):
+        raise ValueError("judge_pairs: the chat template renders the judge's instructions differently from pair to pair; "
+                         "the shared head cannot be shared")
+    ids_ab, ids_ba = [_encode(tokenizer, rest) for _, rest in parts_ab], [_encode(tokenizer, rest) for _, rest in parts_ba]
     was_training = model.training
     model.eval()
+    cache = head_cache(model, head_ids, precision) if share_head else None
+    if not share_head:
+        ids_ab, ids_ba = [head_ids + ids for ids in ids_ab], [head_ids + ids for ids in ids_ba]
+    order = sorted(range(len(prompts)), key=lambda i: max(len(ids_ab[i]), len(ids_ba[i])))
+    p_ab_a, p_ba_a = torch.empty(len(prompts)), torch.empty(len(prompts))  # (N,) P("A") in each order
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        p_a = two_way_probability(verdict_logits(model, [ids_ab[i] for i in idx] + [ids_ba[i] for i in idx], letters,
-                                                 tokenizer.pad_token_id, precision))  # (2b,)
+        letter_logits = verdict_logits(model, [ids_ab[i] for i in idx] + [ids_ba[i] for i in idx], letters, tokenizer.pad_token_id,
+                                       precision, cache, len(head_ids) if share_head else 0)  # (2b, 2)
+        p_a = two_way_probability(letter_logits)  # (2b,)
         p_ab_a[idx], p_ba_a[idx] = p_a[: len(idx)], p_a[len(idx):]
         if progress is not None:
             progress(len(idx))
@@ -399,7 +454,8 @@ def run_judge(cfg: JudgeConfig) -> dict:
 
     verdicts = judge_pairs(model, tokenizer, [c.prompt for c in candidates], [c.first for c in candidates], [c.second for c in candidates],
                            constitution.rubric(), batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                           max_response_tokens=cfg.max_response_tokens, precision=cfg.precision, progress=tick)
+                           max_response_tokens=cfg.max_response_tokens, precision=cfg.precision, share_head=cfg.share_head,
+                           progress=tick)
     logger.close()
 
     # 4. preference pairs, the preferred response as chosen (and the verdicts in the store, beside people's)
