@@ -494,8 +494,9 @@ class ReviseConfig:
     """Use only the first N prompts (None = all)."""
     rounds: int = 1
     """Critique-and-revise rounds per prompt, each with a newly sampled principle."""
-    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=96, max_prompt_tokens=512))
-    """Sampling settings for the answer, the critiques and the revisions (the prompt grows with each step)."""
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=96, max_prompt_tokens=512, temperature=0.7))
+    """Sampling settings for the answer, the critiques and the revisions (the prompt grows with each step; no log-probs
+    are used, so a temperature below 1 only makes the text more coherent)."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
