@@ -142,6 +142,15 @@ def test_skips_do_not_fill_a_task(store):
     assert store.next_task_for(b).id == task_id
 
 
+def test_an_ai_judges_answer_takes_no_annotator_slot(store):
+    (task,) = add_tasks(store, 1, required=1)
+    judge = store.get_or_add_annotator("judge:tiny", "judge")
+    store.record_judgement(judge, task, "A")  # judges record directly, without being shown the task
+    ada = person(store, "ada")
+    assert answer_all(store, ada) == [task]  # the one slot is still a person's
+    assert store.next_task_for(person(store, "bob")) is None  # and now it is filled
+
+
 def test_left_and_right_are_recorded_as_responses_a_and_b(store):
     add_tasks(store, 20, required=1)
     a = person(store, "a")

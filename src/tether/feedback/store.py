@@ -643,8 +643,10 @@ def _seen(annotator_id: int):
 
 
 def _filled(now: datetime, timeout: timedelta):
-    """SQL: a task's (TaskRow) slots taken: answers that are not skips, plus unanswered assignments still held."""
-    answers = select(func.count()).select_from(JudgementRow).where(JudgementRow.task_id == TaskRow.id, JudgementRow.choice != "skip")
+    """SQL: a task's (TaskRow) slots taken: answers that are not skips, plus unanswered assignments still held.
+    An AI judge's answer takes no slot: the slots are for the annotators the judge is compared with."""
+    answers = (select(func.count()).select_from(JudgementRow).join(AnnotatorRow, AnnotatorRow.id == JudgementRow.annotator_id)
+               .where(JudgementRow.task_id == TaskRow.id, JudgementRow.choice != "skip", AnnotatorRow.kind != "judge"))
     held = select(func.count()).select_from(AssignmentRow).where(
         AssignmentRow.task_id == TaskRow.id, AssignmentRow.shown_at > now - timeout,
         ~_answered(AssignmentRow.task_id, AssignmentRow.annotator_id))
