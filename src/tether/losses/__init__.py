@@ -11,6 +11,13 @@ from tether.losses.bradley_terry import (
     bradley_terry_tie_loss,
     reward_centering_penalty,
 )
+from tether.losses.dpo import (
+    dpo_conservative_loss,
+    dpo_hinge_loss,
+    dpo_ipo_loss,
+    dpo_reference_free_loss,
+    dpo_sigmoid_loss,
+)
 from tether.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3
 from tether.losses.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from tether.losses.ppo import (
@@ -34,6 +41,11 @@ __all__ = [
     "bradley_terry_label_smoothed_loss",
     "bradley_terry_tie_loss",
     "reward_centering_penalty",
+    "dpo_sigmoid_loss",
+    "dpo_ipo_loss",
+    "dpo_hinge_loss",
+    "dpo_conservative_loss",
+    "dpo_reference_free_loss",
     "kl_k1",
     "kl_k2",
     "kl_k3",
