@@ -157,10 +157,30 @@ def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
 
 @app.command("eval")
 def evaluate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
-    """Compare a policy with a baseline on held-out prompts (gold win rate, KL, proxy reward, diversity)."""
+    """Compare a policy with a baseline on held-out prompts (win rates by judge, KL, proxy and gold reward, lengths, diversity, hacks).
+
+    Also: `tether eval overopt RUN_DIR [form=rl|bon] [out=PNG]` fits Gao et al.'s over-optimisation curve to the run's
+    held-out checks; `tether eval frontier RUN_DIR... [out=PNG] [metric=gold|proxy]` plots reward against KL for several runs.
+    """
+    if overrides and overrides[0] in ("overopt", "frontier"):
+        from tether.eval.overopt import command
+
+        _print_summary(_run(command, list(overrides)))
+        return
     from tether.eval.evaluate import evaluate as run_eval
 
-    _print_summary(_run(run_eval, _load(C.EvalConfig, config, overrides)))
+    summary = _run(run_eval, _load(C.EvalConfig, config, overrides))
+    if summary is None:  # judge=people: the pairs are queued; the message said how to label them
+        raise typer.Exit(1)
+    _print_summary(summary)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A `tether run` directory.")):
+    """Rebuild RUN_DIR/report.html (self-contained: plots inline, no external resources) from the run's files."""
+    from tether.eval.report import write_html_report
+
+    print(_run(write_html_report, run_dir))
 
 
 @app.command()

@@ -130,6 +130,8 @@ class SFTConfig:
     """Matmul precision: bf16 autocast keeps fp32 master weights and runs ~2x faster on modern CPUs."""
     seed: int = 0
     """Seeds data order, initialisation and dropout."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
 
 @dataclass
@@ -247,6 +249,8 @@ class RewardConfig:
     """Matmul precision."""
     seed: int = 0
     """Seeds data order and head initialisation."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
 
 @dataclass
@@ -366,6 +370,8 @@ class PPOConfig:
     """Matmul precision."""
     seed: int = 0
     """Seeds sampling and prompt order."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
         if self.reward_function:
@@ -408,6 +414,26 @@ class EvalConfig:
     """Matmul precision."""
     seed: int = 1234
     """Seeds sampling (both policies get the same seed)."""
+    judge: Literal["gold", "reward_model", "ai", "people"] = "gold"
+    """Who decides the headline win rate: the gold scorer, the reward model, an AI judge (both orders asked) or people (via `db`)."""
+    judge_model: str = "default"
+    """The AI judge when judge=ai: 'default' (SmolLM2-135M-Instruct) or a local causal-LM directory (bigger judges better)."""
+    constitution: str = "default"
+    """The AI judge's principles when judge=ai: 'default' (shipped) or a YAML file."""
+    db: Optional[str] = None
+    """Preference store for judge=people: the (policy, baseline) pairs are queued there; rerunning reads the votes back."""
+    annotators_per_task: int = 1
+    """With judge=people: non-skip judgements each pair needs before it counts (their majority decides)."""
+    max_words: Optional[int] = None
+    """A response of more words than this shows the 'excessive length' hack (None = twice the baseline's median length)."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
+
+    def __post_init__(self) -> None:
+        if self.judge == "people" and not self.db:
+            raise ConfigError("judge=people needs db (the preference store where people label the pairs)")
+        if self.annotators_per_task < 1:
+            raise ConfigError(f"annotators_per_task must be at least 1, got {self.annotators_per_task}")
 
 
 @dataclass
@@ -508,6 +534,30 @@ class ReviseConfig:
 
 
 @dataclass
+class IterateSettings:
+    """Rounds 2..N of `tether run` (iterative RLHF): fresh pairs from the latest policy, labelled, a new reward model, PPO again."""
+
+    labeller: Literal["simulated", "judge", "people"] = "simulated"
+    """Who labels each round's fresh pairs: the simulated annotator (collect.annotator), an AI judge, or people through `db`."""
+    judge_model: str = "default"
+    """The AI judge when labeller=judge: 'default' or a local causal-LM directory."""
+    constitution: str = "default"
+    """The AI judge's principles when labeller=judge: 'default' or a YAML file."""
+    db: Optional[str] = None
+    """Preference store for labeller=people: each round's pairs are queued there as tasks for `tether label`."""
+    annotators_per_task: int = 1
+    """With labeller=people: non-skip judgements a task needs to count as labelled (their majority decides)."""
+    min_labelled: float = 1.0
+    """With labeller=people: the round goes on once this fraction of its tasks is labelled (unlabelled ones are left out)."""
+
+    def __post_init__(self) -> None:
+        if self.labeller == "people" and not self.db:
+            raise ConfigError("iterate.labeller=people needs iterate.db (the preference store where people label the pairs)")
+        if not 0 < self.min_labelled <= 1:
+            raise ConfigError(f"iterate.min_labelled must be in (0, 1], got {self.min_labelled}")
+
+
+@dataclass
 class RunConfig:
     """`tether run`: SFT -> collect -> reward -> PPO -> eval in one directory.
 
@@ -533,6 +583,17 @@ class RunConfig:
     """PPO settings."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation settings."""
+    rounds: int = 1
+    """Rounds of RLHF. Round 1 is the line above; each later round (in round<k>/) samples fresh pairs from the latest
+    policy, labels them, retrains the reward model on every pair so far and runs PPO again from the latest policy."""
+    iterate: IterateSettings = field(default_factory=IterateSettings)
+    """How rounds 2..N label their pairs."""
+    tracker: Optional[Literal["none", "tensorboard", "wandb"]] = None
+    """Tracker for every stage that has one (None = each stage's own `tracker`)."""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
 
 
 # --------------------------------------------------------------------------- loading

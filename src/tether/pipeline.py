@@ -1,9 +1,22 @@
-"""The whole line in one run directory: SFT -> collect -> reward -> PPO -> eval -> report.md.
+"""The whole line in one run directory: SFT -> collect -> reward -> PPO -> eval -> report.md and report.html.
 
 Each stage reads the previous stage's outputs and writes into its own sub-folder. A stage
 whose folder already holds `summary.json` is complete and is skipped, so rerunning the
 same command after an interrupt resumes where it stopped (SFT, reward and PPO also resume
 mid-stage from their checkpoints).
+
+Iterative RLHF (`rounds: N`): round 1 is the line above, in the run directory itself. Each
+later round k lives in `round<k>/`:
+
+  1. collect:  fresh samples from the latest policy (round k-1's PPO model), K per prompt
+  2. label:    the pairs labelled by `iterate.labeller`: the simulated annotator (collect does it),
+               an AI judge (`label/`, tether judge), or people: collect queues the pairs in the
+               preference store `iterate.db` and the run stops with the commands to label and to
+               resume; rerun, and it goes on once enough of the round's tasks are labelled
+  3. reward:   a new reward model from the SFT trunk, trained on every pair so far
+               (`round<k>/preferences.jsonl`: round 1's and every later round's labels)
+  4. ppo:      PPO from the latest policy (which is also its KL reference) against that reward model
+  5. eval:     the new policy against the SFT model, as in round 1
 """
 
 from __future__ import annotations
@@ -12,8 +25,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tether.config import RunConfig, save_config
-from tether.tracking import console, read_summary
+from tether.config import JudgeConfig, RunConfig, save_config
+from tether.tracking import console, read_summary, write_summary
 
 STAGES = ("sft", "collect", "reward", "ppo", "eval")
 
@@ -24,15 +37,118 @@ def stage_configs(cfg: RunConfig) -> dict:
     sft_model, prefs = str(run / "sft" / "model"), str(run / "collect" / "preferences.jsonl")
     rm_model, ppo_model = str(run / "reward" / "model"), str(run / "ppo" / "model")
     common = {"seed": cfg.seed, "precision": cfg.precision}
+    track = {"tracker": cfg.tracker} if cfg.tracker is not None else {}
     return {
-        "sft": dataclasses.replace(cfg.sft, model=cfg.model, output_dir=str(run / "sft"), **common),
+        "sft": dataclasses.replace(cfg.sft, model=cfg.model, output_dir=str(run / "sft"), **common, **track),
         "collect": dataclasses.replace(cfg.collect, model=sft_model, output_dir=str(run / "collect"), **common),
         "reward": dataclasses.replace(cfg.reward, model=sft_model, data=prefs, output_dir=str(run / "reward"),
-                                      normalize_data=str(run / "collect" / "samples.jsonl"), **common),
-        "ppo": dataclasses.replace(cfg.ppo, policy=sft_model, reward_model=rm_model, output_dir=str(run / "ppo"), **common),
+                                      normalize_data=str(run / "collect" / "samples.jsonl"), **common, **track),
+        "ppo": dataclasses.replace(cfg.ppo, policy=sft_model, reward_model=rm_model, output_dir=str(run / "ppo"), **common, **track),
         "eval": dataclasses.replace(cfg.eval, policy=ppo_model, baseline=sft_model, reward_model=rm_model,
-                                    output_dir=str(run / "eval"), precision=cfg.precision),
+                                    output_dir=str(run / "eval"), precision=cfg.precision, **track),
     }
+
+
+def round_dir(run: Path, k: int) -> Path:
+    """Round 1 is the run directory itself; round k >= 2 is `round<k>/` inside it."""
+    return run if k == 1 else run / f"round{k}"
+
+
+def labels_of_round(cfg: RunConfig, k: int) -> Path:
+    """The preference pairs round k added: collect's own (simulated annotator) or the label step's (judge, people)."""
+    here = round_dir(Path(cfg.output_dir), k)
+    if k == 1 or cfg.iterate.labeller == "simulated":
+        return here / "collect" / "preferences.jsonl"
+    return here / "label" / "preferences.jsonl"
+
+
+def round_configs(cfg: RunConfig, k: int) -> dict:
+    """Round k >= 2: collect from the latest policy, (label,) reward on all pairs so far, PPO from the latest policy, eval."""
+    run = Path(cfg.output_dir)
+    here, latest = round_dir(run, k), str(round_dir(run, k - 1) / "ppo" / "model")
+    sft_model, rm_model = str(run / "sft" / "model"), str(here / "reward" / "model")
+    it = cfg.iterate
+    common = {"seed": cfg.seed + k - 1, "precision": cfg.precision}  # fresh samples and prompt order every round
+    track = {"tracker": cfg.tracker} if cfg.tracker is not None else {}
+    people = it.labeller == "people"
+    stages = {
+        "collect": dataclasses.replace(cfg.collect, model=latest, output_dir=str(here / "collect"),
+                                       annotator=dataclasses.replace(cfg.collect.annotator, seed=cfg.collect.annotator.seed + k - 1),
+                                       db=it.db if people else None,
+                                       annotators_per_task=it.annotators_per_task if people else cfg.collect.annotators_per_task, **common),
+    }
+    if it.labeller == "judge":
+        stages["label"] = JudgeConfig(model=it.judge_model, data=str(here / "collect" / "samples.jsonl"), output_dir=str(here / "label"),
+                                      constitution=it.constitution, **common)
+    elif people:
+        stages["label"] = None  # read back from the store by label_from_people
+    stages.update({
+        "reward": dataclasses.replace(cfg.reward, model=sft_model, data=str(here / "preferences.jsonl"), output_dir=str(here / "reward"),
+                                      normalize_data=str(here / "collect" / "samples.jsonl"), **common, **track),
+        "ppo": dataclasses.replace(cfg.ppo, policy=latest, reward_model=rm_model, output_dir=str(here / "ppo"), **common, **track),
+        "eval": dataclasses.replace(cfg.eval, policy=str(here / "ppo" / "model"), baseline=sft_model, reward_model=rm_model,
+                                    output_dir=str(here / "eval"), precision=cfg.precision, **track),
+    })
+    return stages
+
+
+def label_from_people(cfg: RunConfig, k: int) -> dict | None:
+    """Round k's pairs as people labelled them in the store; None (with the commands to run) while too few are labelled.
+
+    A task counts once it has `iterate.annotators_per_task` non-skip judgements from people
+    (human or simulated annotators; an AI judge's votes are left out); their majority is the
+    label and ties are left out. Writes `label/preferences.jsonl` and `label/summary.json`.
+    """
+    from tether.data.readers import read_demonstrations, write_jsonl
+    from tether.data.records import PreferencePair, prompt_text
+    from tether.feedback.export import majority
+    from tether.feedback.store import open_store
+
+    it, here = cfg.iterate, round_dir(Path(cfg.output_dir), k)
+    answers: dict[str, set[str]] = {}
+    for d in read_demonstrations(str(here / "collect" / "samples.jsonl")):
+        answers.setdefault(prompt_text(d.prompt), set()).add(d.response)
+    with open_store(it.db) as store:
+        tasks = [t for t in store.tasks() if not t.is_golden and
+                 {t.response_a, t.response_b} <= answers.get(prompt_text(t.prompt), set())]
+        ids = {t.id for t in tasks}
+        votes: dict[int, list[str]] = {}
+        for v in store.votes():
+            if v.task_id in ids and v.kind != "judge" and v.choice != "skip":
+                votes.setdefault(v.task_id, []).append(v.choice)
+    labelled = [t for t in tasks if len(votes.get(t.id, [])) >= it.annotators_per_task]
+    if not tasks or len(labelled) < it.min_labelled * len(tasks):
+        console.print(
+            f"round {k}: {len(labelled)} of {len(tasks)} comparison tasks in {it.db} have {it.annotators_per_task} judgement(s) "
+            f"(needed: {it.min_labelled:.0%}). Label them with\n"
+            f"  tether label add-annotator NAME --db {it.db}   (once per person; prints their token)\n"
+            f"  tether label serve --db {it.db}                (or: tether label simulate --db {it.db})\n"
+            f"then resume with: tether run --config {Path(cfg.output_dir) / 'config.yaml'}", highlight=False, soft_wrap=True)
+        return None
+    pairs = []
+    for t in labelled:
+        label = majority(votes[t.id])
+        if label == "tie":
+            continue
+        chosen, rejected = (t.response_a, t.response_b) if label == "A" else (t.response_b, t.response_a)
+        pairs.append(PreferencePair(t.prompt, chosen, rejected, meta={"annotator": "people", "task_id": t.id, "votes": len(votes[t.id])}))
+    out = here / "label"
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "preferences.jsonl", pairs)
+    summary = {"stage": "label", "labeller": "people", "db": it.db, "tasks": len(tasks), "labelled": len(labelled), "pairs": len(pairs),
+               "ties": len(labelled) - len(pairs), "preferences": str(out / "preferences.jsonl"), "seconds": 0.0}
+    write_summary(out, summary)
+    return summary
+
+
+def merge_preferences(cfg: RunConfig, k: int) -> int:
+    """Every pair of rounds 1..k into `round<k>/preferences.jsonl` (the reward model's data); returns the count."""
+    lines = [line for j in range(1, k + 1) for line in labels_of_round(cfg, j).read_text().splitlines() if line.strip()]
+    path = round_dir(Path(cfg.output_dir), k) / "preferences.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+    return len(lines)
 
 
 def run_pipeline(cfg: RunConfig) -> dict | None:
@@ -42,25 +158,45 @@ def run_pipeline(cfg: RunConfig) -> dict | None:
     from tether.stages.reward import train_reward
     from tether.stages.sft import train_sft
 
+    from tether.eval.report import write_html_report
+    from tether.feedback.judge import run_judge
+
     run = Path(cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
-    runners = {"sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "eval": evaluate}
-    summaries = {}
-    for name, stage_cfg in stage_configs(cfg).items():
-        done = read_summary(stage_cfg.output_dir)
-        if done is not None:
-            console.print(f"[dim]{name}: already complete in {stage_cfg.output_dir}, skipping[/dim]")
-            summaries[name] = done
-            continue
-        console.rule(f"[bold]{name}")
-        result = runners[name](stage_cfg)
-        if result is None:
-            console.print(f"{name} stopped before the end; rerun the same command to resume")
-            return None
-        summaries[name] = result
+    runners = {"sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "eval": evaluate,
+               "label": run_judge if cfg.iterate.labeller == "judge" else None}
+    summaries: dict = {"rounds": []}
+    for k in range(1, cfg.rounds + 1):
+        here = summaries if k == 1 else {}
+        for name, stage_cfg in (stage_configs(cfg) if k == 1 else round_configs(cfg, k)).items():
+            where = f"round {k}: {name}" if k > 1 else name
+            if name == "label" and stage_cfg is None:  # people: read back from the store
+                result = read_summary(round_dir(run, k) / "label")
+                if result is not None:
+                    console.print(f"[dim]{where}: already complete in {round_dir(run, k) / 'label'}, skipping[/dim]")
+                elif (result := label_from_people(cfg, k)) is None:
+                    return None
+                here[name] = result
+                continue
+            if k > 1 and name == "reward" and read_summary(stage_cfg.output_dir) is None:
+                console.print(f"round {k}: the reward model trains on {merge_preferences(cfg, k)} pairs from rounds 1 to {k}")
+            done = read_summary(stage_cfg.output_dir)
+            if done is not None:
+                console.print(f"[dim]{where}: already complete in {stage_cfg.output_dir}, skipping[/dim]")
+                here[name] = done
+                continue
+            console.rule(f"[bold]{where}")
+            result = runners[name](stage_cfg)
+            if result is None:
+                console.print(f"{where} stopped before the end; rerun the same command to resume")
+                return None
+            here[name] = result
+        if k > 1:
+            summaries["rounds"].append(here)
     report = write_report(run, cfg, summaries)
-    console.print(f"report: {report}")
+    html = write_html_report(run)
+    console.print(f"report: {report} and {html}")
     return summaries
 
 
@@ -135,6 +271,20 @@ def write_report(run: Path, cfg: RunConfig, s: dict) -> Path:
         "A proxy win rate far above the gold one is the signature of reward over-optimisation.",
         "",
     ]
+    rounds = [{"collect": col, "reward": rm, "ppo": ppo, "eval": ev}] + list(s.get("rounds") or [])
+    if len(rounds) > 1:
+        lines += ["## Rounds (iterative RLHF)", "",
+                  "Each round's policy against the SFT model on the same held-out prompts; the reward model of round k is trained "
+                  "on every pair of rounds 1 to k.", "",
+                  "| round | new pairs | reward-model pairs | RM held-out accuracy | PPO reward (last quarter) | gold win rate vs SFT (95% CI) "
+                  "| KL to SFT (nats) | proxy win rate |", "|---|---|---|---|---|---|---|---|"]
+        for k, r in enumerate(rounds, 1):
+            new = (r.get("label") or r["collect"])["pairs"]
+            ci = r["eval"].get("gold_win_rate_ci") or [None, None]
+            lines.append(f"| {k} | {new} | {r['reward']['train_pairs'] + r['reward']['eval_pairs']} | {_fmt(r['reward']['eval_accuracy'])} "
+                         f"| {_fmt(r['ppo']['reward_last_quarter'])} | {_fmt(r['eval']['gold_win_rate'])} ({_fmt(ci[0])} to {_fmt(ci[1])}) "
+                         f"| {_fmt(r['eval']['kl_policy'])} | {_fmt(r['eval'].get('proxy_win_rate'))} |")
+        lines.append("")
     samples = run / "eval" / "samples.jsonl"
     if samples.exists():
         rows = [json.loads(line) for line in samples.read_text().splitlines()[:3]]

@@ -1,7 +1,10 @@
 """Metrics: one JSON line per step in `metrics.jsonl`, a live progress bar, and `summary.json`.
 
 Metric names are namespaced the same way in every stage (`train/loss`, `rollout/kl`,
-`eval/win_rate`, ...); the README lists them.
+`eval/win_rate`, ...); the README lists them. With `tracker=tensorboard` or `tracker=wandb`
+the same rows, under the same names, also go to TensorBoard (event files in
+`<output_dir>/tensorboard/`) or Weights & Biases (a run whose files are in `<output_dir>/wandb/`;
+`WANDB_MODE=offline` needs no network). Both are optional extras, imported only when asked for.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tether.config import ConfigError
+
 console = Console(stderr=True)
 
 
@@ -28,15 +33,79 @@ def _clean(v: Any) -> Any:
     return v
 
 
+TRACKERS = ("none", "tensorboard", "wandb")
+
+
+class TrackerError(ConfigError):
+    """A tracker was asked for whose package is not installed (the message says what to install)."""
+
+
+class TensorBoardTracker:
+    """Scalars to `<output_dir>/tensorboard/` through torch.utils.tensorboard (needs the `tensorboard` package)."""
+
+    def __init__(self, output_dir: Path, description: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TrackerError("tracker=tensorboard needs the tensorboard package: pip install 'tether[tensorboard]'") from None
+        self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbTracker:
+    """One Weights & Biases run per stage, its files in `<output_dir>/wandb/`, the stage's config.yaml as its config.
+
+    The project is $WANDB_PROJECT or "tether"; WANDB_MODE=offline (or disabled) works without network.
+    """
+
+    def __init__(self, output_dir: Path, description: str):
+        try:
+            import wandb
+        except ImportError:
+            raise TrackerError("tracker=wandb needs the wandb package: pip install 'tether[wandb]'") from None
+        import yaml
+
+        config_file = output_dir / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tether"), name=f"{output_dir.name}-{description}",
+                              job_type=description, dir=str(output_dir), config=config, reinit="finish_previous")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def open_tracker(tracker: str, output_dir: Path, description: str):
+    """The tracker named by a config's `tracker` field, or None for "none"."""
+    if tracker == "none":
+        return None
+    if tracker == "tensorboard":
+        return TensorBoardTracker(output_dir, description)
+    if tracker == "wandb":
+        return WandbTracker(output_dir, description)
+    raise TrackerError(f"tracker must be one of {', '.join(TRACKERS)}, got {tracker!r}")
+
+
 class MetricsLogger:
-    """Streams metrics to `<output_dir>/metrics.jsonl` and shows a progress bar.
+    """Streams metrics to `<output_dir>/metrics.jsonl` (and to `tracker`) and shows a progress bar.
 
     `headline` names the metrics shown live next to the bar. On resume, pass `start_step`:
     lines after that step (written before the interruption) are dropped so the file
-    matches the resumed run exactly.
+    matches the resumed run exactly. `tracker` ("none", "tensorboard" or "wandb") also sends
+    every numeric value of every row there, under the same name.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, total: int, description: str, headline: list[str], start_step: int = 0):
+    def __init__(self, output_dir: str | os.PathLike, total: int, description: str, headline: list[str], start_step: int = 0,
+                 tracker: str = "none"):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if start_step > 0 and self.path.exists():
@@ -58,12 +127,16 @@ class MetricsLogger:
         self._plain = disable
         self._description = description
         self._total = total
+        self.tracker = open_tracker(tracker, self.path.parent, description)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, "time": round(time.time() - self.t0, 3)}
         row.update({k: _clean(v) for k, v in metrics.items()})
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        if self.tracker is not None:
+            self.tracker.log(step, {k: v for k, v in row.items() if k not in ("step", "time") and isinstance(v, (int, float))
+                                    and not isinstance(v, bool)})
         live = "  ".join(f"{k.split('/')[-1]}={row[k]:.4g}" for k in self.headline if isinstance(row.get(k), (int, float)))
         self.progress.update(self.task, completed=step, live=live)
         if self._plain:  # no terminal (CI, logs): one short line every ~10% of the run
@@ -74,6 +147,9 @@ class MetricsLogger:
     def close(self) -> None:
         self.progress.stop()
         self._file.close()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
 
 def peak_rss_gb() -> float:

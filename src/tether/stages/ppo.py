@@ -44,6 +44,7 @@ from tether.data.readers import read_demonstrations, read_prompts
 from tether.data.records import prompt_text
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
+from tether.feedback.gold import gold_scores
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
 from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
@@ -118,9 +119,9 @@ def keep_best(out: Path, trainable: dict) -> None:
 
 @torch.no_grad()
 def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_fn) -> dict:
-    """Mean reward and KL (k1, nats per response) of the current policy on held-out prompts,
+    """Mean reward, gold score and KL (k1, nats per response) of the current policy on held-out prompts,
     sampled with a fixed seed so successive checks differ only by the policy."""
-    rewards, kls = [], []
+    rewards, kls, golds = [], [], []
     settings = cfg.generation
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
         batch = prompts[start:start + settings.batch_size]
@@ -134,7 +135,8 @@ def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_
         kls.extend(((logp - ref_logp) * mask).sum(-1).tolist())
         scores, keep = score_fn(batch, rollout)
         rewards.extend(s for s, k in zip(scores.tolist(), keep.tolist()) if k)
-    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": sum(kls) / max(len(kls), 1)}
+        golds.extend(gold_scores([prompt_text(p) for p in batch], rollout.texts))
+    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": sum(kls) / max(len(kls), 1), "gold": sum(golds) / max(len(golds), 1)}
 
 
 def train_ppo(cfg: PPOConfig) -> dict | None:
@@ -229,7 +231,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         keep_best(out, trainable)
         console.print(f"ppo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
-    logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step)
+    logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step, tracker=cfg.tracker)
     history = [json.loads(line) for line in logger.path.read_text().splitlines() if line]  # steps before a resume
     samples_path = out / "samples.jsonl"
     if samples_path.exists():  # keep only what the checkpoint had seen
@@ -342,7 +344,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         stop_reason = None
         if held_out and (done % guard.every == 0 or done == cfg.steps):
             check = held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, score)
-            metrics.update({"held_out/reward": check["reward"], "held_out/kl": check["kl"]})
+            metrics.update({"held_out/reward": check["reward"], "held_out/kl": check["kl"], "held_out/gold": check["gold"]})
             within_kl = guard.max_kl is None or check["kl"] <= guard.max_kl
             if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
                 best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)

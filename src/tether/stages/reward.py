@@ -347,7 +347,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if resumed is not None:
         start_step = resumed[0]
         console.print(f"reward: resuming from step {start_step} of {total_steps}")
-    logger = MetricsLogger(out, total_steps, "reward", ["train/loss", "train/accuracy"], start_step=start_step)
+    logger = MetricsLogger(out, total_steps, "reward", ["train/loss", "train/accuracy"], start_step=start_step, tracker=cfg.tracker)
 
     # 3. the loop: Bradley-Terry on (chosen, rejected), mean over the pairs of the step
     t_loop = time.time()
@@ -403,7 +403,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     scorer = CachedScorer(model, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision, pack=pack)
     normalization = RewardNormalization.fit(scorer.raw(norm_prompts, norm_responses), fitted_on)
     scorer.normalization = normalization
-    eval_metrics = pair_metrics([scorer], eval_pairs)
+    eval_metrics = pair_metrics([scorer], eval_pairs, with_bins=True)
     train_metrics = pair_metrics([scorer], train_pairs[:128])  # enough to see over-fitting next to eval_accuracy
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
     save_normalization(out / "model", normalization)
@@ -413,7 +413,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     summary = {
         "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "prompts_truncated": cut, "skipped_rows": len(skipped or []),
-        "eval_ece": eval_metrics.get("ece"), "eval_length_corr": eval_metrics.get("length_corr"),
+        "eval_ece": eval_metrics.get("ece"), "eval_bins": eval_metrics.get("bins"), "eval_length_corr": eval_metrics.get("length_corr"),
         "eval_accuracy": eval_metrics.get("accuracy"), "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
         "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
         "train_accuracy": train_metrics.get("accuracy"),

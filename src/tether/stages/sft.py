@@ -79,7 +79,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         start_step = resumed[0]
         console.print(f"sft: resuming from step {start_step} of {total_steps}")
     trainable, total = count_parameters(model)
-    logger = MetricsLogger(out, total_steps, "sft", ["train/loss", "eval/loss"], start_step=start_step)
+    logger = MetricsLogger(out, total_steps, "sft", ["train/loss", "eval/loss"], start_step=start_step, tracker=cfg.tracker)
     eval_before = eval_loss(model, eval_ex, cfg.batch_size, tokenizer.pad_token_id, cfg.precision) if start_step == 0 else None
     t0, tokens_seen = time.time(), 0
 

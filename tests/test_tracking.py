@@ -1,0 +1,67 @@
+"""Trackers: metrics.jsonl always; TensorBoard and Weights & Biases (offline) with the same metric names when asked."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from tether.config import ConfigError, SFTConfig, load_config
+from tether.tracking import MetricsLogger
+
+ROWS = [{"train/loss": 2.0, "rollout/kl": 0.5, "eval/win_rate": None}, {"train/loss": 1.5, "rollout/kl": 0.7, "eval/win_rate": 0.6}]
+
+
+def _log(out, tracker: str) -> None:
+    logger = MetricsLogger(out, 2, "test", ["train/loss"], tracker=tracker)
+    for step, row in enumerate(ROWS, 1):
+        logger.log(step, row)
+    logger.close()
+
+
+def test_metrics_jsonl_without_a_tracker(tmp_path):
+    _log(tmp_path, "none")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["train/loss"], r["eval/win_rate"]) for r in rows] == [(1, 2.0, None), (2, 1.5, 0.6)]
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "wandb").exists()
+
+
+def _need(module: str, extra: str):
+    try:
+        __import__(module)
+    except ImportError:
+        warnings.warn(f"the {extra} tracker test was skipped: {module} is not installed (pip install 'tether[{extra}]')", stacklevel=2)
+        pytest.skip(f"{module} is not installed")
+
+
+def test_tensorboard_event_file_holds_the_same_names(tmp_path):
+    _need("tensorboard", "tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _log(tmp_path, "tensorboard")
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["eval/win_rate", "rollout/kl", "train/loss"]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 1.5)]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("eval/win_rate")] == [(2, 0.6)]  # None is not logged
+    assert (tmp_path / "metrics.jsonl").exists()
+
+
+def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
+    _need("wandb", "wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "config.yaml").write_text("lr: 0.001\n")
+    _log(tmp_path, "wandb")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    records = next(runs[0].glob("run-*.wandb")).read_bytes()  # the run's protobuf records, for `wandb sync`
+    for name in (b"train/loss", b"rollout/kl", b"eval/win_rate", b"lr"):  # the metric names, and the stage's config.yaml
+        assert name in records, name
+
+
+def test_stage_configs_take_a_tracker_and_refuse_unknown_ones():
+    assert load_config(SFTConfig, None, ["tracker=tensorboard"]).tracker == "tensorboard"
+    with pytest.raises(ConfigError, match="'tracker': expected one of 'none', 'tensorboard', 'wandb'"):
+        load_config(SFTConfig, None, ["tracker=mlflow"])
