@@ -105,3 +105,31 @@ def test_eval_overopt_and_frontier_commands(tmp_path):
     assert len(json.loads(result.output)["runs"]) == 2 and (tmp_path / "f.png").exists()
     bad = runner.invoke(app, ["eval", "overopt", str(run), "shape=rl"])
     assert bad.exit_code == 2 and "unknown option shape" in bad.output
+
+
+def test_best_of_n_expectation_worked_example():
+    from tether.eval.overopt import best_of_n_expectation
+
+    proxy, gold = [0.1, 0.5, 0.3], [1.0, 2.0, 3.0]
+    assert best_of_n_expectation(proxy, gold, 1) == pytest.approx(2.0)  # the mean
+    assert best_of_n_expectation(proxy, gold, 2) == pytest.approx(7 / 3)  # pairs pick golds 2, 3, 2
+    assert best_of_n_expectation(proxy, gold, 3) == pytest.approx(2.0)  # the proxy's argmax
+    with pytest.raises(ValueError, match="1 <= n <= N"):
+        best_of_n_expectation(proxy, gold, 4)
+
+
+def test_overopt_of_a_best_of_n_run_uses_its_samples(tmp_path):
+    run = tmp_path / "bon"
+    run.mkdir()
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(40):  # gold rises with the proxy, then falls at the top: over-optimisation
+        scores = rng.normal(size=8)
+        rows.append({"prompt": "p", "scores": scores.tolist(), "gold_scores": (scores - 0.4 * scores ** 2).tolist()})
+    (run / "bon.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").write_text(json.dumps({"stage": "bon"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "bon/prompts": 40}) + "\n")
+    result = overopt(run)
+    assert result["form"] == "bon" and len(result["points"]) == 8
+    assert [p["kl"] for p in result["points"]][:2] == [0.0, pytest.approx(math.log(2) - 0.5)]
+    assert result["points"][-1]["proxy"] > result["points"][0]["proxy"]

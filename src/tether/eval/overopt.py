@@ -15,7 +15,10 @@ beta <= 0 the form has no maximum (gold still rising, or never bending) and no p
 
 Where the points come from: PPO with the Goodhart guard (``ppo.early_stop.prompts``) writes
 ``held_out/kl``, ``held_out/reward`` (proxy) and ``held_out/gold`` to metrics.jsonl every
-``early_stop.every`` steps; any stage that writes those three names works the same way.
+``early_stop.every`` steps; any stage that writes those three names works the same way. A
+best-of-N run (`tether bon gold=true`, its bon.jsonl) gives one point per n = 1..N from its N
+samples per prompt: KL = log n - (n - 1)/n and the expected gold of the best of n (see
+:func:`best_of_n_expectation`), as Gao et al. (appendix) estimate it.
 """
 
 from __future__ import annotations
@@ -92,6 +95,38 @@ def fit_overopt(kl, gold, form: Literal["rl", "bon"] = "rl") -> dict:
 # --------------------------------------------------------------------------- reading runs
 
 
+def best_of_n_expectation(proxy, values, n: int) -> float:
+    """E[value of the sample with the best proxy among n drawn without replacement from these N], exactly.
+
+    With the N samples ranked by proxy (ascending, i = 1..N), sample i is the best of a random
+    n-subset with probability C(i-1, n-1) / C(N, n), so the expectation is
+    sum_i C(i-1, n-1) / C(N, n) * value_i: the unbiased best-of-n estimator of Gao et al. (2023),
+    no resampling noise. Example: proxy (0.1, 0.5, 0.3), gold (1, 2, 3), n = 2: ranks give
+    weights 0, 1/3, 2/3 to golds 1, 3, 2: 7/3 (the three pairs pick golds 2, 3, 2).
+    """
+    proxy, values = np.asarray(proxy, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    N = proxy.size
+    if not 1 <= n <= N or values.size != N:
+        raise ValueError(f"best_of_n_expectation: n={n} of N={N} samples ({values.size} values); expected 1 <= n <= N, one value per sample.")
+    order = np.argsort(proxy, kind="stable")
+    weights = np.array([math.comb(i, n - 1) for i in range(N)], dtype=np.float64) / math.comb(N, n)  # rank i+1 -> C(i, n-1)
+    return float(weights @ values[order])
+
+
+def bon_points(path: str | Path) -> list[dict]:
+    """Points (n, KL = log n - (n-1)/n, expected proxy and gold of the best of n) from a best-of-N run's bon.jsonl rows
+    (their "scores" and "gold_scores"); prompts with a missing score are left out."""
+    path = Path(path)
+    rows = [r for r in _rows(path) if r.get("gold_scores") and r.get("scores") and None not in r["scores"]]
+    if not rows:
+        return []
+    N = min(len(r["scores"]) for r in rows)
+    return [{"source": str(path.parent), "step": n, "n": n, "kl": math.log(n) - (n - 1) / n,
+             "proxy": float(np.mean([best_of_n_expectation(r["scores"][:N], r["scores"][:N], n) for r in rows])),
+             "gold": float(np.mean([best_of_n_expectation(r["scores"][:N], r["gold_scores"][:N], n) for r in rows]))}
+            for n in range(1, N + 1)]
+
+
 def metrics_files(run_dir: str | Path) -> list[Path]:
     """The metrics.jsonl files under a run that hold held-out KL: the folder's own, else its stages' and rounds' (sorted)."""
     run = Path(run_dir)
@@ -107,7 +142,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 def read_points(run_dir: str | Path) -> list[dict]:
-    """Every held-out check of a run, in order: {"source", "step", "kl", "proxy", "gold"} (gold/proxy None when not logged).
+    """Every held-out check of a run, in order: {"source", "step", "kl", "proxy", "gold"} (gold/proxy None when not logged);
+    for a best-of-N run without them, the points of its bon.jsonl (:func:`bon_points`).
 
     In a run of several rounds, the points of later rounds follow the earlier ones (their KL is
     to that round's starting policy, so only points from one round belong on one fit).
@@ -118,6 +154,8 @@ def read_points(run_dir: str | Path) -> list[dict]:
             if row.get(KL_KEY) is not None:
                 points.append({"source": str(path.parent), "step": row.get("step"), "kl": row[KL_KEY],
                                "proxy": row.get(PROXY_KEY), "gold": row.get(GOLD_KEY)})
+    if not points and (Path(run_dir) / "bon.jsonl").exists():  # a best-of-N run: its own curve over n
+        points = bon_points(Path(run_dir) / "bon.jsonl")
     return points
 
 
@@ -137,8 +175,8 @@ def overopt(run_dir: str | Path, form: Literal["rl", "bon"] | None = None, out: 
     run = Path(run_dir)
     points = read_points(run)
     if not points:
-        raise FileNotFoundError(f"{run}: no metrics.jsonl with {KL_KEY} in it; run PPO with the Goodhart guard on "
-                                "(ppo.early_stop.prompts=HELD_OUT.jsonl, ppo.early_stop.every=N)")
+        raise FileNotFoundError(f"{run}: no metrics.jsonl with {KL_KEY} in it (nor a bon.jsonl with gold scores); run PPO with the "
+                                "Goodhart guard on (ppo.early_stop.prompts=HELD_OUT.jsonl, ppo.early_stop.every=N), or tether bon gold=true")
     source = points[0]["source"]
     points = [p for p in points if p["source"] == source and p["gold"] is not None]
     if not points:
