@@ -155,6 +155,14 @@ def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
     _print_summary(_run(train_ppo, _load(C.PPOConfig, config, overrides)))
 
 
+@app.command()
+def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Direct preference optimisation on preference pairs (DPO, IPO, hinge, conservative); online rounds with online=true."""
+    from tether.stages.dpo import run_dpo
+
+    _print_summary(_run(run_dpo, _load(C.DPOConfig, config, overrides)))
+
+
 @app.command("eval")
 def evaluate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
     """Compare a policy with a baseline on held-out prompts (win rates by judge, KL, proxy and gold reward, lengths, diversity, hacks).

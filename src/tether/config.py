@@ -389,6 +389,116 @@ class PPOConfig:
 
 
 @dataclass
+class DPOConfig:
+    """`tether dpo`: direct preference optimisation on preference pairs (Rafailov et al. 2023; stages/dpo.py)."""
+
+    policy: str = "default"
+    """Model to train (the SFT model); by default also the reference."""
+    reference: str = "policy"
+    """The frozen reference: 'policy' (the policy's starting weights: with LoRA the same weights with the adapter off, else a
+    frozen copy), a model directory, or 'none' (reference-free: the reference log-ratio is taken as 0)."""
+    precompute_reference: bool = False
+    """Compute the reference log-probs of every pair once before training (kept in the run dir) and hold no reference model while training."""
+    data: str = "runs/collect/preferences.jsonl"
+    """Preference pairs (native, chat or HH format)."""
+    eval_data: Optional[str] = None
+    """Held-out pairs for eval/accuracy and eval/loss; None = split eval_fraction of the prompts off `data`."""
+    output_dir: str = "runs/dpo"
+    """Writes checkpoints, metrics.jsonl, summary.json and the final policy (model/)."""
+    limit: Optional[int] = None
+    """Use only the first N pairs of `data`."""
+    eval_limit: Optional[int] = None
+    """Use only the first N held-out pairs."""
+    eval_fraction: float = 0.1
+    """Held-out fraction of the prompts when eval_data is None."""
+    max_prompt_tokens: int = 192
+    """Prompt tokens kept (cut from the left, so the last turn stays)."""
+    max_response_tokens: int = 128
+    """Response tokens kept (cut from the right)."""
+    loss: Literal["sigmoid", "ipo", "hinge", "conservative"] = "sigmoid"
+    """sigmoid = DPO; ipo = IPO (Azar et al. 2023); hinge = SLiC's hinge; conservative = cDPO with `label_smoothing` (losses/dpo.py)."""
+    beta: float = 0.1
+    """Strength of the KL leash: the implicit reward is beta * (log pi - log pi_ref)."""
+    label_smoothing: float = 0.0
+    """Conservative DPO's assumed label-flip rate eps in (0, 0.5); only with loss=conservative."""
+    epochs: int = 1
+    """Passes over the training pairs."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (None = epochs decide)."""
+    batch_size: int = 8
+    """Pairs per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    pack_prompts: bool = True
+    """Put chosen and rejected after one copy of the prompt (block-diagonal attention): same log-probs, less compute."""
+    bucket_by_length: bool = True
+    """Within windows of 32 batches, batch pairs of similar length together (less padding); batches are then shuffled."""
+    freeze_layers: int = 0
+    """Freeze the embeddings and the lowest N blocks (their LoRA adapters too): the backward pass stops above them."""
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=5e-6))
+    """Optimizer and schedule."""
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
+    """LoRA policy (the adapter is merged into the saved model); with reference=policy the reference is the adapter switched off."""
+    eval_every: int = 0
+    """Held-out eval every N steps (0 = only at the end)."""
+    save_every: int = 50
+    """Write a resumable checkpoint every N optimizer steps (0 = only the final model)."""
+    interrupt_after: Optional[int] = None
+    """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
+    skip_bad_rows: bool = False
+    """Skip malformed pairs (counted in the log and summary) instead of stopping at the first with its file and line."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 0
+    """Seeds data order and LoRA initialisation."""
+    online: bool = False
+    """Online / iterative DPO: each round samples two responses per prompt from the current policy, labels them, trains on them."""
+    rounds: int = 1
+    """Online rounds; round k+1 starts from round k's model (also its reference when reference=policy)."""
+    prompts: Optional[str] = None
+    """Online: the prompts file sampled in the rounds."""
+    prompts_per_round: int = 64
+    """Online: prompts per round (two responses each; ties are dropped)."""
+    reward_model: Optional[str] = None
+    """Online labeller: a reward model (or ensemble) directory; the higher-scored response is chosen."""
+    reward_function: Optional[str] = None
+    """Online labeller: 'module:function' or 'file.py:function' (prompts, completions, metadata) -> floats or None (None drops the pair)."""
+    judge: Optional[str] = None
+    """Online labeller: an LLM judge ('default' or a model directory) asked which response better follows `constitution`."""
+    constitution: str = "default"
+    """Principles the judge labels by: 'default' (shipped) or a YAML file."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Online: sampling settings for the two responses."""
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        if self.loss == "conservative" and not 0.0 < self.label_smoothing < 0.5:
+            raise ConfigError(f"loss=conservative needs label_smoothing in (0, 0.5), got {self.label_smoothing}")
+        if self.loss != "conservative" and self.label_smoothing:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} is conservative DPO's; set loss=conservative or leave it at 0")
+        if self.reference == "none" and self.precompute_reference:
+            raise ConfigError("precompute_reference=true has nothing to compute with reference=none (reference-free)")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError(f"batch_size and grad_accum must be at least 1, got {self.batch_size} and {self.grad_accum}")
+        if self.freeze_layers < 0:
+            raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+        labellers = [name for name in ("reward_model", "reward_function", "judge") if getattr(self, name)]
+        if self.online:
+            if not self.prompts:
+                raise ConfigError("online: true needs prompts (a prompts file the policy answers every round)")
+            if len(labellers) != 1:
+                raise ConfigError("online: true needs exactly one labeller: reward_model, reward_function or judge"
+                                  + (f" (got {', '.join(labellers)})" if labellers else ""))
+            if self.prompts_per_round < 1:
+                raise ConfigError(f"prompts_per_round must be at least 1, got {self.prompts_per_round}")
+        elif self.rounds > 1:
+            raise ConfigError(f"rounds={self.rounds} needs online: true (offline DPO trains once on `data`)")
+
+
+@dataclass
 class EvalConfig:
     """`tether eval`: a policy against a baseline on held-out prompts."""
 
