@@ -334,10 +334,13 @@ def _eval_table(rounds: list[Path]) -> str:
     def nested(key: str, sub: str, digits: int = 3) -> list[str]:
         return [fmt((ev.get(f"{key}_baseline") or {}).get(sub), digits), fmt((ev.get(f"{key}_policy") or {}).get(sub), digits)]
 
+    def spread(who: str) -> str:
+        dist = ev.get(f"length_dist_{who}") or {}
+        return " / ".join(fmt(dist.get(q), 0) for q in ("p10", "p50", "p90", "max"))
+
     rows = [["gold score (mean)", *pair("gold")], ["proxy (RM) score (mean)", *pair("proxy")], ["KL to SFT (nats/response)", *pair("kl")],
-            ["response tokens: mean", *pair("length", 1)], ["response tokens: 10th / 50th / 90th percentile / max",
-                                                           *[" / ".join(fmt((ev.get(f"length_dist_{w}") or {}).get(q), 0) for q in ("p10", "p50", "p90", "max"))
-                                                             for w in ("baseline", "policy")]],
+            ["response tokens: mean", *pair("length", 1)],
+            ["response tokens: 10th / 50th / 90th percentile / max", spread("baseline"), spread("policy")],
             ["finished with EOS", *pair("finished")], ["distinct-1", *pair("distinct1")], ["distinct-2", *pair("distinct2")],
             ["self-BLEU (higher = less diverse)", *pair("self_bleu")], ["refusal rate", *pair("refusal")],
             ["sycophantic opener", *nested("hacks", "sycophantic")], ["repeated 3-grams (20% or more)", *nested("hacks", "repetition")],
