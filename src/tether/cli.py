@@ -156,6 +156,14 @@ def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
 
 
 @app.command()
+def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """GRPO, RLOO or REINFORCE with a baseline (advantage=grpo|rloo|reinforce): G samples per prompt, no value model."""
+    from tether.stages.grpo import train_grpo
+
+    _print_summary(_run(train_grpo, _load(C.GRPOConfig, config, overrides)))
+
+
+@app.command()
 def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
     """Direct preference optimisation on preference pairs (DPO, IPO, hinge, conservative); online rounds with online=true."""
     from tether.stages.dpo import run_dpo

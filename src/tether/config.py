@@ -499,6 +499,147 @@ class DPOConfig:
 
 
 @dataclass
+class RewardSourceSettings:
+    """One reward source. A stage's `reward` is a list of them; the reward is their weighted sum (rewards/sources.py)."""
+
+    type: Literal["model", "function", "judge"] = "function"
+    """'model': a reward model or ensemble (`tether reward train`); 'function': a Python function; 'judge': an LLM judge (feedback/judge.py)."""
+    path: str = ""
+    """model: its folder; function: 'package.module:function' or 'file.py:function'; judge: 'default' or a causal-LM folder."""
+    weight: float = 1.0
+    """This source's weight in the sum."""
+    std_coef: float = 0.0
+    """model, an ensemble: mean - k * std over its members (the conservative reward of Coste et al. 2023); 0 = the mean."""
+    judge_against: Literal["reference", "group"] = "reference"
+    """judge: 'reference' scores P(better than the prompt's reference answer, meta[reference_key]); 'group' scores the mean
+    P(better than each other sample to the same prompt), a round robin within the group."""
+    reference_key: str = "reference"
+    """judge, judge_against=reference: the prompt's meta field holding the reference answer."""
+    constitution: str = "default"
+    """judge: principles that say what 'better' means: 'default' (shipped) or a YAML file."""
+    batch_size: int = 16
+    """model: responses per forward pass; judge: pairs per forward pass (two rows each: both orders)."""
+    max_prompt_tokens: int = 192
+    """model and judge: prompt tokens kept (cut from the left)."""
+    max_response_tokens: int = 128
+    """model and judge: response tokens kept (cut from the right)."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError(f"reward source of type {self.type}: set path (a reward model folder, module:function, or a judge model)")
+        if self.std_coef and self.type != "model":
+            raise ConfigError(f"reward source {self.path}: std_coef applies to a reward-model ensemble (type: model), not to type {self.type}")
+        if self.std_coef < 0:
+            raise ConfigError(f"reward source {self.path}: std_coef must be >= 0 (mean - k * std), got {self.std_coef}")
+        if self.batch_size < 1:
+            raise ConfigError(f"reward source {self.path}: batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class GRPOConfig:
+    """`tether grpo`: G samples per prompt, advantages relative to the group (or leave-one-out, or REINFORCE), a clipped
+    policy loss, no value model (stages/grpo.py)."""
+
+    policy: str = "default"
+    """Policy start and reference (the SFT model)."""
+    reward: list[RewardSourceSettings] = field(default_factory=list)
+    """Reward sources, summed with their weights, e.g. [{type: function, path: my.py:score}, {type: model, path: runs/reward/model}]."""
+    prompts: str = "shared:alpaca_seed_tasks.jsonl"
+    """Training prompts; a row's meta reaches reward functions as their `metadata`."""
+    output_dir: str = "runs/grpo"
+    """Writes checkpoints, metrics.jsonl, samples.jsonl, summary.json and the final policy."""
+    limit: Optional[int] = None
+    """Use only the first N prompts."""
+    steps: int = 20
+    """Iterations: sample a batch, score it, update on it."""
+    prompts_per_step: int = 4
+    """Prompts per batch; the batch holds prompts_per_step * group_size samples."""
+    group_size: int = 8
+    """G, samples per prompt."""
+    mini_batch_size: int = 32
+    """Samples per optimizer step (the default, the whole batch, is one on-policy step per iteration)."""
+    micro_batch_size: int = 4
+    """Samples per forward/backward pass; the micro-batch losses add up to the minibatch's exactly."""
+    iterations: int = 1
+    """Passes over each batch (mu); after the first, the importance ratio pi / pi_old and its clip matter."""
+    advantage: Literal["grpo", "rloo", "reinforce"] = "grpo"
+    """'grpo': (r - group mean) / group std; 'rloo': r - mean of the group's other samples; 'reinforce': r - a baseline."""
+    scale_rewards: bool = True
+    """grpo: divide by the group's std (False = Dr. GRPO, no difficulty bias)."""
+    baseline: Literal["batch_mean", "moving_average"] = "batch_mean"
+    """reinforce: the baseline is the batch's mean reward or a moving average of past batches' means."""
+    baseline_decay: float = 0.9
+    """reinforce, moving_average: b <- decay * b + (1 - decay) * batch mean."""
+    normalize_advantages: bool = False
+    """Whiten the batch's advantages (mean 0, std 1) after the estimator."""
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
+    """'token_mean': every token weighs the same (DAPO); 'sequence_mean': every response (GRPO, length-biased);
+    'constant': sum / (responses x max_new_tokens) (Dr. GRPO)."""
+    eps_low: float = 0.2
+    """Lower clip of the ratio: 1 - eps_low."""
+    eps_high: float = 0.2
+    """Upper clip of the ratio: 1 + eps_high (DAPO's clip-higher uses 0.28)."""
+    beta: float = 0.04
+    """KL(pi || pi_ref) coefficient; 0 = no KL and no reference model is loaded."""
+    kl_penalty: Literal["loss", "reward"] = "loss"
+    """'loss': beta * k3 per token in the loss (GRPO); 'reward': r - beta * sum_t log pi/pi_ref before the advantages (RLOO)."""
+    dynamic_sampling: bool = True
+    """Drop groups whose rewards are all equal (no signal) before the update, counted as rollout/groups_dropped (DAPO)."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings (temperature also divides logits in every log-prob); batch_size is unused (one batch per step)."""
+    early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
+    """Held-out reward and KL every N steps (step 0 too); best checkpoint kept; stop on a KL ceiling or a falling reward."""
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
+    """Optimizer and schedule (annealed to 0 over all optimizer steps)."""
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
+    """LoRA policy: the reference is the same weights with the adapter off (one copy in memory)."""
+    activation_checkpointing: bool = False
+    """Recompute the policy's block activations in the backward pass: less memory, more compute."""
+    save_every: int = 10
+    """Checkpoint every N steps."""
+    samples_every: int = 5
+    """Append the batch's (prompt, response, reward, advantage) to samples.jsonl every N steps (and at step 1); 0 = never."""
+    interrupt_after: Optional[int] = None
+    """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision."""
+    seed: int = 0
+    """Seeds sampling and prompt order."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per iteration: prompts_per_step * group_size."""
+        return self.prompts_per_step * self.group_size
+
+    def __post_init__(self) -> None:
+        if not self.reward:
+            raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: function, path: my_rewards.py:score}] "
+                              "or [{type: model, path: runs/reward/model}]")
+        if self.prompts_per_step < 1 or self.group_size < 1:
+            raise ConfigError(f"prompts_per_step ({self.prompts_per_step}) and group_size ({self.group_size}) must be at least 1")
+        if self.advantage in ("grpo", "rloo") and self.group_size < 2:
+            raise ConfigError(f"advantage={self.advantage} compares the samples of a group: group_size must be at least 2, got {self.group_size}")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ConfigError("dynamic_sampling drops groups whose rewards are all equal, which every group of one is: "
+                              "set group_size >= 2 or dynamic_sampling=false")
+        if self.batch_size % self.mini_batch_size:
+            raise ConfigError(f"prompts_per_step * group_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})")
+        if self.micro_batch_size < 1 or self.iterations < 1:
+            raise ConfigError(f"micro_batch_size ({self.micro_batch_size}) and iterations ({self.iterations}) must be at least 1")
+        if not 0 < self.eps_low < 1 or self.eps_high <= 0:
+            raise ConfigError(f"eps_low must be in (0, 1) and eps_high > 0, got eps_low={self.eps_low}, eps_high={self.eps_high}")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if not 0 <= self.baseline_decay < 1:
+            raise ConfigError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if self.early_stop.max_kl is not None and self.beta == 0 and not self.lora.enabled:
+            raise ConfigError("early_stop.max_kl needs a reference to measure KL against: set beta > 0 (a frozen copy is loaded) "
+                              "or lora.enabled=true (the reference is the adapter switched off)")
+
+
+@dataclass
 class EvalConfig:
     """`tether eval`: a policy against a baseline on held-out prompts."""
 

@@ -18,3 +18,12 @@ def wrong_length(prompts, completions, metadata):
 def constant(prompts, completions, metadata):
     """The same score for everything: nothing to learn from the reward."""
     return [1.0 for _ in completions]
+
+
+def hash_unless_fixed(prompts, completions, metadata):
+    """1.0 for every completion to a prompt whose meta says {"fixed": true} (a group of equal rewards); otherwise a number
+    in [0, 1) from the completion's text, so that only identical completions tie."""
+    import hashlib
+
+    return [1.0 if meta.get("fixed") else int(hashlib.md5(text.encode()).hexdigest()[:8], 16) / 2**32
+            for meta, text in zip(metadata, completions)]

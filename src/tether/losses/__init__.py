@@ -4,7 +4,7 @@ Shapes: B = batch, T = response length (right-padded), V = vocabulary.
 Masks are float or bool (B, T), 1 on real response tokens.
 """
 
-from tether.losses.advantages import gae
+from tether.losses.advantages import MovingAverageBaseline, gae, group_advantages, leave_one_out_advantages, reinforce_advantages
 from tether.losses.bradley_terry import (
     bradley_terry_label_smoothed_loss,
     bradley_terry_loss,
@@ -18,6 +18,7 @@ from tether.losses.dpo import (
     dpo_reference_free_loss,
     dpo_sigmoid_loss,
 )
+from tether.losses.grpo import constant_mean, grpo_token_loss, sequence_mean, token_mean
 from tether.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3
 from tether.losses.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from tether.losses.ppo import (
@@ -52,6 +53,14 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "gae",
+    "group_advantages",
+    "leave_one_out_advantages",
+    "reinforce_advantages",
+    "MovingAverageBaseline",
+    "grpo_token_loss",
+    "token_mean",
+    "sequence_mean",
+    "constant_mean",
     "per_token_rewards",
     "ppo_policy_loss",
     "ppo_value_loss",

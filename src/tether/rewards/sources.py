@@ -1,0 +1,163 @@
+"""Reward sources for the online algorithms: one interface over reward models, ensembles, Python
+functions, an LLM judge, and a weighted sum of any of them.
+
+A stage's `reward` config is a list of sources; the reward of a sample is their weighted sum:
+
+    reward:
+      - {type: function, path: tether.rewards.arithmetic:exact_match}          # RLVR: a checker
+      - {type: model, path: runs/reward/model, weight: 0.5}                     # a trained reward model
+      - {type: model, path: runs/reward_ensemble, std_coef: 1.0}               # an ensemble: mean - 1 * std
+      - {type: judge, path: default, judge_against: reference, weight: 2.0}    # an LLM judge
+
+Every source maps (prompts, completions, metadata) to one float or None per sample, with
+`metadata[i]` the meta of sample i's prompt row (its "meta" object and any extra keys):
+
+* **model** -- a reward model folder (`tether reward train`): its normalised score, read from the
+  decoded text with its own tokenizer (the responses to one prompt share one packed row). An
+  ensemble folder gives mean - std_coef * std over its members (Coste et al. 2023).
+* **function** -- `package.module:function` or `file.py:function` (rewards/functions.py); it may
+  return None for a sample, which drops that sample from the update.
+* **judge** -- an LLM judge (feedback/judge.py: the next-token probabilities of "A" and "B", both
+  orders averaged). `judge_against: reference` scores P(completion better than the reference
+  answer in `metadata[i][reference_key]`), in [0, 1]; `judge_against: group` scores each
+  completion by its mean P(better) against every other completion to the same prompt in the batch
+  (a round robin: n(n-1)/2 pairs for n completions, each pair judged once in both orders), in [0, 1];
+  a completion alone with its prompt scores 0.5. A sample without a reference is dropped (None).
+
+The weighted sum is None for a sample when any source returns None for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from tether.config import RewardSourceSettings
+from tether.data.records import Prompt, prompt_text
+
+ScoreFn = Callable[[list[Prompt], list[str], list[dict]], list[Optional[float]]]
+
+__all__ = ["RewardSource", "load_reward_sources", "score_samples", "model_source", "function_source", "judge_source", "describe"]
+
+
+@dataclass
+class RewardSource:
+    """A named, weighted reward source: `score(prompts, completions, metadata)` -> one float or None per sample."""
+
+    name: str
+    weight: float
+    score: ScoreFn
+
+
+def describe(settings: RewardSourceSettings) -> str:
+    """A short name for logs and metrics, e.g. 'function:exact_match' or 'model:reward'."""
+    tail = settings.path.rstrip("/").rsplit(":" if settings.type == "function" else "/", 1)[-1]
+    return f"{settings.type}:{tail}"
+
+
+def load_reward_sources(settings: list[RewardSourceSettings], precision: str = "bf16") -> list[RewardSource]:
+    """Load every source of a `reward` list (models and judges are loaded here, once)."""
+    loaders = {"model": model_source, "function": function_source, "judge": judge_source}
+    sources, names = [], set()
+    for s in settings:
+        name = describe(s)
+        if name in names:  # two sources of the same kind and name: number them
+            name = f"{name}#{len(sources)}"
+        names.add(name)
+        sources.append(RewardSource(name, s.weight, loaders[s.type](s, precision)))
+    return sources
+
+
+def score_samples(sources: list[RewardSource], prompts: list[Prompt], completions: list[str],
+                  metadata: list[dict]) -> tuple[list[Optional[float]], dict[str, list[Optional[float]]]]:
+    """The weighted sum of every source's scores, and each source's own scores (by name).
+
+    A sample is None (dropped) when any source returned None for it.
+    """
+    parts = {s.name: s.score(prompts, completions, metadata) for s in sources}
+    total: list[Optional[float]] = []
+    for i in range(len(completions)):
+        values = [parts[s.name][i] for s in sources]
+        total.append(None if any(v is None for v in values) else sum(s.weight * v for s, v in zip(sources, values)))
+    return total, parts
+
+
+# --------------------------------------------------------------------------- the kinds
+
+
+def function_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
+    """A Python function `(prompts as text, completions, metadata) -> floats or None`."""
+    from tether.rewards.functions import call_reward_function, load_reward_function
+
+    fn = load_reward_function(settings.path)
+    return lambda prompts, completions, metadata: call_reward_function(fn, [prompt_text(p) for p in prompts], completions, metadata)
+
+
+def model_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
+    """A reward model or ensemble: normalised scores (ensembles: mean - std_coef * std over members)."""
+    from tether.models.reward_model import conservative_reward, load_reward_model
+    from tether.stages.reward import batch_rewards, score_texts
+
+    rm = load_reward_model(settings.path)
+    pack: dict[int, bool] = {}  # per member: does packed scoring give the separate-row scores? (checked on first use)
+
+    def packs(k: int, member, prompts, completions) -> bool:
+        if k not in pack:
+            n = min(4, len(prompts))
+            with torch.no_grad():
+                args = (member.model, member.tokenizer, prompts[:n], completions[:n], settings.max_prompt_tokens, settings.max_response_tokens)
+                pack[k] = bool(torch.allclose(batch_rewards(*args, pack=True), batch_rewards(*args, pack=False), atol=1e-3, rtol=1e-3))
+        return pack[k]
+
+    def score(prompts: list[Prompt], completions: list[str], metadata: list[dict]) -> list[Optional[float]]:
+        members = torch.stack([
+            m.normalization.apply(score_texts(m.model, m.tokenizer, prompts, completions, settings.max_prompt_tokens,
+                                              settings.max_response_tokens, settings.batch_size, precision,
+                                              pack=packs(k, m, prompts, completions)))
+            for k, m in enumerate(rm.members)])  # (N members, B)
+        return conservative_reward(members, settings.std_coef).tolist()
+
+    return score
+
+
+def judge_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
+    """An LLM judge: P(better than the reference answer), or the mean P(better) against the rest of the group."""
+    from tether.feedback.constitution import load_constitution
+    from tether.feedback.judge import judge_pairs
+    from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
+
+    rubric = load_constitution(settings.constitution).rubric()
+    path = resolve_model(settings.path)
+    tokenizer, model = load_tokenizer(path), load_causal_lm(path).eval().requires_grad_(False)
+    kw = dict(batch_size=settings.batch_size, max_prompt_tokens=settings.max_prompt_tokens,
+              max_response_tokens=settings.max_response_tokens, precision=precision)
+
+    def against_reference(prompts, completions, metadata) -> list[Optional[float]]:
+        rows = [i for i, m in enumerate(metadata) if isinstance(m.get(settings.reference_key), str)]
+        verdicts = judge_pairs(model, tokenizer, [prompts[i] for i in rows], [completions[i] for i in rows],
+                               [metadata[i][settings.reference_key] for i in rows], rubric, **kw)
+        out: list[Optional[float]] = [None] * len(completions)
+        for i, v in zip(rows, verdicts):
+            out[i] = v.p_first
+        return out
+
+    def against_group(prompts, completions, metadata) -> list[Optional[float]]:
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p if isinstance(p, str) else json.dumps(p, sort_keys=True), []).append(i)
+        pairs = [(i, j) for members in groups.values() for i, j in itertools.combinations(members, 2)]
+        verdicts = judge_pairs(model, tokenizer, [prompts[i] for i, _ in pairs], [completions[i] for i, _ in pairs],
+                               [completions[j] for _, j in pairs], rubric, **kw)
+        wins, games = [0.0] * len(completions), [0] * len(completions)
+        for (i, j), v in zip(pairs, verdicts):
+            wins[i] += v.p_first
+            wins[j] += 1.0 - v.p_first
+            games[i] += 1
+            games[j] += 1
+        return [w / g if g else 0.5 for w, g in zip(wins, games)]
+
+    return against_reference if settings.judge_against == "reference" else against_group

@@ -1,0 +1,360 @@
+"""GRPO, RLOO and REINFORCE with a baseline: no value model, the baseline comes from other samples.
+
+Shao et al. 2024 (DeepSeekMath, GRPO), Ahmadian et al. 2024 (RLOO), Williams 1992 (REINFORCE),
+with the fixes of DAPO (Yu et al. 2025) and Dr. GRPO (Liu et al. 2025) as settings. Each iteration:
+
+  1. rollout:     G samples y ~ pi(.|x) for each of P prompts (one batch of P * G)
+  2. score:       the reward sources (rewards/sources.py) give r (P, G); a sample a source drops
+                  (None) takes no part; dynamic sampling drops the groups whose rewards are all
+                  equal, which carry no signal (DAPO, sec. 3.2)
+  3. log-probs:   log pi_old (the sampling policy) and log pi_ref of the kept samples (no grad);
+                  with kl_penalty=reward, r -= beta * sum_t log pi_old/pi_ref
+  4. advantages:  one number per sample, spread over its tokens: (r - group mean) / group std
+                  (GRPO; Dr. GRPO without the std), r - mean of the group's other samples (RLOO),
+                  or r - a baseline (REINFORCE: batch mean or moving average)
+  5. update:      `iterations` passes over the batch in minibatches: the clipped surrogate with
+                  importance ratio pi / pi_old and clip range [1 - eps_low, 1 + eps_high], plus
+                  beta * k3 KL to the reference per token, summed into one number per minibatch
+                  by token_mean (DAPO), sequence_mean (GRPO) or constant (Dr. GRPO)
+  6. guard:       every N steps, reward and KL on held-out prompts; the best policy is kept, and
+                  training stops (rolled back to the best) on a KL ceiling or a stalled reward
+
+Models: with LoRA (the default) the reference is the policy's own weights with the adapter
+switched off; with full fine-tuning and beta > 0 a frozen copy; with beta = 0 and full fine-tuning
+no reference at all. With one minibatch and one iteration the update is on-policy: pi_old is
+the policy of the update's own forward pass (the same numbers), so no scoring pass is run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tether.config import GRPOConfig, resolve_path
+from tether.data.readers import read_prompts
+from tether.eval.calibration import length_correlation
+from tether.eval.metrics import distinct_n
+from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
+                           masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
+from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_tokenizer,
+                                   resolve_model, save_model)
+from tether.models.sharing import unique_parameter_bytes
+from tether.rewards.sources import load_reward_sources, score_samples
+from tether.rollout.generate import generate
+from tether.rollout.logprobs import policy_forward
+from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
+from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, release_freed_memory,
+                             save_checkpoint, save_weights, start_stage)
+
+
+def in_chunks(fn, n: int, size: int) -> dict:
+    """`fn(rows)` -> dict of tensors with `rows` first, run on consecutive slices of `size` rows
+    and concatenated: the values of one call over all n rows, with 1/k of the peak memory."""
+    parts = [fn(slice(i, i + size)) for i in range(0, n, size)]
+    return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+BEST_DIR = "best"
+
+
+def keep_best(out: Path, trainable: dict) -> None:
+    """The trainable weights of the best policy so far to `<out>/best`, replaced whole."""
+    tmp = out / ".best-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_weights(tmp, trainable)
+    shutil.rmtree(out / BEST_DIR, ignore_errors=True)
+    os.replace(tmp, out / BEST_DIR)
+
+
+def reference_context(policy, reference):
+    """(model, context) computing log pi_ref: the frozen copy, or the policy with its adapter off."""
+    if reference is not None:
+        return reference, contextlib.nullcontext()
+    return policy, policy.disable_adapter()
+
+
+def kept_batch(rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """(sequences, attention_mask, P, response_mask) of the kept rows, with the columns that are
+    padding in every kept row cut off: leading prompt padding and trailing response padding."""
+    prompt_mask, response_mask = rollout.prompt_mask[rows], rollout.response_mask[rows]
+    lead = int((prompt_mask.sum(0) == 0).long().cumprod(0).sum())  # prompt columns that are padding in every kept row
+    R = int(response_mask.sum(-1).max()) if len(rows) else 0
+    P = rollout.prompt_ids.shape[1] - lead
+    seqs = torch.cat([rollout.prompt_ids[rows, lead:], rollout.response_ids[rows, :R]], dim=1)
+    attn = torch.cat([prompt_mask[:, lead:], response_mask[:, :R]], dim=1)
+    return seqs, attn, P, response_mask[:, :R]
+
+
+@torch.no_grad()
+def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sources) -> dict:
+    """Mean reward (one sample per prompt) and KL (k1, nats per response; None without a reference)
+    of the current policy on held-out prompts, sampled with a fixed seed so successive checks
+    differ only by the policy."""
+    rewards, kls = [], []
+    has_reference = reference is not None or cfg.lora.enabled
+    for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
+        batch = records[start:start + cfg.generation.batch_size]
+        prompts = [r.prompt for r in batch]
+        rollout = generate(policy, tokenizer, prompts, cfg.generation, seed=cfg.seed * 7919 + b, precision=cfg.precision)
+        if has_reference:
+            seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
+            with autocast(cfg.precision):
+                logp = policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
+                model, ctx = reference_context(policy, reference)
+                with ctx:
+                    ref_logp = policy_forward(model, seqs, attn, P, cfg.generation.temperature)["logp"]
+            kls.extend(((logp - ref_logp) * rollout.response_mask).sum(-1).tolist())
+        scores, _ = score_samples(sources, prompts, rollout.texts, [dict(r.meta) for r in batch])
+        rewards.extend(s for s in scores if s is not None)
+    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": sum(kls) / len(kls) if kls else None}
+
+
+def train_grpo(cfg: GRPOConfig) -> dict | None:
+    out = start_stage(cfg)
+    t_start = time.time()
+    P_step, G, B = cfg.prompts_per_step, cfg.group_size, cfg.batch_size
+
+    # ---- models: policy, reference (only when needed), reward sources
+    sources = load_reward_sources(cfg.reward, cfg.precision)  # first: a bad reward spec fails before the models load
+    policy_path = resolve_model(cfg.policy)
+    tokenizer = load_tokenizer(policy_path)
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    policy = load_causal_lm(policy_path)
+    # With LoRA the reference is the base weights with the adapter off (nothing loaded); with full
+    # fine-tuning a frozen copy, and only when the KL is used (beta > 0).
+    reference = None
+    if not cfg.lora.enabled and cfg.beta > 0:
+        reference = load_causal_lm(policy_path).eval().requires_grad_(False)
+    reference_kind = "adapter_off" if cfg.lora.enabled else ("copy" if reference is not None else "none")
+    if cfg.lora.enabled:
+        policy = apply_lora(policy, cfg.lora)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(policy)
+    trainable = {"policy": policy}
+    parameter_gb = unique_parameter_bytes(*[m for m in (policy, reference) if m is not None]) / 1e9
+    console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}); reward: "
+                  + ", ".join(f"{s.weight:g} x {s.name}" for s in sources))
+    params = [p for p in policy.parameters() if p.requires_grad]
+    n_minibatches = B // cfg.mini_batch_size
+    optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.iterations * n_minibatches)
+    aggregate = {"token_mean": lambda x, m, mb: token_mean(x, m, mb["tokens"]),
+                 "sequence_mean": lambda x, m, mb: sequence_mean(x, m, mb["sequences"]),
+                 "constant": lambda x, m, mb: constant_mean(x, m, mb["rows"] * cfg.generation.max_new_tokens)}[cfg.loss_aggregation]
+    baseline = MovingAverageBaseline(cfg.baseline_decay)
+    stream = index_stream(len(records), cfg.seed, cfg.steps * P_step)
+    temperature = cfg.generation.temperature
+    on_policy = cfg.iterations == 1 and n_minibatches == 1  # pi_old = the update's own forward pass
+    use_reference = cfg.beta > 0
+    kl_in_loss = use_reference and cfg.kl_penalty == "loss"
+    guard = cfg.early_stop
+    held_out = read_prompts(resolve_path(guard.prompts), limit=guard.limit) if guard.prompts else []
+
+    start_step = 0
+    best = {"step": None, "reward": None, "kl": None, "since": 0}
+    resumed = load_checkpoint(out, trainable, optimizer, scheduler)
+    if resumed is not None:
+        start_step = resumed[0]
+        best = resumed[1].get("best", best)
+        baseline.load_state_dict(resumed[1]["baseline"])
+        console.print(f"grpo: resuming from step {start_step} of {cfg.steps}")
+    if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
+        check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
+        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"]}
+        keep_best(out, trainable)
+        console.print(f"grpo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
+    n_trainable, n_total = count_parameters(policy)
+    logger = MetricsLogger(out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step,
+                           tracker=cfg.tracker)
+    history = [json.loads(line) for line in logger.path.read_text().splitlines() if line]  # steps before a resume
+    samples_path = out / "samples.jsonl"
+    if samples_path.exists():  # keep only what the checkpoint had seen
+        kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        samples_path.write_text("".join(line + "\n" for line in kept))
+
+    done, stop_reason = start_step, None
+    policy.eval()
+    for step in range(start_step, cfg.steps):
+        t0 = time.time()
+        chosen = [records[i] for i in stream[step * P_step:(step + 1) * P_step]]
+        batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
+
+        # 1. rollout
+        rollout = generate(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
+        t_gen = time.time() - t0
+
+        # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)
+        values, parts = score_samples(sources, batch_prompts, rollout.texts, [dict(r.meta) for r in chosen for _ in range(G)])
+        valid = torch.tensor([v is not None for v in values]).view(P_step, G)  # (P, G)
+        scores = torch.tensor([0.0 if v is None else v for v in values]).view(P_step, G)  # (P, G)
+        spread = torch.where(valid, scores, -torch.inf).amax(1) - torch.where(valid, scores, torch.inf).amin(1)  # (P,)
+        equal_groups = ~(spread > 0)  # all equal, or fewer than two kept samples
+        keep = valid & ~equal_groups[:, None] if cfg.dynamic_sampling else valid  # (P, G)
+        rows = keep.flatten().nonzero().squeeze(-1)  # (N,) the samples trained on
+        N = len(rows)
+        lengths = rollout.response_mask.sum(-1).float()  # (B,)
+
+        stats: dict[str, float] = {}
+        kl_per_response, entropy = None, None
+        if N > 0:
+            seqs, attn, P, mask = kept_batch(rollout, rows)
+            mask = mask.float()  # (N, R)
+
+            # 3. log pi_old and log pi_ref of the kept samples (no grad)
+            old_logp = torch.zeros_like(mask)
+            ref_logp = None
+            with torch.no_grad(), autocast(cfg.precision):
+                if not on_policy:
+                    old = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature, with_entropy=True), N, cfg.micro_batch_size)
+                    old_logp, entropy = old["logp"], old["entropy"]
+                if use_reference:
+                    model, ctx = reference_context(policy, reference)
+                    with ctx:
+                        ref_logp = in_chunks(lambda r: policy_forward(model, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
+            task_scores = scores.flatten()[rows]  # (N,)
+            train_scores = task_scores
+            if use_reference and not kl_in_loss:  # RLOO's KL-shaped reward, from the sampling policy
+                if on_policy:
+                    with torch.no_grad(), autocast(cfg.precision):
+                        old_logp = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
+                train_scores = task_scores - cfg.beta * (kl_k1(old_logp, ref_logp) * mask).sum(-1)
+
+            # 4. advantages, one per sample (P, G) -> the kept rows (N,)
+            r = torch.zeros(P_step * G).index_put((rows,), train_scores.float()).view(P_step, G)
+            if cfg.advantage == "grpo":
+                adv = group_advantages(r, keep, scale_std=cfg.scale_rewards)
+            elif cfg.advantage == "rloo":
+                adv = leave_one_out_advantages(r, keep)
+            else:
+                b = baseline.value if cfg.baseline == "moving_average" and baseline.value is not None else masked_mean(r, keep).item()
+                adv = reinforce_advantages(r, b, keep)
+                baseline.update(masked_mean(r, keep).item())
+            advantages = adv.flatten()[rows]  # (N,)
+            if cfg.normalize_advantages and N > 1:
+                advantages = masked_whiten(advantages, torch.ones_like(advantages))
+
+            # 5. update: `iterations` passes, each over n_minibatches minibatches run as micro-batches;
+            #    every micro-batch loss uses its minibatch's counts, so they add up to the minibatch's loss
+            policy.train()
+            n_updates = cfg.iterations * n_minibatches
+            if on_policy:
+                entropy = torch.zeros_like(mask)
+            for _ in range(cfg.iterations):
+                for mb in torch.randperm(N).tensor_split(n_minibatches):
+                    if len(mb) == 0:
+                        continue
+                    counts = {"tokens": mask[mb].sum().item(), "sequences": int((mask[mb].sum(-1) > 0).sum()), "rows": len(mb)}
+                    for micro in mb.split(cfg.micro_batch_size):
+                        share = mask[micro].sum().item() / max(counts["tokens"], 1.0) / n_updates  # this micro-batch's token weight in the stats
+                        with autocast(cfg.precision):
+                            new = policy_forward(policy, seqs[micro], attn[micro], P, temperature, with_entropy=on_policy)
+                        if on_policy:  # the first and only pass: pi_old is this very policy
+                            old_logp[micro], entropy[micro] = new["logp"].detach(), new["entropy"].detach()
+                        per_token, st = grpo_token_loss(new["logp"], old_logp[micro], advantages[micro], mask[micro], cfg.eps_low, cfg.eps_high,
+                                                        ref_logp[micro] if kl_in_loss else None, cfg.beta if kl_in_loss else 0.0)
+                        loss = aggregate(per_token, mask[micro], counts)
+                        loss.backward()
+                        stats["loss"] = stats.get("loss", 0.0) + loss.item() / n_updates  # the micro-batch losses add up to the minibatch's
+                        for key, v in st.items():  # token-weighted, as the loss
+                            stats[key] = stats.get(key, 0.0) + v * share
+                        stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), st["ratio_max"])
+                    grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+                    stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
+            policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
+            release_freed_memory()
+            if use_reference:
+                kl_per_response = (kl_k1(old_logp, ref_logp) * mask).sum(-1)  # (N,) nats per response, pi_old vs pi_ref
+        elif cfg.advantage == "reinforce" and valid.any():
+            baseline.update(masked_mean(scores, valid).item())
+
+        valid_scores = scores.flatten()[valid.flatten()]
+        metrics = {
+            "rollout/reward": valid_scores.mean().item() if len(valid_scores) else None,
+            "rollout/reward_std": valid_scores.std().item() if len(valid_scores) > 1 else 0.0,
+            "rollout/kl": kl_per_response.mean().item() if kl_per_response is not None else None,
+            "rollout/entropy": masked_mean(entropy, mask).item() if entropy is not None else None,
+            "rollout/length": lengths.mean().item(), "rollout/length_p95": torch.quantile(lengths, 0.95).item(),
+            "rollout/finished": rollout.finished.float().mean().item(),
+            "rollout/groups_dropped": int(equal_groups.sum()) if cfg.dynamic_sampling else 0,
+            "rollout/groups_equal": int(equal_groups.sum()), "rollout/samples_dropped": int((~valid).sum()),
+            "rollout/samples_trained": N,
+            "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
+            "rollout/reward_length_corr": length_correlation(scores.flatten()[valid.flatten()].numpy(), lengths[valid.flatten()].cpu().numpy())
+            if valid.sum() > 1 else None,
+            **({f"rollout/reward/{name}": sum(v for v in vals if v is not None) / max(sum(v is not None for v in vals), 1)
+                for name, vals in parts.items()} if len(parts) > 1 else {}),
+            **({f"train/{key}": stats[key] for key in ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
+                if key in stats}),
+            **({"train/ratio_max": stats["ratio_peak"]} if "ratio_peak" in stats else {}),
+            "train/lr": scheduler.get_last_lr()[0], "rollout/baseline": baseline.value if cfg.advantage == "reinforce" else None,
+            "time/rollout_s": t_gen, "time/step_s": time.time() - t0,
+        }
+        done = step + 1
+
+        # 6. the guard: held-out reward and KL; keep the best, stop when it turns
+        stop_reason = None
+        if held_out and (done % guard.every == 0 or done == cfg.steps):
+            check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
+            metrics.update({"held_out/reward": check["reward"], "held_out/kl": check["kl"]})
+            within_kl = guard.max_kl is None or check["kl"] is None or check["kl"] <= guard.max_kl
+            if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
+                best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)
+                keep_best(out, trainable)
+            else:
+                best["since"] += 1
+            if not within_kl:
+                stop_reason = f"held-out KL {check['kl']:.2f} nats passed max_kl={guard.max_kl}"
+            elif guard.patience and best["since"] >= guard.patience:
+                stop_reason = f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
+        history.append(metrics)
+        logger.log(done, metrics)
+        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1):  # read what the policy does
+            adv_of = dict(zip(rows.tolist(), advantages.tolist())) if N > 0 else {}
+            with samples_path.open("a") as f:
+                for i, (prompt, text, v) in enumerate(zip(batch_prompts, rollout.texts, values)):
+                    f.write(json.dumps({"step": done, "group": i // G, "prompt": prompt, "response": text, "reward": v,
+                                        "advantage": adv_of.get(i)}) + "\n")
+        if stop_reason:
+            console.print(f"grpo: early stop after step {done}: {stop_reason}")
+            break
+        state = {"best": best, "baseline": baseline.state_dict()}
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
+        if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
+            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
+            logger.close()
+            console.print(f"grpo: stopped after step {done} (interrupt_after); rerun the same command to resume")
+            return None
+    logger.close()
+    if held_out and best["step"] is not None and best["step"] != done:  # roll back to the policy that did best on held-out prompts
+        load_weights(out / BEST_DIR, trainable)
+        console.print(f"grpo: rolled back to the best held-out policy, step {best['step']}")
+
+    # ---- save the policy (LoRA merged: a plain HF directory)
+    save_model(policy, tokenizer, out / "model")
+    quarter = max(1, len(history) // 4)
+    head, tail = history[:quarter], history[-quarter:]
+
+    def mean(key, rows=tail):
+        vals = [h[key] for h in rows if h.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    summary = {
+        "stage": "grpo", "model": str(out / "model"), "policy_init": policy_path, "advantage": cfg.advantage,
+        "reward": [{"name": s.name, "weight": s.weight} for s in sources],
+        "steps": cfg.steps, "samples": cfg.steps * B, "steps_done": done, "stopped_early": stop_reason,
+        "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
+        "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
+        "held_out": None if not held_out else {
+            "prompts": len(held_out), "initial_reward": best.get("initial_reward"), "best_reward": best["reward"],
+            "best_kl": best["kl"], "best_step": best["step"]},
+        "reference": reference_kind, "trainable_params": n_trainable, "total_params": n_total, "parameter_gb": parameter_gb,
+        "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
+    }
+    write_summary(out, summary)
+    return summary

@@ -1,0 +1,142 @@
+"""GRPO and RLOO must solve a task with a known optimum on a tiny model; the stage's invariants."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.config import ConfigError, GRPOConfig, load_config
+from tether.stages import grpo as grpo_stage
+from tether.stages.grpo import train_grpo
+
+FNS = Path(__file__).resolve().parent / "reward_fns.py"
+
+
+def grpo(tiny_model_dir, prompts, out, fn, *extra):
+    return train_grpo(load_config(GRPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:{fn}'}}]", f"prompts={prompts}", f"output_dir={out}",
+        "precision=fp32", "lora.enabled=false", "generation.max_new_tokens=8", "save_every=0", "samples_every=0", *extra]))
+
+
+def rows(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+LEARN = ["steps=14", "prompts_per_step=4", "group_size=8", "mini_batch_size=32", "micro_batch_size=32", "optim.lr=5e-2",
+         "optim.schedule=constant", "beta=0.001"]
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_learns_to_write_the_letter_e(tiny_model_dir, tiny_data, tmp_path, advantage):
+    # a random 2-layer model writes ~5% 'e' (the optimum, all 'e', scores 1); 14 iterations of 32 samples, one on-policy
+    # optimizer step each, must push that past 50%, with a finite KL
+    grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "letter_e", *LEARN, f"advantage={advantage}")
+    r = rows(tmp_path / "g")
+    first = sum(x["rollout/reward"] for x in r[:3]) / 3
+    last = sum(x["rollout/reward"] for x in r[-3:]) / 3
+    assert first < 0.12 and last > 0.5, (first, last)
+    trained = [x for x in r if x["rollout/samples_trained"] > 0]  # once solved, every group scores 1 and is dropped
+    assert len(trained) >= 10
+    assert all(x["rollout/kl"] is not None and 0 <= x["rollout/kl"] < 200 for x in trained[1:])
+    assert all(x["train/clipfrac"] == 0.0 and x["train/ratio_max"] == 1.0 for x in trained)  # on-policy: ratio 1 by construction
+
+
+def test_first_pass_ratio_is_one(tiny_model_dir, tiny_data, tmp_path):
+    # lr 0: the policy never moves, so pi / pi_old must be 1 in every update although pi_old came from a separate
+    # scoring pass over other micro-batches (3) than the update's shuffled ones (2), after the padding was trimmed
+    grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "letter_e", "steps=2", "mini_batch_size=8", "iterations=2",
+         "micro_batch_size=3", "optim.lr=0", "beta=0", "dynamic_sampling=false")
+    for x in rows(tmp_path / "g"):
+        assert x["train/clipfrac"] == 0.0 and x["train/ratio_max"] == pytest.approx(1.0, abs=1e-5)
+        assert x["train/approx_kl"] < 1e-10
+    # the same with a learning rate: the second pass (and the second minibatch) sees a moved policy
+    grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "h", "letter_e", "steps=2", "mini_batch_size=8", "iterations=2",
+         "micro_batch_size=3", "optim.lr=5e-2", "beta=0", "dynamic_sampling=false")
+    assert max(x["train/ratio_max"] for x in rows(tmp_path / "h")) > 1.01
+
+
+def count_loads(monkeypatch):
+    calls = []
+    real = grpo_stage.load_causal_lm
+    monkeypatch.setattr(grpo_stage, "load_causal_lm", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+@pytest.mark.parametrize("lora,beta,loads,kind", [(False, 0.0, 1, "none"), (False, 0.1, 2, "copy"), (True, 0.1, 1, "adapter_off")])
+def test_reference_loaded_only_when_needed(tiny_model_dir, tiny_data, tmp_path, monkeypatch, lora, beta, loads, kind):
+    calls = count_loads(monkeypatch)
+    s = grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "letter_e", "steps=1", "group_size=2", "mini_batch_size=8",
+             f"beta={beta}", f"lora.enabled={str(lora).lower()}", "lora.r=1")
+    assert len(calls) == loads and s["reference"] == kind
+    one_model = sum(t.numel() * t.element_size() for t in load_file(str(tiny_model_dir / "model.safetensors")).values()) / 1e9
+    if lora:  # the base once, plus rank-1 adapters
+        assert one_model < s["parameter_gb"] < 1.2 * one_model
+    else:
+        assert s["parameter_gb"] == pytest.approx(one_model * (2 if kind == "copy" else 1), rel=1e-6)
+    kl = rows(tmp_path / "g")[0]["rollout/kl"]
+    assert (kl is None) == (beta == 0)
+
+
+@pytest.fixture
+def half_fixed_prompts(tiny_data, tmp_path):
+    # 12 prompts, 4 of them marked {"fixed": true}: the reward function scores every answer to those 1.0
+    qs = [json.loads(x)["prompt"] for x in tiny_data["prompts"].read_text().splitlines()]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": q, "meta": {"fixed": i % 3 == 0}}) + "\n" for i, q in enumerate(qs)))
+    return path
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_dynamic_sampling_drops_groups_of_equal_rewards(tiny_model_dir, half_fixed_prompts, tmp_path, dynamic):
+    # every batch holds all 12 prompts (4 fixed): dynamic sampling drops exactly those 4 groups and trains on 8 x 4 samples
+    grpo(tiny_model_dir, half_fixed_prompts, tmp_path / "g", "hash_unless_fixed", "steps=2", "prompts_per_step=12", "group_size=4",
+         "mini_batch_size=48", "beta=0", f"dynamic_sampling={str(dynamic).lower()}", "samples_every=1")
+    for x in rows(tmp_path / "g"):
+        assert x["rollout/groups_equal"] == 4
+        assert x["rollout/groups_dropped"] == (4 if dynamic else 0)
+        assert x["rollout/samples_trained"] == (32 if dynamic else 48)
+    samples = [json.loads(x) for x in (tmp_path / "g" / "samples.jsonl").read_text().splitlines()]
+    fixed = [s for s in samples if s["reward"] == 1.0]
+    assert len(fixed) >= 2 * 4 * 4  # the fixed groups of both steps (a letter_e score of exactly 1.0 would add to them)
+    assert all(s["advantage"] is None for s in fixed) if dynamic else all(s["advantage"] == 0.0 for s in fixed)
+
+
+def test_all_groups_equal_means_no_update(tiny_model_dir, tiny_data, tmp_path):
+    s = grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "constant", "steps=2", "beta=0", "optim.lr=1e-2")
+    assert s["groups_dropped"] == 2 * 4
+    r = rows(tmp_path / "g")
+    assert all(x["rollout/samples_trained"] == 0 and "train/loss" not in x for x in r)
+    before, after = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(tmp_path / "g" / "model" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_reinforce_moving_average_resumes_bit_for_bit(tiny_model_dir, tiny_data, tmp_path):
+    common = ["steps=4", "advantage=reinforce", "baseline=moving_average", "group_size=2", "mini_batch_size=4", "dynamic_sampling=false",
+              "lora.enabled=true", "beta=0.01", "early_stop.prompts=" + str(tiny_data["prompts"]), "early_stop.every=2", "early_stop.limit=4",
+              "early_stop.patience=0"]
+    full = grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "a", "letter_e", *common)
+    assert grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "b", "letter_e", *common, "interrupt_after=2") is None
+    resumed = grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "b", "letter_e", *common)
+    assert resumed["held_out"] == full["held_out"] and full["held_out"]["initial_reward"] is not None
+    ra, rb = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [x["rollout/baseline"] for x in ra] == [x["rollout/baseline"] for x in rb]
+    assert [x["rollout/reward"] for x in ra] == [x["rollout/reward"] for x in rb]
+    assert all(x["held_out/kl"] is not None for x in ra if "held_out/reward" in x)
+
+
+def test_config_errors():
+    base = [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]"]
+    with pytest.raises(ConfigError, match="set reward"):
+        load_config(GRPOConfig, None, [])
+    with pytest.raises(ConfigError, match="group_size must be at least 2"):
+        load_config(GRPOConfig, None, [*base, "group_size=1", "dynamic_sampling=false"])
+    with pytest.raises(ConfigError, match="multiple of mini_batch_size"):
+        load_config(GRPOConfig, None, [*base, "mini_batch_size=5"])
+    with pytest.raises(ConfigError, match="needs a reference"):
+        load_config(GRPOConfig, None, [*base, "beta=0", "lora.enabled=false", "early_stop.max_kl=5"])
+    with pytest.raises(ConfigError, match="std_coef applies to a reward-model ensemble"):
+        load_config(GRPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e', std_coef: 1}}]"])
+    cfg = load_config(GRPOConfig, None, [*base, "advantage=reinforce", "group_size=1", "dynamic_sampling=false", "mini_batch_size=4"])
+    assert cfg.batch_size == 4
