@@ -6,6 +6,7 @@ import pytest
 
 from tether.config import (CollectConfig, ConfigError, EvalConfig, GenerateConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig,
                            load_config, resolve_path)
+from tether.config import BoNConfig, RSConfig
 from tether.config import DPOConfig
 from tether.config import GRPOConfig
 
@@ -14,6 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs"
 BY_FOLDER = {"sft": SFTConfig, "collect": CollectConfig, "reward": RewardConfig, "ppo": PPOConfig, "eval": EvalConfig,
              "generate": GenerateConfig}
 BY_FOLDER["dpo"] = DPOConfig  # tether dpo (stages/dpo.py)
+BY_FOLDER.update({"bon": BoNConfig, "rs": RSConfig})  # tether bon / tether rs (stages/bon.py)
 BY_FOLDER["grpo"] = GRPOConfig  # tether grpo (stages/grpo.py)
 
 

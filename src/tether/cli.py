@@ -236,6 +236,22 @@ def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = 
     _print_summary(_run(run_revise, _load(C.ReviseConfig, config, overrides)))
 
 
+@app.command()
+def bon(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Best-of-N: sample N responses per prompt, keep the reward source's best; reports the gain and the KL bound."""
+    from tether.stages.bon import best_of_n
+
+    _print_summary(_run(best_of_n, _load(C.BoNConfig, config, overrides)))
+
+
+@app.command()
+def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Rejection-sampling fine-tuning (Llama 2): in rounds, keep the best of N per prompt and SFT the policy on it."""
+    from tether.stages.bon import rejection_sampling
+
+    _print_summary(_run(rejection_sampling, _load(C.RSConfig, config, overrides)))
+
+
 # --------------------------------------------------------------------------- tether label: the preference store
 
 label_app = typer.Typer(no_args_is_help=True, help="People label pairs: annotators, import, export, agreement statistics, a simulated panel.")

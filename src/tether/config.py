@@ -784,6 +784,91 @@ class ReviseConfig:
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
 
 
+def _check_best_of_n(cfg) -> None:
+    """The checks BoNConfig and RSConfig share."""
+    if not cfg.reward:
+        raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: model, path: runs/reward/model}] "
+                          "or [{type: function, path: my_rewards.py:score}]")
+    if cfg.n < 1:
+        raise ConfigError(f"n (samples per prompt) must be at least 1, got {cfg.n}")
+
+
+@dataclass
+class BoNConfig:
+    """`tether bon`: sample N responses per prompt, keep the one the reward scores best (stages/bon.py)."""
+
+    policy: str = "default"
+    """Model that samples the N responses (the SFT model, or any policy)."""
+    reward: list[RewardSourceSettings] = field(default_factory=list)
+    """Reward sources, summed with their weights, e.g. [{type: model, path: runs/reward/model}] (an ensemble takes std_coef)
+    or [{type: function, path: my.py:score}]; a sample scored None is never picked."""
+    prompts: str = "shared:alpaca_seed_tasks.jsonl"
+    """Prompts file (any format `tether` reads); a row's meta reaches reward functions as their `metadata`."""
+    output_dir: str = "runs/bon"
+    """Writes bon.jsonl (per prompt: the best response, its score, all N responses and scores), config.yaml, summary.json."""
+    limit: Optional[int] = None
+    """Use only the first N prompts (None = all)."""
+    n: int = 8
+    """Samples per prompt (N); the analytic KL bound of keeping the best is log N - (N-1)/N nats."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings."""
+    gold: bool = False
+    """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and report the gold gain."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision for sampling and scoring."""
+    seed: int = 0
+    """Seeds sampling."""
+
+    def __post_init__(self) -> None:
+        _check_best_of_n(self)
+
+
+@dataclass
+class RSConfig:
+    """`tether rs`: rejection-sampling fine-tuning in rounds: best of N per prompt, SFT on it (Llama 2 sec. 3.2.3)."""
+
+    policy: str = "default"
+    """Policy of round 1 (the SFT model); each round's fine-tuned model samples the next round."""
+    reward: list[RewardSourceSettings] = field(default_factory=list)
+    """Reward sources, summed with their weights, e.g. [{type: model, path: runs/reward/model}] (an ensemble takes std_coef)
+    or [{type: function, path: my.py:score}]; a sample scored None is never picked."""
+    prompts: str = "shared:alpaca_seed_tasks.jsonl"
+    """Prompts sampled every round (any format `tether` reads); a row's meta reaches reward functions as their `metadata`."""
+    output_dir: str = "runs/rs"
+    """Writes round_<k>/ (bon.jsonl, kept.jsonl, sft/, fresh.jsonl, summary.json) per round, metrics.jsonl, summary.json."""
+    limit: Optional[int] = None
+    """Use only the first N prompts (None = all)."""
+    n: int = 8
+    """Samples per prompt and round (N); the best one is kept."""
+    rounds: int = 3
+    """Rounds of sample -> keep the best -> SFT; a round whose summary.json exists is skipped on rerun."""
+    threshold: Optional[float] = None
+    """Keep a prompt's best response only if its score is at least this (None = always keep it)."""
+    eval_prompts: Optional[str] = None
+    """Prompts for the fresh samples that score each round's new policy (None = the training prompts, another seed)."""
+    eval_limit: Optional[int] = None
+    """Use only the first N of those prompts (None = all)."""
+    eval_samples: int = 2
+    """Fresh samples per eval prompt after each round (and of the starting policy), all with the same seed."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings (the N samples and the fresh ones)."""
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(eval_fraction=0.0, save_every=0))
+    """SFT of every round; its model, data, output_dir, seed and precision are filled in per round."""
+    gold: bool = False
+    """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and log gold means per round."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Matmul precision for sampling, scoring and SFT."""
+    seed: int = 0
+    """Seeds sampling (round k samples with seed + k) and SFT."""
+
+    def __post_init__(self) -> None:
+        _check_best_of_n(self)
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+        if self.eval_samples < 1:
+            raise ConfigError(f"eval_samples must be at least 1 (fresh samples score each round's policy), got {self.eval_samples}")
+
+
 @dataclass
 class IterateSettings:
     """Rounds 2..N of `tether run` (iterative RLHF): fresh pairs from the latest policy, labelled, a new reward model, PPO again."""
