@@ -27,3 +27,9 @@ def hash_unless_fixed(prompts, completions, metadata):
 
     return [1.0 if meta.get("fixed") else int(hashlib.md5(text.encode()).hexdigest()[:8], 16) / 2**32
             for meta, text in zip(metadata, completions)]
+
+
+def e_count(prompts, completions, metadata):
+    """How many 'e' the completion holds, divided by 8 and capped at 1: with 8 new tokens the optimum, 1.0, is a
+    completion of eight tokens that each hold an 'e' (no earlier EOS)."""
+    return [min(text.count("e"), 8) / 8 for text in completions]

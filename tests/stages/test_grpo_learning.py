@@ -24,19 +24,20 @@ def rows(out):
     return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-LEARN = ["steps=14", "prompts_per_step=4", "group_size=8", "mini_batch_size=32", "micro_batch_size=32", "optim.lr=5e-2",
+LEARN = ["steps=16", "prompts_per_step=4", "group_size=8", "mini_batch_size=32", "micro_batch_size=32", "optim.lr=3e-2",
          "optim.schedule=constant", "beta=0.001"]
 
 
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
-def test_learns_to_write_the_letter_e(tiny_model_dir, tiny_data, tmp_path, advantage):
-    # a random 2-layer model writes ~5% 'e' (the optimum, all 'e', scores 1); 14 iterations of 32 samples, one on-policy
-    # optimizer step each, must push that past 50%, with a finite KL
-    grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "letter_e", *LEARN, f"advantage={advantage}")
+def test_learns_to_fill_the_answer_with_e(tiny_model_dir, tiny_data, tmp_path, advantage):
+    # e_count: min(#'e', 8) / 8 over 8 new tokens; a random 2-layer model scores ~0.1, the optimum is 1.0 (eight tokens
+    # that each hold an 'e'). 16 iterations of 32 samples, one on-policy optimizer step each, must come close to it
+    # (four seeds of each reached 0.92-1.0 after 14), with a finite KL
+    grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "e_count", *LEARN, f"advantage={advantage}")
     r = rows(tmp_path / "g")
     first = sum(x["rollout/reward"] for x in r[:3]) / 3
     last = sum(x["rollout/reward"] for x in r[-3:]) / 3
-    assert first < 0.12 and last > 0.5, (first, last)
+    assert first < 0.15 and last > 0.85, (first, last)
     trained = [x for x in r if x["rollout/samples_trained"] > 0]  # once solved, every group scores 1 and is dropped
     assert len(trained) >= 10
     assert all(x["rollout/kl"] is not None and 0 <= x["rollout/kl"] < 200 for x in trained[1:])

@@ -23,6 +23,8 @@ Models: with LoRA (the default) the reference is the policy's own weights with t
 switched off; with full fine-tuning and beta > 0 a frozen copy; with beta = 0 and full fine-tuning
 no reference at all. With one minibatch and one iteration the update is on-policy: pi_old is
 the policy of the update's own forward pass (the same numbers), so no scoring pass is run.
+Rollouts come from the lean sampling loop of rollout/sampling.py (the same distribution as
+`generate`, less overhead per token).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from tether.models.loading import (apply_lora, autocast, count_parameters, enabl
                                    resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
-from tether.rollout.generate import generate
+from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, release_freed_memory,
@@ -101,7 +103,7 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
         batch = records[start:start + cfg.generation.batch_size]
         prompts = [r.prompt for r in batch]
-        rollout = generate(policy, tokenizer, prompts, cfg.generation, seed=cfg.seed * 7919 + b, precision=cfg.precision)
+        rollout, _ = sample_rollout(policy, tokenizer, prompts, cfg.generation, seed=cfg.seed * 7919 + b, precision=cfg.precision)
         if has_reference:
             seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
             with autocast(cfg.precision):
@@ -185,7 +187,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
 
         # 1. rollout
-        rollout = generate(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
+        rollout, sampled_logp = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
         t_gen = time.time() - t0
 
         # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)
@@ -219,7 +221,9 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
             task_scores = scores.flatten()[rows]  # (N,)
             train_scores = task_scores
             if use_reference and not kl_in_loss:  # RLOO's KL-shaped reward, from the sampling policy
-                if on_policy:
+                if on_policy and sampled_logp is not None:  # log pi_old as the sampler computed it: no extra pass
+                    old_logp = sampled_logp[rows, :mask.shape[1]].float() * mask
+                elif on_policy:
                     with torch.no_grad(), autocast(cfg.precision):
                         old_logp = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
                 train_scores = task_scores - cfg.beta * (kl_k1(old_logp, ref_logp) * mask).sum(-1)

@@ -1,0 +1,111 @@
+"""A lean sampling loop: the same `Rollout` as `generate`, with less work per token.
+
+`generate` goes through Hugging Face's `generate`, which runs logits processors, stopping
+criteria and cache bookkeeping around every forward pass, and draws each token with
+`torch.multinomial` over the whole vocabulary. On a small model that overhead is a large
+share of a rollout. This loop keeps only what sampling needs:
+
+  prefill:  one forward over the left-padded prompts (positions counted over real tokens),
+            keeping the KV cache and only the last position's logits
+  each token:  p = softmax(logits / temperature), cut to the nucleus when top_p < 1 (the
+            smallest set of most likely tokens holding top_p of the mass, as HF's top-p);
+            one uniform number u per row picks the token by inverse CDF (and its log-prob
+            is kept, so an on-policy update needs no extra pass for log pi_old):
+            y = min{ j : cdf_j > u * cdf_V }, exactly a draw from p (a zero-probability token
+            has an empty interval and is never drawn); rows that have ended feed padding
+  stop:     when every row has emitted EOS, or after max_new_tokens
+
+With an SDPA model the decode steps get their (B, 1, 1, L) boolean attention mask directly,
+skipping the causal-mask construction a 2D mask costs on every call. With stop strings the
+work falls back to `generate` (HF stops a row at a stop string by matching decoded text).
+The draws differ from `generate`'s for the same seed (another sampler), the distribution does not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tether.config import GenerationSettings
+from tether.data.collate import pad_left
+from tether.data.records import Prompt
+from tether.data.templates import encode_prompt
+from tether.models.loading import autocast, device
+from tether.rollout.generate import Rollout, generate
+
+__all__ = ["sample_rollout", "next_token"]
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(logits / temperature), nucleus-filtered when top_p < 1.
+
+    logits: (B, V) next-token logits.
+    u:      (B,) uniform numbers in [0, 1), one per row.
+    Returns ((B,) token ids, (B,) their log-probability log softmax(logits / temperature), before any top-p cut:
+    the number `policy_forward` computes for the token).
+    """
+    z = logits.float() / temperature
+    log_norm = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
+    probs = torch.exp(z - log_norm)  # (B, V)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # the mass before the token already reaches top_p
+        outside[:, 0] = False  # the most likely token always stays
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+    cdf = probs.cumsum(-1)  # (B, V)
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # (B, 1), in [0, total mass)
+    token = torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1)  # (B, 1)
+    return token.squeeze(-1), (z.gather(-1, token) - log_norm).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int,
+                   precision: str = "bf16") -> tuple[Rollout, torch.Tensor | None]:
+    """Sample one response per prompt, as one batch: (`generate`'s `Rollout`, same layout and meaning; (B, R) log-probs).
+
+    The log-probs are log pi(y_t | x, y_<t) of each sampled token under softmax(logits / temperature),
+    read off the sampling step's own logits (0 on padding): the numbers a forward pass of
+    `policy_forward` over the rollout gives, up to floating-point rounding (incremental decoding
+    adds in another order; more so under bf16). None when stop strings send the work to `generate`.
+    """
+    if settings.stop_strings:
+        return generate(model, tokenizer, prompts, settings, seed, precision), None
+    encoded = [encode_prompt(tokenizer, p, settings.max_prompt_tokens) for p in prompts]
+    prompt_ids, prompt_mask = pad_left([ids for ids, _ in encoded], tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device()), prompt_mask.to(device())
+    B = prompt_ids.shape[0]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    gen = torch.Generator(device=prompt_ids.device).manual_seed(seed)
+    uniforms = torch.rand(settings.max_new_tokens, B, generator=gen, device=prompt_ids.device)  # one per row and step
+    direct_mask = getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
+    was_training = model.training
+    model.eval()
+    tokens, logps, finished = [], [], torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+    mask = prompt_mask
+    position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) positions over real tokens
+    with autocast(precision):
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position, use_cache=True, logits_to_keep=1)
+        cache, logits, position = out.past_key_values, out.logits[:, -1], position[:, -1:]
+        for t in range(settings.max_new_tokens):
+            token, logp = next_token(logits, settings.temperature, settings.top_p, uniforms[t])
+            token = torch.where(finished, torch.full_like(token, pad), token)  # ended rows feed padding
+            tokens.append(token)
+            logps.append(logp)
+            finished |= token == eos
+            if t == settings.max_new_tokens - 1 or bool(finished.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            position = position + 1
+            attention = mask.bool()[:, None, None, :] if direct_mask else mask
+            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1]
+    model.train(was_training)
+    response_ids = torch.stack(tokens, dim=1) if tokens else prompt_ids.new_zeros(B, 0)  # (B, R)
+    is_eos = response_ids == eos
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # tokens after the first EOS are padding
+    response_mask = (~after_eos).long()
+    response_ids = response_ids.masked_fill(after_eos, pad)
+    logprobs = torch.stack(logps, dim=1).masked_fill(after_eos, 0.0) if logps else torch.zeros(B, 0, device=prompt_ids.device)
+    texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
+    rollout = Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
+                      finished=is_eos.any(-1), texts=[t.strip() for t in texts], prompts_truncated=sum(t for _, t in encoded))
+    return rollout, logprobs

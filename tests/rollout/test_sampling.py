@@ -1,0 +1,112 @@
+"""The lean sampling loop: exact draws from softmax(logits / T) (top-p as HF), the Rollout layout, greedy agreement with HF."""
+
+import math
+
+import pytest
+import torch
+
+from tether.config import GenerationSettings
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.rollout.generate import generate
+from tether.rollout.sampling import next_token, sample_rollout
+
+PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves and the cold wind in October.", "Why is the sky blue?"]
+
+
+def frequencies(logits, temperature=1.0, top_p=1.0, n=10_000):
+    # u on an even grid: each token is drawn n * p_j times, up to rounding -- an exact check of the inverse CDF
+    u = (torch.arange(n) + 0.5) / n
+    tokens, _ = next_token(logits.expand(n, -1), temperature, top_p, u)
+    return torch.bincount(tokens, minlength=logits.shape[-1]).float() / n
+
+
+def test_draws_follow_the_softmax():
+    logits = torch.tensor([[1.0, 0.0, -1.0, 2.0]])
+    for t in (1.0, 0.5):
+        p = torch.softmax(logits / t, -1)[0]
+        assert torch.allclose(frequencies(logits, t), p, atol=2e-4)
+
+
+def test_zero_probability_tokens_are_never_drawn():
+    logits = torch.tensor([[-math.inf, 0.0, -math.inf, 0.0, -math.inf]])
+    u = torch.tensor([0.0, 1e-9, 0.5, 1.0 - 1e-7])
+    tokens, logp = next_token(logits.expand(4, -1), 1.0, 1.0, u)
+    assert set(tokens.tolist()) <= {1, 3} and tokens.tolist() == [1, 1, 3, 3]
+    assert torch.allclose(logp, torch.full((4,), math.log(0.5)))
+
+
+def test_top_p_keeps_the_nucleus_like_hf():
+    # p = (0.5, 0.3, 0.2): top_p 0.6 keeps the first two (0.5 < 0.6, 0.8 >= 0.6), renormalised to (0.625, 0.375, 0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    assert torch.allclose(frequencies(logits, top_p=0.6), torch.tensor([0.625, 0.375, 0.0]), atol=2e-4)
+    assert torch.allclose(frequencies(logits, top_p=0.45), torch.tensor([1.0, 0.0, 0.0]))  # 0.5 alone holds 0.45
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    for top_p in (0.3, 0.7, 0.95):
+        logits = 2 * torch.randn(1, 50, generator=g)
+        kept_hf = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))[0]
+        kept = frequencies(logits, top_p=top_p, n=200_000) > 0
+        assert torch.equal(kept, kept_hf) or (kept & ~kept_hf).sum() == 0  # never a token HF would cut
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return load_causal_lm(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
+
+
+def test_layout_and_seed(lm):
+    model, tok = lm
+    settings = GenerationSettings(max_new_tokens=10)
+    r, _ = sample_rollout(model, tok, PROMPTS, settings, seed=3, precision="fp32")
+    assert r.prompt_mask[0, 0] == 0 and r.prompt_mask[1].all()  # left padding
+    for row in range(3):
+        n = int(r.lengths[row])
+        assert r.response_mask[row, :n].all() and not r.response_mask[row, n:].any()
+        assert (r.response_ids[row, n:] == tok.pad_token_id).all()
+        assert bool(r.finished[row]) == (n > 0 and r.response_ids[row, n - 1].item() == tok.eos_token_id)
+        assert r.texts[row] == tok.decode(r.response_ids[row, :n], skip_special_tokens=True).strip()
+    again, _ = sample_rollout(model, tok, PROMPTS, settings, seed=3, precision="fp32")
+    assert torch.equal(again.response_ids, r.response_ids)
+    assert not torch.equal(sample_rollout(model, tok, PROMPTS, settings, seed=4, precision="fp32")[0].response_ids, r.response_ids)
+
+
+def test_near_greedy_matches_hf_greedy(lm):
+    # at temperature 1e-4 every draw is the argmax: the KV cache, positions and masks of the loop must give HF's
+    # greedy continuation of every left-padded prompt, token for token
+    model, tok = lm
+    from tether.data.collate import pad_left
+    from tether.data.templates import encode_prompt
+
+    r, _ = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=12, temperature=1e-4), seed=0, precision="fp32")
+    ids, mask = pad_left([encode_prompt(tok, p, 192)[0] for p in PROMPTS], tok.pad_token_id)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
+    hf = out[:, ids.shape[1]:]
+    for row in range(3):
+        n = int(r.lengths[row])
+        assert r.response_ids[row, :n].tolist() == hf[row, :n].tolist()
+
+
+def test_stop_strings_fall_back_to_generate(lm):
+    model, tok = lm
+    settings = GenerationSettings(max_new_tokens=8, stop_strings=["e"])
+    a, logp = sample_rollout(model, tok, PROMPTS, settings, seed=1, precision="fp32")
+    assert logp is None
+    b = generate(model, tok, PROMPTS, settings, seed=1, precision="fp32")
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+
+
+def test_logprobs_are_the_policys(lm):
+    # the sampler's log-probs of its own tokens equal a full forward pass's (policy_forward), at the temperature used
+    from tether.rollout.logprobs import policy_forward
+
+    model, tok = lm
+    for t in (1.0, 0.7):
+        r, logp = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=10, temperature=t, top_p=0.9), seed=2, precision="fp32")
+        with torch.no_grad():
+            full = policy_forward(model, r.sequences, r.attention_mask, r.prompt_ids.shape[1], t)["logp"]
+        mask = r.response_mask.bool()
+        torch.testing.assert_close(logp[mask], full[mask], atol=1e-4, rtol=1e-4)
+        assert (logp[~mask] == 0).all()
