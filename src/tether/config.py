@@ -297,6 +297,9 @@ class PPOConfig:
     """Reward model (or ensemble) directory written by `tether reward train`."""
     reward_function: Optional[str] = None
     """Instead of a reward model: 'module:function' or 'file.py:function' (prompts, completions, metadata) -> floats or None."""
+    reward: list[RewardSourceSettings] = field(default_factory=list)
+    """Instead of both: reward sources summed with their weights (rewards/sources.py; metadata is {} in PPO), e.g.
+    [{type: model, path: runs/reward/model}, {type: judge, path: default, judge_against: group}]."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Training prompts."""
     output_dir: str = "runs/ppo"
@@ -374,10 +377,12 @@ class PPOConfig:
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
-        if self.reward_function:
-            self.reward_model = None  # a reward function replaces the reward model
+        if self.reward and self.reward_function:
+            raise ConfigError("set reward_function or reward (a list of reward sources), not both")
+        if self.reward_function or self.reward:
+            self.reward_model = None  # a reward function (or a list of reward sources) replaces the reward model
         elif not self.reward_model:
-            raise ConfigError("set reward_model (a trained reward model) or reward_function (module:function)")
+            raise ConfigError("set reward_model (a trained reward model), reward_function (module:function) or reward (a list of reward sources)")
         if self.value_model != "policy_head" and not self.reward_model:
             raise ConfigError(f"value_model={self.value_model} needs a reward_model; use value_model=policy_head with a reward_function")
         if self.ptx_coef > 0 and not self.ptx_data:

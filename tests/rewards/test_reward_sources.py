@@ -104,3 +104,22 @@ def test_judge_round_robin_within_the_group(tiny_model_dir):
     assert sum(scores[0:2]) / 2 == pytest.approx(0.5, abs=1e-5) and sum(scores[4:7]) / 3 == pytest.approx(0.5, abs=1e-5)
     assert scores[7] == 0.5
     assert all(0 < s < 1 for s in scores)
+
+
+def test_ppo_takes_reward_sources(tiny_model_dir, tiny_data, tmp_path):
+    # PPO's `reward` list: a function source dropping every odd sample plus a weighted constant
+    import json
+
+    from tether.config import ConfigError, PPOConfig, load_config
+    from tether.stages.ppo import train_ppo
+
+    reward = f"reward=[{{type: function, path: '{FNS}:drop_odd'}}, {{type: function, path: '{FNS}:constant', weight: 0.5}}]"
+    common = [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", "precision=fp32", "lora.enabled=false", "generation.max_new_tokens=4",
+              "steps=1", "batch_size=4", "mini_batch_size=2", "save_every=0", "samples_every=1"]
+    cfg = load_config(PPOConfig, None, [reward, f"output_dir={tmp_path / 'p'}", *common])
+    assert cfg.reward_model is None
+    assert train_ppo(cfg)["steps"] == 1
+    rewards = [json.loads(x)["reward"] for x in (tmp_path / "p" / "samples.jsonl").read_text().splitlines()]
+    assert rewards[0::2] == [1.5, 1.5]  # 1.0 + 0.5 * 1.0 on the samples that count
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(PPOConfig, None, [reward, f"reward_function={FNS}:constant"])

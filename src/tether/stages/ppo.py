@@ -52,6 +52,7 @@ from tether.models.loading import (ModelError, apply_lora, autocast, count_param
 from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
 from tether.rewards.functions import call_reward_function, load_reward_function
+from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.generate import generate
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
@@ -149,6 +150,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     rm = load_reward_model(cfg.reward_model) if cfg.reward_model else None
     reward_fn = load_reward_function(cfg.reward_function) if cfg.reward_function else None
+    sources = load_reward_sources(cfg.reward, cfg.precision) if cfg.reward else None  # reward sources (rewards/sources.py)
     if rm is not None and rm.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ModelError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
                          "train the reward model from the SFT model so both read the same tokens")
@@ -210,7 +212,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             with torch.no_grad(), autocast(cfg.precision):
                 scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id), std_coef=cfg.reward_std_coef)
         else:  # None from the function drops that episode from the update
-            values = call_reward_function(reward_fn, [prompt_text(p) for p in batch_prompts], rollout.texts, [{} for _ in batch_prompts])
+            values = (score_samples(sources, batch_prompts, rollout.texts, [{} for _ in batch_prompts])[0] if sources is not None else
+                      call_reward_function(reward_fn, [prompt_text(p) for p in batch_prompts], rollout.texts, [{} for _ in batch_prompts]))
             scores = torch.tensor([0.0 if v is None else v for v in values], device=keep.device)
             keep = torch.tensor([v is not None for v in values], device=keep.device)
         if cfg.missing_eos_penalty is not None:
