@@ -82,6 +82,26 @@ def test_response_logprobs_packed_and_unpacked_equal_each_sequence_alone(tiny_mo
             torch.testing.assert_close(torch.stack([c, r], -1), expected, atol=1e-4, rtol=1e-5)
 
 
+def test_the_lm_head_in_chunks_gives_the_same_logprobs_and_gradients(tiny_model_dir, tiny_data, monkeypatch):
+    import tether.stages.dpo as dpo
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    examples = [encode_pair(tok, p, 192, 128)[0] for p in read_preferences(tiny_data["prefs"])][:4]
+
+    def logps_and_grads():
+        model = load_causal_lm(str(tiny_model_dir))
+        c, r = response_logprobs(model, examples, tok.pad_token_id, True)
+        (c - 2 * r).sum().backward()
+        return torch.cat([c, r]).detach(), [p.grad.clone() for p in model.parameters()]
+
+    whole, grads = logps_and_grads()
+    monkeypatch.setattr(dpo, "HEAD_CHUNK", 7)  # the 4 pairs hold far more than 7 response tokens
+    chunked, chunked_grads = logps_and_grads()
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    for a, b in zip(chunked_grads, grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_response_logprobs_respects_truncation(tiny_model_dir):
     # a response cut to 3 tokens is scored on exactly those 3 tokens (and gets no EOS)
     tok = load_tokenizer(str(tiny_model_dir))
