@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tether.data.readers import read_prompts
-from tether.rewards.arithmetic import exact_match, last_number, make_problems, write_problem_files
+from tether.rewards.arithmetic import exact_match, last_number, make_problems, number_only, write_problem_files
 from tether.rewards.functions import RewardFunctionError
 
 
@@ -21,6 +21,11 @@ def test_exact_match_reads_the_last_number():
     assert exact_match([""] * 5, completions, meta) == [1.0, 1.0, 0.0, 0.0, 0.0]
     with pytest.raises(RewardFunctionError, match="no numeric 'answer'"):
         exact_match([""], ["82"], [{}])
+
+
+def test_number_only_checks_the_form():
+    completions = ["82", " 82. ", "-8", "1,234", "3.5", "82 apples", "The answer is 82", "37 + 45 = 82", ""]
+    assert number_only([""] * 9, completions, [{}] * 9) == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_problems_are_seeded_distinct_and_correct():

@@ -127,6 +127,23 @@ def test_reinforce_moving_average_resumes_bit_for_bit(tiny_model_dir, tiny_data,
     assert all(x["held_out/kl"] is not None for x in ra if "held_out/reward" in x)
 
 
+def test_held_out_check_reports_each_source(tiny_model_dir, tiny_data, tmp_path):
+    # two sources: the held-out reward is their weighted sum, and each source's own mean is logged beside it
+    s = train_grpo(load_config(GRPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:e_count'}}, {{type: function, path: '{FNS}:constant', weight: 0.5}}]",
+        f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'g'}", "precision=fp32", "generation.max_new_tokens=8", "save_every=0",
+        "steps=2", "group_size=2", "mini_batch_size=8", "beta=0", f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=1",
+        "early_stop.limit=6", "early_stop.patience=0"]))
+    checks = [x for x in rows(tmp_path / "g") if "held_out/reward" in x]
+    assert len(checks) == 2
+    for x in checks:
+        assert x["held_out/reward/function:constant"] == 1.0
+        assert x["held_out/reward"] == pytest.approx(x["held_out/reward/function:e_count"] + 0.5)
+        assert x["held_out/kl"] is not None  # LoRA: the reference is the adapter switched off, even with beta = 0
+    initial, last = s["held_out"]["initial"], s["held_out"]["last"]
+    assert initial["reward/function:constant"] == 1.0 and last["step"] == 2 and last["reward"] == checks[-1]["held_out/reward"]
+
+
 def test_config_errors():
     base = [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]"]
     with pytest.raises(ConfigError, match="set reward"):

@@ -25,7 +25,7 @@ from typing import Optional
 
 from tether.rewards.functions import RewardFunctionError
 
-__all__ = ["PROMPT", "last_number", "exact_match", "make_problems", "write_problem_files", "answer_problems", "accuracy"]
+__all__ = ["PROMPT", "last_number", "exact_match", "number_only", "make_problems", "write_problem_files", "answer_problems", "accuracy"]
 
 PROMPT = "What is {a} {op} {b}? Answer with the number only."
 """The question; a subtraction never goes below zero (a >= b)."""
@@ -54,6 +54,17 @@ def exact_match(prompts: list[str], completions: list[str], metadata: list[dict]
         value = last_number(text)
         scores.append(1.0 if value is not None and value == float(meta["answer"]) else 0.0)
     return scores
+
+
+_BARE_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?\.?")
+
+
+def number_only(prompts: list[str], completions: list[str], metadata: list[dict]) -> list[float]:
+    """1.0 when the completion is a bare number ("82", "82."), else 0.0: a format reward (a reward function).
+
+    It checks only the form the question asks for, not the value: added with a small weight to
+    `exact_match`, it rewards answering at once instead of working aloud past max_new_tokens."""
+    return [1.0 if _BARE_NUMBER.fullmatch(text.strip()) else 0.0 for text in completions]
 
 
 def make_problems(n: int, seed: int = 0, low: int = 10, high: int = 99, ops: str = "+-") -> list[dict]:

@@ -95,10 +95,10 @@ def kept_batch(rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 @torch.no_grad()
 def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sources) -> dict:
-    """Mean reward (one sample per prompt) and KL (k1, nats per response; None without a reference)
-    of the current policy on held-out prompts, sampled with a fixed seed so successive checks
-    differ only by the policy."""
-    rewards, kls = [], []
+    """Mean reward (one sample per prompt), each source's mean when there are several ("reward/<name>"),
+    and KL (k1, nats per response; None without a reference) of the current policy on held-out
+    prompts, sampled with a fixed seed so successive checks differ only by the policy."""
+    rewards, kls, by_source = [], [], {s.name: [] for s in sources}
     has_reference = reference is not None or cfg.lora.enabled
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
         batch = records[start:start + cfg.generation.batch_size]
@@ -112,9 +112,12 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
                 with ctx:
                     ref_logp = policy_forward(model, seqs, attn, P, cfg.generation.temperature)["logp"]
             kls.extend(((logp - ref_logp) * rollout.response_mask).sum(-1).tolist())
-        scores, _ = score_samples(sources, prompts, rollout.texts, [dict(r.meta) for r in batch])
+        scores, parts = score_samples(sources, prompts, rollout.texts, [dict(r.meta) for r in batch])
         rewards.extend(s for s in scores if s is not None)
-    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": sum(kls) / len(kls) if kls else None}
+        for name, values in parts.items():
+            by_source[name].extend(v for v in values if v is not None)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": mean(kls), **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(sources) > 1 else {})}
 
 
 def train_grpo(cfg: GRPOConfig) -> dict | None:
@@ -167,7 +170,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         console.print(f"grpo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
         check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
-        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"]}
+        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"], "initial": check}
         keep_best(out, trainable)
         console.print(f"grpo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
@@ -304,7 +307,8 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         stop_reason = None
         if held_out and (done % guard.every == 0 or done == cfg.steps):
             check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
-            metrics.update({"held_out/reward": check["reward"], "held_out/kl": check["kl"]})
+            metrics.update({f"held_out/{key}": value for key, value in check.items()})
+            best["last"] = {"step": done, **check}
             within_kl = guard.max_kl is None or check["kl"] is None or check["kl"] <= guard.max_kl
             if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
                 best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)
@@ -356,7 +360,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
         "held_out": None if not held_out else {
             "prompts": len(held_out), "initial_reward": best.get("initial_reward"), "best_reward": best["reward"],
-            "best_kl": best["kl"], "best_step": best["step"]},
+            "best_kl": best["kl"], "best_step": best["step"], "initial": best.get("initial"), "last": best.get("last")},
         "reference": reference_kind, "trainable_params": n_trainable, "total_params": n_total, "parameter_gb": parameter_gb,
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
