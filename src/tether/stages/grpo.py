@@ -221,7 +221,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                     model, ctx = reference_context(policy, reference)
                     with ctx:
                         ref_logp = in_chunks(lambda r: policy_forward(model, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
-            task_scores = scores.flatten()[rows]  # (N,)
+            task_scores = scores.flatten()[rows].to(mask.device)  # (N,)
             train_scores = task_scores
             if use_reference and not kl_in_loss:  # RLOO's KL-shaped reward, from the sampling policy
                 if on_policy and sampled_logp is not None:  # log pi_old as the sampler computed it: no extra pass
@@ -232,15 +232,16 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                 train_scores = task_scores - cfg.beta * (kl_k1(old_logp, ref_logp) * mask).sum(-1)
 
             # 4. advantages, one per sample (P, G) -> the kept rows (N,)
-            r = torch.zeros(P_step * G).index_put((rows,), train_scores.float()).view(P_step, G)
+            r = torch.zeros(P_step * G, device=mask.device).index_put((rows.to(mask.device),), train_scores.float()).view(P_step, G)
             if cfg.advantage == "grpo":
                 adv = group_advantages(r, keep, scale_std=cfg.scale_rewards)
             elif cfg.advantage == "rloo":
                 adv = leave_one_out_advantages(r, keep)
             else:
-                b = baseline.value if cfg.baseline == "moving_average" and baseline.value is not None else masked_mean(r, keep).item()
+                batch_mean = masked_mean(r, keep.to(r.device)).item()
+                b = baseline.value if cfg.baseline == "moving_average" and baseline.value is not None else batch_mean
                 adv = reinforce_advantages(r, b, keep)
-                baseline.update(masked_mean(r, keep).item())
+                baseline.update(batch_mean)
             advantages = adv.flatten()[rows]  # (N,)
             if cfg.normalize_advantages and N > 1:
                 advantages = masked_whiten(advantages, torch.ones_like(advantages))
