@@ -22,7 +22,7 @@ def ppo(tiny_model_dir, tiny_data, out, fn, *extra):
 def test_ppo_learns_to_write_the_letter_e(tiny_model_dir, tiny_data, tmp_path):
     # a random 2-layer model writes ~5% 'e'; PPO must push that past 30% within 30 iterations, with a finite KL
     ppo(tiny_model_dir, tiny_data, tmp_path / "ppo", "letter_e", "steps=30", "batch_size=16", "mini_batch_size=8",
-        "ppo_epochs=4", "optim.lr=1e-2", "kl.init_beta=0.001", "kl.adaptive=false")
+        "ppo_epochs=4", "micro_batch_size=8", "optim.lr=1e-2", "kl.init_beta=0.001", "kl.adaptive=false")
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["rollout/reward"] for r in rows[:5]) / 5
     last = sum(r["rollout/reward"] for r in rows[-5:]) / 5

@@ -255,12 +255,13 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
 
         # 2. score with the frozen models and the pre-update policy
         with torch.no_grad(), autocast(cfg.precision):
-            # in micro-batches: scoring then never holds more logits than an update does
+            # in minibatch-sized chunks: without gradients, a minibatch's logits weigh about what a
+            # micro-batch's kept activations do, and fewer, larger passes are faster
             old = in_chunks(lambda rows: evaluate_step(policy, value_head, value_model, seqs[rows], attn[rows], P, temperature,
-                                                       with_entropy=True), cfg.batch_size, cfg.micro_batch_size)
+                                                       with_entropy=True), cfg.batch_size, cfg.mini_batch_size)
             with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
                 ref_logp = in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P,
-                                                                 temperature), cfg.batch_size, cfg.micro_batch_size)["logp"]
+                                                                 temperature), cfg.batch_size, cfg.mini_batch_size)["logp"]
         scores, keep = score(batch_prompts, rollout)  # (B,), (B,)
         mask = mask * keep.to(mask.dtype).unsqueeze(-1)
         old_logp, old_values = old["logp"], old["values"]
