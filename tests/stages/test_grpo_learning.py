@@ -14,6 +14,15 @@ from tether.stages.grpo import train_grpo
 FNS = Path(__file__).resolve().parent / "reward_fns.py"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: at width 32 a second one only adds synchronisation (and spins on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def grpo(tiny_model_dir, prompts, out, fn, *extra):
     return train_grpo(load_config(GRPOConfig, None, [
         f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:{fn}'}}]", f"prompts={prompts}", f"output_dir={out}",
