@@ -43,9 +43,8 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.
     Returns ((B,) token ids, (B,) their log-probability log softmax(logits / temperature), before any top-p cut:
     the number `policy_forward` computes for the token).
     """
-    z = logits.float() / temperature
-    log_norm = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
-    probs = torch.exp(z - log_norm)  # (B, V)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    full = probs
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # the mass before the token already reaches top_p
@@ -54,7 +53,7 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.
     cdf = probs.cumsum(-1)  # (B, V)
     target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # (B, 1), in [0, total mass)
     token = torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1)  # (B, 1)
-    return token.squeeze(-1), (z.gather(-1, token) - log_norm).squeeze(-1)
+    return token.squeeze(-1), full.gather(-1, token).log().squeeze(-1)  # a drawn token has p > 0
 
 
 @torch.no_grad()
