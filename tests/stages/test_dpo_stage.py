@@ -215,6 +215,31 @@ def test_freeze_layers_leaves_the_lower_blocks_alone(tiny_model_dir, tiny_data, 
     assert summary["trainable_params"] < summary["total_params"]
 
 
+@pytest.mark.parametrize("precompute", ["false", "true"])
+def test_freeze_layers_with_lora_survives_the_adapter_switch(tiny_model_dir, tiny_data, tmp_path, precompute):
+    # the reference is the adapter switched off, and peft marks every adapter weight trainable when it comes back on:
+    # the frozen block's adapters must stay frozen (no gradient, unchanged), and a resumed run must build the same optimizer
+    from tether.stages.dpo import live_reference
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    policy = apply_lora(load_causal_lm(str(tiny_model_dir)), LoraSettings(enabled=True, r=4))
+    from tether.stages.dpo import freeze_lower_layers
+
+    freeze_lower_layers(policy, 1)
+    before = {n for n, p in policy.named_parameters() if p.requires_grad}
+    live_reference(policy, None, [encode_pair(tok, p, 192, 128)[0] for p in read_preferences(tiny_data["prefs"])][:2], tok.pad_token_id,
+                   True, "fp32")
+    assert {n for n, p in policy.named_parameters() if p.requires_grad} == before
+    assert before and not any(".layers.0." in n for n in before)
+
+    common = ["max_steps=4", "batch_size=2", "freeze_layers=1", "lora.r=4", f"precompute_reference={precompute}"]
+    full = train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path / "a", *common))
+    assert full["trainable_params"] == sum(p.numel() for n, p in policy.named_parameters() if n in before)
+    assert train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path / "b", *common, "interrupt_after=2")) is None
+    resumed = train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path / "b", *common))
+    assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-6)
+
+
 # --------------------------------------------------------------------------- data errors, config, command line
 
 

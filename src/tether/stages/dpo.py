@@ -142,10 +142,23 @@ def packing_matches(model, pairs: list[EncodedPair], pad_id: int) -> bool:
     return all(torch.allclose(a, b, atol=1e-3, rtol=1e-4) for a, b in zip(packed, separate))
 
 
+@contextlib.contextmanager
+def adapter_off(policy):
+    """The policy's base weights: its LoRA adapter switched off. Switching it back on, peft marks every adapter
+    weight trainable again, so the trainable flags are restored (adapters in frozen blocks stay frozen)."""
+    flags = [p.requires_grad for p in policy.parameters()]
+    try:
+        with policy.disable_adapter():
+            yield
+    finally:
+        for p, flag in zip(policy.parameters(), flags):
+            p.requires_grad_(flag)
+
+
 @torch.no_grad()
 def live_reference(policy, reference, pairs: list[EncodedPair], pad_id: int, pack: bool, precision: str):
     """(B,), (B,) reference log-probs: from `reference` when one is held, else the policy with its LoRA adapter off."""
-    with (policy.disable_adapter() if reference is None else contextlib.nullcontext()), autocast(precision):
+    with (adapter_off(policy) if reference is None else contextlib.nullcontext()), autocast(precision):
         return response_logprobs(policy if reference is None else reference, pairs, pad_id, pack)
 
 
