@@ -62,8 +62,9 @@ _BARE_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?\.?")
 def number_only(prompts: list[str], completions: list[str], metadata: list[dict]) -> list[float]:
     """1.0 when the completion is a bare number ("82", "82."), else 0.0: a format reward (a reward function).
 
-    It checks only the form the question asks for, not the value: added with a small weight to
-    `exact_match`, it rewards answering at once instead of working aloud past max_new_tokens."""
+    It checks only the form the question asks for, not the value, so it is easy to earn without doing the
+    task: added as 0.2 x number_only to `exact_match` (GRPO, lr 5e-4) it took the default model four steps
+    to answer "1" to every question. Shipped as an example of a format reward, not used by the config."""
     return [1.0 if _BARE_NUMBER.fullmatch(text.strip()) else 0.0 for text in completions]
 
 
