@@ -36,6 +36,7 @@ bench: $(STAMP) bench-trl-ppo-env
 	$(BIN)/python benchmarks/ppo_memory.py
 	$(BIN)/python benchmarks/ppo_vs_trl.py
 	$(BIN)/python benchmarks/grpo_vs_trl.py
+	$(BIN)/python benchmarks/dpo_vs_trl.py
 
 # PPO side by side with TRL 1.10.0 (the last TRL with PPO), on the test suite's tiny model:
 # episodes/s and peak RSS. TRL 1.10 lives in its own virtualenv, .venv-trl110 (torch installed
