@@ -130,12 +130,14 @@ def test_label_serve_answers_on_loopback(served, tmp_path):
 
 def test_sign_in_and_label_by_click_and_keyboard_in_chromium(browser, served, tmp_path):  # browser first: skip before serving
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, db, token = served
-    wait = WebDriverWait(browser, 15)
+    # each answer reloads the page: an element found on the old page may be gone by the time it is read
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
 
     def text(css: str) -> str:
         return browser.find_element(By.CSS_SELECTOR, css).text
@@ -145,7 +147,7 @@ def test_sign_in_and_label_by_click_and_keyboard_in_chromium(browser, served, tm
                 "left": text("#left pre"), "right": text("#right pre")}
 
     def wait_for_progress(done: int) -> None:
-        wait.until(lambda d: d.find_elements(By.ID, "progress") and text("#progress") == f"{done} of 4 today")
+        wait.until(lambda d: text("#progress") == f"{done} of 4 today")
 
     def press(keys: str) -> None:  # to the page itself, as a person pressing a key with nothing focused
         ActionChains(browser).send_keys(keys).perform()
