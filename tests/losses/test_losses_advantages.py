@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from tether.losses import gae

@@ -58,7 +58,7 @@ def lm(tiny_model_dir):
 def test_layout_and_seed(lm):
     model, tok = lm
     settings = GenerationSettings(max_new_tokens=10)
-    r, _ = sample_rollout(model, tok, PROMPTS, settings, seed=3, precision="fp32")
+    r = sample_rollout(model, tok, PROMPTS, settings, seed=3, precision="fp32")
     assert r.prompt_mask[0, 0] == 0 and r.prompt_mask[1].all()  # left padding
     for row in range(3):
         n = int(r.lengths[row])
@@ -66,9 +66,9 @@ def test_layout_and_seed(lm):
         assert (r.response_ids[row, n:] == tok.pad_token_id).all()
         assert bool(r.finished[row]) == (n > 0 and r.response_ids[row, n - 1].item() == tok.eos_token_id)
         assert r.texts[row] == tok.decode(r.response_ids[row, :n], skip_special_tokens=True).strip()
-    again, _ = sample_rollout(model, tok, PROMPTS, settings, seed=3, precision="fp32")
+    again = sample_rollout(model, tok, PROMPTS, settings, seed=3, precision="fp32")
     assert torch.equal(again.response_ids, r.response_ids)
-    assert not torch.equal(sample_rollout(model, tok, PROMPTS, settings, seed=4, precision="fp32")[0].response_ids, r.response_ids)
+    assert not torch.equal(sample_rollout(model, tok, PROMPTS, settings, seed=4, precision="fp32").response_ids, r.response_ids)
 
 
 def test_near_greedy_matches_hf_greedy(lm):
@@ -78,7 +78,7 @@ def test_near_greedy_matches_hf_greedy(lm):
     from tether.data.collate import pad_left
     from tether.data.templates import encode_prompt
 
-    r, _ = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=12, temperature=1e-4), seed=0, precision="fp32")
+    r = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=12, temperature=1e-4), seed=0, precision="fp32")
     ids, mask = pad_left([encode_prompt(tok, p, 192)[0] for p in PROMPTS], tok.pad_token_id)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12, eos_token_id=tok.eos_token_id,
@@ -92,21 +92,28 @@ def test_near_greedy_matches_hf_greedy(lm):
 def test_stop_strings_fall_back_to_generate(lm):
     model, tok = lm
     settings = GenerationSettings(max_new_tokens=8, stop_strings=["e"])
-    a, logp = sample_rollout(model, tok, PROMPTS, settings, seed=1, precision="fp32")
-    assert logp is None
+    a = sample_rollout(model, tok, PROMPTS, settings, seed=1, precision="fp32", value_head=torch.nn.Linear(model.config.hidden_size, 1))
+    assert a.logprobs is None and a.values is None and a.entropy is None  # the caller then runs the forward pass itself
     b = generate(model, tok, PROMPTS, settings, seed=1, precision="fp32")
     assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
 
 
-def test_logprobs_are_the_policys(lm):
-    # the sampler's log-probs of its own tokens equal a full forward pass's (policy_forward), at the temperature used
+def test_logprobs_values_and_entropy_are_the_forward_passs(lm):
+    # what the sampler keeps of its own tokens (log-probs at the temperature used, a value head on the state before
+    # each token, the entropy of each step) equals a full forward pass's (policy_forward): PPO skips that pass
     from tether.rollout.logprobs import policy_forward
 
     model, tok = lm
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    torch.nn.init.normal_(head.weight, std=0.5)
     for t in (1.0, 0.7):
-        r, logp = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=10, temperature=t, top_p=0.9), seed=2, precision="fp32")
+        r = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=10, temperature=t, top_p=0.9), seed=2,
+                           precision="fp32", value_head=head, with_entropy=True)
         with torch.no_grad():
-            full = policy_forward(model, r.sequences, r.attention_mask, r.prompt_ids.shape[1], t)["logp"]
+            full = policy_forward(model, r.sequences, r.attention_mask, r.prompt_ids.shape[1], t, value_head=head, with_entropy=True)
         mask = r.response_mask.bool()
-        torch.testing.assert_close(logp[mask], full[mask], atol=1e-4, rtol=1e-4)
-        assert (logp[~mask] == 0).all()
+        for key in ("logprobs", "values", "entropy"):
+            kept = getattr(r, key)
+            assert kept.shape == r.response_ids.shape and (kept[~mask] == 0).all()
+            torch.testing.assert_close(kept[mask], full[{"logprobs": "logp"}.get(key, key)][mask], atol=1e-4, rtol=1e-4)
+        assert r.values.abs().max() > 0.1  # a head that reads something: the comparison is not 0 == 0

@@ -223,7 +223,7 @@ def test_freeze_layers_with_lora_survives_the_adapter_switch(tiny_model_dir, tin
 
     tok = load_tokenizer(str(tiny_model_dir))
     policy = apply_lora(load_causal_lm(str(tiny_model_dir)), LoraSettings(enabled=True, r=4))
-    from tether.stages.dpo import freeze_lower_layers
+    from tether.models.loading import freeze_lower_layers
 
     freeze_lower_layers(policy, 1)
     before = {n for n, p in policy.named_parameters() if p.requires_grad}

@@ -124,3 +124,27 @@ def test_micro_batches_give_the_whole_minibatch_update(tiny_model_dir, tiny_data
     assert sum((a[k] - base[k]).abs().sum().item() for k in base) > 0
     for k in base:  # Adam's first step is about lr * sign(g): compare at 1% of it
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+
+
+def test_log_probs_and_values_from_the_sampling_pass_change_no_number(tiny_model_dir, tiny_data, tmp_path):
+    """reuse_sampling_pass (the default) takes log pi_old, V_old and the entropy from the sampler instead of a second
+    forward over the rollout: the same rollouts then give the same losses, KL and values, up to rounding."""
+    common = ["steps=2", "lora.enabled=false", "optim.lr=3e-3", "kl.init_beta=0.2"]
+    ppo(tiny_model_dir, tiny_data, tmp_path / "reuse", "letter_e", *common)
+    ppo(tiny_model_dir, tiny_data, tmp_path / "forward", "letter_e", *common, "reuse_sampling_pass=false")
+    reuse, forward = rows(tmp_path / "reuse"), rows(tmp_path / "forward")
+    for a, b in zip(reuse, forward):
+        for key in ("rollout/reward", "rollout/kl", "rollout/entropy", "train/policy_loss", "train/value_loss", "train/approx_kl",
+                    "train/clipfrac", "train/explained_variance"):
+            assert a[key] == pytest.approx(b[key], rel=5e-3, abs=2e-4), key  # KL, EV: differences of near-equal numbers
+    assert reuse[1]["rollout/kl"] != 0 and reuse[1]["train/value_loss"] > 0  # a trained policy and value: not 0 == 0
+
+
+def test_frozen_lower_blocks_stay_as_they_were(tiny_model_dir, tiny_data, tmp_path):
+    """freeze_layers=1: the first block's adapters never train (the merged policy's block 0 equals the base's), the top block's do."""
+    ppo(tiny_model_dir, tiny_data, tmp_path / "run", "letter_e", "steps=2", "optim.lr=1e-2", "freeze_layers=1")
+    base, trained = load_causal_lm(str(tiny_model_dir)), load_causal_lm(str(tmp_path / "run" / "model"))
+    first, last = (lambda m: m.model.layers[0].self_attn.q_proj.weight), (lambda m: m.model.layers[-1].self_attn.q_proj.weight)
+    assert torch.equal(first(base), first(trained))
+    assert not torch.equal(last(base), last(trained))
+    assert torch.equal(base.model.embed_tokens.weight, trained.model.embed_tokens.weight)

@@ -187,6 +187,30 @@ def apply_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", modu
     return get_peft_model(model, config)
 
 
+def freeze_lower_layers(model, n_layers: int) -> None:
+    """Embeddings and the lowest `n_layers` blocks (their adapters too) stop training: the backward pass stops above them."""
+    from tether.models.reward_model import trunk_of  # it imports this module
+
+    trunk = trunk_of(model)
+    trunk.embed_tokens.requires_grad_(False)
+    for layer in trunk.layers[:n_layers]:
+        layer.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def adapter_off(policy):
+    """The policy's base weights: its LoRA adapter switched off (the reference, with one copy of the weights).
+    Switching it back on, peft marks every adapter weight trainable again, so the trainable flags are
+    restored (adapters in frozen blocks stay frozen)."""
+    flags = [p.requires_grad for p in policy.parameters()]
+    try:
+        with policy.disable_adapter():
+            yield
+    finally:
+        for p, flag in zip(policy.parameters(), flags):
+            p.requires_grad_(flag)
+
+
 def enable_activation_checkpointing(model) -> None:
     """Keep only each block's input in the forward pass and recompute the rest in the backward:
     activation memory falls from every intermediate of every block to one tensor per block,

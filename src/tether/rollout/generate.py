@@ -12,6 +12,7 @@ P-1) predicts it, and `response_mask` marks real response tokens (the EOS includ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -31,6 +32,10 @@ class Rollout:
     finished: torch.Tensor  # (B,) bool: the response ended with EOS within max_new_tokens
     texts: list[str]  # decoded responses, special tokens removed
     prompts_truncated: int  # prompts cut from the left to fit max_prompt_tokens
+    # per-token numbers kept by the sampling pass (rollout/sampling.py), (B, R), 0 on padding; None when not kept
+    logprobs: Optional[torch.Tensor] = None  # log pi(y_t | ...) under softmax(logits / temperature)
+    values: Optional[torch.Tensor] = None  # a value head on the state before each token
+    entropy: Optional[torch.Tensor] = None  # entropy of the sampling distribution at each step
 
     @property
     def sequences(self) -> torch.Tensor:

@@ -58,16 +58,21 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.
 
 @torch.no_grad()
 def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int,
-                   precision: str = "bf16") -> tuple[Rollout, torch.Tensor | None]:
-    """Sample one response per prompt, as one batch: (`generate`'s `Rollout`, same layout and meaning; (B, R) log-probs).
+                   precision: str = "bf16", value_head=None, with_entropy: bool = False) -> Rollout:
+    """Sample one response per prompt, as one batch: `generate`'s `Rollout` (same layout and meaning) with
+    the per-token numbers of the sampling pass filled in, each (B, R) and 0 on padding:
 
-    The log-probs are log pi(y_t | x, y_<t) of each sampled token under softmax(logits / temperature),
-    read off the sampling step's own logits (0 on padding): the numbers a forward pass of
-    `policy_forward` over the rollout gives, up to floating-point rounding (incremental decoding
-    adds in another order; more so under bf16). None when stop strings send the work to `generate`.
+    logprobs  log pi(y_t | x, y_<t) of each sampled token under softmax(logits / temperature), read
+              off the sampling step's own logits: the numbers `policy_forward` gives over the rollout,
+              up to floating-point rounding (incremental decoding adds in another order; more so in bf16)
+    values    with `value_head` (a Linear on the last hidden state): the head on the state before each
+              token, as `policy_forward(..., value_head=)` reads it
+    entropy   with `with_entropy`: the entropy of softmax(logits / temperature) at each step
+
+    When stop strings send the work to `generate`, these stay None.
     """
     if settings.stop_strings:
-        return generate(model, tokenizer, prompts, settings, seed, precision), None
+        return generate(model, tokenizer, prompts, settings, seed, precision)
     encoded = [encode_prompt(tokenizer, p, settings.max_prompt_tokens) for p in prompts]
     prompt_ids, prompt_mask = pad_left([ids for ids, _ in encoded], tokenizer.pad_token_id)
     prompt_ids, prompt_mask = prompt_ids.to(device()), prompt_mask.to(device())
@@ -78,33 +83,49 @@ def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: Generation
     direct_mask = getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
     was_training = model.training
     model.eval()
-    tokens, logps, finished = [], [], torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+    tokens, logps, values, entropies = [], [], [], []
+    finished = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     mask = prompt_mask
     position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) positions over real tokens
+    want_hidden = value_head is not None
+
+    def value_of(out) -> None:  # the head on the last layer's state at the newest position, in fp32
+        if want_hidden:
+            with torch.autocast(device_type=prompt_ids.device.type, enabled=False):
+                values.append(value_head(out.hidden_states[-1][:, -1].float()).squeeze(-1))
+
     with autocast(precision):
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position, use_cache=True, logits_to_keep=1,
+                    output_hidden_states=want_hidden)
         cache, logits, position = out.past_key_values, out.logits[:, -1], position[:, -1:]
+        value_of(out)
         for t in range(settings.max_new_tokens):
             token, logp = next_token(logits, settings.temperature, settings.top_p, uniforms[t])
             token = torch.where(finished, torch.full_like(token, pad), token)  # ended rows feed padding
             tokens.append(token)
             logps.append(logp)
+            if with_entropy:
+                entropies.append(torch.special.entr(torch.softmax(logits.float() / settings.temperature, dim=-1)).sum(-1))
             finished |= token == eos
             if t == settings.max_new_tokens - 1 or bool(finished.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
             position = position + 1
             attention = mask.bool()[:, None, None, :] if direct_mask else mask
-            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True)
+            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True,
+                        output_hidden_states=want_hidden)
             cache, logits = out.past_key_values, out.logits[:, -1]
+            value_of(out)
     model.train(was_training)
     response_ids = torch.stack(tokens, dim=1) if tokens else prompt_ids.new_zeros(B, 0)  # (B, R)
     is_eos = response_ids == eos
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # tokens after the first EOS are padding
     response_mask = (~after_eos).long()
     response_ids = response_ids.masked_fill(after_eos, pad)
-    logprobs = torch.stack(logps, dim=1).masked_fill(after_eos, 0.0) if logps else torch.zeros(B, 0, device=prompt_ids.device)
+    per_token = lambda rows: (torch.stack(rows[:response_ids.shape[1]], dim=1).masked_fill(after_eos, 0.0) if rows  # noqa: E731
+                              else torch.zeros(B, 0, device=prompt_ids.device))
     texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
-    rollout = Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
-                      finished=is_eos.any(-1), texts=[t.strip() for t in texts], prompts_truncated=sum(t for _, t in encoded))
-    return rollout, logprobs
+    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
+                   finished=is_eos.any(-1), texts=[t.strip() for t in texts], prompts_truncated=sum(t for _, t in encoded),
+                   logprobs=per_token(logps), values=per_token(values) if want_hidden else None,
+                   entropy=per_token(entropies) if with_entropy else None)

@@ -46,7 +46,8 @@ from tether.data.records import PreferencePair, prompt_text
 from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_sigmoid_loss
-from tether.models.loading import apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer, resolve_model, save_model
+from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_causal_lm, load_tokenizer,
+                                   resolve_model, save_model)
 from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
 from tether.rollout.logprobs import token_logprobs
 from tether.stages.reward import is_tie, split_by_prompt
@@ -142,19 +143,6 @@ def packing_matches(model, pairs: list[EncodedPair], pad_id: int) -> bool:
     return all(torch.allclose(a, b, atol=1e-3, rtol=1e-4) for a, b in zip(packed, separate))
 
 
-@contextlib.contextmanager
-def adapter_off(policy):
-    """The policy's base weights: its LoRA adapter switched off. Switching it back on, peft marks every adapter
-    weight trainable again, so the trainable flags are restored (adapters in frozen blocks stay frozen)."""
-    flags = [p.requires_grad for p in policy.parameters()]
-    try:
-        with policy.disable_adapter():
-            yield
-    finally:
-        for p, flag in zip(policy.parameters(), flags):
-            p.requires_grad_(flag)
-
-
 @torch.no_grad()
 def live_reference(policy, reference, pairs: list[EncodedPair], pad_id: int, pack: bool, precision: str):
     """(B,), (B,) reference log-probs: from `reference` when one is held, else the policy with its LoRA adapter off."""
@@ -232,14 +220,6 @@ def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: 
     return {"loss": loss_sum / n, "accuracy": wins / n, "accuracy_ci_low": low, "accuracy_ci_high": high, "n": n,
             "margin": (r_chosen - r_rejected).mean().item(), "rewards_chosen": r_chosen.mean().item(),
             "rewards_rejected": r_rejected.mean().item()}
-
-
-def freeze_lower_layers(model, n_layers: int) -> None:
-    """Embeddings and the lowest `n_layers` blocks (their adapters too) stop training; the backward pass stops above them."""
-    trunk = trunk_of(model)
-    trunk.embed_tokens.requires_grad_(False)
-    for layer in trunk.layers[:n_layers]:
-        layer.requires_grad_(False)
 
 
 def run_dpo(cfg: DPOConfig) -> dict | None:

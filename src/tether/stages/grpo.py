@@ -44,7 +44,7 @@ from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
                            masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
-from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_tokenizer,
+from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
@@ -81,7 +81,7 @@ def reference_context(policy, reference):
     """(model, context) computing log pi_ref: the frozen copy, or the policy with its adapter off."""
     if reference is not None:
         return reference, contextlib.nullcontext()
-    return policy, policy.disable_adapter()
+    return policy, adapter_off(policy)
 
 
 def kept_batch(rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
@@ -106,7 +106,7 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
         batch = records[start:start + cfg.generation.batch_size]
         prompts = [r.prompt for r in batch]
-        rollout, _ = sample_rollout(policy, tokenizer, prompts, cfg.generation, seed=cfg.seed * 7919 + b, precision=cfg.precision)
+        rollout = sample_rollout(policy, tokenizer, prompts, cfg.generation, seed=cfg.seed * 7919 + b, precision=cfg.precision)
         if has_reference:
             seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
             with autocast(cfg.precision):
@@ -193,7 +193,8 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
 
         # 1. rollout
-        rollout, sampled_logp = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
+        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
+        sampled_logp = rollout.logprobs  # None when stop strings sent the work to `generate`
         t_gen = time.time() - t0
 
         # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)

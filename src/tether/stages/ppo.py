@@ -3,8 +3,9 @@
 Ziegler et al. 2019 (Fine-Tuning Language Models from Human Preferences), Stiennon et al.
 2020, Ouyang et al. 2022. Each iteration:
 
-  1. rollout:   sample responses y ~ pi(.|x) for a batch of prompts
-  2. score:     log pi_old, values V_old, log pi_ref, RM score r(x, y)   (no grad)
+  1. rollout:   sample responses y ~ pi(.|x) for a batch of prompts, keeping log pi_old and
+                the policy-head values V_old from the sampling pass itself
+  2. score:     log pi_ref, RM score r(x, y)   (no grad)
   3. rewards:   per token  -beta * (log pi - log pi_ref),  plus r(x, y) at the last token;
                 advantages and returns by GAE (Schulman et al. 2016)
   4. update:    ppo_epochs passes over minibatches of the rollout: clipped surrogate
@@ -47,13 +48,13 @@ from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
-from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
-                                   load_tokenizer, resolve_model, save_model)
+from tether.models.loading import (ModelError, adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing,
+                                   freeze_lower_layers, load_causal_lm, load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rewards.sources import load_reward_sources, score_samples
-from tether.rollout.generate import generate
+from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, release_freed_memory,
@@ -126,12 +127,13 @@ def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_
     settings = cfg.generation
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
         batch = prompts[start:start + settings.batch_size]
-        rollout = generate(policy, tokenizer, batch, settings, seed=cfg.seed * 7919 + b, precision=cfg.precision)
+        rollout = sample_rollout(policy, tokenizer, batch, settings, seed=cfg.seed * 7919 + b, precision=cfg.precision)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()
         with autocast(cfg.precision):
-            logp = policy_forward(policy, seqs, attn, P, settings.temperature)["logp"]
-            with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
+            logp = rollout.logprobs if rollout.logprobs is not None and cfg.reuse_sampling_pass else \
+                policy_forward(policy, seqs, attn, P, settings.temperature)["logp"]
+            with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
                 ref_logp = policy_forward(policy if reference is None else reference, seqs, attn, P, settings.temperature)["logp"]
         kls.extend(((logp - ref_logp) * mask).sum(-1).tolist())
         scores, keep = score_fn(batch, rollout)
@@ -166,6 +168,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                                         use_adapters=cfg.value_model != "reward_adapter")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
+    if cfg.freeze_layers:
+        freeze_lower_layers(policy, cfg.freeze_layers)
     value_head, value_model = None, None
     if cfg.value_model == "policy_head":
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device())
@@ -247,8 +251,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         t0 = time.time()
         batch_prompts = [prompts[i].prompt for i in stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
 
-        # 1. rollout
-        rollout = generate(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
+        # 1. rollout; the sampler keeps each token's log pi_old, the policy-head value and the entropy
+        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step,
+                                 precision=cfg.precision, value_head=value_head, with_entropy=True)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()  # (B, R)
         t_gen = time.time() - t0
@@ -257,9 +262,15 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         with torch.no_grad(), autocast(cfg.precision):
             # in minibatch-sized chunks: without gradients, a minibatch's logits weigh about what a
             # micro-batch's kept activations do, and fewer, larger passes are faster
-            old = in_chunks(lambda rows: evaluate_step(policy, value_head, value_model, seqs[rows], attn[rows], P, temperature,
-                                                       with_entropy=True), cfg.batch_size, cfg.mini_batch_size)
-            with (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
+            if cfg.reuse_sampling_pass and rollout.logprobs is not None:  # no second pass of the policy
+                old = {"logp": rollout.logprobs, "values": rollout.values, "entropy": rollout.entropy}
+                if value_model is not None:
+                    old["values"] = in_chunks(lambda rows: {"values": value_model(seqs[rows], attn[rows], P)},
+                                              cfg.batch_size, cfg.mini_batch_size)["values"]
+            else:
+                old = in_chunks(lambda rows: evaluate_step(policy, value_head, value_model, seqs[rows], attn[rows], P, temperature,
+                                                           with_entropy=True), cfg.batch_size, cfg.mini_batch_size)
+            with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
                 ref_logp = in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P,
                                                                  temperature), cfg.batch_size, cfg.mini_batch_size)["logp"]
         scores, keep = score(batch_prompts, rollout)  # (B,), (B,)

@@ -23,9 +23,9 @@ from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
-from tether.models.loading import apply_lora, autocast, count_parameters, device, load_tokenizer, resolve_model, save_model
+from tether.models.loading import apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_tokenizer, resolve_model, save_model
 from tether.models.reward_model import (ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
-                                        save_ensemble_manifest, save_normalization, trunk_of, unwrap)
+                                        save_ensemble_manifest, save_normalization, unwrap)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
 from tether.training import (bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint,
                              make_optimizer, release_freed_memory, save_checkpoint, start_stage)
@@ -253,13 +253,6 @@ def pair_metrics(scorers: list[CachedScorer], pairs: list[PreferencePair], with_
     return out
 
 
-def _freeze_lower_layers(model, n_layers: int) -> None:
-    trunk = trunk_of(model)
-    trunk.embed_tokens.requires_grad_(False)
-    for layer in trunk.layers[:n_layers]:
-        layer.requires_grad_(False)
-
-
 def train_reward_ensemble(cfg: RewardConfig) -> dict:
     """N members with seeds seed..seed+N-1 in member_<i>/ (each resumable on its own), listed in model/."""
     out = start_stage(cfg)
@@ -329,7 +322,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", modules_to_save=["score"])
     if cfg.freeze_layers:
-        _freeze_lower_layers(model, cfg.freeze_layers)
+        freeze_lower_layers(model, cfg.freeze_layers)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     per_step = cfg.batch_size * cfg.grad_accum
