@@ -4,19 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from tether.config import (CollectConfig, ConfigError, EvalConfig, GenerateConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig,
-                           load_config, resolve_path)
-from tether.config import BoNConfig, RSConfig
-from tether.config import DPOConfig
-from tether.config import GRPOConfig
+from tether.config import (BoNConfig, CollectConfig, ConfigError, DPOConfig, EvalConfig, GenerateConfig, GRPOConfig, PPOConfig, RewardConfig,
+                           RSConfig, RunConfig, SFTConfig, load_config, resolve_path)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs"
 # a shipped config's dataclass is told by its folder: configs/<stage>/*.yaml; top-level files are run configs
 BY_FOLDER = {"sft": SFTConfig, "collect": CollectConfig, "reward": RewardConfig, "ppo": PPOConfig, "eval": EvalConfig,
-             "generate": GenerateConfig}
-BY_FOLDER["dpo"] = DPOConfig  # tether dpo (stages/dpo.py)
-BY_FOLDER.update({"bon": BoNConfig, "rs": RSConfig})  # tether bon / tether rs (stages/bon.py)
-BY_FOLDER["grpo"] = GRPOConfig  # tether grpo (stages/grpo.py)
+             "generate": GenerateConfig, "dpo": DPOConfig, "grpo": GRPOConfig, "bon": BoNConfig, "rs": RSConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from tether.config import ConfigError, SFTConfig, load_config
+from tether.config import ConfigError, DPOConfig, EvalConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, load_config
 from tether.tracking import MetricsLogger
 
 ROWS = [{"train/loss": 2.0, "rollout/kl": 0.5, "eval/win_rate": None}, {"train/loss": 1.5, "rollout/kl": 0.7, "eval/win_rate": 0.6}]
@@ -67,6 +67,9 @@ def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
 
 
 def test_stage_configs_take_a_tracker_and_refuse_unknown_ones():
-    assert load_config(SFTConfig, None, ["tracker=tensorboard"]).tracker == "tensorboard"
+    for cls in (SFTConfig, RewardConfig, DPOConfig, EvalConfig):
+        assert load_config(cls, None, ["tracker=tensorboard"]).tracker == "tensorboard", cls.__name__
+    assert load_config(PPOConfig, None, ["tracker=wandb", "reward_model=rm"]).tracker == "wandb"
+    assert load_config(GRPOConfig, None, ["tracker=wandb", "reward=[{type: model, path: rm}]"]).tracker == "wandb"
     with pytest.raises(ConfigError, match="'tracker': expected one of 'none', 'tensorboard', 'wandb'"):
         load_config(SFTConfig, None, ["tracker=mlflow"])

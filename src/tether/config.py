@@ -483,6 +483,8 @@ class DPOConfig:
     """Principles the judge labels by: 'default' (shipped) or a YAML file."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Online: sampling settings for the two responses."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
         if self.beta <= 0:

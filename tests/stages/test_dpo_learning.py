@@ -108,7 +108,7 @@ def test_online_dpo_raises_a_reward_functions_score(tiny_model_dir, prompts_file
         assert json.loads((tmp_path / "run" / f"round_{k}" / "summary.json").read_text())["policy_init"] == (
             str(tiny_model_dir) if k == 1 else str(tmp_path / "run" / f"round_{k - 1}" / "model"))  # each round starts from the last
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [1, 2, 3] and all("round/score" in m and "round/pairs" in m for m in lines)
+    assert [m["step"] for m in lines] == [1, 2, 3] and all("rollout/reward" in m and "rollout/pairs" in m for m in lines)
 
 
 def test_online_dpo_with_a_reward_model_resumes_round_by_round(tiny_model_dir, prompts_file, tmp_path):

@@ -149,6 +149,7 @@ def test_held_out_check_reports_each_source(tiny_model_dir, tiny_data, tmp_path)
         assert x["held_out/reward/function:constant"] == 1.0
         assert x["held_out/reward"] == pytest.approx(x["held_out/reward/function:e_count"] + 0.5)
         assert x["held_out/kl"] is not None  # LoRA: the reference is the adapter switched off, even with beta = 0
+        assert isinstance(x["held_out/gold"], float)  # the gold scorer beside the proxy: `tether eval overopt` reads both
     initial, last = s["held_out"]["initial"], s["held_out"]["last"]
     assert initial["reward/function:constant"] == 1.0 and last["step"] == 2 and last["reward"] == checks[-1]["held_out/reward"]
 

@@ -104,6 +104,8 @@ def test_reward_model_is_a_normal_hf_directory(chain):
     norm = json.loads((root / "reward" / "model" / "tether_reward.json").read_text())
     assert norm["n"] == 24 and "samples.jsonl" in norm["fitted_on"]
     assert rm["eval_pairs"] >= 1 and 0.0 <= rm["eval_accuracy"] <= 1.0
+    last = json.loads((root / "reward" / "metrics.jsonl").read_text().splitlines()[-1])  # the validation, as a tracker sees it
+    assert last["step"] == rm["steps"] and last["rm/accuracy"] == rm["eval_accuracy"] and last["rm/ece"] == rm["eval_ece"]
 
 
 def test_reward_normalisation_gives_mean_zero_on_policy_samples(chain):

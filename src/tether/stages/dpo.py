@@ -320,7 +320,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     if resumed is not None:
         start_step = resumed[0]
         console.print(f"dpo: resuming from step {start_step} of {total_steps}")
-    logger = MetricsLogger(out, total_steps, "dpo", ["train/loss", "train/accuracy", "train/margin"], start_step=start_step)
+    logger = MetricsLogger(out, total_steps, "dpo", ["train/loss", "train/accuracy", "train/margin"], start_step=start_step, tracker=cfg.tracker)
 
     reference_params = sum(p.numel() for p in reference.parameters()) if reference is not None else 0  # held while training
 
@@ -452,8 +452,8 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
       3. train:  `train_dpo` on those pairs in round_<k>/, starting from the current policy, which is also the
                  reference with reference=policy (each round stays near the last); its model starts round k+1
 
-    Logged per round: round/score (mean labeller score of the round's samples: how good the policy's answers
-    are by the labeller's measure), round/pairs, and the round's eval/accuracy. At the end the final policy
+    Logged per round: rollout/reward (mean labeller score of the round's samples: how good the policy's answers
+    are by the labeller's measure), rollout/pairs, and the round's eval/accuracy. At the end the final policy
     answers round 1's prompts with round 1's seed, so `final_score` against `initial_score` compares policies
     on the same prompts and random numbers. A round whose summary.json exists is skipped on rerun.
     """
@@ -476,7 +476,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
         return firsts, seconds, scores, (sum(kept) / len(kept) if kept else None)
 
     rounds = []
-    logger = MetricsLogger(out, cfg.rounds, "dpo online", ["round/score", "eval/accuracy"])
+    logger = MetricsLogger(out, cfg.rounds, "dpo online", ["rollout/reward", "eval/accuracy"], tracker=cfg.tracker)
     for k in range(1, cfg.rounds + 1):
         round_dir = out / f"round_{k}"
         batch = [prompts[i] for i in stream[(k - 1) * n:k * n]]
@@ -501,7 +501,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
                 return None
         policy_path = summary["model"]
         rounds.append({"round": k, "score": stats["score"], "pairs": stats["pairs"], "eval_accuracy": summary.get("eval_accuracy")})
-        logger.log(k, {"round/score": stats["score"], "round/pairs": stats["pairs"], "eval/accuracy": summary.get("eval_accuracy")})
+        logger.log(k, {"rollout/reward": stats["score"], "rollout/pairs": stats["pairs"], "eval/accuracy": summary.get("eval_accuracy")})
     logger.close()
 
     # the final policy on round 1's prompts with round 1's seed: the same draw the starting policy was scored on

@@ -40,19 +40,50 @@ import torch
 
 from tether.config import GRPOConfig, resolve_path
 from tether.data.readers import read_prompts
+from tether.data.records import prompt_text
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
-from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
-                           masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
-from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_tokenizer,
-                                   resolve_model, save_model)
+from tether.feedback.gold import gold_scores
+from tether.losses import (
+    MovingAverageBaseline,
+    constant_mean,
+    group_advantages,
+    grpo_token_loss,
+    kl_k1,
+    leave_one_out_advantages,
+    masked_mean,
+    masked_whiten,
+    reinforce_advantages,
+    sequence_mean,
+    token_mean,
+)
+from tether.models.loading import (
+    adapter_off,
+    apply_lora,
+    autocast,
+    count_parameters,
+    enable_activation_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
-from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
+from tether.rollout.sampling import sample_rollout
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, release_freed_memory,
-                             save_checkpoint, save_weights, start_stage)
+from tether.training import (
+    clip_and_step,
+    index_stream,
+    load_checkpoint,
+    load_weights,
+    make_optimizer,
+    release_freed_memory,
+    save_checkpoint,
+    save_weights,
+    start_stage,
+)
 
 
 def in_chunks(fn, n: int, size: int) -> dict:
@@ -99,9 +130,10 @@ def kept_batch(rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 @torch.no_grad()
 def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sources) -> dict:
     """Mean reward (one sample per prompt), each source's mean when there are several ("reward/<name>"),
-    and KL (k1, nats per response; None without a reference) of the current policy on held-out
-    prompts, sampled with a fixed seed so successive checks differ only by the policy."""
-    rewards, kls, by_source = [], [], {s.name: [] for s in sources}
+    KL (k1, nats per response; None without a reference) and the gold scorer's mean (feedback/gold.py:
+    `tether eval overopt` fits gold against KL) of the current policy on held-out prompts, sampled
+    with a fixed seed so successive checks differ only by the policy."""
+    rewards, kls, golds, by_source = [], [], [], {s.name: [] for s in sources}
     has_reference = reference is not None or cfg.lora.enabled
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
         batch = records[start:start + cfg.generation.batch_size]
@@ -110,17 +142,19 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
         if has_reference:
             seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
             with autocast(cfg.precision):
-                logp = policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
+                logp = rollout.logprobs if rollout.logprobs is not None else \
+                    policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
                 model, ctx = reference_context(policy, reference)
                 with ctx:
                     ref_logp = policy_forward(model, seqs, attn, P, cfg.generation.temperature)["logp"]
             kls.extend(((logp - ref_logp) * rollout.response_mask).sum(-1).tolist())
         scores, parts = score_samples(sources, prompts, rollout.texts, [dict(r.meta) for r in batch])
         rewards.extend(s for s in scores if s is not None)
+        golds.extend(gold_scores([prompt_text(p) for p in prompts], rollout.texts))
         for name, values in parts.items():
             by_source[name].extend(v for v in values if v is not None)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": mean(kls), **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(sources) > 1 else {})}
+    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": mean(kls), "gold": mean(golds), **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(sources) > 1 else {})}
 
 
 def train_grpo(cfg: GRPOConfig) -> dict | None:

@@ -378,7 +378,6 @@ def train_reward(cfg: RewardConfig) -> dict:
                           "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb()})
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
             save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
-    logger.close()
     train_seconds = time.time() - t_loop  # the loop only (this session's part of it after a resume)
     model.eval()
 
@@ -398,6 +397,9 @@ def train_reward(cfg: RewardConfig) -> dict:
     scorer.normalization = normalization
     eval_metrics = pair_metrics([scorer], eval_pairs, with_bins=True)
     train_metrics = pair_metrics([scorer], train_pairs[:128])  # enough to see over-fitting next to eval_accuracy
+    logger.log(total_steps, {f"rm/{key}": eval_metrics.get(key) for key in ("accuracy", "loss", "mean_margin", "ece", "length_corr")}
+               | {"rm/train_accuracy": train_metrics.get("accuracy")})  # the held-out validation, under rm/ in every tracker
+    logger.close()
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
     save_normalization(out / "model", normalization)
     if cfg.lora.enabled:  # the adapter and head on their own too, so PPO can hold this RM as an adapter on its base
