@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tether.cli import app
@@ -108,3 +109,30 @@ def test_judge_round_with_tensorboard(people_run, tiny_model_dir, tiny_data, tmp
     assert lines(run / "round2" / "preferences.jsonl") == lines(run / "collect" / "preferences.jsonl") + judged
     for stage in ["reward", "ppo", "eval"]:
         assert list((run / "round2" / stage / "tensorboard").glob("events.out.tfevents.*")), stage
+
+
+def test_round_two_can_continue_the_previous_reward_model(people_run, tiny_model_dir, tiny_data, tmp_path):
+    """iterate.reward_from=previous: round 2's reward model is round 1's, trunk and head, trained on every pair so far."""
+    from tether.models.reward_model import RewardModel
+
+    run = tmp_path / "run"
+    for stage in ["sft", "collect", "reward", "ppo", "eval"]:
+        shutil.copytree(people_run[0] / stage, run / stage)
+    result = tether("run", *tiny(run, tiny_model_dir, tiny_data, "iterate.reward_from=previous"))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rm2 = json.loads((run / "round2" / "reward" / "summary.json").read_text())
+    assert rm2["trunk"] == str(run / "reward" / "model")
+    assert rm2["train_pairs"] + rm2["eval_pairs"] == len(lines(run / "round2" / "preferences.jsonl"))
+    first, second = (RewardModel.load(str(d)).model for d in (run / "reward" / "model", run / "round2" / "reward" / "model"))
+    head = lambda m: m.score.weight  # noqa: E731
+    # continued: one step at the reward stage's learning rate moves the head a little; a fresh head would be another draw
+    assert (head(second) - head(first)).abs().max() < 0.1 * head(first).abs().max()
+
+
+def test_a_reward_model_directory_keeps_its_head(people_run):
+    from tether.models.reward_model import RewardModel, init_reward_model
+
+    rm_dir = people_run[0] / "reward" / "model"
+    trained = RewardModel.load(str(rm_dir)).model
+    again = init_reward_model(str(rm_dir), trained.config.pad_token_id, seed=123)
+    assert torch.equal(again.score.weight, trained.score.weight)

@@ -901,6 +901,9 @@ class IterateSettings:
     """With labeller=people: non-skip judgements a task needs to count as labelled (their majority decides)."""
     min_labelled: float = 1.0
     """With labeller=people: the round goes on once this fraction of its tasks is labelled (unlabelled ones are left out)."""
+    reward_from: Literal["sft", "previous"] = "sft"
+    """Round k's reward model, trained on every pair so far: 'sft' = a fresh one from the SFT trunk (a new head);
+    'previous' = round k-1's reward model, trunk and head, trained on (continued)."""
 
     def __post_init__(self) -> None:
         if self.labeller == "people" and not self.db:

@@ -67,6 +67,7 @@ def round_configs(cfg: RunConfig, k: int) -> dict:
     run = Path(cfg.output_dir)
     here, latest = round_dir(run, k), str(round_dir(run, k - 1) / "ppo" / "model")
     sft_model, rm_model = str(run / "sft" / "model"), str(here / "reward" / "model")
+    previous_rm = str((run if k == 2 else round_dir(run, k - 1)) / "reward" / "model")
     it = cfg.iterate
     common = {"seed": cfg.seed + k - 1, "precision": cfg.precision}  # fresh samples and prompt order every round
     track = {"tracker": cfg.tracker} if cfg.tracker is not None else {}
@@ -83,7 +84,8 @@ def round_configs(cfg: RunConfig, k: int) -> dict:
     elif people:
         stages["label"] = None  # read back from the store by label_from_people
     stages.update({
-        "reward": dataclasses.replace(cfg.reward, model=sft_model, data=str(here / "preferences.jsonl"), output_dir=str(here / "reward"),
+        "reward": dataclasses.replace(cfg.reward, model=sft_model if it.reward_from == "sft" else previous_rm,
+                                      data=str(here / "preferences.jsonl"), output_dir=str(here / "reward"),
                                       normalize_data=str(here / "collect" / "samples.jsonl"), **common, **track),
         "ppo": dataclasses.replace(cfg.ppo, policy=latest, reward_model=rm_model, output_dir=str(here / "ppo"), **common, **track),
         "eval": dataclasses.replace(cfg.eval, policy=str(here / "ppo" / "model"), baseline=sft_model, reward_model=rm_model,

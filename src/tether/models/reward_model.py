@@ -64,10 +64,15 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def init_reward_model(trunk_path: str, pad_token_id: int, seed: int = 0):
-    """SFT trunk + a fresh scalar head initialised N(0, 1/sqrt(d+1)) (Stiennon et al. 2020)."""
+    """SFT trunk + a fresh scalar head initialised N(0, 1/sqrt(d+1)) (Stiennon et al. 2020).
+
+    Given a reward model's directory instead (one `tether reward train` wrote), its trunk and
+    head are kept: training continues from it (iterative RLHF, `iterate.reward_from=previous`).
+    """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
 
+    continued = (Path(trunk_path) / NORMALIZATION_FILE).exists()
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # "score.weight newly initialised" is expected here
     try:
@@ -75,13 +80,14 @@ def init_reward_model(trunk_path: str, pad_token_id: int, seed: int = 0):
     finally:
         logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_token_id
-    head = unwrap(model).score
-    d = head.weight.shape[1]
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) / math.sqrt(d + 1))
-        if head.bias is not None:
-            head.bias.zero_()
+    if not continued:
+        head = unwrap(model).score
+        d = head.weight.shape[1]
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=gen) / math.sqrt(d + 1))
+            if head.bias is not None:
+                head.bias.zero_()
     disable_dropout(model)
     return model.to(device())
 
