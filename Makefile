@@ -37,6 +37,8 @@ bench: $(STAMP) bench-trl-ppo-env
 	$(BIN)/python benchmarks/ppo_vs_trl.py
 	$(BIN)/python benchmarks/grpo_vs_trl.py
 	$(BIN)/python benchmarks/dpo_vs_trl.py
+	$(BIN)/python benchmarks/rollout_and_flops.py
+	$(BIN)/python benchmarks/summary.py
 
 # PPO side by side with TRL 1.10.0 (the last TRL with PPO), on the test suite's tiny model:
 # episodes/s and peak RSS. TRL 1.10 lives in its own virtualenv, .venv-trl110 (torch installed
