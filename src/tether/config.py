@@ -285,6 +285,10 @@ class EarlyStopSettings:
     """Hard KL ceiling in nats per response on the held-out prompts: above it, stop and roll back to the best policy."""
     patience: int = 2
     """Stop and roll back to the best policy after this many evaluations without a new best held-out reward (0 = never)."""
+    gold_peak: bool = False
+    """With a gold scorer (the simulated setting, feedback/gold.py): from the 4th check on (the start counts), fit Gao et
+    al.'s RL curve gold = c + d(alpha - beta ln d), d = sqrt(KL), to the checks so far (eval/overopt.py) and stop, rolled
+    back to the best policy, once the held-out KL passes the KL where the fitted gold peaks."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 entropy bonus, PPO-ptx, and the Goodhart guard (held-out checks, best policy, early stop)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,23 @@ def test_frozen_lower_blocks_stay_as_they_were(tiny_model_dir, tiny_data, tmp_pa
     assert torch.equal(first(base), first(trained))
     assert not torch.equal(last(base), last(trained))
     assert torch.equal(base.model.embed_tokens.weight, trained.model.embed_tokens.weight)
+
+
+def test_gold_peak_is_where_the_fitted_gao_curve_turns():
+    from tether.stages.ppo import gold_peak_kl
+
+    # gold = d (1 - 0.5 ln d), d = sqrt(KL): the peak is at d* = exp(alpha / beta - 1) = e, KL* = e^2
+    curve = lambda kl: math.sqrt(kl) * (1 - 0.5 * math.log(math.sqrt(kl))) if kl > 0 else 0.0  # noqa: E731
+    checks = [[kl, curve(kl) + 0.3] for kl in (0.0, 1.0, 4.0, 9.0)]  # plus gold's own offset
+    assert gold_peak_kl(checks[:3]) is None  # three numbers are fitted: not before a fourth check
+    assert gold_peak_kl(checks) == pytest.approx(math.e ** 2, rel=1e-6)
+    assert gold_peak_kl([[kl, 0.5 * math.sqrt(kl)] for kl in (0.0, 1.0, 4.0, 9.0)]) is None  # still rising: no peak
+
+
+def test_gold_peak_guard_logs_the_fitted_peak(tiny_model_dir, tiny_data, tmp_path):
+    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "letter_e", "steps=4", "optim.lr=1e-2", f"early_stop.prompts={tiny_data['prompts']}",
+            "early_stop.every=1", "early_stop.limit=4", "early_stop.patience=0", "early_stop.gold_peak=true")
+    checks = [r for r in rows(tmp_path / "g") if "held_out/kl" in r]
+    assert [r["held_out/gold_peak_kl"] is None for r in checks][:2] == [True, True]  # fitted from the 4th check (start + 3)
+    if s["stopped_early"]:
+        assert "gold curve" in s["stopped_early"] and checks[-1]["held_out/kl"] > checks[-1]["held_out/gold_peak_kl"]

@@ -52,11 +52,13 @@ def gao_curve(d: np.ndarray, alpha: float, beta: float, form: Literal["rl", "bon
 
 
 def peak_d(alpha: float, beta: float, form: Literal["rl", "bon"]) -> float | None:
-    """d = sqrt(KL) at which the form's gold peaks; None when beta <= 0 (no maximum)."""
+    """d = sqrt(KL) at which the form's gold peaks; None when beta <= 0 (no maximum), or, for RL, when the
+    peak lies beyond any float (beta ~ 0: a curve that is still rising)."""
     if beta <= 0:
         return None
     if form == "rl":
-        return math.exp(alpha / beta - 1.0)
+        exponent = alpha / beta - 1.0
+        return math.exp(exponent) if exponent < 300 else None
     return alpha / (2.0 * beta)
 
 

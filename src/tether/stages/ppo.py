@@ -45,6 +45,7 @@ from tether.data.readers import read_demonstrations, read_prompts
 from tether.data.records import prompt_text
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
+from tether.eval.overopt import fit_overopt
 from tether.feedback.gold import gold_scores
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
                            masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
@@ -142,6 +143,15 @@ def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_
     return {"reward": sum(rewards) / max(len(rewards), 1), "kl": sum(kls) / max(len(kls), 1), "gold": sum(golds) / max(len(golds), 1)}
 
 
+def gold_peak_kl(checks: list[list[float]]) -> float | None:
+    """The KL (nats) where Gao et al.'s RL curve fitted to the held-out (KL, gold) checks peaks; None before 4 checks
+    or when the fit bends upwards (no peak yet)."""
+    if len(checks) < 4:
+        return None
+    fit = fit_overopt([kl for kl, _ in checks], [gold for _, gold in checks], "rl")
+    return fit["kl_peak"]
+
+
 def train_ppo(cfg: PPOConfig) -> dict | None:
     out = start_stage(cfg)
     t_start = time.time()
@@ -234,7 +244,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         console.print(f"ppo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
         check = held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, score)
-        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"]}
+        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"],
+                "checks": [[check["kl"], check["gold"]]]}  # (KL, gold) of every check, for guard.gold_peak
         keep_best(out, trainable)
         console.print(f"ppo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
@@ -366,8 +377,14 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                 keep_best(out, trainable)
             else:
                 best["since"] += 1
+            best.setdefault("checks", []).append([check["kl"], check["gold"]])
+            peak = gold_peak_kl(best["checks"]) if guard.gold_peak else None
+            if guard.gold_peak:
+                metrics["held_out/gold_peak_kl"] = peak
             if not within_kl:
                 stop_reason = f"held-out KL {check['kl']:.2f} nats passed max_kl={guard.max_kl}"
+            elif peak is not None and check["kl"] > peak:
+                stop_reason = f"held-out KL {check['kl']:.2f} nats passed {peak:.2f}, where the gold curve fitted to {len(best['checks'])} checks peaks"
             elif guard.patience and best["since"] >= guard.patience:
                 stop_reason = f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
         history.append(metrics)
