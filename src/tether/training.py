@@ -153,6 +153,25 @@ def load_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module])
                 params[k].copy_(v)
 
 
+def in_chunks(fn, n: int, size: int) -> dict:
+    """`fn(rows)` -> dict of tensors with `rows` first, run on consecutive slices of `size` rows
+    and concatenated: the values of one call over all n rows, with 1/k of the peak memory."""
+    parts = [fn(slice(i, i + size)) for i in range(0, n, size)]
+    return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+BEST_DIR = "best"
+
+
+def keep_best(out: str | os.PathLike, trainable: dict[str, torch.nn.Module]) -> None:
+    """The trainable weights of the best policy so far (the Goodhart guard's) to `<out>/best`, replaced whole."""
+    tmp = Path(out) / ".best-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_weights(tmp, trainable)
+    shutil.rmtree(Path(out) / BEST_DIR, ignore_errors=True)
+    os.replace(tmp, Path(out) / BEST_DIR)
+
+
 def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict[str, Any] | None = None) -> Path:
     """Write `<output_dir>/checkpoint` atomically."""
     target = Path(output_dir) / CHECKPOINT_DIR

@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import torch
 
@@ -73,39 +70,13 @@ from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.logprobs import policy_forward
 from tether.rollout.sampling import sample_rollout
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (
-    clip_and_step,
-    index_stream,
-    load_checkpoint,
-    load_weights,
-    make_optimizer,
-    release_freed_memory,
-    save_checkpoint,
-    save_weights,
-    start_stage,
-)
+from tether.training import (BEST_DIR, clip_and_step, in_chunks, index_stream, keep_best, load_checkpoint, load_weights, make_optimizer,
+                             release_freed_memory, save_checkpoint, start_stage)
 
 
-def in_chunks(fn, n: int, size: int) -> dict:
-    """`fn(rows)` -> dict of tensors with `rows` first, run on consecutive slices of `size` rows
-    and concatenated: the values of one call over all n rows, with 1/k of the peak memory."""
-    parts = [fn(slice(i, i + size)) for i in range(0, n, size)]
-    return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
-
-
-BEST_DIR = "best"
 TRIM_EVERY = 4
 """Steps between handing freed heap memory back to the OS (malloc_trim: it keeps resident memory from creeping
 up as rollout shapes vary, at a few milliseconds a call, which on a tiny model is a noticeable share of a step)."""
-
-
-def keep_best(out: Path, trainable: dict) -> None:
-    """The trainable weights of the best policy so far to `<out>/best`, replaced whole."""
-    tmp = out / ".best-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(tmp, trainable)
-    shutil.rmtree(out / BEST_DIR, ignore_errors=True)
-    os.replace(tmp, out / BEST_DIR)
 
 
 def reference_context(policy, reference):

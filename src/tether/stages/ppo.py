@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -58,8 +55,8 @@ from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (clip_and_step, index_stream, load_checkpoint, load_weights, make_optimizer, release_freed_memory,
-                             save_checkpoint, save_weights, start_stage)
+from tether.training import (BEST_DIR, clip_and_step, in_chunks, index_stream, keep_best, load_checkpoint, load_weights, make_optimizer,
+                             release_freed_memory, save_checkpoint, start_stage)
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
@@ -94,13 +91,6 @@ def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperatu
     return out
 
 
-def in_chunks(fn, n: int, size: int) -> dict:
-    """`fn(rows)` -> dict of tensors with `rows` first, run on consecutive slices of `size` rows
-    and concatenated: the values of one call over all n rows, with 1/k of the peak memory."""
-    parts = [fn(slice(i, i + size)) for i in range(0, n, size)]
-    return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
-
-
 def set_train_mode(modules: dict, training: bool) -> None:
     """Train mode for the update, eval mode for scoring. Dropout is off either way; activation
     checkpointing works only in train mode."""
@@ -108,16 +98,6 @@ def set_train_mode(modules: dict, training: bool) -> None:
         module.train(training)
 
 
-BEST_DIR = "best"
-
-
-def keep_best(out: Path, trainable: dict) -> None:
-    """The trainable weights of the best policy so far to `<out>/best`, replaced whole."""
-    tmp = out / ".best-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(tmp, trainable)
-    shutil.rmtree(out / BEST_DIR, ignore_errors=True)
-    os.replace(tmp, out / BEST_DIR)
 
 
 @torch.no_grad()
