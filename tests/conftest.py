@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,40 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out[name] = path
     return out
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+"""Chromium on a closed network, as root, without a GPU: nothing phones home, nothing waits for a sandbox."""
+
+
+@pytest.fixture
+def chromium(request, tmp_path):
+    """Headless Chromium driven by Selenium (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them).
+    Where Chromium, its driver or selenium is missing the test is skipped, and the reason is printed in the
+    warnings summary at the end of the run."""
+
+    def skip(reason: str):
+        warnings.warn(f"{request.node.name} was skipped: {reason}", stacklevel=2)
+        pytest.skip(reason)
+
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        skip("selenium is not installed (it is in the `test` extra: pip install -e '.[test]')")
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not Path(path).exists():
+            skip(f"{path} is missing (Debian package {package}: apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()

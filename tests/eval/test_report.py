@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import warnings
 from pathlib import Path
 
 import pytest
 
 from tether.eval.report import build_html, write_html_report
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1000"]
 XSS = '<script>window.pwned = 1</script><img src="https://example.com/x.png">'
 
 
@@ -99,42 +93,22 @@ def test_missing_run_directory_is_a_clear_error(tmp_path):
         build_html(tmp_path / "nope")
 
 
-def _skip(reason: str):
-    warnings.warn(f"the browser test of report.html was skipped: {reason}", stacklevel=2)
-    pytest.skip(reason)
+def test_report_renders_in_headless_chromium(chromium, tmp_path):
+    from selenium.webdriver.common.by import By
 
-
-def test_report_renders_in_headless_chromium(tmp_path):
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-        from selenium.webdriver.common.by import By
-    except ImportError:
-        _skip("selenium is not installed (it is in the `test` extra: pip install -e '.[test]')")
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not Path(path).exists():
-            _skip(f"{path} is missing (Debian package {package}: apt-get install chromium chromium-driver)")
     report = write_html_report(fake_run(tmp_path / "run"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options)
-    driver.set_page_load_timeout(20)
-    try:
-        driver.get(report.as_uri())
-        assert driver.title == "tether run: run"
-        images = driver.find_elements(By.TAG_NAME, "img")
-        assert len(images) == 9
-        # every plot decoded and laid out: a PNG that failed to decode has naturalWidth 0
-        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 100", i) for i in images)
-        assert driver.execute_script("return window.pwned === undefined") is True
-        cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "table.samples td")]
-        assert "<script>window.pwned = 1</script>" in "\n".join(cells)
-        # nothing was fetched from anywhere but the file itself
-        urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-        assert [u for u in urls if not u.startswith(("data:", "file:"))] == []
-        shot = tmp_path / "report.png"
-        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    finally:
-        driver.quit()
+    driver = chromium  # headless Chromium (tests/conftest.py); skipped with the reason where it is missing
+    driver.get(report.as_uri())
+    assert driver.title == "tether run: run"
+    images = driver.find_elements(By.TAG_NAME, "img")
+    assert len(images) == 9
+    # every plot decoded and laid out: a PNG that failed to decode has naturalWidth 0
+    assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 100", i) for i in images)
+    assert driver.execute_script("return window.pwned === undefined") is True
+    cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "table.samples td")]
+    assert "<script>window.pwned = 1</script>" in "\n".join(cells)
+    # nothing was fetched from anywhere but the file itself
+    urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert [u for u in urls if not u.startswith(("data:", "file:"))] == []
+    shot = tmp_path / "report.png"
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
