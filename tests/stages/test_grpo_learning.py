@@ -37,7 +37,7 @@ LEARN = ["steps=16", "prompts_per_step=4", "group_size=8", "mini_batch_size=32",
          "optim.schedule=constant", "beta=0.001"]
 
 
-@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "reinforce"])
 def test_learns_to_fill_the_answer_with_e(tiny_model_dir, tiny_data, tmp_path, advantage):
     # e_count: min(#'e', 8) / 8 over 8 new tokens; a random 2-layer model scores ~0.1, the optimum is 1.0 (eight tokens
     # that each hold an 'e'). 16 iterations of 32 samples, one on-policy optimizer step each, must come close to it
