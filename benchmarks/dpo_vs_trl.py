@@ -41,11 +41,10 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+from launch import run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TETHER = Path(sys.executable).with_name("tether")
@@ -87,20 +86,6 @@ def build_inputs(work: Path, model: str, n_pairs: int) -> tuple[str, Path]:
     path = work / "pairs.jsonl"
     write_jsonl(path, pairs)
     return model_dir, path
-
-
-def run_logged(cmd: list[str], log: Path, threads: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if threads:  # torch reads these at start-up; the same cap for every run
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
-    with log.open("a") as f:
-        f.write("\n--- stdout ---\n" + proc.stdout)
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc
 
 
 def run_tether(mode: str, work: Path, model_dir: str, pairs: Path, a) -> dict:

@@ -43,12 +43,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+from launch import run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench" / "grpo_vs_trl"
@@ -84,18 +83,6 @@ def build_inputs(n_prompts: int) -> tuple[Path, Path]:
     return model_dir, prompts
 
 
-def run_logged(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # torch reads these at start-up
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
-    with log.open("a") as f:
-        f.write("\n--- stdout ---\n" + proc.stdout)
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc
-
-
 def run_tether(mode: str, model_dir: Path, prompts: Path, a, k: int) -> dict:
     out = WORK / f"{mode}_{k}"
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
@@ -106,7 +93,7 @@ def run_tether(mode: str, model_dir: Path, prompts: Path, a, k: int) -> dict:
            f"generation.max_new_tokens={a.max_new_tokens}", "generation.temperature=1.0", "generation.top_p=1.0", "lora.enabled=false",
            "precision=fp32", "optim.lr=1e-5", "optim.schedule=linear", "optim.warmup_ratio=0.0", "optim.max_grad_norm=1.0",
            "save_every=0", "samples_every=0", f"seed={a.seed}", *TETHER_MODES[mode]]
-    run_logged(cmd, WORK / f"{mode}_{k}.log")
+    run_logged(cmd, WORK / f"{mode}_{k}.log", threads=1)
     summary = json.loads((out / "summary.json").read_text())
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     seconds = sum(s["time/step_s"] for s in steps)
@@ -119,7 +106,7 @@ def run_trl(mode: str, model_dir: Path, prompts: Path, a, k: int) -> dict:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "trl_grpo.py"), *TRL_MODES[mode], "--model-dir", str(model_dir), "--prompts", str(prompts),
            "--steps", str(a.steps), "--prompts-per-step", str(a.prompts_per_step), "--group-size", str(a.group_size),
            "--max-new-tokens", str(a.max_new_tokens), "--lr", "1e-5", "--seed", str(a.seed), "--output-dir", str(WORK / f"{mode}_{k}")]
-    proc = run_logged(cmd, WORK / f"{mode}_{k}.log")
+    proc = run_logged(cmd, WORK / f"{mode}_{k}.log", threads=1)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["command"] = " ".join(cmd)
     return result

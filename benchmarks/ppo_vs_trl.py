@@ -49,11 +49,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+from launch import run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench" / "ppo_vs_trl"
@@ -95,20 +94,6 @@ def build_inputs(n_prompts: int) -> tuple[Path, Path, Path]:
             for i in range(n_prompts)]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return model_dir, reward_dir, prompts
-
-
-def run_logged(cmd: list[str], log: Path, threads: int = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if threads:  # torch reads these at start-up; the same cap for every run
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
-    with log.open("a") as f:
-        f.write("\n--- stdout ---\n" + proc.stdout)
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc
 
 
 def run_tether(mode: str, model_dir: Path, reward_dir: Path, prompts: Path, a) -> dict:

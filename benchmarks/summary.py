@@ -31,6 +31,8 @@ def rows() -> list[dict]:
     if (r := load("ppo_vs_trl.json")) is not None:
         for name, ratio in r.get("ratios", {}).items():
             add("PPO (tiny model)", f"{name} / TRL 1.10 PPOTrainer", ratio["episodes_per_second"], ratio["peak_rss"])
+        for name, ratio in r.get("ratios_vs_trl_nogc", {}).items():  # the fairer yardstick: TRL without its gc.collect() calls
+            add("PPO (tiny model)", f"{name} / the same without gc.collect()", ratio["episodes_per_second"], ratio["peak_rss"])
     if (r := load("grpo_vs_trl.json")) is not None:
         peers = {"tether_grpo": "TRL GRPOTrainer", "tether_rloo": "TRL RLOOTrainer"}
         for name, ratio in r.get("ratios", {}).items():

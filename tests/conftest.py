@@ -162,3 +162,13 @@ def chromium(request, tmp_path):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a tiny model's test: at width 32 a second thread only adds synchronisation, and on a busy
+    machine two spinning threads per process slow a test several times over. Use: pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

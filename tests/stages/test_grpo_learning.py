@@ -14,13 +14,7 @@ from tether.stages.grpo import train_grpo
 FNS = Path(__file__).resolve().parent / "reward_fns.py"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: at width 32 a second one only adds synchronisation (and spins on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (tests/conftest.py)
 
 
 def grpo(tiny_model_dir, prompts, out, fn, *extra):
