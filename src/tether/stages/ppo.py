@@ -98,8 +98,6 @@ def set_train_mode(modules: dict, training: bool) -> None:
         module.train(training)
 
 
-
-
 @torch.no_grad()
 def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_fn) -> dict:
     """Mean reward, gold score and KL (k1, nats per response) of the current policy on held-out prompts,
@@ -244,7 +242,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
 
         # 1. rollout; the sampler keeps each token's log pi_old, the policy-head value and the entropy
         rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step,
-                                 precision=cfg.precision, value_head=value_head, with_entropy=True)
+                                 precision=cfg.precision, value_head=value_head if cfg.reuse_sampling_pass else None,
+                                 with_entropy=cfg.reuse_sampling_pass)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()  # (B, R)
         t_gen = time.time() - t0
