@@ -67,7 +67,7 @@ def round_configs(cfg: RunConfig, k: int) -> dict:
     run = Path(cfg.output_dir)
     here, latest = round_dir(run, k), str(round_dir(run, k - 1) / "ppo" / "model")
     sft_model, rm_model = str(run / "sft" / "model"), str(here / "reward" / "model")
-    previous_rm = str((run if k == 2 else round_dir(run, k - 1)) / "reward" / "model")
+    previous_rm = str(round_dir(run, k - 1) / "reward" / "model")
     it = cfg.iterate
     common = {"seed": cfg.seed + k - 1, "precision": cfg.precision}  # fresh samples and prompt order every round
     track = {"tracker": cfg.tracker} if cfg.tracker is not None else {}

@@ -41,30 +41,10 @@ from tether.data.records import prompt_text
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
-from tether.losses import (
-    MovingAverageBaseline,
-    constant_mean,
-    group_advantages,
-    grpo_token_loss,
-    kl_k1,
-    leave_one_out_advantages,
-    masked_mean,
-    masked_whiten,
-    reinforce_advantages,
-    sequence_mean,
-    token_mean,
-)
-from tether.models.loading import (
-    adapter_off,
-    apply_lora,
-    autocast,
-    count_parameters,
-    enable_activation_checkpointing,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_model,
-    save_model,
-)
+from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
+                           masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
+from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm,
+                                   load_tokenizer, resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.logprobs import policy_forward
