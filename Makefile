@@ -36,6 +36,7 @@ bench: $(STAMP) bench-trl-ppo-env
 	$(BIN)/python benchmarks/ppo_memory.py
 	$(BIN)/python benchmarks/ppo_vs_trl.py
 	$(BIN)/python benchmarks/grpo_vs_trl.py
+	$(BIN)/python benchmarks/sft_vs_trl.py
 	$(BIN)/python benchmarks/dpo_vs_trl.py
 	$(BIN)/python benchmarks/rollout_and_flops.py
 	$(BIN)/python benchmarks/summary.py

@@ -37,6 +37,9 @@ def rows() -> list[dict]:
         peers = {"tether_grpo": "TRL GRPOTrainer", "tether_rloo": "TRL RLOOTrainer"}
         for name, ratio in r.get("ratios", {}).items():
             add("GRPO / RLOO (tiny model)", f"{name} / {peers.get(name, 'TRL')}", ratio["samples_per_second"], ratio["peak_rss"])
+    if (r := load("sft_vs_trl.json")) is not None:
+        for name, ratio in r.get("ratios", {}).items():
+            add("SFT (tiny model)", name, ratio["samples_per_second"], ratio["peak_rss"])
     if (r := load("dpo_vs_trl.json")) is not None:
         for name, ratio in r.get("ratios", {}).items():
             add("DPO (tiny model)", name, ratio["pairs_per_second"], ratio["peak_rss"])
@@ -56,7 +59,7 @@ def main() -> list[dict]:
     for row in table:
         fmt = lambda x: f"x{x:.2f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
         print(f"{row['benchmark']:<34} {row['comparison']:<52} {fmt(row['throughput_ratio']):>7} {fmt(row['memory_ratio']):>7}  {row['target']}")
-    missing = [n for n in ("reward_hh.json", "ppo_vs_trl.json", "grpo_vs_trl.json", "dpo_vs_trl.json", "rollout_and_flops.json",
+    missing = [n for n in ("reward_hh.json", "ppo_vs_trl.json", "grpo_vs_trl.json", "sft_vs_trl.json", "dpo_vs_trl.json", "rollout_and_flops.json",
                            "ppo_memory/result.json") if not (BENCH / n).exists()]
     if missing:
         print("missing (not run, or failed): " + ", ".join(missing))

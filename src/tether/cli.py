@@ -7,6 +7,8 @@ overrides (dotted keys for sections: `lora.enabled=true`, `generation.max_new_to
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -21,6 +23,8 @@ app.add_typer(reward_app, name="reward")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
 OverridesArg = typer.Argument(None, help="key=value overrides, e.g. lr=1e-4 lora.enabled=true")
+ProcessesOpt = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes on this machine (gloo on CPU, one GPU each "
+                            "with GPUs); batch_size and grad_accum are per process.")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -50,16 +54,33 @@ def _load(cls, config: Optional[Path], overrides: Optional[List[str]]):
 
 
 def _print_summary(summary: dict | None) -> None:
-    if summary is not None:
+    if summary is not None and int(os.environ.get("RANK", "0")) == 0:  # one process speaks for all
         print(json.dumps(summary, indent=2))
 
 
+def _train(fn: Callable, cfg, num_processes: int) -> None:
+    """Run a training stage here, or (`--num-processes N`, N > 1) in N data-parallel processes started by
+    `torch.distributed.run`, each running this same command; the config was checked once, before they start."""
+    if num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        args, skip = [], False
+        for a in sys.argv[1:]:
+            if skip:
+                skip = False
+            elif a == "--num-processes":
+                skip = True
+            elif not a.startswith("--num-processes="):
+                args.append(a)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}", "-m", "tether", *args]
+        raise typer.Exit(subprocess.run(cmd).returncode)
+    _print_summary(_run(fn, cfg))
+
+
 @app.command()
-def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
     """Supervised fine-tuning on (prompt, response) demonstrations."""
     from tether.stages.sft import train_sft
 
-    _print_summary(_run(train_sft, _load(C.SFTConfig, config, overrides)))
+    _train(train_sft, _load(C.SFTConfig, config, overrides), num_processes)
 
 
 @app.command()
@@ -71,11 +92,11 @@ def collect(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] =
 
 
 @reward_app.command("train")
-def reward_train(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def reward_train(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
     """Train a reward model with the Bradley-Terry loss."""
     from tether.stages.reward import train_reward
 
-    _print_summary(_run(train_reward, _load(C.RewardConfig, config, overrides)))
+    _train(train_reward, _load(C.RewardConfig, config, overrides), num_processes)
 
 
 @reward_app.command("eval")
@@ -148,27 +169,27 @@ def reward_score(
 
 
 @app.command()
-def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
     """PPO against a reward model under a KL penalty to the reference."""
     from tether.stages.ppo import train_ppo
 
-    _print_summary(_run(train_ppo, _load(C.PPOConfig, config, overrides)))
+    _train(train_ppo, _load(C.PPOConfig, config, overrides), num_processes)
 
 
 @app.command()
-def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
     """GRPO, RLOO or REINFORCE with a baseline (advantage=grpo|rloo|reinforce): G samples per prompt, no value model."""
     from tether.stages.grpo import train_grpo
 
-    _print_summary(_run(train_grpo, _load(C.GRPOConfig, config, overrides)))
+    _train(train_grpo, _load(C.GRPOConfig, config, overrides), num_processes)
 
 
 @app.command()
-def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
     """Direct preference optimisation on preference pairs (DPO, IPO, hinge, conservative); online rounds with online=true."""
     from tether.stages.dpo import run_dpo
 
-    _print_summary(_run(run_dpo, _load(C.DPOConfig, config, overrides)))
+    _train(run_dpo, _load(C.DPOConfig, config, overrides), num_processes)
 
 
 @app.command("eval")

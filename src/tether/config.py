@@ -323,7 +323,8 @@ class PPOConfig:
     """Recompute the trained models' block activations in the backward pass: far less memory, about a third more update compute."""
     freeze_layers: int = 0
     """Keep the embeddings and the lowest N blocks (their LoRA adapters too) frozen: the backward pass stops above them,
-    so an update costs less (with 15 of SmolLM2's 30 blocks, about a third less)."""
+    so an update costs less (with 15 of SmolLM2's 30 blocks, about a third less). A value model with its own trunk
+    (`value_model` reward_adapter or reward_model) has its lowest N blocks frozen too."""
     reuse_sampling_pass: bool = True
     """Take log pi_old, the policy-head values and the entropy from the sampling pass (rollout/sampling.py) instead of a
     second forward over the rollout: one pass fewer per step, equal up to rounding in fp32. With stop strings (sampled by

@@ -106,15 +106,21 @@ class MetricsLogger:
 
     def __init__(self, output_dir: str | os.PathLike, total: int, description: str, headline: list[str], start_step: int = 0,
                  tracker: str = "none"):
+        from tether.distributed import processes
+
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.headline, self.t0 = headline, time.time()
+        if not processes().is_main:  # the main process writes the rows (its values are reduced over all processes)
+            self._file, self.tracker, self._plain = open(os.devnull, "a"), None, False
+            self.progress = Progress(console=console, disable=True)
+            self.task = self.progress.add_task(description, total=total, completed=start_step, live="")
+            return
         if start_step > 0 and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif start_step == 0:
             self.path.write_text("")
-        self.headline = headline
-        self.t0 = time.time()
         self._file = self.path.open("a")
         disable = not sys.stderr.isatty() and os.environ.get("TETHER_PROGRESS", "") != "1"
         self.progress = Progress(
@@ -160,8 +166,12 @@ def peak_rss_gb() -> float:
 
 
 def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
-    """Write `summary.json` last: its presence marks the stage as complete."""
+    """Write `summary.json` last: its presence marks the stage as complete (the main process writes it)."""
+    from tether.distributed import processes
+
     path = Path(output_dir) / "summary.json"
+    if not processes().is_main:
+        return path
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2) + "\n")
     os.replace(tmp, path)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tether.config import OptimSettings
+from tether.distributed import processes
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -38,8 +39,9 @@ def start_stage(cfg) -> Path:
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
+    if processes().is_main:
+        save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)  # the same in every process: the same initial weights (LoRA, heads) everywhere
     return out
 
 
@@ -165,16 +167,21 @@ BEST_DIR = "best"
 
 def keep_best(out: str | os.PathLike, trainable: dict[str, torch.nn.Module]) -> None:
     """The trainable weights of the best policy so far (the Goodhart guard's) to `<out>/best`, replaced whole."""
-    tmp = Path(out) / ".best-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(tmp, trainable)
-    shutil.rmtree(Path(out) / BEST_DIR, ignore_errors=True)
-    os.replace(tmp, Path(out) / BEST_DIR)
+    if processes().is_main:  # every process holds the same weights; one writes them, the others wait
+        tmp = Path(out) / ".best-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_weights(tmp, trainable)
+        shutil.rmtree(Path(out) / BEST_DIR, ignore_errors=True)
+        os.replace(tmp, Path(out) / BEST_DIR)
+    processes().barrier()
 
 
 def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict[str, Any] | None = None) -> Path:
-    """Write `<output_dir>/checkpoint` atomically."""
+    """Write `<output_dir>/checkpoint` atomically (the main process writes; the others wait for it)."""
     target = Path(output_dir) / CHECKPOINT_DIR
+    if not processes().is_main:
+        processes().barrier()
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".checkpoint-"))
     try:
@@ -202,6 +209,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    processes().barrier()
     return target
 
 

@@ -37,7 +37,10 @@ def tether_home() -> Path:
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where this process computes: the GPU if there is one (its own GPU among several processes), else the CPU."""
+    from tether.distributed import processes
+
+    return processes().device
 
 
 def autocast(precision: str):
@@ -230,7 +233,12 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> None:
-    """Save a plain HF directory (LoRA adapters merged in) atomically."""
+    """Save a plain HF directory (LoRA adapters merged in) atomically; with several processes the main one writes it."""
+    from tether.distributed import processes
+
+    if not processes().is_main:
+        processes().barrier()
+        return
     path = Path(path)
     if hasattr(model, "merge_and_unload"):
         import copy
@@ -247,3 +255,4 @@ def save_model(model, tokenizer, path: str | os.PathLike) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    processes().barrier()

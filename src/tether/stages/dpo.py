@@ -44,6 +44,7 @@ from tether.data.collate import pack_shared_prompts
 from tether.data.readers import DataError, read_preferences, read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.data.templates import encode_prompt, encode_response_with_flag
+from tether.distributed import processes
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_sigmoid_loss
 from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_causal_lm, load_tokenizer,
@@ -158,15 +159,16 @@ def length_batches(examples: list[EncodedPair], batch_size: int) -> list[list[in
 
 def precompute_reference(policy, reference, splits: dict[str, list[EncodedPair]], batch_size: int, pad_id: int, pack: bool,
                          precision: str) -> dict[str, torch.Tensor]:
-    """{split: (N, 2) reference log-probs of (chosen, rejected)}, computed once before training."""
+    """{split: (N, 2) reference log-probs of (chosen, rejected)}, computed once before training
+    (with several processes, each computes its share of the batches and the tables are summed)."""
     tables = {}
     for name, examples in splits.items():
         table = torch.zeros(len(examples), 2)
-        for idx in length_batches(examples, batch_size):
+        for idx in processes().share(length_batches(examples, batch_size)):
             ref_c, ref_r = live_reference(policy, reference, [examples[i] for i in idx], pad_id, pack, precision)
             table[idx] = torch.stack([ref_c, ref_r], -1).float().cpu()
             release_freed_memory()
-        tables[name] = table
+        tables[name] = processes().sum(table)
     return tables
 
 
@@ -201,11 +203,11 @@ def write_reference_table(path: Path, tables: dict[str, torch.Tensor], fingerpri
 def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: float, batch_size: int, pad_id: int, pack: bool,
              precision: str) -> dict:
     """The loss and the preference accuracy of the implicit reward on held-out pairs (a tie counts one half),
-    with a 95% Wilson interval; mean implicit rewards and margin."""
+    with a 95% Wilson interval; mean implicit rewards and margin. Each process takes its share of the batches."""
     if not examples:
         return {"n": 0}
     r_chosen, r_rejected, loss_sum = torch.zeros(len(examples)), torch.zeros(len(examples)), 0.0
-    for idx in length_batches(examples, batch_size):
+    for idx in processes().share(length_batches(examples, batch_size)):
         batch = [examples[i] for i in idx]
         ref_c, ref_r = reference_for("eval", idx, batch)
         with autocast(precision):
@@ -214,6 +216,7 @@ def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: 
         loss_sum += loss.item() * len(batch)
         r_chosen[idx], r_rejected[idx] = (beta * (logp_c - ref_c)).float().cpu(), (beta * (logp_r - ref_r)).float().cpu()
         release_freed_memory()
+    r_chosen, r_rejected, loss_sum = processes().sum(r_chosen), processes().sum(r_rejected), processes().sum(loss_sum)
     n = len(examples)
     wins = ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).sum().item()
     low, high = wilson_interval(wins, n)
@@ -288,7 +291,8 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
             console.print(f"dpo: computing the reference log-probs of {len(train_ex) + len(eval_ex)} pairs once, before training")
             source = reference if reference is not None or own_base else policy  # None: the adapter off
             tables = precompute_reference(policy, source, splits, cfg.batch_size, pad_id, pack, cfg.precision)
-            write_reference_table(out / REFERENCE_FILE, tables, fingerprint)
+            if processes().is_main:
+                write_reference_table(out / REFERENCE_FILE, tables, fingerprint)
         reference = None  # no reference model is held while training
         reference_seconds = time.time() - t0
         console.print(f"dpo: reference log-probs of {len(train_ex) + len(eval_ex)} pairs in {out / REFERENCE_FILE} "
@@ -309,7 +313,8 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     run_eval = functools.partial(evaluate, policy, eval_ex, reference_for, loss_fn, cfg.beta, cfg.batch_size, pad_id, pack, cfg.precision)
 
     params = [p for p in policy.parameters() if p.requires_grad]
-    per_step = cfg.batch_size * cfg.grad_accum
+    procs = processes()  # data parallel: each process runs every world-th micro-batch of a step
+    per_step = cfg.batch_size * cfg.grad_accum * procs.world
     total_steps = cfg.max_steps or max(1, math.ceil(len(train_ex) * cfg.epochs / per_step))
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
     stream = index_stream(len(train_ex), cfg.seed, total_steps * per_step)
@@ -330,7 +335,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     for step in range(start_step, total_steps):
         window = stream[step * per_step:(step + 1) * per_step]
         totals = dict.fromkeys(METRICS, 0.0)
-        for k in range(0, per_step, cfg.batch_size):
+        for k in procs.share(range(0, per_step, cfg.batch_size)):
             idx = window[k:k + cfg.batch_size]
             batch = [train_ex[i] for i in idx]
             # 1. reference log-probs (B,), (B,): live (no grad), from the table, or 0
@@ -343,7 +348,9 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
             (loss * len(batch) / per_step).backward()
             for key in METRICS:
                 totals[key] += m[key] * len(batch) / per_step
-        # 4. update
+        # 4. update (the processes' gradients summed: each loss was weighted by its share of the whole step)
+        procs.reduce_gradients(params, average=False)
+        totals = {key: procs.sum(v) for key, v in totals.items()}
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         done = step + 1
@@ -362,6 +369,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
             console.print(f"dpo: stopped after step {done} (interrupt_after); rerun the same command to resume")
             return None
     train_seconds = time.time() - t_loop - eval_seconds  # this session's part of the loop, evaluations left out
+    procs.check_in_step(params, "dpo")
     policy.eval()
 
     # ---- held-out accuracy of the implicit reward, the final policy (LoRA merged), the summary

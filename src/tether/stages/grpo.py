@@ -38,6 +38,7 @@ import torch
 from tether.config import GRPOConfig, resolve_path
 from tether.data.readers import read_prompts
 from tether.data.records import prompt_text
+from tether.distributed import processes
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
@@ -86,7 +87,10 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
     with a fixed seed so successive checks differ only by the policy."""
     rewards, kls, golds, by_source = [], [], [], {s.name: [] for s in sources}
     has_reference = reference is not None or cfg.lora.enabled
+    procs = processes()  # several processes: each samples every world-th batch, the means are over all
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
+        if b % procs.world != procs.rank:
+            continue
         batch = records[start:start + cfg.generation.batch_size]
         prompts = [r.prompt for r in batch]
         rollout = sample_rollout(policy, tokenizer, prompts, cfg.generation, seed=cfg.seed * 7919 + b, precision=cfg.precision)
@@ -104,8 +108,9 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
         golds.extend(gold_scores([prompt_text(p) for p in prompts], rollout.texts))
         for name, values in parts.items():
             by_source[name].extend(v for v in values if v is not None)
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": mean(kls), "gold": mean(golds), **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(sources) > 1 else {})}
+    mean = procs.mean_of
+    return {"reward": mean(rewards) or 0.0, "kl": mean(kls) if has_reference else None, "gold": mean(golds),
+            **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(sources) > 1 else {})}
 
 
 def train_grpo(cfg: GRPOConfig) -> dict | None:
@@ -134,13 +139,14 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}); reward: "
                   + ", ".join(f"{s.weight:g} x {s.name}" for s in sources))
     params = [p for p in policy.parameters() if p.requires_grad]
+    procs = processes()  # data parallel: each process samples prompts_per_step groups a step, gradients summed over all
     n_minibatches = B // cfg.mini_batch_size
     optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.iterations * n_minibatches)
     aggregate = {"token_mean": lambda x, m, mb: token_mean(x, m, mb["tokens"]),
                  "sequence_mean": lambda x, m, mb: sequence_mean(x, m, mb["sequences"]),
                  "constant": lambda x, m, mb: constant_mean(x, m, mb["rows"] * cfg.generation.max_new_tokens)}[cfg.loss_aggregation]
     baseline = MovingAverageBaseline(cfg.baseline_decay)
-    stream = index_stream(len(records), cfg.seed, cfg.steps * P_step)
+    stream = index_stream(len(records), cfg.seed, cfg.steps * P_step * procs.world)
     temperature = cfg.generation.temperature
     on_policy = cfg.iterations == 1 and n_minibatches == 1  # pi_old = the update's own forward pass
     use_reference = cfg.beta > 0
@@ -164,9 +170,9 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step,
                            tracker=cfg.tracker)
-    history = [json.loads(line) for line in logger.path.read_text().splitlines() if line]  # steps before a resume
+    history = [json.loads(line) for line in logger.path.read_text().splitlines() if line] if procs.is_main else []  # steps before a resume
     samples_path = out / "samples.jsonl"
-    if samples_path.exists():  # keep only what the checkpoint had seen
+    if samples_path.exists() and procs.is_main:  # keep only what the checkpoint had seen
         kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
@@ -174,11 +180,13 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     policy.eval()
     for step in range(start_step, cfg.steps):
         t0 = time.time()
-        chosen = [records[i] for i in stream[step * P_step:(step + 1) * P_step]]
+        window = stream[step * P_step * procs.world:(step + 1) * P_step * procs.world]
+        chosen = [records[i] for i in procs.share(window)]
         batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
 
         # 1. rollout
-        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step, precision=cfg.precision)
+        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
+                                 precision=cfg.precision)
         sampled_logp = rollout.logprobs  # None when stop strings sent the work to `generate`
         t_gen = time.time() - t0
 
@@ -195,6 +203,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
 
         stats: dict[str, float] = {}
         kl_per_response, entropy = None, None
+        n_all = procs.sum(float(N))  # samples kept over every process: all of them update together, or none
         if N > 0:
             seqs, attn, P, mask = kept_batch(rollout, rows)
             mask = mask.float()  # (N, R)
@@ -243,9 +252,11 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                 entropy = torch.zeros_like(mask)
             for _ in range(cfg.iterations):
                 for mb in torch.randperm(N).tensor_split(n_minibatches):
-                    if len(mb) == 0:
+                    local = torch.tensor([mask[mb].sum().item(), float((mask[mb].sum(-1) > 0).sum()), float(len(mb))], dtype=torch.float64)
+                    tokens, sequences, n_rows = procs.sum(local).tolist()  # the minibatch over every process
+                    if n_rows == 0:
                         continue
-                    counts = {"tokens": mask[mb].sum().item(), "sequences": int((mask[mb].sum(-1) > 0).sum()), "rows": len(mb)}
+                    counts = {"tokens": tokens, "sequences": int(sequences), "rows": int(n_rows)}
                     for micro in mb.split(cfg.micro_batch_size):
                         share = mask[micro].sum().item() / max(counts["tokens"], 1.0) / n_updates  # this micro-batch's token weight in the stats
                         with autocast(cfg.precision):
@@ -260,6 +271,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                         for key, v in st.items():  # token-weighted, as the loss
                             stats[key] = stats.get(key, 0.0) + v * share
                         stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), st["ratio_max"])
+                    procs.reduce_gradients(params, average=False)
                     grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
                     stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
             policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
@@ -267,14 +279,28 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                 release_freed_memory()
             if use_reference:
                 kl_per_response = (kl_k1(old_logp, ref_logp) * mask).sum(-1)  # (N,) nats per response, pi_old vs pi_ref
-        elif cfg.advantage == "reinforce" and valid.any():
+        elif n_all > 0:  # nothing kept here, but the other processes update: step with them
+            policy.train()
+            for _ in range(cfg.iterations * n_minibatches):
+                if procs.sum(torch.zeros(3, dtype=torch.float64))[2] > 0:  # the minibatch's counts, as above
+                    procs.reduce_gradients(params, average=False)
+                    clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+            policy.eval()
+        if N == 0 and cfg.advantage == "reinforce" and valid.any():
             baseline.update(masked_mean(scores, valid).item())
 
         valid_scores = scores.flatten()[valid.flatten()]
+        if procs.world > 1:  # every process's share of the token-weighted statistics adds up; the norm is the same in each
+            keys = ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
+            both = procs.sum(torch.tensor([[stats.get(k, 0.0) for k in keys], [float(k in stats) for k in keys]], dtype=torch.float64))
+            peak = procs.max(stats.get("ratio_peak", 0.0))
+            stats = {k: (v / n if k == "grad_norm" else v) for k, v, n in zip(keys, both[0].tolist(), both[1].tolist()) if n > 0}
+            if peak > 0:
+                stats["ratio_peak"] = peak
         metrics = {
-            "rollout/reward": valid_scores.mean().item() if len(valid_scores) else None,
+            "rollout/reward": procs.mean_of(valid_scores.tolist()),
             "rollout/reward_std": valid_scores.std().item() if len(valid_scores) > 1 else 0.0,
-            "rollout/kl": kl_per_response.mean().item() if kl_per_response is not None else None,
+            "rollout/kl": procs.mean_of(kl_per_response.tolist() if kl_per_response is not None else []),
             "rollout/entropy": masked_mean(entropy, mask).item() if entropy is not None else None,
             "rollout/length": lengths.mean().item(), "rollout/length_p95": torch.quantile(lengths, 0.95).item(),
             "rollout/finished": rollout.finished.float().mean().item(),
@@ -312,7 +338,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                 stop_reason = f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
         history.append(metrics)
         logger.log(done, metrics)
-        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1):  # read what the policy does
+        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
             adv_of = dict(zip(rows.tolist(), advantages.tolist())) if N > 0 else {}
             with samples_path.open("a") as f:
                 for i, (prompt, text, v) in enumerate(zip(batch_prompts, rollout.texts, values)):
@@ -335,6 +361,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         console.print(f"grpo: rolled back to the best held-out policy, step {best['step']}")
 
     # ---- save the policy (LoRA merged: a plain HF directory)
+    procs.check_in_step(params, "grpo")
     save_model(policy, tokenizer, out / "model")
     quarter = max(1, len(history) // 4)
     head, tail = history[:quarter], history[-quarter:]
@@ -346,7 +373,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     summary = {
         "stage": "grpo", "model": str(out / "model"), "policy_init": policy_path, "advantage": cfg.advantage,
         "reward": [{"name": s.name, "weight": s.weight} for s in sources],
-        "steps": cfg.steps, "samples": cfg.steps * B, "steps_done": done, "stopped_early": stop_reason,
+        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "processes": procs.world, "steps_done": done, "stopped_early": stop_reason,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
         "held_out": None if not held_out else {

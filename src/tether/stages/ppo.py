@@ -40,6 +40,7 @@ from tether.config import LoraSettings, PPOConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, read_prompts
 from tether.data.records import prompt_text
+from tether.distributed import processes
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.eval.overopt import fit_overopt
@@ -101,10 +102,13 @@ def set_train_mode(modules: dict, training: bool) -> None:
 @torch.no_grad()
 def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_fn) -> dict:
     """Mean reward, gold score and KL (k1, nats per response) of the current policy on held-out prompts,
-    sampled with a fixed seed so successive checks differ only by the policy."""
+    sampled with a fixed seed so successive checks differ only by the policy. With several processes each
+    samples every world-th batch (the same draws as one process would) and the means are taken over all."""
     rewards, kls, golds = [], [], []
-    settings = cfg.generation
+    settings, procs = cfg.generation, processes()
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
+        if b % procs.world != procs.rank:
+            continue
         batch = prompts[start:start + settings.batch_size]
         rollout = sample_rollout(policy, tokenizer, batch, settings, seed=cfg.seed * 7919 + b, precision=cfg.precision)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
@@ -118,7 +122,7 @@ def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_
         scores, keep = score_fn(batch, rollout)
         rewards.extend(s for s, k in zip(scores.tolist(), keep.tolist()) if k)
         golds.extend(gold_scores([prompt_text(p) for p in batch], rollout.texts))
-    return {"reward": sum(rewards) / max(len(rewards), 1), "kl": sum(kls) / max(len(kls), 1), "gold": sum(golds) / max(len(golds), 1)}
+    return {"reward": procs.mean_of(rewards) or 0.0, "kl": procs.mean_of(kls) or 0.0, "gold": procs.mean_of(golds) or 0.0}
 
 
 def gold_peak_kl(checks: list[list[float]]) -> float | None:
@@ -171,6 +175,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         member = load_reward_model(cfg.reward_model).members[0]
         value_model = RewardModelValue(member.model.requires_grad_(True), member.normalization).to(device())
         trainable = {"policy": policy, "value_model": value_model}
+    if cfg.freeze_layers and value_model is not None:  # a value model on its own trunk: the same saving
+        freeze_lower_layers(value_model.model, cfg.freeze_layers)
     if cfg.activation_checkpointing:  # the models that are trained through their blocks
         for model in [policy] + ([value_model.model] if value_model is not None else []):
             enable_activation_checkpointing(model)
@@ -182,12 +188,14 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     console.print(f"ppo: {parameter_gb:.2f} GB of weights for policy, reference, value and reward"
                   + (f" ({shared_params / 1e6:.1f}M reward-model parameters shared with the frozen base)" if shared_params else ""))
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
+    procs = processes()  # data parallel: each process samples batch_size episodes a step, gradients summed over all
     n_minibatches = cfg.batch_size // cfg.mini_batch_size
     optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.ppo_epochs * n_minibatches)
     kl_ctl = (AdaptiveKLController(cfg.kl.init_beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
               else FixedKLController(cfg.kl.init_beta))
     kl_estimator = KL_ESTIMATORS[cfg.kl.estimator]
-    stream = index_stream(len(prompts), cfg.seed, cfg.steps * cfg.batch_size)
+    per_step = cfg.batch_size * procs.world  # episodes a step over all processes
+    stream = index_stream(len(prompts), cfg.seed, cfg.steps * per_step)
     temperature = cfg.generation.temperature
     ptx_examples = []
     if cfg.ptx_coef > 0:  # PPO-ptx: demonstrations whose SFT loss is mixed into every minibatch
@@ -228,9 +236,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         console.print(f"ppo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step, tracker=cfg.tracker)
-    history = [json.loads(line) for line in logger.path.read_text().splitlines() if line]  # steps before a resume
+    history = [json.loads(line) for line in logger.path.read_text().splitlines() if line] if procs.is_main else []  # steps before a resume
     samples_path = out / "samples.jsonl"
-    if samples_path.exists():  # keep only what the checkpoint had seen
+    if samples_path.exists() and procs.is_main:  # keep only what the checkpoint had seen
         kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
@@ -238,10 +246,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     set_train_mode(trainable, False)
     for step in range(start_step, cfg.steps):
         t0 = time.time()
-        batch_prompts = [prompts[i].prompt for i in stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+        batch_prompts = [prompts[i].prompt for i in procs.share(stream[step * per_step:(step + 1) * per_step])]
 
         # 1. rollout; the sampler keeps each token's log pi_old, the policy-head value and the entropy
-        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=cfg.seed * 1000003 + step,
+        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
                                  precision=cfg.precision, value_head=value_head if cfg.reuse_sampling_pass else None,
                                  with_entropy=cfg.reuse_sampling_pass)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
@@ -278,8 +286,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             advantages = masked_whiten(advantages, mask)
 
         # 4. PPO update: several epochs over minibatches of this rollout; a minibatch runs as
-        #    micro-batches, each loss weighted by its share of the minibatch's tokens so the
-        #    summed gradient is the minibatch's token mean
+        #    micro-batches, each loss weighted by its share of the minibatch's tokens (over every
+        #    process) so the summed gradient is the minibatch's token mean
         set_train_mode(trainable, True)
         stats: dict[str, float] = {}
         n_updates = cfg.ppo_epochs * n_minibatches
@@ -287,7 +295,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             perm = torch.randperm(cfg.batch_size)
             for k in range(n_minibatches):
                 mb = perm[k * cfg.mini_batch_size:(k + 1) * cfg.mini_batch_size]
-                mb_tokens = mask[mb].sum().clamp(min=1.0)
+                mb_tokens = procs.sum(mask[mb].sum()).clamp(min=1.0)
                 for micro_index, micro in enumerate(mb.split(cfg.micro_batch_size)):
                     share = (mask[micro].sum() / mb_tokens).item()
                     with autocast(cfg.precision):
@@ -308,30 +316,34 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                         with autocast(cfg.precision):
                             logits = policy(input_ids=ptx["input_ids"].to(device()), attention_mask=ptx["attention_mask"].to(device())).logits
                         ptx_loss, _ = sft_loss(logits.float(), ptx["labels"].to(device()))
-                        loss = loss + cfg.ptx_coef * ptx_loss  # once per minibatch, its own mean
+                        loss = loss + cfg.ptx_coef * ptx_loss / procs.world  # once per minibatch, its own mean
                         stats["ptx_loss"] = stats.get("ptx_loss", 0.0) + ptx_loss.item() / n_updates
                     loss.backward()
                     for key, v in {**pg_stats, **vf_stats, **extra}.items():  # token-weighted, as the loss
                         stats[key] = stats.get(key, 0.0) + v * share / n_updates
                     stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), pg_stats["ratio_max"])
+                procs.reduce_gradients(params, average=False)
                 grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
                 stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
 
         set_train_mode(trainable, False)  # eval mode for the held-out check and the next rollout (KV cache on)
         release_freed_memory()  # rollout shapes vary: without this, resident memory creeps up
 
-        # 5. adapt beta towards the target KL (nats per response)
+        # 5. adapt beta towards the target KL (nats per response), the mean over every process's episodes
         kl_per_response = (kl * mask).sum(-1)  # (B,)
-        mean_kl = kl_per_response.mean().item()
+        mean_kl = procs.mean(kl_per_response.mean().item())
         beta_used = kl_ctl.beta
-        kl_ctl.update(mean_kl, cfg.batch_size)
+        kl_ctl.update(mean_kl, per_step)
+        for key in stats:  # token-weighted shares of every process's tokens add up; the norm is the same everywhere
+            stats[key] = (procs.max(stats[key]) if key in ("ratio_peak", "grad_norm") else
+                          procs.mean(stats[key]) if key == "ptx_loss" else procs.sum(stats[key]))
 
         metrics = {
-            "rollout/reward": scores.mean().item(), "rollout/reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "rollout/reward": procs.mean(scores.mean().item()), "rollout/reward_std": scores.std().item() if len(scores) > 1 else 0.0,
             "rollout/kl": mean_kl, "rollout/beta": beta_used,
             "rollout/non_score_reward": (-beta_used * kl_per_response).mean().item() if kl_in_reward else 0.0,  # KL part of the reward
-            "rollout/entropy": masked_mean(old["entropy"], mask).item(), "rollout/length": mask.sum(-1).mean().item(),
-            "rollout/finished": rollout.finished.float().mean().item(),
+            "rollout/entropy": procs.mean(masked_mean(old["entropy"], mask).item()), "rollout/length": procs.mean(mask.sum(-1).mean().item()),
+            "rollout/finished": procs.mean(rollout.finished.float().mean().item()),
             "rollout/length_p95": torch.quantile(mask.sum(-1), 0.95).item(),
             "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
             "rollout/reward_length_corr": length_correlation(scores.cpu().numpy(), mask.sum(-1).cpu().numpy()),
@@ -368,7 +380,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                 stop_reason = f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
         history.append(metrics)
         logger.log(done, metrics)
-        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1):  # read what the policy does
+        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
             with samples_path.open("a") as f:
                 for prompt, text, r in zip(batch_prompts, rollout.texts, scores.tolist()):
                     f.write(json.dumps({"step": done, "prompt": prompt, "response": text, "reward": r}) + "\n")
@@ -389,15 +401,16 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         console.print(f"ppo: rolled back to the best held-out policy, step {best['step']}")
 
     # ---- save the policy (LoRA merged: a plain HF directory) and the value function
+    procs.check_in_step(params, "ppo")
     save_model(policy, tokenizer, out / "model")
-    if value_head is not None:
+    if value_head is not None and procs.is_main:
         save_file({k: v.detach().cpu() for k, v in value_head.state_dict().items()}, str(out / "value_head.safetensors"))
     quarter = max(1, len(history) // 4)
     head, tail = history[:quarter], history[-quarter:]
     mean = lambda key, rows=tail: sum(h[key] for h in rows) / len(rows) if rows else None  # noqa: E731
     summary = {
         "stage": "ppo", "model": str(out / "model"), "policy_init": policy_path, "reward_model": cfg.reward_model,
-        "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size,
+        "steps": cfg.steps, "episodes": cfg.steps * per_step, "processes": procs.world,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
         "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),

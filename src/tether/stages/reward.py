@@ -21,6 +21,7 @@ from tether.data.collate import pack_shared_prompts, pad_right
 from tether.data.readers import DataError, read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
+from tether.distributed import processes
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
 from tether.models.loading import apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_tokenizer, resolve_model, save_model
@@ -264,7 +265,9 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
             console.rule(f"reward ensemble: member {i + 1} of {cfg.ensemble}")
             done = train_reward(dataclasses.replace(cfg, ensemble=1, seed=cfg.seed + i, output_dir=str(member_dir)))
         summaries.append(done)
-    save_ensemble_manifest(out / "model", [f"../member_{i}/model" for i in range(cfg.ensemble)])
+    if processes().is_main:
+        save_ensemble_manifest(out / "model", [f"../member_{i}/model" for i in range(cfg.ensemble)])
+    processes().barrier()
     ensemble = load_reward_model(str(out / "model"))
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     pairs = read_preferences(resolve_path(cfg.eval_data), skipped=skipped) if cfg.eval_data else \
@@ -325,7 +328,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         freeze_lower_layers(model, cfg.freeze_layers)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    per_step = cfg.batch_size * cfg.grad_accum
+    procs = processes()  # data parallel: each process scores every world-th micro-batch of a step
+    per_step = cfg.batch_size * cfg.grad_accum * procs.world
     total_steps = cfg.max_steps or max(1, math.ceil(len(train_pairs) * cfg.epochs / per_step))
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
     stream = pair_stream(train_pairs, cfg.seed, total_steps * per_step, cfg.group_by_prompt)
@@ -350,7 +354,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         # micro-batches of batch_size pairs, each cut further when its padded tokens pass the budget
         chunks = [c for k in range(0, per_step, cfg.batch_size)
                   for c in token_chunks(window[k:k + cfg.batch_size], length_key, cfg.max_tokens_per_forward, pack)]
-        for chunk in chunks:
+        for chunk in procs.share(chunks):
             batch = [train_pairs[i] for i in chunk]
             prompts, responses, i_chosen, i_rejected = unique_responses(batch)
             with autocast(cfg.precision):  # (N_unique,): each distinct response scored once
@@ -371,6 +375,8 @@ def train_reward(cfg: RewardConfig) -> dict:
             (loss * len(batch) / per_step).backward()
             for key in totals:
                 totals[key] += m[key] * len(batch) / per_step
+        procs.reduce_gradients(params, average=False)  # each loss was weighted by its share of the whole step
+        totals = {key: procs.sum(v) for key, v in totals.items()}
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         done = step + 1
@@ -379,6 +385,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
             save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
     train_seconds = time.time() - t_loop  # the loop only (this session's part of it after a resume)
+    procs.check_in_step(params, "reward")
     model.eval()
 
     # 4. normalise on policy samples (or the pairs' own responses), evaluate, save
@@ -401,9 +408,11 @@ def train_reward(cfg: RewardConfig) -> dict:
                | {"rm/train_accuracy": train_metrics.get("accuracy")})  # the held-out validation, under rm/ in every tracker
     logger.close()
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
-    save_normalization(out / "model", normalization)
-    if cfg.lora.enabled:  # the adapter and head on their own too, so PPO can hold this RM as an adapter on its base
-        model.save_pretrained(out / "model" / ADAPTER_DIR)
+    if procs.is_main:
+        save_normalization(out / "model", normalization)
+        if cfg.lora.enabled:  # the adapter and head on their own too, so PPO can hold this RM as an adapter on its base
+            model.save_pretrained(out / "model" / ADAPTER_DIR)
+    procs.barrier()  # the other processes may read this model next (an ensemble's next member, the next stage)
     trainable, total = count_parameters(model)
     summary = {
         "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,

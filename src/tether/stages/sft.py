@@ -17,6 +17,7 @@ import torch
 from tether.config import SFTConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, split
+from tether.distributed import processes
 from tether.losses import sft_loss_sum
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
@@ -32,18 +33,19 @@ def _batches(examples: list[dict], batch_size: int, pad_id: int):
 
 @torch.no_grad()
 def eval_loss(model, examples: list[dict], batch_size: int, pad_id: int, precision: str) -> float:
-    """Mean response-token cross-entropy on held-out examples (nats per token)."""
+    """Mean response-token cross-entropy on held-out examples (nats per token); each process takes its share."""
     if not examples:
         return float("nan")
     model.eval()
     total, count = 0.0, 0
-    for batch in _batches(examples, batch_size, pad_id):
+    for batch in _batches(processes().share(examples), batch_size, pad_id):
         batch = {k: v.to(device()) for k, v in batch.items()}
         with autocast(precision):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, n = sft_loss_sum(logits, batch["labels"])
         total, count = total + nll.item(), count + int(n)
     model.train()
+    total, count = processes().sum(total), processes().sum(float(count))
     return total / max(count, 1)
 
 
@@ -68,7 +70,8 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         model = apply_lora(model, cfg.lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    per_step = cfg.batch_size * cfg.grad_accum
+    procs = processes()  # data parallel: each process runs every world-th micro-batch of a step
+    per_step = cfg.batch_size * cfg.grad_accum * procs.world
     total_steps = cfg.max_steps or math.ceil(len(train_ex) * cfg.epochs / per_step)
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
     stream = index_stream(len(train_ex), cfg.seed, total_steps * per_step)
@@ -90,13 +93,15 @@ def train_sft(cfg: SFTConfig) -> dict | None:
                  for k in range(0, per_step, cfg.batch_size)]
         n_tokens = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
         loss_total = 0.0
-        for m in micro:
+        for m in procs.share(micro):
             m = {k: v.to(device()) for k, v in m.items()}
             with autocast(cfg.precision):
                 logits = model(input_ids=m["input_ids"], attention_mask=m["attention_mask"]).logits
             nll, _ = sft_loss_sum(logits, m["labels"])
             (nll / max(n_tokens, 1)).backward()
             loss_total += nll.item()
+        procs.reduce_gradients(params, average=False)  # each loss was divided by the whole step's token count
+        loss_total = procs.sum(loss_total)
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         tokens_seen += n_tokens
@@ -115,6 +120,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
             return None
 
     # 4. evaluate, save the final model (LoRA merged in) and the summary
+    procs.check_in_step(params, "sft")
     final_eval = eval_loss(model, eval_ex, cfg.batch_size, tokenizer.pad_token_id, cfg.precision)
     logger.log(total_steps, {"eval/loss": final_eval})
     logger.close()

@@ -1,0 +1,5 @@
+"""`python -m tether` is the `tether` command (the way `--num-processes` starts its processes)."""
+
+from tether.cli import app
+
+app()

@@ -1,0 +1,143 @@
+"""Data parallelism with 2 processes on the CPU (gloo), as `tether <stage> --num-processes 2` runs it.
+
+SFT, reward and DPO: 2 processes with grad_accum 1 make exactly the update 1 process makes with
+grad_accum 2 (the same window, the gradients summed). PPO and GRPO sample different episodes in
+each process, so they are checked for what must hold: they run, resume, stay in step (the stage
+raises if the processes' weights differ) and write one set of outputs.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.config import DPOConfig, RewardConfig, SFTConfig, load_config
+from tether.stages.dpo import run_dpo
+from tether.stages.reward import train_reward
+from tether.stages.sft import train_sft
+from tether.training import index_stream
+
+HERE = Path(__file__).resolve().parent
+FNS = HERE / "stages" / "reward_fns.py"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6, msg=k)
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path):
+    common = [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", "precision=fp32", "optim.lr=1e-2", "optim.warmup_ratio=0.0",
+              "max_steps=3", "batch_size=2", "eval_fraction=0.25"]
+    train_sft(load_config(SFTConfig, None, [*common, f"output_dir={tmp_path / 'one'}", "grad_accum=2"]))
+    result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}")
+    assert json.loads(result.stdout)["stage"] == "sft"  # one summary, from the main process
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(summary(tmp_path / "one")["eval_loss"], abs=1e-6)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r.get("train/loss") for r in two] == pytest.approx([r.get("train/loss") for r in one], abs=1e-6)  # reduced over both
+    assert [r.get("train/tokens") for r in two] == [r.get("train/tokens") for r in one]
+
+
+@pytest.fixture(scope="module")
+def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
+    """One 2-process launch runs reward, DPO, PPO (interrupted, then resumed) and GRPO; returns its folder."""
+    root = tmp_path_factory.mktemp("distributed")
+    qs = [json.loads(x)["prompt"] for x in tiny_data["prompts"].read_text().splitlines()]
+    fixed = root / "half_fixed.jsonl"  # a third of the prompts get equal rewards: some groups are dropped in one process only
+    fixed.write_text("".join(json.dumps({"prompt": q, "meta": {"fixed": i % 3 == 0}}) + "\n" for i, q in enumerate(qs)))
+    gen = ["generation.max_new_tokens=6", "generation.batch_size=4"]
+    ppo = [f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}", f"prompts={tiny_data['prompts']}",
+           f"output_dir={root / 'ppo'}", "steps=4", "batch_size=4", "mini_batch_size=2", "save_every=0", *gen,
+           f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.patience=0", "samples_every=1"]
+    stages = {
+        "reward": [*reward_common(tiny_model_dir, tiny_data), f"output_dir={root / 'reward'}"],
+        "dpo": [*dpo_common(tiny_model_dir, tiny_data), f"output_dir={root / 'dpo'}"],
+        "ppo_interrupted": [*ppo, "interrupt_after=2"],
+        "ppo": ppo,
+        "grpo": [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
+                 f"output_dir={root / 'grpo'}", "precision=fp32", "lora.enabled=false", "steps=4", "prompts_per_step=1", "group_size=4",
+                 "mini_batch_size=2", "beta=0.01", "save_every=0", *gen],
+    }
+    launch("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "distributed_worker.py"), json.dumps(stages))
+    return root
+
+
+def reward_common(tiny_model_dir, tiny_data):
+    return [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", "precision=fp32", "max_steps=3", "batch_size=2", "eval_fraction=0.25",
+            "optim.lr=1e-2"]
+
+
+def dpo_common(tiny_model_dir, tiny_data):
+    return [f"policy={tiny_model_dir}", f"data={tiny_data['prefs']}", "precision=fp32", "max_steps=3", "batch_size=2", "eval_fraction=0.25",
+            "optim.lr=1e-2", "precompute_reference=true"]
+
+
+def test_reward_two_processes_make_the_update_of_one_with_double_accumulation(worker_runs, tiny_model_dir, tiny_data, tmp_path):
+    train_reward(load_config(RewardConfig, None, [*reward_common(tiny_model_dir, tiny_data), f"output_dir={tmp_path}", "grad_accum=2"]))
+    assert_same_weights(tmp_path, worker_runs / "reward")
+    assert summary(worker_runs / "reward")["eval_loss"] == pytest.approx(summary(tmp_path)["eval_loss"], abs=1e-6)
+    assert [r.get("train/loss") for r in metrics(worker_runs / "reward")] == pytest.approx([r.get("train/loss") for r in metrics(tmp_path)], abs=1e-6)
+
+
+def test_dpo_two_processes_make_the_update_of_one_with_double_accumulation(worker_runs, tiny_model_dir, tiny_data, tmp_path):
+    run_dpo(load_config(DPOConfig, None, [*dpo_common(tiny_model_dir, tiny_data), f"output_dir={tmp_path}", "grad_accum=2"]))
+    assert_same_weights(tmp_path, worker_runs / "dpo")
+    one, two = summary(tmp_path), summary(worker_runs / "dpo")
+    for key in ("eval_loss", "eval_accuracy", "eval_margin"):  # the held-out evaluation, split between the processes
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_ppo_two_processes_run_resume_and_write_one_set_of_outputs(worker_runs):
+    run = worker_runs / "ppo"
+    s = summary(run)
+    assert s["processes"] == 2 and s["episodes"] == 4 * 4 * 2 and s["steps_done"] == 4
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the resumed run continued the file, once
+    assert all(math.isfinite(r["rollout/kl"]) and 0 <= r["train/clipfrac"] <= 1 for r in rows)
+    assert {r["step"] for r in rows if "held_out/reward" in r} == {2, 4}
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert {x["step"] for x in samples} == {1, 2, 3, 4} and len(samples) == 4 * 4  # the main process's own episodes, once a step
+
+
+def test_grpo_two_processes_stay_in_step_when_one_drops_every_group(worker_runs):
+    run = worker_runs / "grpo"
+    s = summary(run)
+    assert s["processes"] == 2 and s["samples"] == 4 * 4 * 2 and s["steps_done"] == 4
+    assert (run / "model" / "model.safetensors").exists()
+    # the prompts each process drew (process p takes every 2nd of a step's window, from p): at steps 1 and 2 the second
+    # process drew a fixed prompt, dropped its only group and kept nothing, while the first trained; the stage
+    # finished and its weights agree (it checks), so the empty process took part in every update
+    stream = index_stream(12, 0, 8)
+    fixed = [(stream[2 * k] % 3 == 0, stream[2 * k + 1] % 3 == 0) for k in range(4)]
+    assert fixed[:2] == [(False, True), (False, True)]
+    assert [r["rollout/samples_trained"] for r in metrics(run)][:2] == [4, 4]  # the main process's own samples
