@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under `torch.distributed.run` (2 processes): every stage named on the
 command line, each a list of key=value overrides as JSON: `python distributed_worker.py '{"reward": [...], ...}'`.
-A stage may appear as "ppo_interrupted" first: the same config, stopped by interrupt_after, then resumed."""
+A name is the stage's, or the stage's with a suffix ("dpo_fsdp"); one with "interrupted" in it must stop early
+(interrupt_after) and is then resumed under the next name."""
 
 import json
 import sys
@@ -15,7 +16,7 @@ STAGES = {"reward": (RewardConfig, train_reward), "dpo": (DPOConfig, run_dpo), "
           "grpo": (GRPOConfig, train_grpo)}
 
 for name, overrides in json.loads(sys.argv[1]).items():
-    cls, train = STAGES[name.removesuffix("_interrupted")]
+    cls, train = STAGES[name.split("_")[0]]
     result = train(load_config(cls, None, overrides))
-    if name.endswith("_interrupted"):
+    if "interrupted" in name:
         assert result is None, f"{name}: interrupt_after did not stop the run"

@@ -55,11 +55,12 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path, fsdp):
     common = [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", "precision=fp32", "optim.lr=1e-2", "optim.warmup_ratio=0.0",
-              "max_steps=3", "batch_size=2", "eval_fraction=0.25"]
+              "max_steps=3", "batch_size=2", "eval_fraction=0.25", "lora.enabled=false"]
     train_sft(load_config(SFTConfig, None, [*common, f"output_dir={tmp_path / 'one'}", "grad_accum=2"]))
-    result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}")
+    result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}")
     assert json.loads(result.stdout)["stage"] == "sft"  # one summary, from the main process
     assert_same_weights(tmp_path / "one", tmp_path / "two")
     assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(summary(tmp_path / "one")["eval_loss"], abs=1e-6)
@@ -82,6 +83,8 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
     stages = {
         "reward": [*reward_common(tiny_model_dir, tiny_data), f"output_dir={root / 'reward'}"],
         "dpo": [*dpo_common(tiny_model_dir, tiny_data), f"output_dir={root / 'dpo'}"],
+        "dpo_fsdp_interrupted": [*dpo_common(tiny_model_dir, tiny_data), *FSDP, f"output_dir={root / 'dpo_fsdp'}", "interrupt_after=2"],
+        "dpo_fsdp": [*dpo_common(tiny_model_dir, tiny_data), *FSDP, f"output_dir={root / 'dpo_fsdp'}"],
         "ppo_interrupted": [*ppo, "interrupt_after=2"],
         "ppo": ppo,
         "grpo": [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
@@ -90,6 +93,9 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
     }
     launch("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "distributed_worker.py"), json.dumps(stages))
     return root
+
+
+FSDP = ["fsdp=true", "lora.enabled=false", "save_every=0"]
 
 
 def reward_common(tiny_model_dir, tiny_data):
@@ -115,6 +121,13 @@ def test_dpo_two_processes_make_the_update_of_one_with_double_accumulation(worke
     one, two = summary(tmp_path), summary(worker_runs / "dpo")
     for key in ("eval_loss", "eval_accuracy", "eval_margin"):  # the held-out evaluation, split between the processes
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_dpo_sharded_two_processes_interrupted_and_resumed_make_the_same_updates(worker_runs, tiny_model_dir, tiny_data, tmp_path):
+    # FSDP: each block's weights, gradients and Adam moments split in two; the checkpoint holds them whole
+    run_dpo(load_config(DPOConfig, None, [*dpo_common(tiny_model_dir, tiny_data), "lora.enabled=false", f"output_dir={tmp_path}", "grad_accum=2"]))
+    assert_same_weights(tmp_path, worker_runs / "dpo_fsdp")
+    assert summary(worker_runs / "dpo_fsdp")["eval_loss"] == pytest.approx(summary(tmp_path)["eval_loss"], abs=1e-6)
 
 
 def test_ppo_two_processes_run_resume_and_write_one_set_of_outputs(worker_runs):

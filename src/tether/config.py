@@ -120,6 +120,10 @@ class SFTConfig:
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA instead of full fine-tuning; the adapter is merged into the saved model."""
+    fsdp: bool = False
+    """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
+    state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
+    about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
     eval_every: int = 0
     """Compute eval loss every N steps (0 = only at the end)."""
     save_every: int = 25
@@ -132,6 +136,15 @@ class SFTConfig:
     """Seeds data order, initialisation and dropout."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
+
+    def __post_init__(self) -> None:
+        check_fsdp(self)
+
+
+def check_fsdp(cfg) -> None:
+    if cfg.fsdp and cfg.lora.enabled:
+        raise ConfigError("fsdp=true shards full fine-tuning; with LoRA the trained weights are small and every process keeps "
+                          "them whole: set lora.enabled=false, or leave fsdp off")
 
 
 @dataclass
@@ -458,6 +471,10 @@ class DPOConfig:
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
     """LoRA policy (the adapter is merged into the saved model); with reference=policy the reference is the adapter switched off."""
+    fsdp: bool = False
+    """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
+    state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
+    about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
     eval_every: int = 0
     """Held-out eval every N steps (0 = only at the end)."""
     save_every: int = 50
@@ -492,6 +509,7 @@ class DPOConfig:
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
+        check_fsdp(self)
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0, got {self.beta}")
         if self.loss == "conservative" and not 0.0 < self.label_smoothing < 0.5:

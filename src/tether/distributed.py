@@ -9,6 +9,12 @@ of each batch, and the gradients are summed across processes before the optimize
     early stopping and every decision are the same in each process; the update is the mean of
     the processes' gradients, as DistributedDataParallel makes it.
 
+With `fsdp=true` (SFT, reward, DPO) each transformer block is also sharded across the processes
+(PyTorch FSDP2, `fully_shard`): its weights, gradients and Adam moments are split N ways and a block
+is gathered whole only while it computes. The embeddings, final norm and heads stay whole in every
+process (their gradients summed like the rest), so the code that calls a trunk and a head
+separately (reward and DPO do) runs unchanged.
+
 Processes come from `tether <stage> --num-processes N` (which runs `torch.distributed.run`),
 `torchrun`, or `accelerate launch`; accelerate's PartialState joins the process group (gloo on
 CPU, NCCL on GPUs, one GPU per process). Started plainly, this is one process and every
@@ -36,6 +42,7 @@ class Processes:
         self.rank = self.state.process_index if self.state else 0
         self.world = self.state.num_processes if self.state else 1
         self.is_main = self.rank == 0
+        self.sharded = False  # set by shard_blocks: some weights are FSDP shards
         if not self.is_main:  # one process speaks for all
             from tether.tracking import console
 
@@ -48,6 +55,15 @@ class Processes:
     def share(self, items: list) -> list:
         """This process's part of `items`: every world-th one, starting at its rank."""
         return items[self.rank::self.world]
+
+    def share_batches(self, batches: list) -> list:
+        """Batches of work that may be split (an evaluation): this process's share, or, when the model is
+        sharded, all of them: a sharded block computes only when every process runs it."""
+        return batches if self.sharded else self.share(batches)
+
+    def sum_batches(self, x):
+        """Combine what `share_batches` split: the sum over processes (nothing to add when nothing was split)."""
+        return x if self.sharded else self.sum(x)
 
     def sum(self, x: torch.Tensor | float) -> torch.Tensor | float:
         """The sum over processes (a tensor or a float); the input itself in one process."""
@@ -80,7 +96,7 @@ class Processes:
         called before a stage saves its model, so a gradient that was not reduced can not go unnoticed."""
         if self.world == 1:
             return
-        checksum = float(sum(p.detach().double().sum().item() for p in params))
+        checksum = float(sum(p.detach().double().sum().item() for p in params if not is_sharded(p)))  # shards differ by design
         if self.max(checksum) != -self.max(-checksum):
             raise RuntimeError(f"{stage}: the processes' weights differ after training (a gradient was not reduced)")
 
@@ -94,8 +110,15 @@ class Processes:
 
     def reduce_gradients(self, params: list[torch.nn.Parameter], average: bool) -> None:
         """Sum (or average) the gradients over processes, in one flat all-reduce; a parameter
-        without a gradient in this process counts as zero there."""
+        without a gradient in this process counts as zero there. A sharded (FSDP) parameter's
+        gradient was already reduced in the backward pass, averaged: it is only rescaled."""
         if self.world == 1:
+            return
+        for p in params:
+            if is_sharded(p) and p.grad is not None and not average:
+                p.grad.mul_(self.world)
+        params = [p for p in params if not is_sharded(p)]
+        if not params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -111,6 +134,60 @@ class Processes:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor: this process holds a shard of it (FSDP)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def is_fsdp(model) -> bool:
+    """Are some of the model's modules FSDP-sharded?"""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def shard_blocks(model) -> None:
+    """FSDP2 over the processes, one unit per transformer block (see the module's docstring). A no-op in one process."""
+    if processes().world == 1:
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    from tether.models.reward_model import trunk_of
+
+    trunk = trunk_of(model)
+    for block in trunk.layers:
+        fully_shard(block)
+    # the trunk is the root (reward and DPO call it directly): blocks under a root give their gathered weights
+    # back after their forward too; its own tensors (embeddings, possibly tied to the LM head; the final norm) stay whole
+    blocks = {p for block in trunk.layers for p in block.parameters()}
+    fully_shard(trunk, ignored_params={p for p in trunk.parameters() if p not in blocks})
+    processes().sharded = True
+
+
+def grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the gradients, shards included (their squares summed over the processes)."""
+    sharded = [p.grad.to_local().float().pow(2).sum() for p in params if p.grad is not None and is_sharded(p)]
+    whole = [p.grad.float().pow(2).sum() for p in params if p.grad is not None and not is_sharded(p)]
+    square = processes().sum(torch.stack(sharded).sum()) if sharded else torch.zeros(())
+    return (square.to(whole[0].device if whole else square.device) + (torch.stack(whole).sum() if whole else 0.0)).sqrt()
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a shard is gathered from every process (a collective: call it in all of them)."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def like_param(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A whole tensor shaped for `param`: sharded the same way when `param` is a shard."""
+    if not is_sharded(param):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
 
 
 def _launched() -> bool:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tether.config import OptimSettings
-from tether.distributed import processes
+from tether.distributed import full_tensor, grad_norm, is_sharded, like_param, processes
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -41,6 +41,7 @@ def start_stage(cfg) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if processes().is_main:
         save_config(cfg, out / "config.yaml")
+    processes().sharded = False  # until this stage shards a model (fsdp=true)
     seed_everything(cfg.seed)  # the same in every process: the same initial weights (LoRA, heads) everywhere
     return out
 
@@ -58,14 +59,20 @@ def make_optimizer(params: list[torch.nn.Parameter], settings: OptimSettings, to
 
 def clip_and_step(params, optimizer, scheduler, max_grad_norm: float) -> float:
     """Clip gradients, step, zero grads; returns the pre-clip global gradient norm."""
-    if max_grad_norm > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    if any(is_sharded(p) for p in params):  # FSDP: the norm over every process's shards
+        norm = grad_norm(params).item()
+        if 0 < max_grad_norm < norm:  # torch's clip_grad_norm_ scales by max / (norm + 1e-6) too
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(max_grad_norm / (norm + 1e-6))
+    elif max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
     else:
-        grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
+        norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    return norm
 
 
 def release_freed_memory() -> None:
@@ -132,14 +139,15 @@ def bucket_by_length(stream: list[int], key: Callable[[int], Any], batch_size: i
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().cpu().contiguous() for k, p in module.named_parameters() if p.requires_grad}
+    """The trainable weights, whole (FSDP shards gathered: with several processes, call it in all of them)."""
+    return {k: full_tensor(p.detach()).cpu().contiguous() for k, p in module.named_parameters() if p.requires_grad}
 
 
-def save_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module]) -> None:
-    """The trainable weights of each module to `<folder>/<name>.safetensors`."""
+def save_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]]) -> None:
+    """The trainable weights of each module (or a `trainable_state` of it) to `<folder>/<name>.safetensors`."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     for name, module in modules.items():
-        save_file(trainable_state(module), str(Path(folder) / f"{name}.safetensors"))
+        save_file(module if isinstance(module, dict) else trainable_state(module), str(Path(folder) / f"{name}.safetensors"))
 
 
 def load_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module]) -> None:
@@ -152,7 +160,7 @@ def load_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module])
             raise ValueError(f"checkpoint {folder}: parameters {missing[:3]} do not exist in the model; was it written by a different config?")
         with torch.no_grad():
             for k, v in weights.items():
-                params[k].copy_(v)
+                params[k].copy_(like_param(v, params[k]))  # this process's shard of it, under FSDP
 
 
 def in_chunks(fn, n: int, size: int) -> dict:
@@ -177,40 +185,50 @@ def keep_best(out: str | os.PathLike, trainable: dict[str, torch.nn.Module]) -> 
 
 
 def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict[str, Any] | None = None) -> Path:
-    """Write `<output_dir>/checkpoint` atomically (the main process writes; the others wait for it)."""
+    """Write `<output_dir>/checkpoint` atomically. With several processes every one gathers its shards (FSDP)
+    and the main process writes; the others wait for it."""
     target = Path(output_dir) / CHECKPOINT_DIR
-    if not processes().is_main:
-        processes().barrier()
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".checkpoint-"))
-    try:
-        save_weights(tmp, modules)
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {
-                    "python": random.getstate(),
-                    "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    weights = {name: trainable_state(module) for name, module in modules.items()}
+    optimizer_state = whole_optimizer_state(optimizer)
+    if processes().is_main:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".checkpoint-"))
+        try:
+            save_weights(tmp, weights)
+            torch.save(
+                {
+                    "step": step,
+                    "optimizer": optimizer_state,
+                    "scheduler": scheduler.state_dict(),
+                    "rng": {
+                        "python": random.getstate(),
+                        "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    },
+                    "extra": extra or {},
                 },
-                "extra": extra or {},
-            },
-            tmp / "state.pt",
-        )
-        old = target.with_name(".checkpoint-old")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+                tmp / "state.pt",
+            )
+            old = target.with_name(".checkpoint-old")
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     processes().barrier()
     return target
+
+
+def whole_optimizer_state(optimizer) -> dict:
+    """`optimizer.state_dict()` with every sharded (FSDP) moment gathered whole, so a checkpoint does not depend
+    on the number of processes that wrote it."""
+    state = optimizer.state_dict()
+    state["state"] = {i: {k: full_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in sorted(s.items())}
+                      for i, s in sorted(state["state"].items())}
+    return state
 
 
 def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.Module], optimizer, scheduler) -> tuple[int, dict[str, Any]] | None:
@@ -220,6 +238,11 @@ def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.M
         return None
     load_weights(target, modules)
     state = torch.load(target / "state.pt", weights_only=False)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state's indices
+    for i, moments in state["optimizer"]["state"].items():  # whole moments -> this process's shard of them
+        for k, v in moments.items():
+            if isinstance(v, torch.Tensor) and v.shape == params[i].shape:
+                moments[k] = like_param(v, params[i])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     random.setstate(state["rng"]["python"])

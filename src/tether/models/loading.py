@@ -234,8 +234,15 @@ def count_parameters(model) -> tuple[int, int]:
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> None:
     """Save a plain HF directory (LoRA adapters merged in) atomically; with several processes the main one writes it."""
-    from tether.distributed import processes
+    from tether.distributed import full_tensor, is_fsdp, processes
 
+    if is_fsdp(model):  # every process gathers its shards, the main one writes
+        state = {k: full_tensor(v).cpu() for k, v in model.state_dict().items()}
+        if processes().is_main:  # the whole weights in a plain (unsharded) copy of the model, which saves as any other
+            with torch.device("meta"):
+                model = type(model)(model.config)
+            model.load_state_dict(state, assign=True)
+            model.tie_weights()
     if not processes().is_main:
         processes().barrier()
         return

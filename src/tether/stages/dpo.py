@@ -44,7 +44,7 @@ from tether.data.collate import pack_shared_prompts
 from tether.data.readers import DataError, read_preferences, read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.data.templates import encode_prompt, encode_response_with_flag
-from tether.distributed import processes
+from tether.distributed import processes, shard_blocks
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_sigmoid_loss
 from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_causal_lm, load_tokenizer,
@@ -164,11 +164,11 @@ def precompute_reference(policy, reference, splits: dict[str, list[EncodedPair]]
     tables = {}
     for name, examples in splits.items():
         table = torch.zeros(len(examples), 2)
-        for idx in processes().share(length_batches(examples, batch_size)):
+        for idx in processes().share_batches(length_batches(examples, batch_size)):
             ref_c, ref_r = live_reference(policy, reference, [examples[i] for i in idx], pad_id, pack, precision)
             table[idx] = torch.stack([ref_c, ref_r], -1).float().cpu()
             release_freed_memory()
-        tables[name] = processes().sum(table)
+        tables[name] = processes().sum_batches(table)
     return tables
 
 
@@ -207,7 +207,7 @@ def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: 
     if not examples:
         return {"n": 0}
     r_chosen, r_rejected, loss_sum = torch.zeros(len(examples)), torch.zeros(len(examples)), 0.0
-    for idx in processes().share(length_batches(examples, batch_size)):
+    for idx in processes().share_batches(length_batches(examples, batch_size)):
         batch = [examples[i] for i in idx]
         ref_c, ref_r = reference_for("eval", idx, batch)
         with autocast(precision):
@@ -216,7 +216,8 @@ def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: 
         loss_sum += loss.item() * len(batch)
         r_chosen[idx], r_rejected[idx] = (beta * (logp_c - ref_c)).float().cpu(), (beta * (logp_r - ref_r)).float().cpu()
         release_freed_memory()
-    r_chosen, r_rejected, loss_sum = processes().sum(r_chosen), processes().sum(r_rejected), processes().sum(loss_sum)
+    procs = processes()
+    r_chosen, r_rejected, loss_sum = procs.sum_batches(r_chosen), procs.sum_batches(r_rejected), procs.sum_batches(loss_sum)
     n = len(examples)
     wins = ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).sum().item()
     low, high = wilson_interval(wins, n)
@@ -276,6 +277,8 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         policy = apply_lora(policy, cfg.lora)
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
+    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy)
     pack = cfg.pack_prompts and packing_matches(policy, train_ex[:2], pad_id)
     if cfg.pack_prompts and not pack:
         console.print("dpo: this model's attention does not honour a packed (block-diagonal) mask; each response gets its own row")

@@ -17,7 +17,7 @@ import torch
 from tether.config import SFTConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, split
-from tether.distributed import processes
+from tether.distributed import processes, shard_blocks
 from tether.losses import sft_loss_sum
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
@@ -38,14 +38,14 @@ def eval_loss(model, examples: list[dict], batch_size: int, pad_id: int, precisi
         return float("nan")
     model.eval()
     total, count = 0.0, 0
-    for batch in _batches(processes().share(examples), batch_size, pad_id):
+    for batch in _batches(processes().share_batches(examples), batch_size, pad_id):
         batch = {k: v.to(device()) for k, v in batch.items()}
         with autocast(precision):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, n = sft_loss_sum(logits, batch["labels"])
         total, count = total + nll.item(), count + int(n)
     model.train()
-    total, count = processes().sum(total), processes().sum(float(count))
+    total, count = processes().sum_batches(total), processes().sum_batches(float(count))
     return total / max(count, 1)
 
 
@@ -68,6 +68,8 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     model = load_causal_lm(model_path)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
+    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process runs every world-th micro-batch of a step
