@@ -63,6 +63,9 @@ def test_invalid_combination_is_rejected():
         load_config(PPOConfig, None, ["batch_size=10", "mini_batch_size=4"])
     with pytest.raises(ConfigError, match="responses_per_prompt"):
         load_config(CollectConfig, None, ["responses_per_prompt=1"])
+    with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning.*lora.enabled=false"):
+        load_config(DPOConfig, None, ["fsdp=true"])  # DPO trains LoRA by default
+    assert load_config(SFTConfig, None, ["fsdp=true", "lora.enabled=false"]).fsdp
 
 
 def test_bad_yaml_and_bad_override(tmp_path):

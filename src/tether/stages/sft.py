@@ -21,7 +21,7 @@ from tether.distributed import processes, shard_blocks
 from tether.losses import sft_loss_sum
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
-from tether.tracking import MetricsLogger, console, write_summary
+from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
                              start_stage)
 
@@ -134,7 +134,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         "eval_loss_before": eval_before, "eval_loss": final_eval,
         "final_train_loss": loss_total / max(n_tokens, 1) if total_steps > start_step else None,
         "trainable_params": trainable, "total_params": total,
-        "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else None, "seconds": elapsed,
+        "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else None, "peak_rss_gb": peak_rss_gb(), "seconds": elapsed,
     }
     write_summary(out, summary)
     return summary
