@@ -358,6 +358,9 @@ class PPOConfig:
     """Value clipping around the old values."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
+    value_lr: Optional[float] = None
+    """Learning rate of the value head's (or value model's) own weights; None = optim.lr. A critic usually learns
+    faster than the policy (OpenRLHF's defaults differ 18x); weights shared with the policy keep optim.lr."""
     whiten_advantages: bool = True
     """Normalise advantages per batch (mean 0, std 1)."""
     whiten_rewards: bool = False

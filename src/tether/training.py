@@ -46,8 +46,9 @@ def start_stage(cfg) -> Path:
     return out
 
 
-def make_optimizer(params: list[torch.nn.Parameter], settings: OptimSettings, total_steps: int):
-    """AdamW + warm-up + decay to 0 at `total_steps`."""
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], settings: OptimSettings, total_steps: int):
+    """AdamW + warm-up + decay to 0 at `total_steps`. `params` may be torch param groups ({"params": [...], "lr": ...}):
+    the schedule scales each group's own learning rate."""
     from transformers import get_scheduler
 
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, eps=settings.adam_eps)

@@ -153,6 +153,17 @@ def test_frozen_lower_blocks_stay_as_they_were(tiny_model_dir, tiny_data, tmp_pa
     assert torch.equal(base.model.embed_tokens.weight, trained.model.embed_tokens.weight)
 
 
+def test_value_lr_sets_the_value_heads_own_learning_rate(tiny_model_dir, tiny_data, tmp_path):
+    """Adam moves each weight by at most about lr per update: the value head's steps scale with value_lr."""
+    moved = {}
+    for value_lr in ("1e-4", "1e-2"):
+        out = tmp_path / value_lr
+        ppo(tiny_model_dir, tiny_data, out, "letter_e", "steps=1", "optim.lr=1e-3", "optim.schedule=constant", f"value_lr={value_lr}")
+        head = load_file(str(out / "value_head.safetensors"))["weight"]  # it starts at zero
+        moved[value_lr] = head.abs().max().item()
+    assert 1e-4 < moved["1e-4"] <= 4e-4 and 1e-2 < moved["1e-2"] <= 4e-2  # 2 updates (batch 4, minibatches of 2), ~lr each
+
+
 def test_gold_peak_is_where_the_fitted_gao_curve_turns():
     from tether.stages.ppo import gold_peak_kl
 

@@ -190,7 +190,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process samples batch_size episodes a step, gradients summed over all
     n_minibatches = cfg.batch_size // cfg.mini_batch_size
-    optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.ppo_epochs * n_minibatches)
+    critic = {id(p) for name, m in trainable.items() if name != "policy" for p in m.parameters()}  # the value head or model
+    groups = [{"params": [p for p in params if id(p) not in critic]},
+              {"params": [p for p in params if id(p) in critic], "lr": cfg.value_lr or cfg.optim.lr}]
+    optimizer, scheduler = make_optimizer([g for g in groups if g["params"]], cfg.optim, cfg.steps * cfg.ppo_epochs * n_minibatches)
     kl_ctl = (AdaptiveKLController(cfg.kl.init_beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
               else FixedKLController(cfg.kl.init_beta))
     kl_estimator = KL_ESTIMATORS[cfg.kl.estimator]
