@@ -116,6 +116,8 @@ class SFTConfig:
     """Examples per micro-batch."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
+    bucket_by_length: bool = True
+    """Within windows of 32 batches, batch examples of similar length together (less padding); batches are then shuffled."""
     optim: OptimSettings = field(default_factory=OptimSettings)
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -83,7 +83,7 @@ def test_response_logprobs_packed_and_unpacked_equal_each_sequence_alone(tiny_mo
 
 
 def test_the_lm_head_in_chunks_gives_the_same_logprobs_and_gradients(tiny_model_dir, tiny_data, monkeypatch):
-    import tether.stages.dpo as dpo
+    import tether.rollout.logprobs as logprobs
 
     tok = load_tokenizer(str(tiny_model_dir))
     examples = [encode_pair(tok, p, 192, 128)[0] for p in read_preferences(tiny_data["prefs"])][:4]
@@ -95,7 +95,7 @@ def test_the_lm_head_in_chunks_gives_the_same_logprobs_and_gradients(tiny_model_
         return torch.cat([c, r]).detach(), [p.grad.clone() for p in model.parameters()]
 
     whole, grads = logps_and_grads()
-    monkeypatch.setattr(dpo, "HEAD_CHUNK", 7)  # the 4 pairs hold far more than 7 response tokens
+    monkeypatch.setattr(logprobs, "HEAD_CHUNK", 7)  # the 4 pairs hold far more than 7 response tokens
     chunked, chunked_grads = logps_and_grads()
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     for a, b in zip(chunked_grads, grads):

@@ -26,6 +26,21 @@ def sft_cfg(tiny_model_dir, tiny_data, out, *extra):
                                          "precision=fp32", "optim.lr=1e-3", "optim.warmup_ratio=0.0", *extra])
 
 
+def test_sft_loss_reads_the_lm_head_only_where_it_predicts_a_response_token(tiny_model_dir, tiny_data):
+    from tether.data.collate import collate_sft, encode_demonstration
+    from tether.data.readers import read_demonstrations
+    from tether.losses import sft_loss_sum
+    from tether.models.loading import load_causal_lm, load_tokenizer
+    from tether.stages.sft import response_nll
+
+    model, tok = load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    batch = collate_sft([encode_demonstration(tok, d, 64, 32) for d in read_demonstrations(tiny_data["demos"])[:5]], tok.pad_token_id)
+    full, n_full = sft_loss_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    nll, n = response_nll(model, batch)
+    assert n == n_full > 0
+    torch.testing.assert_close(nll, full, rtol=1e-5, atol=1e-4)
+
+
 def test_sft_learns_and_writes_outputs(tiny_model_dir, tiny_data, tmp_path):
     summary = train_sft(sft_cfg(tiny_model_dir, tiny_data, tmp_path / "sft", "max_steps=6", "batch_size=4", "eval_fraction=0.25"))
     assert summary["steps"] == 6 and summary["eval_examples"] == 3

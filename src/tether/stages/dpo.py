@@ -50,7 +50,7 @@ from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, d
 from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
 from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
-from tether.rollout.logprobs import token_logprobs
+from tether.rollout.logprobs import head_logprobs
 from tether.stages.reward import is_tie, split_by_prompt
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
 from tether.training import (bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory,
@@ -79,28 +79,6 @@ def encode_pair(tokenizer, pair: PreferencePair, max_prompt_tokens: int, max_res
     chosen, chosen_cut = encode_response_with_flag(tokenizer, pair.chosen, max_response_tokens)
     rejected, rejected_cut = encode_response_with_flag(tokenizer, pair.rejected, max_response_tokens)
     return EncodedPair(prompt, chosen, rejected), prompt_cut or chosen_cut or rejected_cut
-
-
-HEAD_CHUNK = 512
-"""Response tokens whose logits are computed together: (512, V) fp32 logits are 100 MB for a 49k vocabulary."""
-
-
-def head_logprobs(head, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(N,) log pi(token) from (N, d) hidden states, the LM head applied HEAD_CHUNK rows at a time, so the
-    (N, V) logits are never held whole; with gradients on, each chunk's logits are recomputed in the
-    backward pass (torch.utils.checkpoint) instead of kept: about 1 GB less at 8 pairs of 96-token
-    responses and a 49k vocabulary, for one more head matmul per chunk."""
-    def chunk_logprobs(h, t):
-        return token_logprobs(head(h), t)
-
-    if hidden.shape[0] <= HEAD_CHUNK:
-        return chunk_logprobs(hidden, tokens)
-    parts = []
-    for i in range(0, hidden.shape[0], HEAD_CHUNK):
-        h, t = hidden[i:i + HEAD_CHUNK], tokens[i:i + HEAD_CHUNK]
-        parts.append(torch.utils.checkpoint.checkpoint(chunk_logprobs, h, t, use_reentrant=False) if torch.is_grad_enabled()
-                     else chunk_logprobs(h, t))
-    return torch.cat(parts)
 
 
 def response_logprobs(model, pairs: list[EncodedPair], pad_id: int, pack: bool) -> tuple[torch.Tensor, torch.Tensor]:

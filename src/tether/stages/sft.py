@@ -5,6 +5,10 @@
 (prompt tokens are masked with -100; the mean is over every response token of the whole
 gradient-accumulation window, so 1 micro-batch of 8 equals 8 micro-batches of 1). The
 result is the policy's starting point and the frozen reference of the RL stage.
+
+Only the hidden states that predict a response token go through the LM head (the prompt's
+logits are never needed; with a 49k vocabulary the head is a large share of the cost), and
+examples of similar length share a batch (`bucket_by_length`), so little of a batch is padding.
 """
 
 from __future__ import annotations
@@ -18,17 +22,29 @@ from tether.config import SFTConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, split
 from tether.distributed import processes, shard_blocks
-from tether.losses import sft_loss_sum
+from tether.losses import IGNORE_INDEX
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
                                    resolve_model, save_model)
+from tether.models.reward_model import trunk_of, unwrap
+from tether.rollout.logprobs import head_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
+from tether.training import (bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
                              start_stage)
 
 
 def _batches(examples: list[dict], batch_size: int, pad_id: int):
     for i in range(0, len(examples), batch_size):
         yield collate_sft(examples[i:i + batch_size], pad_id)
+
+
+def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(summed negative log-likelihood of the labelled tokens, their count): `sft_loss_sum` of the model's
+    logits, with the LM head applied only where position t predicts a labelled token t + 1."""
+    hidden = trunk_of(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t + 1
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    logp = head_logprobs(unwrap(model).get_output_embeddings(), hidden[rows, cols], targets[rows, cols])  # (N,) fp32
+    return -logp.sum(), len(rows)
 
 
 @torch.no_grad()
@@ -41,8 +57,7 @@ def eval_loss(model, examples: list[dict], batch_size: int, pad_id: int, precisi
     for batch in _batches(processes().share_batches(examples), batch_size, pad_id):
         batch = {k: v.to(device()) for k, v in batch.items()}
         with autocast(precision):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        nll, n = sft_loss_sum(logits, batch["labels"])
+            nll, n = response_nll(model, batch)
         total, count = total + nll.item(), count + int(n)
     model.train()
     total, count = processes().sum_batches(total), processes().sum_batches(float(count))
@@ -77,6 +92,8 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     total_steps = cfg.max_steps or math.ceil(len(train_ex) * cfg.epochs / per_step)
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
     stream = index_stream(len(train_ex), cfg.seed, total_steps * per_step)
+    if cfg.bucket_by_length:
+        stream = bucket_by_length(stream, lambda i: len(train_ex[i]["input_ids"]), cfg.batch_size, cfg.seed)
 
     start_step = 0
     resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler)
@@ -98,8 +115,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         for m in procs.share(micro):
             m = {k: v.to(device()) for k, v in m.items()}
             with autocast(cfg.precision):
-                logits = model(input_ids=m["input_ids"], attention_mask=m["attention_mask"]).logits
-            nll, _ = sft_loss_sum(logits, m["labels"])
+                nll, _ = response_nll(model, m)
             (nll / max(n_tokens, 1)).backward()
             loss_total += nll.item()
         procs.reduce_gradients(params, average=False)  # each loss was divided by the whole step's token count
