@@ -252,8 +252,13 @@ class RewardConfig:
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the trunk (the head is always trained)."""
+    fsdp: bool = False
+    """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
+    state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
+    about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
 
     def __post_init__(self) -> None:
+        check_fsdp(self)
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
     freeze_layers: int = 0

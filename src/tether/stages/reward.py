@@ -21,7 +21,7 @@ from tether.data.collate import pack_shared_prompts, pad_right
 from tether.data.readers import DataError, read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
-from tether.distributed import processes
+from tether.distributed import processes, shard_blocks
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
 from tether.models.loading import apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_tokenizer, resolve_model, save_model
@@ -326,6 +326,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", modules_to_save=["score"])
     if cfg.freeze_layers:
         freeze_lower_layers(model, cfg.freeze_layers)
+    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process scores every world-th micro-batch of a step
@@ -354,8 +356,12 @@ def train_reward(cfg: RewardConfig) -> dict:
         # micro-batches of batch_size pairs, each cut further when its padded tokens pass the budget
         chunks = [c for k in range(0, per_step, cfg.batch_size)
                   for c in token_chunks(window[k:k + cfg.batch_size], length_key, cfg.max_tokens_per_forward, pack)]
-        for chunk in procs.share(chunks):
-            batch = [train_pairs[i] for i in chunk]
+        mine = procs.share(chunks)
+        if procs.sharded:  # a sharded block computes only when every process runs it: as many passes in each
+            mine = mine + [None] * (int(procs.max(len(mine))) - len(mine))
+        for chunk in mine:
+            weight = 1.0 if chunk is not None else 0.0  # an extra pass: the first chunk again, adding nothing
+            batch = [train_pairs[i] for i in (chunk if chunk is not None else mine[0])]
             prompts, responses, i_chosen, i_rejected = unique_responses(batch)
             with autocast(cfg.precision):  # (N_unique,): each distinct response scored once
                 r = batch_rewards(model, tokenizer, prompts, responses, cfg.max_prompt_tokens, cfg.max_response_tokens, pack)
@@ -372,9 +378,9 @@ def train_reward(cfg: RewardConfig) -> dict:
                 loss, m = bradley_terry_loss(r_chosen, r_rejected, margin)
             if cfg.center_rewards_coefficient:
                 loss = loss + cfg.center_rewards_coefficient * reward_centering_penalty(r_chosen, r_rejected)
-            (loss * len(batch) / per_step).backward()
+            (loss * weight * len(batch) / per_step).backward()
             for key in totals:
-                totals[key] += m[key] * len(batch) / per_step
+                totals[key] += m[key] * weight * len(batch) / per_step
         procs.reduce_gradients(params, average=False)  # each loss was weighted by its share of the whole step
         totals = {key: procs.sum(v) for key, v in totals.items()}
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
