@@ -4,10 +4,11 @@ of each batch, and the gradients are summed across processes before the optimize
     SFT, reward, DPO: N processes with grad_accum g make the same update as 1 process with
     grad_accum N*g (each takes every N-th micro-batch of the step's window, and the loss is
     normalised by the whole window's count, so the summed gradient is the window's).
-    PPO, GRPO: each process samples its share of the step's episodes (with its own seed), and
-    advantage statistics, KL and the held-out check are reduced over all of them, so beta,
-    early stopping and every decision are the same in each process; the update is the mean of
-    the processes' gradients, as DistributedDataParallel makes it.
+    PPO, GRPO: each process samples its own episodes (its own seed; `batch_size` is per process)
+    and whitens their advantages; each minibatch loss is divided by the minibatch's token count
+    over every process, so the summed gradient is the whole minibatch's. The KL (for the
+    controller), the logged means and the held-out check are reduced over all processes, so beta,
+    early stopping and every decision are the same in each.
 
 With `fsdp=true` (SFT, reward, DPO) each transformer block is also sharded across the processes
 (PyTorch FSDP2, `fully_shard`): its weights, gradients and Adam moments are split N ways and a block
@@ -28,7 +29,7 @@ import os
 
 import torch
 
-__all__ = ["processes", "Processes"]
+__all__ = ["Processes", "processes", "is_sharded", "is_fsdp", "shard_blocks", "grad_norm", "full_tensor", "like_param"]
 
 
 class Processes:
