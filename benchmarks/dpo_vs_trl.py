@@ -44,7 +44,7 @@ import math
 import shutil
 import sys
 from pathlib import Path
-from launch import run_logged  # benchmarks/launch.py
+from launch import run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TETHER = Path(sys.executable).with_name("tether")
@@ -113,10 +113,7 @@ def run_trl(mode: str, work: Path, model_dir: str, pairs: Path, a) -> dict:
            "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--beta", str(a.beta),
            "--warmup-ratio", "0.05", "--max-prompt-tokens", str(a.max_prompt_tokens), "--max-response-tokens", str(a.max_response_tokens),
            "--lora-r", "16", "--lora-alpha", "32", "--output-dir", str(work / mode), *TRL_MODES[mode]]
-    proc = run_logged(cmd, work / f"{mode}.log", a.threads)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["command"] = " ".join(cmd)
-    return result
+    return run_json(cmd, work / f"{mode}.log", a.threads)
 
 
 def main(argv=None) -> dict:

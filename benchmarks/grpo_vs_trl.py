@@ -47,7 +47,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from launch import run_logged  # benchmarks/launch.py
+from launch import run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench" / "grpo_vs_trl"
@@ -106,10 +106,7 @@ def run_trl(mode: str, model_dir: Path, prompts: Path, a, k: int) -> dict:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "trl_grpo.py"), *TRL_MODES[mode], "--model-dir", str(model_dir), "--prompts", str(prompts),
            "--steps", str(a.steps), "--prompts-per-step", str(a.prompts_per_step), "--group-size", str(a.group_size),
            "--max-new-tokens", str(a.max_new_tokens), "--lr", "1e-5", "--seed", str(a.seed), "--output-dir", str(WORK / f"{mode}_{k}")]
-    proc = run_logged(cmd, WORK / f"{mode}_{k}.log", threads=1)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["command"] = " ".join(cmd)
-    return result
+    return run_json(cmd, WORK / f"{mode}_{k}.log", threads=1)
 
 
 def main(argv=None) -> dict:

@@ -5,6 +5,7 @@ Imported by the benchmark scripts (run as `python benchmarks/<name>.py`, so this
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -26,3 +27,11 @@ def run_logged(cmd: list[str], log: Path, threads: int = 0) -> subprocess.Comple
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
     return proc
+
+
+def run_json(cmd: list[str], log: Path, threads: int = 0) -> dict:
+    """`run_logged`, then the JSON object the command printed last (a peer's result), with the command added."""
+    proc = run_logged(cmd, log, threads)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["command"] = " ".join(cmd)
+    return result

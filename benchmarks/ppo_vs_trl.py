@@ -52,7 +52,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from launch import run_logged  # benchmarks/launch.py
+from launch import run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench" / "ppo_vs_trl"
@@ -131,10 +131,7 @@ def run_trl(model_dir: Path, reward_dir: Path, prompts: Path, a, skip_gc: bool =
            "--prompts", str(prompts), "--steps", str(a.steps), "--batch-size", str(a.batch_size),
            "--mini-batch-size", str(a.mini_batch_size), "--response-length", str(a.response_length),
            "--output-dir", str(WORK / "trl"), *(["--skip-gc-collect"] if skip_gc else [])]
-    proc = run_logged(cmd, WORK / ("trl_nogc.log" if skip_gc else "trl.log"), a.threads)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["command"] = " ".join(cmd)
-    return result
+    return run_json(cmd, WORK / ("trl_nogc.log" if skip_gc else "trl.log"), a.threads)
 
 
 def main(argv=None) -> dict:

@@ -46,7 +46,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from launch import run_logged  # benchmarks/launch.py
+from launch import run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 # The `tether` command, in a process that prints its own peak RSS as the last line of stdout when it exits.
@@ -118,10 +118,7 @@ def run_trl(mode: str, work: Path, model_dir: str, demos: Path, a, k: int) -> di
            "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--warmup-ratio", "0.05",
            "--max-prompt-tokens", str(a.max_prompt_tokens), "--max-response-tokens", str(a.max_response_tokens),
            "--lora-r", "16", "--lora-alpha", "32", "--output-dir", str(work / f"{mode}_{k}"), *TRL_MODES[mode]]
-    proc = run_logged(cmd, work / f"{mode}_{k}.log", a.threads)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["command"] = " ".join(cmd)
-    return result
+    return run_json(cmd, work / f"{mode}_{k}.log", a.threads)
 
 
 def main(argv=None) -> dict:
