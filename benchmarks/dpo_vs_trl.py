@@ -38,17 +38,15 @@ Writes runs/bench/dpo_vs_trl.json (runs/bench/dpo_vs_trl_default.json with --mod
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shutil
 import sys
 from pathlib import Path
-from launch import run_json, run_logged  # benchmarks/launch.py
+from launch import HH_TRAIN, bench_model, hh_train_pairs, run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TETHER = Path(sys.executable).with_name("tether")
-HH_TRAIN = "shared:hh_rlhf_harmless/train.jsonl.gz"
 TETHER_MODES = {
     "tether_full": ["lora.enabled=false"],
     "tether_full_plain": ["lora.enabled=false", "pack_prompts=false", "bucket_by_length=false"],
@@ -58,34 +56,13 @@ TRL_MODES = {"trl_full": [], "trl_lora": ["--lora"]}
 BASELINE = {"tether_full": "trl_full", "tether_full_plain": "trl_full", "tether_lora": "trl_lora"}
 
 
-def load_conftest():
-    """tests/conftest.py as a module (its tiny tokenizer and model builders)."""
-    spec = importlib.util.spec_from_file_location("tether_tests_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_inputs(work: Path, model: str, n_pairs: int) -> tuple[str, Path]:
     """The model directory and a pairs file of the first `n_pairs` usable HH harmless training pairs."""
-    from tether.config import resolve_path
-    from tether.data.readers import read_preferences, write_jsonl
-    from tether.models.loading import resolve_model
+    from tether.data.readers import write_jsonl
 
-    if model == "tiny":
-        model_dir = work / "model"
-        shutil.rmtree(model_dir, ignore_errors=True)
-        model_dir.mkdir(parents=True)
-        load_conftest().build_tiny_model_dir(model_dir)
-        model_dir = str(model_dir)
-    else:
-        model_dir = resolve_model(model)
-    pairs = read_preferences(resolve_path(HH_TRAIN), limit=n_pairs + 16, skipped=[])[:n_pairs]  # a few rows are skipped
-    if len(pairs) < n_pairs:
-        raise SystemExit(f"only {len(pairs)} usable pairs in {HH_TRAIN}; lower --steps or --batch-size")
     path = work / "pairs.jsonl"
-    write_jsonl(path, pairs)
-    return model_dir, path
+    write_jsonl(path, hh_train_pairs(n_pairs))
+    return bench_model(work, model), path
 
 
 def run_tether(mode: str, work: Path, model_dir: str, pairs: Path, a) -> dict:

@@ -41,13 +41,12 @@ Writes runs/bench/grpo_vs_trl.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import statistics
 import sys
 from pathlib import Path
-from launch import run_json, run_logged  # benchmarks/launch.py
+from launch import load_conftest, run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench" / "grpo_vs_trl"
@@ -61,14 +60,6 @@ TETHER_MODES = {
 }
 TRL_MODES = {"trl_grpo": ["--trainer", "grpo", "--beta", "0.04"], "trl_rloo": ["--trainer", "rloo", "--beta", "0.05"]}
 PAIRS = {"tether_grpo": "trl_grpo", "tether_rloo": "trl_rloo"}
-
-
-def load_conftest():
-    """tests/conftest.py as a module (its tiny tokenizer and model builders)."""
-    spec = importlib.util.spec_from_file_location("tether_tests_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_inputs(n_prompts: int) -> tuple[Path, Path]:

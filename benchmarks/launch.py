@@ -5,8 +5,10 @@ Imported by the benchmark scripts (run as `python benchmarks/<name>.py`, so this
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,3 +37,38 @@ def run_json(cmd: list[str], log: Path, threads: int = 0) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["command"] = " ".join(cmd)
     return result
+
+
+HH_TRAIN = "shared:hh_rlhf_harmless/train.jsonl.gz"
+
+
+def load_conftest():
+    """tests/conftest.py as a module (its tiny tokenizer and model builders)."""
+    spec = importlib.util.spec_from_file_location("tether_tests_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_model(work: Path, model: str) -> str:
+    """The model directory: 'tiny' (the test suite's model, built afresh in `work/model`) or a tether model name or path."""
+    if model != "tiny":
+        from tether.models.loading import resolve_model
+
+        return resolve_model(model)
+    model_dir = work / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    model_dir.mkdir(parents=True)
+    load_conftest().build_tiny_model_dir(model_dir)
+    return str(model_dir)
+
+
+def hh_train_pairs(n: int) -> list:
+    """The first `n` usable HH harmless training pairs (a few rows are skipped); too few stops the benchmark."""
+    from tether.config import resolve_path
+    from tether.data.readers import read_preferences
+
+    pairs = read_preferences(resolve_path(HH_TRAIN), limit=n + 16, skipped=[])[:n]
+    if len(pairs) < n:
+        raise SystemExit(f"only {len(pairs)} usable pairs in {HH_TRAIN}; lower --steps or --batch-size")
+    return pairs

@@ -47,12 +47,11 @@ Writes runs/bench/ppo_vs_trl.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
 from pathlib import Path
-from launch import run_json, run_logged  # benchmarks/launch.py
+from launch import load_conftest, run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench" / "ppo_vs_trl"
@@ -64,14 +63,6 @@ TETHER_MODES = {
     "tether_lora": ["lora.enabled=true", "value_model=policy_head"],
     "tether_four": ["lora.enabled=false", "value_model=reward_model"],
 }
-
-
-def load_conftest():
-    """tests/conftest.py as a module (its tiny tokenizer and model builders)."""
-    spec = importlib.util.spec_from_file_location("tether_tests_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_inputs(n_prompts: int) -> tuple[Path, Path, Path]:

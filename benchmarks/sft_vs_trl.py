@@ -46,48 +46,26 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from launch import run_json, run_logged  # benchmarks/launch.py
+from launch import HH_TRAIN, bench_model, hh_train_pairs, run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
 # The `tether` command, in a process that prints its own peak RSS as the last line of stdout when it exits.
 TETHER = [sys.executable, "-c", ("import json\nfrom tether.cli import app\nfrom tether.tracking import peak_rss_gb\n"
                                  "try:\n    app(prog_name='tether')\nfinally:\n    print(json.dumps({'peak_rss_gb': peak_rss_gb()}), flush=True)")]
-HH_TRAIN = "shared:hh_rlhf_harmless/train.jsonl.gz"
 TETHER_MODES = {"tether_full": ["lora.enabled=false"], "tether_lora": ["lora.enabled=true"]}
 TRL_MODES = {"trl_full": [], "trl_lora": ["--lora"]}
 BASELINE = {"tether_full": "trl_full", "tether_lora": "trl_lora"}
 
 
-def load_conftest():
-    """tests/conftest.py as a module (its tiny tokenizer and model builders)."""
-    spec = importlib.util.spec_from_file_location("tether_tests_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_inputs(work: Path, model: str, n_demos: int) -> tuple[str, Path]:
     """The model directory and a file of `n_demos` demonstrations: the first usable HH harmless training pairs'
     prompts and chosen replies."""
-    from tether.config import resolve_path
-    from tether.data.readers import read_preferences, write_jsonl
+    from tether.data.readers import write_jsonl
     from tether.data.records import Demonstration
-    from tether.models.loading import resolve_model
 
-    if model == "tiny":
-        model_dir = work / "model"
-        shutil.rmtree(model_dir, ignore_errors=True)
-        model_dir.mkdir(parents=True)
-        load_conftest().build_tiny_model_dir(model_dir)
-        model_dir = str(model_dir)
-    else:
-        model_dir = resolve_model(model)
-    pairs = read_preferences(resolve_path(HH_TRAIN), limit=n_demos + 16, skipped=[])[:n_demos]  # a few rows are skipped
-    if len(pairs) < n_demos:
-        raise SystemExit(f"only {len(pairs)} usable pairs in {HH_TRAIN}; lower --steps or --batch-size")
     path = work / "demos.jsonl"
-    write_jsonl(path, [Demonstration(prompt=p.prompt, response=p.chosen) for p in pairs])
-    return model_dir, path
+    write_jsonl(path, [Demonstration(prompt=p.prompt, response=p.chosen) for p in hh_train_pairs(n_demos)])
+    return bench_model(work, model), path
 
 
 def run_tether(mode: str, work: Path, model_dir: str, demos: Path, a, k: int) -> dict:
