@@ -333,7 +333,14 @@ class PPOConfig:
     steps: int = 20
     """PPO iterations (rollout + update)."""
     batch_size: int = 16
-    """Prompts (= episodes) per rollout."""
+    """Episodes per rollout (batch_size / samples_per_prompt prompts)."""
+    samples_per_prompt: int = 1
+    """Responses sampled for each prompt of a rollout; batch_size must be a multiple. With 2 or more, `prompt_baseline` can
+    take each prompt's own reward level out of the advantages."""
+    prompt_baseline: bool = False
+    """Subtract from each score the mean score of the other responses to the same prompt (the leave-one-out baseline of
+    RLOO, Ahmadian et al. 2024) before GAE, so the advantages carry how a response compares with its siblings, not how
+    easy its prompt is. Needs samples_per_prompt >= 2. The value function then predicts this centred return."""
     mini_batch_size: int = 8
     """Episodes per gradient step."""
     micro_batch_size: int = 2
@@ -424,6 +431,12 @@ class PPOConfig:
             raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size}).")
+        if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt ({self.samples_per_prompt}), "
+                              "which must be at least 1.")
+        if self.prompt_baseline and self.samples_per_prompt < 2:
+            raise ConfigError(f"prompt_baseline needs samples_per_prompt >= 2 (got {self.samples_per_prompt}): "
+                              "a prompt's baseline is the mean score of its other responses.")
         if self.micro_batch_size < 1:
             raise ConfigError(f"micro_batch_size must be at least 1 episode, got {self.micro_batch_size}.")
         if self.freeze_layers < 0:

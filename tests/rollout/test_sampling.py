@@ -117,3 +117,49 @@ def test_logprobs_values_and_entropy_are_the_forward_passs(lm):
             assert kept.shape == r.response_ids.shape and (kept[~mask] == 0).all()
             torch.testing.assert_close(kept[mask], full[{"logprobs": "logp"}.get(key, key)][mask], atol=1e-4, rtol=1e-4)
         assert r.values.abs().max() > 0.1  # a head that reads something: the comparison is not 0 == 0
+
+
+class EndsOften:
+    """The tokenizer with another token playing EOS: one that a tiny random model draws often, so rows end at
+    different steps and leave the batch mid-rollout."""
+
+    def __init__(self, tok, eos: int):
+        self._tok, self.eos_token_id = tok, eos
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tok(*args, **kwargs)
+
+
+def test_repeated_prompts_and_rows_that_end_early_change_no_draw(lm):
+    # a prompt given several times is prefilled once and its cache copied to each row; a row that ends leaves
+    # the batch. Neither may change a number: every token must still be the inverse-CDF draw, with that row's
+    # uniform, from a full forward pass's logits, and the kept log-probs, values and entropy must be that pass's
+    from tether.rollout.logprobs import policy_forward, response_logits
+
+    model, tok = lm
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[1]]
+    settings = GenerationSettings(max_new_tokens=12, temperature=0.8, top_p=0.95)
+    first = sample_rollout(model, tok, prompts, settings, seed=5, precision="fp32")
+    common = torch.bincount(first.response_ids[first.response_mask.bool()]).argmax().item()
+    ends = EndsOften(tok, common)
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    torch.nn.init.normal_(head.weight, std=0.5)
+    r = sample_rollout(model, ends, prompts, settings, seed=5, precision="fp32", value_head=head, with_entropy=True)
+    lengths = r.lengths.tolist()
+    assert len(set(lengths)) > 2 and min(lengths) < r.response_ids.shape[1], lengths  # rows ended at different steps
+    assert torch.equal(r.prompt_ids[0], r.prompt_ids[2]) and torch.equal(r.prompt_ids[0], r.prompt_ids[4])
+    P, mask = r.prompt_ids.shape[1], r.response_mask.bool()
+    with torch.no_grad():
+        logits, _ = response_logits(model, r.sequences, r.attention_mask, P)
+        full = policy_forward(model, r.sequences, r.attention_mask, P, settings.temperature, value_head=head, with_entropy=True)
+    u = torch.rand(settings.max_new_tokens, len(prompts), generator=torch.Generator().manual_seed(5))
+    for t in range(r.response_ids.shape[1]):
+        drawn, _ = next_token(logits[:, t], settings.temperature, settings.top_p, u[t])
+        assert torch.equal(drawn[mask[:, t]], r.response_ids[mask[:, t], t]), t
+    for key in ("logprobs", "values", "entropy"):
+        kept = getattr(r, key)
+        assert (kept[~mask] == 0).all()
+        torch.testing.assert_close(kept[mask], full[{"logprobs": "logp"}.get(key, key)][mask], atol=1e-4, rtol=1e-4)

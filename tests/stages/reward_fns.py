@@ -33,3 +33,8 @@ def e_count(prompts, completions, metadata):
     """How many 'e' the completion holds, divided by 8 and capped at 1: with 8 new tokens the optimum, 1.0, is a
     completion of eight tokens that each hold an 'e' (no earlier EOS)."""
     return [min(text.count("e"), 8) / 8 for text in completions]
+
+
+def prompt_length(prompts, completions, metadata):
+    """A score set by the prompt alone (its length): every response to one prompt is as good as the others."""
+    return [len(p) / 100 for p in prompts]

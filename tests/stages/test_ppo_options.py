@@ -182,3 +182,29 @@ def test_gold_peak_guard_logs_the_fitted_peak(tiny_model_dir, tiny_data, tmp_pat
     assert [r["held_out/gold_peak_kl"] is None for r in checks][:2] == [True, True]  # fitted from the 4th check (start + 3)
     if s["stopped_early"]:
         assert "gold curve" in s["stopped_early"] and checks[-1]["held_out/kl"] > checks[-1]["held_out/gold_peak_kl"]
+
+
+def test_prompt_baseline_takes_out_what_only_the_prompt_decides(tiny_model_dir, tiny_data, tmp_path):
+    """A reward set by the prompt alone says nothing about the responses. With two responses per prompt and the
+    leave-one-out baseline every advantage is 0, so the policy does not move; without the baseline it does."""
+    base = load_causal_lm(tiny_model_dir).model.layers[-1].self_attn.q_proj.weight
+    moved = {}
+    for baseline in ("true", "false"):
+        out = tmp_path / baseline
+        ppo(tiny_model_dir, tiny_data, out, "prompt_length", "steps=2", "samples_per_prompt=2", f"prompt_baseline={baseline}",
+            "kl.init_beta=0", "kl.adaptive=false", "optim.lr=1e-2", "samples_every=1")
+        trained = load_causal_lm(out / "model").model.layers[-1].self_attn.q_proj.weight
+        moved[baseline] = (trained - base).abs().max().item()
+        samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+        assert [s["prompt"] for s in samples[0::2]] == [s["prompt"] for s in samples[1::2]]  # each prompt twice, side by side
+        assert rows(out)[0]["rollout/reward_std_within_prompt"] == 0.0
+    assert moved["true"] == 0.0 and moved["false"] > 1e-4, moved
+
+
+def test_prompt_baseline_needs_two_samples_per_prompt():
+    from tether.config import ConfigError
+
+    with pytest.raises(ConfigError, match="prompt_baseline needs samples_per_prompt >= 2"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "prompt_baseline=true"])
+    with pytest.raises(ConfigError, match=r"batch_size \(16\) must be a multiple of samples_per_prompt \(3\)"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "samples_per_prompt=3"])

@@ -5,14 +5,19 @@ criteria and cache bookkeeping around every forward pass, and draws each token w
 `torch.multinomial` over the whole vocabulary. On a small model that overhead is a large
 share of a rollout. This loop keeps only what sampling needs:
 
-  prefill:  one forward over the left-padded prompts (positions counted over real tokens),
-            keeping the KV cache and only the last position's logits
+  prefill:  one forward over the left-padded distinct prompts (positions counted over real
+            tokens), keeping the KV cache and only the last position's logits; a prompt given
+            several times (samples per prompt, GRPO's groups) is computed once and its cache
+            copied to each of its rows
   each token:  p = softmax(logits / temperature), cut to the nucleus when top_p < 1 (the
             smallest set of most likely tokens holding top_p of the mass, as HF's top-p);
             one uniform number u per row picks the token by inverse CDF (and its log-prob
             is kept, so an on-policy update needs no extra pass for log pi_old):
             y = min{ j : cdf_j > u * cdf_V }, exactly a draw from p (a zero-probability token
-            has an empty interval and is never drawn); rows that have ended feed padding
+            has an empty interval and is never drawn)
+  compact:  a row that has emitted EOS leaves the batch (and its cache rows go): later steps
+            compute only the rows still running. Each row keeps its own uniform per step, so
+            which rows ran alongside it changes no draw
   stop:     when every row has emitted EOS, or after max_new_tokens
 
 With an SDPA model the decode steps get their (B, 1, 1, L) boolean attention mask directly,
@@ -74,58 +79,70 @@ def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: Generation
     if settings.stop_strings:
         return generate(model, tokenizer, prompts, settings, seed, precision)
     encoded = [encode_prompt(tokenizer, p, settings.max_prompt_tokens) for p in prompts]
-    prompt_ids, prompt_mask = pad_left([ids for ids, _ in encoded], tokenizer.pad_token_id)
-    prompt_ids, prompt_mask = prompt_ids.to(device()), prompt_mask.to(device())
-    B = prompt_ids.shape[0]
+    # a prompt that comes several times (PPO's samples_per_prompt, GRPO's groups) is prefilled once:
+    # the prefill runs over the distinct prompts and its KV cache is then copied out to every row
+    first: dict[tuple, int] = {}
+    inverse = [first.setdefault(tuple(ids), len(first)) for ids, _ in encoded]
+    distinct_ids, distinct_mask = pad_left([list(ids) for ids in first], tokenizer.pad_token_id)
+    distinct_ids, distinct_mask = distinct_ids.to(device()), distinct_mask.to(device())
+    inverse = torch.tensor(inverse, device=distinct_ids.device)
+    prompt_ids, prompt_mask = distinct_ids[inverse], distinct_mask[inverse]  # (B, P)
+    B, R = prompt_ids.shape[0], settings.max_new_tokens
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     gen = torch.Generator(device=prompt_ids.device).manual_seed(seed)
-    uniforms = torch.rand(settings.max_new_tokens, B, generator=gen, device=prompt_ids.device)  # one per row and step
+    uniforms = torch.rand(R, B, generator=gen, device=prompt_ids.device)  # one per row and step
     direct_mask = getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
     was_training = model.training
     model.eval()
-    tokens, logps, values, entropies = [], [], [], []
-    finished = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
-    mask = prompt_mask
-    position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) positions over real tokens
+    # per-token outputs, (B, R); a finished row leaves the batch, so its later slots stay padding / 0
+    response_ids = torch.full((B, R), pad, dtype=torch.long, device=prompt_ids.device)
+    logprobs, values, entropy = (torch.zeros(B, R, device=prompt_ids.device) for _ in range(3))
     want_hidden = value_head is not None
+    active = torch.arange(B, device=prompt_ids.device)  # the rows still sampling
 
-    def value_of(out) -> None:  # the head on the last layer's state at the newest position, in fp32
-        if want_hidden:
+    def value_of(out, t: int, rows=None) -> None:  # the head on the last layer's state at the newest position, in fp32
+        if want_hidden and t < R:
             with torch.autocast(device_type=prompt_ids.device.type, enabled=False):
-                values.append(value_head(out.hidden_states[-1][:, -1].float()).squeeze(-1))
+                v = value_head(out.hidden_states[-1][:, -1].float()).squeeze(-1)
+            values[active, t] = v if rows is None else v[rows]
 
+    n_steps = 0
     with autocast(precision):
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position, use_cache=True, logits_to_keep=1,
+        position = (distinct_mask.cumsum(-1) - 1).clamp(min=0)  # (B', P) positions over real tokens
+        out = model(input_ids=distinct_ids, attention_mask=distinct_mask, position_ids=position, use_cache=True, logits_to_keep=1,
                     output_hidden_states=want_hidden)
-        cache, logits, position = out.past_key_values, out.logits[:, -1], position[:, -1:]
-        value_of(out)
-        for t in range(settings.max_new_tokens):
-            token, logp = next_token(logits, settings.temperature, settings.top_p, uniforms[t])
-            token = torch.where(finished, torch.full_like(token, pad), token)  # ended rows feed padding
-            tokens.append(token)
-            logps.append(logp)
+        cache, logits, position = out.past_key_values, out.logits[:, -1][inverse], position[:, -1:][inverse]
+        if len(first) < B:
+            cache.batch_select_indices(inverse)
+        value_of(out, 0, rows=inverse)
+        mask = prompt_mask
+        for t in range(R):
+            token, logp = next_token(logits, settings.temperature, settings.top_p, uniforms[t, active])
+            response_ids[active, t], logprobs[active, t] = token, logp
             if with_entropy:
-                entropies.append(torch.special.entr(torch.softmax(logits.float() / settings.temperature, dim=-1)).sum(-1))
-            finished |= token == eos
-            if t == settings.max_new_tokens - 1 or bool(finished.all()):
+                entropy[active, t] = torch.special.entr(torch.softmax(logits.float() / settings.temperature, dim=-1)).sum(-1)
+            n_steps = t + 1
+            running = token != eos
+            if t == R - 1 or not bool(running.any()):
                 break
-            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            if not bool(running.all()):  # rows that just ended leave the batch: no more work spent on padding
+                keep = running.nonzero().squeeze(-1)
+                active, token, mask, position = active[keep], token[keep], mask[keep], position[keep]
+                cache.batch_select_indices(keep)
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             position = position + 1
             attention = mask.bool()[:, None, None, :] if direct_mask else mask
             out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True,
                         output_hidden_states=want_hidden)
-            cache, logits = out.past_key_values, out.logits[:, -1]
-            value_of(out)
+            logits = out.logits[:, -1]
+            value_of(out, t + 1)
     model.train(was_training)
-    response_ids = torch.stack(tokens, dim=1) if tokens else prompt_ids.new_zeros(B, 0)  # (B, R)
+    response_ids = response_ids[:, :n_steps]
     is_eos = response_ids == eos
-    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # tokens after the first EOS are padding
-    response_mask = (~after_eos).long()
-    response_ids = response_ids.masked_fill(after_eos, pad)
-    per_token = lambda rows: (torch.stack(rows[:response_ids.shape[1]], dim=1).masked_fill(after_eos, 0.0) if rows  # noqa: E731
-                              else torch.zeros(B, 0, device=prompt_ids.device))
-    texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
+    response_mask = ((is_eos.cumsum(-1) - is_eos.long()) == 0).long()  # a row's tokens up to and including its first EOS
+    per_token = lambda x: x[:, :n_steps] * response_mask  # noqa: E731
+    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
-                   finished=is_eos.any(-1), texts=[t.strip() for t in texts], prompts_truncated=sum(t for _, t in encoded),
-                   logprobs=per_token(logps), values=per_token(values) if want_hidden else None,
-                   entropy=per_token(entropies) if with_entropy else None)
+                   finished=is_eos.any(-1), texts=[t.strip() for t in texts],
+                   prompts_truncated=sum(t for _, t in encoded), logprobs=per_token(logprobs),
+                   values=per_token(values) if want_hidden else None, entropy=per_token(entropy) if with_entropy else None)

@@ -45,8 +45,8 @@ from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.eval.overopt import fit_overopt
 from tether.feedback.gold import gold_scores
-from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, masked_mean,
-                           masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
+from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, leave_one_out_advantages,
+                           masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
 from tether.models.loading import (ModelError, adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing,
                                    freeze_lower_layers, load_causal_lm, load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
@@ -198,7 +198,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
               else FixedKLController(cfg.kl.init_beta))
     kl_estimator = KL_ESTIMATORS[cfg.kl.estimator]
     per_step = cfg.batch_size * procs.world  # episodes a step over all processes
-    stream = index_stream(len(prompts), cfg.seed, cfg.steps * per_step)
+    K = cfg.samples_per_prompt  # each prompt's responses are K consecutive rows
+    prompts_per_step = per_step // K
+    stream = index_stream(len(prompts), cfg.seed, cfg.steps * prompts_per_step)
     temperature = cfg.generation.temperature
     ptx_examples = []
     if cfg.ptx_coef > 0:  # PPO-ptx: demonstrations whose SFT loss is mixed into every minibatch
@@ -249,7 +251,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     set_train_mode(trainable, False)
     for step in range(start_step, cfg.steps):
         t0 = time.time()
-        batch_prompts = [prompts[i].prompt for i in procs.share(stream[step * per_step:(step + 1) * per_step])]
+        step_prompts = procs.share(stream[step * prompts_per_step:(step + 1) * prompts_per_step])
+        batch_prompts = [prompts[i].prompt for i in step_prompts for _ in range(K)]
 
         # 1. rollout; the sampler keeps each token's log pi_old, the policy-head value and the entropy
         rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
@@ -277,11 +280,13 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         scores, keep = score(batch_prompts, rollout)  # (B,), (B,)
         mask = mask * keep.to(mask.dtype).unsqueeze(-1)
         old_logp, old_values = old["logp"], old["values"]
+        # the score RL sees: with prompt_baseline, minus the mean of the prompt's other responses (RLOO's baseline)
+        rl_scores = (leave_one_out_advantages(scores.view(-1, K), keep.view(-1, K)).view(-1) if cfg.prompt_baseline else scores)
 
         # 3. per-token rewards (KL penalty + score at the last token), GAE;
         #    with kl.penalty=loss the KL leaves the reward and enters the loss below
         kl_in_reward = cfg.kl.penalty == "reward"
-        rewards, kl = per_token_rewards(scores, old_logp, ref_logp, mask, kl_ctl.beta if kl_in_reward else 0.0, kl_estimator)
+        rewards, kl = per_token_rewards(rl_scores, old_logp, ref_logp, mask, kl_ctl.beta if kl_in_reward else 0.0, kl_estimator)
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
@@ -350,6 +355,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             "rollout/length_p95": torch.quantile(mask.sum(-1), 0.95).item(),
             "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
             "rollout/reward_length_corr": length_correlation(scores.cpu().numpy(), mask.sum(-1).cpu().numpy()),
+            **({"rollout/reward_std_within_prompt": procs.mean(scores.view(-1, K).std(1).mean().item())} if K > 1 else {}),
             "train/ratio_max": stats["ratio_peak"],
             "train/policy_loss": stats["policy_loss"], "train/value_loss": stats["value_loss"],
             "train/clipfrac": stats["clipfrac"], "train/approx_kl": stats["approx_kl"], "train/vf_clipfrac": stats["vf_clipfrac"],
