@@ -5,6 +5,15 @@
    token's log-prob) and by Hugging Face `model.generate(do_sample=True)`. Each decode step advances every row of the
    batch until all rows have stopped, so the work is batch x decode steps; the figure is those token slots per
    second (and real tokens, up to each row's EOS, per second beside it). `--repeats` runs each, alternating; medians.
+   Two more runs of the same kind: a batch of `--group` samples for each of batch/group prompts (GRPO's groups, PPO's
+   samples_per_prompt; HF with `num_return_sequences`), where tether computes each prompt's prefill once; and tether
+   alone at three times the batch, the same work in one batch instead of three.
+
+   The bound: both samplers run the same matrix products (every weight matrix once per decode step, and the
+   prefill), and at this batch those products are most of the time. Each sampler runs once more under
+   torch.profiler, which sums the time spent in matrix products (aten::mm, addmm, bmm); a sampler with no other
+   cost at all would take only that long, so HF's total / tether's matmul time bounds the ratio any sampler could
+   reach here with the same products.
 
 2. Training efficiency. The matmul peak is measured here: the best of several fp32 (n x n) @ (n x n) products, in
    FLOP/s. A training step is tether's SFT step on the same model (forward, masked next-token cross-entropy,
@@ -55,7 +64,7 @@ def prompts(n: int) -> list[str]:
     return [r.prompt for r in rows]
 
 
-def hf_generate(model, tokenizer, batch: list[str], new_tokens: int, seed: int):
+def hf_generate(model, tokenizer, batch: list[str], new_tokens: int, seed: int, group: int = 1):
     from transformers import GenerationConfig
 
     from tether.data.collate import pad_left
@@ -64,7 +73,7 @@ def hf_generate(model, tokenizer, batch: list[str], new_tokens: int, seed: int):
     ids, mask = pad_left([encode_prompt(tokenizer, p, 128)[0] for p in batch], tokenizer.pad_token_id)
     torch.manual_seed(seed)
     config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, repetition_penalty=1.0,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, num_return_sequences=group)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
@@ -75,15 +84,28 @@ def hf_generate(model, tokenizer, batch: list[str], new_tokens: int, seed: int):
     return seconds, response.shape[0] * response.shape[1], real
 
 
-def tether_generate(model, tokenizer, batch: list[str], new_tokens: int, seed: int):
+def tether_generate(model, tokenizer, batch: list[str], new_tokens: int, seed: int, group: int = 1):
     from tether.config import GenerationSettings
     from tether.rollout.sampling import sample_rollout
 
-    settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, batch_size=len(batch), max_prompt_tokens=128)
+    rows = [p for p in batch for _ in range(group)]  # a group's samples are consecutive rows, as GRPO gives them
+    settings = GenerationSettings(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, batch_size=len(rows), max_prompt_tokens=128)
     t0 = time.perf_counter()
-    rollout = sample_rollout(model, tokenizer, batch, settings, seed=seed, precision="fp32")
+    rollout = sample_rollout(model, tokenizer, rows, settings, seed=seed, precision="fp32")
     seconds = time.perf_counter() - t0
     return seconds, rollout.response_ids.shape[0] * rollout.response_ids.shape[1], int(rollout.response_mask.sum())
+
+
+def matmul_seconds(fn, model, tokenizer, batch: list[str], new_tokens: int) -> tuple[float, float, int]:
+    """(total seconds, seconds in matrix products, token slots) of one run of a sampler under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _, slots, _ = fn(model, tokenizer, batch, new_tokens, seed=0)
+    total = time.perf_counter() - t0
+    mm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm", "aten::bmm")) / 1e6
+    return total, mm, slots
 
 
 def matmul_peak(n: int = 2048, tries: int = 5) -> float:
@@ -133,6 +155,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=16, help="prompts per generation batch")
     ap.add_argument("--new-tokens", type=int, default=48, help="max_new_tokens")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--group", type=int, default=4, help="samples per prompt in the grouped run (1 = skip it)")
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--train-seq", type=int, default=256)
     ap.add_argument("--train-steps", type=int, default=3)
@@ -147,25 +170,53 @@ def main(argv=None) -> dict:
     batch = prompts(a.batch)
     result: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
                     "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
-                    "settings": {"model": path, "batch": a.batch, "new_tokens": a.new_tokens, "repeats": a.repeats, "precision": "fp32",
+                    "settings": {"model": path, "batch": a.batch, "new_tokens": a.new_tokens, "repeats": a.repeats, "group": a.group, "precision": "fp32",
                                  "temperature": 1.0}}
     print(json.dumps({k: result[k] for k in ("machine", "versions", "settings")}, indent=1))
 
-    runs = {"tether": [], "hf_generate": []}
-    for k in range(a.repeats):
-        for name, fn in (("tether", tether_generate), ("hf_generate", hf_generate)):
-            seconds, slots, real = fn(model, tokenizer, batch, a.new_tokens, seed=k)
-            runs[name].append({"seconds": seconds, "token_slots": slots, "real_tokens": real,
-                               "slots_per_second": slots / seconds, "real_tokens_per_second": real / seconds})
-    for name, trials in runs.items():
-        result[name] = {"slots_per_second": statistics.median(t["slots_per_second"] for t in trials),
-                        "real_tokens_per_second": statistics.median(t["real_tokens_per_second"] for t in trials), "trials": trials}
+    def compare(runs: dict, batch: list[str], group: int, label: str) -> dict:
+        trials: dict = {name: [] for name in runs}
+        for k in range(a.repeats):
+            for name, fn in runs.items():
+                seconds, slots, real = fn(model, tokenizer, batch, a.new_tokens, seed=k, group=group)
+                trials[name].append({"seconds": seconds, "token_slots": slots, "real_tokens": real,
+                                     "slots_per_second": slots / seconds, "real_tokens_per_second": real / seconds})
+        out = {name: {"slots_per_second": statistics.median(t["slots_per_second"] for t in ts),
+                      "real_tokens_per_second": statistics.median(t["real_tokens_per_second"] for t in ts), "trials": ts}
+               for name, ts in trials.items()}
+        print(f"\n{label}, up to {a.new_tokens} new tokens, median of {a.repeats}:")
+        for name in runs:
+            print(f"  {name:<12} {out[name]['slots_per_second']:8.1f} token slots/s  ({out[name]['real_tokens_per_second']:.1f} real tokens/s)")
+        return out
+
+    samplers = {"tether": tether_generate, "hf_generate": hf_generate}
+    result |= compare(samplers, batch, 1, f"generation, batch {a.batch}")
     ratio = result["tether"]["slots_per_second"] / result["hf_generate"]["slots_per_second"]
     result["generation_ratio"] = ratio
-    print(f"\ngeneration, batch {a.batch}, up to {a.new_tokens} new tokens, median of {a.repeats}:")
-    for name in runs:
-        print(f"  {name:<12} {result[name]['slots_per_second']:8.1f} token slots/s  ({result[name]['real_tokens_per_second']:.1f} real tokens/s)")
     print(f"  tether / model.generate: x{ratio:.2f}")
+
+    # the bound: the time in matrix products, which any sampler doing the same products spends
+    profiled = {name: matmul_seconds(fn, model, tokenizer, batch, a.new_tokens) for name, fn in samplers.items()}
+    (hf_total, _, hf_slots), (_, tether_mm, tether_slots) = profiled["hf_generate"], profiled["tether"]
+    bound = (hf_total / hf_slots) / (tether_mm / tether_slots)  # per token slot: the two runs' draws differ
+    result["matmul_share"] = {name: {"seconds": total, "matmul_seconds": mm, "token_slots": slots, "share": mm / total}
+                              for name, (total, mm, slots) in profiled.items()}
+    result["ratio_bound"] = bound
+    print("\nunder torch.profiler (seed 0): " + "; ".join(f"{name} {total:.2f} s, {mm / total:.0%} in matrix products"
+                                                      for name, (total, mm, _) in profiled.items()))
+    print(f"  a sampler whose only cost is tether's matrix products would reach x{bound:.2f} model.generate")
+
+    # groups: batch / group prompts, group samples each (the same number of rows)
+    if a.group > 1:
+        grouped = compare(samplers, batch[:a.batch // a.group], a.group, f"groups: {a.batch // a.group} prompts x {a.group} samples")
+        grouped["ratio"] = grouped["tether"]["slots_per_second"] / grouped["hf_generate"]["slots_per_second"]
+        result["grouped"] = grouped
+        print(f"  tether / model.generate: x{grouped['ratio']:.2f}")
+
+    # the same sampler with three batches' rows in one (PPO's generation.batch_size)
+    wide = compare({"tether": tether_generate}, prompts(3 * a.batch), 1, f"tether alone, batch {3 * a.batch}")["tether"]
+    result["wide_batch"] = {"batch": 3 * a.batch, **wide, "ratio_to_batch": wide["real_tokens_per_second"] / result["tether"]["real_tokens_per_second"]}
+    print(f"  real tokens/s against batch {a.batch}: x{result['wide_batch']['ratio_to_batch']:.2f}")
 
     peak = matmul_peak()
     step = training_step_flops(load_causal_lm(path), tokenizer, a.train_batch, a.train_seq, a.train_steps)

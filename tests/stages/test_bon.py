@@ -136,9 +136,10 @@ def test_bon_with_an_ensemble_scores_mean_minus_k_std(tiny_model_dir, tiny_data,
 
 
 def test_rs_rounds_raise_the_reward_of_fresh_samples(tiny_model_dir, tiny_data, tmp_path):
-    # letter_e is maximised by writing 'e'; a random 2-layer model writes ~4% 'e'. Three rounds of best-of-8
+    # letter_e is maximised by writing 'e'; a random 2-layer model writes ~4% 'e'. Three rounds of best-of-16
     # and SFT on the best must at least double the fresh samples' reward, and the rounds' own samples must improve.
-    s = rejection_sampling(rs_cfg(tiny_model_dir, tiny_data, tmp_path / "rs", "rounds=3", "n=8", "eval_samples=4", "sft.epochs=6"))
+    # (With best-of-8 the gain is 1.6x to 4x depending on the draws: too close to the line for a test.)
+    s = rejection_sampling(rs_cfg(tiny_model_dir, tiny_data, tmp_path / "rs", "rounds=3", "n=16", "eval_samples=4", "sft.epochs=6"))
     h = s["history"]
     assert [x["round"] for x in h] == [0, 1, 2, 3]
     assert s["fresh_reward_after"] > 2 * s["fresh_reward_before"] and s["fresh_reward_after"] - s["fresh_reward_before"] > 0.05, h

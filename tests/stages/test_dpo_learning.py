@@ -96,10 +96,13 @@ def online_cfg(tiny_model_dir, prompts_file, out, *extra):
 def test_online_dpo_raises_a_reward_functions_score(tiny_model_dir, prompts_file, tmp_path):
     # the labeller prefers answers with more letters "e" (tests/stages/reward_fns.py-style rule); three rounds of
     # sample two -> label -> DPO make the policy's own answers score higher on the same prompts and random draw
+    # Each question comes 4 times, so a round labels 48 pairs (12 were too few: the gain depended on the draws)
     fn = tmp_path / "count_e.py"
     fn.write_text("def score(prompts, completions, metadata):\n    return [float(c.count('e')) for c in completions]\n")
-    summary = run_dpo(online_cfg(tiny_model_dir, prompts_file, tmp_path / "run", f"reward_function={fn}:score", "rounds=3", "epochs=4",
-                                 "optim.lr=3e-2", "lora.enabled=false"))
+    many = tmp_path / "prompts.jsonl"
+    many.write_text(prompts_file.read_text() * 4)
+    summary = run_dpo(online_cfg(tiny_model_dir, many, tmp_path / "run", f"reward_function={fn}:score", "rounds=3", "epochs=4",
+                                 "optim.lr=3e-2", "lora.enabled=false", "prompts_per_round=48"))
     assert summary["stage"] == "dpo_online" and [r["round"] for r in summary["rounds"]] == [1, 2, 3]
     assert summary["final_score"] > summary["initial_score"] + 0.5
     for k in (1, 2, 3):

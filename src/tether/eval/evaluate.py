@@ -33,7 +33,7 @@ from tether.eval.metrics import (distinct_n, hack_rates, length_controlled_win_r
 from tether.feedback.gold import gold_scores
 from tether.models.loading import autocast, load_causal_lm, load_tokenizer, resolve_model
 from tether.models.reward_model import RewardEnsemble, RewardModel, load_reward_model
-from tether.rollout.generate import generate
+from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, write_summary
 from tether.training import start_stage
@@ -48,7 +48,8 @@ def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], setting
     """Responses of `model`, with per-response KL to `reference` (k1, nats) and RM scores."""
     texts, finished, kls, proxy, lengths = [], [], [], [], []
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
-        rollout = generate(model, tokenizer, prompts[start:start + settings.batch_size], settings, seed=seed * 100003 + b, precision=precision)
+        rollout = sample_rollout(model, tokenizer, prompts[start:start + settings.batch_size], settings, seed=seed * 100003 + b,
+                                 precision=precision)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()
         with autocast(precision):

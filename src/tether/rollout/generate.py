@@ -144,17 +144,21 @@ def cut_at_stop_strings(tokenizer, response_ids: torch.Tensor, response_mask: to
 
 
 def sample_responses(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16", progress=None) -> list[dict]:
-    """Sample one response for each prompt in batches of `settings.batch_size`.
+    """Sample one response for each prompt in batches of `settings.batch_size`, with the lean sampler
+    (rollout/sampling.py; HF `generate` when there are stop strings).
 
-    Prompts are bucketed by length (similar lengths share a batch, so less padding) and
-    returned in the input order as dicts: response, finished, n_tokens.
+    Prompts are bucketed by length (similar lengths share a batch, so less padding; a prompt given several
+    times stays in one run, so its prefill is computed once) and returned in the input order as dicts:
+    response, finished, n_tokens.
     """
+    from tether.rollout.sampling import sample_rollout  # sampling.py builds on this module
+
     lengths = [len(encode_prompt(tokenizer, p, settings.max_prompt_tokens)[0]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: list[dict | None] = [None] * len(prompts)
     for b, start in enumerate(range(0, len(order), settings.batch_size)):
         idx = order[start:start + settings.batch_size]
-        rollout = generate(model, tokenizer, [prompts[i] for i in idx], settings, seed=seed * 100003 + b, precision=precision)
+        rollout = sample_rollout(model, tokenizer, [prompts[i] for i in idx], settings, seed=seed * 100003 + b, precision=precision)
         for j, i in enumerate(idx):
             results[i] = {"response": rollout.texts[j], "finished": bool(rollout.finished[j]), "n_tokens": int(rollout.lengths[j])}
         if progress is not None:
