@@ -78,9 +78,11 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
     fixed = root / "half_fixed.jsonl"  # a third of the prompts get equal rewards: some groups are dropped in one process only
     fixed.write_text("".join(json.dumps({"prompt": q, "meta": {"fixed": i % 3 == 0}}) + "\n" for i, q in enumerate(qs)))
     gen = ["generation.max_new_tokens=6", "generation.batch_size=4"]
-    ppo = [f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}", f"prompts={tiny_data['prompts']}",
-           f"output_dir={root / 'ppo'}", "steps=4", "batch_size=4", "mini_batch_size=2", "save_every=0", *gen,
-           f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.patience=0", "samples_every=1"]
+    ppo_common = [f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}", f"prompts={tiny_data['prompts']}",
+                  "steps=4", "batch_size=4", "mini_batch_size=2", "save_every=0", *gen,
+                  f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.patience=0", "samples_every=1"]
+    ppo = [*ppo_common, f"output_dir={root / 'ppo'}"]
+    ppo_full = [*ppo_common, "lora.enabled=false", "precision=fp32", "optim.lr=1e-3", "early_stop.max_kl=1e9"]
     stages = {
         "reward": [*reward_common(tiny_model_dir, tiny_data), f"output_dir={root / 'reward'}"],
         "reward_fsdp": [*reward_common(tiny_model_dir, tiny_data), *FSDP, "max_tokens_per_forward=50", f"output_dir={root / 'reward_fsdp'}"],
@@ -89,6 +91,9 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
         "dpo_fsdp": [*dpo_common(tiny_model_dir, tiny_data), *FSDP, f"output_dir={root / 'dpo_fsdp'}"],
         "ppo_interrupted": [*ppo, "interrupt_after=2"],
         "ppo": ppo,
+        "ppo_full": [*ppo_full, f"output_dir={root / 'ppo_full'}"],
+        "ppo_fsdp_interrupted": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}", "interrupt_after=2"],
+        "ppo_fsdp": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}"],
         "grpo": [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
                  f"output_dir={root / 'grpo'}", "precision=fp32", "lora.enabled=false", "steps=4", "prompts_per_step=1", "group_size=4",
                  "mini_batch_size=2", "beta=0.01", "save_every=0", *gen],
@@ -151,6 +156,18 @@ def test_ppo_two_processes_run_resume_and_write_one_set_of_outputs(worker_runs):
     assert {r["step"] for r in rows if "held_out/reward" in r} == {2, 4}
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert {x["step"] for x in samples} == {1, 2, 3, 4} and len(samples) == 4 * 4  # the main process's own episodes, once a step
+
+
+def test_ppo_sharded_makes_the_updates_of_unsharded_and_resumes(worker_runs):
+    # FSDP: the policy's blocks split in two, gathered whole for each rollout and held-out check (whose lengths differ
+    # between the processes); interrupted after step 2 and resumed. Same draws, same updates as without sharding.
+    assert_same_weights(worker_runs / "ppo_full", worker_runs / "ppo_fsdp", atol=1e-5)
+    plain, sharded = metrics(worker_runs / "ppo_full"), metrics(worker_runs / "ppo_fsdp")
+    assert [r["step"] for r in sharded] == [1, 2, 3, 4]
+    for key in ("rollout/reward", "rollout/kl", "train/policy_loss", "held_out/reward"):
+        assert [r.get(key) for r in sharded] == pytest.approx([r.get(key) for r in plain], abs=1e-4), key
+    assert summary(worker_runs / "ppo_fsdp")["held_out"]["best_step"] == summary(worker_runs / "ppo_full")["held_out"]["best_step"]
+    assert summary(worker_runs / "ppo_fsdp")["sharded"] and not summary(worker_runs / "ppo_full")["sharded"]
 
 
 def test_grpo_two_processes_stay_in_step_when_one_drops_every_group(worker_runs):

@@ -401,6 +401,10 @@ class PPOConfig:
     value starts as the reward model; 'reward_model' = a full trainable copy of the reward model."""
     share_weights: bool = True
     """Hold reward-model tensors that equal the frozen base's (frozen layers, embeddings) once, not twice (models/sharing.py)."""
+    fsdp: bool = False
+    """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
+    moments) across them (PyTorch FSDP2); for sampling the blocks are gathered whole once per rollout. The reference,
+    reward and value models stay whole in every process. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
     """Optimizer and schedule (annealed to 0 over `steps`)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
@@ -441,6 +445,7 @@ class PPOConfig:
             raise ConfigError(f"micro_batch_size must be at least 1 episode, got {self.micro_batch_size}.")
         if self.freeze_layers < 0:
             raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        check_fsdp(self)
 
 
 @dataclass

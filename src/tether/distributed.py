@@ -10,7 +10,7 @@ of each batch, and the gradients are summed across processes before the optimize
     controller), the logged means and the held-out check are reduced over all processes, so beta,
     early stopping and every decision are the same in each.
 
-With `fsdp=true` (SFT, reward, DPO) each transformer block is also sharded across the processes
+With `fsdp=true` (SFT, reward, DPO, PPO) each transformer block is also sharded across the processes
 (PyTorch FSDP2, `fully_shard`): its weights, gradients and Adam moments are split N ways and a block
 is gathered whole only while it computes. The embeddings, final norm and heads stay whole in every
 process (their gradients summed like the rest), so the code that calls a trunk and a head
@@ -24,12 +24,13 @@ reduction returns its input. Only the main process writes logs, checkpoints and 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
 import torch
 
-__all__ = ["Processes", "processes", "is_sharded", "is_fsdp", "shard_blocks", "grad_norm", "full_tensor", "like_param"]
+__all__ = ["Processes", "processes", "is_sharded", "is_fsdp", "shard_blocks", "gathered", "grad_norm", "full_tensor", "like_param"]
 
 
 class Processes:
@@ -167,6 +168,26 @@ def shard_blocks(model) -> None:
     blocks = {p for block in trunk.layers for p in block.parameters()}
     fully_shard(trunk, ignored_params={p for p in trunk.parameters() if p not in blocks})
     processes().sharded = True
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """The model's sharded blocks held whole for a stretch of forward passes whose number differs between processes
+    (sampling: each process stops when its own rows have ended). A sharded block gathers its weights in every forward,
+    a collective that every process must join; here they are gathered once on entry (every process enters), stay
+    whole inside, and are sharded again on exit. A no-op for a model that is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for i, unit in enumerate(units):
+            unit.reshard()
+            unit.set_reshard_after_forward(i > 0, recurse=False)  # FSDP's defaults: the root keeps its weights, blocks give theirs back
 
 
 def grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:

@@ -176,10 +176,11 @@ BEST_DIR = "best"
 
 def keep_best(out: str | os.PathLike, trainable: dict[str, torch.nn.Module]) -> None:
     """The trainable weights of the best policy so far (the Goodhart guard's) to `<out>/best`, replaced whole."""
-    if processes().is_main:  # every process holds the same weights; one writes them, the others wait
+    state = {name: trainable_state(module) for name, module in trainable.items()}  # every process gathers its shards (FSDP)
+    if processes().is_main:  # one process writes the weights, the others wait
         tmp = Path(out) / ".best-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_weights(tmp, trainable)
+        save_weights(tmp, state)
         shutil.rmtree(Path(out) / BEST_DIR, ignore_errors=True)
         os.replace(tmp, Path(out) / BEST_DIR)
     processes().barrier()

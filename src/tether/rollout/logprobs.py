@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from tether.losses import entropy_from_logits
 from tether.models.reward_model import position_ids_from_mask
+
+
+@contextlib.contextmanager
+def head_inputs(model):
+    """Collects, for every forward pass inside, the hidden states the LM head reads (the last layer's, after the
+    final norm: what `output_hidden_states` gives last), at the positions it reads (`logits_to_keep`). Read off the
+    head itself, so it works wherever the head runs: under PEFT, and under FSDP, whose wrapped blocks Hugging Face's
+    hidden-state recording does not see."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, want_hidden: bool = False):
@@ -17,12 +33,11 @@ def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor
     never needed.
     """
     R = sequences.shape[1] - prompt_len
-    out = model(
-        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=R + 1, output_hidden_states=want_hidden, use_cache=False,
-    )
+    with head_inputs(model) if want_hidden else contextlib.nullcontext([]) as seen:
+        out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                    logits_to_keep=R + 1, use_cache=False)
     logits = out.logits[:, :-1]  # position P-1+t predicts response token t
-    hidden = out.hidden_states[-1][:, prompt_len - 1:-1] if want_hidden else None  # (B, R, d)
+    hidden = seen[-1][:, -(R + 1):-1] if want_hidden else None  # (B, R, d), the states before each response token
     return logits, hidden
 
 

@@ -28,6 +28,8 @@ The draws differ from `generate`'s for the same seed (another sampler), the dist
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from tether.config import GenerationSettings
@@ -36,6 +38,7 @@ from tether.data.records import Prompt
 from tether.data.templates import encode_prompt
 from tether.models.loading import autocast, device
 from tether.rollout.generate import Rollout, generate
+from tether.rollout.logprobs import head_inputs
 
 __all__ = ["sample_rollout", "next_token"]
 
@@ -100,21 +103,21 @@ def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: Generation
     want_hidden = value_head is not None
     active = torch.arange(B, device=prompt_ids.device)  # the rows still sampling
 
-    def value_of(out, t: int, rows=None) -> None:  # the head on the last layer's state at the newest position, in fp32
+    def value_of(t: int, rows=None) -> None:  # the value head on the state the LM head just read (newest position), in fp32
         if want_hidden and t < R:
             with torch.autocast(device_type=prompt_ids.device.type, enabled=False):
-                v = value_head(out.hidden_states[-1][:, -1].float()).squeeze(-1)
+                v = value_head(seen[-1][:, -1].float()).squeeze(-1)
+            seen.clear()
             values[active, t] = v if rows is None else v[rows]
 
     n_steps = 0
-    with autocast(precision):
+    with autocast(precision), head_inputs(model) if want_hidden else contextlib.nullcontext([]) as seen:
         position = (distinct_mask.cumsum(-1) - 1).clamp(min=0)  # (B', P) positions over real tokens
-        out = model(input_ids=distinct_ids, attention_mask=distinct_mask, position_ids=position, use_cache=True, logits_to_keep=1,
-                    output_hidden_states=want_hidden)
+        out = model(input_ids=distinct_ids, attention_mask=distinct_mask, position_ids=position, use_cache=True, logits_to_keep=1)
         cache, logits, position = out.past_key_values, out.logits[:, -1][inverse], position[:, -1:][inverse]
         if len(first) < B:
             cache.batch_select_indices(inverse)
-        value_of(out, 0, rows=inverse)
+        value_of(0, rows=inverse)
         mask = prompt_mask
         for t in range(R):
             token, logp = next_token(logits, settings.temperature, settings.top_p, uniforms[t, active])
@@ -132,10 +135,9 @@ def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: Generation
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             position = position + 1
             attention = mask.bool()[:, None, None, :] if direct_mask else mask
-            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True,
-                        output_hidden_states=want_hidden)
+            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
-            value_of(out, t + 1)
+            value_of(t + 1)
     model.train(was_training)
     response_ids = response_ids[:, :n_steps]
     is_eos = response_ids == eos

@@ -40,7 +40,7 @@ from tether.config import LoraSettings, PPOConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, read_prompts
 from tether.data.records import prompt_text
-from tether.distributed import processes
+from tether.distributed import gathered, processes, shard_blocks
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.eval.overopt import fit_overopt
@@ -104,6 +104,11 @@ def held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_
     """Mean reward, gold score and KL (k1, nats per response) of the current policy on held-out prompts,
     sampled with a fixed seed so successive checks differ only by the policy. With several processes each
     samples every world-th batch (the same draws as one process would) and the means are taken over all."""
+    with gathered(policy):  # each process samples its own share of the batches: a sharded policy is gathered whole first
+        return _held_out_check(policy, reference, tokenizer, prompts, cfg, score_fn)
+
+
+def _held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score_fn) -> dict:
     rewards, kls, golds = [], [], []
     settings, procs = cfg.generation, processes()
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
@@ -162,6 +167,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
+    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy)
     value_head, value_model = None, None
     if cfg.value_model == "policy_head":
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device())
@@ -255,9 +262,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         batch_prompts = [prompts[i].prompt for i in step_prompts for _ in range(K)]
 
         # 1. rollout; the sampler keeps each token's log pi_old, the policy-head value and the entropy
-        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
-                                 precision=cfg.precision, value_head=value_head if cfg.reuse_sampling_pass else None,
-                                 with_entropy=cfg.reuse_sampling_pass)
+        with gathered(policy):  # sharded (fsdp): whole for the rollout, whose length differs between processes
+            rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
+                                     precision=cfg.precision, value_head=value_head if cfg.reuse_sampling_pass else None,
+                                     with_entropy=cfg.reuse_sampling_pass)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()  # (B, R)
         t_gen = time.time() - t0
@@ -419,7 +427,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     mean = lambda key, rows=tail: sum(h[key] for h in rows) / len(rows) if rows else None  # noqa: E731
     summary = {
         "stage": "ppo", "model": str(out / "model"), "policy_init": policy_path, "reward_model": cfg.reward_model,
-        "steps": cfg.steps, "episodes": cfg.steps * per_step, "processes": procs.world,
+        "steps": cfg.steps, "episodes": cfg.steps * per_step, "processes": procs.world, "sharded": procs.sharded,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
         "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),
