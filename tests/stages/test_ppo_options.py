@@ -208,3 +208,11 @@ def test_prompt_baseline_needs_two_samples_per_prompt():
         load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "prompt_baseline=true"])
     with pytest.raises(ConfigError, match=r"batch_size \(16\) must be a multiple of samples_per_prompt \(3\)"):
         load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "samples_per_prompt=3"])
+
+
+def test_fsdp_is_for_full_fine_tuning():
+    from tether.config import ConfigError
+
+    with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true"])  # LoRA is PPO's default
+    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false"]).fsdp
