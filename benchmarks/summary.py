@@ -27,7 +27,8 @@ def rows() -> list[dict]:
         out.append({"benchmark": benchmark, "comparison": comparison, "throughput_ratio": throughput, "memory_ratio": memory, "target": target})
 
     if (r := load("reward_hh.json")) is not None and "throughput_ratio" in r:
-        add("reward model (HH, default model)", "tether / TRL RewardTrainer", r["throughput_ratio"])
+        memory = r["tether"].get("peak_rss_gb", 0) / r["trl"]["peak_rss_gb"] if r.get("trl", {}).get("peak_rss_gb") else None
+        add("reward model (HH, default model)", f"tether / TRL RewardTrainer ({r['tether']['steps']} steps)", r["throughput_ratio"], memory)
     if (r := load("ppo_vs_trl.json")) is not None:
         for name, ratio in r.get("ratios", {}).items():
             add("PPO (tiny model)", f"{name} / TRL 1.10 PPOTrainer", ratio["episodes_per_second"], ratio["peak_rss"])
@@ -45,6 +46,8 @@ def rows() -> list[dict]:
             add("DPO (tiny model)", name, ratio["pairs_per_second"], ratio["peak_rss"])
     if (r := load("rollout_and_flops.json")) is not None:
         add("generation", "tether sampler / model.generate", r["generation_ratio"], target="throughput >= 1.5")
+        if "grouped" in r:
+            add("generation, prompts x 4 samples", "tether sampler / model.generate", r["grouped"]["ratio"], target="throughput >= 1.5")
         add("SFT step FLOP/s", f"{r['training_step']['fraction_of_peak']:.0%} of the measured fp32 matmul peak", target="(reported)")
     if (r := load("ppo_memory/result.json")) is not None:
         for setting, modes in r.items():
