@@ -70,7 +70,8 @@ from tether.data.records import PreferencePair  # noqa: E402
 from tether.data.templates import encode_prompt, encode_response  # noqa: E402
 from tether.models.loading import _cpu_has_bf16, load_tokenizer, resolve_model  # noqa: E402
 from tether.models.reward_model import init_reward_model, trunk_of  # noqa: E402
-from tether.stages.reward import _freeze_lower_layers, can_pack, is_tie, score_texts  # noqa: E402
+from tether.models.loading import freeze_lower_layers  # noqa: E402
+from tether.stages.reward import can_pack, is_tie, score_texts  # noqa: E402
 from tether.tracking import peak_rss_gb  # noqa: E402
 
 
@@ -112,7 +113,7 @@ def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_toke
 
     model = init_reward_model(model_dir, tokenizer.pad_token_id, seed=seed)
     if freeze_layers:
-        _freeze_lower_layers(model, freeze_layers)
+        freeze_lower_layers(model, freeze_layers)
 
     # tether warms up for round(ratio * steps); transformers would take ceil(ratio * steps)
     # (training_args.py L2154-2161), so the count is passed as a whole number
