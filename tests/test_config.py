@@ -66,6 +66,10 @@ def test_invalid_combination_is_rejected():
     with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning.*lora.enabled=false"):
         load_config(DPOConfig, None, ["fsdp=true"])  # DPO trains LoRA by default
     assert load_config(SFTConfig, None, ["fsdp=true", "lora.enabled=false"]).fsdp
+    grpo = ["reward=[{type: function, path: x.py:f}]", "fsdp=true"]
+    with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning"):
+        load_config(GRPOConfig, None, grpo)  # GRPO trains LoRA by default
+    assert load_config(GRPOConfig, None, [*grpo, "lora.enabled=false"]).fsdp
 
 
 def test_bad_yaml_and_bad_override(tmp_path):

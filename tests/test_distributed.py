@@ -83,6 +83,10 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
                   f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.patience=0", "samples_every=1"]
     ppo = [*ppo_common, f"output_dir={root / 'ppo'}"]
     ppo_full = [*ppo_common, "lora.enabled=false", "precision=fp32", "optim.lr=1e-3", "early_stop.max_kl=1e9"]
+    grpo = [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
+            "precision=fp32", "lora.enabled=false", "steps=4", "prompts_per_step=1", "group_size=4", "mini_batch_size=2",
+            "micro_batch_size=1", "beta=0.01", "save_every=0", f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2",
+            "early_stop.patience=0", *gen]
     stages = {
         "reward": [*reward_common(tiny_model_dir, tiny_data), f"output_dir={root / 'reward'}"],
         "reward_fsdp": [*reward_common(tiny_model_dir, tiny_data), *FSDP, "max_tokens_per_forward=50", f"output_dir={root / 'reward_fsdp'}"],
@@ -94,9 +98,9 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
         "ppo_full": [*ppo_full, f"output_dir={root / 'ppo_full'}"],
         "ppo_fsdp_interrupted": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}", "interrupt_after=2"],
         "ppo_fsdp": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}"],
-        "grpo": [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
-                 f"output_dir={root / 'grpo'}", "precision=fp32", "lora.enabled=false", "steps=4", "prompts_per_step=1", "group_size=4",
-                 "mini_batch_size=2", "beta=0.01", "save_every=0", *gen],
+        "grpo": [*grpo, f"output_dir={root / 'grpo'}"],
+        "grpo_fsdp_interrupted": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}", "interrupt_after=2"],
+        "grpo_fsdp": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}"],
     }
     launch("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "distributed_worker.py"), json.dumps(stages))
     return root
@@ -182,3 +186,15 @@ def test_grpo_two_processes_stay_in_step_when_one_drops_every_group(worker_runs)
     fixed = [(stream[2 * k] % 3 == 0, stream[2 * k + 1] % 3 == 0) for k in range(4)]
     assert fixed[:2] == [(False, True), (False, True)]
     assert [r["rollout/samples_trained"] for r in metrics(run)][:2] == [4, 4]  # the main process's own samples
+
+
+def test_grpo_sharded_makes_the_updates_of_unsharded_when_one_process_keeps_nothing(worker_runs):
+    # FSDP: at steps 1 and 2 the second process kept no sample, so it ran empty passes (a row with no weight) to match
+    # the first process's sharded forward and backward passes; interrupted after step 2 and resumed
+    assert_same_weights(worker_runs / "grpo", worker_runs / "grpo_fsdp", atol=1e-5)
+    plain, sharded = metrics(worker_runs / "grpo"), metrics(worker_runs / "grpo_fsdp")
+    assert [r["step"] for r in sharded] == [1, 2, 3, 4]
+    for key in ("rollout/reward", "rollout/kl", "train/loss", "train/grad_norm", "held_out/reward", "held_out/kl"):
+        assert [r.get(key) for r in sharded] == pytest.approx([r.get(key) for r in plain], abs=1e-4), key
+    assert any(r.get("train/loss") for r in plain)  # the policy trained
+    assert summary(worker_runs / "grpo_fsdp")["sharded"] and not summary(worker_runs / "grpo")["sharded"]

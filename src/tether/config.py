@@ -660,6 +660,11 @@ class GRPOConfig:
     """Optimizer and schedule (annealed to 0 over all optimizer steps)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
     """LoRA policy: the reference is the same weights with the adapter off (one copy in memory)."""
+    fsdp: bool = False
+    """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
+    moments) across them (PyTorch FSDP2); they are gathered whole once per rollout and its scoring passes. A process
+    that kept fewer samples runs empty passes so that every process runs each sharded block as often. The reference
+    stays whole in every process. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
     activation_checkpointing: bool = False
     """Recompute the policy's block activations in the backward pass: less memory, more compute."""
     save_every: int = 10
@@ -704,6 +709,7 @@ class GRPOConfig:
         if self.early_stop.max_kl is not None and self.beta == 0 and not self.lora.enabled:
             raise ConfigError("early_stop.max_kl needs a reference to measure KL against: set beta > 0 (a frozen copy is loaded) "
                               "or lora.enabled=true (the reference is the adapter switched off)")
+        check_fsdp(self)
 
 
 @dataclass

@@ -192,6 +192,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str,
     target = Path(output_dir) / CHECKPOINT_DIR
     weights = {name: trainable_state(module) for name, module in modules.items()}
     optimizer_state = whole_optimizer_state(optimizer)
+    rng = processes().gather([rng_state()])  # every process's own: each drew its own minibatch orders
     if processes().is_main:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".checkpoint-"))
@@ -202,12 +203,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str,
                     "step": step,
                     "optimizer": optimizer_state,
                     "scheduler": scheduler.state_dict(),
-                    "rng": {
-                        "python": random.getstate(),
-                        "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    },
+                    "rng": rng,
                     "extra": extra or {},
                 },
                 tmp / "state.pt",
@@ -247,9 +243,21 @@ def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.M
                 moments[k] = like_param(v, params[i])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per process that wrote it
+    procs = processes()
+    set_rng_state(rngs[procs.rank] if len(rngs) == procs.world else rngs[0])  # another number of processes: the main one's
     return state["step"], state["extra"]
+
+
+def rng_state() -> dict:
+    """The state of every random generator a training loop draws from (Python, NumPy, torch, CUDA)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

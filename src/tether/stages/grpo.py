@@ -38,7 +38,7 @@ import torch
 from tether.config import GRPOConfig, resolve_path
 from tether.data.readers import read_prompts
 from tether.data.records import prompt_text
-from tether.distributed import processes
+from tether.distributed import gathered, processes, shard_blocks
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
@@ -85,6 +85,11 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
     KL (k1, nats per response; None without a reference) and the gold scorer's mean (feedback/gold.py:
     `tether eval overopt` fits gold against KL) of the current policy on held-out prompts, sampled
     with a fixed seed so successive checks differ only by the policy."""
+    with gathered(policy):  # each process samples its own share of the batches: a sharded policy is gathered whole first
+        return _held_out_check(policy, reference, tokenizer, records, cfg, sources)
+
+
+def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sources) -> dict:
     rewards, kls, golds, by_source = [], [], [], {s.name: [] for s in sources}
     has_reference = reference is not None or cfg.lora.enabled
     procs = processes()  # several processes: each samples every world-th batch, the means are over all
@@ -134,6 +139,8 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         policy = apply_lora(policy, cfg.lora)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(policy)
+    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy)
     trainable = {"policy": policy}
     parameter_gb = unique_parameter_bytes(*[m for m in (policy, reference) if m is not None]) / 1e9
     console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}); reward: "
@@ -184,49 +191,50 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         chosen = [records[i] for i in procs.share(window)]
         batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
 
-        # 1. rollout
-        rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
-                                 precision=cfg.precision)
-        sampled_logp = rollout.logprobs  # None when stop strings sent the work to `generate`
-        t_gen = time.time() - t0
+        # 1. rollout; a sharded (fsdp) policy is held whole from here through the scoring passes of step 3,
+        #    whose number differs between processes (each stops sampling when its own rows end, keeps its own samples)
+        with gathered(policy):
+            rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
+                                     precision=cfg.precision)
+            sampled_logp = rollout.logprobs  # None when stop strings sent the work to `generate`
+            t_gen = time.time() - t0
 
-        # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)
-        values, parts = score_samples(sources, batch_prompts, rollout.texts, [dict(r.meta) for r in chosen for _ in range(G)])
-        valid = torch.tensor([v is not None for v in values]).view(P_step, G)  # (P, G)
-        scores = torch.tensor([0.0 if v is None else v for v in values]).view(P_step, G)  # (P, G)
-        spread = torch.where(valid, scores, -torch.inf).amax(1) - torch.where(valid, scores, torch.inf).amin(1)  # (P,)
-        equal_groups = ~(spread > 0)  # all equal, or fewer than two kept samples
-        keep = valid & ~equal_groups[:, None] if cfg.dynamic_sampling else valid  # (P, G)
-        rows = keep.flatten().nonzero().squeeze(-1)  # (N,) the samples trained on
-        N = len(rows)
-        lengths = rollout.response_mask.sum(-1).float()  # (B,)
-
-        stats: dict[str, float] = {}
-        kl_per_response, entropy = None, None
-        n_all = procs.sum(float(N))  # samples kept over every process: all of them update together, or none
-        if N > 0:
+            # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)
+            values, parts = score_samples(sources, batch_prompts, rollout.texts, [dict(r.meta) for r in chosen for _ in range(G)])
+            valid = torch.tensor([v is not None for v in values]).view(P_step, G)  # (P, G)
+            scores = torch.tensor([0.0 if v is None else v for v in values]).view(P_step, G)  # (P, G)
+            spread = torch.where(valid, scores, -torch.inf).amax(1) - torch.where(valid, scores, torch.inf).amin(1)  # (P,)
+            equal_groups = ~(spread > 0)  # all equal, or fewer than two kept samples
+            keep = valid & ~equal_groups[:, None] if cfg.dynamic_sampling else valid  # (P, G)
+            rows = keep.flatten().nonzero().squeeze(-1)  # (N,) the samples trained on
+            N = len(rows)
+            lengths = rollout.response_mask.sum(-1).float()  # (B,)
             seqs, attn, P, mask = kept_batch(rollout, rows)
             mask = mask.float()  # (N, R)
 
             # 3. log pi_old and log pi_ref of the kept samples (no grad)
             old_logp = torch.zeros_like(mask)
-            ref_logp = None
-            with torch.no_grad(), autocast(cfg.precision):
-                if not on_policy:
-                    old = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature, with_entropy=True), N, cfg.micro_batch_size)
-                    old_logp, entropy = old["logp"], old["entropy"]
-                if use_reference:
-                    model, ctx = reference_context(policy, reference)
-                    with ctx:
-                        ref_logp = in_chunks(lambda r: policy_forward(model, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
+            ref_logp, kl_per_response, entropy = None, None, None
+            if N > 0:
+                with torch.no_grad(), autocast(cfg.precision):
+                    if not on_policy:
+                        old = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature, with_entropy=True), N, cfg.micro_batch_size)
+                        old_logp, entropy = old["logp"], old["entropy"]
+                    if use_reference:
+                        model, ctx = reference_context(policy, reference)
+                        with ctx:
+                            ref_logp = in_chunks(lambda r: policy_forward(model, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
+                    if use_reference and not kl_in_loss and on_policy:  # RLOO's KL-shaped reward needs log pi_old now
+                        old_logp = (sampled_logp[rows, :mask.shape[1]].float() * mask if sampled_logp is not None else  # as the sampler computed it
+                                    in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"])
+
+        stats: dict[str, float] = {}
+        n_all = procs.sum(float(N))  # samples kept over every process: all of them update together, or none
+        advantages = torch.zeros(0)
+        if N > 0:
             task_scores = scores.flatten()[rows].to(mask.device)  # (N,)
             train_scores = task_scores
             if use_reference and not kl_in_loss:  # RLOO's KL-shaped reward, from the sampling policy
-                if on_policy and sampled_logp is not None:  # log pi_old as the sampler computed it: no extra pass
-                    old_logp = sampled_logp[rows, :mask.shape[1]].float() * mask
-                elif on_policy:
-                    with torch.no_grad(), autocast(cfg.precision):
-                        old_logp = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
                 train_scores = task_scores - cfg.beta * (kl_k1(old_logp, ref_logp) * mask).sum(-1)
 
             # 4. advantages, one per sample (P, G) -> the kept rows (N,)
@@ -243,13 +251,19 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
             advantages = adv.flatten()[rows]  # (N,)
             if cfg.normalize_advantages and N > 1:
                 advantages = masked_whiten(advantages, torch.ones_like(advantages))
+        elif cfg.advantage == "reinforce" and valid.any():
+            baseline.update(masked_mean(scores, valid).item())
 
-            # 5. update: `iterations` passes, each over n_minibatches minibatches run as micro-batches;
-            #    every micro-batch loss uses its minibatch's counts, so they add up to the minibatch's loss
+        # 5. update: `iterations` passes, each over n_minibatches minibatches run as micro-batches;
+        #    every micro-batch loss uses its minibatch's counts, so they add up to the minibatch's loss.
+        #    A process that kept nothing still joins every update (its gradient is zero), and with a
+        #    sharded policy it runs as many passes as the busiest process, on a row it gives no weight
+        if n_all > 0:
             policy.train()
             n_updates = cfg.iterations * n_minibatches
-            if on_policy:
+            if on_policy and N > 0:
                 entropy = torch.zeros_like(mask)
+            idle = kept_batch(rollout, torch.tensor([0]))[:3] if procs.sharded else None  # (sequences, attention_mask, P) of an empty pass
             for _ in range(cfg.iterations):
                 for mb in torch.randperm(N).tensor_split(n_minibatches):
                     local = torch.tensor([mask[mb].sum().item(), float((mask[mb].sum(-1) > 0).sum()), float(len(mb))], dtype=torch.float64)
@@ -257,7 +271,14 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                     if n_rows == 0:
                         continue
                     counts = {"tokens": tokens, "sequences": int(sequences), "rows": int(n_rows)}
-                    for micro in mb.split(cfg.micro_batch_size):
+                    micros = [micro for micro in mb.split(cfg.micro_batch_size) if len(micro)]  # an empty minibatch splits into one empty part
+                    if procs.sharded:  # a sharded block computes only when every process runs it: as many passes in each
+                        micros += [None] * (int(procs.max(len(micros))) - len(micros))
+                    for micro in micros:
+                        if micro is None:
+                            with autocast(cfg.precision):
+                                (policy_forward(policy, *idle, temperature)["logp"].sum() * 0.0).backward()
+                            continue
                         share = mask[micro].sum().item() / max(counts["tokens"], 1.0) / n_updates  # this micro-batch's token weight in the stats
                         with autocast(cfg.precision):
                             new = policy_forward(policy, seqs[micro], attn[micro], P, temperature, with_entropy=on_policy)
@@ -273,21 +294,13 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                         stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), st["ratio_max"])
                     procs.reduce_gradients(params, average=False)
                     grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
-                    stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
+                    if N > 0:
+                        stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
             policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
             if step % TRIM_EVERY == 0:
                 release_freed_memory()
-            if use_reference:
+            if use_reference and N > 0:
                 kl_per_response = (kl_k1(old_logp, ref_logp) * mask).sum(-1)  # (N,) nats per response, pi_old vs pi_ref
-        elif n_all > 0:  # nothing kept here, but the other processes update: step with them
-            policy.train()
-            for _ in range(cfg.iterations * n_minibatches):
-                if procs.sum(torch.zeros(3, dtype=torch.float64))[2] > 0:  # the minibatch's counts, as above
-                    procs.reduce_gradients(params, average=False)
-                    clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
-            policy.eval()
-        if N == 0 and cfg.advantage == "reinforce" and valid.any():
-            baseline.update(masked_mean(scores, valid).item())
 
         valid_scores = scores.flatten()[valid.flatten()]
         if procs.world > 1:  # every process's share of the token-weighted statistics adds up; the norm is the same in each
@@ -373,7 +386,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     summary = {
         "stage": "grpo", "model": str(out / "model"), "policy_init": policy_path, "advantage": cfg.advantage,
         "reward": [{"name": s.name, "weight": s.weight} for s in sources],
-        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "processes": procs.world, "steps_done": done, "stopped_early": stop_reason,
+        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "processes": procs.world, "sharded": procs.sharded, "steps_done": done, "stopped_early": stop_reason,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
         "held_out": None if not held_out else {
