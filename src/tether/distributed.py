@@ -93,6 +93,22 @@ class Processes:
         total, count = self.sum(float(sum(values))), self.sum(float(len(values)))
         return total / count if count else None
 
+    def reduce_stats(self, stats: dict[str, float], peak: tuple[str, ...] = ("ratio_peak",),
+                     averaged: tuple[str, ...] = ("grad_norm", "ptx_loss")) -> dict[str, float]:
+        """A step's statistics over every process. Each process holds its shares of token-weighted means, which add up
+        (summed); `averaged` ones (the gradient norm, the same in each) are the mean over the processes that have them;
+        `peak` ones the largest. A key that no process has stays out; one that some lack counts as 0 there."""
+        if self.world == 1:
+            return stats
+        keys = sorted(set(self.gather(list(stats))))
+        total = self.sum(torch.tensor([[stats.get(k, 0.0) for k in keys], [float(k in stats) for k in keys]], dtype=torch.float64))
+        out = {}
+        for k, value, n in zip(keys, total[0].tolist(), total[1].tolist()):
+            top = self.max(stats.get(k, 0.0)) if k in peak else None  # every process joins the collective
+            if n > 0:
+                out[k] = top if k in peak else value / n if k in averaged else value
+        return out
+
     def check_in_step(self, params: list[torch.nn.Parameter], stage: str) -> None:
         """Raise unless every process holds the same trained weights (a checksum compared across processes):
         called before a stage saves its model, so a gradient that was not reduced can not go unnoticed."""

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from tether.config import OptimSettings
 from tether.distributed import full_tensor, grad_norm, is_sharded, like_param, processes
+from tether.tracking import console
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -261,3 +262,85 @@ def set_rng_state(rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def gold_peak_kl(checks: list[list[float]]) -> float | None:
+    """The KL (nats) where Gao et al.'s RL curve fitted to the held-out (KL, gold) checks peaks; None before 4 checks
+    or when the fit bends upwards (no peak yet)."""
+    from tether.eval.overopt import fit_overopt
+
+    if len(checks) < 4:
+        return None
+    fit = fit_overopt([kl for kl, _ in checks], [gold for _, gold in checks], "rl")
+    return fit["kl_peak"]
+
+
+class GoodhartGuard:
+    """The held-out guard of an RL stage (`early_stop`, EarlyStopSettings). Every `every` steps the stage checks its
+    policy on held-out prompts (reward, KL, gold); the best policy within the KL ceiling is kept in `<out>/best`, and
+    `update` says when to stop: held-out KL past `max_kl`, past the KL where the gold curve fitted to the checks peaks
+    (`gold_peak`), or `patience` checks without a new best reward. `best` (a dict) goes into the checkpoint, so a
+    resumed run remembers it; `roll_back` loads the best policy at the end."""
+
+    def __init__(self, settings, out: str | os.PathLike, trainable: dict[str, torch.nn.Module], steps: int):
+        self.settings, self.out, self.trainable, self.steps = settings, Path(out), trainable, steps
+        self.best: dict[str, Any] = {"step": None, "reward": None, "kl": None, "since": 0}
+        self.peak_kl: float | None = None  # where the fitted gold curve peaks (gold_peak), after the last check
+
+    def due(self, done: int) -> bool:
+        """Is a check due after `done` steps?"""
+        return bool(self.settings.prompts) and (done % self.settings.every == 0 or done == self.steps)
+
+    def start(self, check: dict) -> None:
+        """The starting policy's check: it is the first best, which RL must beat."""
+        self.best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"],
+                     "initial": check, "checks": [[check["kl"], check.get("gold")]]}
+        keep_best(self.out, self.trainable)
+
+    def update(self, done: int, check: dict) -> str | None:
+        """Record the check after `done` steps (the policy is kept when it is the best so far); the reason to stop, or None."""
+        best, settings = self.best, self.settings
+        best["last"] = {"step": done, **check}
+        within_kl = settings.max_kl is None or check["kl"] is None or check["kl"] <= settings.max_kl
+        if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
+            best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)
+            keep_best(self.out, self.trainable)
+        else:
+            best["since"] += 1
+        best.setdefault("checks", []).append([check["kl"], check.get("gold")])
+        self.peak_kl = gold_peak_kl(best["checks"]) if settings.gold_peak and check["kl"] is not None else None
+        if not within_kl:
+            return f"held-out KL {check['kl']:.2f} nats passed max_kl={settings.max_kl}"
+        if self.peak_kl is not None and check["kl"] > self.peak_kl:
+            return f"held-out KL {check['kl']:.2f} nats passed {self.peak_kl:.2f}, where the gold curve fitted to {len(best['checks'])} checks peaks"
+        if settings.patience and best["since"] >= settings.patience:
+            return f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
+        return None
+
+    def roll_back(self, done: int, stage: str) -> None:
+        """At the end of the run: load the best policy unless it is the last one."""
+        if self.settings.prompts and self.best["step"] is not None and self.best["step"] != done:
+            load_weights(self.out / BEST_DIR, self.trainable)
+            console.print(f"{stage}: rolled back to the best held-out policy, step {self.best['step']}")
+
+    def summary(self, n_prompts: int) -> dict | None:
+        """The `held_out` part of a stage's summary.json."""
+        if not self.settings.prompts:
+            return None
+        best = self.best
+        return {"prompts": n_prompts, "initial_reward": best.get("initial_reward"), "best_reward": best["reward"], "best_kl": best["kl"],
+                "best_step": best["step"], "initial": best.get("initial"), "last": best.get("last")}
+
+
+def checkpoint_or_interrupt(out, done: int, cfg, trainable: dict[str, torch.nn.Module], optimizer, scheduler, state: dict, logger,
+                            stage: str) -> bool:
+    """The end of an RL step: a checkpoint every `cfg.save_every` steps; with `cfg.interrupt_after`, a checkpoint and
+    a stop as if interrupted (how resuming is tested). True when the run must stop now (rerunning resumes it)."""
+    if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+        save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
+    if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
+        save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
+        logger.close()
+        console.print(f"{stage}: stopped after step {done} (interrupt_after); rerun the same command to resume")
+        return True
+    return False

@@ -165,7 +165,7 @@ def test_value_lr_sets_the_value_heads_own_learning_rate(tiny_model_dir, tiny_da
 
 
 def test_gold_peak_is_where_the_fitted_gao_curve_turns():
-    from tether.stages.ppo import gold_peak_kl
+    from tether.training import gold_peak_kl
 
     # gold = d (1 - 0.5 ln d), d = sqrt(KL): the peak is at d* = exp(alpha / beta - 1) = e, KL* = e^2
     curve = lambda kl: math.sqrt(kl) * (1 - 0.5 * math.log(math.sqrt(kl))) if kl > 0 else 0.0  # noqa: E731

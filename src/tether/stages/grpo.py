@@ -51,8 +51,8 @@ from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.logprobs import policy_forward
 from tether.rollout.sampling import sample_rollout
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (BEST_DIR, clip_and_step, in_chunks, index_stream, keep_best, load_checkpoint, load_weights, make_optimizer,
-                             release_freed_memory, save_checkpoint, start_stage)
+from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
+                             release_freed_memory, start_stage)
 
 
 TRIM_EVERY = 4
@@ -158,21 +158,19 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     on_policy = cfg.iterations == 1 and n_minibatches == 1  # pi_old = the update's own forward pass
     use_reference = cfg.beta > 0
     kl_in_loss = use_reference and cfg.kl_penalty == "loss"
-    guard = cfg.early_stop
-    held_out = read_prompts(resolve_path(guard.prompts), limit=guard.limit) if guard.prompts else []
+    held_out = read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit) if cfg.early_stop.prompts else []
+    guard = GoodhartGuard(cfg.early_stop, out, trainable, cfg.steps)
 
     start_step = 0
-    best = {"step": None, "reward": None, "kl": None, "since": 0}
     resumed = load_checkpoint(out, trainable, optimizer, scheduler)
     if resumed is not None:
         start_step = resumed[0]
-        best = resumed[1].get("best", best)
+        guard.best = resumed[1].get("best", guard.best)
         baseline.load_state_dict(resumed[1]["baseline"])
         console.print(f"grpo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
         check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
-        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"], "initial": check}
-        keep_best(out, trainable)
+        guard.start(check)
         console.print(f"grpo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step,
@@ -303,13 +301,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                 kl_per_response = (kl_k1(old_logp, ref_logp) * mask).sum(-1)  # (N,) nats per response, pi_old vs pi_ref
 
         valid_scores = scores.flatten()[valid.flatten()]
-        if procs.world > 1:  # every process's share of the token-weighted statistics adds up; the norm is the same in each
-            keys = ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
-            both = procs.sum(torch.tensor([[stats.get(k, 0.0) for k in keys], [float(k in stats) for k in keys]], dtype=torch.float64))
-            peak = procs.max(stats.get("ratio_peak", 0.0))
-            stats = {k: (v / n if k == "grad_norm" else v) for k, v, n in zip(keys, both[0].tolist(), both[1].tolist()) if n > 0}
-            if peak > 0:
-                stats["ratio_peak"] = peak
+        stats = procs.reduce_stats(stats)
         metrics = {
             "rollout/reward": procs.mean_of(valid_scores.tolist()),
             "rollout/reward_std": valid_scores.std().item() if len(valid_scores) > 1 else 0.0,
@@ -335,20 +327,12 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
 
         # 6. the guard: held-out reward and KL; keep the best, stop when it turns
         stop_reason = None
-        if held_out and (done % guard.every == 0 or done == cfg.steps):
+        if guard.due(done):
             check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
             metrics.update({f"held_out/{key}": value for key, value in check.items()})
-            best["last"] = {"step": done, **check}
-            within_kl = guard.max_kl is None or check["kl"] is None or check["kl"] <= guard.max_kl
-            if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
-                best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)
-                keep_best(out, trainable)
-            else:
-                best["since"] += 1
-            if not within_kl:
-                stop_reason = f"held-out KL {check['kl']:.2f} nats passed max_kl={guard.max_kl}"
-            elif guard.patience and best["since"] >= guard.patience:
-                stop_reason = f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
+            stop_reason = guard.update(done, check)
+            if cfg.early_stop.gold_peak:
+                metrics["held_out/gold_peak_kl"] = guard.peak_kl
         history.append(metrics)
         logger.log(done, metrics)
         if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
@@ -360,18 +344,10 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         if stop_reason:
             console.print(f"grpo: early stop after step {done}: {stop_reason}")
             break
-        state = {"best": best, "baseline": baseline.state_dict()}
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
-        if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
-            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
-            logger.close()
-            console.print(f"grpo: stopped after step {done} (interrupt_after); rerun the same command to resume")
+        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"best": guard.best, "baseline": baseline.state_dict()}, logger, "grpo"):
             return None
     logger.close()
-    if held_out and best["step"] is not None and best["step"] != done:  # roll back to the policy that did best on held-out prompts
-        load_weights(out / BEST_DIR, trainable)
-        console.print(f"grpo: rolled back to the best held-out policy, step {best['step']}")
+    guard.roll_back(done, "grpo")  # to the policy that did best on held-out prompts
 
     # ---- save the policy (LoRA merged: a plain HF directory)
     procs.check_in_step(params, "grpo")
@@ -389,9 +365,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "processes": procs.world, "sharded": procs.sharded, "steps_done": done, "stopped_early": stop_reason,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
-        "held_out": None if not held_out else {
-            "prompts": len(held_out), "initial_reward": best.get("initial_reward"), "best_reward": best["reward"],
-            "best_kl": best["kl"], "best_step": best["step"], "initial": best.get("initial"), "last": best.get("last")},
+        "held_out": guard.summary(len(held_out)),
         "reference": reference_kind, "trainable_params": n_trainable, "total_params": n_total, "parameter_gb": parameter_gb,
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }

@@ -43,7 +43,6 @@ from tether.data.records import prompt_text
 from tether.distributed import gathered, processes, shard_blocks
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
-from tether.eval.overopt import fit_overopt
 from tether.feedback.gold import gold_scores
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, leave_one_out_advantages,
                            masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
@@ -56,8 +55,8 @@ from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (BEST_DIR, clip_and_step, in_chunks, index_stream, keep_best, load_checkpoint, load_weights, make_optimizer,
-                             release_freed_memory, save_checkpoint, start_stage)
+from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
+                             release_freed_memory, start_stage)
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
@@ -128,15 +127,6 @@ def _held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score
         rewards.extend(s for s, k in zip(scores.tolist(), keep.tolist()) if k)
         golds.extend(gold_scores([prompt_text(p) for p in batch], rollout.texts))
     return {"reward": procs.mean_of(rewards) or 0.0, "kl": procs.mean_of(kls) or 0.0, "gold": procs.mean_of(golds) or 0.0}
-
-
-def gold_peak_kl(checks: list[list[float]]) -> float | None:
-    """The KL (nats) where Gao et al.'s RL curve fitted to the held-out (KL, gold) checks peaks; None before 4 checks
-    or when the fit bends upwards (no peak yet)."""
-    if len(checks) < 4:
-        return None
-    fit = fit_overopt([kl for kl, _ in checks], [gold for _, gold in checks], "rl")
-    return fit["kl_peak"]
 
 
 def train_ppo(cfg: PPOConfig) -> dict | None:
@@ -214,8 +204,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         ptx_examples = [encode_demonstration(tokenizer, d, cfg.generation.max_prompt_tokens, cfg.generation.max_new_tokens)
                         for d in read_demonstrations(resolve_path(cfg.ptx_data))]
         ptx_stream = index_stream(len(ptx_examples), cfg.seed, cfg.steps * cfg.ppo_epochs * n_minibatches * cfg.ptx_batch_size)
-    guard = cfg.early_stop
-    held_out = read_prompts(resolve_path(guard.prompts), limit=guard.limit) if guard.prompts else []
+    held_out = read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit) if cfg.early_stop.prompts else []
+    guard = GoodhartGuard(cfg.early_stop, out, trainable, cfg.steps)
 
     def score(batch_prompts, rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) scores after penalties and clipping, and (B,) whether each episode counts."""
@@ -233,18 +223,15 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         return scores.clamp(-cfg.reward_clip, cfg.reward_clip), keep
 
     start_step = 0
-    best = {"step": None, "reward": None, "kl": None, "since": 0}  # the Goodhart guard's memory
     resumed = load_checkpoint(out, trainable, optimizer, scheduler)
     if resumed is not None:
         start_step = resumed[0]
         kl_ctl.load_state_dict(resumed[1]["kl_controller"])
-        best = resumed[1].get("best", best)
+        guard.best = resumed[1].get("best", guard.best)
         console.print(f"ppo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
         check = held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, score)
-        best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"],
-                "checks": [[check["kl"], check["gold"]]]}  # (KL, gold) of every check, for guard.gold_peak
-        keep_best(out, trainable)
+        guard.start(check)
         console.print(f"ppo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "ppo", ["rollout/reward", "rollout/kl", "rollout/beta"], start_step=start_step, tracker=cfg.tracker)
@@ -301,6 +288,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
+        t_update = time.time()
+
         # 4. PPO update: several epochs over minibatches of this rollout; a minibatch runs as
         #    micro-batches, each loss weighted by its share of the minibatch's tokens (over every
         #    process) so the summed gradient is the minibatch's token mean
@@ -350,9 +339,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         mean_kl = procs.mean(kl_per_response.mean().item())
         beta_used = kl_ctl.beta
         kl_ctl.update(mean_kl, per_step)
-        for key in stats:  # token-weighted shares of every process's tokens add up; the norm is the same everywhere
-            stats[key] = (procs.max(stats[key]) if key in ("ratio_peak", "grad_norm") else
-                          procs.mean(stats[key]) if key == "ptx_loss" else procs.sum(stats[key]))
+        stats = procs.reduce_stats(stats)
 
         metrics = {
             "rollout/reward": procs.mean(scores.mean().item()), "rollout/reward_std": scores.std().item() if len(scores) > 1 else 0.0,
@@ -369,32 +356,20 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             "train/clipfrac": stats["clipfrac"], "train/approx_kl": stats["approx_kl"], "train/vf_clipfrac": stats["vf_clipfrac"],
             "train/explained_variance": explained_variance(old_values, returns, mask),
             "train/grad_norm": stats["grad_norm"], "train/lr": scheduler.get_last_lr()[0],
-            "time/rollout_s": t_gen, "time/step_s": time.time() - t0,
+            "time/rollout_s": t_gen, "time/score_s": t_update - t0 - t_gen, "time/update_s": time.time() - t_update,
+            "time/step_s": time.time() - t0,
             **{f"train/{key}": stats[key] for key in ("kl_loss", "entropy_bonus", "ptx_loss") if key in stats},
         }
         done = step + 1
 
         # 6. the Goodhart guard: held-out reward and KL; keep the best, stop when it turns
         stop_reason = None
-        if held_out and (done % guard.every == 0 or done == cfg.steps):
+        if guard.due(done):
             check = held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, score)
-            metrics.update({"held_out/reward": check["reward"], "held_out/kl": check["kl"], "held_out/gold": check["gold"]})
-            within_kl = guard.max_kl is None or check["kl"] <= guard.max_kl
-            if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
-                best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)
-                keep_best(out, trainable)
-            else:
-                best["since"] += 1
-            best.setdefault("checks", []).append([check["kl"], check["gold"]])
-            peak = gold_peak_kl(best["checks"]) if guard.gold_peak else None
-            if guard.gold_peak:
-                metrics["held_out/gold_peak_kl"] = peak
-            if not within_kl:
-                stop_reason = f"held-out KL {check['kl']:.2f} nats passed max_kl={guard.max_kl}"
-            elif peak is not None and check["kl"] > peak:
-                stop_reason = f"held-out KL {check['kl']:.2f} nats passed {peak:.2f}, where the gold curve fitted to {len(best['checks'])} checks peaks"
-            elif guard.patience and best["since"] >= guard.patience:
-                stop_reason = f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
+            metrics.update({f"held_out/{key}": value for key, value in check.items()})
+            stop_reason = guard.update(done, check)
+            if cfg.early_stop.gold_peak:
+                metrics["held_out/gold_peak_kl"] = guard.peak_kl
         history.append(metrics)
         logger.log(done, metrics)
         if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
@@ -404,18 +379,10 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         if stop_reason:
             console.print(f"ppo: early stop after step {done}: {stop_reason}")
             break
-        state = {"kl_controller": kl_ctl.state_dict(), "best": best}
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
-        if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
-            save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
-            logger.close()
-            console.print(f"ppo: stopped after step {done} (interrupt_after); rerun the same command to resume")
+        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"kl_controller": kl_ctl.state_dict(), "best": guard.best}, logger, "ppo"):
             return None
     logger.close()
-    if held_out and best["step"] is not None and best["step"] != done:  # roll back to the policy that did best on held-out prompts
-        load_weights(out / BEST_DIR, trainable)
-        console.print(f"ppo: rolled back to the best held-out policy, step {best['step']}")
+    guard.roll_back(done, "ppo")  # to the policy that did best on held-out prompts
 
     # ---- save the policy (LoRA merged: a plain HF directory) and the value function
     procs.check_in_step(params, "ppo")
@@ -432,9 +399,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
         "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),
         "steps_done": done, "stopped_early": stop_reason,
-        "held_out": None if not held_out else {
-            "prompts": len(held_out), "initial_reward": best.get("initial_reward"), "best_reward": best["reward"],
-            "best_kl": best["kl"], "best_step": best["step"]},
+        "held_out": guard.summary(len(held_out)),
         "trainable_params": n_trainable, "total_params": n_total, "reward_model_shared_params": shared_params,
         "parameter_gb": parameter_gb,
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
