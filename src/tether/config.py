@@ -292,6 +292,19 @@ class KLSettings:
 
 
 @dataclass
+class RaySettings:
+    """Ray for `placement=ray` (placement.py; the extra tether[ray])."""
+
+    address: Optional[str] = None
+    """None starts a Ray instance on this machine for the run; 'auto' joins the cluster this machine belongs to
+    (`ray start --head` on one node, `ray start --address=HEAD:6379` on the others), or give HEAD:6379."""
+    gpus_per_model: float = 0.0
+    """GPUs each frozen model's actor asks Ray for (1 = a GPU of its own; 0 = run on CPU)."""
+    cpus_per_model: int = 1
+    """CPU cores each actor asks Ray for (also its torch threads)."""
+
+
+@dataclass
 class EarlyStopSettings:
     """The Goodhart guard: watch held-out prompts, keep the best policy, stop when it turns."""
 
@@ -401,6 +414,13 @@ class PPOConfig:
     value starts as the reward model; 'reward_model' = a full trainable copy of the reward model."""
     share_weights: bool = True
     """Hold reward-model tensors that equal the frozen base's (frozen layers, embeddings) once, not twice (models/sharing.py)."""
+    placement: Literal["local", "ray"] = "local"
+    """Where the frozen models run: 'local' = in this process, sharing equal weights (share_weights); 'ray' = the reward
+    model, and with full fine-tuning the reference, each in its own Ray actor with its own GPUs (`ray`; placement.py), as
+    OpenRLHF and veRL place them, for models that do not fit beside the policy. With LoRA the reference is the policy's
+    own weights and stays. One process (no --num-processes)."""
+    ray: RaySettings = field(default_factory=RaySettings)
+    """Ray's address and each actor's GPUs and CPU cores, for placement=ray."""
     fsdp: bool = False
     """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
     moments) across them (PyTorch FSDP2); for sampling the blocks are gathered whole once per rollout. The reference,
@@ -445,6 +465,11 @@ class PPOConfig:
             raise ConfigError(f"micro_batch_size must be at least 1 episode, got {self.micro_batch_size}.")
         if self.freeze_layers < 0:
             raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        if self.placement == "ray" and self.value_model == "reward_adapter":
+            raise ConfigError("placement=ray runs the reward model in its own actor, so the value model can not be an adapter on its "
+                              "weights here: set value_model=policy_head or value_model=reward_model (a trainable copy in this process)")
+        if self.placement == "ray" and self.fsdp:
+            raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
         check_fsdp(self)
 
 

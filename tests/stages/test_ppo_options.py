@@ -216,3 +216,13 @@ def test_fsdp_is_for_full_fine_tuning():
     with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning"):
         load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true"])  # LoRA is PPO's default
     assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false"]).fsdp
+
+
+def test_ray_placement_refuses_what_needs_the_reward_model_here():
+    from tether.config import ConfigError
+
+    with pytest.raises(ConfigError, match="placement=ray .* value_model=policy_head"):
+        load_config(PPOConfig, None, ["placement=ray", "value_model=reward_adapter"])
+    with pytest.raises(ConfigError, match="placement=ray runs in one process"):
+        load_config(PPOConfig, None, ["placement=ray", "fsdp=true", "lora.enabled=false"])
+    assert load_config(PPOConfig, None, ["placement=ray", "ray.gpus_per_model=1"]).ray.gpus_per_model == 1

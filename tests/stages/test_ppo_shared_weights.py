@@ -1,5 +1,6 @@
-"""PPO with one copy of the weights: sharing the reward model's frozen tensors with the base
-changes no number, and the value adapter trains, checkpoints and resumes like any value model."""
+"""Where PPO's models live. With one copy of the weights, sharing the reward model's frozen tensors
+with the base changes no number, and the value adapter trains, checkpoints and resumes like any value
+model. With placement=ray, the reward model and the reference in Ray actors change no number either."""
 
 import json
 from pathlib import Path
@@ -113,3 +114,18 @@ def test_activation_checkpointing_changes_no_number(tiny_model_dir, tiny_data, f
     a, b = load_file(str(tmp_path / "kept" / "model" / "model.safetensors")), load_file(str(tmp_path / "recomputed" / "model" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+
+
+def test_frozen_models_in_ray_actors_make_the_same_run(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path):
+    # full fine-tuning: the reference is a frozen copy, so both it and the reward model go to actors (a local Ray instance)
+    common = ["lora.enabled=false", f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.limit=4",
+              "early_stop.patience=0"]
+    remote = ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "ray", *common, "placement=ray")
+    local = ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "local", *common, "share_weights=false")
+    assert remote["parameter_gb"] < local["parameter_gb"] / 2  # this process holds the policy and its value head only
+    rows_remote, rows_local = metrics(tmp_path / "ray"), metrics(tmp_path / "local")
+    for key in ("rollout/reward", "rollout/kl", "train/policy_loss", "train/value_loss", "held_out/reward", "held_out/kl"):
+        assert [r.get(key) for r in rows_remote] == pytest.approx([r.get(key) for r in rows_local], abs=1e-5), key
+    assert rows_local[-1]["rollout/kl"] != 0 and rows_local[-1]["held_out/kl"] != 0  # the reference's numbers were used
+    a, b = load_file(str(tmp_path / "ray" / "model" / "model.safetensors")), load_file(str(tmp_path / "local" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)

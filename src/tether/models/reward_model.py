@@ -162,6 +162,9 @@ class RewardModel:
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, std_coef: float = 0.0) -> torch.Tensor:
         return conservative_reward(self.member_scores(input_ids, attention_mask), std_coef)
 
+    def vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
+
 
 class RewardEnsemble:
     """Several reward models trained with different seeds; `tether_ensemble.json` lists them.
@@ -181,6 +184,9 @@ class RewardEnsemble:
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, std_coef: float = 0.0) -> torch.Tensor:
         return conservative_reward(self.member_scores(input_ids, attention_mask), std_coef)
+
+    def vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
 
 
 def conservative_reward(member_scores: torch.Tensor, std_coef: float) -> torch.Tensor:

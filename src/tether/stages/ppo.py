@@ -50,6 +50,7 @@ from tether.models.loading import (ModelError, adapter_off, apply_lora, autocast
                                    freeze_lower_layers, load_causal_lm, load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
+from tether.placement import RayPlacement, RemoteModel
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.sampling import sample_rollout
@@ -120,8 +121,7 @@ def _held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score
         with autocast(cfg.precision):
             logp = rollout.logprobs if rollout.logprobs is not None and cfg.reuse_sampling_pass else \
                 policy_forward(policy, seqs, attn, P, settings.temperature)["logp"]
-            with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
-                ref_logp = policy_forward(policy if reference is None else reference, seqs, attn, P, settings.temperature)["logp"]
+            ref_logp = reference_logprobs(policy, reference, seqs, attn, P, settings.temperature, len(seqs))
         kls.extend(((logp - ref_logp) * mask).sum(-1).tolist())
         scores, keep = score_fn(batch, rollout)
         rewards.extend(s for s, k in zip(scores.tolist(), keep.tolist()) if k)
@@ -129,27 +129,54 @@ def _held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score
     return {"reward": procs.mean_of(rewards) or 0.0, "kl": procs.mean_of(kls) or 0.0, "gold": procs.mean_of(golds) or 0.0}
 
 
+def reference_logprobs(policy, reference, seqs, attn, P: int, temperature: float, chunk: int) -> torch.Tensor:
+    """(B, R) log pi_ref, `chunk` rows a pass: from the reference's actor (placement=ray), the frozen copy (full
+    fine-tuning), or the policy itself with its adapter off (LoRA)."""
+    if isinstance(reference, RemoteModel):
+        return reference.logprobs(seqs, attn, P, temperature, chunk).result().to(seqs.device)
+    with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
+        return in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P, temperature),
+                         len(seqs), chunk)["logp"]
+
+
 def train_ppo(cfg: PPOConfig) -> dict | None:
+    placement = None
+    if cfg.placement == "ray":
+        if processes().world > 1:
+            raise ModelError("placement=ray runs PPO in one process, with the frozen models in Ray actors: drop --num-processes")
+        placement = RayPlacement(cfg.ray.address, cfg.ray.gpus_per_model, cfg.ray.cpus_per_model)
+    try:
+        return run_ppo(cfg, placement)
+    finally:
+        if placement is not None:
+            placement.close()
+
+
+def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     out = start_stage(cfg)
     t_start = time.time()
 
-    # ---- models: policy (+ value), reference, reward model
+    # ---- models: policy (+ value), reference, reward model (placement=ray: the frozen ones in Ray actors)
     policy_path = resolve_model(cfg.policy)
     tokenizer = load_tokenizer(policy_path)
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
-    rm = load_reward_model(cfg.reward_model) if cfg.reward_model else None
+    rm = None
+    if cfg.reward_model:
+        rm = placement.model("reward", cfg.reward_model, cfg.precision) if placement else load_reward_model(cfg.reward_model)
     reward_fn = load_reward_function(cfg.reward_function) if cfg.reward_function else None
     sources = load_reward_sources(cfg.reward, cfg.precision) if cfg.reward else None  # reward sources (rewards/sources.py)
-    if rm is not None and rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+    if rm is not None and rm.vocab() != tokenizer.get_vocab():
         raise ModelError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
                          "train the reward model from the SFT model so both read the same tokens")
     policy = load_causal_lm(policy_path)
     # With LoRA the reference is the policy's own base weights with the adapter disabled;
     # with full fine-tuning it is a frozen second copy. Either way those weights never change,
     # so the reward model's tensors that equal them are held once (its frozen layers).
-    reference = None if cfg.lora.enabled else load_causal_lm(policy_path).eval().requires_grad_(False)
+    reference = None
+    if not cfg.lora.enabled:
+        reference = placement.model("reference", policy_path, cfg.precision) if placement else load_causal_lm(policy_path).eval().requires_grad_(False)
     shared_params = 0
-    if rm is not None and cfg.share_weights:  # a LoRA-trained RM becomes an adapter on the base (not under a value adapter)
+    if rm is not None and cfg.share_weights and placement is None:  # a LoRA-trained RM becomes an adapter on the base (not under a value adapter)
         probe = tokenizer("Is this a helpful answer? Yes, it is.", return_tensors="pt").input_ids.to(device())
         shared_params = share_with_base(rm, policy if reference is None else reference, probe,
                                         use_adapters=cfg.value_model != "reward_adapter")
@@ -177,11 +204,11 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     if cfg.activation_checkpointing:  # the models that are trained through their blocks
         for model in [policy] + ([value_model.model] if value_model is not None else []):
             enable_activation_checkpointing(model)
-    frozen_rms = [m.model for m in rm.members] if rm is not None else []
+    frozen_rms = [m.model for m in rm.members] if rm is not None and placement is None else []
     if any(p.requires_grad for m in frozen_rms for p in m.parameters()):
         raise AssertionError("a reward-model weight is trainable: weight sharing must only join frozen tensors")
-    held = [m for m in (policy, reference, value_head, value_model, *frozen_rms) if m is not None]
-    parameter_gb = unique_parameter_bytes(*held) / 1e9  # every weight tensor in memory, shared ones once
+    held = [m for m in (policy, reference, value_head, value_model, *frozen_rms) if m is not None and not isinstance(m, RemoteModel)]
+    parameter_gb = unique_parameter_bytes(*held) / 1e9  # every weight tensor in this process's memory, shared ones once
     console.print(f"ppo: {parameter_gb:.2f} GB of weights for policy, reference, value and reward"
                   + (f" ({shared_params / 1e6:.1f}M reward-model parameters shared with the frozen base)" if shared_params else ""))
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
@@ -213,6 +240,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         if rm is not None:
             with torch.no_grad(), autocast(cfg.precision):
                 scores = rm.scores(*rollout.sequences_for_reward(tokenizer.eos_token_id, tokenizer.pad_token_id), std_coef=cfg.reward_std_coef)
+            if placement is not None:  # the reward actor's answer
+                scores = scores.result().to(keep.device)
         else:  # None from the function drops that episode from the update
             values = (score_samples(sources, batch_prompts, rollout.texts, [{} for _ in batch_prompts])[0] if sources is not None else
                       call_reward_function(reward_fn, [prompt_text(p) for p in batch_prompts], rollout.texts, [{} for _ in batch_prompts]))
@@ -257,7 +286,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         mask = rollout.response_mask.float()  # (B, R)
         t_gen = time.time() - t0
 
-        # 2. score with the frozen models and the pre-update policy
+        # 2. score with the frozen models and the pre-update policy; with placement=ray the reference's actor
+        #    works while this process runs the value model and the reward actor scores
+        pending_ref = reference.logprobs(seqs, attn, P, temperature, cfg.mini_batch_size) if isinstance(reference, RemoteModel) else None
         with torch.no_grad(), autocast(cfg.precision):
             # in minibatch-sized chunks: without gradients, a minibatch's logits weigh about what a
             # micro-batch's kept activations do, and fewer, larger passes are faster
@@ -269,10 +300,11 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             else:
                 old = in_chunks(lambda rows: evaluate_step(policy, value_head, value_model, seqs[rows], attn[rows], P, temperature,
                                                            with_entropy=True), cfg.batch_size, cfg.mini_batch_size)
-            with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
-                ref_logp = in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P,
-                                                                 temperature), cfg.batch_size, cfg.mini_batch_size)["logp"]
+            if pending_ref is None:
+                ref_logp = reference_logprobs(policy, reference, seqs, attn, P, temperature, cfg.mini_batch_size)
         scores, keep = score(batch_prompts, rollout)  # (B,), (B,)
+        if pending_ref is not None:
+            ref_logp = pending_ref.result().to(seqs.device)
         mask = mask * keep.to(mask.dtype).unsqueeze(-1)
         old_logp, old_values = old["logp"], old["values"]
         # the score RL sees: with prompt_baseline, minus the mean of the prompt's other responses (RLOO's baseline)

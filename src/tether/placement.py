@@ -1,0 +1,123 @@
+"""Frozen models in Ray actors (`placement=ray`): the reward model and the reference on their own devices.
+
+PPO holds four models. On one machine tether keeps them in one process and one copy of the
+shared weights (models/sharing.py). When they no longer fit beside each other, OpenRLHF and veRL
+put each on its own GPUs or nodes with Ray; tether does the same for the two frozen ones:
+
+  reward actor:     the reward model (or ensemble) scores each rollout: (B,) normalised scores
+  reference actor:  with full fine-tuning, the frozen reference gives log pi_ref of each response
+                    token; with LoRA the reference is the policy's own weights with the adapter
+                    off, so it stays with the policy and no actor is started
+
+Each actor asks Ray for `gpus` GPUs (Ray gives it those and no others) and `cpus` CPU cores
+(its torch threads). The policy's process sends token tensors and gets tensors back; the two
+actors work on a rollout at the same time. The numbers are those of the local models: the same
+weights, inputs and chunks (up to the order of floating-point sums across thread counts).
+
+Ray is an optional extra (`pip install "tether[ray]"`) and is imported only here, only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RemoteCall:
+    """A call under way in an actor; `result()` waits for its tensor."""
+
+    ref: object
+
+    def result(self) -> torch.Tensor:
+        import ray
+
+        return ray.get(self.ref)
+
+
+class FrozenModelWorker:
+    """What runs inside an actor: one frozen model and the no-grad pass PPO needs from it."""
+
+    def __init__(self, kind: str, path: str, precision: str, threads: int):
+        os.environ["WORLD_SIZE"] = "1"  # one process inside the actor, whatever launched the driver
+        torch.set_num_threads(max(1, threads))
+        from tether.models.loading import load_causal_lm
+        from tether.models.reward_model import load_reward_model
+
+        self.kind, self.precision = kind, precision
+        self.model = load_reward_model(path) if kind == "reward" else load_causal_lm(path).eval().requires_grad_(False)
+
+    def vocab(self) -> dict[str, int]:
+        return self.model.vocab()
+
+    @torch.no_grad()
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, std_coef: float) -> torch.Tensor:
+        """(B,) normalised reward-model scores (prompt + response, EOS-ended)."""
+        from tether.models.loading import autocast, device
+
+        with autocast(self.precision):
+            return self.model.scores(input_ids.to(device()), attention_mask.to(device()), std_coef=std_coef).float().cpu()
+
+    @torch.no_grad()
+    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float, chunk: int) -> torch.Tensor:
+        """(B, R) log pi_ref of each response token, `chunk` rows a pass (as the local reference would run)."""
+        from tether.models.loading import autocast, device
+        from tether.rollout.logprobs import policy_forward
+        from tether.training import in_chunks
+
+        seqs, attn = sequences.to(device()), attention_mask.to(device())
+        with autocast(self.precision):
+            out = in_chunks(lambda rows: policy_forward(self.model, seqs[rows], attn[rows], prompt_len, temperature), len(seqs), chunk)
+        return out["logp"].float().cpu()
+
+
+class RemoteModel:
+    """A frozen model in its own Ray actor; `scores` / `logprobs` start a call and return a `RemoteCall`."""
+
+    def __init__(self, kind: str, path: str, precision: str, gpus: float, cpus: int):
+        import ray
+
+        actor = ray.remote(num_gpus=gpus, num_cpus=cpus)(FrozenModelWorker)
+        self.kind, self.path = kind, path
+        self.actor = actor.remote(kind, path, precision, cpus)
+
+    def vocab(self) -> dict[str, int]:
+        import ray
+
+        return ray.get(self.actor.vocab.remote())
+
+    def scores(self, input_ids, attention_mask, std_coef: float = 0.0) -> RemoteCall:
+        return RemoteCall(self.actor.scores.remote(input_ids.cpu(), attention_mask.cpu(), std_coef))
+
+    def logprobs(self, sequences, attention_mask, prompt_len: int, temperature: float, chunk: int) -> RemoteCall:
+        return RemoteCall(self.actor.logprobs.remote(sequences.cpu(), attention_mask.cpu(), prompt_len, temperature, chunk))
+
+
+class RayPlacement:
+    """Starts Ray (or joins the cluster at `address`) and the actors; `close` stops what it started."""
+
+    def __init__(self, address: str | None, gpus: float, cpus: int):
+        try:
+            import ray
+        except ImportError as e:
+            raise ImportError('placement=ray needs Ray: pip install "tether[ray]"') from e
+        self.started = not ray.is_initialized()
+        if self.started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        self.gpus, self.cpus, self.models = gpus, cpus, []
+
+    def model(self, kind: str, path: str, precision: str) -> RemoteModel:
+        remote = RemoteModel(kind, path, precision, self.gpus, self.cpus)
+        self.models.append(remote)
+        return remote
+
+    def close(self) -> None:
+        import ray
+
+        for remote in self.models:
+            ray.kill(remote.actor)
+        self.models = []
+        if self.started:
+            ray.shutdown()
