@@ -685,6 +685,12 @@ class GRPOConfig:
     """Optimizer and schedule (annealed to 0 over all optimizer steps)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
     """LoRA policy: the reference is the same weights with the adapter off (one copy in memory)."""
+    placement: Literal["local", "ray"] = "local"
+    """Where the frozen models run: 'local' = in this process; 'ray' = each reward source that holds a model (model,
+    judge) and, with full fine-tuning and beta > 0, the reference in its own Ray actor with its own GPUs (`ray`;
+    placement.py). One process (no --num-processes)."""
+    ray: RaySettings = field(default_factory=RaySettings)
+    """Ray's address and each actor's GPUs and CPU cores, for placement=ray."""
     fsdp: bool = False
     """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
     moments) across them (PyTorch FSDP2); they are gathered whole once per rollout and its scoring passes. A process
@@ -734,6 +740,8 @@ class GRPOConfig:
         if self.early_stop.max_kl is not None and self.beta == 0 and not self.lora.enabled:
             raise ConfigError("early_stop.max_kl needs a reference to measure KL against: set beta > 0 (a frozen copy is loaded) "
                               "or lora.enabled=true (the reference is the adapter switched off)")
+        if self.placement == "ray" and self.fsdp:
+            raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
         check_fsdp(self)
 
 

@@ -2,9 +2,11 @@
 
 PPO holds four models. On one machine tether keeps them in one process and one copy of the
 shared weights (models/sharing.py). When they no longer fit beside each other, OpenRLHF and veRL
-put each on its own GPUs or nodes with Ray; tether does the same for the two frozen ones:
+put each on its own GPUs or nodes with Ray; tether does the same for the frozen ones:
 
-  reward actor:     the reward model (or ensemble) scores each rollout: (B,) normalised scores
+  reward actor:     PPO's reward model (or ensemble) scores each rollout: (B,) normalised scores;
+                    in GRPO each reward source that holds a model (`model`, `judge`) gets an actor
+                    (a Python function source stays in the policy's process)
   reference actor:  with full fine-tuning, the frozen reference gives log pi_ref of each response
                     token; with LoRA the reference is the policy's own weights with the adapter
                     off, so it stays with the policy and no actor is started
@@ -19,6 +21,7 @@ Ray is an optional extra (`pip install "tether[ray]"`) and is imported only here
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -47,7 +50,16 @@ class FrozenModelWorker:
         from tether.models.reward_model import load_reward_model
 
         self.kind, self.precision = kind, precision
-        self.model = load_reward_model(path) if kind == "reward" else load_causal_lm(path).eval().requires_grad_(False)
+        if kind == "source":  # `path` is a reward source's settings
+            from tether.rewards.sources import load_source
+
+            self.model = load_source(path, precision)
+        else:
+            self.model = load_reward_model(path) if kind == "reward" else load_causal_lm(path).eval().requires_grad_(False)
+
+    def score_texts(self, prompts: list, completions: list[str], metadata: list[dict]) -> list:
+        """A reward source's scores (floats or None) for (prompt, completion) pairs."""
+        return self.model(prompts, completions, metadata)
 
     def vocab(self) -> dict[str, int]:
         return self.model.vocab()
@@ -94,6 +106,11 @@ class RemoteModel:
     def logprobs(self, sequences, attention_mask, prompt_len: int, temperature: float, chunk: int) -> RemoteCall:
         return RemoteCall(self.actor.logprobs.remote(sequences.cpu(), attention_mask.cpu(), prompt_len, temperature, chunk))
 
+    def score_texts(self, prompts, completions, metadata) -> list:
+        import ray
+
+        return ray.get(self.actor.score_texts.remote(prompts, completions, metadata))
+
 
 class RayPlacement:
     """Starts Ray (or joins the cluster at `address`) and the actors; `close` stops what it started."""
@@ -108,10 +125,17 @@ class RayPlacement:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         self.gpus, self.cpus, self.models = gpus, cpus, []
 
-    def model(self, kind: str, path: str, precision: str) -> RemoteModel:
+    def model(self, kind: str, path, precision: str) -> RemoteModel:
         remote = RemoteModel(kind, path, precision, self.gpus, self.cpus)
         self.models.append(remote)
         return remote
+
+    def reward_sources(self, settings: list, precision: str) -> list:
+        """`load_reward_sources`, with each source that holds a model (model, judge) in its own actor."""
+        from tether.rewards.sources import RewardSource, load_source, source_names
+
+        return [RewardSource(name, s.weight, self.model("source", s, precision).score_texts if s.type in ("model", "judge")
+                             else load_source(s, precision)) for name, s in zip(source_names(settings), settings)]
 
     def close(self) -> None:
         import ray
@@ -121,3 +145,20 @@ class RayPlacement:
         self.models = []
         if self.started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def placed(cfg):
+    """A RayPlacement for `cfg.placement == "ray"` (closed when the stage ends, however it ends), else None."""
+    if cfg.placement != "ray":
+        yield None
+        return
+    from tether.distributed import processes
+
+    if processes().world > 1:
+        raise RuntimeError("placement=ray runs the stage in one process, with the frozen models in Ray actors: drop --num-processes")
+    placement = RayPlacement(cfg.ray.address, cfg.ray.gpus_per_model, cfg.ray.cpus_per_model)
+    try:
+        yield placement
+    finally:
+        placement.close()

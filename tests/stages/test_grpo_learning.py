@@ -162,3 +162,21 @@ def test_config_errors():
         load_config(GRPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e', std_coef: 1}}]"])
     cfg = load_config(GRPOConfig, None, [*base, "advantage=reinforce", "group_size=1", "dynamic_sampling=false", "mini_batch_size=4"])
     assert cfg.batch_size == 4
+
+
+def test_reward_model_and_reference_in_ray_actors_make_the_same_run(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path):
+    # placement=ray: the model source and the full-FT reference in actors (a local Ray instance); the function source stays
+    common = [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{frozen_layer_rm}'}}, {{type: function, path: '{FNS}:e_count', weight: 0.5}}]",
+              f"prompts={tiny_data['prompts']}", "precision=fp32", "generation.max_new_tokens=8", "save_every=0", "steps=2", "group_size=2",
+              "mini_batch_size=4", "lora.enabled=false", "beta=0.05", "optim.lr=1e-3", f"early_stop.prompts={tiny_data['prompts']}",
+              "early_stop.every=1", "early_stop.limit=4", "early_stop.patience=0"]
+    remote = train_grpo(load_config(GRPOConfig, None, [*common, f"output_dir={tmp_path / 'ray'}", "placement=ray"]))
+    local = train_grpo(load_config(GRPOConfig, None, [*common, f"output_dir={tmp_path / 'local'}"]))
+    assert remote["reference"] == "ray_actor" and local["reference"] == "copy" and remote["parameter_gb"] < local["parameter_gb"]
+    a, b = rows(tmp_path / "ray"), rows(tmp_path / "local")
+    for key in ("rollout/reward", "rollout/reward/model:model", "rollout/kl", "train/loss", "held_out/reward", "held_out/reward/model:model",
+                "held_out/kl"):
+        assert [r.get(key) for r in a] == pytest.approx([r.get(key) for r in b], abs=1e-5), key
+    assert b[-1]["rollout/kl"] != 0 and len({r["rollout/reward/model:model"] for r in b}) > 1  # both models' numbers were used
+    wa, wb = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("ray", "local"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)

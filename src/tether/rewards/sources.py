@@ -41,7 +41,7 @@ from tether.data.records import Prompt, prompt_text
 
 ScoreFn = Callable[[list[Prompt], list[str], list[dict]], list[Optional[float]]]
 
-__all__ = ["RewardSource", "load_reward_sources", "score_samples", "model_source", "function_source", "judge_source", "describe"]
+__all__ = ["RewardSource", "load_reward_sources", "load_source", "source_names", "score_samples", "model_source", "function_source", "judge_source", "describe"]
 
 
 @dataclass
@@ -59,17 +59,23 @@ def describe(settings: RewardSourceSettings) -> str:
     return f"{settings.type}:{tail}"
 
 
+def source_names(settings: list[RewardSourceSettings]) -> list[str]:
+    """Each source's name in metrics: `describe`, numbered when two sources would share one."""
+    names: list[str] = []
+    for i, s in enumerate(settings):
+        name = describe(s)
+        names.append(f"{name}#{i}" if name in names else name)
+    return names
+
+
+def load_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
+    """One source's scoring function (a model or judge is loaded here)."""
+    return {"model": model_source, "function": function_source, "judge": judge_source}[settings.type](settings, precision)
+
+
 def load_reward_sources(settings: list[RewardSourceSettings], precision: str = "bf16") -> list[RewardSource]:
     """Load every source of a `reward` list (models and judges are loaded here, once)."""
-    loaders = {"model": model_source, "function": function_source, "judge": judge_source}
-    sources, names = [], set()
-    for s in settings:
-        name = describe(s)
-        if name in names:  # two sources of the same kind and name: number them
-            name = f"{name}#{len(sources)}"
-        names.add(name)
-        sources.append(RewardSource(name, s.weight, loaders[s.type](s, precision)))
-    return sources
+    return [RewardSource(name, s.weight, load_source(s, precision)) for name, s in zip(source_names(settings), settings)]
 
 
 def score_samples(sources: list[RewardSource], prompts: list[Prompt], completions: list[str],

@@ -83,3 +83,17 @@ def policy_forward(model, sequences, attention_mask, prompt_len: int, temperatur
             values = value_head(hidden.float()).squeeze(-1)
     entropy = entropy_from_logits(logits.float() / temperature) if with_entropy else None
     return {"logp": logp, "values": values, "entropy": entropy}
+
+
+def reference_logprobs(policy, reference, seqs: torch.Tensor, attn: torch.Tensor, P: int, temperature: float, chunk: int) -> torch.Tensor:
+    """(B, R) log pi_ref, `chunk` rows a pass: from the reference's Ray actor (placement=ray), the frozen copy (full
+    fine-tuning), or the policy itself with its adapter off (LoRA: `reference` is None)."""
+    from tether.models.loading import adapter_off
+    from tether.placement import RemoteModel
+    from tether.training import in_chunks
+
+    if isinstance(reference, RemoteModel):
+        return reference.logprobs(seqs, attn, P, temperature, chunk).result().to(seqs.device)
+    with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
+        return in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P, temperature),
+                         len(seqs), chunk)["logp"]

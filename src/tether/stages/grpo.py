@@ -29,7 +29,6 @@ Rollouts come from the lean sampling loop of rollout/sampling.py (the same distr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 
@@ -44,11 +43,12 @@ from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
                            masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
-from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm,
+from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm,
                                    load_tokenizer, resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
-from tether.rollout.logprobs import policy_forward
+from tether.placement import RayPlacement, RemoteModel, placed
+from tether.rollout.logprobs import policy_forward, reference_logprobs
 from tether.rollout.sampling import sample_rollout
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
@@ -58,13 +58,6 @@ from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_st
 TRIM_EVERY = 4
 """Steps between handing freed heap memory back to the OS (malloc_trim: it keeps resident memory from creeping
 up as rollout shapes vary, at a few milliseconds a call, which on a tiny model is a noticeable share of a step)."""
-
-
-def reference_context(policy, reference):
-    """(model, context) computing log pi_ref: the frozen copy, or the policy with its adapter off."""
-    if reference is not None:
-        return reference, contextlib.nullcontext()
-    return policy, adapter_off(policy)
 
 
 def kept_batch(rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
@@ -104,9 +97,7 @@ def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sour
             with autocast(cfg.precision):
                 logp = rollout.logprobs if rollout.logprobs is not None else \
                     policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
-                model, ctx = reference_context(policy, reference)
-                with ctx:
-                    ref_logp = policy_forward(model, seqs, attn, P, cfg.generation.temperature)["logp"]
+                ref_logp = reference_logprobs(policy, reference, seqs, attn, P, cfg.generation.temperature, len(seqs))
             kls.extend(((logp - ref_logp) * rollout.response_mask).sum(-1).tolist())
         scores, parts = score_samples(sources, prompts, rollout.texts, [dict(r.meta) for r in batch])
         rewards.extend(s for s in scores if s is not None)
@@ -119,12 +110,18 @@ def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sour
 
 
 def train_grpo(cfg: GRPOConfig) -> dict | None:
+    with placed(cfg) as placement:  # placement=ray: the reward models and the frozen reference in Ray actors
+        return run_grpo(cfg, placement)
+
+
+def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     out = start_stage(cfg)
     t_start = time.time()
     P_step, G, B = cfg.prompts_per_step, cfg.group_size, cfg.batch_size
 
     # ---- models: policy, reference (only when needed), reward sources
-    sources = load_reward_sources(cfg.reward, cfg.precision)  # first: a bad reward spec fails before the models load
+    # first: a bad reward spec fails before the models load
+    sources = placement.reward_sources(cfg.reward, cfg.precision) if placement else load_reward_sources(cfg.reward, cfg.precision)
     policy_path = resolve_model(cfg.policy)
     tokenizer = load_tokenizer(policy_path)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
@@ -133,8 +130,9 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     # fine-tuning a frozen copy, and only when the KL is used (beta > 0).
     reference = None
     if not cfg.lora.enabled and cfg.beta > 0:
-        reference = load_causal_lm(policy_path).eval().requires_grad_(False)
-    reference_kind = "adapter_off" if cfg.lora.enabled else ("copy" if reference is not None else "none")
+        reference = placement.model("reference", policy_path, cfg.precision) if placement else \
+            load_causal_lm(policy_path).eval().requires_grad_(False)
+    reference_kind = "adapter_off" if cfg.lora.enabled else ("ray_actor" if isinstance(reference, RemoteModel) else "copy" if reference is not None else "none")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
     if cfg.activation_checkpointing:
@@ -142,7 +140,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
         shard_blocks(policy)
     trainable = {"policy": policy}
-    parameter_gb = unique_parameter_bytes(*[m for m in (policy, reference) if m is not None]) / 1e9
+    parameter_gb = unique_parameter_bytes(*[m for m in (policy, reference) if m is not None and not isinstance(m, RemoteModel)]) / 1e9
     console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}); reward: "
                   + ", ".join(f"{s.weight:g} x {s.name}" for s in sources))
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -219,9 +217,7 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
                         old = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature, with_entropy=True), N, cfg.micro_batch_size)
                         old_logp, entropy = old["logp"], old["entropy"]
                     if use_reference:
-                        model, ctx = reference_context(policy, reference)
-                        with ctx:
-                            ref_logp = in_chunks(lambda r: policy_forward(model, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"]
+                        ref_logp = reference_logprobs(policy, reference, seqs, attn, P, temperature, cfg.micro_batch_size)
                     if use_reference and not kl_in_loss and on_policy:  # RLOO's KL-shaped reward needs log pi_old now
                         old_logp = (sampled_logp[rows, :mask.shape[1]].float() * mask if sampled_logp is not None else  # as the sampler computed it
                                     in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"])

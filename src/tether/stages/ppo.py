@@ -29,7 +29,6 @@ reward model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 
@@ -46,15 +45,15 @@ from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, leave_one_out_advantages,
                            masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
-from tether.models.loading import (ModelError, adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing,
+from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing,
                                    freeze_lower_layers, load_causal_lm, load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
-from tether.placement import RayPlacement, RemoteModel
+from tether.placement import RayPlacement, RemoteModel, placed
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.sampling import sample_rollout
-from tether.rollout.logprobs import policy_forward
+from tether.rollout.logprobs import policy_forward, reference_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, start_stage)
@@ -129,27 +128,9 @@ def _held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score
     return {"reward": procs.mean_of(rewards) or 0.0, "kl": procs.mean_of(kls) or 0.0, "gold": procs.mean_of(golds) or 0.0}
 
 
-def reference_logprobs(policy, reference, seqs, attn, P: int, temperature: float, chunk: int) -> torch.Tensor:
-    """(B, R) log pi_ref, `chunk` rows a pass: from the reference's actor (placement=ray), the frozen copy (full
-    fine-tuning), or the policy itself with its adapter off (LoRA)."""
-    if isinstance(reference, RemoteModel):
-        return reference.logprobs(seqs, attn, P, temperature, chunk).result().to(seqs.device)
-    with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
-        return in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P, temperature),
-                         len(seqs), chunk)["logp"]
-
-
 def train_ppo(cfg: PPOConfig) -> dict | None:
-    placement = None
-    if cfg.placement == "ray":
-        if processes().world > 1:
-            raise ModelError("placement=ray runs PPO in one process, with the frozen models in Ray actors: drop --num-processes")
-        placement = RayPlacement(cfg.ray.address, cfg.ray.gpus_per_model, cfg.ray.cpus_per_model)
-    try:
+    with placed(cfg) as placement:  # placement=ray: the frozen models in Ray actors
         return run_ppo(cfg, placement)
-    finally:
-        if placement is not None:
-            placement.close()
 
 
 def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
