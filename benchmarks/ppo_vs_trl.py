@@ -1,8 +1,9 @@
-"""Benchmark: tether's PPO against TRL 1.10.0's PPOTrainer, side by side, on one tiny model.
+"""Benchmark: tether's PPO against TRL 1.10.0's PPOTrainer, side by side, on one model.
 
-Builds, under runs/bench/ppo_vs_trl/:
+Builds, under runs/bench/ppo_vs_trl/ (runs/bench/ppo_vs_trl_default/ with `--model default`):
   * model/     the test suite's tiny Llama (2 layers, width 32) and tokenizer, from
                `build_tiny_model_dir` in tests/conftest.py (pad <|endoftext|> != eos <|im_end|>);
+               with `--model default`, the default model (SmolLM2-135M-Instruct) instead;
   * reward/    a reward model initialised from it (`init_reward_model` + `save_model` + an identity
                `RewardNormalization`), a LlamaForSequenceClassification that TRL loads as is;
   * prompts.jsonl  64 short prompts ({"prompt": ...}).
@@ -29,8 +30,8 @@ scoring, GAE, update, metrics), and the all-in figure from summary.json is kept 
 both sides. Ratios are tether / TRL: episodes/s above 1 means tether is faster; peak RSS below 1
 means tether uses less memory.
 
-The models are tiny, so the figures measure the frameworks' per-step overhead more than model
-compute; on a shared or busy machine they are only indicative. Every run gets one torch thread
+On the tiny model the figures measure the frameworks' per-step overhead more than model compute
+(`--model default` measures the compute); on a shared or busy machine they are only indicative. Every run gets one torch thread
 (`--threads 1`, via OMP_NUM_THREADS): on matrices this small intra-op threads only add
 synchronisation, and when the cores are busy two threads per process oversubscribe them badly
 (TRL took ~13 s a rollout with torch's default 2 threads on a loaded 2-core machine, ~0.5 s with
@@ -38,10 +39,10 @@ one). Peak RSS here is mostly the imported libraries (torch, transformers; TRL a
 pandas, accelerate), not the models; benchmarks/ppo_memory.py measures model memory.
 
     bash benchmarks/trl_ppo_env.sh          # once: .venv-trl110 with TRL 1.10.0
-    .venv/bin/python benchmarks/ppo_vs_trl.py [--steps 10] [--batch-size 16] [--mini-batch-size 8]
+    .venv/bin/python benchmarks/ppo_vs_trl.py [--model tiny|default] [--steps 10] [--batch-size 16] [--mini-batch-size 8]
         [--response-length 40] [--threads 1] [--runs tether_lora,tether_four,trl,trl_nogc]
 
-Writes runs/bench/ppo_vs_trl.json.
+Writes runs/bench/ppo_vs_trl.json (runs/bench/ppo_vs_trl_default.json with `--model default`).
 """
 
 from __future__ import annotations
@@ -65,17 +66,21 @@ TETHER_MODES = {
 }
 
 
-def build_inputs(n_prompts: int) -> tuple[Path, Path, Path]:
-    """The tiny policy dir, a reward model dir initialised from it, and a prompts file (rebuilt each run)."""
-    from tether.models.loading import load_tokenizer, save_model
+def build_inputs(n_prompts: int, model: str) -> tuple[Path, Path, Path]:
+    """The policy dir (the tiny model, or the default model's cached dir), a reward model dir initialised from it,
+    and a prompts file (rebuilt each run)."""
+    from tether.models.loading import load_tokenizer, resolve_model, save_model
     from tether.models.reward_model import RewardNormalization, init_reward_model, save_normalization
 
     conftest = load_conftest()
     model_dir, reward_dir, prompts = WORK / "model", WORK / "reward", WORK / "prompts.jsonl"
     for d in (model_dir, reward_dir):
         shutil.rmtree(d, ignore_errors=True)
-    model_dir.mkdir(parents=True)
-    conftest.build_tiny_model_dir(model_dir)
+    if model == "default":
+        model_dir = Path(resolve_model("default"))
+    else:
+        model_dir.mkdir(parents=True)
+        conftest.build_tiny_model_dir(model_dir)
     tokenizer = load_tokenizer(str(model_dir))
     save_model(init_reward_model(str(model_dir), tokenizer.pad_token_id), tokenizer, reward_dir)
     save_normalization(reward_dir, RewardNormalization())
@@ -126,7 +131,9 @@ def run_trl(model_dir: Path, reward_dir: Path, prompts: Path, a, skip_gc: bool =
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description="tether PPO vs TRL 1.10.0 PPOTrainer on a tiny model")
+    global WORK, RESULT
+    ap = argparse.ArgumentParser(description="tether PPO vs TRL 1.10.0 PPOTrainer on a tiny model (or the default model)")
+    ap.add_argument("--model", choices=["tiny", "default"], default="tiny", help="the test suite's tiny model, or SmolLM2-135M-Instruct")
     ap.add_argument("--steps", type=int, default=10, help="rollouts per run")
     ap.add_argument("--batch-size", type=int, default=16, help="episodes per rollout")
     ap.add_argument("--mini-batch-size", type=int, default=8, help="episodes per optimizer step")
@@ -141,17 +148,20 @@ def main(argv=None) -> dict:
     if unknown:
         ap.error(f"unknown runs: {sorted(unknown)}")
 
+    if a.model == "default":
+        WORK, RESULT = WORK.with_name("ppo_vs_trl_default"), RESULT.with_name("ppo_vs_trl_default.json")
     WORK.mkdir(parents=True, exist_ok=True)
-    model_dir, reward_dir, prompts = build_inputs(a.prompts)
+    model_dir, reward_dir, prompts = build_inputs(a.prompts, a.model)
     result: dict = {"settings": {"steps": a.steps, "batch_size": a.batch_size, "mini_batch_size": a.mini_batch_size,
                                  "response_length": a.response_length, "prompts": a.prompts, "ppo_epochs": 1, "lr": 1e-4,
-                                 "kl_coef": 0.05, "precision": "fp32", "threads": a.threads or None, "model": "tests/conftest.py build_tiny_model_dir"}}
+                                 "kl_coef": 0.05, "precision": "fp32", "threads": a.threads or None,
+                                 "model": str(model_dir) if a.model == "default" else "tests/conftest.py build_tiny_model_dir"}}
     for name in runs:
         print(f"running {name} ...", flush=True)
         result[name] = (run_trl(model_dir, reward_dir, prompts, a, skip_gc=name == "trl_nogc") if name.startswith("trl")
                         else run_tether(name, model_dir, reward_dir, prompts, a))
 
-    print(f"\nPPO, tiny model: {a.steps} rollouts x {a.batch_size} episodes, minibatch {a.mini_batch_size}, "
+    print(f"\nPPO, {a.model} model: {a.steps} rollouts x {a.batch_size} episodes, minibatch {a.mini_batch_size}, "
           f"{a.response_length} new tokens, fp32")
     print(f"{'run':<12} {'episodes':>8} {'seconds':>8} {'episodes/s':>11} {'peak RSS GB':>12}")
     for name in runs:
