@@ -57,6 +57,8 @@ def test_run_again_skips_completed_stages(run_dir, tiny_model_dir, tiny_data):
 def test_demo_command_runs_the_shipped_config(tiny_model_dir, tiny_data, tmp_path):
     result = ok("demo", *_tiny_run(tmp_path / "d", tiny_model_dir, tiny_data))
     assert "PPO policy vs SFT model" in result.output
+    collect = json.loads((tmp_path / "d" / "collect" / "summary.json").read_text())  # every simulated judgement is in the run's store
+    assert collect["db"] == str(tmp_path / "d" / "collect" / "preferences.db") and collect["db_judgements"] == collect["pairs"] > 0
 
 
 def test_stage_commands(run_dir, tiny_model_dir, tiny_data, tmp_path):

@@ -189,6 +189,9 @@ class CollectConfig:
     """Preference store (a SQLite file or a postgresql:// URL) that also gets the prompts, responses and comparison tasks; None = JSONL only."""
     annotators_per_task: int = 3
     """Distinct annotators each comparison task written to `db` asks for."""
+    store_judgements: bool = False
+    """Also record the simulated annotator's judgement of each task in `db` (as annotator kind 'simulated'); off when
+    people are to label the tasks. `tether run` stores its simulated rounds in <round>/collect/preferences.db."""
 
     def __post_init__(self) -> None:
         if self.responses_per_prompt < 2:

@@ -25,7 +25,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tether.config import JudgeConfig, RunConfig, save_config
+from tether.config import CollectConfig, JudgeConfig, RunConfig, save_config
 from tether.tracking import console, read_summary, write_summary
 
 STAGES = ("sft", "collect", "reward", "ppo", "eval")
@@ -40,13 +40,19 @@ def stage_configs(cfg: RunConfig) -> dict:
     track = {"tracker": cfg.tracker} if cfg.tracker is not None else {}
     return {
         "sft": dataclasses.replace(cfg.sft, model=cfg.model, output_dir=str(run / "sft"), **common, **track),
-        "collect": dataclasses.replace(cfg.collect, model=sft_model, output_dir=str(run / "collect"), **common),
+        "collect": dataclasses.replace(cfg.collect, model=sft_model, output_dir=str(run / "collect"), **stored(cfg.collect, run), **common),
         "reward": dataclasses.replace(cfg.reward, model=sft_model, data=prefs, output_dir=str(run / "reward"),
                                       normalize_data=str(run / "collect" / "samples.jsonl"), **common, **track),
         "ppo": dataclasses.replace(cfg.ppo, policy=sft_model, reward_model=rm_model, output_dir=str(run / "ppo"), **common, **track),
         "eval": dataclasses.replace(cfg.eval, policy=ppo_model, baseline=sft_model, reward_model=rm_model,
                                     output_dir=str(run / "eval"), precision=cfg.precision, **track),
     }
+
+
+def stored(collect: CollectConfig, here: Path) -> dict:
+    """Collect's store settings in a run: the simulated annotator's judgements go to the round's own SQLite store
+    (`collect/preferences.db`, where `tether label` and `tether export` can read them), unless the config names a db."""
+    return {"db": collect.db or str(here / "collect" / "preferences.db"), "store_judgements": collect.db is None or collect.store_judgements}
 
 
 def round_dir(run: Path, k: int) -> Path:
@@ -75,8 +81,8 @@ def round_configs(cfg: RunConfig, k: int) -> dict:
     stages = {
         "collect": dataclasses.replace(cfg.collect, model=latest, output_dir=str(here / "collect"),
                                        annotator=dataclasses.replace(cfg.collect.annotator, seed=cfg.collect.annotator.seed + k - 1),
-                                       db=it.db if people else None,
-                                       annotators_per_task=it.annotators_per_task if people else cfg.collect.annotators_per_task, **common),
+                                       **({"db": it.db, "store_judgements": False, "annotators_per_task": it.annotators_per_task} if people
+                                          else stored(cfg.collect, here)), **common),
     }
     if it.labeller == "judge":
         stages["label"] = JudgeConfig(model=it.judge_model, data=str(here / "collect" / "samples.jsonl"), output_dir=str(here / "label"),

@@ -104,6 +104,24 @@ def test_collect_writes_prompts_responses_and_tasks_to_the_store(tiny_model_dir,
     assert all(s["max_new_tokens"] == 6 and s["temperature"] == 1.0 and s["seed"] == 0 for _, s in models_settings)
 
 
+def test_collect_can_store_the_simulated_annotators_judgements(tiny_model_dir, tiny_data, tmp_path):
+    db = tmp_path / "prefs.db"
+    summary = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'collect'}",
+                            "limit=3", "responses_per_prompt=3", "generation.max_new_tokens=6", "precision=fp32", f"db={db}",
+                            "store_judgements=true").stdout)
+    jsonl = read_preferences(tmp_path / "collect" / "preferences.jsonl")
+    assert summary["db_judgements"] == summary["db_tasks"] == len(jsonl) > 0
+    chosen = {(p.prompt, frozenset((p.chosen, p.rejected))): p.chosen for p in jsonl}
+    with open_store(db) as store:
+        tasks = {t.id: t for t in store.tasks()}
+        votes = store.votes()
+    assert len(votes) == len(tasks) and {v.kind for v in votes} == {"simulated"}
+    for v in votes:  # each stored answer picks the response the JSONL pair has as chosen
+        t = tasks[v.task_id]
+        assert (t.response_a if v.choice == "A" else t.response_b) == chosen[(t.prompt, frozenset((t.response_a, t.response_b)))]
+        assert 0 < v.strength < 1
+
+
 def test_collect_with_an_unreachable_store_stops_before_sampling(tiny_model_dir, tiny_data, tmp_path):
     result = tether("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'c'}",
                     f"db=postgresql://nobody@/x?host={tmp_path}")

@@ -73,17 +73,26 @@ def collect(cfg: CollectConfig) -> dict:
         }))
     write_jsonl(out / "preferences.jsonl", prefs)
 
-    # 3. the preference store, when asked: prompts, responses with their model and sampling settings, the same pairs as tasks
-    tasks_stored = None
+    # 3. the preference store, when asked: prompts, responses with their model and sampling settings, the same pairs as
+    #    tasks, and with store_judgements the simulated annotator's answer to each (response A is the pair's first)
+    tasks_stored, judgements_stored = None, None
     if store is not None:
         settings = {**dataclasses.asdict(cfg.generation), "seed": cfg.seed, "precision": cfg.precision}
-        tasks_stored = 0
+        simulated = store.get_or_add_annotator(judgements[0].annotator, "simulated") if cfg.store_judgements and judgements else None
+        tasks_stored, judgements_stored = 0, 0
         for i, rec in enumerate(records):
             candidates = [Candidate(samples[i * K + k]["response"], model_path, settings,
                                     {"finished": samples[i * K + k]["finished"], "n_tokens": samples[i * K + k]["n_tokens"], "sample_index": k})
                           for k in range(K)]
-            tasks_stored += len(store.add_candidates(rec.prompt, candidates, [(a, b) for j, a, b in pairs if j == i],
-                                                     required=cfg.annotators_per_task, source=cfg.prompts, prompt_meta=rec.meta))
+            mine = [n for n, (j, _, _) in enumerate(pairs) if j == i]  # this prompt's pairs, as indices into judgements
+            task_ids = store.add_candidates(rec.prompt, candidates, [pairs[n][1:] for n in mine],
+                                            required=cfg.annotators_per_task, source=cfg.prompts, prompt_meta=rec.meta)
+            tasks_stored += len(task_ids)
+            if simulated is not None:  # the store keeps the same pairs `usable` kept (both drop empty or identical responses)
+                for n, task_id in zip(mine, task_ids, strict=True):
+                    j = judgements[n]
+                    store.record_judgement(simulated, task_id, "AB"[j.choice], strength=j.p_first if j.choice == 0 else 1 - j.p_first)
+                    judgements_stored += 1
         store.close()
 
     distinct = [j for j in judgements if j.gold_first != j.gold_second]
@@ -93,7 +102,7 @@ def collect(cfg: CollectConfig) -> dict:
         "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
         "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
         "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
-        **({"db": cfg.db, "db_tasks": tasks_stored} if store is not None else {}),
+        **({"db": cfg.db, "db_tasks": tasks_stored, "db_judgements": judgements_stored} if store is not None else {}),
     }
     write_summary(out, summary)
     return summary
