@@ -36,6 +36,7 @@ bench: $(STAMP) bench-trl-ppo-env
 	$(BIN)/python benchmarks/ppo_memory.py
 	$(BIN)/python benchmarks/stage_memory.py
 	$(BIN)/python benchmarks/ppo_vs_trl.py
+	$(BIN)/python benchmarks/ppo_vs_trl.py --model default --steps 3 --threads 0 --runs tether_lora,tether_four,trl,trl_lora
 	$(BIN)/python benchmarks/grpo_vs_trl.py
 	$(BIN)/python benchmarks/sft_vs_trl.py
 	$(BIN)/python benchmarks/dpo_vs_trl.py

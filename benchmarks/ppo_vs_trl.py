@@ -14,7 +14,10 @@ Then runs, one after another, each in a fresh process:
                  reference copy, a value model copied from the reward model, the reward model --
                  four full models, the layout TRL uses;
   * trl          benchmarks/trl_ppo.py in .venv-trl110 (TRL 1.10.0, four full models);
-  * trl_nogc     the same with `--skip-gc-collect`: TRL calls gc.collect() twice per rollout, a
+  * trl_lora     the same with a LoRA policy (peft, tether's adapter settings) and the reference taken from
+                 the policy with its adapter off: TRL's closest layout to tether_lora (the value model
+                 stays a full copy of the reward model, as TRL has no value head on the policy);
+  * trl_nogc     the same as trl with `--skip-gc-collect`: TRL calls gc.collect() twice per rollout, a
                  fixed ~0.2 s each here that dominates on a tiny model; this run shows how much
                  of the gap is that (it is not TRL as shipped; the ratios are against `trl`).
 All three: the same prompts, `batch_size` episodes per rollout, minibatches of `mini_batch_size`
@@ -120,14 +123,14 @@ def run_tether(mode: str, model_dir: Path, reward_dir: Path, prompts: Path, a) -
     }
 
 
-def run_trl(model_dir: Path, reward_dir: Path, prompts: Path, a, skip_gc: bool = False) -> dict:
+def run_trl(model_dir: Path, reward_dir: Path, prompts: Path, a, skip_gc: bool = False, lora: bool = False) -> dict:
     if not TRL_PYTHON.exists():
         raise SystemExit(f"{TRL_PYTHON} not found: run `bash benchmarks/trl_ppo_env.sh` (or `make bench-trl-ppo-env`) first")
     cmd = [str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_ppo.py"), "--model-dir", str(model_dir), "--reward-dir", str(reward_dir),
            "--prompts", str(prompts), "--steps", str(a.steps), "--batch-size", str(a.batch_size),
            "--mini-batch-size", str(a.mini_batch_size), "--response-length", str(a.response_length),
-           "--output-dir", str(WORK / "trl"), *(["--skip-gc-collect"] if skip_gc else [])]
-    return run_json(cmd, WORK / ("trl_nogc.log" if skip_gc else "trl.log"), a.threads)
+           "--output-dir", str(WORK / "trl"), *(["--skip-gc-collect"] if skip_gc else []), *(["--lora"] if lora else [])]
+    return run_json(cmd, WORK / ("trl_nogc.log" if skip_gc else "trl_lora.log" if lora else "trl.log"), a.threads)
 
 
 def main(argv=None) -> dict:
@@ -144,7 +147,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", default="tether_lora,tether_four,trl,trl_nogc", help="which runs, comma-separated")
     a = ap.parse_args(argv)
     runs = [r.strip() for r in a.runs.split(",") if r.strip()]
-    unknown = set(runs) - {*TETHER_MODES, "trl", "trl_nogc"}
+    unknown = set(runs) - {*TETHER_MODES, "trl", "trl_lora", "trl_nogc"}
     if unknown:
         ap.error(f"unknown runs: {sorted(unknown)}")
 
@@ -158,7 +161,7 @@ def main(argv=None) -> dict:
                                  "model": str(model_dir) if a.model == "default" else "tests/conftest.py build_tiny_model_dir"}}
     for name in runs:
         print(f"running {name} ...", flush=True)
-        result[name] = (run_trl(model_dir, reward_dir, prompts, a, skip_gc=name == "trl_nogc") if name.startswith("trl")
+        result[name] = (run_trl(model_dir, reward_dir, prompts, a, skip_gc=name == "trl_nogc", lora=name == "trl_lora") if name.startswith("trl")
                         else run_tether(name, model_dir, reward_dir, prompts, a))
 
     print(f"\nPPO, {a.model} model: {a.steps} rollouts x {a.batch_size} episodes, minibatch {a.mini_batch_size}, "
@@ -167,11 +170,12 @@ def main(argv=None) -> dict:
     for name in runs:
         r = result[name]
         print(f"{name:<12} {r['episodes']:>8} {r['seconds']:>8.2f} {r['episodes_per_second']:>11.2f} {r['peak_rss_gb']:>12.3f}")
-    for base, key in (("trl", "ratios"), ("trl_nogc", "ratios_vs_trl_nogc")):
+    for base, key, names in (("trl", "ratios", TETHER_MODES), ("trl_lora", "ratios_vs_trl_lora", ["tether_lora"]),
+                             ("trl_nogc", "ratios_vs_trl_nogc", TETHER_MODES)):
         if base not in result:
             continue
         result[key] = {}
-        for name in TETHER_MODES:
+        for name in names:
             if name in result:
                 ratio = {"episodes_per_second": result[name]["episodes_per_second"] / result[base]["episodes_per_second"],
                          "peak_rss": result[name]["peak_rss_gb"] / result[base]["peak_rss_gb"]}

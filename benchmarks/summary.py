@@ -34,6 +34,11 @@ def rows() -> list[dict]:
             add("PPO (tiny model)", f"{name} / TRL 1.10 PPOTrainer", ratio["episodes_per_second"], ratio["peak_rss"])
         for name, ratio in r.get("ratios_vs_trl_nogc", {}).items():  # the fairer yardstick: TRL without its gc.collect() calls
             add("PPO (tiny model)", f"{name} / the same without gc.collect()", ratio["episodes_per_second"], ratio["peak_rss"])
+    if (r := load("ppo_vs_trl_default.json")) is not None:
+        for name, ratio in r.get("ratios", {}).items():
+            add("PPO (default model)", f"{name} / TRL 1.10 PPOTrainer", ratio["episodes_per_second"], ratio["peak_rss"])
+        for name, ratio in r.get("ratios_vs_trl_lora", {}).items():
+            add("PPO (default model)", f"{name} / TRL 1.10 PPOTrainer with LoRA", ratio["episodes_per_second"], ratio["peak_rss"])
     if (r := load("grpo_vs_trl.json")) is not None:
         peers = {"tether_grpo": "TRL GRPOTrainer", "tether_rloo": "TRL RLOOTrainer"}
         for name, ratio in r.get("ratios", {}).items():
@@ -62,7 +67,7 @@ def main() -> list[dict]:
     for row in table:
         fmt = lambda x: f"x{x:.2f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
         print(f"{row['benchmark']:<34} {row['comparison']:<52} {fmt(row['throughput_ratio']):>7} {fmt(row['memory_ratio']):>7}  {row['target']}")
-    missing = [n for n in ("reward_hh.json", "ppo_vs_trl.json", "grpo_vs_trl.json", "sft_vs_trl.json", "dpo_vs_trl.json", "rollout_and_flops.json",
+    missing = [n for n in ("reward_hh.json", "ppo_vs_trl.json", "ppo_vs_trl_default.json", "grpo_vs_trl.json", "sft_vs_trl.json", "dpo_vs_trl.json", "rollout_and_flops.json",
                            "ppo_memory/result.json") if not (BENCH / n).exists()]
     if missing:
         print("missing (not run, or failed): " + ", ".join(missing))

@@ -141,6 +141,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     ap.add_argument("--skip-gc-collect", action="store_true",
                     help="make gc.collect() a no-op (TRL calls it twice per rollout); not TRL as shipped")
+    ap.add_argument("--lora", action="store_true",
+                    help="a LoRA policy (peft: r 16, alpha 32, every linear layer, as tether's lora.enabled=true); the reference "
+                         "is then the policy with its adapter off (ref_model=None), as in tether")
     ap.add_argument("--output-dir", default=None, help="TRL's output_dir (nothing is saved; default: a temp dir)")
     args = ap.parse_args(argv)
     if args.batch_size % args.mini_batch_size:
@@ -176,7 +179,7 @@ def main(argv=None) -> dict:
 
     f32 = {"dtype": torch.float32}
     policy = AutoModelForCausalLM.from_pretrained(args.model_dir, **f32)
-    ref_policy = AutoModelForCausalLM.from_pretrained(args.model_dir, **f32)
+    ref_policy = None if args.lora else AutoModelForCausalLM.from_pretrained(args.model_dir, **f32)
     value_model = AutoModelForSequenceClassification.from_pretrained(args.reward_dir, num_labels=1, **f32)
     reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_dir, num_labels=1, **f32)
 
@@ -219,11 +222,18 @@ def main(argv=None) -> dict:
         disable_tqdm=True,
         seed=args.seed,
     )
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        # ref_model=None: TRL then takes the reference from the policy with its adapter disabled
     trainer = PPOTrainer(
         args=config,
         processing_class=tokenizer,
         model=policy,
         ref_model=ref_policy,
+        peft_config=peft_config,
         reward_model=reward_model,
         train_dataset=dataset,
         value_model=value_model,
@@ -251,6 +261,7 @@ def main(argv=None) -> dict:
         "mixed_precision": trainer.accelerator.mixed_precision,
         "threads": torch.get_num_threads(),
         "gc_collect_skipped": args.skip_gc_collect,
+        "lora": args.lora,
         "activation_checkpointing": any(getattr(m, "gradient_checkpointing", False) for m in policy.modules()),
         "load_seconds": load_seconds,
         "mean_score": sum(h["objective/scores"] for h in logs) / max(len(logs), 1),

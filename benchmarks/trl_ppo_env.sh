@@ -19,10 +19,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TRL_VENV:-$ROOT/.venv-trl110}"
 PYTHON="${PYTHON:-python3}"
 TORCH="torch==2.13.0"
-PINS=(trl==1.10.0 transformers==5.23.0 accelerate==1.15.0 datasets==5.2.0 tokenizers==0.23.3 safetensors==0.8.0)
+PINS=(trl==1.10.0 transformers==5.23.0 accelerate==1.15.0 datasets==5.2.0 tokenizers==0.23.3 safetensors==0.8.0 peft==0.21.2)
 STAMP="$VENV/.installed-trl110"
 
-if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import trl, torch; assert trl.__version__ == '1.10.0'" 2>/dev/null; then
+if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import trl, torch, peft; assert trl.__version__ == '1.10.0'" 2>/dev/null; then
     echo "trl_ppo_env: $VENV already has trl 1.10.0 ($(cat "$STAMP"))"
     exit 0
 fi
