@@ -118,8 +118,10 @@ class RayPlacement:
     def __init__(self, address: str | None, gpus: float, cpus: int):
         try:
             import ray
-        except ImportError as e:
-            raise ImportError('placement=ray needs Ray: pip install "tether[ray]"') from e
+        except ImportError:
+            from tether.config import ConfigError
+
+            raise ConfigError('placement=ray needs Ray, which is not installed: pip install "tether[ray]"') from None
         self.started = not ray.is_initialized()
         if self.started:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -156,7 +158,9 @@ def placed(cfg):
     from tether.distributed import processes
 
     if processes().world > 1:
-        raise RuntimeError("placement=ray runs the stage in one process, with the frozen models in Ray actors: drop --num-processes")
+        from tether.config import ConfigError
+
+        raise ConfigError("placement=ray runs the stage in one process, with the frozen models in Ray actors: drop --num-processes")
     placement = RayPlacement(cfg.ray.address, cfg.ray.gpus_per_model, cfg.ray.cpus_per_model)
     try:
         yield placement
