@@ -41,9 +41,9 @@ class RemoteCall:
 
 
 class FrozenModelWorker:
-    """What runs inside an actor: one frozen model and the no-grad pass PPO needs from it."""
+    """What runs inside an actor: one frozen model (or reward source) and the no-grad passes PPO and GRPO need from it."""
 
-    def __init__(self, kind: str, path: str, precision: str, threads: int):
+    def __init__(self, kind: str, path, precision: str, threads: int):
         os.environ["WORLD_SIZE"] = "1"  # one process inside the actor, whatever launched the driver
         torch.set_num_threads(max(1, threads))
         from tether.models.loading import load_causal_lm
