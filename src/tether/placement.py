@@ -113,21 +113,24 @@ class RemoteModel:
 
 
 class RayPlacement:
-    """Starts Ray (or joins the cluster at `address`) and the actors; `close` stops what it started."""
+    """Starts Ray (or joins the cluster at `address`) when the first actor is asked for, and the actors; `close` stops
+    what it started. A run whose frozen models all stay local (LoRA, a function reward) starts nothing."""
 
     def __init__(self, address: str | None, gpus: float, cpus: int):
         try:
-            import ray
+            import ray  # noqa: F401  (checked here, so a missing Ray fails before any model loads)
         except ImportError:
             from tether.config import ConfigError
 
             raise ConfigError('placement=ray needs Ray, which is not installed: pip install "tether[ray]"') from None
-        self.started = not ray.is_initialized()
-        if self.started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        self.gpus, self.cpus, self.models = gpus, cpus, []
+        self.address, self.gpus, self.cpus, self.models, self.started = address, gpus, cpus, [], False
 
     def model(self, kind: str, path, precision: str) -> RemoteModel:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self.started = True
         remote = RemoteModel(kind, path, precision, self.gpus, self.cpus)
         self.models.append(remote)
         return remote

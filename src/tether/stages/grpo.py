@@ -224,7 +224,6 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
 
         stats: dict[str, float] = {}
         n_all = procs.sum(float(N))  # samples kept over every process: all of them update together, or none
-        advantages = torch.zeros(0)
         if N > 0:
             task_scores = scores.flatten()[rows].to(mask.device)  # (N,)
             train_scores = task_scores
