@@ -143,6 +143,15 @@ class SFTConfig:
         check_fsdp(self)
 
 
+def check_offload(cfg) -> None:
+    if cfg.offload_frozen and getattr(cfg, "placement", "local") == "ray":
+        raise ConfigError("offload_frozen keeps the frozen models in this process's CPU memory and placement=ray moves them to Ray "
+                          "actors (ray.gpus_per_model=0 keeps them off the GPUs there): choose one")
+    if cfg.offload_frozen and getattr(cfg, "value_model", None) == "reward_adapter":
+        raise ConfigError("value_model=reward_adapter trains an adapter on the reward model's weights, which offload_frozen keeps "
+                          "off the accelerator: set value_model=policy_head or value_model=reward_model, or leave offload_frozen off")
+
+
 def check_fsdp(cfg) -> None:
     if cfg.fsdp and cfg.lora.enabled:
         raise ConfigError("fsdp=true shards full fine-tuning; with LoRA the trained weights are small and every process keeps "
@@ -424,6 +433,11 @@ class PPOConfig:
     own weights and stays. One process (no --num-processes)."""
     ray: RaySettings = field(default_factory=RaySettings)
     """Ray's address and each actor's GPUs and CPU cores, for placement=ray."""
+    offload_frozen: bool = False
+    """Hold the frozen models (the reward model; with full fine-tuning the reference) in CPU memory and bring each layer's
+    weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-Offload's parameter offload):
+    accelerator memory is left to the policy, for a weight transfer in every forward pass of those models. Their tensors are
+    then not shared with the policy's base (share_weights). On a machine without an accelerator the weights stay put."""
     fsdp: bool = False
     """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
     moments) across them (PyTorch FSDP2); for sampling the blocks are gathered whole once per rollout. The reference,
@@ -473,6 +487,7 @@ class PPOConfig:
                               "weights here: set value_model=policy_head or value_model=reward_model (a trainable copy in this process)")
         if self.placement == "ray" and self.fsdp:
             raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
+        check_offload(self)
         check_fsdp(self)
 
 
@@ -527,6 +542,11 @@ class DPOConfig:
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
     """LoRA policy (the adapter is merged into the saved model); with reference=policy the reference is the adapter switched off."""
+    offload_frozen: bool = False
+    """Hold the frozen models (a frozen reference copy or model, when one is held) in CPU memory and bring each layer's
+    weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-Offload's parameter offload):
+    accelerator memory is left to the policy, for a weight transfer in every forward pass of those models. On a machine
+    without an accelerator the weights stay put."""
     fsdp: bool = False
     """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
     state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
@@ -694,6 +714,11 @@ class GRPOConfig:
     placement.py). One process (no --num-processes)."""
     ray: RaySettings = field(default_factory=RaySettings)
     """Ray's address and each actor's GPUs and CPU cores, for placement=ray."""
+    offload_frozen: bool = False
+    """Hold the frozen models (each reward source's model or judge; with full fine-tuning and beta > 0 the reference) in CPU
+    memory and bring each layer's weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-
+    Offload's parameter offload): accelerator memory is left to the policy, for a weight transfer in every forward pass of
+    those models. On a machine without an accelerator the weights stay put."""
     fsdp: bool = False
     """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
     moments) across them (PyTorch FSDP2); they are gathered whole once per rollout and its scoring passes. A process
@@ -745,6 +770,7 @@ class GRPOConfig:
                               "or lora.enabled=true (the reference is the adapter switched off)")
         if self.placement == "ray" and self.fsdp:
             raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
+        check_offload(self)
         check_fsdp(self)
 
 

@@ -46,7 +46,7 @@ class FrozenModelWorker:
     def __init__(self, kind: str, path, precision: str, threads: int):
         os.environ["WORLD_SIZE"] = "1"  # one process inside the actor, whatever launched the driver
         torch.set_num_threads(max(1, threads))
-        from tether.models.loading import load_causal_lm
+        from tether.models.loading import load_frozen_lm
         from tether.models.reward_model import load_reward_model
 
         self.kind, self.precision = kind, precision
@@ -55,7 +55,7 @@ class FrozenModelWorker:
 
             self.model = load_source(path, precision)
         else:
-            self.model = load_reward_model(path) if kind == "reward" else load_causal_lm(path).eval().requires_grad_(False)
+            self.model = load_reward_model(path) if kind == "reward" else load_frozen_lm(path)
 
     def score_texts(self, prompts: list, completions: list[str], metadata: list[dict]) -> list:
         """A reward source's scores (floats or None) for (prompt, completion) pairs."""

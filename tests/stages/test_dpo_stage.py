@@ -158,6 +158,15 @@ def test_lora_adapter_off_equals_a_separate_frozen_copy(tiny_model_dir, tiny_dat
     assert train_lines(tmp_path / "off")[-1]["train/margin"] > 0
 
 
+def test_an_offloaded_reference_copy_equals_one_held_on_the_device(tiny_model_dir, tiny_data, tmp_path):
+    common = ["max_steps=4", "lora.enabled=false"]
+    held = train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path / "held", *common))
+    offloaded = train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path / "offloaded", *common, "offload_frozen=true"))
+    assert offloaded["reference_mode"] == "frozen model, offloaded" and held["reference_mode"] == "frozen model"
+    assert offloaded["reference_params_held"] == 0 and offloaded["reference_params_offloaded"] == held["reference_params_held"] > 0
+    assert_same_run(tmp_path / "held", tmp_path / "offloaded", atol=0)
+
+
 @pytest.mark.parametrize("lora", ["true", "false"])
 def test_precomputed_reference_equals_a_live_one(tiny_model_dir, tiny_data, tmp_path, lora):
     common = ["max_steps=4", f"lora.enabled={lora}"]

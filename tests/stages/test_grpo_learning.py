@@ -180,3 +180,16 @@ def test_reward_model_and_reference_in_ray_actors_make_the_same_run(tiny_model_d
     assert b[-1]["rollout/kl"] != 0 and len({r["rollout/reward/model:model"] for r in b}) > 1  # both models' numbers were used
     wa, wb = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("ray", "local"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+
+
+def test_offloaded_reward_model_and_reference_make_the_same_run(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path):
+    # offload_frozen: the model source and the full-FT reference in CPU memory, brought in layer by layer
+    common = [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{frozen_layer_rm}'}}]", f"prompts={tiny_data['prompts']}",
+              "precision=fp32", "generation.max_new_tokens=8", "save_every=0", "steps=2", "group_size=2", "mini_batch_size=4",
+              "lora.enabled=false", "beta=0.05", "optim.lr=1e-3"]
+    offloaded = train_grpo(load_config(GRPOConfig, None, [*common, f"output_dir={tmp_path / 'offloaded'}", "offload_frozen=true"]))
+    held = train_grpo(load_config(GRPOConfig, None, [*common, f"output_dir={tmp_path / 'held'}"]))
+    assert held["offloaded_gb"] == 0 and offloaded["offloaded_gb"] == pytest.approx(held["parameter_gb"] / 2)  # the reference copy
+    a, b = rows(tmp_path / "offloaded"), rows(tmp_path / "held")
+    assert [{k: v for k, v in r.items() if not k.startswith("time")} for r in a] == [{k: v for k, v in r.items() if not k.startswith("time")} for r in b]
+    assert b[-1]["rollout/kl"] != 0

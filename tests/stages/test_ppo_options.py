@@ -226,3 +226,7 @@ def test_ray_placement_refuses_what_needs_the_reward_model_here():
     with pytest.raises(ConfigError, match="placement=ray runs in one process"):
         load_config(PPOConfig, None, ["placement=ray", "fsdp=true", "lora.enabled=false"])
     assert load_config(PPOConfig, None, ["placement=ray", "ray.gpus_per_model=1"]).ray.gpus_per_model == 1
+    with pytest.raises(ConfigError, match="offload_frozen .* placement=ray"):
+        load_config(PPOConfig, None, ["placement=ray", "offload_frozen=true"])
+    with pytest.raises(ConfigError, match="value_model=reward_adapter .* offload_frozen"):
+        load_config(PPOConfig, None, ["offload_frozen=true", "value_model=reward_adapter"])

@@ -1,6 +1,7 @@
 """Where PPO's models live. With one copy of the weights, sharing the reward model's frozen tensors
 with the base changes no number, and the value adapter trains, checkpoints and resumes like any value
-model. With placement=ray, the reward model and the reference in Ray actors change no number either."""
+model. With placement=ray, the reward model and the reference in Ray actors change no number either, nor
+does holding them in CPU memory (offload_frozen)."""
 
 import json
 from pathlib import Path
@@ -120,3 +121,18 @@ def test_frozen_models_in_ray_actors_make_the_same_run(tiny_model_dir, tiny_data
     assert rows_local[-1]["rollout/kl"] != 0 and rows_local[-1]["held_out/kl"] != 0  # the reference's numbers were used
     a, b = load_file(str(tmp_path / "ray" / "model" / "model.safetensors")), load_file(str(tmp_path / "local" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+
+
+def test_offloaded_frozen_models_make_the_same_run(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path):
+    # full fine-tuning: the reference copy and the reward model held in CPU memory, brought in layer by layer
+    common = ["lora.enabled=false", "share_weights=false", f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2",
+              "early_stop.limit=4", "early_stop.patience=0"]
+    offloaded = ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "offloaded", *common, "offload_frozen=true")
+    held = ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "held", *common)
+    assert held["offloaded_gb"] == 0 and offloaded["offloaded_gb"] > 0
+    # on the device: the policy and its value head only
+    assert offloaded["parameter_gb"] == pytest.approx(held["parameter_gb"] - offloaded["offloaded_gb"])
+    assert drop_timing(metrics(tmp_path / "offloaded")) == drop_timing(metrics(tmp_path / "held"))
+    assert metrics(tmp_path / "held")[-1]["rollout/kl"] != 0  # the reference's numbers were used
+    a, b = load_file(str(tmp_path / "offloaded" / "model" / "model.safetensors")), load_file(str(tmp_path / "held" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -160,13 +160,47 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_causal_lm(path: str):
-    """A causal LM in fp32 on the available device, dropout off (RL needs deterministic log-probs)."""
+def load_causal_lm(path: str, on_device: bool = True):
+    """A causal LM in fp32 on the available device (in CPU memory with `on_device=False`), dropout off
+    (RL needs deterministic log-probs)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     disable_dropout(model)
-    return model.to(device())
+    return model.to(device()) if on_device else model
+
+
+def load_frozen_lm(path: str, offload: bool = False):
+    """A causal LM that never trains (a reference, a judge): eval mode, no gradients; with `offload` its
+    weights are held in CPU memory (`offload_to_cpu`)."""
+    model = load_causal_lm(path, on_device=not offload).eval().requires_grad_(False)  # offloaded: never whole on the accelerator
+    return offload_to_cpu(model) if offload else model
+
+
+def offload_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep a frozen model's weights in CPU memory and bring each layer's to the accelerator only while
+    that layer computes (accelerate's `cpu_offload` hooks: the parameter offload of ZeRO-Offload, for
+    models that only run forward passes). The model's own parameters become placeholders on the `meta`
+    device; the outputs are unchanged. On a machine without an accelerator the weights stay where they were."""
+    from accelerate import cpu_offload
+
+    kept: dict[int, torch.Tensor] = {}  # one CPU copy per storage: tied weights (embeddings = LM head) stay one tensor
+    state = {name: kept.setdefault(t.data_ptr(), t.detach().to("cpu")) for name, t in model.state_dict().items()}
+    params = {t.data_ptr() for t in model.parameters()}
+    model = cpu_offload(model, execution_device=device(), state_dict=state)
+    weights = [t for ptr, t in kept.items() if ptr in params]
+    model.offloaded_params, model.offloaded_bytes = sum(t.numel() for t in weights), sum(t.numel() * t.element_size() for t in weights)
+    return model
+
+
+def is_offloaded(model: torch.nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model computes: its weights' device, or the accelerator for an offloaded model (its parameters are `meta`)."""
+    first = next(model.parameters())
+    return device() if first.is_meta else first.device
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

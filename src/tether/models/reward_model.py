@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tether.models.loading import ModelError, device, disable_dropout, load_tokenizer
+from tether.models.loading import ModelError, device, disable_dropout, load_tokenizer, model_device, offload_to_cpu
 
 NORMALIZATION_FILE = "tether_reward.json"
 ENSEMBLE_FILE = "tether_ensemble.json"
@@ -120,7 +120,7 @@ def shared_prompt_mask(segment_ids: torch.Tensor) -> torch.Tensor:
 def packed_rewards(model, packed) -> torch.Tensor:
     """(N,) head outputs at each packed response's last token, in fp32 (same values as `raw_rewards`
     on separate rows, with each shared prompt computed once)."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     hidden = trunk_of(model)(
         input_ids=packed["input_ids"].to(dev), attention_mask=shared_prompt_mask(packed["segment_ids"].to(dev)),
         position_ids=packed["position_ids"].to(dev),
@@ -136,7 +136,8 @@ class RewardModel:
         self.model, self.tokenizer, self.normalization, self.path = model, tokenizer, normalization, path
 
     @classmethod
-    def load(cls, path: str) -> "RewardModel":
+    def load(cls, path: str, offload: bool = False) -> "RewardModel":
+        """`offload`: the weights stay in CPU memory, each layer's brought to the accelerator while it computes."""
         from transformers import AutoModelForSequenceClassification
 
         norm_file = Path(path) / NORMALIZATION_FILE
@@ -148,7 +149,7 @@ class RewardModel:
         disable_dropout(model)
         model.eval().requires_grad_(False)
         norm = RewardNormalization(**json.loads(norm_file.read_text())) if norm_file.exists() else RewardNormalization()
-        return cls(model.to(device()), load_tokenizer(path), norm, path)
+        return cls(offload_to_cpu(model) if offload else model.to(device()), load_tokenizer(path), norm, path)
 
     @property
     def members(self) -> list["RewardModel"]:
@@ -194,13 +195,13 @@ def conservative_reward(member_scores: torch.Tensor, std_coef: float) -> torch.T
     return member_scores.mean(0) - std_coef * member_scores.std(0, correction=0)
 
 
-def load_reward_model(path: str) -> RewardModel | RewardEnsemble:
-    """A reward model folder, or an ensemble folder holding tether_ensemble.json."""
+def load_reward_model(path: str, offload: bool = False) -> RewardModel | RewardEnsemble:
+    """A reward model folder, or an ensemble folder holding tether_ensemble.json; `offload`: weights held in CPU memory."""
     manifest = Path(path) / ENSEMBLE_FILE
     if manifest.exists():
         members = json.loads(manifest.read_text())["members"]
-        return RewardEnsemble([RewardModel.load(str((Path(path) / m).resolve())) for m in members], path)
-    return RewardModel.load(path)
+        return RewardEnsemble([RewardModel.load(str((Path(path) / m).resolve()), offload) for m in members], path)
+    return RewardModel.load(path, offload)
 
 
 def save_ensemble_manifest(path: str | Path, member_dirs: list[str]) -> None:

@@ -99,12 +99,15 @@ def shallow_clone(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def unique_parameter_bytes(*models: torch.nn.Module) -> int:
-    """Bytes of parameter storage held by these models together, each tensor counted once."""
+def unique_parameter_bytes(*models: torch.nn.Module, offloaded: bool = False) -> int:
+    """Bytes of parameter storage held by these models together on their device, each tensor counted once; with
+    `offloaded`, the bytes of the weights held in CPU memory instead (offload_to_cpu leaves `meta` placeholders)."""
+    if offloaded:
+        return sum(getattr(sub, "offloaded_bytes", 0) for m in models for sub in m.modules())
     seen, total = set(), 0
     for m in models:
         for p in m.parameters():
-            if p.data_ptr() not in seen:
+            if not p.is_meta and p.data_ptr() not in seen:
                 seen.add(p.data_ptr())
                 total += p.numel() * p.element_size()
     return total

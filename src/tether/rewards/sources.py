@@ -68,14 +68,14 @@ def source_names(settings: list[RewardSourceSettings]) -> list[str]:
     return names
 
 
-def load_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
-    """One source's scoring function (a model or judge is loaded here)."""
-    return {"model": model_source, "function": function_source, "judge": judge_source}[settings.type](settings, precision)
+def load_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
+    """One source's scoring function (a model or judge is loaded here; `offload`: its weights held in CPU memory)."""
+    return {"model": model_source, "function": function_source, "judge": judge_source}[settings.type](settings, precision, offload)
 
 
-def load_reward_sources(settings: list[RewardSourceSettings], precision: str = "bf16") -> list[RewardSource]:
+def load_reward_sources(settings: list[RewardSourceSettings], precision: str = "bf16", offload: bool = False) -> list[RewardSource]:
     """Load every source of a `reward` list (models and judges are loaded here, once)."""
-    return [RewardSource(name, s.weight, load_source(s, precision)) for name, s in zip(source_names(settings), settings)]
+    return [RewardSource(name, s.weight, load_source(s, precision, offload)) for name, s in zip(source_names(settings), settings)]
 
 
 def score_samples(sources: list[RewardSource], prompts: list[Prompt], completions: list[str],
@@ -95,7 +95,7 @@ def score_samples(sources: list[RewardSource], prompts: list[Prompt], completion
 # --------------------------------------------------------------------------- the kinds
 
 
-def function_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
+def function_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
     """A Python function `(prompts as text, completions, metadata) -> floats or None`."""
     from tether.rewards.functions import call_reward_function, load_reward_function
 
@@ -103,12 +103,12 @@ def function_source(settings: RewardSourceSettings, precision: str = "bf16") -> 
     return lambda prompts, completions, metadata: call_reward_function(fn, [prompt_text(p) for p in prompts], completions, metadata)
 
 
-def model_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
+def model_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
     """A reward model or ensemble: normalised scores (ensembles: mean - std_coef * std over members)."""
     from tether.models.reward_model import conservative_reward, load_reward_model
     from tether.stages.reward import batch_rewards, score_texts
 
-    rm = load_reward_model(settings.path)
+    rm = load_reward_model(settings.path, offload)
     pack: dict[int, bool] = {}  # per member: does packed scoring give the separate-row scores? (checked on first use)
 
     def packs(k: int, member, prompts, completions) -> bool:
@@ -130,15 +130,15 @@ def model_source(settings: RewardSourceSettings, precision: str = "bf16") -> Sco
     return score
 
 
-def judge_source(settings: RewardSourceSettings, precision: str = "bf16") -> ScoreFn:
+def judge_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
     """An LLM judge: P(better than the reference answer), or the mean P(better) against the rest of the group."""
     from tether.feedback.constitution import load_constitution
     from tether.feedback.judge import judge_pairs
-    from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
+    from tether.models.loading import load_frozen_lm, load_tokenizer, resolve_model
 
     rubric = load_constitution(settings.constitution).rubric()
     path = resolve_model(settings.path)
-    tokenizer, model = load_tokenizer(path), load_causal_lm(path).eval().requires_grad_(False)
+    tokenizer, model = load_tokenizer(path), load_frozen_lm(path, offload)
     kw = dict(batch_size=settings.batch_size, max_prompt_tokens=settings.max_prompt_tokens,
               max_response_tokens=settings.max_response_tokens, precision=precision)
 

@@ -47,8 +47,8 @@ from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import processes, shard_blocks
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_sigmoid_loss
-from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_causal_lm, load_tokenizer,
-                                   resolve_model, save_model)
+from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_causal_lm, load_frozen_lm, load_tokenizer,
+                                   model_device, resolve_model, save_model)
 from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.stages.reward import is_tie, split_by_prompt
@@ -93,7 +93,7 @@ def response_logprobs(model, pairs: list[EncodedPair], pad_id: int, pack: bool) 
     rows = ([(p.prompt, [p.chosen, p.rejected]) for p in pairs] if pack
             else [(p.prompt, [p.chosen]) for p in pairs] + [(p.prompt, [p.rejected]) for p in pairs])
     packed = pack_shared_prompts(rows, pad_id)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     ids, seg = packed["input_ids"].to(dev), packed["segment_ids"].to(dev)  # (R, T); seg: 0 prompt, k response k, -1 pad
     attention = shared_prompt_mask(seg) if pack else (seg >= 0).long()
     hidden = trunk_of(model)(input_ids=ids, attention_mask=attention, position_ids=packed["position_ids"].to(dev),
@@ -243,14 +243,14 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     policy = load_causal_lm(policy_path)
     own_base = cfg.reference == "policy" and cfg.lora.enabled  # reference = the policy's weights with the adapter off
     reference_mode = ("none" if cfg.reference == "none" else "precomputed" if cfg.precompute_reference
-                      else "adapter off" if own_base else "frozen model")
+                      else "adapter off" if own_base else "frozen model, offloaded" if cfg.offload_frozen else "frozen model")
     if cfg.reference == "none" or own_base:
         reference_path = None
     elif cfg.reference == "policy":  # full fine-tuning: a frozen copy, or, precomputed, the policy itself before any update
         reference_path = None if cfg.precompute_reference else policy_path
     else:
         reference_path = resolve_model(cfg.reference)
-    reference = load_causal_lm(reference_path).eval().requires_grad_(False) if reference_path else None
+    reference = load_frozen_lm(reference_path, cfg.offload_frozen) if reference_path else None
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
     if cfg.freeze_layers:
@@ -308,7 +308,9 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         console.print(f"dpo: resuming from step {start_step} of {total_steps}")
     logger = MetricsLogger(out, total_steps, "dpo", ["train/loss", "train/accuracy", "train/margin"], start_step=start_step, tracker=cfg.tracker)
 
-    reference_params = sum(p.numel() for p in reference.parameters()) if reference is not None else 0  # held while training
+    # held on the device while training (offload_frozen: in CPU memory instead, counted apart)
+    reference_params = sum(p.numel() for p in reference.parameters() if not p.is_meta) if reference is not None else 0
+    offloaded_params = getattr(reference, "offloaded_params", 0)
 
     # ---- the loop: one optimizer step per `grad_accum` micro-batches of `batch_size` pairs
     t_loop, eval_seconds = time.time(), 0.0
@@ -368,7 +370,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         "eval_loss": final.get("loss"), "eval_margin": final.get("margin"),
         "eval_rewards_chosen": final.get("rewards_chosen"), "eval_rewards_rejected": final.get("rewards_rejected"),
         "final_train_accuracy": totals["accuracy"] if total_steps > start_step else None,
-        "trainable_params": trainable, "total_params": total, "reference_params_held": reference_params, "packed": pack,
+        "trainable_params": trainable, "total_params": total, "reference_params_held": reference_params, "reference_params_offloaded": offloaded_params, "packed": pack,
         "train_seconds": train_seconds, "reference_seconds": reference_seconds,
         "train_pairs_per_second": (total_steps - start_step) * per_step / max(train_seconds, 1e-9),
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,

@@ -43,7 +43,7 @@ from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
                            masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
-from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm,
+from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
                                    load_tokenizer, resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
@@ -121,7 +121,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
 
     # ---- models: policy, reference (only when needed), reward sources
     # first: a bad reward spec fails before the models load
-    sources = placement.reward_sources(cfg.reward, cfg.precision) if placement else load_reward_sources(cfg.reward, cfg.precision)
+    sources = placement.reward_sources(cfg.reward, cfg.precision) if placement else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
     policy_path = resolve_model(cfg.policy)
     tokenizer = load_tokenizer(policy_path)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
@@ -130,8 +130,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     # fine-tuning a frozen copy, and only when the KL is used (beta > 0).
     reference = None
     if not cfg.lora.enabled and cfg.beta > 0:
-        reference = placement.model("reference", policy_path, cfg.precision) if placement else \
-            load_causal_lm(policy_path).eval().requires_grad_(False)
+        reference = placement.model("reference", policy_path, cfg.precision) if placement else load_frozen_lm(policy_path, cfg.offload_frozen)
     reference_kind = "adapter_off" if cfg.lora.enabled else ("ray_actor" if isinstance(reference, RemoteModel) else "copy" if reference is not None else "none")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
@@ -140,8 +139,11 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
         shard_blocks(policy)
     trainable = {"policy": policy}
-    parameter_gb = unique_parameter_bytes(*[m for m in (policy, reference) if m is not None and not isinstance(m, RemoteModel)]) / 1e9
-    console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}); reward: "
+    held = [m for m in (policy, reference) if m is not None and not isinstance(m, RemoteModel)]
+    parameter_gb = unique_parameter_bytes(*held) / 1e9
+    offloaded_gb = unique_parameter_bytes(*held, offloaded=True) / 1e9  # offload_frozen: the reference copy in CPU memory
+    console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}"
+                  + (f", {offloaded_gb:.2f} GB of it offloaded to CPU memory" if offloaded_gb else "") + "); reward: "
                   + ", ".join(f"{s.weight:g} x {s.name}" for s in sources))
     params = [p for p in policy.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process samples prompts_per_step groups a step, gradients summed over all
@@ -361,7 +363,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
         "held_out": guard.summary(len(held_out)),
-        "reference": reference_kind, "trainable_params": n_trainable, "total_params": n_total, "parameter_gb": parameter_gb,
+        "reference": reference_kind, "trainable_params": n_trainable, "total_params": n_total, "parameter_gb": parameter_gb, "offloaded_gb": offloaded_gb,
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)

@@ -46,7 +46,7 @@ from tether.feedback.gold import gold_scores
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, leave_one_out_advantages,
                            masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
 from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing,
-                                   freeze_lower_layers, load_causal_lm, load_tokenizer, resolve_model, save_model)
+                                   freeze_lower_layers, load_causal_lm, load_frozen_lm, load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone, share_with_base, unique_parameter_bytes
 from tether.placement import RayPlacement, RemoteModel, placed
@@ -143,9 +143,9 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     rm = None
     if cfg.reward_model:
-        rm = placement.model("reward", cfg.reward_model, cfg.precision) if placement else load_reward_model(cfg.reward_model)
+        rm = placement.model("reward", cfg.reward_model, cfg.precision) if placement else load_reward_model(cfg.reward_model, cfg.offload_frozen)
     reward_fn = load_reward_function(cfg.reward_function) if cfg.reward_function else None
-    sources = load_reward_sources(cfg.reward, cfg.precision) if cfg.reward else None  # reward sources (rewards/sources.py)
+    sources = load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen) if cfg.reward else None  # reward sources (rewards/sources.py)
     if rm is not None and rm.vocab() != tokenizer.get_vocab():
         raise ModelError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
                          "train the reward model from the SFT model so both read the same tokens")
@@ -155,9 +155,9 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     # so the reward model's tensors that equal them are held once (its frozen layers).
     reference = None
     if not cfg.lora.enabled:
-        reference = placement.model("reference", policy_path, cfg.precision) if placement else load_causal_lm(policy_path).eval().requires_grad_(False)
+        reference = placement.model("reference", policy_path, cfg.precision) if placement else load_frozen_lm(policy_path, cfg.offload_frozen)
     shared_params = 0
-    if rm is not None and cfg.share_weights and placement is None:  # a LoRA-trained RM becomes an adapter on the base (not under a value adapter)
+    if rm is not None and cfg.share_weights and placement is None and not cfg.offload_frozen:  # a LoRA-trained RM becomes an adapter on the base (not under a value adapter)
         probe = tokenizer("Is this a helpful answer? Yes, it is.", return_tensors="pt").input_ids.to(device())
         shared_params = share_with_base(rm, policy if reference is None else reference, probe,
                                         use_adapters=cfg.value_model != "reward_adapter")
@@ -189,9 +189,11 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     if any(p.requires_grad for m in frozen_rms for p in m.parameters()):
         raise AssertionError("a reward-model weight is trainable: weight sharing must only join frozen tensors")
     held = [m for m in (policy, reference, value_head, value_model, *frozen_rms) if m is not None and not isinstance(m, RemoteModel)]
-    parameter_gb = unique_parameter_bytes(*held) / 1e9  # every weight tensor in this process's memory, shared ones once
+    parameter_gb = unique_parameter_bytes(*held) / 1e9  # every weight tensor on this process's device, shared ones once
+    offloaded_gb = unique_parameter_bytes(*held, offloaded=True) / 1e9  # offload_frozen: held in CPU memory instead
     console.print(f"ppo: {parameter_gb:.2f} GB of weights for policy, reference, value and reward"
-                  + (f" ({shared_params / 1e6:.1f}M reward-model parameters shared with the frozen base)" if shared_params else ""))
+                  + (f" ({shared_params / 1e6:.1f}M reward-model parameters shared with the frozen base)" if shared_params else "")
+                  + (f", {offloaded_gb:.2f} GB of frozen weights offloaded to CPU memory" if offloaded_gb else ""))
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process samples batch_size episodes a step, gradients summed over all
     n_minibatches = cfg.batch_size // cfg.mini_batch_size
@@ -414,7 +416,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         "steps_done": done, "stopped_early": stop_reason,
         "held_out": guard.summary(len(held_out)),
         "trainable_params": n_trainable, "total_params": n_total, "reward_model_shared_params": shared_params,
-        "parameter_gb": parameter_gb,
+        "parameter_gb": parameter_gb, "offloaded_gb": offloaded_gb,
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
