@@ -56,12 +56,12 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("fsdp", [False, True])
+@pytest.mark.parametrize("fsdp", [[], ["fsdp=true"], ["fsdp=true", "zero_stage=2"]], ids=["replicated", "zero3", "zero2"])
 def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path, fsdp):
     common = [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", "precision=fp32", "optim.lr=1e-2", "optim.warmup_ratio=0.0",
               "max_steps=3", "batch_size=2", "eval_fraction=0.25", "lora.enabled=false"]
     train_sft(load_config(SFTConfig, None, [*common, f"output_dir={tmp_path / 'one'}", "grad_accum=2"]))
-    result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}")
+    result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}", *fsdp)
     assert json.loads(result.stdout)["stage"] == "sft"  # one summary, from the main process
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5 if fsdp else 1e-6)
     assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(summary(tmp_path / "one")["eval_loss"], abs=1e-6)
@@ -98,6 +98,7 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
         "ppo_full": [*ppo_full, f"output_dir={root / 'ppo_full'}"],
         "ppo_fsdp_interrupted": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}", "interrupt_after=2"],
         "ppo_fsdp": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}"],
+        "ppo_fsdpzero2": [*ppo_full, *FSDP, "zero_stage=2", f"output_dir={root / 'ppo_zero2'}"],
         "grpo": [*grpo, f"output_dir={root / 'grpo'}"],
         "grpo_fsdp_interrupted": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}", "interrupt_after=2"],
         "grpo_fsdp": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}"],
@@ -162,16 +163,18 @@ def test_ppo_two_processes_run_resume_and_write_one_set_of_outputs(worker_runs):
     assert {x["step"] for x in samples} == {1, 2, 3, 4} and len(samples) == 4 * 4  # the main process's own episodes, once a step
 
 
-def test_ppo_sharded_makes_the_updates_of_unsharded_and_resumes(worker_runs):
+@pytest.mark.parametrize("run", ["ppo_fsdp", "ppo_zero2"])
+def test_ppo_sharded_makes_the_updates_of_unsharded_and_resumes(worker_runs, run):
     # FSDP: the policy's blocks split in two, gathered whole for each rollout and held-out check (whose lengths differ
-    # between the processes); interrupted after step 2 and resumed. Same draws, same updates as without sharding.
-    assert_same_weights(worker_runs / "ppo_full", worker_runs / "ppo_fsdp", atol=1e-5)
-    plain, sharded = metrics(worker_runs / "ppo_full"), metrics(worker_runs / "ppo_fsdp")
+    # between the processes); ppo_fsdp is interrupted after step 2 and resumed; ppo_zero2 keeps a block's gathered weights
+    # from its forward to its backward (zero_stage=2). Same draws, same updates as without sharding.
+    assert_same_weights(worker_runs / "ppo_full", worker_runs / run, atol=1e-5)
+    plain, sharded = metrics(worker_runs / "ppo_full"), metrics(worker_runs / run)
     assert [r["step"] for r in sharded] == [1, 2, 3, 4]
     for key in ("rollout/reward", "rollout/kl", "train/policy_loss", "held_out/reward"):
         assert [r.get(key) for r in sharded] == pytest.approx([r.get(key) for r in plain], abs=1e-4), key
-    assert summary(worker_runs / "ppo_fsdp")["held_out"]["best_step"] == summary(worker_runs / "ppo_full")["held_out"]["best_step"]
-    assert summary(worker_runs / "ppo_fsdp")["sharded"] and not summary(worker_runs / "ppo_full")["sharded"]
+    assert summary(worker_runs / run)["held_out"]["best_step"] == summary(worker_runs / "ppo_full")["held_out"]["best_step"]
+    assert summary(worker_runs / run)["sharded"] and not summary(worker_runs / "ppo_full")["sharded"]
 
 
 def test_grpo_two_processes_stay_in_step_when_one_drops_every_group(worker_runs):

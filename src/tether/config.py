@@ -126,6 +126,11 @@ class SFTConfig:
     """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
     state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
     about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
+    zero_stage: Literal[2, 3] = 3
+    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
+    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
+    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
+    Gradients and optimizer moments are sharded either way."""
     eval_every: int = 0
     """Compute eval loss every N steps (0 = only at the end)."""
     save_every: int = 25
@@ -153,6 +158,8 @@ def check_offload(cfg) -> None:
 
 
 def check_fsdp(cfg) -> None:
+    if cfg.zero_stage == 2 and not cfg.fsdp:
+        raise ConfigError("zero_stage=2 chooses how fsdp=true holds a block's weights; set fsdp=true (and lora.enabled=false) or leave zero_stage at 3")
     if cfg.fsdp and cfg.lora.enabled:
         raise ConfigError("fsdp=true shards full fine-tuning; with LoRA the trained weights are small and every process keeps "
                           "them whole: set lora.enabled=false, or leave fsdp off")
@@ -268,6 +275,11 @@ class RewardConfig:
     """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
     state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
     about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
+    zero_stage: Literal[2, 3] = 3
+    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
+    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
+    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
+    Gradients and optimizer moments are sharded either way."""
 
     def __post_init__(self) -> None:
         check_fsdp(self)
@@ -442,6 +454,11 @@ class PPOConfig:
     """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
     moments) across them (PyTorch FSDP2); for sampling the blocks are gathered whole once per rollout. The reference,
     reward and value models stay whole in every process. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
+    zero_stage: Literal[2, 3] = 3
+    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
+    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
+    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
+    Gradients and optimizer moments are sharded either way."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
     """Optimizer and schedule (annealed to 0 over `steps`)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
@@ -551,6 +568,11 @@ class DPOConfig:
     """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
     state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
     about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
+    zero_stage: Literal[2, 3] = 3
+    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
+    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
+    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
+    Gradients and optimizer moments are sharded either way."""
     eval_every: int = 0
     """Held-out eval every N steps (0 = only at the end)."""
     save_every: int = 50
@@ -724,6 +746,11 @@ class GRPOConfig:
     moments) across them (PyTorch FSDP2); they are gathered whole once per rollout and its scoring passes. A process
     that kept fewer samples runs empty passes so that every process runs each sharded block as often. The reference
     stays whole in every process. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
+    zero_stage: Literal[2, 3] = 3
+    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
+    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
+    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
+    Gradients and optimizer moments are sharded either way."""
     activation_checkpointing: bool = False
     """Recompute the policy's block activations in the backward pass: less memory, more compute."""
     save_every: int = 10

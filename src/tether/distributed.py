@@ -14,7 +14,8 @@ With `fsdp=true` (SFT, reward, DPO, PPO) each transformer block is also sharded 
 (PyTorch FSDP2, `fully_shard`): its weights, gradients and Adam moments are split N ways and a block
 is gathered whole only while it computes. The embeddings, final norm and heads stay whole in every
 process (their gradients summed like the rest), so the code that calls a trunk and a head
-separately (reward and DPO do) runs unchanged.
+separately (reward and DPO do) runs unchanged. `zero_stage=2` keeps a block's gathered weights from its
+forward to its backward pass (ZeRO-2's trade, FSDP's SHARD_GRAD_OP); 3, the default, gathers them twice.
 
 Processes come from `tether <stage> --num-processes N` (which runs `torch.distributed.run`),
 `torchrun`, or `accelerate launch`; accelerate's PartialState joins the process group (gloo on
@@ -45,6 +46,7 @@ class Processes:
         self.world = self.state.num_processes if self.state else 1
         self.is_main = self.rank == 0
         self.sharded = False  # set by shard_blocks: some weights are FSDP shards
+        self.reshard_blocks = True  # set by shard_blocks: False under zero_stage=2
         if not self.is_main:  # one process speaks for all
             from tether.tracking import console
 
@@ -168,8 +170,10 @@ def is_fsdp(model) -> bool:
     return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
-def shard_blocks(model) -> None:
-    """FSDP2 over the processes, one unit per transformer block (see the module's docstring). A no-op in one process."""
+def shard_blocks(model, zero_stage: int = 3) -> None:
+    """FSDP2 over the processes, one unit per transformer block (see the module's docstring). A no-op in one process.
+    zero_stage 3: a block gives its gathered weights back after its forward and gathers them again for its backward;
+    2: it keeps them whole until its backward (FSDP's SHARD_GRAD_OP, ZeRO-2's memory for less communication)."""
     if processes().world == 1:
         return
     from torch.distributed.fsdp import fully_shard
@@ -177,8 +181,9 @@ def shard_blocks(model) -> None:
     from tether.models.reward_model import trunk_of
 
     trunk = trunk_of(model)
+    processes().reshard_blocks = zero_stage == 3
     for block in trunk.layers:
-        fully_shard(block)
+        fully_shard(block, reshard_after_forward=processes().reshard_blocks)
     # the trunk is the root (reward and DPO call it directly): blocks under a root give their gathered weights
     # back after their forward too; its own tensors (embeddings, possibly tied to the LM head; the final norm) stay whole
     blocks = {p for block in trunk.layers for p in block.parameters()}
@@ -203,7 +208,8 @@ def gathered(model):
     finally:
         for i, unit in enumerate(units):
             unit.reshard()
-            unit.set_reshard_after_forward(i > 0, recurse=False)  # FSDP's defaults: the root keeps its weights, blocks give theirs back
+            # as sharded: the root keeps its weights; blocks give theirs back after the forward unless zero_stage=2
+            unit.set_reshard_after_forward(i > 0 and processes().reshard_blocks, recurse=False)
 
 
 def grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:

@@ -216,6 +216,9 @@ def test_fsdp_is_for_full_fine_tuning():
     with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning"):
         load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true"])  # LoRA is PPO's default
     assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false"]).fsdp
+    with pytest.raises(ConfigError, match="zero_stage=2 chooses how fsdp=true"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "zero_stage=2"])
+    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false", "zero_stage=2"]).zero_stage == 2
 
 
 def test_ray_placement_refuses_what_needs_the_reward_model_here():

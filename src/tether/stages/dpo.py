@@ -256,7 +256,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy)
+        shard_blocks(policy, cfg.zero_stage)
     pack = cfg.pack_prompts and packing_matches(policy, train_ex[:2], pad_id)
     if cfg.pack_prompts and not pack:
         console.print("dpo: this model's attention does not honour a packed (block-diagonal) mask; each response gets its own row")

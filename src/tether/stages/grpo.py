@@ -137,7 +137,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(policy)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy)
+        shard_blocks(policy, cfg.zero_stage)
     trainable = {"policy": policy}
     held = [m for m in (policy, reference) if m is not None and not isinstance(m, RemoteModel)]
     parameter_gb = unique_parameter_bytes(*held) / 1e9

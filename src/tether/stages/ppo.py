@@ -166,7 +166,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy)
+        shard_blocks(policy, cfg.zero_stage)
     value_head, value_model = None, None
     if cfg.value_model == "policy_head":
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device())

@@ -327,7 +327,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if cfg.freeze_layers:
         freeze_lower_layers(model, cfg.freeze_layers)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(model)
+        shard_blocks(model, cfg.zero_stage)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process scores every world-th micro-batch of a step

@@ -84,7 +84,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(model)
+        shard_blocks(model, cfg.zero_stage)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process runs every world-th micro-batch of a step
