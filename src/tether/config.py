@@ -329,6 +329,34 @@ class RaySettings:
 
 
 @dataclass
+class VLLMSettings:
+    """vLLM as the sampler, for `engine=vllm` (rollout/vllm_engine.py; the extra tether[vllm]; a CUDA GPU)."""
+
+    gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory vLLM takes for its copy of the weights and its KV cache; the rest is the trainer's."""
+    max_model_len: Optional[int] = None
+    """Longest prompt + response vLLM plans for; None = generation.max_prompt_tokens + generation.max_new_tokens."""
+    dtype: str = "auto"
+    """vLLM's weight dtype ('auto' = the model's own, 'bfloat16', 'float16', 'float32')."""
+    is_cap: float = 2.0
+    """Each token's policy-gradient term is weighed by min(pi_old / pi_vllm, is_cap): truncated importance sampling for
+    the log-prob gap between vLLM's kernels and the trainer's."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization < 1:
+            raise ConfigError(f"vllm.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
+        if self.is_cap < 1:
+            raise ConfigError(f"vllm.is_cap must be >= 1 (a token vLLM sampled as likely as the trainer would gets weight 1), got {self.is_cap}")
+
+
+def check_engine(cfg) -> None:
+    if cfg.engine != "vllm":
+        return
+    if cfg.fsdp:
+        raise ConfigError("engine=vllm pushes the whole policy into vLLM after every update; with fsdp=true it is sharded: choose one")
+
+
+@dataclass
 class EarlyStopSettings:
     """The Goodhart guard: watch held-out prompts, keep the best policy, stop when it turns."""
 
@@ -445,6 +473,12 @@ class PPOConfig:
     own weights and stays. One process (no --num-processes)."""
     ray: RaySettings = field(default_factory=RaySettings)
     """Ray's address and each actor's GPUs and CPU cores, for placement=ray."""
+    engine: Literal["tether", "vllm"] = "tether"
+    """Who samples the rollouts: 'tether' = tether's own sampler (rollout/sampling.py), on any device; 'vllm' = a vLLM engine
+    beside the policy on its GPU, its weights synced after every update, the log-prob gap between the engines corrected by
+    truncated importance sampling (`vllm`; rollout/vllm_engine.py; extra tether[vllm]; one process, no fsdp)."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM's share of GPU memory, its dtype and the importance-weight cap, for engine=vllm."""
     offload_frozen: bool = False
     """Hold the frozen models (the reward model; with full fine-tuning the reference) in CPU memory and bring each layer's
     weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-Offload's parameter offload):
@@ -505,6 +539,7 @@ class PPOConfig:
         if self.placement == "ray" and self.fsdp:
             raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
         check_offload(self)
+        check_engine(self)
         check_fsdp(self)
 
 
@@ -736,6 +771,12 @@ class GRPOConfig:
     placement.py). One process (no --num-processes)."""
     ray: RaySettings = field(default_factory=RaySettings)
     """Ray's address and each actor's GPUs and CPU cores, for placement=ray."""
+    engine: Literal["tether", "vllm"] = "tether"
+    """Who samples the rollouts: 'tether' = tether's own sampler (rollout/sampling.py), on any device; 'vllm' = a vLLM engine
+    beside the policy on its GPU, its weights synced after every update, the log-prob gap between the engines corrected by
+    truncated importance sampling (`vllm`; rollout/vllm_engine.py; extra tether[vllm]; one process, no fsdp)."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM's share of GPU memory, its dtype and the importance-weight cap, for engine=vllm."""
     offload_frozen: bool = False
     """Hold the frozen models (each reward source's model or judge; with full fine-tuning and beta > 0 the reference) in CPU
     memory and bring each layer's weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-
@@ -798,6 +839,7 @@ class GRPOConfig:
         if self.placement == "ray" and self.fsdp:
             raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
         check_offload(self)
+        check_engine(self)
         check_fsdp(self)
 
 

@@ -237,3 +237,15 @@ def test_length_bias_direction():
     per_token, _ = grpo_token_loss(logp, logp.detach(), torch.ones(2), mask)
     token_mean(per_token, mask).backward()
     assert logp.grad[0, 0].item() == pytest.approx(-0.2) and logp.grad[1, 0].item() == pytest.approx(-0.2)
+
+
+def test_token_loss_weights_scale_the_surrogate_not_the_kl():
+    logp = torch.tensor([[math.log(0.5), math.log(0.25)]])
+    old = logp.clone()  # ratio 1: the surrogate is -A
+    ref = torch.tensor([[math.log(0.25), math.log(0.25)]])
+    adv = torch.tensor([2.0])
+    mask = torch.ones(1, 2)
+    weights = torch.tensor([[0.5, 3.0]])
+    per_token, _ = grpo_token_loss(logp, old, adv, mask, ref_logp=ref, beta=0.1, weights=weights)
+    k3 = kl_k3(logp, ref)
+    torch.testing.assert_close(per_token, torch.tensor([[-2.0 * 0.5, -2.0 * 3.0]]) + 0.1 * k3)

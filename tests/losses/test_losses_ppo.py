@@ -12,6 +12,7 @@ from tether.losses import (
     per_token_rewards,
     ppo_policy_loss,
     ppo_value_loss,
+    truncated_importance_weights,
 )
 
 # ---------------------------------------------------------------- per_token_rewards
@@ -204,3 +205,31 @@ def test_explained_variance_by_hand():
 def test_explained_variance_nan_when_returns_constant():
     assert math.isnan(explained_variance(torch.randn(2, 3), torch.ones(2, 3), torch.ones(2, 3)))
     assert math.isnan(explained_variance(torch.randn(2, 3), torch.randn(2, 3), torch.zeros(2, 3)))
+
+
+# ---------------------------------------------------------------- truncated importance weights (engine=vllm)
+
+
+def test_truncated_importance_weights_by_hand():
+    trainer = torch.tensor([[math.log(0.5), math.log(0.4), math.log(0.9)], [math.log(0.2), 0.0, 0.0]])
+    sampler = torch.tensor([[math.log(0.5), math.log(0.1), math.log(0.6)], [math.log(0.4), 7.0, -7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    w, m = truncated_importance_weights(trainer, sampler, mask, cap=2.0)
+    # 0.5/0.5 = 1; 0.4/0.1 = 4 -> capped at 2; 0.9/0.6 = 1.5; 0.2/0.4 = 0.5; padding 0 whatever its numbers
+    torch.testing.assert_close(w, torch.tensor([[1.0, 2.0, 1.5], [0.5, 0.0, 0.0]]))
+    assert m["is_weight_mean"] == pytest.approx((1 + 2 + 1.5 + 0.5) / 4)
+    assert m["is_weight_capped"] == pytest.approx(1 / 4)
+    assert m["is_logp_gap"] == pytest.approx((0 + math.log(4) + math.log(1.5) + math.log(2)) / 4)
+    assert not w.requires_grad
+
+
+def test_policy_loss_with_weights_by_hand():
+    logp = torch.tensor([[math.log(0.5), math.log(0.3)]], requires_grad=True)
+    old = torch.tensor([[math.log(0.5), math.log(0.2)]])
+    adv = torch.tensor([[1.0, -2.0]])
+    mask = torch.ones(1, 2)
+    # ratios 1 and 1.5; token 2 (A < 0): max(2 * 1.5, 2 * 1.2) = 3; weights 0.5 and 2: (0.5 * -1 + 2 * 3) / 2 = 2.75
+    loss, _ = ppo_policy_loss(logp, old, adv, mask, clip_eps=0.2, weights=torch.tensor([[0.5, 2.0]]))
+    assert loss.item() == pytest.approx(2.75)
+    plain, _ = ppo_policy_loss(logp, old, adv, mask, clip_eps=0.2, weights=torch.ones(1, 2))
+    assert plain.item() == pytest.approx(ppo_policy_loss(logp, old, adv, mask, clip_eps=0.2)[0].item()) == pytest.approx(1.0)

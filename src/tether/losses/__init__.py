@@ -27,10 +27,12 @@ from tether.losses.ppo import (
     per_token_rewards,
     ppo_policy_loss,
     ppo_value_loss,
+    truncated_importance_weights,
 )
 from tether.losses.sft import IGNORE_INDEX, sft_loss, sft_loss_sum
 
 __all__ = [
+    "truncated_importance_weights",
     "masked_sum",
     "masked_mean",
     "masked_var",

@@ -46,6 +46,7 @@ def grpo_token_loss(
     eps_high: float = 0.2,
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token GRPO loss: the clipped surrogate of PPO (Schulman et al. 2017, eq. 7) with an
     asymmetric clip range (DAPO's "clip-higher", Yu et al. 2025, sec. 3.1) and the KL to the
@@ -67,6 +68,8 @@ def grpo_token_loss(
     eps_high:   upper clip, the ratio is kept below 1 + eps_high.
     ref_logp:   (B, T) log pi_ref of the tokens, or None (no KL term).
     beta:       KL coefficient.
+    weights:    (B, T) per-token weights of the surrogate term (not the KL), e.g. the truncated
+                importance weights of a rollout sampled by vLLM; None = 1.
     Returns (per_token_loss (B, T), 0 at padding; metrics) with metrics, over real tokens:
       clipfrac (tokens whose clipped term is the max, i.e. carry no gradient; = clipfrac_low +
       clipfrac_high), clipfrac_low (ratio < 1 - eps_low with A < 0), clipfrac_high (ratio >
@@ -83,6 +86,8 @@ def grpo_token_loss(
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     per_token = torch.maximum(pg_unclipped, pg_clipped)
+    if weights is not None:
+        per_token = per_token * _zero_outside(weights.detach().to(per_token.dtype), keep)
     kl = None
     if ref_logp is not None:
         # padding zeroed before the estimator, so garbage there cannot reach the gradient as NaN

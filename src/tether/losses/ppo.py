@@ -71,19 +71,24 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float = 0.2,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate, Schulman et al. 2017, "Proximal Policy Optimization
     Algorithms", eq. 7, negated to a loss and averaged over every real token of the
     batch:
 
       rho_t = exp(logp_t - old_logp_t)
-      L     = masked_mean( max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) )
+      L     = masked_mean( w_t * max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) )
+
+    w_t = 1 unless `weights` are given (the truncated importance weights of a rollout sampled
+    by another engine, `truncated_importance_weights`).
 
     logp:       (B, T) log pi_theta(a_t|s_t) under the current policy (with grad).
     old_logp:   (B, T) log pi_theta_old(a_t|s_t) from the rollout (detached here).
     advantages: (B, T) A_t, e.g. from ``gae`` (detached here).
     mask:       (B, T) float or bool, 1 on real response tokens.
     clip_eps:   epsilon of the clip.
+    weights:    (B, T) per-token weights w_t (detached here), or None.
     Returns (loss: 0-dim tensor, metrics) with metrics
       policy_loss, clipfrac (fraction of tokens where the clipped term is the max,
       i.e. carries no gradient), approx_kl (masked mean of 0.5 (logp - old_logp)^2),
@@ -95,7 +100,10 @@ def ppo_policy_loss(
     adv = _zero_outside(advantages.detach().to(ratio.dtype), keep)
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(pg_unclipped, pg_clipped), mask)
+    per_token = torch.maximum(pg_unclipped, pg_clipped)
+    if weights is not None:
+        per_token = per_token * _zero_outside(weights.detach().to(per_token.dtype), keep)
+    loss = masked_mean(per_token, mask)
 
     with torch.no_grad():
         # ratio > 0 on real tokens, so zeroing the padding leaves the max unchanged
@@ -108,6 +116,37 @@ def ppo_policy_loss(
             "ratio_max": ratio_max.item(),
         }
     return loss, metrics
+
+
+def truncated_importance_weights(
+    trainer_logp: torch.Tensor,
+    sampler_logp: torch.Tensor,
+    mask: torch.Tensor,
+    cap: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance sampling (TIS; Yao et al. 2025, "Your Efficient RL Framework Secretly
+    Brings You Off-Policy RL Training"): when the rollout was sampled by another engine (vLLM),
+    whose log-probs differ a little from the trainer's for the same weights, each token's
+    policy-gradient term is weighed by
+
+      w_t = min( exp(trainer_logp_t - sampler_logp_t), cap )
+
+    trainer_logp: (B, T) log pi_old(y_t) computed by the trainer.
+    sampler_logp: (B, T) log-probs the sampling engine reported for the same tokens.
+    mask:         (B, T) 1 on real response tokens.
+    cap:          C >= 1, the truncation.
+    Returns (weights (B, T), 0 at padding, detached; metrics) with metrics is_weight_mean,
+    is_weight_capped (fraction of tokens at the cap) and is_logp_gap (mean |trainer - sampler|).
+    """
+    keep = mask != 0
+    with torch.no_grad():
+        gap = _zero_outside(trainer_logp.float() - sampler_logp.float(), keep)
+        raw = torch.exp(gap)
+        weights = _zero_outside(raw.clamp(max=cap), keep)
+        metrics = {"is_weight_mean": masked_mean(weights, mask).item(),
+                   "is_weight_capped": masked_mean((raw >= cap).float(), mask).item(),
+                   "is_logp_gap": masked_mean(gap.abs(), mask).item()}
+    return weights, metrics
 
 
 def ppo_value_loss(

@@ -42,8 +42,8 @@ from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
-                           masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
-from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
+                           masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean, truncated_importance_weights)
+from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
                                    load_tokenizer, resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
@@ -181,6 +181,15 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
+    sampler = None
+    if cfg.engine == "vllm":  # vLLM samples the rollouts; it gets the policy's weights now (a resume's too) and after every update
+        if procs.world > 1:
+            raise ModelError("engine=vllm runs one vLLM engine beside the policy in one process; drop --num-processes")
+        from tether.rollout.vllm_engine import VLLMSampler
+
+        sampler = VLLMSampler(policy_path, cfg.generation, cfg.vllm, cfg.seed)
+        sampler.sync(policy)
+
     done, stop_reason = start_step, None
     policy.eval()
     for step in range(start_step, cfg.steps):
@@ -192,9 +201,11 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         # 1. rollout; a sharded (fsdp) policy is held whole from here through the scoring passes of step 3,
         #    whose number differs between processes (each stops sampling when its own rows end, keeps its own samples)
         with gathered(policy):
-            rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
-                                     precision=cfg.precision)
-            sampled_logp = rollout.logprobs  # None when stop strings sent the work to `generate`
+            seed = (cfg.seed * 1000003 + step) * procs.world + procs.rank
+            rollout = (sampler.sample(tokenizer, batch_prompts, seed) if sampler is not None else  # engine=vllm
+                       sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=seed, precision=cfg.precision))
+            # None when stop strings sent the work to `generate`, or from vLLM (whose log-probs only weigh the loss below)
+            sampled_logp = rollout.logprobs if sampler is None else None
             t_gen = time.time() - t0
 
             # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)
@@ -209,6 +220,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
             lengths = rollout.response_mask.sum(-1).float()  # (B,)
             seqs, attn, P, mask = kept_batch(rollout, rows)
             mask = mask.float()  # (N, R)
+            vllm_logp = rollout.logprobs[rows, :mask.shape[1]].float() * mask if sampler is not None else None  # (N, R)
 
             # 3. log pi_old and log pi_ref of the kept samples (no grad)
             old_logp = torch.zeros_like(mask)
@@ -279,8 +291,13 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
                             new = policy_forward(policy, seqs[micro], attn[micro], P, temperature, with_entropy=on_policy)
                         if on_policy:  # the first and only pass: pi_old is this very policy
                             old_logp[micro], entropy[micro] = new["logp"].detach(), new["entropy"].detach()
+                        weights = None
+                        if vllm_logp is not None:  # engine=vllm: min(pi_old / pi_vllm, cap) on each token's surrogate term
+                            weights, is_stats = truncated_importance_weights(old_logp[micro], vllm_logp[micro], mask[micro], cfg.vllm.is_cap)
                         per_token, st = grpo_token_loss(new["logp"], old_logp[micro], advantages[micro], mask[micro], cfg.eps_low, cfg.eps_high,
-                                                        ref_logp[micro] if kl_in_loss else None, cfg.beta if kl_in_loss else 0.0)
+                                                        ref_logp[micro] if kl_in_loss else None, cfg.beta if kl_in_loss else 0.0, weights=weights)
+                        if weights is not None:
+                            st = {**st, **is_stats}
                         loss = aggregate(per_token, mask[micro], counts)
                         loss.backward()
                         stats["loss"] = stats.get("loss", 0.0) + loss.item() / n_updates  # the micro-batch losses add up to the minibatch's
@@ -294,6 +311,8 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
             policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
             if step % TRIM_EVERY == 0:
                 release_freed_memory()
+            if sampler is not None:  # the next rollout samples the updated policy
+                sampler.sync(policy)
             if use_reference and N > 0:
                 kl_per_response = (kl_k1(old_logp, ref_logp) * mask).sum(-1)  # (N,) nats per response, pi_old vs pi_ref
 
@@ -317,6 +336,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
             **({f"train/{key}": stats[key] for key in ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
                 if key in stats}),
             **({"train/ratio_max": stats["ratio_peak"]} if "ratio_peak" in stats else {}),
+            **{f"rollout/{key}": stats[key] for key in ("is_weight_mean", "is_weight_capped", "is_logp_gap") if key in stats},  # engine=vllm
             "train/lr": scheduler.get_last_lr()[0], "rollout/baseline": baseline.value if cfg.advantage == "reinforce" else None,
             "time/rollout_s": t_gen, "time/step_s": time.time() - t0,
         }

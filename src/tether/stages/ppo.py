@@ -44,7 +44,8 @@ from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_k1, kl_k2, kl_k3, leave_one_out_advantages,
-                           masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss)
+                           masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss, sft_loss,
+                           truncated_importance_weights)
 from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing,
                                    freeze_lower_layers, load_causal_lm, load_frozen_lm, load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import RewardNormalization, load_reward_model, position_ids_from_mask, trunk_of, unwrap
@@ -253,6 +254,15 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
+    sampler = None
+    if cfg.engine == "vllm":  # vLLM samples the rollouts; it gets the policy's weights now (a resume's too) and after every update
+        if procs.world > 1:
+            raise ModelError("engine=vllm runs one vLLM engine beside the policy in one process; drop --num-processes")
+        from tether.rollout.vllm_engine import VLLMSampler
+
+        sampler = VLLMSampler(policy_path, cfg.generation, cfg.vllm, cfg.seed)
+        sampler.sync(policy)
+
     done, stop_reason = start_step, None
     set_train_mode(trainable, False)
     for step in range(start_step, cfg.steps):
@@ -261,10 +271,13 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         batch_prompts = [prompts[i].prompt for i in step_prompts for _ in range(K)]
 
         # 1. rollout; the sampler keeps each token's log pi_old, the policy-head value and the entropy
-        with gathered(policy):  # sharded (fsdp): whole for the rollout, whose length differs between processes
-            rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=(cfg.seed * 1000003 + step) * procs.world + procs.rank,
-                                     precision=cfg.precision, value_head=value_head if cfg.reuse_sampling_pass else None,
-                                     with_entropy=cfg.reuse_sampling_pass)
+        seed = (cfg.seed * 1000003 + step) * procs.world + procs.rank
+        if sampler is not None:  # engine=vllm: vLLM's log-probs, compared with the trainer's below
+            rollout = sampler.sample(tokenizer, batch_prompts, seed)
+        else:
+            with gathered(policy):  # sharded (fsdp): whole for the rollout, whose length differs between processes
+                rollout = sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=seed, precision=cfg.precision,
+                                         value_head=value_head if cfg.reuse_sampling_pass else None, with_entropy=cfg.reuse_sampling_pass)
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()  # (B, R)
         t_gen = time.time() - t0
@@ -275,7 +288,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         with torch.no_grad(), autocast(cfg.precision):
             # in minibatch-sized chunks: without gradients, a minibatch's logits weigh about what a
             # micro-batch's kept activations do, and fewer, larger passes are faster
-            if cfg.reuse_sampling_pass and rollout.logprobs is not None:  # no second pass of the policy
+            if cfg.reuse_sampling_pass and rollout.logprobs is not None and sampler is None:  # no second pass of the policy
                 old = {"logp": rollout.logprobs, "values": rollout.values, "entropy": rollout.entropy}
                 if value_model is not None:
                     old["values"] = in_chunks(lambda rows: {"values": value_model(seqs[rows], attn[rows], P)},
@@ -290,6 +303,9 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
             ref_logp = pending_ref.result().to(seqs.device)
         mask = mask * keep.to(mask.dtype).unsqueeze(-1)
         old_logp, old_values = old["logp"], old["values"]
+        # engine=vllm: each token's surrogate term weighed by min(pi_old / pi_vllm, cap) (truncated importance sampling)
+        is_weights, is_stats = (truncated_importance_weights(old_logp, rollout.logprobs, mask, cfg.vllm.is_cap) if sampler is not None
+                                else (None, {}))
         # the score RL sees: with prompt_baseline, minus the mean of the prompt's other responses (RLOO's baseline)
         rl_scores = (leave_one_out_advantages(scores.view(-1, K), keep.view(-1, K)).view(-1) if cfg.prompt_baseline else scores)
 
@@ -320,7 +336,8 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
                     share = (mask[micro].sum() / mb_tokens).item()
                     with autocast(cfg.precision):
                         new = evaluate_step(policy, value_head, value_model, seqs[micro], attn[micro], P, temperature, with_entropy=cfg.ent_coef > 0)
-                    pg_loss, pg_stats = ppo_policy_loss(new["logp"], old_logp[micro], advantages[micro], mask[micro], cfg.clip_eps)
+                    pg_loss, pg_stats = ppo_policy_loss(new["logp"], old_logp[micro], advantages[micro], mask[micro], cfg.clip_eps,
+                                                        weights=None if is_weights is None else is_weights[micro])
                     vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[micro], returns[micro], mask[micro], cfg.value_clip_eps)
                     loss, extra = pg_loss + cfg.vf_coef * vf_loss, {}
                     if not kl_in_reward:  # beta * KL(pi || pi_ref) on the current policy (k3 is the usual choice here)
@@ -348,6 +365,8 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
 
         set_train_mode(trainable, False)  # eval mode for the held-out check and the next rollout (KV cache on)
         release_freed_memory()  # rollout shapes vary: without this, resident memory creeps up
+        if sampler is not None:  # the next rollout samples the updated policy
+            sampler.sync(policy)
 
         # 5. adapt beta towards the target KL (nats per response), the mean over every process's episodes
         kl_per_response = (kl * mask).sum(-1)  # (B,)
@@ -374,6 +393,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
             "time/rollout_s": t_gen, "time/score_s": t_update - t0 - t_gen, "time/update_s": time.time() - t_update,
             "time/step_s": time.time() - t0,
             **{f"train/{key}": stats[key] for key in ("kl_loss", "entropy_bonus", "ptx_loss") if key in stats},
+            **{f"rollout/{key}": value for key, value in is_stats.items()},
         }
         done = step + 1
 

@@ -1,0 +1,156 @@
+"""engine=vllm, tether's side of it, against a stand-in for vLLM (fake_vllm.py: a transformers model on
+the CPU behind vLLM's calls and output shapes): the weight sync pushes the merged policy under the
+names vLLM reads and leaves the LoRA adapter as it was; a vLLM rollout has tether's layout and the
+sampled tokens' log-probs; PPO and GRPO sync after every update and weigh the loss by the truncated
+importance ratio (1 here, where both sides compute in fp32 with the same weights). vLLM itself runs
+only on a GPU."""
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.config import ConfigError, GenerationSettings, GRPOConfig, LoraSettings, PPOConfig, VLLMSettings, load_config
+from tether.data.templates import encode_prompt
+from tether.models.loading import apply_lora, load_causal_lm, load_tokenizer
+from tether.rollout.logprobs import policy_forward
+
+HERE = Path(__file__).resolve().parent
+FNS = HERE.parent / "stages" / "reward_fns.py"
+PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves.", "Say hello."]
+
+
+def load_fake():
+    spec = importlib.util.spec_from_file_location("fake_vllm", HERE / "fake_vllm.py")
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    return fake
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    fake = load_fake()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    return fake
+
+
+def lora_policy(tiny_model_dir):
+    policy = apply_lora(load_causal_lm(str(tiny_model_dir)), LoraSettings(enabled=True, r=4))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter: B is no longer 0, so merging changes the weights
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return policy
+
+
+def test_the_weight_sync_pushes_the_merged_policy_and_leaves_the_adapter(tiny_model_dir, fake_vllm):
+    from tether.rollout.vllm_engine import VLLMSampler
+
+    policy = lora_policy(tiny_model_dir)
+    flags = {n: p.requires_grad for n, p in policy.named_parameters()}
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    before = policy(input_ids=ids).logits.detach()
+    sampler = VLLMSampler(str(tiny_model_dir), GenerationSettings(max_new_tokens=6), VLLMSettings(), seed=0)
+    engine = sampler.llm
+    assert engine.kwargs["logprobs_mode"] == "processed_logprobs" and engine.kwargs["distributed_executor_backend"] == "external_launcher"
+    n = sampler.sync(policy)
+
+    merged = copy.deepcopy(policy).merge_and_unload()
+    expected = dict(merged.named_parameters())
+    assert n == len(expected) and set(engine.model.loaded) == set(expected)  # every base weight, no adapter tensor
+    for name, tensor in engine.model.params.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(engine.model.params["model.layers.0.self_attn.q_proj.weight"],
+                           load_causal_lm(str(tiny_model_dir)).model.layers[0].self_attn.q_proj.weight)  # the adapter is in
+    # the policy itself is as it was: adapter unmerged, same outputs, same trainable flags
+    torch.testing.assert_close(policy(input_ids=ids).logits.detach(), before, rtol=0, atol=1e-6)
+    assert {n: p.requires_grad for n, p in policy.named_parameters()} == flags
+    assert engine.prefix_cache_resets == 1
+
+
+def test_a_vllm_rollout_has_tethers_layout_and_the_sampled_log_probs(tiny_model_dir, fake_vllm):
+    from tether.rollout.vllm_engine import VLLMSampler
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    settings = GenerationSettings(max_new_tokens=8, max_prompt_tokens=64)
+    sampler = VLLMSampler(str(tiny_model_dir), settings, VLLMSettings(), seed=0)
+    rollout = sampler.sample(tok, PROMPTS * 4, seed=3)
+    B = len(PROMPTS) * 4
+    assert rollout.response_ids.shape == (B, 8) and rollout.prompt_ids.shape[0] == B
+    for row, prompt in enumerate(PROMPTS * 4):  # prompts encoded as tether's sampler encodes them, left-padded
+        ids, _ = encode_prompt(tok, prompt, 64)
+        assert rollout.prompt_ids[row, -len(ids):].tolist() == ids and rollout.prompt_mask[row].sum() == len(ids)
+    lengths = rollout.response_mask.sum(-1)
+    for row in range(B):
+        n = int(lengths[row])
+        assert rollout.response_mask[row, :n].all() and not rollout.response_mask[row, n:].any()
+        assert bool(rollout.finished[row]) == (n > 0 and rollout.response_ids[row, n - 1].item() == tok.eos_token_id)  # EOS kept
+    assert rollout.finished.any() or (lengths == 8).all()
+    # vLLM's log-probs of the sampled tokens: here the trainer's own numbers (same weights, fp32)
+    policy = load_causal_lm(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        mine = policy_forward(policy, rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1], 1.0)["logp"]
+    mask = rollout.response_mask.float()
+    torch.testing.assert_close(rollout.logprobs * mask, mine * mask, rtol=0, atol=1e-4)
+    assert rollout.texts[0] == tok.decode(rollout.response_ids[0, :int(lengths[0])].tolist(), skip_special_tokens=True).strip()
+
+
+def rows(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("lora", ["true", "false"])
+def test_ppo_with_vllm_syncs_after_every_update_and_weighs_by_the_importance_ratio(tiny_model_dir, tiny_data, fake_vllm, tmp_path, lora):
+    from tether.stages.ppo import train_ppo
+
+    out = tmp_path / "ppo"
+
+    train_ppo(load_config(PPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward_function={FNS}:letter_e", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
+        "precision=fp32", "generation.max_new_tokens=6", "save_every=0", "samples_every=0", "steps=2", "batch_size=4",
+        "mini_batch_size=2", "optim.lr=1e-2", f"lora.enabled={lora}", "engine=vllm"]))
+    engine = sys.modules["vllm"].LLM.instances[-1]
+    assert engine.prefix_cache_resets == 3  # at the start, then after each of the 2 updates
+    metrics = rows(out)
+    for m in metrics:
+        assert m["rollout/is_weight_mean"] == pytest.approx(1.0, abs=1e-4) and m["rollout/is_weight_capped"] == 0
+    assert metrics[-1]["rollout/kl"] != 0  # the policy moved, so the synced weights are not the starting ones
+    final = load_file(str(out / "model" / "model.safetensors"))  # vLLM holds what training ended with
+    for name, tensor in engine.model.params.items():
+        torch.testing.assert_close(tensor, final[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_grpo_with_vllm_syncs_after_every_update_and_weighs_by_the_importance_ratio(tiny_model_dir, tiny_data, fake_vllm, tmp_path):
+    from tether.stages.grpo import train_grpo
+
+    out = tmp_path / "grpo"
+    train_grpo(load_config(GRPOConfig, None, [
+        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:e_count'}}]", f"prompts={tiny_data['prompts']}",
+        f"output_dir={out}", "precision=fp32", "generation.max_new_tokens=6", "save_every=0", "steps=2", "group_size=4",
+        "mini_batch_size=4", "optim.lr=1e-2", "engine=vllm"]))
+    engine = sys.modules["vllm"].LLM.instances[-1]
+    assert engine.prefix_cache_resets == 3
+    for m in rows(out):
+        assert m["rollout/is_weight_mean"] == pytest.approx(1.0, abs=1e-4) and m["rollout/is_weight_capped"] == 0
+    final = load_file(str(out / "model" / "model.safetensors"))
+    for name, tensor in engine.model.params.items():
+        torch.testing.assert_close(tensor, final[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_engine_vllm_refuses_what_it_cannot_do(monkeypatch):
+    with pytest.raises(ConfigError, match="engine=vllm .* fsdp=true"):
+        load_config(PPOConfig, None, ["engine=vllm", "fsdp=true", "lora.enabled=false"])
+    with pytest.raises(ConfigError, match="is_cap must be >= 1"):
+        load_config(GRPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:e_count'}}]", "engine=vllm", "vllm.is_cap=0.5"])
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: a clear error, not an ImportError deep in a run
+    from tether.models.loading import ModelError
+    from tether.rollout.vllm_engine import VLLMSampler
+
+    with pytest.raises(ModelError, match="pip install 'tether\\[vllm\\]'"):
+        VLLMSampler("unused", GenerationSettings(), VLLMSettings(), seed=0)
