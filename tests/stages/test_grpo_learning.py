@@ -63,8 +63,9 @@ def test_first_pass_ratio_is_one(tiny_model_dir, tiny_data, tmp_path):
 
 def count_loads(monkeypatch):
     calls = []
-    real = grpo_stage.load_causal_lm
+    real, real_frozen = grpo_stage.load_causal_lm, grpo_stage.load_frozen_lm  # the policy; a frozen reference copy
     monkeypatch.setattr(grpo_stage, "load_causal_lm", lambda path: calls.append(path) or real(path))
+    monkeypatch.setattr(grpo_stage, "load_frozen_lm", lambda path, offload=False: calls.append(path) or real_frozen(path, offload))
     return calls
 
 
