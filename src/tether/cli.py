@@ -226,11 +226,11 @@ def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] 
 
     def go(cfg: C.GenerateConfig):
         from tether.data.readers import read_prompts, write_jsonl
-        from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
-        from tether.rollout.generate import sample_responses
+        from tether.models.loading import resolve_model
+        from tether.rollout.generate import load_sampler, sample_responses
 
         path = resolve_model(cfg.model)
-        tokenizer, model = load_tokenizer(path), load_causal_lm(path).eval()
+        tokenizer, model = load_sampler(path, cfg)
         records = read_prompts(C.resolve_path(cfg.prompts), limit=cfg.limit)
         samples = sample_responses(model, tokenizer, [r.prompt for r in records], cfg.generation, cfg.seed, cfg.precision)
         rows = [{"prompt": r.prompt, **s} for r, s in zip(records, samples)]

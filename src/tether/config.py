@@ -70,6 +70,34 @@ class GenerationSettings:
 
 
 @dataclass
+class VLLMSettings:
+    """vLLM as the sampler, for `engine=vllm` (rollout/vllm_engine.py; the extra tether[vllm]; a CUDA GPU)."""
+
+    gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory vLLM takes for its copy of the weights and its KV cache; the rest is the trainer's."""
+    max_model_len: Optional[int] = None
+    """Longest prompt + response vLLM plans for; None = generation.max_prompt_tokens + generation.max_new_tokens."""
+    dtype: str = "auto"
+    """vLLM's weight dtype ('auto' = the model's own, 'bfloat16', 'float16', 'float32')."""
+    is_cap: float = 2.0
+    """Each token's policy-gradient term is weighed by min(pi_old / pi_vllm, is_cap): truncated importance sampling for
+    the log-prob gap between vLLM's kernels and the trainer's."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization < 1:
+            raise ConfigError(f"vllm.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
+        if self.is_cap < 1:
+            raise ConfigError(f"vllm.is_cap must be >= 1 (a token vLLM sampled as likely as the trainer would gets weight 1), got {self.is_cap}")
+
+
+def check_engine(cfg) -> None:
+    if cfg.engine != "vllm":
+        return
+    if cfg.fsdp:
+        raise ConfigError("engine=vllm pushes the whole policy into vLLM after every update; with fsdp=true it is sharded: choose one")
+
+
+@dataclass
 class OptimSettings:
     """AdamW with warm-up and a decaying schedule."""
 
@@ -195,6 +223,10 @@ class CollectConfig:
     """K >= 2 samples per prompt; all K*(K-1)/2 pairs are labelled."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Sampling settings."""
+    engine: Literal["tether", "vllm"] = "tether"
+    """Who samples: 'tether' = tether's own sampler, on any device; 'vllm' = vLLM on a CUDA GPU (`vllm`; extra tether[vllm])."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM's share of GPU memory and dtype, for engine=vllm."""
     annotator: AnnotatorSettings = field(default_factory=AnnotatorSettings)
     """Who labels."""
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -326,34 +358,6 @@ class RaySettings:
     """GPUs each frozen model's actor asks Ray for (1 = a GPU of its own; 0 = run on CPU)."""
     cpus_per_model: int = 1
     """CPU cores each actor asks Ray for (also its torch threads)."""
-
-
-@dataclass
-class VLLMSettings:
-    """vLLM as the sampler, for `engine=vllm` (rollout/vllm_engine.py; the extra tether[vllm]; a CUDA GPU)."""
-
-    gpu_memory_utilization: float = 0.3
-    """Share of the GPU's memory vLLM takes for its copy of the weights and its KV cache; the rest is the trainer's."""
-    max_model_len: Optional[int] = None
-    """Longest prompt + response vLLM plans for; None = generation.max_prompt_tokens + generation.max_new_tokens."""
-    dtype: str = "auto"
-    """vLLM's weight dtype ('auto' = the model's own, 'bfloat16', 'float16', 'float32')."""
-    is_cap: float = 2.0
-    """Each token's policy-gradient term is weighed by min(pi_old / pi_vllm, is_cap): truncated importance sampling for
-    the log-prob gap between vLLM's kernels and the trainer's."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gpu_memory_utilization < 1:
-            raise ConfigError(f"vllm.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
-        if self.is_cap < 1:
-            raise ConfigError(f"vllm.is_cap must be >= 1 (a token vLLM sampled as likely as the trainer would gets weight 1), got {self.is_cap}")
-
-
-def check_engine(cfg) -> None:
-    if cfg.engine != "vllm":
-        return
-    if cfg.fsdp:
-        raise ConfigError("engine=vllm pushes the whole policy into vLLM after every update; with fsdp=true it is sharded: choose one")
 
 
 @dataclass
@@ -905,6 +909,10 @@ class GenerateConfig:
     """Number of prompts."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Sampling settings."""
+    engine: Literal["tether", "vllm"] = "tether"
+    """Who samples: 'tether' = tether's own sampler, on any device; 'vllm' = vLLM on a CUDA GPU (`vllm`; extra tether[vllm])."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM's share of GPU memory and dtype, for engine=vllm."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -1016,6 +1024,10 @@ class BoNConfig:
     """Samples per prompt (N); the analytic KL bound of keeping the best is log N - (N-1)/N nats."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Sampling settings."""
+    engine: Literal["tether", "vllm"] = "tether"
+    """Who samples: 'tether' = tether's own sampler, on any device; 'vllm' = vLLM on a CUDA GPU (`vllm`; extra tether[vllm])."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM's share of GPU memory and dtype, for engine=vllm."""
     gold: bool = False
     """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and report the gold gain."""
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -1056,6 +1068,10 @@ class RSConfig:
     """Fresh samples per eval prompt after each round (and of the starting policy), all with the same seed."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Sampling settings (the N samples and the fresh ones)."""
+    engine: Literal["tether", "vllm"] = "tether"
+    """Who samples: 'tether' = tether's own sampler, on any device; 'vllm' = vLLM on a CUDA GPU (`vllm`; extra tether[vllm])."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM's share of GPU memory and dtype, for engine=vllm."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(eval_fraction=0.0, save_every=0))
     """SFT of every round; its model, data, output_dir, seed and precision are filled in per round."""
     gold: bool = False

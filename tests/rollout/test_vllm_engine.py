@@ -154,3 +154,27 @@ def test_engine_vllm_refuses_what_it_cannot_do(monkeypatch):
 
     with pytest.raises(ModelError, match="pip install 'tether\\[vllm\\]'"):
         VLLMSampler("unused", GenerationSettings(), VLLMSettings(), seed=0)
+
+
+def test_sampling_stages_use_one_engine_and_swap_in_each_rounds_policy(tiny_model_dir, tiny_data, fake_vllm, tmp_path, monkeypatch):
+    # collect, then rejection sampling (2 rounds): one engine for the process; a new policy's weights are synced
+    # into it (round 1's and round 2's SFT models, for their fresh samples), the same policy's are not pushed again
+    from tether.config import CollectConfig, RSConfig
+    from tether.rollout import generate as generate_module
+    from tether.stages.bon import rejection_sampling
+    from tether.stages.collect import collect
+
+    monkeypatch.setattr(generate_module, "_ENGINES", {})
+    gen = ["generation.max_new_tokens=6", "precision=fp32", "engine=vllm"]
+    summary = collect(load_config(CollectConfig, None, [f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
+                                                        f"output_dir={tmp_path / 'collect'}", "responses_per_prompt=2", "limit=4", *gen]))
+    assert summary["pairs"] >= 0 and len((tmp_path / "collect" / "samples.jsonl").read_text().splitlines()) == 8
+    rejection_sampling(load_config(RSConfig, None, [
+        f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'rs'}",
+        f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "rounds=2", "n=2", "eval_samples=1", "sft.max_steps=1",
+        "sft.batch_size=4", "sft.optim.lr=1e-2", *gen]))
+    engines = sys.modules["vllm"].LLM.instances
+    assert len(engines) == 1 and engines[0].prefix_cache_resets == 2
+    final = load_file(str(tmp_path / "rs" / "round_2" / "sft" / "model" / "model.safetensors"))
+    for name, tensor in engines[0].model.params.items():
+        torch.testing.assert_close(tensor, final[name], rtol=0, atol=0, msg=name)

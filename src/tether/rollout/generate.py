@@ -143,9 +143,34 @@ def cut_at_stop_strings(tokenizer, response_ids: torch.Tensor, response_mask: to
     return ids, mask, finished
 
 
+_ENGINES: dict = {}
+"""This process's vLLM engine, once started: later calls swap its weights instead of starting another
+(an engine's GPU memory is not reliably given back, and rejection sampling samples a new policy every round)."""
+
+
+def load_sampler(path: str, cfg):
+    """(tokenizer, sampler) for a sampling stage: the model itself for tether's sampler, or, with
+    `cfg.engine == "vllm"`, a vLLM engine holding it (rollout/vllm_engine.py); `sample_responses` takes either.
+    An engine already running in this process gets the weights of the model at `path` (same architecture)."""
+    from tether.models.loading import load_causal_lm, load_tokenizer
+
+    if cfg.engine != "vllm":
+        return load_tokenizer(path), load_causal_lm(path).eval()
+    from tether.rollout.vllm_engine import VLLMSampler
+
+    engine = _ENGINES.get("vllm")
+    if engine is None:
+        engine = _ENGINES["vllm"] = VLLMSampler(path, cfg.generation, cfg.vllm, cfg.seed)
+    elif engine.model_path != path:
+        engine.sync(load_causal_lm(path))
+    engine.model_path = path
+    return load_tokenizer(path), engine
+
+
 def sample_responses(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16", progress=None) -> list[dict]:
     """Sample one response for each prompt in batches of `settings.batch_size`, with the lean sampler
-    (rollout/sampling.py; HF `generate` when there are stop strings).
+    (rollout/sampling.py; HF `generate` when there are stop strings), or all at once with a vLLM engine
+    (`load_sampler`), which schedules its own batches.
 
     Prompts are bucketed by length (similar lengths share a batch, so less padding; a prompt given several
     times stays in one run, so its prefill is computed once) and returned in the input order as dicts:
@@ -153,6 +178,12 @@ def sample_responses(model, tokenizer, prompts: list[Prompt], settings: Generati
     """
     from tether.rollout.sampling import sample_rollout  # sampling.py builds on this module
 
+    if hasattr(model, "sync"):  # a VLLMSampler
+        rollout = model.sample(tokenizer, prompts, seed, settings)
+        if progress is not None:
+            progress(len(prompts))
+        return [{"response": rollout.texts[i], "finished": bool(rollout.finished[i]), "n_tokens": int(rollout.lengths[i])}
+                for i in range(len(prompts))]
     lengths = [len(encode_prompt(tokenizer, p, settings.max_prompt_tokens)[0]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: list[dict | None] = [None] * len(prompts)

@@ -1,4 +1,5 @@
-"""vLLM as the sampler of PPO and GRPO on a GPU machine (`engine=vllm`, extra `tether[vllm]`).
+"""vLLM as the sampler of PPO and GRPO on a GPU machine (`engine=vllm`, extra `tether[vllm]`), and of the
+stages that only sample (collect, best-of-N, rejection sampling, generate), where no sync is needed.
 
 vLLM runs in the trainer's process, on the trainer's GPU, beside the policy ("colocated", as TRL's
 colocate mode and veRL's hybrid engine do). It holds its own copy of the weights in its own layout
@@ -69,7 +70,7 @@ class VLLMSampler:
         for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
             os.environ.setdefault(key, value)  # vLLM's in-process worker joins a process group of its own
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        self.generation, self.settings = generation, settings
+        self.generation, self.settings, self.model_path = generation, settings, model_path
         self.llm = LLM(
             model=model_path, seed=seed, dtype=settings.dtype,
             gpu_memory_utilization=settings.gpu_memory_utilization,
@@ -93,11 +94,12 @@ class VLLMSampler:
         return n
 
     @torch.no_grad()
-    def sample(self, tokenizer, prompts: list[Prompt], seed: int) -> Rollout:
-        """One response per prompt: tether's `Rollout` with `logprobs` holding vLLM's log-probs of the sampled tokens."""
+    def sample(self, tokenizer, prompts: list[Prompt], seed: int, settings: GenerationSettings | None = None) -> Rollout:
+        """One response per prompt (`settings`, or the engine's own generation settings): tether's `Rollout` with
+        `logprobs` holding vLLM's log-probs of the sampled tokens."""
         from vllm import SamplingParams
 
-        g = self.generation
+        g = settings or self.generation
         encoded = [encode_prompt(tokenizer, p, g.max_prompt_tokens) for p in prompts]
         params = [SamplingParams(n=1, temperature=g.temperature, top_p=g.top_p, top_k=-1, min_p=0.0, repetition_penalty=1.0,
                                  max_tokens=g.max_new_tokens, logprobs=0, seed=seed * 100003 + i,

@@ -36,9 +36,9 @@ from tether.data.readers import iter_jsonl, read_prompts, write_jsonl
 from tether.data.records import PromptRecord, prompt_text
 from tether.eval.metrics import length_stats, mean_and_se
 from tether.feedback.gold import gold_scores
-from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
+from tether.models.loading import resolve_model
 from tether.rewards.sources import describe, load_reward_sources, score_samples
-from tether.rollout.generate import sample_responses
+from tether.rollout.generate import load_sampler, sample_responses
 from tether.stages.sft import train_sft
 from tether.tracking import MetricsLogger, console, read_summary, write_summary
 from tether.training import start_stage
@@ -126,7 +126,7 @@ def best_of_n(cfg: BoNConfig) -> dict:
 
     # 1. sample N per prompt, score, keep the best
     policy_path = resolve_model(cfg.policy)
-    tokenizer, model = load_tokenizer(policy_path), load_causal_lm(policy_path).eval()
+    tokenizer, model = load_sampler(policy_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     logger = MetricsLogger(out, len(records) * cfg.n, "bon", [])
     done = [0]
@@ -161,7 +161,7 @@ def fresh_samples(policy_path: str, records: list[PromptRecord], score: Scorer, 
     cached = folder / "fresh.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    tokenizer, model = load_tokenizer(policy_path), load_causal_lm(policy_path).eval()
+    tokenizer, model = load_sampler(policy_path, cfg)
     flat = [r for r in records for _ in range(cfg.eval_samples)]
     samples = sample_responses(model, tokenizer, [r.prompt for r in flat], cfg.generation, cfg.seed + 7919, cfg.precision)
     del model
@@ -212,7 +212,7 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
         if (folder / "bon.jsonl").exists():
             rows = _read_rows(folder / "bon.jsonl")
         else:
-            tokenizer, model = load_tokenizer(policy), load_causal_lm(policy).eval()
+            tokenizer, model = load_sampler(policy, cfg)
             rows = sample_best_of_n(model, tokenizer, records, score, cfg.n, cfg.generation, cfg.seed + k, cfg.precision, cfg.gold)
             del model
             gc.collect()

@@ -16,8 +16,8 @@ from tether.data.readers import read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
 from tether.feedback.store import Candidate, open_store
-from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
-from tether.rollout.generate import sample_responses
+from tether.models.loading import resolve_model
+from tether.rollout.generate import load_sampler, sample_responses
 from tether.tracking import MetricsLogger, write_summary
 from tether.training import start_stage
 
@@ -29,8 +29,7 @@ def collect(cfg: CollectConfig) -> dict:
 
     # 1. sample K responses for every prompt
     model_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path).eval()
+    tokenizer, model = load_sampler(model_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     K = cfg.responses_per_prompt
     flat = [r.prompt for r in records for _ in range(K)]
