@@ -13,7 +13,9 @@
    prefill), and at this batch those products are most of the time. Each sampler runs once more under
    torch.profiler, which sums the time spent in matrix products (aten::mm, addmm, bmm); a sampler with no other
    cost at all would take only that long, so HF's total / tether's matmul time bounds the ratio any sampler could
-   reach here with the same products.
+   reach here with the same products. The profiler's own cost per call makes that bound loose, so a decode step
+   is also timed without it: one HF decode step (batch rows, a KV cache) against the model's linear layers alone,
+   each applied once to a (batch, in) input, as a step applies them (`--floor-only` runs just this).
 
 2. Training efficiency. The matmul peak is measured here: the best of several fp32 (n x n) @ (n x n) products, in
    FLOP/s. A training step is tether's SFT step on the same model (forward, masked next-token cross-entropy,
@@ -108,6 +110,41 @@ def matmul_seconds(fn, model, tokenizer, batch: list[str], new_tokens: int) -> t
     return total, mm, slots
 
 
+@torch.no_grad()
+def decode_floor(model, batch: int, context: int, steps: int = 8, tries: int = 5) -> dict:
+    """Milliseconds of one decode step of the HF model (batch rows, a KV cache of `context` tokens, no profiler),
+    against the same step's linear layers alone: every nn.Linear of the model applied once to a (batch, in) input, as
+    a decode step applies each of them once. No sampler can spend less than the second; their ratio bounds any
+    sampler's speed-up over a plain step here. Medians over `tries` runs of `steps` steps."""
+    import copy
+
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch, context))
+    cache = model(input_ids=ids, use_cache=True).past_key_values
+    token = torch.randint(0, vocab, (batch, 1))
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def hf_step() -> float:
+        past = copy.deepcopy(cache)
+        t0 = time.perf_counter()
+        for k in range(steps):
+            mask = torch.ones(batch, 1, 1, context + 1 + k, dtype=torch.bool)
+            model(input_ids=token, attention_mask=mask, position_ids=torch.full((batch, 1), context + k), past_key_values=past, use_cache=True)
+        return (time.perf_counter() - t0) / steps
+
+    def linear_only() -> float:
+        inputs = [torch.randn(batch, w.shape[1]) for w in linears]
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            for x, w in zip(inputs, linears):
+                x @ w.T
+        return (time.perf_counter() - t0) / steps
+
+    hf = statistics.median(hf_step() for _ in range(tries))
+    floor = statistics.median(linear_only() for _ in range(tries))
+    return {"batch": batch, "context": context, "hf_step_ms": hf * 1e3, "linear_only_ms": floor * 1e3, "ratio_bound": hf / floor}
+
+
 def matmul_peak(n: int = 2048, tries: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b  # warm-up
@@ -159,6 +196,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--train-seq", type=int, default=256)
     ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--floor-only", action="store_true", help="only the decode-step floor (a minute)")
     a = ap.parse_args(argv)
 
     import transformers
@@ -188,6 +226,14 @@ def main(argv=None) -> dict:
         for name in runs:
             print(f"  {name:<12} {out[name]['slots_per_second']:8.1f} token slots/s  ({out[name]['real_tokens_per_second']:.1f} real tokens/s)")
         return out
+
+    # the floor of a decode step: its linear layers alone, measured without a profiler
+    floor = decode_floor(model, a.batch, context=64 + a.new_tokens // 2)
+    result["decode_floor"] = floor
+    print(f"\none decode step, batch {a.batch}, {floor['context']} tokens of context: HF {floor['hf_step_ms']:.1f} ms, "
+          f"its linear layers alone {floor['linear_only_ms']:.1f} ms: no sampler can beat a plain step by more than x{floor['ratio_bound']:.2f}")
+    if a.floor_only:
+        return result
 
     samplers = {"tether": tether_generate, "hf_generate": hf_generate}
     result |= compare(samplers, batch, 1, f"generation, batch {a.batch}")
