@@ -53,6 +53,8 @@ def rows() -> list[dict]:
         add("generation", "tether sampler / model.generate", r["generation_ratio"], target="throughput >= 1.5")
         if "grouped" in r:
             add("generation, prompts x 4 samples", "tether sampler / model.generate", r["grouped"]["ratio"], target="throughput >= 1.5")
+        if "decode_floor" in r:
+            add("generation bound", "HF decode step / its linear layers alone", r["decode_floor"]["ratio_bound"], target="(any sampler's ceiling)")
         add("SFT step FLOP/s", f"{r['training_step']['fraction_of_peak']:.0%} of the measured fp32 matmul peak", target="(reported)")
     if (r := load("ppo_memory/result.json")) is not None:
         for setting, modes in r.items():
