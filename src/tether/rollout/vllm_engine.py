@@ -37,7 +37,7 @@ from tether.data.templates import encode_prompt
 from tether.models.loading import ModelError, device
 from tether.rollout.generate import Rollout
 
-__all__ = ["VLLMSampler", "policy_weights_for_sync"]
+__all__ = ["VLLMSampler", "policy_weights_for_sync", "training_sampler"]
 
 
 def policy_weights_for_sync(policy):
@@ -107,6 +107,17 @@ class VLLMSampler:
                   for i in range(len(prompts))]  # a seed per row: the draws do not depend on how vLLM batches
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in encoded], sampling_params=params, use_tqdm=False)
         return rollout_from_outputs(outputs, encoded, tokenizer, g.max_new_tokens)
+
+
+def training_sampler(cfg, policy_path: str, policy, world: int) -> VLLMSampler | None:
+    """PPO's and GRPO's vLLM engine (None unless engine=vllm), holding the policy's current weights (a resumed run's too)."""
+    if cfg.engine != "vllm":
+        return None
+    if world > 1:
+        raise ModelError("engine=vllm runs one vLLM engine beside the policy in one process; drop --num-processes")
+    sampler = VLLMSampler(policy_path, cfg.generation, cfg.vllm, cfg.seed)
+    sampler.sync(policy)
+    return sampler
 
 
 def rollout_from_outputs(outputs, encoded: list[tuple[list[int], bool]], tokenizer, max_new_tokens: int) -> Rollout:

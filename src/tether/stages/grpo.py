@@ -43,13 +43,14 @@ from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
                            masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean, truncated_importance_weights)
-from tether.models.loading import (ModelError, apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
+from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
                                    load_tokenizer, resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
 from tether.placement import RayPlacement, RemoteModel, placed
 from tether.rollout.logprobs import policy_forward, reference_logprobs
 from tether.rollout.sampling import sample_rollout
+from tether.rollout.vllm_engine import training_sampler
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, start_stage)
@@ -181,14 +182,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
-    sampler = None
-    if cfg.engine == "vllm":  # vLLM samples the rollouts; it gets the policy's weights now (a resume's too) and after every update
-        if procs.world > 1:
-            raise ModelError("engine=vllm runs one vLLM engine beside the policy in one process; drop --num-processes")
-        from tether.rollout.vllm_engine import VLLMSampler
-
-        sampler = VLLMSampler(policy_path, cfg.generation, cfg.vllm, cfg.seed)
-        sampler.sync(policy)
+    sampler = training_sampler(cfg, policy_path, policy, procs.world)  # engine=vllm: vLLM samples, synced after every update
 
     done, stop_reason = start_step, None
     policy.eval()

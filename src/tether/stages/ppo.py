@@ -54,6 +54,7 @@ from tether.placement import RayPlacement, RemoteModel, placed
 from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.sampling import sample_rollout
+from tether.rollout.vllm_engine import training_sampler
 from tether.rollout.logprobs import policy_forward, reference_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
@@ -254,14 +255,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
-    sampler = None
-    if cfg.engine == "vllm":  # vLLM samples the rollouts; it gets the policy's weights now (a resume's too) and after every update
-        if procs.world > 1:
-            raise ModelError("engine=vllm runs one vLLM engine beside the policy in one process; drop --num-processes")
-        from tether.rollout.vllm_engine import VLLMSampler
-
-        sampler = VLLMSampler(policy_path, cfg.generation, cfg.vllm, cfg.seed)
-        sampler.sync(policy)
+    sampler = training_sampler(cfg, policy_path, policy, procs.world)  # engine=vllm: vLLM samples, synced after every update
 
     done, stop_reason = start_step, None
     set_train_mode(trainable, False)
