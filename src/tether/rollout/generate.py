@@ -178,18 +178,16 @@ def sample_responses(model, tokenizer, prompts: list[Prompt], settings: Generati
     """
     from tether.rollout.sampling import sample_rollout  # sampling.py builds on this module
 
-    if hasattr(model, "sync"):  # a VLLMSampler
-        rollout = model.sample(tokenizer, prompts, seed, settings)
-        if progress is not None:
-            progress(len(prompts))
-        return [{"response": rollout.texts[i], "finished": bool(rollout.finished[i]), "n_tokens": int(rollout.lengths[i])}
-                for i in range(len(prompts))]
+    vllm = hasattr(model, "sync")  # a VLLMSampler: every prompt in one call
     lengths = [len(encode_prompt(tokenizer, p, settings.max_prompt_tokens)[0]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    size = max(len(order), 1) if vllm else settings.batch_size
     results: list[dict | None] = [None] * len(prompts)
-    for b, start in enumerate(range(0, len(order), settings.batch_size)):
-        idx = order[start:start + settings.batch_size]
-        rollout = sample_rollout(model, tokenizer, [prompts[i] for i in idx], settings, seed=seed * 100003 + b, precision=precision)
+    for b, start in enumerate(range(0, len(order), size)):
+        idx = order[start:start + size]
+        batch = [prompts[i] for i in idx]
+        rollout = (model.sample(tokenizer, batch, seed, settings) if vllm else
+                   sample_rollout(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision))
         for j, i in enumerate(idx):
             results[i] = {"response": rollout.texts[j], "finished": bool(rollout.finished[j]), "n_tokens": int(rollout.lengths[j])}
         if progress is not None:
