@@ -20,6 +20,8 @@ def test_every_shipped_config_loads(path):
 
         assert load_constitution(path).principles
         return
+    if path.parent.name == "accelerate":  # accelerate launch's own configs: tests/test_launcher.py reads them
+        return
     cls = BY_FOLDER.get(path.parent.name, RunConfig) if path.parent != CONFIGS else RunConfig
     cfg = load_config(cls, path)
     assert isinstance(cfg, cls)

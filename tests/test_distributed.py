@@ -28,8 +28,8 @@ FNS = HERE / "stages" / "reward_fns.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def launch(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     env.pop("WORLD_SIZE", None)
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -56,14 +56,27 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("fsdp", [[], ["fsdp=true"], ["fsdp=true", "zero_stage=2"]], ids=["replicated", "zero3", "zero2"])
-def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path, fsdp):
+# accelerate launch --use_deepspeed --zero_stage 2 --offload_optimizer_device cpu sets these in each process (tether runs it with FSDP2)
+DEEPSPEED_ZERO2_OFFLOAD = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+                           "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"}
+
+
+@pytest.mark.parametrize("fsdp, env, sharding", [
+    ([], None, None),
+    (["fsdp=true"], None, {"zero_stage": 3, "offload_trainable": False}),
+    (["fsdp=true", "zero_stage=2"], None, {"zero_stage": 2, "offload_trainable": False}),
+    ([], DEEPSPEED_ZERO2_OFFLOAD, {"zero_stage": 2, "offload_trainable": True}),
+], ids=["replicated", "zero3", "zero2", "deepspeed_zero2_offload_launch"])
+def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path, fsdp, env, sharding):
     common = [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", "precision=fp32", "optim.lr=1e-2", "optim.warmup_ratio=0.0",
               "max_steps=3", "batch_size=2", "eval_fraction=0.25", "lora.enabled=false"]
     train_sft(load_config(SFTConfig, None, [*common, f"output_dir={tmp_path / 'one'}", "grad_accum=2"]))
-    result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}", *fsdp)
+    result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}", *fsdp, env=env)
     assert json.loads(result.stdout)["stage"] == "sft"  # one summary, from the main process
-    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5 if fsdp else 1e-6)
+    assert summary(tmp_path / "two")["sharding"] == sharding and summary(tmp_path / "two")["processes"] == 2
+    if env:
+        assert "asked for DeepSpeed ZeRO stage 2 with CPU offload; tether runs it with FSDP2 as fsdp=true zero_stage=2 offload_trainable=true" in " ".join(result.stderr.split())
+    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5 if sharding else 1e-6)
     assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(summary(tmp_path / "one")["eval_loss"], abs=1e-6)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r.get("train/loss") for r in two] == pytest.approx([r.get("train/loss") for r in one], abs=1e-6)  # reduced over both
@@ -99,6 +112,7 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
         "ppo_fsdp_interrupted": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}", "interrupt_after=2"],
         "ppo_fsdp": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}"],
         "ppo_fsdpzero2": [*ppo_full, *FSDP, "zero_stage=2", f"output_dir={root / 'ppo_zero2'}"],
+        "ppo_fsdpoffload": [*ppo_full, *FSDP, "offload_trainable=true", f"output_dir={root / 'ppo_offload'}"],
         "grpo": [*grpo, f"output_dir={root / 'grpo'}"],
         "grpo_fsdp_interrupted": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}", "interrupt_after=2"],
         "grpo_fsdp": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}"],
@@ -163,11 +177,13 @@ def test_ppo_two_processes_run_resume_and_write_one_set_of_outputs(worker_runs):
     assert {x["step"] for x in samples} == {1, 2, 3, 4} and len(samples) == 4 * 4  # the main process's own episodes, once a step
 
 
-@pytest.mark.parametrize("run", ["ppo_fsdp", "ppo_zero2"])
+@pytest.mark.parametrize("run", ["ppo_fsdp", "ppo_zero2", "ppo_offload"])
 def test_ppo_sharded_makes_the_updates_of_unsharded_and_resumes(worker_runs, run):
     # FSDP: the policy's blocks split in two, gathered whole for each rollout and held-out check (whose lengths differ
     # between the processes); ppo_fsdp is interrupted after step 2 and resumed; ppo_zero2 keeps a block's gathered weights
-    # from its forward to its backward (zero_stage=2). Same draws, same updates as without sharding.
+    # from its forward to its backward (zero_stage=2); ppo_offload keeps the shards, gradients and Adam moments in CPU memory
+    # and steps them there (offload_trainable; on this CPU-only machine the blocks compute where they are). Same draws, same
+    # updates as without sharding.
     assert_same_weights(worker_runs / "ppo_full", worker_runs / run, atol=1e-5)
     plain, sharded = metrics(worker_runs / "ppo_full"), metrics(worker_runs / run)
     assert [r["step"] for r in sharded] == [1, 2, 3, 4]
@@ -175,6 +191,7 @@ def test_ppo_sharded_makes_the_updates_of_unsharded_and_resumes(worker_runs, run
         assert [r.get(key) for r in sharded] == pytest.approx([r.get(key) for r in plain], abs=1e-4), key
     assert summary(worker_runs / run)["held_out"]["best_step"] == summary(worker_runs / "ppo_full")["held_out"]["best_step"]
     assert summary(worker_runs / run)["sharded"] and not summary(worker_runs / "ppo_full")["sharded"]
+    assert summary(worker_runs / run)["sharding"] == {"zero_stage": 2 if run == "ppo_zero2" else 3, "offload_trainable": run == "ppo_offload"}
 
 
 def test_grpo_two_processes_stay_in_step_when_one_drops_every_group(worker_runs):

@@ -159,6 +159,10 @@ class SFTConfig:
     back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
     trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
     Gradients and optimizer moments are sharded either way."""
+    offload_trainable: bool = False
+    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
+    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
     eval_every: int = 0
     """Compute eval loss every N steps (0 = only at the end)."""
     save_every: int = 25
@@ -186,6 +190,9 @@ def check_offload(cfg) -> None:
 
 
 def check_fsdp(cfg) -> None:
+    if cfg.offload_trainable and not cfg.fsdp:
+        raise ConfigError("offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true (and "
+                          "lora.enabled=false) or leave offload_trainable off")
     if cfg.zero_stage == 2 and not cfg.fsdp:
         raise ConfigError("zero_stage=2 chooses how fsdp=true holds a block's weights; set fsdp=true (and lora.enabled=false) or leave zero_stage at 3")
     if cfg.fsdp and cfg.lora.enabled:
@@ -312,6 +319,10 @@ class RewardConfig:
     back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
     trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
     Gradients and optimizer moments are sharded either way."""
+    offload_trainable: bool = False
+    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
+    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
 
     def __post_init__(self) -> None:
         check_fsdp(self)
@@ -497,6 +508,10 @@ class PPOConfig:
     back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
     trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
     Gradients and optimizer moments are sharded either way."""
+    offload_trainable: bool = False
+    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
+    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
     """Optimizer and schedule (annealed to 0 over `steps`)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
@@ -612,6 +627,10 @@ class DPOConfig:
     back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
     trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
     Gradients and optimizer moments are sharded either way."""
+    offload_trainable: bool = False
+    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
+    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
     eval_every: int = 0
     """Held-out eval every N steps (0 = only at the end)."""
     save_every: int = 50
@@ -796,6 +815,10 @@ class GRPOConfig:
     back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
     trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
     Gradients and optimizer moments are sharded either way."""
+    offload_trainable: bool = False
+    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
+    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
     activation_checkpointing: bool = False
     """Recompute the policy's block activations in the backward pass: less memory, more compute."""
     save_every: int = 10

@@ -16,6 +16,7 @@ is gathered whole only while it computes. The embeddings, final norm and heads s
 process (their gradients summed like the rest), so the code that calls a trunk and a head
 separately (reward and DPO do) runs unchanged. `zero_stage=2` keeps a block's gathered weights from its
 forward to its backward pass (ZeRO-2's trade, FSDP's SHARD_GRAD_OP); 3, the default, gathers them twice.
+`offload_trainable=true` keeps the shards, their gradients and Adam moments in CPU memory (ZeRO-Offload).
 
 Processes come from `tether <stage> --num-processes N` (which runs `torch.distributed.run`),
 `torchrun`, or `accelerate launch`; accelerate's PartialState joins the process group (gloo on
@@ -31,7 +32,7 @@ import os
 
 import torch
 
-__all__ = ["Processes", "processes", "is_sharded", "is_fsdp", "shard_blocks", "gathered", "grad_norm", "full_tensor", "like_param"]
+__all__ = ["Processes", "processes", "launcher_sharding", "apply_launcher_sharding", "is_sharded", "is_fsdp", "shard_blocks", "gathered", "grad_norm", "full_tensor", "like_param"]
 
 
 class Processes:
@@ -40,6 +41,9 @@ class Processes:
     def __init__(self):
         from accelerate import PartialState
 
+        self.launcher = launcher_sharding()  # read before accelerate: with DeepSpeed asked for, it would start DeepSpeed's engine
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"  # tether runs the ZeRO stage itself (FSDP2, apply_launcher_sharding)
         # cpu=True on a machine without CUDA: several CPU processes then join over gloo
         self.state = PartialState(cpu=not torch.cuda.is_available()) if _launched() else None
         self.rank = self.state.process_index if self.state else 0
@@ -47,6 +51,7 @@ class Processes:
         self.is_main = self.rank == 0
         self.sharded = False  # set by shard_blocks: some weights are FSDP shards
         self.reshard_blocks = True  # set by shard_blocks: False under zero_stage=2
+        self.sharding: dict | None = None  # set by shard_blocks: how, for the stage's summary
         if not self.is_main:  # one process speaks for all
             from tether.tracking import console
 
@@ -170,20 +175,24 @@ def is_fsdp(model) -> bool:
     return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
-def shard_blocks(model, zero_stage: int = 3) -> None:
+def shard_blocks(model, zero_stage: int = 3, offload: bool = False) -> None:
     """FSDP2 over the processes, one unit per transformer block (see the module's docstring). A no-op in one process.
     zero_stage 3: a block gives its gathered weights back after its forward and gathers them again for its backward;
-    2: it keeps them whole until its backward (FSDP's SHARD_GRAD_OP, ZeRO-2's memory for less communication)."""
+    2: it keeps them whole until its backward (FSDP's SHARD_GRAD_OP, ZeRO-2's memory for less communication).
+    offload: the blocks' shards, gradients and optimizer moments live in CPU memory (FSDP's CPUOffloadPolicy), so the
+    optimizer updates them there, and a block is copied to the accelerator only to compute (ZeRO-Offload)."""
     if processes().world == 1:
         return
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     from tether.models.reward_model import trunk_of
 
     trunk = trunk_of(model)
     processes().reshard_blocks = zero_stage == 3
+    processes().sharding = {"zero_stage": zero_stage, "offload_trainable": offload}
+    policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
     for block in trunk.layers:
-        fully_shard(block, reshard_after_forward=processes().reshard_blocks)
+        fully_shard(block, reshard_after_forward=processes().reshard_blocks, offload_policy=policy)
     # the trunk is the root (reward and DPO call it directly): blocks under a root give their gathered weights
     # back after their forward too; its own tensors (embeddings, possibly tied to the LM head; the final norm) stay whole
     blocks = {p for block in trunk.layers for p in block.parameters()}
@@ -222,7 +231,11 @@ def grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor: a shard is gathered from every process (a collective: call it in all of them)."""
-    return t.full_tensor() if is_sharded(t) else t
+    if not is_sharded(t):
+        return t
+    if t.device.type != t.device_mesh.device_type:  # a shard kept in CPU memory (offload): gathered on the accelerators
+        t = t.to(t.device_mesh.device_type)
+    return t.full_tensor()
 
 
 def like_param(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -231,7 +244,78 @@ def like_param(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         return value
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    mesh = param.device_mesh  # cut on the mesh's device, then kept where the parameter lives (CPU when offloaded)
+    return distribute_tensor(value.to(mesh.device_type), mesh, param.placements, src_data_rank=None).to(param.device)
+
+
+_STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD", "5": "HYBRID_SHARD_ZERO2"}
+
+
+def launcher_sharding(environ: dict | None = None) -> dict | None:
+    """The sharding `accelerate launch` was asked for (its --use_deepspeed / --use_fsdp flags or config file, which it passes
+    to each process as environment variables), as tether's settings: {"fsdp", "zero_stage", "offload_trainable", "asked"};
+    None when it asked for neither. tether shards with FSDP2 whichever was asked for:
+      DeepSpeed ZeRO stage 3 / 2 -> fsdp=true zero_stage=3 / 2; stage 1 (optimizer state only, which FSDP2 has no
+      stage for) -> zero_stage=2, which shards the gradients too and makes the same updates; stage 0 -> not sharded;
+      offload_optimizer or offload_param on cpu -> offload_trainable=true (nvme is refused);
+      FSDP FULL_SHARD or reshard_after_forward=true -> zero_stage=3; SHARD_GRAD_OP or false -> 2; NO_SHARD -> not
+      sharded; fsdp_offload_params -> offload_trainable=true; HYBRID_SHARD is refused (tether shards over every process)."""
+    from tether.config import ConfigError
+
+    env = os.environ if environ is None else environ
+    on = lambda key: env.get(key, "false").strip().lower() == "true"  # noqa: E731
+    if on("ACCELERATE_USE_DEEPSPEED"):
+        stage, offload = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"), [env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
+                                                                          env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")]
+        path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
+        if path and path.lower() != "none":  # the DeepSpeed JSON config decides, as it does for accelerate
+            import json
+
+            try:
+                zero = json.loads(open(path).read()).get("zero_optimization", {})
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{path}: could not read the DeepSpeed config that accelerate launch named ({e})") from e
+            stage = zero.get("stage", 0)
+            offload = [(zero.get(k) or {}).get("device", "none") for k in ("offload_optimizer", "offload_param")]
+        if str(stage) not in ("0", "1", "2", "3"):
+            raise ConfigError(f"DeepSpeed zero_optimization.stage: expected 0, 1, 2 or 3, got {stage!r}")
+        offload = [str(d).lower() for d in offload]
+        if "nvme" in offload:
+            raise ConfigError("DeepSpeed offload to nvme: tether offloads the training state to CPU memory only "
+                              "(offload_optimizer.device=cpu, or offload_trainable=true)")
+        stage = int(stage)
+        return {"fsdp": stage > 0, "zero_stage": 3 if stage == 3 else 2, "offload_trainable": stage > 0 and "cpu" in offload,
+                "asked": f"DeepSpeed ZeRO stage {stage}" + (" with CPU offload" if "cpu" in offload else "")}
+    if on("ACCELERATE_USE_FSDP"):
+        if env.get("FSDP_VERSION", "1") == "2" or "FSDP_SHARDING_STRATEGY" not in env:
+            strategy = "FULL_SHARD" if env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true" else "SHARD_GRAD_OP"
+        else:
+            strategy = env["FSDP_SHARDING_STRATEGY"].strip().upper()
+            strategy = _STRATEGIES.get(strategy, strategy)
+        if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"):
+            raise ConfigError(f"FSDP sharding strategy {strategy}: tether shards over every process; use FULL_SHARD (ZeRO-3), "
+                              "SHARD_GRAD_OP (ZeRO-2) or NO_SHARD")
+        return {"fsdp": strategy != "NO_SHARD", "zero_stage": 3 if strategy == "FULL_SHARD" else 2,
+                "offload_trainable": strategy != "NO_SHARD" and on("FSDP_OFFLOAD_PARAMS"), "asked": f"FSDP {strategy}"}
+    return None
+
+
+def apply_launcher_sharding(cfg) -> None:
+    """Give a training stage's config the sharding its launcher asked for (`launcher_sharding`); say so once."""
+    asked = processes().launcher
+    if asked is None or not hasattr(cfg, "fsdp"):
+        return
+    from tether.config import ConfigError, check_fsdp
+
+    cfg.fsdp, cfg.zero_stage, cfg.offload_trainable = asked["fsdp"], asked["zero_stage"], asked["offload_trainable"]
+    try:
+        check_fsdp(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"accelerate launch asked for {asked['asked']}: {e}") from e
+    from tether.tracking import console
+
+    how = (f"fsdp=true zero_stage={cfg.zero_stage}" + (" offload_trainable=true" if cfg.offload_trainable else "")) if cfg.fsdp else "fsdp=false"
+    console.print(f"tether: accelerate launch asked for {asked['asked']}; tether runs it with FSDP2 as {how}", soft_wrap=True)
 
 
 def _launched() -> bool:

@@ -256,7 +256,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage)
+        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
     pack = cfg.pack_prompts and packing_matches(policy, train_ex[:2], pad_id)
     if cfg.pack_prompts and not pack:
         console.print("dpo: this model's attention does not honour a packed (block-diagonal) mask; each response gets its own row")
@@ -371,6 +371,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         "eval_rewards_chosen": final.get("rewards_chosen"), "eval_rewards_rejected": final.get("rewards_rejected"),
         "final_train_accuracy": totals["accuracy"] if total_steps > start_step else None,
         "trainable_params": trainable, "total_params": total, "reference_params_held": reference_params, "reference_params_offloaded": offloaded_params, "packed": pack,
+        "processes": procs.world, "sharding": procs.sharding,
         "train_seconds": train_seconds, "reference_seconds": reference_seconds,
         "train_pairs_per_second": (total_steps - start_step) * per_step / max(train_seconds, 1e-9),
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,

@@ -138,7 +138,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(policy)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage)
+        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
     trainable = {"policy": policy}
     held = [m for m in (policy, reference) if m is not None and not isinstance(m, RemoteModel)]
     parameter_gb = unique_parameter_bytes(*held) / 1e9
@@ -373,7 +373,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     summary = {
         "stage": "grpo", "model": str(out / "model"), "policy_init": policy_path, "advantage": cfg.advantage,
         "reward": [{"name": s.name, "weight": s.weight} for s in sources],
-        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "processes": procs.world, "sharded": procs.sharded, "steps_done": done, "stopped_early": stop_reason,
+        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding, "steps_done": done, "stopped_early": stop_reason,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
         "held_out": guard.summary(len(held_out)),

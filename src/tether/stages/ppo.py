@@ -168,7 +168,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage)
+        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
     value_head, value_model = None, None
     if cfg.value_model == "policy_head":
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device())
@@ -423,7 +423,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     mean = lambda key, rows=tail: sum(h[key] for h in rows) / len(rows) if rows else None  # noqa: E731
     summary = {
         "stage": "ppo", "model": str(out / "model"), "policy_init": policy_path, "reward_model": cfg.reward_model,
-        "steps": cfg.steps, "episodes": cfg.steps * per_step, "processes": procs.world, "sharded": procs.sharded,
+        "steps": cfg.steps, "episodes": cfg.steps * per_step, "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
         "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),

@@ -327,7 +327,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if cfg.freeze_layers:
         freeze_lower_layers(model, cfg.freeze_layers)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(model, cfg.zero_stage)
+        shard_blocks(model, cfg.zero_stage, cfg.offload_trainable)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process scores every world-th micro-batch of a step
@@ -429,6 +429,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         "train_accuracy": train_metrics.get("accuracy"),
         "normalization": {"gain": normalization.gain, "bias": normalization.bias, "fitted_on": fitted_on, "n": normalization.n},
         "trainable_params": trainable, "total_params": total, "packed": pack, "bucketed": cfg.bucket_by_length,
+        "processes": procs.world, "sharding": procs.sharding,
         "train_seconds": train_seconds, "train_pairs_per_second": (total_steps - start_step) * per_step / max(train_seconds, 1e-9),
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t0,
     }

@@ -84,7 +84,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(model, cfg.zero_stage)
+        shard_blocks(model, cfg.zero_stage, cfg.offload_trainable)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process runs every world-th micro-batch of a step
@@ -149,7 +149,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         "train_examples": len(train_ex), "eval_examples": len(eval_ex), "truncated": n_truncated,
         "eval_loss_before": eval_before, "eval_loss": final_eval,
         "final_train_loss": loss_total / max(n_tokens, 1) if total_steps > start_step else None,
-        "trainable_params": trainable, "total_params": total,
+        "trainable_params": trainable, "total_params": total, "processes": procs.world, "sharding": procs.sharding,
         "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else None, "peak_rss_gb": peak_rss_gb(), "seconds": elapsed,
     }
     write_summary(out, summary)
