@@ -892,6 +892,12 @@ class EvalConfig:
     """Skip the first N prompts (keep evaluation prompts apart from training prompts)."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Sampling settings (same for both policies)."""
+    engine: Literal["tether", "vllm"] = "tether"
+    """Who samples both policies' responses: 'tether' = tether's own sampler, on any device; 'vllm' = one vLLM engine on a
+    CUDA GPU (`vllm`; extra tether[vllm]) that takes the baseline's weights, then the policy's. KL and scores are computed
+    by the models themselves either way."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM's share of GPU memory and dtype, for engine=vllm."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 1234

@@ -178,3 +178,29 @@ def test_sampling_stages_use_one_engine_and_swap_in_each_rounds_policy(tiny_mode
     final = load_file(str(tmp_path / "rs" / "round_2" / "sft" / "model" / "model.safetensors"))
     for name, tensor in engines[0].model.params.items():
         torch.testing.assert_close(tensor, final[name], rtol=0, atol=0, msg=name)
+
+
+def test_eval_samples_baseline_and_policy_with_one_engine(tiny_model_dir, tiny_data, fake_vllm, tmp_path, monkeypatch):
+    # tether eval engine=vllm: the engine samples the baseline, then takes the policy's weights and samples it; KL and
+    # scores come from the models themselves, so the baseline (its own reference) has KL 0 and the policy does not
+    from tether.config import EvalConfig
+    from tether.eval.evaluate import evaluate
+    from tether.models.loading import save_model
+    from tether.rollout import generate as generate_module
+
+    monkeypatch.setattr(generate_module, "_ENGINES", {})
+    policy = load_causal_lm(str(tiny_model_dir))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_model(policy, load_tokenizer(str(tiny_model_dir)), tmp_path / "policy")
+    s = evaluate(load_config(EvalConfig, None, [f"policy={tmp_path / 'policy'}", f"baseline={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
+                                                f"output_dir={tmp_path / 'eval'}", "limit=4", "precision=fp32", "engine=vllm",
+                                                "generation.max_new_tokens=6"]))
+    assert s["prompts"] == 4 and s["kl_baseline"] == 0.0 and s["kl_policy"] > 0
+    engines = sys.modules["vllm"].LLM.instances
+    assert len(engines) == 1 and engines[0].prefix_cache_resets == 1
+    saved = load_file(str(tmp_path / "policy" / "model.safetensors"))
+    for name, tensor in engines[0].model.params.items():  # the engine ended holding the policy
+        torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0, msg=name)

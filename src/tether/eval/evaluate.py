@@ -33,6 +33,7 @@ from tether.eval.metrics import (distinct_n, hack_rates, length_controlled_win_r
 from tether.feedback.gold import gold_scores
 from tether.models.loading import autocast, load_causal_lm, load_tokenizer, resolve_model
 from tether.models.reward_model import RewardEnsemble, RewardModel, load_reward_model
+from tether.rollout.generate import load_sampler
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, write_summary
@@ -44,12 +45,14 @@ RESPONSES = "responses.json"
 
 @torch.no_grad()
 def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int,
-                     precision: str, reward_model: RewardModel | RewardEnsemble | None) -> dict:
-    """Responses of `model`, with per-response KL to `reference` (k1, nats) and RM scores."""
+                     precision: str, reward_model: RewardModel | RewardEnsemble | None, engine=None) -> dict:
+    """Responses of `model` (sampled by it, or by a vLLM `engine` holding its weights), with per-response KL to
+    `reference` (k1, nats, from both models' own log-probs) and RM scores."""
     texts, finished, kls, proxy, lengths = [], [], [], [], []
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
-        rollout = sample_rollout(model, tokenizer, prompts[start:start + settings.batch_size], settings, seed=seed * 100003 + b,
-                                 precision=precision)
+        batch = prompts[start:start + settings.batch_size]
+        rollout = (engine.sample(tokenizer, batch, seed * 100003 + b, settings) if engine is not None else
+                   sample_rollout(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision))
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()
         with autocast(precision):
@@ -64,15 +67,20 @@ def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], setting
     return {"texts": texts, "finished": finished, "kl": kls, "proxy": proxy, "tokens": lengths}
 
 
+def _engine(cfg: EvalConfig, path: str):
+    """With engine=vllm, this process's vLLM engine holding the model at `path` (one engine: each model's weights are swapped in)."""
+    return load_sampler(path, cfg)[1] if cfg.engine == "vllm" else None
+
+
 def sample_both(cfg: EvalConfig, prompts: list[Prompt], paths: dict) -> tuple[dict, dict]:
     """The baseline's and the policy's responses, KL to the reference and proxy scores."""
     tokenizer = load_tokenizer(paths["policy"])
     rm = load_reward_model(cfg.reward_model) if cfg.reward_model else None
     baseline = load_causal_lm(paths["baseline"]).eval()
     reference = baseline if paths["reference"] == paths["baseline"] else load_causal_lm(paths["reference"]).eval()
-    base = sample_and_score(baseline, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm)
+    base = sample_and_score(baseline, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["baseline"]))
     policy = load_causal_lm(paths["policy"]).eval()
-    pol = sample_and_score(policy, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm)
+    pol = sample_and_score(policy, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["policy"]))
     return pol, base
 
 
