@@ -162,7 +162,8 @@ class SFTConfig:
     offload_trainable: bool = False
     """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
     there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
+    like fsdp, a no-op in one process."""
     eval_every: int = 0
     """Compute eval loss every N steps (0 = only at the end)."""
     save_every: int = 25
@@ -322,7 +323,8 @@ class RewardConfig:
     offload_trainable: bool = False
     """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
     there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
+    like fsdp, a no-op in one process."""
 
     def __post_init__(self) -> None:
         check_fsdp(self)
@@ -511,7 +513,8 @@ class PPOConfig:
     offload_trainable: bool = False
     """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
     there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
+    like fsdp, a no-op in one process."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
     """Optimizer and schedule (annealed to 0 over `steps`)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
@@ -630,7 +633,8 @@ class DPOConfig:
     offload_trainable: bool = False
     """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
     there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
+    like fsdp, a no-op in one process."""
     eval_every: int = 0
     """Held-out eval every N steps (0 = only at the end)."""
     save_every: int = 50
@@ -818,7 +822,8 @@ class GRPOConfig:
     offload_trainable: bool = False
     """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
     there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators."""
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
+    like fsdp, a no-op in one process."""
     activation_checkpointing: bool = False
     """Recompute the policy's block activations in the backward pass: less memory, more compute."""
     save_every: int = 10
