@@ -47,8 +47,8 @@ from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import processes, shard_blocks
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_sigmoid_loss
-from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_causal_lm, load_frozen_lm, load_tokenizer,
-                                   model_device, resolve_model, save_model)
+from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
+                                   load_causal_lm, load_frozen_lm, load_tokenizer, model_device, resolve_model, save_model)
 from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.stages.reward import is_tie, split_by_prompt
@@ -255,6 +255,8 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         policy = apply_lora(policy, cfg.lora)
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(policy)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
         shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
     pack = cfg.pack_prompts and packing_matches(policy, train_ex[:2], pad_id)

@@ -24,7 +24,8 @@ from tether.data.templates import encode_prompt, encode_response
 from tether.distributed import processes, shard_blocks
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
-from tether.models.loading import apply_lora, autocast, count_parameters, device, freeze_lower_layers, load_tokenizer, resolve_model, save_model
+from tether.models.loading import (apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
+                                   load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import (ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
                                         save_ensemble_manifest, save_normalization, unwrap)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
@@ -326,6 +327,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", modules_to_save=["score"])
     if cfg.freeze_layers:
         freeze_lower_layers(model, cfg.freeze_layers)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
         shard_blocks(model, cfg.zero_stage, cfg.offload_trainable)
     model.train()

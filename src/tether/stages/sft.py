@@ -23,8 +23,8 @@ from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, split
 from tether.distributed import processes, shard_blocks
 from tether.losses import IGNORE_INDEX
-from tether.models.loading import (apply_lora, autocast, count_parameters, device, load_causal_lm, load_tokenizer,
-                                   resolve_model, save_model)
+from tether.models.loading import (apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
+                                   load_tokenizer, resolve_model, save_model)
 from tether.models.reward_model import trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
@@ -83,6 +83,8 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     model = load_causal_lm(model_path)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
         shard_blocks(model, cfg.zero_stage, cfg.offload_trainable)
     model.train()
