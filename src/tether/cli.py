@@ -111,7 +111,7 @@ def reward_eval(
     plot: bool = typer.Option(False, "--plot", help="Write a reliability diagram PNG beside --out (or reliability.png)."),
     max_prompt_tokens: int = typer.Option(192, help="Prompt tokens kept (cut from the left)."),
     max_response_tokens: int = typer.Option(128, help="Response tokens kept."),
-    precision: str = typer.Option("bf16", help="bf16 or fp32."),
+    precision: str = typer.Option("bf16", help="bf16, fp16 or fp32."),
 ):
     """Judge a reward model on preference pairs; prints one JSON object (accuracy, n, ece, mean_margin, length_corr)."""
 
@@ -146,7 +146,7 @@ def reward_score(
     column: str = typer.Option("reward", help="Name of the score column."),
     max_prompt_tokens: int = typer.Option(192, help="Prompt tokens kept (cut from the left)."),
     max_response_tokens: int = typer.Option(128, help="Response tokens kept."),
-    precision: str = typer.Option("bf16", help="bf16 or fp32."),
+    precision: str = typer.Option("bf16", help="bf16, fp16 or fp32."),
 ):
     """Score every (prompt, response) row with a reward model and write the score back as a column."""
 

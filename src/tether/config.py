@@ -173,8 +173,9 @@ class SFTConfig:
     """Write a resumable checkpoint every N optimizer steps (0 = only at the end)."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
-    """Matmul precision: bf16 autocast keeps fp32 master weights and runs ~2x faster on modern CPUs."""
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Matmul precision: bf16 autocast keeps fp32 master weights and runs ~2x faster on modern CPUs; fp16, for GPUs
+    without bf16 (V100, T4), adds dynamic loss scaling to every training stage (training.LossScaler)."""
     seed: int = 0
     """Seeds data order, initialisation and dropout."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
@@ -240,7 +241,7 @@ class CollectConfig:
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
     annotator: AnnotatorSettings = field(default_factory=AnnotatorSettings)
     """Who labels."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for generation."""
     seed: int = 0
     """Seeds sampling."""
@@ -340,7 +341,7 @@ class RewardConfig:
     """Freeze the embeddings and the lowest N transformer blocks (cheaper, less overfitting)."""
     save_every: int = 0
     """Checkpoint every N steps (0 = only the final model)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
     """Seeds data order and head initialisation."""
@@ -531,7 +532,7 @@ class PPOConfig:
     """Append the batch's (prompt, response, reward) to samples.jsonl every N steps (and at step 1); 0 = never."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
     """Seeds sampling and prompt order."""
@@ -652,7 +653,7 @@ class DPOConfig:
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
     skip_bad_rows: bool = False
     """Skip malformed pairs (counted in the log and summary) instead of stopping at the first with its file and line."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
     """Seeds data order and LoRA initialisation."""
@@ -841,7 +842,7 @@ class GRPOConfig:
     """Append the batch's (prompt, response, reward, advantage) to samples.jsonl every N steps (and at step 1); 0 = never."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
     """Seeds sampling and prompt order."""
@@ -912,7 +913,7 @@ class EvalConfig:
     by the models themselves either way."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 1234
     """Seeds sampling (both policies get the same seed)."""
@@ -956,7 +957,7 @@ class GenerateConfig:
     """Who samples: 'tether' = tether's own sampler, on any device; 'vllm' = vLLM on a CUDA GPU (`vllm`; extra tether[vllm])."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
     """Seeds sampling."""
@@ -996,7 +997,7 @@ class JudgeConfig:
     """Also write the strength as the pair's `margin` (the reward stage then uses it as the Llama 2 margin); it is always in meta."""
     skip_bad_rows: bool = False
     """Skip input pairs without two different, non-empty responses (counted) instead of stopping."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
     """Recorded with the run (judging itself is deterministic)."""
@@ -1029,7 +1030,7 @@ class ReviseConfig:
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=96, max_prompt_tokens=512, temperature=0.7))
     """Sampling settings for the answer, the critiques and the revisions (the prompt grows with each step; no log-probs
     are used, so a temperature below 1 only makes the text more coherent)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
     """Seeds sampling and the choice of principles."""
@@ -1073,7 +1074,7 @@ class BoNConfig:
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
     gold: bool = False
     """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and report the gold gain."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for sampling and scoring."""
     seed: int = 0
     """Seeds sampling."""
@@ -1119,7 +1120,7 @@ class RSConfig:
     """SFT of every round; its model, data, output_dir, seed and precision are filled in per round."""
     gold: bool = False
     """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and log gold means per round."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for sampling, scoring and SFT."""
     seed: int = 0
     """Seeds sampling (round k samples with seed + k) and SFT."""
@@ -1173,7 +1174,7 @@ class RunConfig:
     """Base model for SFT."""
     seed: int = 0
     """Seed given to every stage."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for every stage."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """SFT stage settings."""

@@ -10,6 +10,7 @@ an interrupt during saving never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import random
 import shutil
@@ -59,8 +60,52 @@ def make_optimizer(params: list[torch.nn.Parameter] | list[dict], settings: Opti
     return optimizer, scheduler
 
 
-def clip_and_step(params, optimizer, scheduler, max_grad_norm: float) -> float:
-    """Clip gradients, step, zero grads; returns the pre-clip global gradient norm."""
+class LossScaler:
+    """Dynamic loss scaling for `precision=fp16` (what torch.amp.GradScaler does, around tether's own step). fp16 loses
+    gradients below about 6e-8, so the loss is multiplied by `scale` before the backward pass and the gradients are
+    divided by it before the step. A step whose gradients overflowed (a non-finite global norm: the same number in
+    every process) is skipped and the scale halved; after `growth_interval` clean steps the scale doubles.
+    Disabled (bf16, fp32: no underflow to fear) it leaves the loss and the step alone."""
+
+    def __init__(self, enabled: bool, init_scale: float = 2.0 ** 16, growth_interval: int = 2000):
+        self.enabled, self.growth_interval = enabled, growth_interval
+        self.value = init_scale if enabled else 1.0
+        self.clean_steps, self.skipped = 0, 0
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.value if self.enabled else loss
+
+    def unscale(self, params) -> None:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(1.0 / self.value)
+
+    def update(self, finite: bool) -> None:
+        if not finite:
+            self.value, self.clean_steps, self.skipped = self.value / 2, 0, self.skipped + 1
+            return
+        self.clean_steps += 1
+        if self.clean_steps == self.growth_interval:
+            self.value, self.clean_steps = self.value * 2, 0
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "clean_steps": self.clean_steps, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.clean_steps, self.skipped = state["value"], state["clean_steps"], state["skipped"]
+
+
+def scaler_metrics(scaler: LossScaler) -> dict[str, float]:
+    """The loss scale and the steps skipped so far, for a stage's metrics (nothing unless fp16)."""
+    return {"train/loss_scale": scaler.value, "train/steps_skipped": scaler.skipped} if scaler.enabled else {}
+
+
+def clip_and_step(params, optimizer, scheduler, max_grad_norm: float, scaler: LossScaler | None = None) -> float:
+    """Clip gradients, step, zero grads; returns the pre-clip global gradient norm. With an enabled `scaler`
+    (fp16), the gradients are unscaled first, and a step whose norm is not finite is skipped (the schedule still moves)."""
+    scaled = scaler is not None and scaler.enabled
+    if scaled:
+        scaler.unscale(params)
     if any(is_sharded(p) for p in params):  # FSDP: the norm over every process's shards
         norm = grad_norm(params).item()
         if 0 < max_grad_norm < norm:  # torch's clip_grad_norm_ scales by max / (norm + 1e-6) too
@@ -71,7 +116,10 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
     else:
         norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
-    optimizer.step()
+    if scaled:
+        scaler.update(math.isfinite(norm))
+    if not scaled or math.isfinite(norm):
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
@@ -187,8 +235,9 @@ def keep_best(out: str | os.PathLike, trainable: dict[str, torch.nn.Module]) -> 
     processes().barrier()
 
 
-def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict[str, Any] | None = None) -> Path:
-    """Write `<output_dir>/checkpoint` atomically. With several processes every one gathers its shards (FSDP)
+def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler,
+                    extra: dict[str, Any] | None = None, scaler: LossScaler | None = None) -> Path:
+    """Write `<output_dir>/checkpoint` atomically (the fp16 loss scale too). With several processes every one gathers its shards (FSDP)
     and the main process writes; the others wait for it."""
     target = Path(output_dir) / CHECKPOINT_DIR
     weights = {name: trainable_state(module) for name, module in modules.items()}
@@ -206,6 +255,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str,
                     "scheduler": scheduler.state_dict(),
                     "rng": rng,
                     "extra": extra or {},
+                    "loss_scaler": scaler.state_dict() if scaler is not None else None,
                 },
                 tmp / "state.pt",
             )
@@ -230,7 +280,8 @@ def whole_optimizer_state(optimizer) -> dict:
     return state
 
 
-def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.Module], optimizer, scheduler) -> tuple[int, dict[str, Any]] | None:
+def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.Module], optimizer, scheduler,
+                    scaler: LossScaler | None = None) -> tuple[int, dict[str, Any]] | None:
     """Restore a checkpoint written by `save_checkpoint`; returns (step, extra) or None if there is none."""
     target = Path(output_dir) / CHECKPOINT_DIR
     if not (target / "state.pt").exists():
@@ -244,6 +295,8 @@ def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.M
                 moments[k] = like_param(v, params[i])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("loss_scaler"):
+        scaler.load_state_dict(state["loss_scaler"])
     rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per process that wrote it
     procs = processes()
     set_rng_state(rngs[procs.rank] if len(rngs) == procs.world else rngs[0])  # another number of processes: the main one's
@@ -333,13 +386,13 @@ class GoodhartGuard:
 
 
 def checkpoint_or_interrupt(out, done: int, cfg, trainable: dict[str, torch.nn.Module], optimizer, scheduler, state: dict, logger,
-                            stage: str) -> bool:
+                            stage: str, scaler: LossScaler | None = None) -> bool:
     """The end of an RL step: a checkpoint every `cfg.save_every` steps; with `cfg.interrupt_after`, a checkpoint and
     a stop as if interrupted (how resuming is tested). True when the run must stop now (rerunning resumes it)."""
     if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-        save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
+        save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state, scaler=scaler)
     if cfg.interrupt_after is not None and cfg.interrupt_after <= done < cfg.steps:
-        save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state)
+        save_checkpoint(out, done, trainable, optimizer, scheduler, extra=state, scaler=scaler)
         logger.close()
         console.print(f"{stage}: stopped after step {done} (interrupt_after); rerun the same command to resume")
         return True

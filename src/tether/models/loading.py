@@ -44,10 +44,13 @@ def device() -> torch.device:
 
 
 def autocast(precision: str):
-    """bf16 autocast for matmuls (weights stay fp32); a no-op for 'fp32'."""
+    """bf16 or fp16 autocast for matmuls (weights stay fp32); a no-op for 'fp32', and for bf16 on a CPU without it.
+    fp16 (GPUs without bf16, such as V100 and T4) needs loss scaling in training: training.LossScaler."""
     dev = device().type
     if precision == "bf16" and (dev == "cuda" or _cpu_has_bf16()):
         return torch.autocast(dev, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(dev, dtype=torch.float16)
     return contextlib.nullcontext()
 
 

@@ -53,7 +53,7 @@ from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.stages.reward import is_tie, split_by_prompt
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
-from tether.training import (bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory,
+from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory,
                              save_checkpoint, start_stage)
 
 LOSSES = {"sigmoid": dpo_sigmoid_loss, "ipo": dpo_ipo_loss, "hinge": dpo_hinge_loss, "conservative": dpo_conservative_loss}
@@ -300,11 +300,12 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     per_step = cfg.batch_size * cfg.grad_accum * procs.world
     total_steps = cfg.max_steps or max(1, math.ceil(len(train_ex) * cfg.epochs / per_step))
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
+    scaler = LossScaler(cfg.precision == "fp16")  # fp16: dynamic loss scaling; otherwise it changes nothing
     stream = index_stream(len(train_ex), cfg.seed, total_steps * per_step)
     if cfg.bucket_by_length:
         stream = bucket_by_length(stream, lambda i: len(train_ex[i]), cfg.batch_size, cfg.seed)
     start_step = 0
-    resumed = load_checkpoint(out, {"model": policy}, optimizer, scheduler)
+    resumed = load_checkpoint(out, {"model": policy}, optimizer, scheduler, scaler)
     if resumed is not None:
         start_step = resumed[0]
         console.print(f"dpo: resuming from step {start_step} of {total_steps}")
@@ -330,26 +331,27 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
                 logp_c, logp_r = response_logprobs(policy, batch, pad_id, pack)
             # 3. the loss on the implicit rewards; the step's gradient is the mean over all its pairs
             loss, m = loss_fn(logp_c, logp_r, ref_c, ref_r)
-            (loss * len(batch) / per_step).backward()
+            scaler.scale(loss * len(batch) / per_step).backward()
             for key in METRICS:
                 totals[key] += m[key] * len(batch) / per_step
         # 4. update (the processes' gradients summed: each loss was weighted by its share of the whole step)
         procs.reduce_gradients(params, average=False)
         totals = {key: procs.sum(v) for key, v in totals.items()}
-        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         done = step + 1
         metrics = {f"train/{key}": totals[key] for key in METRICS}
-        metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb()})
+        metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb(),
+                        **scaler_metrics(scaler)})
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps and eval_ex:
             t_eval = time.time()
             metrics.update({f"eval/{key}": v for key, v in run_eval().items() if key in METRICS})
             eval_seconds += time.time() - t_eval
         logger.log(done, metrics)
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            save_checkpoint(out, done, {"model": policy}, optimizer, scheduler)
+            save_checkpoint(out, done, {"model": policy}, optimizer, scheduler, scaler=scaler)
         if cfg.interrupt_after is not None and cfg.interrupt_after <= done < total_steps:
-            save_checkpoint(out, done, {"model": policy}, optimizer, scheduler)
+            save_checkpoint(out, done, {"model": policy}, optimizer, scheduler, scaler=scaler)
             logger.close()
             console.print(f"dpo: stopped after step {done} (interrupt_after); rerun the same command to resume")
             return None

@@ -52,7 +52,7 @@ from tether.rollout.logprobs import policy_forward, reference_logprobs
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
+from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, start_stage)
 
 
@@ -150,6 +150,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     procs = processes()  # data parallel: each process samples prompts_per_step groups a step, gradients summed over all
     n_minibatches = B // cfg.mini_batch_size
     optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.iterations * n_minibatches)
+    scaler = LossScaler(cfg.precision == "fp16")  # fp16: dynamic loss scaling; otherwise it changes nothing
     aggregate = {"token_mean": lambda x, m, mb: token_mean(x, m, mb["tokens"]),
                  "sequence_mean": lambda x, m, mb: sequence_mean(x, m, mb["sequences"]),
                  "constant": lambda x, m, mb: constant_mean(x, m, mb["rows"] * cfg.generation.max_new_tokens)}[cfg.loss_aggregation]
@@ -163,7 +164,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     guard = GoodhartGuard(cfg.early_stop, out, trainable, cfg.steps)
 
     start_step = 0
-    resumed = load_checkpoint(out, trainable, optimizer, scheduler)
+    resumed = load_checkpoint(out, trainable, optimizer, scheduler, scaler)
     if resumed is not None:
         start_step = resumed[0]
         guard.best = resumed[1].get("best", guard.best)
@@ -293,13 +294,13 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
                         if weights is not None:
                             st = {**st, **is_stats}
                         loss = aggregate(per_token, mask[micro], counts)
-                        loss.backward()
+                        scaler.scale(loss).backward()
                         stats["loss"] = stats.get("loss", 0.0) + loss.item() / n_updates  # the micro-batch losses add up to the minibatch's
                         for key, v in st.items():  # token-weighted, as the loss
                             stats[key] = stats.get(key, 0.0) + v * share
                         stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), st["ratio_max"])
                     procs.reduce_gradients(params, average=False)
-                    grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+                    grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
                     if N > 0:
                         stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
             policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
@@ -344,6 +345,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
             stop_reason = guard.update(done, check)
             if cfg.early_stop.gold_peak:
                 metrics["held_out/gold_peak_kl"] = guard.peak_kl
+        metrics.update(scaler_metrics(scaler))
         history.append(metrics)
         logger.log(done, metrics)
         if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
@@ -355,7 +357,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         if stop_reason:
             console.print(f"grpo: early stop after step {done}: {stop_reason}")
             break
-        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"best": guard.best, "baseline": baseline.state_dict()}, logger, "grpo"):
+        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"best": guard.best, "baseline": baseline.state_dict()}, logger, "grpo", scaler):
             return None
     logger.close()
     guard.roll_back(done, "grpo")  # to the policy that did best on held-out prompts

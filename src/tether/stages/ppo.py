@@ -57,7 +57,7 @@ from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
 from tether.rollout.logprobs import policy_forward, reference_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
+from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, start_stage)
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
@@ -203,6 +203,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     groups = [{"params": [p for p in params if id(p) not in critic]},
               {"params": [p for p in params if id(p) in critic], "lr": cfg.value_lr or cfg.optim.lr}]
     optimizer, scheduler = make_optimizer([g for g in groups if g["params"]], cfg.optim, cfg.steps * cfg.ppo_epochs * n_minibatches)
+    scaler = LossScaler(cfg.precision == "fp16")  # fp16: dynamic loss scaling; otherwise it changes nothing
     kl_ctl = (AdaptiveKLController(cfg.kl.init_beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
               else FixedKLController(cfg.kl.init_beta))
     kl_estimator = KL_ESTIMATORS[cfg.kl.estimator]
@@ -237,7 +238,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         return scores.clamp(-cfg.reward_clip, cfg.reward_clip), keep
 
     start_step = 0
-    resumed = load_checkpoint(out, trainable, optimizer, scheduler)
+    resumed = load_checkpoint(out, trainable, optimizer, scheduler, scaler)
     if resumed is not None:
         start_step = resumed[0]
         kl_ctl.load_state_dict(resumed[1]["kl_controller"])
@@ -349,12 +350,12 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
                         ptx_loss, _ = sft_loss(logits.float(), ptx["labels"].to(device()))
                         loss = loss + cfg.ptx_coef * ptx_loss / procs.world  # once per minibatch, its own mean
                         stats["ptx_loss"] = stats.get("ptx_loss", 0.0) + ptx_loss.item() / n_updates
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     for key, v in {**pg_stats, **vf_stats, **extra}.items():  # token-weighted, as the loss
                         stats[key] = stats.get(key, 0.0) + v * share / n_updates
                     stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), pg_stats["ratio_max"])
                 procs.reduce_gradients(params, average=False)
-                grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+                grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
                 stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
 
         set_train_mode(trainable, False)  # eval mode for the held-out check and the next rollout (KV cache on)
@@ -399,6 +400,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
             stop_reason = guard.update(done, check)
             if cfg.early_stop.gold_peak:
                 metrics["held_out/gold_peak_kl"] = guard.peak_kl
+        metrics.update(scaler_metrics(scaler))
         history.append(metrics)
         logger.log(done, metrics)
         if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
@@ -408,7 +410,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         if stop_reason:
             console.print(f"ppo: early stop after step {done}: {stop_reason}")
             break
-        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"kl_controller": kl_ctl.state_dict(), "best": guard.best}, logger, "ppo"):
+        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"kl_controller": kl_ctl.state_dict(), "best": guard.best}, logger, "ppo", scaler):
             return None
     logger.close()
     guard.roll_back(done, "ppo")  # to the policy that did best on held-out prompts

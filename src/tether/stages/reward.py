@@ -29,7 +29,7 @@ from tether.models.loading import (apply_lora, autocast, count_parameters, devic
 from tether.models.reward_model import (ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
                                         save_ensemble_manifest, save_normalization, unwrap)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
-from tether.training import (bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint,
+from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint,
                              make_optimizer, release_freed_memory, save_checkpoint, start_stage)
 
 
@@ -337,6 +337,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     per_step = cfg.batch_size * cfg.grad_accum * procs.world
     total_steps = cfg.max_steps or max(1, math.ceil(len(train_pairs) * cfg.epochs / per_step))
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
+    scaler = LossScaler(cfg.precision == "fp16")  # fp16: dynamic loss scaling; otherwise it changes nothing
     stream = pair_stream(train_pairs, cfg.seed, total_steps * per_step, cfg.group_by_prompt)
     length_key = packed_length_key(tokenizer, train_pairs, prompt_ids, cfg)
     if cfg.bucket_by_length:
@@ -345,7 +346,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if cfg.pack_prompts and not pack:
         console.print("reward: this model's attention does not honour a packed (block-diagonal) mask; scoring each response in its own row")
     start_step = 0
-    resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler)
+    resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler, scaler)
     if resumed is not None:
         start_step = resumed[0]
         console.print(f"reward: resuming from step {start_step} of {total_steps}")
@@ -381,18 +382,19 @@ def train_reward(cfg: RewardConfig) -> dict:
                 loss, m = bradley_terry_loss(r_chosen, r_rejected, margin)
             if cfg.center_rewards_coefficient:
                 loss = loss + cfg.center_rewards_coefficient * reward_centering_penalty(r_chosen, r_rejected)
-            (loss * weight * len(batch) / per_step).backward()
+            scaler.scale(loss * weight * len(batch) / per_step).backward()
             for key in totals:
                 totals[key] += m[key] * weight * len(batch) / per_step
         procs.reduce_gradients(params, average=False)  # each loss was weighted by its share of the whole step
         totals = {key: procs.sum(v) for key, v in totals.items()}
-        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         done = step + 1
         logger.log(done, {"train/loss": totals["loss"], "train/accuracy": totals["accuracy"], "train/margin": totals["margin"],
-                          "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb()})
+                          "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb(),
+                          **scaler_metrics(scaler)})
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
+            save_checkpoint(out, done, {"model": model}, optimizer, scheduler, scaler=scaler)
     train_seconds = time.time() - t_loop  # the loop only (this session's part of it after a resume)
     procs.check_in_step(params, "reward")
     model.eval()

@@ -28,7 +28,7 @@ from tether.models.loading import (apply_lora, autocast, count_parameters, devic
 from tether.models.reward_model import trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
+from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
                              start_stage)
 
 
@@ -93,12 +93,13 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     per_step = cfg.batch_size * cfg.grad_accum * procs.world
     total_steps = cfg.max_steps or math.ceil(len(train_ex) * cfg.epochs / per_step)
     optimizer, scheduler = make_optimizer(params, cfg.optim, total_steps)
+    scaler = LossScaler(cfg.precision == "fp16")  # fp16: dynamic loss scaling; otherwise it changes nothing
     stream = index_stream(len(train_ex), cfg.seed, total_steps * per_step)
     if cfg.bucket_by_length:
         stream = bucket_by_length(stream, lambda i: len(train_ex[i]["input_ids"]), cfg.batch_size, cfg.seed)
 
     start_step = 0
-    resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler)
+    resumed = load_checkpoint(out, {"model": model}, optimizer, scheduler, scaler)
     if resumed is not None:
         start_step = resumed[0]
         console.print(f"sft: resuming from step {start_step} of {total_steps}")
@@ -118,23 +119,23 @@ def train_sft(cfg: SFTConfig) -> dict | None:
             m = {k: v.to(device()) for k, v in m.items()}
             with autocast(cfg.precision):
                 nll, _ = response_nll(model, m)
-            (nll / max(n_tokens, 1)).backward()
+            scaler.scale(nll / max(n_tokens, 1)).backward()
             loss_total += nll.item()
         procs.reduce_gradients(params, average=False)  # each loss was divided by the whole step's token count
         loss_total = procs.sum(loss_total)
-        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         tokens_seen += n_tokens
         metrics = {"train/loss": loss_total / max(n_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-                   "train/grad_norm": grad_norm, "train/tokens": n_tokens}
+                   "train/grad_norm": grad_norm, "train/tokens": n_tokens, **scaler_metrics(scaler)}
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
             metrics["eval/loss"] = eval_loss(model, eval_ex, cfg.batch_size, tokenizer.pad_token_id, cfg.precision)
         logger.log(done, metrics)
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
+            save_checkpoint(out, done, {"model": model}, optimizer, scheduler, scaler=scaler)
         if cfg.interrupt_after is not None and done >= cfg.interrupt_after and done < total_steps:
-            save_checkpoint(out, done, {"model": model}, optimizer, scheduler)
+            save_checkpoint(out, done, {"model": model}, optimizer, scheduler, scaler=scaler)
             logger.close()
             console.print(f"sft: stopped after step {done} (interrupt_after); rerun the same command to resume")
             return None
