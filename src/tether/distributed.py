@@ -263,16 +263,20 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
     from tether.config import ConfigError
 
     env = os.environ if environ is None else environ
-    on = lambda key: env.get(key, "false").strip().lower() == "true"  # noqa: E731
+
+    def on(key: str) -> bool:
+        return env.get(key, "false").strip().lower() == "true"
+
     if on("ACCELERATE_USE_DEEPSPEED"):
         stage, offload = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"), [env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
                                                                           env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")]
         path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
         if path and path.lower() != "none":  # the DeepSpeed JSON config decides, as it does for accelerate
             import json
+            from pathlib import Path
 
             try:
-                zero = json.loads(open(path).read()).get("zero_optimization", {})
+                zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
             except (OSError, ValueError) as e:
                 raise ConfigError(f"{path}: could not read the DeepSpeed config that accelerate launch named ({e})") from e
             stage = zero.get("stage", 0)
