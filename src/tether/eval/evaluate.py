@@ -67,9 +67,10 @@ def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], setting
     return {"texts": texts, "finished": finished, "kl": kls, "proxy": proxy, "tokens": lengths}
 
 
-def _engine(cfg: EvalConfig, path: str):
-    """With engine=vllm, this process's vLLM engine holding the model at `path` (one engine: each model's weights are swapped in)."""
-    return load_sampler(path, cfg)[1] if cfg.engine == "vllm" else None
+def _engine(cfg: EvalConfig, path: str, model):
+    """With engine=vllm, this process's vLLM engine holding `model`, loaded from `path` (one engine: each model's weights
+    are swapped in from the copy already loaded here)."""
+    return load_sampler(path, cfg, model)[1] if cfg.engine == "vllm" else None
 
 
 def sample_both(cfg: EvalConfig, prompts: list[Prompt], paths: dict) -> tuple[dict, dict]:
@@ -78,9 +79,9 @@ def sample_both(cfg: EvalConfig, prompts: list[Prompt], paths: dict) -> tuple[di
     rm = load_reward_model(cfg.reward_model) if cfg.reward_model else None
     baseline = load_causal_lm(paths["baseline"]).eval()
     reference = baseline if paths["reference"] == paths["baseline"] else load_causal_lm(paths["reference"]).eval()
-    base = sample_and_score(baseline, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["baseline"]))
+    base = sample_and_score(baseline, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["baseline"], baseline))
     policy = load_causal_lm(paths["policy"]).eval()
-    pol = sample_and_score(policy, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["policy"]))
+    pol = sample_and_score(policy, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["policy"], policy))
     return pol, base
 
 

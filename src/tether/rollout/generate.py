@@ -148,10 +148,11 @@ _ENGINES: dict = {}
 (an engine's GPU memory is not reliably given back, and rejection sampling samples a new policy every round)."""
 
 
-def load_sampler(path: str, cfg):
+def load_sampler(path: str, cfg, model=None):
     """(tokenizer, sampler) for a sampling stage: the model itself for tether's sampler, or, with
     `cfg.engine == "vllm"`, a vLLM engine holding it (rollout/vllm_engine.py); `sample_responses` takes either.
-    An engine already running in this process gets the weights of the model at `path` (same architecture)."""
+    An engine already running in this process gets the weights of the model at `path` (same architecture),
+    taken from `model` when the caller has it loaded already."""
     from tether.models.loading import load_causal_lm, load_tokenizer
 
     if cfg.engine != "vllm":
@@ -162,7 +163,7 @@ def load_sampler(path: str, cfg):
     if engine is None:
         engine = _ENGINES["vllm"] = VLLMSampler(path, cfg.generation, cfg.vllm, cfg.seed)
     elif engine.model_path != path:
-        engine.sync(load_causal_lm(path))
+        engine.sync(model if model is not None else load_causal_lm(path))
     engine.model_path = path
     return load_tokenizer(path), engine
 
