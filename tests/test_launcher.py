@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from tether.config import ConfigError, SFTConfig, load_config
-from tether.distributed import apply_launcher_sharding, launcher_sharding, processes
+from tether.distributed import apply_launcher, launcher_precision, launcher_sharding, processes
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs" / "accelerate"
 
 
-def accelerate_env(config_file: Path) -> dict[str, str]:
-    """The environment `accelerate launch --config_file F -m tether sft` gives each process, built by accelerate's own code."""
+def accelerate_env(config_file: Path, *flags: str) -> dict[str, str]:
+    """The environment `accelerate launch --config_file F [flags] -m tether sft` gives each process, built by accelerate's own code."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "tether", "sft"]))
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(["--config_file", str(config_file), *flags, "-m", "tether", "sft"]))
     if args.use_deepspeed:  # as accelerate's launch_command does before its DeepSpeed launcher
         args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
         return prepare_deepspeed_cmd_env(args)[1]
@@ -84,15 +84,50 @@ def test_fsdp2_reshard_after_forward_and_hybrid_sharding():
 
 
 def test_the_launchers_request_overrides_the_config_and_lora_is_refused_with_it(monkeypatch):
-    monkeypatch.setattr(processes(), "launcher", launcher_sharding(accelerate_env(ACCELERATE_CONFIGS / "deepspeed_zero3_offload.yaml")))
-    cfg = load_config(SFTConfig, None, ["lora.enabled=false"])
-    apply_launcher_sharding(cfg)
-    assert (cfg.fsdp, cfg.zero_stage, cfg.offload_trainable) == (True, 3, True)
+    env = accelerate_env(ACCELERATE_CONFIGS / "deepspeed_zero3_offload.yaml")
+    monkeypatch.setattr(processes(), "launcher", launcher_sharding(env))
+    monkeypatch.setattr(processes(), "launcher_precision", launcher_precision(env))
+    cfg = load_config(SFTConfig, None, ["lora.enabled=false", "precision=fp32"])
+    apply_launcher(cfg)
+    assert (cfg.fsdp, cfg.zero_stage, cfg.offload_trainable, cfg.precision) == (True, 3, True, "bf16")
     with pytest.raises(ConfigError, match="accelerate launch asked for DeepSpeed ZeRO stage 3 with CPU offload: fsdp=true shards full fine-tuning"):
-        apply_launcher_sharding(load_config(SFTConfig, None, ["lora.enabled=true"]))
+        apply_launcher(load_config(SFTConfig, None, ["lora.enabled=true"]))
 
 
 def test_offload_trainable_needs_fsdp():
     with pytest.raises(ConfigError, match="offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true"):
         load_config(SFTConfig, None, ["offload_trainable=true"])
     assert load_config(SFTConfig, None, ["fsdp=true", "lora.enabled=false", "offload_trainable=true"]).offload_trainable
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3_offload.yaml", "fsdp.yaml"])
+def test_the_launchers_mixed_precision_becomes_tethers_precision(name):
+    assert launcher_precision(accelerate_env(ACCELERATE_CONFIGS / name)) == "bf16"  # mixed_precision: bf16 in each
+    assert launcher_precision(accelerate_env(ACCELERATE_CONFIGS / name, "--mixed_precision", "fp16")) == "fp16"
+
+
+def test_no_mixed_precision_leaves_the_stages_own_setting(monkeypatch):
+    # "no" is also accelerate's default when nothing was asked, so it must not turn a bf16 config into fp32
+    env = accelerate_env(ACCELERATE_CONFIGS / "fsdp.yaml", "--mixed_precision", "no")
+    assert launcher_precision({}) is None and launcher_precision(env) is None
+    monkeypatch.setattr(processes(), "launcher_precision", launcher_precision(env))
+    cfg = load_config(SFTConfig, None, ["precision=bf16"])
+    apply_launcher(cfg)
+    assert cfg.precision == "bf16"
+
+
+def test_a_deepspeed_json_decides_the_precision_unless_auto(tmp_path):
+    f = tmp_path / "ds_config.json"
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(f)}
+    f.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    assert launcher_precision(env) == "bf16"
+    f.write_text(json.dumps({"fp16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}))
+    assert launcher_precision(env) is None and launcher_precision({**env, "ACCELERATE_MIXED_PRECISION": "fp16"}) == "fp16"
+    f.write_text(json.dumps({"bf16": {"enabled": True}, "fp16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="ds_config.json: bf16.enabled and fp16.enabled are both true"):
+        launcher_precision(env)
+
+
+def test_fp8_is_refused_by_name():
+    with pytest.raises(ConfigError, match="--mixed_precision fp8: tether trains in bf16, fp16 or fp32"):
+        launcher_precision({"ACCELERATE_MIXED_PRECISION": "fp8"})

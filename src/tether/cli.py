@@ -72,9 +72,9 @@ def _train(fn: Callable, cfg, num_processes: int) -> None:
                 args.append(a)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}", "-m", "tether", *args]
         raise typer.Exit(subprocess.run(cmd).returncode)
-    from tether.distributed import apply_launcher_sharding
+    from tether.distributed import apply_launcher
 
-    _run(apply_launcher_sharding, cfg)  # `accelerate launch --use_deepspeed/--use_fsdp`: the same ZeRO stage, run by tether
+    _run(apply_launcher, cfg)  # `accelerate launch`: its ZeRO stage (run by tether with FSDP2) and its mixed precision
     _print_summary(_run(fn, cfg))
 
 

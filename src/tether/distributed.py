@@ -32,7 +32,7 @@ import os
 
 import torch
 
-__all__ = ["Processes", "processes", "launcher_sharding", "apply_launcher_sharding", "is_sharded", "is_fsdp", "shard_blocks", "gathered", "grad_norm", "full_tensor", "like_param"]
+__all__ = ["Processes", "processes", "launcher_sharding", "launcher_precision", "apply_launcher", "is_sharded", "is_fsdp", "shard_blocks", "gathered", "grad_norm", "full_tensor", "like_param"]
 
 
 class Processes:
@@ -42,8 +42,9 @@ class Processes:
         from accelerate import PartialState
 
         self.launcher = launcher_sharding()  # read before accelerate: with DeepSpeed asked for, it would start DeepSpeed's engine
+        self.launcher_precision = launcher_precision()
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-            os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"  # tether runs the ZeRO stage itself (FSDP2, apply_launcher_sharding)
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"  # tether runs the ZeRO stage itself (FSDP2, apply_launcher)
         # cpu=True on a machine without CUDA: several CPU processes then join over gloo
         self.state = PartialState(cpu=not torch.cuda.is_available()) if _launched() else None
         self.rank = self.state.process_index if self.state else 0
@@ -270,15 +271,9 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
     if on("ACCELERATE_USE_DEEPSPEED"):
         stage, offload = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"), [env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
                                                                           env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")]
-        path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
-        if path and path.lower() != "none":  # the DeepSpeed JSON config decides, as it does for accelerate
-            import json
-            from pathlib import Path
-
-            try:
-                zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"{path}: could not read the DeepSpeed config that accelerate launch named ({e})") from e
+        ds = _deepspeed_json(env)
+        if ds is not None:  # the DeepSpeed JSON config decides, as it does for accelerate
+            zero = ds.get("zero_optimization", {})
             stage = zero.get("stage", 0)
             offload = [(zero.get(k) or {}).get("device", "none") for k in ("offload_optimizer", "offload_param")]
         if str(stage) not in ("0", "1", "2", "3"):
@@ -304,9 +299,56 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
     return None
 
 
-def apply_launcher_sharding(cfg) -> None:
-    """Give a training stage's config the sharding its launcher asked for (`launcher_sharding`); say so once."""
-    asked = processes().launcher
+def _deepspeed_json(env) -> dict | None:
+    """The DeepSpeed JSON config `accelerate launch` named (ACCELERATE_DEEPSPEED_CONFIG_FILE), or None."""
+    import json
+    from pathlib import Path
+
+    from tether.config import ConfigError
+
+    path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
+    if not path or path.lower() == "none":
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: could not read the DeepSpeed config that accelerate launch named ({e})") from e
+
+
+def launcher_precision(environ: dict | None = None) -> str | None:
+    """The mixed precision `accelerate launch` was asked for (--mixed_precision, the config's mixed_precision, or the
+    DeepSpeed JSON's bf16/fp16 sections), as tether's `precision`: "bf16", "fp16", or None when it asked for neither.
+    accelerate's "no" is also its default when nothing was asked, so it leaves the stage's own setting alone; fp8 is
+    refused (tether trains in bf16, fp16 or fp32)."""
+    from tether.config import ConfigError
+
+    env = os.environ if environ is None else environ
+    asked = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    ds = _deepspeed_json(env) if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else None
+    if ds is not None:  # a DeepSpeed JSON that enables bf16 or fp16 decides ("auto" defers to accelerate's flag)
+        enabled = [k for k in ("bf16", "fp16") if (ds.get(k) or {}).get("enabled") is True]
+        if len(enabled) > 1:
+            raise ConfigError(f"{env['ACCELERATE_DEEPSPEED_CONFIG_FILE']}: bf16.enabled and fp16.enabled are both true; enable one of them")
+        asked = enabled[0] if enabled else asked
+    if asked in ("no", ""):
+        return None
+    if asked not in ("bf16", "fp16"):
+        raise ConfigError(f"accelerate launch --mixed_precision {asked}: tether trains in bf16, fp16 or fp32 (precision=); "
+                          "launch with --mixed_precision bf16, fp16 or no")
+    return asked
+
+
+def apply_launcher(cfg) -> None:
+    """Give a training stage's config what its launcher asked for: the sharding (`launcher_sharding`) and the mixed
+    precision (`launcher_precision`); say so once."""
+    from tether.tracking import console
+
+    state = processes()
+    if state.launcher_precision and hasattr(cfg, "precision") and cfg.precision != state.launcher_precision:
+        console.print(f"tether: accelerate launch asked for mixed precision {state.launcher_precision}; "
+                      f"the run uses precision={state.launcher_precision} (the config said {cfg.precision})", soft_wrap=True)
+        cfg.precision = state.launcher_precision
+    asked = state.launcher
     if asked is None or not hasattr(cfg, "fsdp"):
         return
     from tether.config import ConfigError, check_fsdp
@@ -316,8 +358,6 @@ def apply_launcher_sharding(cfg) -> None:
         check_fsdp(cfg)
     except ConfigError as e:
         raise ConfigError(f"accelerate launch asked for {asked['asked']}: {e}") from e
-    from tether.tracking import console
-
     how = (f"fsdp=true zero_stage={cfg.zero_stage}" + (" offload_trainable=true" if cfg.offload_trainable else "")) if cfg.fsdp else "fsdp=false"
     console.print(f"tether: accelerate launch asked for {asked['asked']}; tether runs it with FSDP2 as {how}", soft_wrap=True)
 
