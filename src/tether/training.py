@@ -10,6 +10,7 @@ an interrupt during saving never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import os
 import random
@@ -383,6 +384,18 @@ class GoodhartGuard:
         best = self.best
         return {"prompts": n_prompts, "initial_reward": best.get("initial_reward"), "best_reward": best["reward"], "best_kl": best["kl"],
                 "best_step": best["step"], "initial": best.get("initial"), "last": best.get("last")}
+
+
+def resumed_history(logger, out: Path, start_step: int, is_main: bool) -> list[dict]:
+    """An RL stage's metrics of the steps before a resume (for its summary); `<out>/samples.jsonl` is cut back to the
+    steps the checkpoint had seen, so a resumed run does not repeat them."""
+    if not is_main:  # one process speaks for all
+        return []
+    samples_path = out / "samples.jsonl"
+    if samples_path.exists():
+        kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        samples_path.write_text("".join(line + "\n" for line in kept))
+    return [json.loads(line) for line in logger.path.read_text().splitlines() if line]
 
 
 def checkpoint_or_interrupt(out, done: int, cfg, trainable: dict[str, torch.nn.Module], optimizer, scheduler, state: dict, logger,

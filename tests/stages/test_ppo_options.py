@@ -108,6 +108,20 @@ def test_goodhart_guard_keeps_the_best_step_and_resumes_with_it(tiny_model_dir, 
     assert full["held_out"]["best_reward"] >= full["held_out"]["initial_reward"]
 
 
+def test_held_out_checks_do_not_change_the_training(tiny_model_dir, tiny_data, tmp_path):
+    # the guard only watches: checking every step, every 3rd step or never gives the same rollouts and updates
+    common = ["steps=3", "optim.lr=1e-2", "lora.enabled=false", "kl.init_beta=0.01"]
+    guard = [f"early_stop.prompts={tiny_data['prompts']}", "early_stop.limit=4", "early_stop.patience=0"]
+    ppo(tiny_model_dir, tiny_data, tmp_path / "none", "letter_e", *common)
+    ppo(tiny_model_dir, tiny_data, tmp_path / "every1", "letter_e", *common, *guard, "early_stop.every=1")
+    ppo(tiny_model_dir, tiny_data, tmp_path / "every3", "letter_e", *common, *guard, "early_stop.every=3")
+    runs = [rows(tmp_path / name) for name in ("none", "every1", "every3")]
+    assert [sum("held_out/reward" in r for r in run) for run in runs] == [0, 3, 1]
+    for key in ("rollout/reward", "rollout/kl", "train/policy_loss", "train/grad_norm"):
+        values = [[r[key] for r in run] for run in runs]
+        assert values[1] == values[0] and values[2] == values[0], key
+
+
 @pytest.mark.parametrize("micro", [1, 3])
 def test_micro_batches_give_the_whole_minibatch_update(tiny_model_dir, tiny_data, tmp_path, micro):
     # one minibatch of 4 episodes in one pass, or as micro-batches of 1 (4 passes) or of 3 and 1

@@ -53,7 +53,7 @@ from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
-                             release_freed_memory, start_stage)
+                             release_freed_memory, resumed_history, start_stage)
 
 
 TRIM_EVERY = 4
@@ -177,11 +177,8 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step,
                            tracker=cfg.tracker)
-    history = [json.loads(line) for line in logger.path.read_text().splitlines() if line] if procs.is_main else []  # steps before a resume
+    history = resumed_history(logger, out, start_step, procs.is_main)  # steps before a resume
     samples_path = out / "samples.jsonl"
-    if samples_path.exists() and procs.is_main:  # keep only what the checkpoint had seen
-        kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-        samples_path.write_text("".join(line + "\n" for line in kept))
 
     sampler = training_sampler(cfg, policy_path, policy, procs.world)  # engine=vllm: vLLM samples, synced after every update
 
