@@ -43,7 +43,7 @@ class Processes:
 
         self.launcher = launcher_sharding()  # read before accelerate: with DeepSpeed asked for, it would start DeepSpeed's engine
         self.launcher_precision = launcher_precision()
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        if _env_flag(os.environ, "ACCELERATE_USE_DEEPSPEED"):
             os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"  # tether runs the ZeRO stage itself (FSDP2, apply_launcher)
         # cpu=True on a machine without CUDA: several CPU processes then join over gloo
         self.state = PartialState(cpu=not torch.cuda.is_available()) if _launched() else None
@@ -264,11 +264,7 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
     from tether.config import ConfigError
 
     env = os.environ if environ is None else environ
-
-    def on(key: str) -> bool:
-        return env.get(key, "false").strip().lower() == "true"
-
-    if on("ACCELERATE_USE_DEEPSPEED"):
+    if _env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
         stage, offload = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"), [env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
                                                                           env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")]
         ds = _deepspeed_json(env)
@@ -285,7 +281,7 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
         stage = int(stage)
         return {"fsdp": stage > 0, "zero_stage": 3 if stage == 3 else 2, "offload_trainable": stage > 0 and "cpu" in offload,
                 "asked": f"DeepSpeed ZeRO stage {stage}" + (" with CPU offload" if "cpu" in offload else "")}
-    if on("ACCELERATE_USE_FSDP"):
+    if _env_flag(env, "ACCELERATE_USE_FSDP"):
         if env.get("FSDP_VERSION", "1") == "2" or "FSDP_SHARDING_STRATEGY" not in env:
             strategy = "FULL_SHARD" if env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true" else "SHARD_GRAD_OP"
         else:
@@ -295,8 +291,13 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
             raise ConfigError(f"FSDP sharding strategy {strategy}: tether shards over every process; use FULL_SHARD (ZeRO-3), "
                               "SHARD_GRAD_OP (ZeRO-2) or NO_SHARD")
         return {"fsdp": strategy != "NO_SHARD", "zero_stage": 3 if strategy == "FULL_SHARD" else 2,
-                "offload_trainable": strategy != "NO_SHARD" and on("FSDP_OFFLOAD_PARAMS"), "asked": f"FSDP {strategy}"}
+                "offload_trainable": strategy != "NO_SHARD" and _env_flag(env, "FSDP_OFFLOAD_PARAMS"), "asked": f"FSDP {strategy}"}
     return None
+
+
+def _env_flag(env, key: str) -> bool:
+    """An accelerate launch flag passed as an environment variable ("true" / "false")."""
+    return env.get(key, "false").strip().lower() == "true"
 
 
 def _deepspeed_json(env) -> dict | None:
@@ -324,7 +325,7 @@ def launcher_precision(environ: dict | None = None) -> str | None:
 
     env = os.environ if environ is None else environ
     asked = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-    ds = _deepspeed_json(env) if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else None
+    ds = _deepspeed_json(env) if _env_flag(env, "ACCELERATE_USE_DEEPSPEED") else None
     if ds is not None:  # a DeepSpeed JSON that enables bf16 or fp16 decides ("auto" defers to accelerate's flag)
         enabled = [k for k in ("bf16", "fp16") if (ds.get(k) or {}).get("enabled") is True]
         if len(enabled) > 1:
