@@ -382,7 +382,7 @@ class RaySettings:
 
 @dataclass
 class EarlyStopSettings:
-    """The Goodhart guard: watch held-out prompts, keep the best policy, stop when it turns."""
+    """The Goodhart guard: watch held-out prompts, keep the best policy, stop when it turns (or when time is up)."""
 
     prompts: Optional[str] = None
     """Held-out prompts to watch (None = off)."""
@@ -394,10 +394,21 @@ class EarlyStopSettings:
     """Hard KL ceiling in nats per response on the held-out prompts: above it, stop and roll back to the best policy."""
     patience: int = 2
     """Stop and roll back to the best policy after this many evaluations without a new best held-out reward (0 = never)."""
+    max_minutes: Optional[float] = None
+    """Wall-clock budget in minutes from the stage's start (a resumed run starts its clock again): the run stops,
+    rolled back to the best checked policy, when the next held-out check (with no held-out prompts: the next step)
+    would end past it, predicted from the mean step and the last check so far. The final save comes after it.
+    None = no budget."""
     gold_peak: bool = False
     """With a gold scorer (the simulated setting, feedback/gold.py): from the 4th check on (the start counts), fit Gao et
     al.'s RL curve gold = c + d(alpha - beta ln d), d = sqrt(KL), to the checks so far (eval/overopt.py) and stop, rolled
     back to the best policy, once the held-out KL passes the KL where the fitted gold peaks."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"early_stop.every must be at least 1 step, got {self.every}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"early_stop.max_minutes must be > 0 (or null for no budget), got {self.max_minutes}")
 
 
 @dataclass

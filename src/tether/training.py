@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -336,24 +337,52 @@ class GoodhartGuard:
     (`gold_peak`), or `patience` checks without a new best reward. `best` (a dict) goes into the checkpoint, so a
     resumed run remembers it; `roll_back` loads the best policy at the end."""
 
-    def __init__(self, settings, out: str | os.PathLike, trainable: dict[str, torch.nn.Module], steps: int):
+    def __init__(self, settings, out: str | os.PathLike, trainable: dict[str, torch.nn.Module], steps: int,
+                 started: float | None = None):
         self.settings, self.out, self.trainable, self.steps = settings, Path(out), trainable, steps
         self.best: dict[str, Any] = {"step": None, "reward": None, "kl": None, "since": 0}
         self.peak_kl: float | None = None  # where the fitted gold curve peaks (gold_peak), after the last check
+        # the time budget (max_minutes): the stage's start, each step's seconds, the last check's seconds
+        self.started = time.time() if started is None else started
+        self.step_seconds: list[float] = []
+        self.check_seconds = 0.0
 
     def due(self, done: int) -> bool:
         """Is a check due after `done` steps?"""
         return bool(self.settings.prompts) and (done % self.settings.every == 0 or done == self.steps)
 
-    def start(self, check: dict) -> None:
-        """The starting policy's check: it is the first best, which RL must beat."""
+    def start(self, check: dict, seconds: float = 0.0) -> None:
+        """The starting policy's check (which took `seconds`): it is the first best, which RL must beat."""
         self.best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"],
                      "initial": check, "checks": [[check["kl"], check.get("gold")]]}
+        self.check_seconds = seconds
         keep_best(self.out, self.trainable)
 
-    def update(self, done: int, check: dict) -> str | None:
-        """Record the check after `done` steps (the policy is kept when it is the best so far); the reason to stop, or None."""
+    def out_of_time(self, done: int, step_seconds: float) -> str | None:
+        """After step `done` (which took `step_seconds`, its check not counted): the reason to stop when the next check
+        (the next step, with no held-out prompts) would end past `max_minutes` from the start, or None. With several
+        processes the prediction is their mean, so all of them stop together."""
+        self.step_seconds.append(step_seconds)
+        budget = self.settings.max_minutes
+        if not budget or done >= self.steps:
+            return None
+        ahead = 1
+        if self.settings.prompts:  # up to the next check: a run stopped there ends on a checked policy
+            while not self.due(done + ahead):
+                ahead += 1
+        mean_step = sum(self.step_seconds) / len(self.step_seconds)
+        end = time.time() - self.started + ahead * mean_step + (self.check_seconds if self.settings.prompts else 0.0)
+        end = processes().mean(end)
+        if end <= budget * 60:
+            return None
+        what = f"the check after step {done + ahead}" if self.settings.prompts else f"step {done + 1}"
+        return f"{what} would end at {end / 60:.1f} minutes, past max_minutes={budget:g}"
+
+    def update(self, done: int, check: dict, seconds: float = 0.0) -> str | None:
+        """Record the check after `done` steps (which took `seconds`; the policy is kept when it is the best so far);
+        the reason to stop, or None."""
         best, settings = self.best, self.settings
+        self.check_seconds = seconds
         best["last"] = {"step": done, **check}
         within_kl = settings.max_kl is None or check["kl"] is None or check["kl"] <= settings.max_kl
         if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):

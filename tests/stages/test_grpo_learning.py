@@ -149,6 +149,12 @@ def test_held_out_check_reports_each_source(tiny_model_dir, tiny_data, tmp_path)
     assert initial["reward/function:constant"] == 1.0 and last["step"] == 2 and last["reward"] == checks[-1]["held_out/reward"]
 
 
+def test_time_budget_stops_grpo_too(tiny_model_dir, tiny_data, tmp_path):
+    s = grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "letter_e", "steps=4", "group_size=2", "mini_batch_size=4",
+             "early_stop.max_minutes=0.0001")  # no held-out prompts: the budget looks one step ahead
+    assert s["steps_done"] == 1 and s["stopped_early"].startswith("step 2 would end at")
+
+
 def test_config_errors():
     base = [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]"]
     with pytest.raises(ConfigError, match="set reward"):

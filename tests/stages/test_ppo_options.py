@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tether.config import GenerationSettings, PPOConfig, load_config
+from tether.config import ConfigError, GenerationSettings, PPOConfig, load_config
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.rollout.generate import generate
 from tether.stages.ppo import train_ppo
@@ -106,6 +106,50 @@ def test_goodhart_guard_keeps_the_best_step_and_resumes_with_it(tiny_model_dir, 
     resumed = ppo(tiny_model_dir, tiny_data, tmp_path / "b", "letter_e", *common)
     assert resumed["held_out"] == full["held_out"] and full["steps_done"] == 4
     assert full["held_out"]["best_reward"] >= full["held_out"]["initial_reward"]
+
+
+def test_time_budget_stops_before_the_next_check_that_would_end_past_it(monkeypatch, tmp_path):
+    # the prediction by hand: now + steps to the next check x the mean step + the last check's seconds
+    from tether import training
+    from tether.config import EarlyStopSettings
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "time", lambda: clock[0])
+    guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, max_minutes=10), tmp_path, {}, steps=20, started=0.0)
+    guard.check_seconds = 30.0  # the start's check
+    clock[0] = 30 + 100.0
+    assert guard.out_of_time(1, 100.0) is None  # the check after step 4 ends at 130 + 3 x 100 + 30 = 460 s
+    clock[0] = 130 + 140.0
+    assert guard.out_of_time(2, 140.0) is None  # 270 + 2 x 120 + 30 = 540 s, inside 600
+    clock[0] = 270 + 120.0
+    reason = guard.out_of_time(3, 120.0)  # 390 + 1 x 120 + 30 = 540 s
+    assert reason is None
+    guard.check_seconds = 90.0  # a slower check after step 4: 510 + 4 x 120 + 90 = 1080 s
+    clock[0] = 390 + 120.0
+    reason = guard.out_of_time(4, 120.0)
+    assert reason == "the check after step 8 would end at 18.0 minutes, past max_minutes=10"
+    # with no held-out prompts the budget looks one step ahead; no budget, no stop
+    bare = training.GoodhartGuard(EarlyStopSettings(max_minutes=10), tmp_path, {}, steps=20, started=0.0)
+    clock[0] = 480.0
+    assert bare.out_of_time(4, 120.0) is None  # 480 + 120 = 600 s: just inside
+    clock[0] = 481.0
+    assert bare.out_of_time(5, 120.0) == "step 6 would end at 10.0 minutes, past max_minutes=10"
+    assert training.GoodhartGuard(EarlyStopSettings(), tmp_path, {}, steps=20, started=0.0).out_of_time(5, 1e9) is None
+
+
+def test_time_budget_ends_the_run_on_its_best_checked_policy(tiny_model_dir, tiny_data, tmp_path):
+    common = ["steps=6", "optim.lr=1e-2", "lora.enabled=false", "kl.init_beta=0.01", f"early_stop.prompts={tiny_data['prompts']}",
+              "early_stop.every=2", "early_stop.limit=4", "early_stop.patience=0"]
+    s = ppo(tiny_model_dir, tiny_data, tmp_path / "short", "letter_e", *common, "early_stop.max_minutes=0.0001")
+    assert s["steps_done"] == 1 and "max_minutes" in s["stopped_early"] and "check after step 2" in s["stopped_early"]
+    assert s["held_out"]["best_step"] == 0  # the only checked policy: the start, which the run rolled back to
+    start, final = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(tmp_path / "short" / "model" / "model.safetensors"))
+    assert all(torch.equal(start[k], final[k]) for k in start)
+    ample = ppo(tiny_model_dir, tiny_data, tmp_path / "ample", "letter_e", *common, "early_stop.max_minutes=1000")
+    plain = ppo(tiny_model_dir, tiny_data, tmp_path / "plain", "letter_e", *common)
+    assert ample["steps_done"] == plain["steps_done"] == 6 and ample["stopped_early"] is None
+    assert [r["rollout/reward"] for r in rows(tmp_path / "ample")] == [r["rollout/reward"] for r in rows(tmp_path / "plain")]
+    with pytest.raises(ConfigError, match="early_stop.max_minutes must be > 0"):
+        load_config(PPOConfig, None, ["early_stop.max_minutes=0"])
 
 
 def test_held_out_checks_do_not_change_the_training(tiny_model_dir, tiny_data, tmp_path):
