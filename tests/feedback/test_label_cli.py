@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from tether.cli import app
 from tether.data.readers import read_preferences
+from tether.data.records import PreferencePair
 from tether.feedback.store import open_store
 
 runner = CliRunner()
@@ -127,3 +128,48 @@ def test_collect_with_an_unreachable_store_stops_before_sampling(tiny_model_dir,
                     f"db=postgresql://nobody@/x?host={tmp_path}")
     assert result.exit_code == 2 and "cannot open the preference store" in result.output
     assert not (tmp_path / "c" / "samples.jsonl").exists()
+
+
+def test_pairs_to_label_keeps_each_pair_of_texts_of_a_prompt_once():
+    from tether.stages.collect import pairs_to_label
+
+    prompts = ["Say hi.", "Say bye.", "Say hi."]  # the third is the first again
+    responses = ["yes", "no", "no ",  # "no" twice: (yes, no) once, (no, no) is nothing to prefer
+                 "a", "", "b",  # an empty answer pairs with nothing
+                 "no", "yes", "maybe"]  # (no, yes) is prompt 0's pair the other way round
+    assert pairs_to_label(prompts, responses, 3) == [(0, 0, 1), (1, 0, 2), (2, 0, 2), (2, 1, 2)]
+
+
+def test_collect_stores_one_answer_a_task_when_samples_repeat(tiny_model_dir, tmp_path, monkeypatch):
+    # two samples of a prompt with the same text make two pairs of one task: the simulated annotator answered both (with
+    # different choices) and the store refused the second, which stopped `make demo`. A task already in the store the
+    # other way round gets the answer as its own A or B.
+    from tether.stages import collect as collect_stage
+
+    texts = {"Say hi.": ["Hello there.", "Hi!", "Hi!", "Go away."], "Say bye.": ["Bye.", "See you.", "Later.", "Farewell."]}
+    monkeypatch.setattr(collect_stage, "sample_responses", lambda model, tok, prompts, *a, **k: [
+        {"response": texts[p][n % 4], "finished": True, "n_tokens": 3} for n, p in enumerate(prompts)])
+    prompts = tmp_path / "prompts.jsonl"
+    write_rows(prompts, [{"prompt": "Say hi."}, {"prompt": "Say bye."}])
+    db = tmp_path / "prefs.db"
+    with open_store(db) as store:  # an earlier run stored (Go away., Hello there.): the pair reversed
+        store.add_pairs([PreferencePair(prompt="Say hi.", chosen="Go away.", rejected="Hello there.")])
+    s = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={prompts}", f"output_dir={tmp_path / 'c'}", "responses_per_prompt=4",
+                      "precision=fp32", f"db={db}", "store_judgements=true").stdout)
+    assert s["pairs"] == 3 + 6 and s["db_tasks"] == 9 and s["db_judgements"] == 9 and s["db_judgements_kept"] == 0
+    jsonl = read_preferences(tmp_path / "c" / "preferences.jsonl")
+    chosen = {frozenset((p.chosen, p.rejected)): p.chosen for p in jsonl}
+    assert len(chosen) == 9
+    with open_store(db) as store:
+        tasks = {t.id: t for t in store.tasks()}
+        votes = store.votes()
+    assert len(tasks) == 9 and len(votes) == 9
+    reversed_task = next(t for t in tasks.values() if t.response_a == "Go away.")
+    for v in votes:  # each stored answer picks the response the JSONL pair has as chosen, whichever way round the task is
+        t = tasks[v.task_id]
+        assert (t.response_a if v.choice == "A" else t.response_b) == chosen[frozenset((t.response_a, t.response_b))]
+    assert any(v.task_id == reversed_task.id for v in votes)
+    # the same run again answers the same way: nothing changes, nothing fails
+    again = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={prompts}", f"output_dir={tmp_path / 'c2'}", "responses_per_prompt=4",
+                          "precision=fp32", f"db={db}", "store_judgements=true").stdout)
+    assert again["db_judgements"] == 9 and again["db_judgements_kept"] == 0

@@ -9,17 +9,34 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import time
 
 from tether.config import CollectConfig, resolve_path
 from tether.data.readers import read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
-from tether.feedback.store import Candidate, open_store
+from tether.feedback.store import Candidate, DuplicateJudgementError, open_store
 from tether.models.loading import resolve_model
 from tether.rollout.generate import load_sampler, sample_responses
 from tether.tracking import MetricsLogger, write_summary
 from tether.training import start_stage
+
+
+def pairs_to_label(prompts: list, responses: list[str], K: int) -> list[tuple[int, int, int]]:
+    """The pairs (prompt index, a, b), a < b, of each prompt's K responses (prompt i's are responses[i*K:(i+1)*K]) to label.
+    A pair needs two different, non-empty responses (there is nothing to prefer otherwise), and each pair of texts of a
+    prompt is labelled once: two samples can be the same text, a prompt can come twice, and the preference store holds
+    a pair of texts as one task, which one annotator answers once."""
+    seen, pairs = set(), []
+    for i, prompt in enumerate(prompts):
+        for a, b in itertools.combinations(range(K), 2):
+            first, second = responses[i * K + a].strip(), responses[i * K + b].strip()
+            key = (json.dumps(prompt, sort_keys=True), frozenset((first, second)))
+            if first and second and first != second and key not in seen:
+                seen.add(key)
+                pairs.append((i, a, b))
+    return pairs
 
 
 def collect(cfg: CollectConfig) -> dict:
@@ -51,11 +68,8 @@ def collect(cfg: CollectConfig) -> dict:
     write_jsonl(out / "samples.jsonl", rows)
 
     # 2. label all K*(K-1)/2 pairs per prompt
-    # a pair needs two different, non-empty responses: there is nothing to prefer otherwise
-    usable = lambda i, a, b: (samples[i * K + a]["response"].strip() and samples[i * K + b]["response"].strip()  # noqa: E731
-                              and samples[i * K + a]["response"].strip() != samples[i * K + b]["response"].strip())
     all_pairs = [(i, a, b) for i in range(len(records)) for a, b in itertools.combinations(range(K), 2)]
-    pairs = [p for p in all_pairs if usable(*p)]
+    pairs = pairs_to_label([r.prompt for r in records], [s["response"] for s in samples], K)
     texts = [prompt_text(records[i].prompt) for i, _, _ in pairs]
     firsts = [samples[i * K + a]["response"] for i, a, _ in pairs]
     seconds = [samples[i * K + b]["response"] for i, _, b in pairs]
@@ -73,12 +87,13 @@ def collect(cfg: CollectConfig) -> dict:
     write_jsonl(out / "preferences.jsonl", prefs)
 
     # 3. the preference store, when asked: prompts, responses with their model and sampling settings, the same pairs as
-    #    tasks, and with store_judgements the simulated annotator's answer to each (response A is the pair's first)
-    tasks_stored, judgements_stored = None, None
+    #    tasks, and with store_judgements the simulated annotator's answer to each
+    tasks_stored, judgements_stored, kept = None, None, None
     if store is not None:
         settings = {**dataclasses.asdict(cfg.generation), "seed": cfg.seed, "precision": cfg.precision}
         simulated = store.get_or_add_annotator(judgements[0].annotator, "simulated") if cfg.store_judgements and judgements else None
-        tasks_stored, judgements_stored = 0, 0
+        tasks_stored, judgements_stored, kept = 0, 0, 0
+        task_of = {}  # index into pairs -> task id
         for i, rec in enumerate(records):
             candidates = [Candidate(samples[i * K + k]["response"], model_path, settings,
                                     {"finished": samples[i * K + k]["finished"], "n_tokens": samples[i * K + k]["n_tokens"], "sample_index": k})
@@ -86,12 +101,21 @@ def collect(cfg: CollectConfig) -> dict:
             mine = [n for n, (j, _, _) in enumerate(pairs) if j == i]  # this prompt's pairs, as indices into judgements
             task_ids = store.add_candidates(rec.prompt, candidates, [pairs[n][1:] for n in mine],
                                             required=cfg.annotators_per_task, source=cfg.prompts, prompt_meta=rec.meta)
+            task_of.update(zip(mine, task_ids, strict=True))  # pairs_to_label keeps only pairs the store takes
             tasks_stored += len(task_ids)
-            if simulated is not None:  # the store keeps the same pairs `usable` kept (both drop empty or identical responses)
-                for n, task_id in zip(mine, task_ids, strict=True):
-                    j = judgements[n]
-                    store.record_judgement(simulated, task_id, "AB"[j.choice], strength=j.p_first if j.choice == 0 else 1 - j.p_first)
+        if simulated is not None:
+            # the answer as the stored task's A or B: a task already in the store (from an earlier run) may hold the pair
+            # the other way round; a task this annotator already answered keeps that answer (it is never changed)
+            response_a = {t.id: t.response_a for t in store.tasks()}
+            for n, task_id in task_of.items():
+                j = judgements[n]
+                picked = firsts[n] if j.choice == 0 else seconds[n]
+                try:
+                    store.record_judgement(simulated, task_id, "A" if picked == response_a[task_id] else "B",
+                                           strength=j.p_first if j.choice == 0 else 1 - j.p_first)
                     judgements_stored += 1
+                except DuplicateJudgementError:
+                    kept += 1
         store.close()
 
     distinct = [j for j in judgements if j.gold_first != j.gold_second]
@@ -101,7 +125,7 @@ def collect(cfg: CollectConfig) -> dict:
         "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
         "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
         "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
-        **({"db": cfg.db, "db_tasks": tasks_stored, "db_judgements": judgements_stored} if store is not None else {}),
+        **({"db": cfg.db, "db_tasks": tasks_stored, "db_judgements": judgements_stored, "db_judgements_kept": kept} if store is not None else {}),
     }
     write_summary(out, summary)
     return summary
