@@ -68,7 +68,6 @@ def collect(cfg: CollectConfig) -> dict:
     write_jsonl(out / "samples.jsonl", rows)
 
     # 2. label all K*(K-1)/2 pairs per prompt
-    all_pairs = [(i, a, b) for i in range(len(records)) for a, b in itertools.combinations(range(K), 2)]
     pairs = pairs_to_label([r.prompt for r in records], [s["response"] for s in samples], K)
     texts = [prompt_text(records[i].prompt) for i, _, _ in pairs]
     firsts = [samples[i * K + a]["response"] for i, a, _ in pairs]
@@ -121,7 +120,7 @@ def collect(cfg: CollectConfig) -> dict:
     distinct = [j for j in judgements if j.gold_first != j.gold_second]
     agreement = gold_agreement(distinct) if distinct else None  # undefined when every pair is a gold tie
     summary = {
-        "stage": "collect", "prompts": len(records), "samples": len(samples), "pairs": len(prefs), "pairs_dropped": len(all_pairs) - len(pairs),
+        "stage": "collect", "prompts": len(records), "samples": len(samples), "pairs": len(prefs), "pairs_dropped": len(records) * K * (K - 1) // 2 - len(pairs),
         "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
         "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
         "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
