@@ -169,6 +169,9 @@ def test_collect_stores_one_answer_a_task_when_samples_repeat(tiny_model_dir, tm
         t = tasks[v.task_id]
         assert (t.response_a if v.choice == "A" else t.response_b) == chosen[frozenset((t.response_a, t.response_b))]
     assert any(v.task_id == reversed_task.id for v in votes)
+    with open_store(db) as store:
+        assert store.first_responses([reversed_task.id]) == {reversed_task.id: "Go away."}
+        assert store.first_responses(tasks) == {t.id: t.response_a for t in tasks.values()}
     # the same run again answers the same way: nothing changes, nothing fails
     again = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={prompts}", f"output_dir={tmp_path / 'c2'}", "responses_per_prompt=4",
                           "precision=fp32", f"db={db}", "store_judgements=true").stdout)

@@ -603,6 +603,16 @@ class Store:
                                       t.required, t.is_golden, t.golden_answer, dict(t.meta)))
             return out
 
+    def first_responses(self, task_ids: Iterable[int]) -> dict[int, str]:
+        """The text of each of these tasks' response A: which way round a stored task holds its pair."""
+        ids, out = list(task_ids), {}
+        with self._sessions.begin() as s:
+            for start in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
+                rows = s.execute(select(TaskRow.id, ResponseRow.text).join(ResponseRow, ResponseRow.id == TaskRow.response_a_id)
+                                 .where(TaskRow.id.in_(ids[start:start + 500])))
+                out.update((task_id, text) for task_id, text in rows)
+        return out
+
     def votes(self) -> list[Vote]:
         """Every judgement, in the order recorded."""
         with self._sessions.begin() as s:

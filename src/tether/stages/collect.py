@@ -105,7 +105,7 @@ def collect(cfg: CollectConfig) -> dict:
         if simulated is not None:
             # the answer as the stored task's A or B: a task already in the store (from an earlier run) may hold the pair
             # the other way round; a task this annotator already answered keeps that answer (it is never changed)
-            response_a = {t.id: t.response_a for t in store.tasks()}
+            response_a = store.first_responses(task_of.values())
             for n, task_id in task_of.items():
                 j = judgements[n]
                 picked = firsts[n] if j.choice == 0 else seconds[n]
