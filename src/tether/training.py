@@ -351,11 +351,17 @@ class GoodhartGuard:
         """Is a check due after `done` steps?"""
         return bool(self.settings.prompts) and (done % self.settings.every == 0 or done == self.steps)
 
-    def start(self, check: dict, seconds: float = 0.0) -> None:
-        """The starting policy's check (which took `seconds`): it is the first best, which RL must beat."""
+    def timed(self, run_check: Callable[[], dict]) -> dict:
+        """Run a held-out check, keeping how long it took (what the time budget expects the next one to take)."""
+        t = time.time()
+        check = run_check()
+        self.check_seconds = time.time() - t
+        return check
+
+    def start(self, check: dict) -> None:
+        """The starting policy's check: it is the first best, which RL must beat."""
         self.best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"],
                      "initial": check, "checks": [[check["kl"], check.get("gold")]]}
-        self.check_seconds = seconds
         keep_best(self.out, self.trainable)
 
     def out_of_time(self, done: int, step_seconds: float) -> str | None:
@@ -378,11 +384,9 @@ class GoodhartGuard:
         what = f"the check after step {done + ahead}" if self.settings.prompts else f"step {done + 1}"
         return f"{what} would end at {end / 60:.1f} minutes, past max_minutes={budget:g}"
 
-    def update(self, done: int, check: dict, seconds: float = 0.0) -> str | None:
-        """Record the check after `done` steps (which took `seconds`; the policy is kept when it is the best so far);
-        the reason to stop, or None."""
+    def update(self, done: int, check: dict) -> str | None:
+        """Record the check after `done` steps (the policy is kept when it is the best so far); the reason to stop, or None."""
         best, settings = self.best, self.settings
-        self.check_seconds = seconds
         best["last"] = {"step": done, **check}
         within_kl = settings.max_kl is None or check["kl"] is None or check["kl"] <= settings.max_kl
         if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):

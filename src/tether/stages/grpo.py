@@ -171,9 +171,8 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         baseline.load_state_dict(resumed[1]["baseline"])
         console.print(f"grpo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
-        t_check = time.time()
-        check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
-        guard.start(check, seconds=time.time() - t_check)
+        check = guard.timed(lambda: held_out_check(policy, reference, tokenizer, held_out, cfg, sources))
+        guard.start(check)
         console.print(f"grpo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step,
@@ -338,10 +337,9 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         # 6. the guard: held-out reward and KL; keep the best, stop when it turns
         stop_reason = None
         if guard.due(done):
-            t_check = time.time()
-            check = held_out_check(policy, reference, tokenizer, held_out, cfg, sources)
+            check = guard.timed(lambda: held_out_check(policy, reference, tokenizer, held_out, cfg, sources))
             metrics.update({f"held_out/{key}": value for key, value in check.items()})
-            stop_reason = guard.update(done, check, seconds=time.time() - t_check)
+            stop_reason = guard.update(done, check)
             if cfg.early_stop.gold_peak:
                 metrics["held_out/gold_peak_kl"] = guard.peak_kl
         stop_reason = stop_reason or guard.out_of_time(done, metrics["time/step_s"])  # early_stop.max_minutes
