@@ -452,6 +452,11 @@ class PPOConfig:
     """Keep the embeddings and the lowest N blocks (their LoRA adapters too) frozen: the backward pass stops above them,
     so an update costs less (with 15 of SmolLM2's 30 blocks, about a third less). A value model with its own trunk
     (`value_model` reward_adapter or reward_model) has its lowest N blocks frozen too."""
+    reuse_frozen_states: bool = True
+    """With freeze_layers: record once per rollout what the frozen lower blocks compute (their output at every position,
+    (batch_size, tokens, hidden) activations: 10 MB at 48 episodes of 96 tokens and SmolLM2's 576) and start the
+    reference's pass and every update pass above them. The same numbers (checked once before training on a probe; off
+    with a note where they differ), for the lower blocks' forward in each PPO epoch. Off under fsdp."""
     reuse_sampling_pass: bool = True
     """Take log pi_old, the policy-head values and the entropy from the sampling pass (rollout/sampling.py) instead of a
     second forward over the rollout: one pass fewer per step, equal up to rounding in fp32. With stop strings (sampled by

@@ -211,6 +211,19 @@ def test_frozen_lower_blocks_stay_as_they_were(tiny_model_dir, tiny_data, tmp_pa
     assert torch.equal(base.model.embed_tokens.weight, trained.model.embed_tokens.weight)
 
 
+def test_passes_from_the_recorded_frozen_blocks_change_no_number(tiny_model_dir, tiny_data, tmp_path):
+    """reuse_frozen_states (the default with freeze_layers): the reference's pass and every update pass start above the
+    frozen block from its recorded output; the run is the one that recomputes it."""
+    common = ["steps=2", "optim.lr=1e-2", "freeze_layers=1", "kl.init_beta=0.2"]
+    assert ppo(tiny_model_dir, tiny_data, tmp_path / "reuse", "letter_e", *common)["frozen_blocks_recorded"] == 1
+    assert ppo(tiny_model_dir, tiny_data, tmp_path / "full", "letter_e", *common, "reuse_frozen_states=false")["frozen_blocks_recorded"] == 0
+    reuse, full = rows(tmp_path / "reuse"), rows(tmp_path / "full")
+    for a, b in zip(reuse, full):
+        for key in ("rollout/reward", "rollout/kl", "train/policy_loss", "train/value_loss", "train/approx_kl", "train/grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert reuse[1]["rollout/kl"] != 0  # a trained policy: not 0 == 0
+
+
 def test_value_lr_sets_the_value_heads_own_learning_rate(tiny_model_dir, tiny_data, tmp_path):
     """Adam moves each weight by at most about lr per update: the value head's steps scale with value_lr."""
     moved = {}

@@ -55,7 +55,7 @@ from tether.rewards.functions import call_reward_function, load_reward_function
 from tether.rewards.sources import load_reward_sources, score_samples
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
-from tether.rollout.logprobs import policy_forward, reference_logprobs
+from tether.rollout.logprobs import policy_forward, record_frozen, reference_logprobs, replays_exactly
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, resumed_history, start_stage)
@@ -85,9 +85,11 @@ def reward_adapter_value(member, lora: LoraSettings) -> RewardModelValue:
     return RewardModelValue(model, member.normalization)
 
 
-def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperature: float, with_entropy: bool = False) -> dict:
-    """Policy log-probs (B, R), values (B, R) and optionally entropy, from the trainable models."""
-    out = policy_forward(policy, seqs, attn, P, temperature, value_head=value_head, with_entropy=with_entropy)
+def evaluate_step(policy, value_head, value_model, seqs, attn, P: int, temperature: float, with_entropy: bool = False,
+                  frozen=None) -> dict:
+    """Policy log-probs (B, R), values (B, R) and optionally entropy, from the trainable models; the policy's pass
+    starts above its frozen blocks when given their recorded `frozen` states."""
+    out = policy_forward(policy, seqs, attn, P, temperature, value_head=value_head, with_entropy=with_entropy, frozen=frozen)
     if value_model is not None:
         out["values"] = value_model(seqs, attn, P)
     return out
@@ -167,6 +169,13 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers)
+    frozen_blocks = 0  # > 0: the frozen blocks run once per rollout, their output recorded (reuse_frozen_states)
+    if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.fsdp:
+        probe = tokenizer("Is this a helpful answer? Yes, it is.", return_tensors="pt").input_ids.to(device())
+        if replays_exactly(policy, probe, cfg.freeze_layers, with_adapter_off=cfg.lora.enabled):
+            frozen_blocks = cfg.freeze_layers
+        else:
+            console.print("ppo: reuse_frozen_states is off: passes started from the recorded lower blocks did not give this model's logits")
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
         shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
     value_head, value_model = None, None
@@ -280,6 +289,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         with torch.no_grad(), autocast(cfg.precision):
             # in minibatch-sized chunks: without gradients, a minibatch's logits weigh about what a
             # micro-batch's kept activations do, and fewer, larger passes are faster
+            frozen = record_frozen(policy, seqs, attn, frozen_blocks, cfg.mini_batch_size) if frozen_blocks else None
             if cfg.reuse_sampling_pass and rollout.logprobs is not None and sampler is None:  # no second pass of the policy
                 old = {"logp": rollout.logprobs, "values": rollout.values, "entropy": rollout.entropy}
                 if value_model is not None:
@@ -287,9 +297,10 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
                                               cfg.batch_size, cfg.mini_batch_size)["values"]
             else:
                 old = in_chunks(lambda rows: evaluate_step(policy, value_head, value_model, seqs[rows], attn[rows], P, temperature,
-                                                           with_entropy=True), cfg.batch_size, cfg.mini_batch_size)
+                                                           with_entropy=True, frozen=None if frozen is None else frozen[rows]),
+                                cfg.batch_size, cfg.mini_batch_size)
             if pending_ref is None:
-                ref_logp = reference_logprobs(policy, reference, seqs, attn, P, temperature, cfg.mini_batch_size)
+                ref_logp = reference_logprobs(policy, reference, seqs, attn, P, temperature, cfg.mini_batch_size, frozen=frozen)
         scores, keep = score(batch_prompts, rollout)  # (B,), (B,)
         if pending_ref is not None:
             ref_logp = pending_ref.result().to(seqs.device)
@@ -327,7 +338,8 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
                 for micro_index, micro in enumerate(mb.split(cfg.micro_batch_size)):
                     share = (mask[micro].sum() / mb_tokens).item()
                     with autocast(cfg.precision):
-                        new = evaluate_step(policy, value_head, value_model, seqs[micro], attn[micro], P, temperature, with_entropy=cfg.ent_coef > 0)
+                        new = evaluate_step(policy, value_head, value_model, seqs[micro], attn[micro], P, temperature,
+                                            with_entropy=cfg.ent_coef > 0, frozen=None if frozen is None else frozen[micro])
                     pg_loss, pg_stats = ppo_policy_loss(new["logp"], old_logp[micro], advantages[micro], mask[micro], cfg.clip_eps,
                                                         weights=None if is_weights is None else is_weights[micro])
                     vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[micro], returns[micro], mask[micro], cfg.value_clip_eps)
@@ -430,6 +442,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         "steps_done": done, "stopped_early": stop_reason,
         "held_out": guard.summary(len(held_out)),
         "trainable_params": n_trainable, "total_params": n_total, "reward_model_shared_params": shared_params,
+        "frozen_blocks_recorded": frozen_blocks,  # reuse_frozen_states: blocks run once per rollout, not in every pass
         "parameter_gb": parameter_gb, "offloaded_gb": offloaded_gb,
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
