@@ -34,6 +34,7 @@ bench: $(STAMP) bench-trl-ppo-env
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/reward_hh.py
 	$(BIN)/python benchmarks/ppo_memory.py
+	$(BIN)/python benchmarks/ppo_frozen_blocks.py
 	$(BIN)/python benchmarks/stage_memory.py
 	$(BIN)/python benchmarks/ppo_vs_trl.py
 	$(BIN)/python benchmarks/ppo_vs_trl.py --model default --steps 3 --threads 0 --runs tether_lora,tether_four,trl,trl_lora

@@ -56,6 +56,8 @@ def rows() -> list[dict]:
         if "decode_floor" in r:
             add("generation bound", "HF decode step / its linear layers alone", r["decode_floor"]["ratio_bound"], target="(any sampler's ceiling)")
         add("SFT step FLOP/s", f"{r['training_step']['fraction_of_peak']:.0%} of the measured fp32 matmul peak", target="(reported)")
+    if (r := load("ppo_frozen_blocks.json")) is not None:  # step-time ratio as a speed: above 1, recording is faster
+        add("PPO step, top 15 of 30 blocks trained", "frozen blocks recorded / recomputed", 1 / r["ratios"]["step"], target="(reported)")
     if (r := load("ppo_memory/result.json")) is not None:
         for setting, modes in r.items():
             if isinstance(modes, dict) and "shared_base" in modes:
@@ -70,7 +72,7 @@ def main() -> list[dict]:
         fmt = lambda x: f"x{x:.2f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
         print(f"{row['benchmark']:<34} {row['comparison']:<52} {fmt(row['throughput_ratio']):>7} {fmt(row['memory_ratio']):>7}  {row['target']}")
     missing = [n for n in ("reward_hh.json", "ppo_vs_trl.json", "ppo_vs_trl_default.json", "grpo_vs_trl.json", "sft_vs_trl.json", "dpo_vs_trl.json", "rollout_and_flops.json",
-                           "ppo_memory/result.json") if not (BENCH / n).exists()]
+                           "ppo_frozen_blocks.json", "ppo_memory/result.json") if not (BENCH / n).exists()]
     if missing:
         print("missing (not run, or failed): " + ", ".join(missing))
     BENCH.mkdir(parents=True, exist_ok=True)

@@ -224,6 +224,11 @@ def test_passes_from_the_recorded_frozen_blocks_change_no_number(tiny_model_dir,
     assert reuse[1]["rollout/kl"] != 0  # a trained policy: not 0 == 0
 
 
+def test_freezing_every_block_is_refused_by_name(tiny_model_dir, tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="freeze_layers=2 leaves no block .* it has 2"):
+        ppo(tiny_model_dir, tiny_data, tmp_path / "run", "letter_e", "steps=1", "freeze_layers=2")
+
+
 def test_value_lr_sets_the_value_heads_own_learning_rate(tiny_model_dir, tiny_data, tmp_path):
     """Adam moves each weight by at most about lr per update: the value head's steps scale with value_lr."""
     moved = {}

@@ -35,7 +35,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from tether.config import LoraSettings, PPOConfig, resolve_path
+from tether.config import ConfigError, LoraSettings, PPOConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import read_demonstrations, read_prompts
 from tether.data.records import prompt_text
@@ -168,6 +168,9 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
     if cfg.freeze_layers:
+        if cfg.freeze_layers >= len(trunk_of(policy).layers):
+            raise ConfigError(f"freeze_layers={cfg.freeze_layers} leaves no block of {policy_path} to train: it has "
+                              f"{len(trunk_of(policy).layers)}; freeze fewer")
         freeze_lower_layers(policy, cfg.freeze_layers)
     frozen_blocks = 0  # > 0: the frozen blocks run once per rollout, their output recorded (reuse_frozen_states)
     if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.fsdp:
