@@ -5,13 +5,13 @@
 then compute the same thing for a rollout's sequences in every pass over them: the reference's, and each PPO epoch's
 minibatches. With `reuse_frozen_states` they run once per rollout and the other passes start at block 15. Both runs
 here use the shipped config's shape (LoRA r16 on the top 15 blocks, 2 PPO epochs over minibatches of 8, micro-batches
-of 2, up to 32 new tokens, fp32) on real HH-RLHF prompts, with a reward model initialised from the default model (the
+of 2, prompts cut to their last 64 tokens, up to 32 new tokens, fp32) on real HH-RLHF prompts, with a reward model initialised from the default model (the
 reward's value does not change the work). The runs alternate (`--repeats` of each); the figures are medians over
 every step but each run's first (warm-up) of `time/update_s` (the PPO update), `time/score_s` (reference and reward
 passes, and the recording) and `time/step_s`. Both runs train the same policy: a test (tests/stages/test_ppo_options.py)
 holds that the switch changes no number.
 
-    .venv/bin/python benchmarks/ppo_frozen_blocks.py [--steps 3] [--batch-size 16] [--repeats 1] [--threads 0]
+    .venv/bin/python benchmarks/ppo_frozen_blocks.py [--steps 3] [--batch-size 48] [--repeats 1] [--threads 0]
 
 Writes runs/bench/ppo_frozen_blocks.json.
 """
@@ -53,8 +53,9 @@ def run(name: str, repeat: int, model_dir: str, reward_dir: Path, a) -> list[dic
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
     cmd = [str(TETHER), "ppo", f"policy={model_dir}", f"reward_model={reward_dir}", f"prompts={HH_TRAIN}", f"output_dir={out}",
            f"steps={a.steps}", f"batch_size={a.batch_size}", "mini_batch_size=8", "micro_batch_size=2", "ppo_epochs=2",
-           "freeze_layers=15", "lora.enabled=true", "lora.r=16", "lora.alpha=32", "generation.max_new_tokens=32",
-           f"generation.batch_size={a.batch_size}", "precision=fp32", "save_every=0", "samples_every=0", RUNS[name]]
+           "freeze_layers=15", "lora.enabled=true", "lora.r=16", "lora.alpha=32",
+           "generation.max_new_tokens=32", "generation.max_prompt_tokens=64", "generation.temperature=1.0", "generation.top_p=1.0",
+           "generation.batch_size=16", "precision=fp32", "save_every=0", "samples_every=0", RUNS[name]]
     run_logged(cmd, WORK / f"{name}_{repeat}.log", a.threads)
     recorded = json.loads((out / "summary.json").read_text())["frozen_blocks_recorded"]
     if recorded != (15 if name == "recorded" else 0):
@@ -65,7 +66,7 @@ def run(name: str, repeat: int, model_dir: str, reward_dir: Path, a) -> list[dic
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="PPO step time with the frozen lower blocks recorded once per rollout vs recomputed")
     ap.add_argument("--steps", type=int, default=3, help="rollouts per run (the first is not counted)")
-    ap.add_argument("--batch-size", type=int, default=16, help="episodes per rollout")
+    ap.add_argument("--batch-size", type=int, default=48, help="episodes per rollout (the shipped config's 48)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each, alternating")
     ap.add_argument("--threads", type=int, default=0, help="OMP/MKL threads per run (0 = torch's default)")
     a = ap.parse_args(argv)
