@@ -160,21 +160,21 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     reference = None
     if not cfg.lora.enabled:
         reference = placement.model("reference", policy_path, cfg.precision) if placement else load_frozen_lm(policy_path, cfg.offload_frozen)
+    # a short text the weight-sharing and frozen-block checks run the models on before training
+    probe = tokenizer("Is this a helpful answer? Yes, it is.", return_tensors="pt").input_ids.to(device())
     shared_params = 0
     if rm is not None and cfg.share_weights and placement is None and not cfg.offload_frozen:  # a LoRA-trained RM becomes an adapter on the base (not under a value adapter)
-        probe = tokenizer("Is this a helpful answer? Yes, it is.", return_tensors="pt").input_ids.to(device())
         shared_params = share_with_base(rm, policy if reference is None else reference, probe,
                                         use_adapters=cfg.value_model != "reward_adapter")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
     if cfg.freeze_layers:
-        if cfg.freeze_layers >= len(trunk_of(policy).layers):
-            raise ConfigError(f"freeze_layers={cfg.freeze_layers} leaves no block of {policy_path} to train: it has "
-                              f"{len(trunk_of(policy).layers)}; freeze fewer")
+        n_blocks = len(trunk_of(policy).layers)
+        if cfg.freeze_layers >= n_blocks:
+            raise ConfigError(f"freeze_layers={cfg.freeze_layers} leaves no block of {policy_path} to train: it has {n_blocks}; freeze fewer")
         freeze_lower_layers(policy, cfg.freeze_layers)
     frozen_blocks = 0  # > 0: the frozen blocks run once per rollout, their output recorded (reuse_frozen_states)
     if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.fsdp:
-        probe = tokenizer("Is this a helpful answer? Yes, it is.", return_tensors="pt").input_ids.to(device())
         if replays_exactly(policy, probe, cfg.freeze_layers, with_adapter_off=cfg.lora.enabled):
             frozen_blocks = cfg.freeze_layers
         else:
