@@ -4,7 +4,7 @@
 `configs/ppo/default.yaml` trains adapters on the top 15 of SmolLM2's 30 blocks (`freeze_layers: 15`). The lower 15
 then compute the same thing for a rollout's sequences in every pass over them: the reference's, and each PPO epoch's
 minibatches. With `reuse_frozen_states` they run once per rollout and the other passes start at block 15. Both runs
-here use the shipped config's shape (LoRA r16 on the top 15 blocks, 2 PPO epochs over minibatches of 8, micro-batches
+here use the PPO config's shape as it was until its answers were cut to 24 tokens (LoRA r16 on the top 15 blocks, 2 PPO epochs over minibatches of 8, micro-batches
 of 2, prompts cut to their last 64 tokens, up to 32 new tokens, fp32) on real HH-RLHF prompts, with a reward model initialised from the default model (the
 reward's value does not change the work). The runs alternate (`--repeats` of each); the figures are medians over
 every step but each run's first (warm-up) of `time/update_s` (the PPO update), `time/score_s` (reference and reward
