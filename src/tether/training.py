@@ -409,6 +409,9 @@ class GoodhartGuard:
         if self.settings.prompts and self.best["step"] is not None and self.best["step"] != done:
             load_weights(self.out / BEST_DIR, self.trainable)
             console.print(f"{stage}: rolled back to the best held-out policy, step {self.best['step']}")
+        if self.settings.prompts and len(self.best.get("checks", [])) > 1:  # the kept reading won a contest of noisy checks
+            console.print(f"{stage}: the kept reward is the best of {len(self.best['checks'])} checks of the same prompts, so it reads "
+                          "high; `tether eval offset=...` on prompts the guard never saw measures the kept policy without that bias")
 
     def summary(self, n_prompts: int) -> dict | None:
         """The `held_out` part of a stage's summary.json."""
