@@ -394,6 +394,11 @@ class EarlyStopSettings:
     """Hard KL ceiling in nats per response on the held-out prompts: above it, stop and roll back to the best policy."""
     patience: int = 2
     """Stop and roll back to the best policy after this many evaluations without a new best held-out reward (0 = never)."""
+    tolerance: float = 0.0
+    """Keep a later check whose held-out reward reads within this much of the best reading so far (reward units; 0 = keep
+    the best reading). Every check reads the same prompts, so the best of several readings is partly the luckiest: with
+    about one check's standard error (PPO logs it as `held_out/reward_se`), the guard keeps, inside the KL ceiling, the policy trained
+    longest among those its readings cannot tell apart."""
     max_minutes: Optional[float] = None
     """Wall-clock budget in minutes from the stage's start (a resumed run starts its clock again): the run stops,
     rolled back to the best checked policy, when the next held-out check (with no held-out prompts: the next step)
@@ -407,6 +412,8 @@ class EarlyStopSettings:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ConfigError(f"early_stop.every must be at least 1 step, got {self.every}")
+        if self.tolerance < 0:
+            raise ConfigError(f"early_stop.tolerance must be >= 0 (reward units; 0 keeps the best reading), got {self.tolerance}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"early_stop.max_minutes must be > 0 (or null for no budget), got {self.max_minutes}")
 

@@ -332,7 +332,8 @@ def gold_peak_kl(checks: list[list[float]]) -> float | None:
 
 class GoodhartGuard:
     """The held-out guard of an RL stage (`early_stop`, EarlyStopSettings). Every `every` steps the stage checks its
-    policy on held-out prompts (reward, KL, gold); the best policy within the KL ceiling is kept in `<out>/best`, and
+    policy on held-out prompts (reward, KL, gold); the best policy within the KL ceiling (with `tolerance`, the latest
+    one reading within it of the best) is kept in `<out>/best`, and
     `update` says when to stop: held-out KL past `max_kl`, past the KL where the gold curve fitted to the checks peaks
     (`gold_peak`), or `patience` checks without a new best reward. `best` (a dict) goes into the checkpoint, so a
     resumed run remembers it; `roll_back` loads the best policy at the end."""
@@ -361,7 +362,7 @@ class GoodhartGuard:
     def start(self, check: dict) -> None:
         """The starting policy's check: it is the first best, which RL must beat."""
         self.best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"],
-                     "initial": check, "checks": [[check["kl"], check.get("gold")]]}
+                     "top": check["reward"], "initial": check, "checks": [[check["kl"], check.get("gold")]]}
         keep_best(self.out, self.trainable)
 
     def out_of_time(self, done: int, step_seconds: float) -> str | None:
@@ -389,9 +390,14 @@ class GoodhartGuard:
         best, settings = self.best, self.settings
         best["last"] = {"step": done, **check}
         within_kl = settings.max_kl is None or check["kl"] is None or check["kl"] <= settings.max_kl
-        if within_kl and (best["reward"] is None or check["reward"] > best["reward"]):
-            best.update(step=done, reward=check["reward"], kl=check["kl"], since=0)
+        top = best.get("top", best["reward"])  # the best reading so far (a checkpoint from before `top` has the kept one)
+        beats = top is None or check["reward"] > top
+        ties = settings.tolerance > 0 and top is not None and check["reward"] >= top - settings.tolerance
+        if within_kl and (beats or ties):  # kept: the best so far, or later and within the tolerance of it
+            best.update(step=done, reward=check["reward"], kl=check["kl"])
             keep_best(self.out, self.trainable)
+        if within_kl and beats:  # patience counts the checks since the best reading
+            best.update(top=check["reward"], since=0)
         else:
             best["since"] += 1
         best.setdefault("checks", []).append([check["kl"], check.get("gold")])
@@ -408,7 +414,9 @@ class GoodhartGuard:
         """At the end of the run: load the best policy unless it is the last one."""
         if self.settings.prompts and self.best["step"] is not None and self.best["step"] != done:
             load_weights(self.out / BEST_DIR, self.trainable)
-            console.print(f"{stage}: rolled back to the best held-out policy, step {self.best['step']}")
+            which = (f"the latest within {self.settings.tolerance:g} of the best held-out reward" if self.settings.tolerance
+                     else "the best held-out policy")
+            console.print(f"{stage}: rolled back to {which}, step {self.best['step']}")
         if self.settings.prompts and len(self.best.get("checks", [])) > 1:  # the kept reading won a contest of noisy checks
             console.print(f"{stage}: the kept reward is the best of {len(self.best['checks'])} checks of the same prompts, so it reads "
                           "high; `tether eval offset=...` on prompts the guard never saw measures the kept policy without that bias")
@@ -419,7 +427,8 @@ class GoodhartGuard:
             return None
         best = self.best
         return {"prompts": n_prompts, "initial_reward": best.get("initial_reward"), "best_reward": best["reward"], "best_kl": best["kl"],
-                "best_step": best["step"], "initial": best.get("initial"), "last": best.get("last")}
+                "best_step": best["step"], "top_reward": best.get("top", best["reward"]), "initial": best.get("initial"),
+                "last": best.get("last")}
 
 
 def resumed_history(logger, out: Path, start_step: int, is_main: bool) -> list[dict]:

@@ -87,7 +87,7 @@ def test_goodhart_guard_rolls_back_when_kl_passes_the_ceiling(tiny_model_dir, ti
     start, final = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(tmp_path / "g" / "model" / "model.safetensors"))
     for k in start:  # rolled back to the starting policy, which the ceiling still allowed
         assert torch.equal(start[k], final[k]), k
-    assert "held_out/kl" in rows(tmp_path / "g")[0]
+    assert "held_out/kl" in rows(tmp_path / "g")[0] and rows(tmp_path / "g")[0]["held_out/reward_se"] >= 0
 
 
 def test_goodhart_guard_stops_when_held_out_reward_stops_rising(tiny_model_dir, tiny_data, tmp_path):
@@ -106,6 +106,34 @@ def test_goodhart_guard_keeps_the_best_step_and_resumes_with_it(tiny_model_dir, 
     resumed = ppo(tiny_model_dir, tiny_data, tmp_path / "b", "letter_e", *common)
     assert resumed["held_out"] == full["held_out"] and full["steps_done"] == 4
     assert full["held_out"]["best_reward"] >= full["held_out"]["initial_reward"]
+
+
+@pytest.mark.parametrize("tolerance, kept", [(0.0, 8), (0.15, 12)])
+def test_goodhart_guard_tolerance_keeps_the_latest_reading_within_it_of_the_best(tmp_path, tolerance, kept):
+    # seed 0's checks of the HH config (runs/ppo_hh_N24_seed0): 2.278 at step 8 is the best reading; step 12 reads
+    # 0.119 lower, inside a tolerance of 0.15, so it is kept instead; step 16 passes the KL ceiling and is never kept
+    from tether import training
+    from tether.config import EarlyStopSettings
+    weight = torch.nn.Linear(1, 1, bias=False)
+    guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, max_kl=6.0, patience=3, tolerance=tolerance),
+                                   tmp_path, {"policy": weight}, steps=20)
+    checks = {4: (1.788, 1.96), 8: (2.278, 4.39), 12: (2.159, 4.98), 16: (2.402, 6.03)}
+    with torch.no_grad():
+        weight.weight.fill_(0.0)
+    guard.start({"reward": 1.160, "kl": 0.0})
+    reasons = []
+    for step, (reward, kl) in checks.items():
+        with torch.no_grad():
+            weight.weight.fill_(float(step))  # the policy after `step` steps
+        reasons.append(guard.update(step, {"reward": reward, "kl": kl}))
+    assert reasons[:3] == [None, None, None] and "max_kl" in reasons[3]
+    assert guard.best["step"] == kept and guard.best["reward"] == checks[kept][0] and guard.best["top"] == 2.278
+    assert guard.best["since"] == 2  # patience counts from the best reading, step 8, either way
+    guard.roll_back(16, "ppo")
+    assert weight.weight.item() == float(kept)
+    assert guard.summary(32)["top_reward"] == 2.278 and guard.summary(32)["best_step"] == kept
+    with pytest.raises(ConfigError, match="early_stop.tolerance must be >= 0"):
+        load_config(PPOConfig, None, ["early_stop.tolerance=-0.1"])
 
 
 def test_time_budget_stops_before_the_next_check_that_would_end_past_it(monkeypatch, tmp_path):

@@ -30,6 +30,7 @@ reward model.
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import torch
@@ -129,7 +130,11 @@ def _held_out_check(policy, reference, tokenizer, prompts, cfg: PPOConfig, score
         scores, keep = score_fn(batch, rollout)
         rewards.extend(s for s, k in zip(scores.tolist(), keep.tolist()) if k)
         golds.extend(gold_scores([prompt_text(p) for p in batch], rollout.texts))
-    return {"reward": procs.mean_of(rewards) or 0.0, "kl": procs.mean_of(kls) or 0.0, "gold": procs.mean_of(golds) or 0.0}
+    mean, n = procs.mean_of(rewards) or 0.0, procs.sum(float(len(rewards)))
+    # the standard error of the mean reward: how far two readings may differ by the draw alone (early_stop.tolerance)
+    variance = max((procs.mean_of([r * r for r in rewards]) or 0.0) - mean * mean, 0.0) * n / max(n - 1, 1.0)
+    return {"reward": mean, "reward_se": math.sqrt(variance / max(n, 1.0)), "kl": procs.mean_of(kls) or 0.0,
+            "gold": procs.mean_of(golds) or 0.0}
 
 
 def train_ppo(cfg: PPOConfig) -> dict | None:
