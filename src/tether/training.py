@@ -418,7 +418,7 @@ class GoodhartGuard:
                      else "the best held-out policy")
             console.print(f"{stage}: rolled back to {which}, step {self.best['step']}")
         if self.settings.prompts and len(self.best.get("checks", [])) > 1:  # the kept reading won a contest of noisy checks
-            console.print(f"{stage}: the kept reward is the best of {len(self.best['checks'])} checks of the same prompts, so it reads "
+            console.print(f"{stage}: the kept reward was chosen from {len(self.best['checks'])} checks of the same prompts, so it reads "
                           "high; `tether eval offset=...` on prompts the guard never saw measures the kept policy without that bias")
 
     def summary(self, n_prompts: int) -> dict | None:
