@@ -388,6 +388,13 @@ class EarlyStopSettings:
     """Held-out prompts to watch (None = off)."""
     every: int = 5
     """Evaluate every N steps (and after the last)."""
+    near_kl: Optional[float] = None
+    """Check more often near the KL ceiling: after a check that reads a held-out KL of at least this many nats, the next
+    one comes `every_near` steps later (or at the next multiple of `every`, if sooner); None = every `every` steps only.
+    KL can climb past `max_kl` between two sparse checks, and the guard can then keep only a policy well inside it."""
+    every_near: int = 1
+    """Steps between checks once the last one read at least `near_kl` nats. These extra checks keep and stop as the
+    others do, but `patience` does not count them, so checking more often does not end a run sooner."""
     limit: int = 32
     """Held-out prompts used per evaluation."""
     max_kl: Optional[float] = None
@@ -412,6 +419,8 @@ class EarlyStopSettings:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ConfigError(f"early_stop.every must be at least 1 step, got {self.every}")
+        if self.every_near < 1:
+            raise ConfigError(f"early_stop.every_near must be at least 1 step, got {self.every_near}")
         if self.tolerance < 0:
             raise ConfigError(f"early_stop.tolerance must be >= 0 (reward units; 0 keeps the best reading), got {self.tolerance}")
         if self.max_minutes is not None and self.max_minutes <= 0:

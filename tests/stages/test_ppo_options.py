@@ -136,6 +136,50 @@ def test_goodhart_guard_tolerance_keeps_the_latest_reading_within_it_of_the_best
         load_config(PPOConfig, None, ["early_stop.tolerance=-0.1"])
 
 
+def test_checks_come_every_near_steps_once_the_held_out_kl_nears_the_ceiling(tmp_path):
+    # every 4 steps while the last check read under 4 nats, every 2 once one read at least 4 (seed 2's first two checks
+    # of the HH config: 1.59 nats at step 4, 4.14 at step 8), back to every 4 when the KL falls under it again
+    from tether import training
+    from tether.config import EarlyStopSettings
+    settings = EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_kl=6.0, patience=0)
+    guard = training.GoodhartGuard(settings, tmp_path, {}, steps=20)
+    guard.start({"reward": 1.124, "kl": 0.0})
+    readings = {4: 1.59, 8: 4.14, 10: 5.02, 12: 3.70, 16: 4.40, 18: 5.10, 20: 5.90}
+    checked = []
+    for done in range(1, 21):
+        if guard.due(done):
+            checked.append(done)
+            assert guard.update(done, {"reward": 2.0, "kl": readings[done]}) is None
+    assert checked == [4, 8, 10, 12, 16, 18, 20]  # 20 is also the last step
+    # the time budget looks ahead to the next check by the same rule: 2 steps after a near reading
+    guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_minutes=10),
+                                   tmp_path, {}, steps=20, started=0.0)
+    guard.start({"reward": 1.0, "kl": 0.0})
+    guard.update(8, {"reward": 2.0, "kl": 4.5})
+    guard.check_seconds = 0.0
+    assert "the check after step 10" in guard.out_of_time(9, 1e6)
+    # without near_kl, checks fall on multiples of `every` and after the last step, as before
+    plain = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4), tmp_path, {}, steps=10)
+    plain.start({"reward": 1.0, "kl": 0.0})
+    due = []
+    for done in range(1, 11):
+        if plain.due(done):
+            due.append(done)
+            plain.update(done, {"reward": 1.0, "kl": 9.0})
+    assert due == [4, 8, 10]
+    # patience counts only the checks on the `every` schedule (seed 4's checks on this config: the best reading at step 8,
+    # then two lower ones at 12 and 14): the extra check at 14 does not end the run, the regular one at 16 does
+    guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_kl=6.0, patience=2,
+                                                     tolerance=0.15), tmp_path, {}, steps=20)
+    guard.start({"reward": 1.243, "kl": 0.0})
+    reasons = {step: guard.update(step, {"reward": reward, "kl": kl})
+               for step, (reward, kl) in {4: (1.560, 2.40), 8: (2.204, 3.62), 12: (2.186, 4.59), 14: (2.061, 5.55), 16: (2.100, 5.90)}.items()}
+    assert [reasons[step] for step in (4, 8, 12, 14)] == [None] * 4 and "not improved for 2" in reasons[16]
+    assert guard.best["step"] == 16 and guard.best["top"] == 2.204  # 2.100 is within 0.15 of the best reading
+    with pytest.raises(ConfigError, match="early_stop.every_near must be at least 1"):
+        load_config(PPOConfig, None, ["early_stop.every_near=0"])
+
+
 def test_time_budget_stops_before_the_next_check_that_would_end_past_it(monkeypatch, tmp_path):
     # the prediction by hand: now + steps to the next check x the mean step + the last check's seconds
     from tether import training
