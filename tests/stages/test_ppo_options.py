@@ -268,8 +268,11 @@ def test_log_probs_and_values_from_the_sampling_pass_change_no_number(tiny_model
     reuse, forward = rows(tmp_path / "reuse"), rows(tmp_path / "forward")
     for a, b in zip(reuse, forward):
         for key in ("rollout/reward", "rollout/kl", "rollout/entropy", "train/policy_loss", "train/value_loss", "train/approx_kl",
-                    "train/clipfrac", "train/explained_variance"):
-            assert a[key] == pytest.approx(b[key], rel=5e-3, abs=2e-4), key  # KL, EV: differences of near-equal numbers
+                    "train/clipfrac"):
+            assert a[key] == pytest.approx(b[key], rel=5e-3, abs=2e-4), key  # KL: a difference of near-equal numbers
+        # EV = 1 - var(returns - values) / var(returns), with returns of a few hundredths: after one Adam step (about
+        # lr * sign(g), so a rounding-sized gradient can flip a parameter's step) it moves by ~0.01 (AVX-512 CPUs: 0.008)
+        assert a["train/explained_variance"] == pytest.approx(b["train/explained_variance"], abs=2e-2)
     assert reuse[1]["rollout/kl"] != 0 and reuse[1]["train/value_loss"] > 0  # a trained policy and value: not 0 == 0
 
 
