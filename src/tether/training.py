@@ -348,14 +348,18 @@ class GoodhartGuard:
         self.step_seconds: list[float] = []
         self.check_seconds = 0.0
 
+    def on_schedule(self, done: int) -> bool:
+        """Is step `done` on the regular schedule: a multiple of `every`, or the last step?"""
+        return done % self.settings.every == 0 or done == self.steps
+
     def due(self, done: int) -> bool:
-        """Is a check due after `done` steps? Every `every` steps, `every_near` steps after a check that read at least
-        `near_kl` nats, and after the last step."""
+        """Is a check due after `done` steps? On the regular schedule, and `every_near` steps after a check that read at
+        least `near_kl` nats."""
         settings, last = self.settings, self.best.get("last")
         if not settings.prompts:
             return False
         near = settings.near_kl is not None and last is not None and last["kl"] is not None and last["kl"] >= settings.near_kl
-        return done % settings.every == 0 or (near and done - last["step"] >= settings.every_near) or done == self.steps
+        return self.on_schedule(done) or (near and done - last["step"] >= settings.every_near)
 
     def timed(self, run_check: Callable[[], dict]) -> dict:
         """Run a held-out check, keeping how long it took (what the time budget expects the next one to take)."""
@@ -403,7 +407,7 @@ class GoodhartGuard:
             keep_best(self.out, self.trainable)
         if within_kl and beats:  # patience counts the checks since the best reading
             best.update(top=check["reward"], since=0)
-        elif done % settings.every == 0 or done == self.steps:  # not the extra checks near the ceiling (near_kl)
+        elif self.on_schedule(done):  # not the extra checks near the ceiling (near_kl)
             best["since"] += 1
         best.setdefault("checks", []).append([check["kl"], check.get("gold")])
         self.peak_kl = gold_peak_kl(best["checks"]) if settings.gold_peak and check["kl"] is not None else None
