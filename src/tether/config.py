@@ -400,7 +400,8 @@ class EarlyStopSettings:
     max_kl: Optional[float] = None
     """Hard KL ceiling in nats per response on the held-out prompts: above it, stop and roll back to the best policy."""
     patience: int = 2
-    """Stop and roll back to the best policy after this many evaluations without a new best held-out reward (0 = never)."""
+    """Stop and roll back to the best policy after this many evaluations without a new best held-out reward (0 = never);
+    the extra checks near the ceiling (`near_kl`) are not counted."""
     tolerance: float = 0.0
     """Keep a later check whose held-out reward reads within this much of the best reading so far (reward units; 0 = keep
     the best reading). Every check reads the same prompts, so the best of several readings is partly the luckiest: with

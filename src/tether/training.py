@@ -332,10 +332,10 @@ def gold_peak_kl(checks: list[list[float]]) -> float | None:
 
 class GoodhartGuard:
     """The held-out guard of an RL stage (`early_stop`, EarlyStopSettings). Every `every` steps (every `every_near` once a
-    check reads `near_kl` nats) the stage checks its policy on held-out prompts (reward, KL, gold); the best policy within the KL ceiling (with `tolerance`, the latest
-    one reading within it of the best) is kept in `<out>/best`, and
+    check reads `near_kl` nats) the stage checks its policy on held-out prompts (reward, KL, gold); the best policy
+    within the KL ceiling (with `tolerance`, the latest one reading within it of the best) is kept in `<out>/best`, and
     `update` says when to stop: held-out KL past `max_kl`, past the KL where the gold curve fitted to the checks peaks
-    (`gold_peak`), or `patience` checks without a new best reward. `best` (a dict) goes into the checkpoint, so a
+    (`gold_peak`), or `patience` regular checks without a new best reward. `best` (a dict) goes into the checkpoint, so a
     resumed run remembers it; `roll_back` loads the best policy at the end."""
 
     def __init__(self, settings, out: str | os.PathLike, trainable: dict[str, torch.nn.Module], steps: int,
