@@ -151,6 +151,19 @@ def test_value_loss_unclipped_cases():
     assert torch.allclose(v.grad, torch.tensor([[-0.45, -0.75, 0.0]]))
 
 
+def test_value_loss_counts_no_unclipped_token_as_clipped():
+    # v_old = -0.0705, v = 0.0592: |v - v_old| = 0.130 < eps = 0.2, so the clip leaves v alone and both errors are
+    # (v - R)^2 with R = -0.814. In fp32 v_old + (v - v_old) rounds to a float next to v, whose error was larger:
+    # the metric counted this unclipped token as clipped. The loss is 0.5 * (v - R)^2 exactly, vf_clipfrac 0.
+    v_old, v, r = -0.0704934149980545, 0.05917617306113243, -0.8141170740127563
+    old = torch.tensor([[v_old]])
+    vt = torch.tensor([[v]])
+    assert (old + (vt - old)).item() != vt.item()  # the rounding the old formula hit
+    loss, m = ppo_value_loss(vt, old, torch.tensor([[r]]), torch.ones(1, 1), clip_eps=0.2)
+    assert m["vf_clipfrac"] == 0.0
+    assert loss.item() == (0.5 * (vt - torch.tensor([[r]])) ** 2).item()
+
+
 def test_value_loss_all_padding():
     v = torch.randn(2, 3, requires_grad=True)
     loss, m = ppo_value_loss(v, torch.randn(2, 3), torch.randn(2, 3), torch.zeros(2, 3))
