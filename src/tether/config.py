@@ -9,10 +9,16 @@ error that names the key (and the file), so a typo never silently falls back to 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import math
 import os
+import textwrap
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -21,7 +27,116 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit the stage's dataclass."""
+    """A config file or override that does not fit the stage's dataclass.
+
+    `key`, when one field is to blame, is its name in the dataclass that raised the error; the message then reads
+    "<key> <message>", and `from_dict` puts the section's dotted prefix and the file in front (`ppo.optim.lr must be ...`).
+    """
+
+    def __init__(self, message: str, key: str | None = None, where: str = ""):
+        super().__init__(f"{where}{key} {message}" if key else f"{where}{message}")
+        self.message, self.key, self.where = message, key, where
+
+    def inside(self, prefix: str, where: str) -> ConfigError:
+        """This error, raised while building the section at dotted `prefix` ('ppo.' or ''), as read from `where` ('file: ')."""
+        if self.key is not None:
+            return ConfigError(self.message, prefix + self.key, self.where or where)
+        message = f"in {prefix.rstrip('.')}: {self.message}" if prefix and not self.where else self.message
+        return ConfigError(message, None, self.where or where)
+
+
+# --------------------------------------------------------------------------- checks
+
+# The valid values of every int and float field, by field name ("Class.field" where one class differs), in interval
+# notation; an Optional field is checked when it is set, and a float must also be finite (no nan, no inf). A second
+# string is a hint added to the error. tests/test_config_validation.py checks that every numeric field has an entry.
+# A few bounds are wider than a run would use, for tests: lr=0 (the policy never moves), early_stop.max_kl < 0 (a k1
+# estimate of a small KL can be negative, so only a negative ceiling stops a run at its first check for sure).
+RANGES: dict[str, str | tuple[str, str]] = {
+    # sizes and counts
+    "batch_size": "[1, inf)", "mini_batch_size": "[1, inf)", "micro_batch_size": "[1, inf)", "ptx_batch_size": "[1, inf)",
+    "grad_accum": "[1, inf)", "epochs": "[1, inf)", "ppo_epochs": "[1, inf)", "iterations": "[1, inf)", "steps": "[1, inf)",
+    "max_steps": "[1, inf)", "max_new_tokens": "[1, inf)", "max_prompt_tokens": "[1, inf)", "max_response_tokens": "[1, inf)",
+    "max_model_len": "[1, inf)", "max_tokens_per_forward": ("[0, inf)", "0 = no limit"), "limit": "[1, inf)",
+    "eval_limit": "[1, inf)", "offset": "[0, inf)", "max_words": "[1, inf)", "normalize_samples": "[1, inf)", "n": ("[1, inf)", "samples per prompt"),
+    "rounds": "[1, inf)", "eval_samples": "[1, inf)", "responses_per_prompt": ("[2, inf)", "two responses make a pair"),
+    "samples_per_prompt": "[1, inf)", "prompts_per_step": "[1, inf)", "group_size": "[1, inf)", "prompts_per_round": "[1, inf)",
+    "annotators_per_task": "[1, inf)", "ensemble": "[1, inf)", "freeze_layers": "[0, inf)", "r": "[1, inf)", "alpha": "[1, inf)",
+    "cpus_per_model": "[1, inf)", "gpus_per_model": "[0, inf)", "horizon": "[1, inf)", "seed": "[0, inf)",
+    # schedules, in steps
+    "save_every": ("[0, inf)", "0 = only at the end"), "eval_every": ("[0, inf)", "0 = only at the end"),
+    "samples_every": ("[0, inf)", "0 = never"), "every": "[1, inf)", "every_near": "[1, inf)",
+    "patience": ("[0, inf)", "0 = never"), "interrupt_after": "[1, inf)",
+    # fractions and probabilities
+    "eval_fraction": ("[0, 1)", "the rest is trained on"), "warmup_ratio": "[0, 1)", "dropout": "[0, 1)", "top_p": "(0, 1]",
+    "gpu_memory_utilization": "(0, 1)", "min_labelled": "(0, 1]", "min_strength": "[0, 1)", "label_smoothing": "[0, 0.5)",
+    "target_agreement": ("(0.5, 1)", "0.5 is a coin flip, 1 never disagrees"), "baseline_decay": "[0, 1)", "gamma": "[0, 1]",
+    "lam": "[0, 1]", "eps_low": "(0, 1)",
+    # optimisation
+    "lr": ("[0, inf)", "0 leaves the weights where they are"), "value_lr": "[0, inf)", "adam_eps": "(0, inf)", "weight_decay": "[0, inf)",
+    "max_grad_norm": ("[0, inf)", "0 = no clipping"),
+    # coefficients, scales and limits
+    "temperature": ("(0, inf)", "use a small value such as 0.01 for near-greedy"),
+    "is_cap": ("[1, inf)", "a token vLLM sampled as likely as the trainer would gets weight 1"),
+    "init_beta": "[0, inf)", "target": "(0, inf)", "beta": "[0, inf)", "DPOConfig.beta": "(0, inf)", "clip_eps": "(0, inf)",
+    "value_clip_eps": "(0, inf)", "eps_high": "(0, inf)", "vf_coef": "[0, inf)", "ent_coef": "[0, inf)", "ptx_coef": "[0, inf)",
+    "reward_clip": "(0, inf)", "reward_std_coef": "[0, inf)", "std_coef": "[0, inf)", "center_rewards_coefficient": "[0, inf)",
+    "max_kl": "(-inf, inf)", "near_kl": "[0, inf)", "tolerance": ("[0, inf)", "reward units; 0 keeps the best reading"),
+    "max_minutes": ("(0, inf)", "or null for no budget"),
+    # any finite number
+    "weight": "(-inf, inf)", "threshold": "(-inf, inf)", "missing_eos_penalty": "(-inf, inf)",
+}
+
+
+def check_fields(cfg) -> None:
+    """Check every field of config dataclass `cfg` against its type hint (as a YAML value is: an int becomes a float in
+    a float field) and its range in RANGES. Every config class calls it first in __post_init__, so a config built in
+    Python is checked as one read from a file. Raises ConfigError naming the field, its value and what was expected."""
+    cls = type(cfg)
+    for name, tp in _field_types(cls).items():
+        value = _coerce(tp, getattr(cfg, name), name, "")
+        setattr(cfg, name, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        rule = RANGES.get(f"{cls.__name__}.{name}", RANGES.get(name, "(-inf, inf)"))
+        interval, hint = rule if isinstance(rule, tuple) else (rule, "")
+        expected = _expected(interval, isinstance(value, int))
+        if isinstance(value, float) and not math.isfinite(value):
+            expected = f"a finite number {expected}".rstrip()
+        elif _inside(value, interval):
+            continue
+        raise ConfigError(f"must be {expected}, got {value!r}" + (f" ({hint})" if hint else ""), key=name)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type hint of dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _bounds(interval: str) -> tuple[float, float]:
+    low, high = interval[1:-1].split(",")
+    return float(low), float(high)
+
+
+def _inside(value: float, interval: str) -> bool:
+    """Whether `value` lies in `interval`, e.g. '[1, inf)' or '(0, 1]'."""
+    low, high = _bounds(interval)
+    above = low < value or (interval[0] == "[" and value == low)
+    below = value < high or (interval[-1] == "]" and value == high)
+    return above and below
+
+
+def _expected(interval: str, integer: bool) -> str:
+    """'[1, inf)' reads 'at least 1' for an integer, '>= 1' for a number; '(0, inf)' reads '> 0'; '(-inf, inf)' reads ''."""
+    low, high = _bounds(interval)
+    text = interval[1:-1].split(",")[0].strip()
+    if high == math.inf and low == -math.inf:
+        return ""
+    if high == math.inf:
+        return (f"at least {text}" if integer else f">= {text}") if interval[0] == "[" else f"> {text}"
+    return f"in {interval}"
 
 
 # --------------------------------------------------------------------------- pieces
@@ -42,6 +157,9 @@ class LoraSettings:
     target_modules: str = "all-linear"
     """Which linear layers get adapters: 'all-linear' or a comma-separated list of names."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass
 class GenerationSettings:
@@ -61,12 +179,10 @@ class GenerationSettings:
     """End a response at the first of these strings (kept in the response); it then counts as finished."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if any(not s for s in self.stop_strings):
-            raise ConfigError("generation.stop_strings: every stop string must be non-empty")
-        if self.temperature <= 0:
-            raise ConfigError("generation.temperature must be > 0 (use a small value such as 0.01 for near-greedy).")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError("generation.top_p must be in (0, 1].")
+            raise ConfigError(f"must all be non-empty (an empty one would end every response at once), got {self.stop_strings!r}",
+                              key="stop_strings")
 
 
 @dataclass
@@ -84,10 +200,7 @@ class VLLMSettings:
     the log-prob gap between vLLM's kernels and the trainer's."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.gpu_memory_utilization < 1:
-            raise ConfigError(f"vllm.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
-        if self.is_cap < 1:
-            raise ConfigError(f"vllm.is_cap must be >= 1 (a token vLLM sampled as likely as the trainer would gets weight 1), got {self.is_cap}")
+        check_fields(self)
 
 
 def check_engine(cfg) -> None:
@@ -113,6 +226,9 @@ class OptimSettings:
     """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (0 = off)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 # --------------------------------------------------------------------------- stages
@@ -173,6 +289,10 @@ class SFTConfig:
     """Write a resumable checkpoint every N optimizer steps (0 = only at the end)."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
+    resume: bool = True
+    """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
+    keep_checkpoint: bool = False
+    """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision: bf16 autocast keeps fp32 master weights and runs ~2x faster on modern CPUs; fp16, for GPUs
     without bf16 (V100, T4), adds dynamic loss scaling to every training stage (training.LossScaler)."""
@@ -182,6 +302,7 @@ class SFTConfig:
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_fsdp(self)
 
 
@@ -217,6 +338,9 @@ class AnnotatorSettings:
     """Expected agreement with the gold ordering when temperature is None (people: ~0.7-0.8)."""
     seed: int = 0
     """Seeds the annotator's coin flips."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -254,10 +378,7 @@ class CollectConfig:
     people are to label the tasks. `tether run` stores its simulated rounds in <round>/collect/preferences.db."""
 
     def __post_init__(self) -> None:
-        if self.responses_per_prompt < 2:
-            raise ConfigError("responses_per_prompt must be at least 2 to form a pair.")
-        if self.annotators_per_task < 1:
-            raise ConfigError(f"annotators_per_task must be at least 1, got {self.annotators_per_task}.")
+        check_fields(self)
 
 
 @dataclass
@@ -334,13 +455,16 @@ class RewardConfig:
     compute per step (transformers' gradient checkpointing, non-reentrant)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_fsdp(self)
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
     freeze_layers: int = 0
     """Freeze the embeddings and the lowest N transformer blocks (cheaper, less overfitting)."""
     save_every: int = 0
     """Checkpoint every N steps (0 = only the final model)."""
+    resume: bool = True
+    """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
+    keep_checkpoint: bool = False
+    """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -366,6 +490,9 @@ class KLSettings:
     penalty: Literal["reward", "loss"] = "reward"
     """Where the KL goes: into the per-token reward (classic RLHF), or as a loss term beta * KL(pi || pi_ref) on the policy."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass
 class RaySettings:
@@ -378,6 +505,9 @@ class RaySettings:
     """GPUs each frozen model's actor asks Ray for (1 = a GPU of its own; 0 = run on CPU)."""
     cpus_per_model: int = 1
     """CPU cores each actor asks Ray for (also its torch threads)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -418,14 +548,7 @@ class EarlyStopSettings:
     back to the best policy, once the held-out KL passes the KL where the fitted gold peaks."""
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ConfigError(f"early_stop.every must be at least 1 step, got {self.every}")
-        if self.every_near < 1:
-            raise ConfigError(f"early_stop.every_near must be at least 1 step, got {self.every_near}")
-        if self.tolerance < 0:
-            raise ConfigError(f"early_stop.tolerance must be >= 0 (reward units; 0 keeps the best reading), got {self.tolerance}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"early_stop.max_minutes must be > 0 (or null for no budget), got {self.max_minutes}")
+        check_fields(self)
 
 
 @dataclass
@@ -565,6 +688,10 @@ class PPOConfig:
     """Append the batch's (prompt, response, reward) to samples.jsonl every N steps (and at step 1); 0 = never."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
+    resume: bool = True
+    """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
+    keep_checkpoint: bool = False
+    """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -573,6 +700,7 @@ class PPOConfig:
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.reward and self.reward_function:
             raise ConfigError("set reward_function or reward (a list of reward sources), not both")
         if self.reward_function or self.reward:
@@ -585,16 +713,11 @@ class PPOConfig:
             raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size}).")
-        if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
-            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt ({self.samples_per_prompt}), "
-                              "which must be at least 1.")
+        if self.batch_size % self.samples_per_prompt:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt ({self.samples_per_prompt}).")
         if self.prompt_baseline and self.samples_per_prompt < 2:
             raise ConfigError(f"prompt_baseline needs samples_per_prompt >= 2 (got {self.samples_per_prompt}): "
                               "a prompt's baseline is the mean score of its other responses.")
-        if self.micro_batch_size < 1:
-            raise ConfigError(f"micro_batch_size must be at least 1 episode, got {self.micro_batch_size}.")
-        if self.freeze_layers < 0:
-            raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if self.placement == "ray" and self.value_model == "reward_adapter":
             raise ConfigError("placement=ray runs the reward model in its own actor, so the value model can not be an adapter on its "
                               "weights here: set value_model=policy_head or value_model=reward_model (a trainable copy in this process)")
@@ -684,6 +807,10 @@ class DPOConfig:
     """Write a resumable checkpoint every N optimizer steps (0 = only the final model)."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
+    resume: bool = True
+    """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
+    keep_checkpoint: bool = False
+    """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
     skip_bad_rows: bool = False
     """Skip malformed pairs (counted in the log and summary) instead of stopping at the first with its file and line."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
@@ -712,21 +839,14 @@ class DPOConfig:
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_fsdp(self)
-        if self.beta <= 0:
-            raise ConfigError(f"beta must be > 0, got {self.beta}")
         if self.loss == "conservative" and not 0.0 < self.label_smoothing < 0.5:
             raise ConfigError(f"loss=conservative needs label_smoothing in (0, 0.5), got {self.label_smoothing}")
         if self.loss != "conservative" and self.label_smoothing:
             raise ConfigError(f"label_smoothing={self.label_smoothing} is conservative DPO's; set loss=conservative or leave it at 0")
         if self.reference == "none" and self.precompute_reference:
             raise ConfigError("precompute_reference=true has nothing to compute with reference=none (reference-free)")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError(f"batch_size and grad_accum must be at least 1, got {self.batch_size} and {self.grad_accum}")
-        if self.freeze_layers < 0:
-            raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         labellers = [name for name in ("reward_model", "reward_function", "judge") if getattr(self, name)]
         if self.online:
             if not self.prompts:
@@ -734,8 +854,6 @@ class DPOConfig:
             if len(labellers) != 1:
                 raise ConfigError("online: true needs exactly one labeller: reward_model, reward_function or judge"
                                   + (f" (got {', '.join(labellers)})" if labellers else ""))
-            if self.prompts_per_round < 1:
-                raise ConfigError(f"prompts_per_round must be at least 1, got {self.prompts_per_round}")
         elif self.rounds > 1:
             raise ConfigError(f"rounds={self.rounds} needs online: true (offline DPO trains once on `data`)")
 
@@ -767,14 +885,11 @@ class RewardSourceSettings:
     """model and judge: response tokens kept (cut from the right)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.path:
             raise ConfigError(f"reward source of type {self.type}: set path (a reward model folder, module:function, or a judge model)")
         if self.std_coef and self.type != "model":
             raise ConfigError(f"reward source {self.path}: std_coef applies to a reward-model ensemble (type: model), not to type {self.type}")
-        if self.std_coef < 0:
-            raise ConfigError(f"reward source {self.path}: std_coef must be >= 0 (mean - k * std), got {self.std_coef}")
-        if self.batch_size < 1:
-            raise ConfigError(f"reward source {self.path}: batch_size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -875,6 +990,10 @@ class GRPOConfig:
     """Append the batch's (prompt, response, reward, advantage) to samples.jsonl every N steps (and at step 1); 0 = never."""
     interrupt_after: Optional[int] = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
+    resume: bool = True
+    """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
+    keep_checkpoint: bool = False
+    """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -888,11 +1007,10 @@ class GRPOConfig:
         return self.prompts_per_step * self.group_size
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.reward:
             raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: function, path: my_rewards.py:score}] "
                               "or [{type: model, path: runs/reward/model}]")
-        if self.prompts_per_step < 1 or self.group_size < 1:
-            raise ConfigError(f"prompts_per_step ({self.prompts_per_step}) and group_size ({self.group_size}) must be at least 1")
         if self.advantage in ("grpo", "rloo") and self.group_size < 2:
             raise ConfigError(f"advantage={self.advantage} compares the samples of a group: group_size must be at least 2, got {self.group_size}")
         if self.dynamic_sampling and self.group_size < 2:
@@ -900,14 +1018,6 @@ class GRPOConfig:
                               "set group_size >= 2 or dynamic_sampling=false")
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(f"prompts_per_step * group_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})")
-        if self.micro_batch_size < 1 or self.iterations < 1:
-            raise ConfigError(f"micro_batch_size ({self.micro_batch_size}) and iterations ({self.iterations}) must be at least 1")
-        if not 0 < self.eps_low < 1 or self.eps_high <= 0:
-            raise ConfigError(f"eps_low must be in (0, 1) and eps_high > 0, got eps_low={self.eps_low}, eps_high={self.eps_high}")
-        if self.beta < 0:
-            raise ConfigError(f"beta must be >= 0, got {self.beta}")
-        if not 0 <= self.baseline_decay < 1:
-            raise ConfigError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
         if self.early_stop.max_kl is not None and self.beta == 0 and not self.lora.enabled:
             raise ConfigError("early_stop.max_kl needs a reference to measure KL against: set beta > 0 (a frozen copy is loaded) "
                               "or lora.enabled=true (the reference is the adapter switched off)")
@@ -966,10 +1076,9 @@ class EvalConfig:
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.judge == "people" and not self.db:
             raise ConfigError("judge=people needs db (the preference store where people label the pairs)")
-        if self.annotators_per_task < 1:
-            raise ConfigError(f"annotators_per_task must be at least 1, got {self.annotators_per_task}")
 
 
 @dataclass
@@ -994,6 +1103,9 @@ class GenerateConfig:
     """Matmul precision."""
     seed: int = 0
     """Seeds sampling."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -1036,10 +1148,7 @@ class JudgeConfig:
     """Recorded with the run (judging itself is deterministic)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_strength < 1.0:
-            raise ConfigError(f"min_strength must be in [0, 1), got {self.min_strength}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_fields(self)
         if self.data is None and self.db is None:
             raise ConfigError("set data (a pairs or samples file) or db (a preference store whose tasks to judge), or both")
 
@@ -1069,8 +1178,7 @@ class ReviseConfig:
     """Seeds sampling and the choice of principles."""
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+        check_fields(self)
 
 
 def _check_best_of_n(cfg) -> None:
@@ -1078,8 +1186,6 @@ def _check_best_of_n(cfg) -> None:
     if not cfg.reward:
         raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: model, path: runs/reward/model}] "
                           "or [{type: function, path: my_rewards.py:score}]")
-    if cfg.n < 1:
-        raise ConfigError(f"n (samples per prompt) must be at least 1, got {cfg.n}")
 
 
 @dataclass
@@ -1113,6 +1219,7 @@ class BoNConfig:
     """Seeds sampling."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check_best_of_n(self)
 
 
@@ -1159,11 +1266,68 @@ class RSConfig:
     """Seeds sampling (round k samples with seed + k) and SFT."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check_best_of_n(self)
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
-        if self.eval_samples < 1:
-            raise ConfigError(f"eval_samples must be at least 1 (fresh samples score each round's policy), got {self.eval_samples}")
+
+
+@dataclass
+class RewardEvalConfig:
+    """`tether reward eval`: judge a reward model on preference pairs (accuracy, calibration, margins)."""
+
+    model: str = ""
+    """Reward model directory (written by `tether reward train`); the command's --model sets it too."""
+    data: str = ""
+    """Preference pairs (JSONL/JSONL.gz; native or HH format). 'shared:' = ../shared/data; --data sets it too."""
+    limit: Optional[int] = None
+    """Use only the first N pairs (None = all)."""
+    out: Optional[str] = None
+    """Also write the JSON object to this file."""
+    plot: bool = False
+    """Write a reliability diagram PNG beside `out` (or reliability.png)."""
+    max_prompt_tokens: int = 192
+    """Prompt tokens kept (cut from the left)."""
+    max_response_tokens: int = 128
+    """Response tokens kept."""
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Matmul precision for scoring."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _check_reward_reading(self)
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be at least 1 (or null for every pair), got {self.limit}")
+
+
+@dataclass
+class RewardScoreConfig:
+    """`tether reward score`: score every (prompt, response) row with a reward model and write the score as a column."""
+
+    model: str = ""
+    """Reward model directory (written by `tether reward train`); the command's --model sets it too."""
+    data: str = ""
+    """Prompt/response JSONL (any demonstration format). 'shared:' = ../shared/data; --data sets it too."""
+    out: Optional[str] = None
+    """Output JSONL (None = DATA with .scored.jsonl)."""
+    column: str = "reward"
+    """Name of the score column."""
+    max_prompt_tokens: int = 192
+    """Prompt tokens kept (cut from the left)."""
+    max_response_tokens: int = 128
+    """Response tokens kept."""
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Matmul precision for scoring."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _check_reward_reading(self)
+        if not self.column:
+            raise ConfigError("column must be a non-empty name")
+
+
+def _check_reward_reading(cfg) -> None:
+    for key in ("max_prompt_tokens", "max_response_tokens"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
 
 
 @dataclass
@@ -1187,10 +1351,9 @@ class IterateSettings:
     'previous' = round k-1's reward model, trunk and head, trained on (continued)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.labeller == "people" and not self.db:
-            raise ConfigError("iterate.labeller=people needs iterate.db (the preference store where people label the pairs)")
-        if not 0 < self.min_labelled <= 1:
-            raise ConfigError(f"iterate.min_labelled must be in (0, 1], got {self.min_labelled}")
+            raise ConfigError("labeller=people needs db (the preference store where people label the pairs)")
 
 
 @dataclass
@@ -1228,8 +1391,7 @@ class RunConfig:
     """Tracker for every stage that has one (None = each stage's own `tracker`)."""
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+        check_fields(self)
 
 
 # --------------------------------------------------------------------------- loading
@@ -1245,10 +1407,9 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
             text = Path(path).read_text()
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text (expected a YAML file)") from None
+        loaded = parse_yaml(text, str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -1258,7 +1419,10 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (for example lr=1e-4 or lora.r=8)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = parse_yaml(raw, "") if raw != "" else None
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}; to pass the value as text, quote it: \"{key}='{raw}'\"") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -1283,7 +1447,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", prefix: str = ""
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{where}{e}") from None
+        raise e.inside(prefix, where) from None
 
 
 def _with_section_defaults(f: dataclasses.Field, value: Any) -> Any:
@@ -1317,8 +1481,8 @@ def _coerce(tp: Any, value: Any, key: str, where: str):
             try:
                 return _coerce(arg, value, key, where)
             except ConfigError as e:
-                errors.append(str(e))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}'{key}': {value!r} does not fit {tp}")
+                errors.append(e)
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}'{key}': expected {type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -1330,6 +1494,8 @@ def _coerce(tp: Any, value: Any, key: str, where: str):
             raise ConfigError(f"{where}'{key}': expected a list, got {value!r}")
         return [_coerce(inner, v, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # built in Python, and checked then
+            return value
         return from_dict(tp, value, where, prefix=f"{key}.")
     if tp is bool:
         if isinstance(value, bool):
@@ -1351,8 +1517,41 @@ def _coerce(tp: Any, value: Any, key: str, where: str):
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, os.PathLike):  # a Path, in a config built in Python
+            return os.fspath(value)
         raise ConfigError(f"{where}'{key}': expected a string, got {value!r}")
     raise ConfigError(f"{where}'{key}': unsupported type {tp}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden key by key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports it
+            if key in lines:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first given on line {lines[key]}); "
+                                                        "give each key once", key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    """YAML text -> data, as yaml.safe_load, but a duplicate key is an error; errors name `name` (a file) and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = ", ".join(part for part in (e.context, e.problem) if part)
+        at = f"{name}:{mark.line + 1}: " if name and mark else f"{name}: " if name else ""
+        raise ConfigError(f"{at}not valid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name + ': ' if name else ''}not valid YAML: {e}") from None
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -1363,6 +1562,120 @@ def to_dict(cfg) -> dict[str, Any]:
 def save_config(cfg, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- describing
+
+STAGES: dict[str, type] = {"sft": SFTConfig, "collect": CollectConfig, "reward": RewardConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
+                           "dpo": DPOConfig, "eval": EvalConfig, "generate": GenerateConfig, "judge": JudgeConfig,
+                           "revise": ReviseConfig, "bon": BoNConfig, "rs": RSConfig, "run": RunConfig}
+"""The config class of each command that takes one: `tether sft`, ..., `tether reward train` (reward), `tether run` (run)."""
+
+
+def stage_config(stage: str) -> type:
+    """The config class of `tether STAGE`."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
+    return STAGES[stage]
+
+
+class KeyInfo(typing.NamedTuple):
+    """One key of a config class, as `tether config STAGE` lists it."""
+
+    key: str
+    """Dotted for sections ('optim.lr'); 'reward[].path' for a field of a list's items."""
+    type: str
+    """'float', 'int | None', "'cosine' | 'linear' | 'constant'", ...; 'section' for a nested config."""
+    default: Any
+    """The default value (a section's default instance)."""
+    doc: str
+    """The docstring under the field, on one line."""
+
+
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[KeyInfo]:
+    """Every key of config class `cls`, a section's keys after the section's own row. Defaults are the class's own: a
+    section's keys take the section field's default (PPOConfig's optim.lr is 1e-4, not OptimSettings' 2e-5)."""
+    docs = field_docs(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            rows.append(KeyInfo(key, "section", default, docs.get(f.name, "")))
+            rows += describe(tp, key + ".", default)
+            continue
+        rows.append(KeyInfo(key, type_name(tp), default, docs.get(f.name, "")))
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        if dataclasses.is_dataclass(item):
+            rows += describe(item, key + "[].")
+    return rows
+
+
+def describe_text(cls: type) -> str:
+    """describe(cls) as text: 'key: type = default', its meaning indented below."""
+    lines = []
+    for row in describe(cls):
+        lines.append(f"{row.key}: section" if row.type == "section" else f"{row.key}: {row.type} = {yaml_text(row.default)}")
+        lines += textwrap.wrap(row.doc, 100, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
+def commented_yaml(cls: type) -> str:
+    """A YAML config for `cls` that sets every key to its default, each under its meaning as a comment."""
+    rows, lines = describe(cls), []
+    for row in rows:
+        if "[]." in row.key:  # a field of a list's items: named in the list's comment
+            continue
+        indent = "  " * row.key.count(".")
+        if row.type == "section" and not indent:
+            lines.append("")
+        items = [other.key[len(row.key) + 3:] for other in rows if other.key.startswith(row.key + "[].")]
+        doc = row.doc + (f" Each item's keys: {', '.join(items)}." if items else "")
+        lines += textwrap.wrap(doc, 100, initial_indent=indent + "# ", subsequent_indent=indent + "# ", break_on_hyphens=False)
+        name = row.key.rsplit(".", 1)[-1]
+        lines.append(f"{indent}{name}:" if row.type == "section" else f"{indent}{name}: {yaml_text(row.default)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under the field in `cls`'s source, on one line."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def type_name(tp: Any) -> str:
+    """A type hint as a user reads it: 'int | None', "'cosine' | 'linear'", 'list[str]'."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args if a is not type(None)) + (" | None" if type(None) in args else "")
+    if origin is Literal:
+        return " | ".join(map(repr, args))
+    if origin is list:
+        return f"list[{type_name(args[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def yaml_text(value: Any) -> str:
+    """`value` as one line of YAML, as a config file or an override would give it."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+    return text.removesuffix("...").strip()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 # --------------------------------------------------------------------------- paths

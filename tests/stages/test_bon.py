@@ -191,7 +191,7 @@ def test_rs_resumes_a_round_interrupted_during_sft(tiny_model_dir, tiny_data, tm
     (BoNConfig, [], r"set reward: a list of reward sources"),
     (RSConfig, ["reward=[]"], r"set reward: a list of reward sources"),
     (BoNConfig, [f"reward=[{{type: function, path: '{FNS}:letter_e', std_coef: 0.5}}]"], r"std_coef applies to a reward-model ensemble"),
-    (BoNConfig, [LETTER_E, "n=0"], r"n \(samples per prompt\) must be at least 1, got 0"),
+    (BoNConfig, [LETTER_E, "n=0"], r"n must be at least 1, got 0 \(samples per prompt\)"),
     (RSConfig, [LETTER_E, "rounds=0"], r"rounds must be at least 1, got 0"),
     (RSConfig, [LETTER_E, "eval_samples=0"], r"eval_samples must be at least 1"),
 ])
@@ -217,4 +217,4 @@ def test_cli_bon_and_rs(tiny_model_dir, tiny_data, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((tmp_path / "rs" / "summary.json").read_text())["stage"] == "rs"
     result = runner.invoke(app, ["bon", *common, "n=0"])
-    assert result.exit_code == 2 and "n (samples per prompt) must be at least 1" in result.output
+    assert result.exit_code == 2 and "n must be at least 1, got 0 (samples per prompt)" in result.output
