@@ -73,3 +73,23 @@ def test_stage_configs_take_a_tracker_and_refuse_unknown_ones():
     assert load_config(GRPOConfig, None, ["tracker=wandb", "reward=[{type: model, path: rm}]"]).tracker == "wandb"
     with pytest.raises(ConfigError, match="'tracker': expected one of 'none', 'tensorboard', 'wandb'"):
         load_config(SFTConfig, None, ["tracker=mlflow"])
+
+
+def test_a_torn_last_line_is_dropped_on_resume_and_a_bad_earlier_line_is_named(tmp_path):
+    from tether.data.readers import DataError
+    from tether.tracking import read_appended
+    from tether.training import resumed_history
+
+    metrics, samples = tmp_path / "metrics.jsonl", tmp_path / "samples.jsonl"
+    metrics.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')  # a crash mid-write
+    samples.write_text('{"step": 1, "response": "a"}\n{"step": 3, "response": "b"}\n{"step": 3, "resp')
+    assert [row["step"] for _, row in read_appended(metrics)] == [1, 2]
+    logger = MetricsLogger(tmp_path, 4, "test", [], start_step=2)  # a run resumed from its step-2 checkpoint
+    assert resumed_history(logger, tmp_path, 2, True) == [{"step": 1, "train/loss": 2.0}, {"step": 2, "train/loss": 1.5}]
+    logger.log(3, {"train/loss": 1.0})
+    logger.close()
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+    assert samples.read_text() == '{"step": 1, "response": "a"}\n'
+    metrics.write_text('{"step": 1, "train/lo\n{"step": 2, "train/loss": 1.5}\n')
+    with pytest.raises(DataError, match=rf"{metrics}:1: not a JSON row .*only a last line cut short by a crash is dropped"):
+        MetricsLogger(tmp_path, 4, "test", [], start_step=2)

@@ -3,7 +3,10 @@
 Each stage reads the previous stage's outputs and writes into its own sub-folder. A stage
 whose folder already holds `summary.json` is complete and is skipped, so rerunning the
 same command after an interrupt resumes where it stopped (SFT, reward and PPO also resume
-mid-stage from their checkpoints).
+mid-stage from their checkpoints). Like make, a rerun with other settings or inputs runs
+again, from the start, the first stage whose fingerprint (fingerprint.py: its settings and
+the content of its inputs) changed and every stage after it; the others are still skipped.
+A stage setting that the wiring below replaces is refused by name (`check_wiring`).
 
 Iterative RLHF (`rounds: N`): round 1 is the line above, in the run directory itself. Each
 later round k lives in `round<k>/`:
@@ -23,10 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
-from tether.config import CollectConfig, JudgeConfig, RunConfig, save_config
+from tether.config import CollectConfig, ConfigError, JudgeConfig, RunConfig, save_config
+from tether.fingerprint import recorded_changes
 from tether.tracking import console, read_summary, write_summary
+from tether.training import make_output_dir
 
 STAGES = ("sft", "collect", "reward", "ppo", "eval")
 
@@ -47,6 +53,33 @@ def stage_configs(cfg: RunConfig) -> dict:
         "eval": dataclasses.replace(cfg.eval, policy=ppo_model, baseline=sft_model, reward_model=rm_model,
                                     output_dir=str(run / "eval"), precision=cfg.precision, **track),
     }
+
+
+RUN_KEYS = ("seed", "precision", "tracker", "output_dir")
+"""Stage settings `tether run` takes from the run's own top-level keys of the same name."""
+
+
+def check_wiring(cfg: RunConfig) -> None:
+    """Refuse a stage setting that `tether run` sets itself (`stage_configs`), which would otherwise be replaced without a
+    word; each is named with the value the run gives it and the top-level key to use instead. A value equal to the field's
+    default is no override."""
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING}
+    refused = []
+    for name, wired in stage_configs(cfg).items():
+        given, default = getattr(cfg, name), defaults[name]
+        for f in dataclasses.fields(given):
+            value, used = getattr(given, f.name), getattr(wired, f.name)
+            if value == used or value == getattr(default, f.name):
+                continue
+            if f.name in RUN_KEYS:
+                instead = f"set the top-level {f.name}= instead"
+            elif (name, f.name) == ("sft", "model"):
+                instead = "set the top-level model= instead"
+            else:
+                instead = "it is an earlier stage's output; remove it"
+            refused.append(f"{name}.{f.name}={value} (`tether run` sets it to {used}: {instead})")
+    if refused:
+        raise ConfigError("these stage settings are set by `tether run` itself and would be ignored: " + "; ".join(refused))
 
 
 def stored(collect: CollectConfig, here: Path) -> dict:
@@ -169,39 +202,42 @@ def run_pipeline(cfg: RunConfig) -> dict | None:
     from tether.eval.report import write_html_report
     from tether.feedback.judge import run_judge
 
-    run = Path(cfg.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    check_wiring(cfg)
+    run = make_output_dir(cfg.output_dir)  # a file or a read-only folder is refused before any model loads
     save_config(cfg, run / "config.yaml")
     runners = {"sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "eval": evaluate,
                "label": run_judge if cfg.iterate.labeller == "judge" else None}
-    summaries: dict = {"rounds": []}
-    for k in range(1, cfg.rounds + 1):
-        here = summaries if k == 1 else {}
-        for name, stage_cfg in (stage_configs(cfg) if k == 1 else round_configs(cfg, k)).items():
-            where = f"round {k}: {name}" if k > 1 else name
-            if name == "label" and stage_cfg is None:  # people: read back from the store
-                result = read_summary(round_dir(run, k) / "label")
-                if result is not None:
-                    console.print(f"[dim]{where}: already complete in {round_dir(run, k) / 'label'}, skipping[/dim]")
-                elif (result := label_from_people(cfg, k)) is None:
-                    return None
-                here[name] = result
-                continue
-            if k > 1 and name == "reward" and read_summary(stage_cfg.output_dir) is None:
+    plan = [(k, name, stage_cfg) for k in range(1, cfg.rounds + 1)
+            for name, stage_cfg in (stage_configs(cfg) if k == 1 else round_configs(cfg, k)).items()]
+    summaries: dict = {"rounds": [{} for _ in range(2, cfg.rounds + 1)]}
+    rerun = False  # once a stage runs, every stage after it runs again too: its inputs are new
+    for i, (k, name, stage_cfg) in enumerate(plan):
+        where = f"round {k}: {name}" if k > 1 else name
+        here = summaries if k == 1 else summaries["rounds"][k - 2]
+        folder = Path(stage_cfg.output_dir) if stage_cfg is not None else round_dir(run, k) / "label"  # None: labelled by people
+        changed = None if rerun or stage_cfg is None else recorded_changes(stage_cfg)
+        if changed:
+            after = len(plan) - i - 1
+            console.print(f"{where}: {'; '.join(changed)}; rerunning {name} and the {after} stage{'' if after == 1 else 's'} after it",
+                          highlight=False, soft_wrap=True)
+        if rerun or changed:
+            shutil.rmtree(folder, ignore_errors=True)  # run again from the start: no old checkpoint, samples or metrics
+        elif (done := read_summary(folder)) is not None:
+            console.print(f"[dim]{where}: already complete in {folder}, skipping[/dim]")
+            here[name] = done
+            continue
+        if stage_cfg is None:
+            if (result := label_from_people(cfg, k)) is None:
+                return None
+        else:
+            if k > 1 and name == "reward":
                 console.print(f"round {k}: the reward model trains on {merge_preferences(cfg, k)} pairs from rounds 1 to {k}")
-            done = read_summary(stage_cfg.output_dir)
-            if done is not None:
-                console.print(f"[dim]{where}: already complete in {stage_cfg.output_dir}, skipping[/dim]")
-                here[name] = done
-                continue
             console.rule(f"[bold]{where}")
-            result = runners[name](stage_cfg)
-            if result is None:
+            if (result := runners[name](stage_cfg)) is None:
                 console.print(f"{where} stopped before the end; rerun the same command to resume")
                 return None
-            here[name] = result
-        if k > 1:
-            summaries["rounds"].append(here)
+        here[name] = result
+        rerun = True
     report = write_report(run, cfg, summaries)
     html = write_html_report(run)
     console.print(f"report: {report} and {html}")

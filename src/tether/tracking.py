@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tether.config import ConfigError
+from tether.data.readers import DataError
 
 console = Console(stderr=True)
 
@@ -95,6 +96,27 @@ def open_tracker(tracker: str, output_dir: Path, description: str):
     raise TrackerError(f"tracker must be one of {', '.join(TRACKERS)}, got {tracker!r}")
 
 
+def read_appended(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) for each JSON row of a file tether appends to as it runs (metrics.jsonl, samples.jsonl).
+
+    A last line cut short (a crash while it was written) is dropped with a note, so a resumed run goes on; a bad
+    line before the last is a DataError naming the file and the line."""
+    lines = Path(path).read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append((line, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if i != last:
+                raise DataError(path, i + 1, text=f"not a JSON row ({e.msg}); only a last line cut short by a crash is "
+                                                  "dropped: repair or remove this line, or start the stage again with resume=false") from None
+            console.print(f"{path}: its last line was cut short (a crash while it was written) and is dropped")
+    return rows
+
+
 class MetricsLogger:
     """Streams metrics to `<output_dir>/metrics.jsonl` (and to `tracker`) and shows a progress bar.
 
@@ -117,7 +139,7 @@ class MetricsLogger:
             self.task = self.progress.add_task(description, total=total, completed=start_step, live="")
             return
         if start_step > 0 and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= start_step]
+            kept = [line for line, row in read_appended(self.path) if row.get("step", 0) <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif start_step == 0:
             self.path.write_text("")

@@ -10,7 +10,6 @@ an interrupt during saving never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import os
 import random
@@ -24,9 +23,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tether.config import OptimSettings
+from tether.config import ConfigError, OptimSettings
 from tether.distributed import full_tensor, grad_norm, is_sharded, like_param, processes
-from tether.tracking import console
+from tether.fingerprint import FINGERPRINT_FILE, changes, fingerprint, read_fingerprint, write_fingerprint
+from tether.tracking import console, read_appended
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -37,17 +37,68 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
+    """Create the folder `path` (and its parents), or say why it cannot be one: a ConfigError naming `key` and the path,
+    raised before any model loads."""
+    out = Path(path)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == out:
+        raise ConfigError(f"{key} {out} is a file; expected a folder (a new or existing directory): choose another {key}")
+    if blocker is not None:
+        raise ConfigError(f"{key} {out}: {blocker} is a file, so no folder can be made under it: choose another {key}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{key} {out}: cannot create the folder ({e.strerror}): choose another {key}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {out}: the folder is not writable by this user: choose another {key} or change its permissions")
+    return out
+
+
 def start_stage(cfg) -> Path:
-    """Every stage begins the same way: create `cfg.output_dir`, write its config.yaml, seed."""
+    """Every stage begins the same way: create `cfg.output_dir`; check a checkpoint there against this run's fingerprint
+    (`check_checkpoint`); write config.yaml and fingerprint.json (and remove an earlier run's summary.json, which no
+    longer describes the folder); seed."""
     from tether.config import save_config
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(cfg.output_dir)
+    current = fingerprint(cfg)
+    check_checkpoint(out, current, getattr(cfg, "resume", True))
     if processes().is_main:
+        (out / "summary.json").unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
+        write_fingerprint(out, current)
     processes().sharded = False  # until this stage shards a model (fsdp=true)
     seed_everything(cfg.seed)  # the same in every process: the same initial weights (LoRA, heads) everywhere
     return out
+
+
+def check_checkpoint(out: Path, current: dict, resume: bool) -> None:
+    """A checkpoint in `out` is resumed only by a run with the fingerprint it was written with: another one stops with
+    a ConfigError that says what changed. With `resume` false the checkpoint is removed and the stage starts again."""
+    target = out / CHECKPOINT_DIR
+    if not (target / "state.pt").exists():
+        return
+    if not resume:
+        console.print(f"{out}: resume=false, so its checkpoint is discarded and the stage starts again")
+        if processes().is_main:
+            shutil.rmtree(target)
+        processes().barrier()
+        return
+    recorded = read_fingerprint(target)  # None: written before fingerprints, resumed as it always was
+    changed = changes(recorded, current) if recorded is not None else []
+    if changed:
+        raise ConfigError(f"{target} holds an interrupted run with other settings: {'; '.join(changed)}. Rerun with resume=false "
+                          "to discard it and start again, or choose a new output_dir (or undo the change to resume it)")
+
+
+def drop_checkpoint(out: Path, cfg) -> None:
+    """The end of a stage, after its final model and summary.json: its checkpoint is no longer needed and is removed,
+    unless `cfg.keep_checkpoint`."""
+    if cfg.keep_checkpoint or not processes().is_main:
+        return
+    for name in (CHECKPOINT_DIR, ".checkpoint-old"):
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 def make_optimizer(params: list[torch.nn.Parameter] | list[dict], settings: OptimSettings, total_steps: int):
@@ -155,7 +206,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def group_stream(groups: list[list[int]], seed: int, n_needed: int) -> list[int]:
-    """Indices for the whole run, epoch after epoch: groups are shuffled, their members stay adjacent."""
+    """Indices for the whole run, epoch after epoch: groups are shuffled, their members stay adjacent.
+
+    Raises ValueError when `n_needed` indices are asked of no index at all (an epoch would add nothing, so the loop
+    would never end); a stage checks its data first and says which file gave nothing."""
+    if n_needed > 0 and not any(groups):
+        raise ValueError(f"cannot draw {n_needed} indices from no examples: the data gave nothing to train on")
     stream: list[int] = []
     epoch = 0
     while len(stream) < n_needed:
@@ -250,6 +306,8 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str,
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".checkpoint-"))
         try:
             save_weights(tmp, weights)
+            if (Path(output_dir) / FINGERPRINT_FILE).exists():  # what the run started with: a resume must match it
+                shutil.copyfile(Path(output_dir) / FINGERPRINT_FILE, tmp / FINGERPRINT_FILE)
             torch.save(
                 {
                     "step": step,
@@ -447,9 +505,9 @@ def resumed_history(logger, out: Path, start_step: int, is_main: bool) -> list[d
         return []
     samples_path = out / "samples.jsonl"
     if samples_path.exists():
-        kept = [line for line in samples_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        kept = [line for line, row in read_appended(samples_path) if row["step"] <= start_step]
         samples_path.write_text("".join(line + "\n" for line in kept))
-    return [json.loads(line) for line in logger.path.read_text().splitlines() if line]
+    return [row for _, row in read_appended(logger.path)]
 
 
 def checkpoint_or_interrupt(out, done: int, cfg, trainable: dict[str, torch.nn.Module], optimizer, scheduler, state: dict, logger,

@@ -40,8 +40,8 @@ import torch.utils.checkpoint
 from safetensors.torch import load_file, save_file
 
 from tether.config import DPOConfig, resolve_path
-from tether.data.collate import pack_shared_prompts
-from tether.data.readers import DataError, read_preferences, read_prompts, write_jsonl
+from tether.data.collate import drop_identical_pairs, pack_shared_prompts
+from tether.data.readers import DataError, ReadReport, read_preferences, read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import processes, shard_blocks
@@ -53,7 +53,7 @@ from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.stages.reward import is_tie, split_by_prompt
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
-from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory,
+from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory,
                              save_checkpoint, start_stage)
 
 LOSSES = {"sigmoid": dpo_sigmoid_loss, "ipo": dpo_ipo_loss, "hinge": dpo_hinge_loss, "conservative": dpo_conservative_loss}
@@ -219,7 +219,9 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     tokenizer = load_tokenizer(policy_path)
     pad_id = tokenizer.pad_token_id
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
-    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped)
+    report = ReadReport()
+    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report)
+    console.print(f"dpo: {report.kept()}")
     if cfg.eval_data:
         train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data), limit=cfg.eval_limit, skipped=skipped)
     else:
@@ -230,7 +232,18 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     ties = sum(is_tie(p) for p in train_pairs + eval_pairs)  # a tie says nothing about which answer is better
     train_pairs, eval_pairs = [p for p in train_pairs if not is_tie(p)], [p for p in eval_pairs if not is_tie(p)]
     if not train_pairs:
-        raise DataError(cfg.data, None, None, f"at least one training pair (none is left after the held-out split and {ties} ties dropped)")
+        held_out = "" if cfg.eval_data else f"the held-out split (eval_fraction={cfg.eval_fraction:g}) and "
+        raise report.nothing_left(f"to train on after {held_out}{ties} ties were left out; "
+                                  + ("add untied pairs" if cfg.eval_data else "lower eval_fraction or add pairs with other prompts"))
+    # a pair whose two responses are the same tokens once cut trains at loss ln 2 whatever the model: left out
+    train_pairs, n_identical = drop_identical_pairs(tokenizer, train_pairs, cfg.max_response_tokens)
+    eval_pairs, n_identical_eval = drop_identical_pairs(tokenizer, eval_pairs, cfg.max_response_tokens)
+    if n_identical or n_identical_eval:
+        console.print(f"dpo: left out {n_identical + n_identical_eval} pairs whose chosen and rejected are the same after truncation "
+                      f"to max_response_tokens={cfg.max_response_tokens} ({n_identical} training, {n_identical_eval} held-out)")
+    if not train_pairs:
+        raise report.nothing_left(f"to train on: the chosen and rejected of all {n_identical} training pairs are the same after truncation "
+                                  f"to max_response_tokens={cfg.max_response_tokens}; raise max_response_tokens")
     encoded = [encode_pair(tokenizer, p, cfg.max_prompt_tokens, cfg.max_response_tokens) for p in train_pairs + eval_pairs]
     examples = [e for e, _ in encoded]
     train_ex, eval_ex = examples[:len(train_pairs)], examples[len(train_pairs):]
@@ -254,7 +267,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
     if cfg.freeze_layers:
-        freeze_lower_layers(policy, cfg.freeze_layers)
+        freeze_lower_layers(policy, cfg.freeze_layers, policy_path)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(policy)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
@@ -370,6 +383,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         "stage": "dpo", "model": str(out / "model"), "policy_init": policy_path, "loss": cfg.loss, "beta": cfg.beta,
         "reference": cfg.reference, "reference_mode": reference_mode, "steps": total_steps,
         "train_pairs": len(train_ex), "eval_pairs": final["n"], "pairs_cut": n_cut, "ties_dropped": ties, "skipped_rows": len(skipped or []),
+        "pairs_identical_after_truncation": n_identical + n_identical_eval, "data": report.to_dict(),
         "eval_accuracy": final.get("accuracy"), "eval_accuracy_ci": [final.get("accuracy_ci_low"), final.get("accuracy_ci_high")],
         "eval_loss": final.get("loss"), "eval_margin": final.get("margin"),
         "eval_rewards_chosen": final.get("rewards_chosen"), "eval_rewards_rejected": final.get("rewards_rejected"),
@@ -381,6 +395,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
+    drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary
 
 

@@ -35,7 +35,7 @@ import time
 import torch
 
 from tether.config import GRPOConfig, resolve_path
-from tether.data.readers import read_prompts
+from tether.data.readers import ReadReport, read_prompts
 from tether.data.records import prompt_text
 from tether.distributed import gathered, processes, shard_blocks
 from tether.eval.calibration import length_correlation
@@ -52,7 +52,7 @@ from tether.rollout.logprobs import policy_forward, reference_logprobs
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
+from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, resumed_history, start_stage)
 
 
@@ -125,7 +125,9 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     sources = placement.reward_sources(cfg.reward, cfg.precision) if placement else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
     policy_path = resolve_model(cfg.policy)
     tokenizer = load_tokenizer(policy_path)
-    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    report = ReadReport()
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
+    console.print(f"grpo: {report.kept()}")
     policy = load_causal_lm(policy_path)
     # With LoRA the reference is the base weights with the adapter off (nothing loaded); with full
     # fine-tuning a frozen copy, and only when the KL is used (beta > 0).
@@ -373,7 +375,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     summary = {
         "stage": "grpo", "model": str(out / "model"), "policy_init": policy_path, "advantage": cfg.advantage,
         "reward": [{"name": s.name, "weight": s.weight} for s in sources],
-        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding, "steps_done": done, "stopped_early": stop_reason,
+        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "data": report.to_dict(), "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding, "steps_done": done, "stopped_early": stop_reason,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
         "held_out": guard.summary(len(held_out)),
@@ -381,4 +383,5 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
+    drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

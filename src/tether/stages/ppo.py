@@ -36,9 +36,9 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from tether.config import ConfigError, LoraSettings, PPOConfig, resolve_path
+from tether.config import LoraSettings, PPOConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
-from tether.data.readers import read_demonstrations, read_prompts
+from tether.data.readers import ReadReport, read_demonstrations, read_prompts
 from tether.data.records import prompt_text
 from tether.distributed import gathered, processes, shard_blocks
 from tether.eval.calibration import length_correlation
@@ -58,7 +58,7 @@ from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
 from tether.rollout.logprobs import policy_forward, record_frozen, reference_logprobs, replays_exactly
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, in_chunks, index_stream, load_checkpoint, make_optimizer,
+from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, resumed_history, start_stage)
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
@@ -149,7 +149,9 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     # ---- models: policy (+ value), reference, reward model (placement=ray: the frozen ones in Ray actors)
     policy_path = resolve_model(cfg.policy)
     tokenizer = load_tokenizer(policy_path)
-    prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    report = ReadReport()
+    prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
+    console.print(f"ppo: {report.kept()}")
     rm = None
     if cfg.reward_model:
         rm = placement.model("reward", cfg.reward_model, cfg.precision) if placement else load_reward_model(cfg.reward_model, cfg.offload_frozen)
@@ -174,10 +176,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)  # freezes the base weights, shared ones included
     if cfg.freeze_layers:
-        n_blocks = len(trunk_of(policy).layers)
-        if cfg.freeze_layers >= n_blocks:
-            raise ConfigError(f"freeze_layers={cfg.freeze_layers} leaves no block of {policy_path} to train: it has {n_blocks}; freeze fewer")
-        freeze_lower_layers(policy, cfg.freeze_layers)
+        freeze_lower_layers(policy, cfg.freeze_layers, policy_path)
     frozen_blocks = 0  # > 0: the frozen blocks run once per rollout, their output recorded (reuse_frozen_states)
     if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.fsdp:
         if replays_exactly(policy, probe, cfg.freeze_layers, with_adapter_off=cfg.lora.enabled):
@@ -200,7 +199,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         value_model = RewardModelValue(member.model.requires_grad_(True), member.normalization).to(device())
         trainable = {"policy": policy, "value_model": value_model}
     if cfg.freeze_layers and value_model is not None:  # a value model on its own trunk: the same saving
-        freeze_lower_layers(value_model.model, cfg.freeze_layers)
+        freeze_lower_layers(value_model.model, cfg.freeze_layers, cfg.reward_model)
     if cfg.activation_checkpointing:  # the models that are trained through their blocks
         for model in [policy] + ([value_model.model] if value_model is not None else []):
             enable_activation_checkpointing(model)
@@ -443,7 +442,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     mean = lambda key, rows=tail: sum(h[key] for h in rows) / len(rows) if rows else None  # noqa: E731
     summary = {
         "stage": "ppo", "model": str(out / "model"), "policy_init": policy_path, "reward_model": cfg.reward_model,
-        "steps": cfg.steps, "episodes": cfg.steps * per_step, "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding,
+        "steps": cfg.steps, "episodes": cfg.steps * per_step, "data": report.to_dict(), "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,
         "beta_final": kl_ctl.beta, "entropy_last_quarter": mean("rollout/entropy"),
@@ -455,4 +454,5 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
+    drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

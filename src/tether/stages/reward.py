@@ -17,8 +17,8 @@ import time
 import torch
 
 from tether.config import RewardConfig, resolve_path
-from tether.data.collate import pack_shared_prompts, pad_right
-from tether.data.readers import DataError, read_demonstrations, read_preferences, split
+from tether.data.collate import drop_identical_pairs, pack_shared_prompts, pad_right
+from tether.data.readers import DataError, ReadReport, read_demonstrations, read_preferences, split
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
 from tether.distributed import processes, shard_blocks
@@ -29,7 +29,7 @@ from tether.models.loading import (apply_lora, autocast, count_parameters, devic
 from tether.models.reward_model import (ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
                                         save_ensemble_manifest, save_normalization, unwrap)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
-from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, epoch_order, group_stream, index_stream, load_checkpoint,
+from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, epoch_order, group_stream, index_stream, load_checkpoint,
                              make_optimizer, release_freed_memory, save_checkpoint, start_stage)
 
 
@@ -300,11 +300,16 @@ def train_reward(cfg: RewardConfig) -> dict:
     trunk_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(trunk_path)
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
-    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped)
+    report = ReadReport()
+    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report)
+    console.print(f"reward: {report.kept()}")
     if cfg.eval_data:
         train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data), skipped=skipped)
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+        if not train_pairs:
+            raise report.nothing_left(f"to train on: eval_fraction={cfg.eval_fraction:g} holds out every prompt ({len(eval_pairs)} pairs); "
+                                      "lower eval_fraction or add pairs with other prompts")
     if skipped:
         console.print(f"reward: skipped {len(skipped)} malformed rows (skip_bad_rows=true); first: {skipped[0]}")
     # a tie is a pair whose meta says {"tie": true}; accuracy is only defined on the others
@@ -312,8 +317,19 @@ def train_reward(cfg: RewardConfig) -> dict:
     n_ties = sum(is_tie(p) for p in train_pairs)
     if cfg.ties == "skip":
         train_pairs = [p for p in train_pairs if not is_tie(p)]
+        if not train_pairs:
+            raise report.nothing_left(f"to train on: all {n_ties} training pairs are ties and ties=skip; set ties=half or add untied pairs")
     if n_ties:
         console.print(f"reward: {n_ties} tied training pairs ({'dropped' if cfg.ties == 'skip' else 'trained towards equal rewards'})")
+    # a pair whose two responses are the same tokens once cut trains at loss ln 2 whatever the model: left out
+    train_pairs, n_identical = drop_identical_pairs(tokenizer, train_pairs, cfg.max_response_tokens)
+    eval_pairs, n_identical_eval = drop_identical_pairs(tokenizer, eval_pairs, cfg.max_response_tokens)
+    if n_identical or n_identical_eval:
+        console.print(f"reward: left out {n_identical + n_identical_eval} pairs whose chosen and rejected are the same after truncation "
+                      f"to max_response_tokens={cfg.max_response_tokens} ({n_identical} training, {n_identical_eval} held-out)")
+    if not train_pairs:
+        raise report.nothing_left(f"to train on: the chosen and rejected of all {n_identical} training pairs are the same after truncation "
+                                  f"to max_response_tokens={cfg.max_response_tokens}; raise max_response_tokens")
 
     prompt_ids = {_key(p.prompt): encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens) for p in train_pairs + eval_pairs}
     cut = sum(prompt_ids[_key(p.prompt)][1] for p in train_pairs + eval_pairs)
@@ -326,7 +342,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", modules_to_save=["score"])
     if cfg.freeze_layers:
-        freeze_lower_layers(model, cfg.freeze_layers)
+        freeze_lower_layers(model, cfg.freeze_layers, trunk_path)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
@@ -428,6 +444,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     summary = {
         "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "prompts_truncated": cut, "skipped_rows": len(skipped or []),
+        "pairs_identical_after_truncation": n_identical + n_identical_eval, "data": report.to_dict(),
         "eval_ece": eval_metrics.get("ece"), "eval_bins": eval_metrics.get("bins"), "eval_length_corr": eval_metrics.get("length_corr"),
         "eval_accuracy": eval_metrics.get("accuracy"), "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
         "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
@@ -439,4 +456,5 @@ def train_reward(cfg: RewardConfig) -> dict:
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t0,
     }
     write_summary(out, summary)
+    drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

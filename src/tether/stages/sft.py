@@ -20,7 +20,7 @@ import torch
 
 from tether.config import SFTConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
-from tether.data.readers import read_demonstrations, split
+from tether.data.readers import ReadReport, read_demonstrations, split
 from tether.distributed import processes, shard_blocks
 from tether.losses import IGNORE_INDEX
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
@@ -28,7 +28,7 @@ from tether.models.loading import (apply_lora, autocast, count_parameters, devic
 from tether.models.reward_model import trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
+from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
                              start_stage)
 
 
@@ -71,8 +71,13 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     # 1. data: demonstrations -> token ids with the prompt masked out of the labels
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
-    demos = read_demonstrations(resolve_path(cfg.data), limit=cfg.limit)
+    report = ReadReport()
+    demos = read_demonstrations(resolve_path(cfg.data), limit=cfg.limit, report=report)
+    console.print(f"sft: {report.kept()}")
     train_demos, eval_demos = split(demos, cfg.eval_fraction, cfg.seed)
+    if not train_demos:
+        raise report.nothing_left(f"to train on: eval_fraction={cfg.eval_fraction:g} holds out all {len(eval_demos)} of them; "
+                                  "lower eval_fraction or add data")
     encode = lambda d: encode_demonstration(tokenizer, d, cfg.max_prompt_tokens, cfg.max_response_tokens)  # noqa: E731
     train_ex, eval_ex = [encode(d) for d in train_demos], [encode(d) for d in eval_demos]
     n_truncated = sum(e["truncated"] for e in train_ex + eval_ex)
@@ -149,11 +154,12 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     elapsed = time.time() - t0
     summary = {
         "stage": "sft", "model": str(out / "model"), "base_model": model_path, "steps": total_steps,
-        "train_examples": len(train_ex), "eval_examples": len(eval_ex), "truncated": n_truncated,
+        "train_examples": len(train_ex), "eval_examples": len(eval_ex), "truncated": n_truncated, "data": report.to_dict(),
         "eval_loss_before": eval_before, "eval_loss": final_eval,
         "final_train_loss": loss_total / max(n_tokens, 1) if total_steps > start_step else None,
         "trainable_params": trainable, "total_params": total, "processes": procs.world, "sharding": procs.sharding,
         "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else None, "peak_rss_gb": peak_rss_gb(), "seconds": elapsed,
     }
     write_summary(out, summary)
+    drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

@@ -1,0 +1,134 @@
+"""Resume only what the same settings and inputs started (issue 25, classes 3 and 7): an interrupted SFT run rerun with
+another model, data, learning rate or LoRA setting stops and names the change; resume=false starts again; an unchanged
+rerun resumes bit for bit, also after a crash tore the last line of metrics.jsonl; a finished stage removes its checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.config import ConfigError, SFTConfig, load_config
+from tether.data.readers import DataError
+from tether.stages.sft import train_sft
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COMMON = ["max_steps=3", "batch_size=2", "save_every=0", "eval_fraction=0.2", "precision=fp32", "optim.warmup_ratio=0.0"]
+
+
+def sft(model, data, out, *extra):
+    return train_sft(load_config(SFTConfig, None, [f"model={model}", f"data={data}", f"output_dir={out}", *COMMON, *extra]))
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tiny_model_dir, tiny_data, tmp_path_factory):
+    """An SFT run stopped after step 1 of 3 (its data in a file of its own, to be rewritten by a test), and the same run unbroken."""
+    root = tmp_path_factory.mktemp("resume")
+    data = root / "demos.jsonl"
+    shutil.copy(tiny_data["demos"], data)
+    full = sft(tiny_model_dir, data, root / "full")
+    assert sft(tiny_model_dir, data, root / "run", "interrupt_after=1") is None
+    assert (root / "run" / "checkpoint" / "fingerprint.json").exists()
+    return root, data, full
+
+
+@pytest.mark.parametrize("change, message", [
+    (["optim.lr=1e-3"], r"optim\.lr changed \(2e-05 -> 0\.001\)"),
+    (["lora.enabled=true", "lora.r=4"], r"lora\.enabled changed \(false -> true\); lora\.r changed \(16 -> 4\)"),
+    (["max_steps=4"], r"max_steps changed \(3 -> 4\)"),
+    (["model={other_model}"], r"model changed \(\S*tiny-model\S* -> \S*other-tiny-model\S*\)"),
+    (["data={other_data}"], r"data changed \(\S*demos\.jsonl -> \S*other\.jsonl\)"),
+])
+def test_a_changed_rerun_stops_and_names_the_change(interrupted, other_tiny_model_dir, tiny_model_dir, change, message):
+    root, data, _ = interrupted
+    other = root / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "Name a colour.", "response": "Blue."}) + "\n" + data.read_text())
+    before = snapshot(root / "run")
+    settings = [c.format(other_model=other_tiny_model_dir, other_data=other) for c in change]
+    with pytest.raises(ConfigError, match=message) as e:
+        sft(tiny_model_dir, data, root / "run", *settings)  # a later model= or data= wins
+    assert "resume=false" in str(e.value) and "output_dir" in str(e.value) and str(root / "run" / "checkpoint") in str(e.value)
+    assert snapshot(root / "run") == before  # nothing written, nothing lost
+
+
+def test_data_rewritten_in_place_stops_the_resume_and_a_moved_copy_does_not(interrupted, tiny_model_dir, tmp_path):
+    root, data, _ = interrupted
+    moved = tmp_path / "moved.jsonl"  # the same bytes under another name: the same input
+    shutil.copy(data, moved)
+    shutil.copytree(root / "run", tmp_path / "run")
+    assert sft(tiny_model_dir, moved, tmp_path / "run")["eval_loss_before"] is None  # resumed
+    own = tmp_path / "own.jsonl"
+    shutil.copy(data, own)
+    assert sft(tiny_model_dir, own, tmp_path / "edited", "interrupt_after=1") is None
+    own.write_text("".join(data.read_text().splitlines(keepends=True)[:-1]))  # one demonstration fewer, same path
+    with pytest.raises(ConfigError, match=rf"the content of data \({own}\) changed"):
+        sft(tiny_model_dir, own, tmp_path / "edited")
+
+
+def test_resume_false_discards_the_checkpoint_and_starts_again(interrupted, tiny_model_dir, tmp_path):
+    root, data, _ = interrupted
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    fresh = sft(tiny_model_dir, data, tmp_path / "fresh", "optim.lr=1e-3")
+    again = sft(tiny_model_dir, data, run, "optim.lr=1e-3", "resume=false")
+    assert steps(run) == steps(tmp_path / "fresh") == [1, 2, 3, 3]  # no step of the old run left in metrics.jsonl
+    assert again["eval_loss_before"] == fresh["eval_loss_before"] is not None  # measured again: the run started at step 0
+    wa, wb = weights(tmp_path / "fresh"), weights(run)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_an_unchanged_rerun_resumes_bit_for_bit_past_a_torn_metrics_line(interrupted, tiny_model_dir, tmp_path):
+    root, data, full = interrupted
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "train/lo')  # a crash in the middle of writing step 2's row
+    resumed = sft(tiny_model_dir, data, run, "save_every=5")  # how often it checkpoints is not a change
+    assert resumed["eval_loss"] == full["eval_loss"] and resumed["eval_loss_before"] is None  # resumed, not started again
+    assert steps(run) == steps(root / "full")
+    wa, wb = weights(root / "full"), weights(run)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_a_bad_line_before_the_last_is_an_error_naming_it(interrupted, tiny_model_dir, tmp_path):
+    root, data, _ = interrupted
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    good = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text('{"step": 0, "oops\n' + good)
+    with pytest.raises(DataError, match=rf"{run / 'metrics.jsonl'}:1: not a JSON row"):
+        sft(tiny_model_dir, data, run)
+
+
+def test_a_finished_stage_removes_its_checkpoint_unless_asked_to_keep_it(interrupted, tiny_model_dir, tmp_path):
+    root, data, _ = interrupted
+    assert not (root / "full" / "checkpoint").exists()  # save_every=0: none was written
+    sft(tiny_model_dir, data, tmp_path / "a", "save_every=1")
+    assert (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "a" / "checkpoint").exists()
+    assert not list((tmp_path / "a").glob(".checkpoint*"))
+    sft(tiny_model_dir, data, tmp_path / "b", "save_every=1", "keep_checkpoint=true")
+    assert (tmp_path / "b" / "checkpoint" / "state.pt").exists()
+    run = tmp_path / "run"  # a resumed run removes the checkpoint it resumed from
+    shutil.copytree(root / "run", run)
+    sft(tiny_model_dir, data, run)
+    assert (run / "summary.json").exists() and not (run / "checkpoint").exists()
