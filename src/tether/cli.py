@@ -444,6 +444,16 @@ def demo(overrides: Optional[List[str]] = OverridesArg):
     print((Path(cfg.output_dir) / "report.md").read_text())
 
 
+@app.command("config")
+def show_config(stage: str = typer.Argument(..., help=f"One of: {', '.join(C.STAGES)}."),
+                as_yaml: bool = typer.Option(False, "--yaml", help="Print a YAML config instead: every key at its default, "
+                                             "its meaning as a comment above it.")):
+    """Every key of a stage's config with its type, default and meaning, e.g. `tether config ppo`. Set a key with
+    key=value after the stage's command, or in its --config file."""
+    cls = _run(C.stage_config, stage)
+    print(C.commented_yaml(cls) if as_yaml else C.describe_text(cls), end="")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
