@@ -25,7 +25,7 @@ def tiny(out, model, data, *extra):
     """The demo's structure at the smallest sizes: one step of everything, 3 prompts."""
     return ["--config", DEMO, f"output_dir={out}", f"model={model}", "precision=fp32", f"sft.data={data['demos']}", "sft.max_steps=1",
             f"collect.prompts={data['prompts']}", "collect.limit=3", "collect.responses_per_prompt=2", "collect.generation.max_new_tokens=5",
-            "reward.max_steps=1", "reward.batch_size=2", f"ppo.prompts={data['prompts']}", "ppo.steps=1", "ppo.batch_size=2",
+            "reward.max_steps=1", "reward.batch_size=2", "reward.freeze_layers=1", f"ppo.prompts={data['prompts']}", "ppo.steps=1", "ppo.batch_size=2",
             "ppo.mini_batch_size=2", "ppo.generation.max_new_tokens=5", f"eval.prompts={data['prompts']}", "eval.limit=3",
             "eval.generation.max_new_tokens=5", "rounds=2", *extra]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tether.config import ConfigError, SFTConfig, load_config
@@ -132,3 +133,23 @@ def test_a_finished_stage_removes_its_checkpoint_unless_asked_to_keep_it(interru
     shutil.copytree(root / "run", run)
     sft(tiny_model_dir, data, run)
     assert (run / "summary.json").exists() and not (run / "checkpoint").exists()
+
+
+def test_an_ensemble_rerun_with_other_settings_trains_its_members_again(tiny_model_dir, tiny_data, tmp_path):
+    from tether.config import RewardConfig
+    from tether.stages.reward import train_reward
+
+    def ensemble(*extra):
+        return train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={tmp_path}",
+                                                             "batch_size=4", "max_steps=1", "precision=fp32", "ensemble=2", *extra]))
+
+    def members():
+        return [(tmp_path / f"member_{i}" / "summary.json").stat().st_mtime_ns for i in range(2)]
+
+    ensemble()
+    first = members()
+    ensemble()
+    assert members() == first  # the same settings: the members are reused
+    ensemble("optim.lr=1e-3")
+    assert all(a != b for a, b in zip(members(), first))
+    assert all(yaml.safe_load((tmp_path / f"member_{i}" / "config.yaml").read_text())["optim"]["lr"] == 1e-3 for i in range(2))

@@ -23,6 +23,7 @@ from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import encode_prompt, encode_response
 from tether.distributed import processes, shard_blocks
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
+from tether.fingerprint import recorded_changes
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
                                    load_tokenizer, resolve_model, save_model)
@@ -261,10 +262,11 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
     summaries = []
     for i in range(cfg.ensemble):
         member_dir = out / f"member_{i}"
-        done = read_summary(member_dir)
+        member = dataclasses.replace(cfg, ensemble=1, seed=cfg.seed + i, output_dir=str(member_dir))
+        done = read_summary(member_dir) if not recorded_changes(member) else None  # trained with other settings: again
         if done is None:
             console.rule(f"reward ensemble: member {i + 1} of {cfg.ensemble}")
-            done = train_reward(dataclasses.replace(cfg, ensemble=1, seed=cfg.seed + i, output_dir=str(member_dir)))
+            done = train_reward(member)
         summaries.append(done)
     if processes().is_main:
         save_ensemble_manifest(out / "model", [f"../member_{i}/model" for i in range(cfg.ensemble)])
