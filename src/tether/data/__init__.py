@@ -5,7 +5,7 @@ The submodules:
 * :mod:`tether.data.records` -- ``PromptRecord``, ``Demonstration``, ``PreferencePair``.
 * :mod:`tether.data.readers` -- ``read_prompts`` / ``read_demonstrations`` /
   ``read_preferences`` (native, chat, HH-RLHF, Alpaca and Self-Instruct rows),
-  ``write_jsonl`` (atomic), ``split``, and ``DataError``.
+  ``write_jsonl`` (atomic), ``split``, ``DataError`` and ``ReadReport``.
 * :mod:`tether.data.templates` -- rendering and encoding prompts and responses.
 * :mod:`tether.data.collate` -- padding and batches for SFT and reward models.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from tether.data.readers import (
     DataError,
+    ReadReport,
     iter_jsonl,
     read_demonstrations,
     read_preferences,
@@ -45,6 +46,7 @@ __all__ = [
     "PreferencePair",
     "Prompt",
     "PromptRecord",
+    "ReadReport",
     "SFTExample",
     "as_messages",
     "collate_pairs",

@@ -9,6 +9,8 @@
   the loss covers the response (and its EOS) only.
 * :func:`collate_pairs` -- reward-model batches: chosen rows first, then
   rejected rows, each ``prompt + response + EOS``, right-padded.
+* :func:`drop_identical_pairs` -- leave out pairs whose two responses become the
+  same tokens once cut to the response budget (they teach nothing).
 * :func:`pack_shared_prompts` -- one row per prompt holding the prompt once and
   then each of its responses, with the positions and segment ids that let a
   block-diagonal attention mask score every response as if it sat alone after
@@ -33,6 +35,7 @@ __all__ = [
     "encode_demonstration",
     "collate_sft",
     "collate_pairs",
+    "drop_identical_pairs",
     "PackedRows",
     "pack_shared_prompts",
 ]
@@ -161,6 +164,21 @@ def collate_pairs(
         rejected_rows.append(prompt_ids + rejected_ids)
     input_ids, attention_mask = pad_right(chosen_rows + rejected_rows, pad_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def drop_identical_pairs(
+    tokenizer: Any, pairs: Sequence[PreferencePair], max_response_tokens: int
+) -> tuple[list[PreferencePair], int]:
+    """The pairs whose chosen and rejected still differ as tokens once cut to ``max_response_tokens``, and how many did not.
+
+    Two responses that share their first ``max_response_tokens`` tokens become the same
+    sequence after truncation (the prompt, cut the same way for both, cannot tell them
+    apart either): a reward model scores them equally and the Bradley-Terry or DPO loss of
+    the pair is ln 2 whatever the model, so it only dilutes the batch.
+    """
+    kept = [p for p in pairs if encode_response_with_flag(tokenizer, p.chosen, max_response_tokens)[0]
+            != encode_response_with_flag(tokenizer, p.rejected, max_response_tokens)[0]]
+    return kept, len(pairs) - len(kept)
 
 
 class PackedRows(TypedDict):

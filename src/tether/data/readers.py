@@ -22,7 +22,10 @@ Every reader detects each row's format on its own, so one file may mix them:
 Prompts must be non-empty; responses must be strings but may be empty (an
 empty reply is something a policy can produce, and HH-RLHF holds a few pairs
 where the annotator preferred it). A malformed row raises :class:`DataError`
-naming the file, the line, the field and what was expected.
+naming the file, the line, the field and what was expected (or, with
+``skipped``, is dropped); so does a file that gives no record at all, saying
+how many rows it read and why each kind was dropped. A :class:`ReadReport`
+keeps those counts for a stage's log and summary.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from tether.data.records import (
 
 __all__ = [
     "DataError",
+    "ReadReport",
     "iter_jsonl",
     "read_prompts",
     "read_demonstrations",
@@ -119,41 +123,150 @@ class DataError(ValueError):
         field: the field at fault, e.g. ``"messages[2].role"``, or None.
         expected: what was expected, as a phrase.
         got: what was found (None: not shown).
+        text: the whole sentence after the file's name, when "expected ..., got ..."
+            does not fit (e.g. a file with no usable row); it replaces ``expected``.
+        reason: a short phrase for a :class:`ReadReport` when the row is skipped,
+            e.g. "without a 'response'" (None: made from the field and what was found).
     """
 
     def __init__(
         self,
         path: PathLike,
         line: int | None,
-        field: str | None,
-        expected: str,
+        field: str | None = None,
+        expected: str = "",
         got: Any = None,
+        *,
+        text: str | None = None,
+        reason: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.line = line
         self.field = field
-        self.expected = expected
+        self.expected = text if text is not None else expected
         self.got = got
         where = self.path if line is None else f"{self.path}:{line}"
+        if reason is None:
+            if field is None:
+                reason = "of no accepted shape"
+            elif got is MISSING:
+                reason = f"without a '{field}'"
+            else:
+                reason = f"with a bad '{field}'"
+        self.reason = reason
+        if text is not None:
+            super().__init__(f"{where}: {text}")
+            return
         what = f"field '{field}': " if field is not None else ""
         found = f", got {_describe(got)}" if got is not None else ""
         super().__init__(f"{where}: {what}expected {expected}{found}")
+
+
+_EXAMPLES = {
+    "prompt": '{"prompt": "..."}',
+    "demonstration": '{"prompt": "...", "response": "..."}',
+    "preference": '{"prompt": "...", "chosen": "...", "rejected": "..."}',
+}
+_KIND_NAMES: dict[str, tuple[str, str]] = {
+    "prompt": ("prompt", "prompts"),
+    "demonstration": ("demonstration", "demonstrations"),
+    "preference": ("preference pair", "preference pairs"),
+}
+
+
+class ReadReport:
+    """What a reader made of one file: the rows it read, the records it kept, the rows it dropped and why.
+
+    Hand a fresh one to a reader (``report=ReadReport()``) and it is filled in; a stage
+    prints :meth:`describe` and puts :meth:`to_dict` in its summary, and may add its own
+    drops (:meth:`drop`) before it checks that something is left.
+
+    Attributes:
+        path: the file, as given.
+        kind: "prompt", "demonstration" or "preference".
+        rows: rows read (for JSON Lines: every line, blank ones too; for a JSON list: its items).
+        records: records kept (an Alpaca task gives one per instance).
+        dropped: reason (e.g. "blank", "without a 'response'") -> the line of each row dropped
+            for it (None where a record has no line, e.g. one dropped by a stage).
+    """
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.kind: str = "prompt"
+        self.rows = 0
+        self.records = 0
+        self.dropped: dict[str, list[int | None]] = {}
+
+    def drop(self, reason: str, line: int | None = None, count: int = 1) -> None:
+        """Count ``count`` rows (or records) dropped for ``reason``, at ``line`` when known."""
+        self.dropped.setdefault(reason, []).extend([line] * count)
+
+    def noun(self, count: int) -> str:
+        """The kind of record, singular or plural for ``count``."""
+        one, many = _KIND_NAMES.get(self.kind, (self.kind, self.kind + "s"))
+        return one if count == 1 else many
+
+    def describe(self) -> str:
+        """E.g. ``"3 rows read: 2 blank, 1 without a 'response' (line 3)"``."""
+        rows = f"{self.rows} row{'s' if self.rows != 1 else ''} read"
+        if not self.rows:
+            return rows + " (the file is empty)"
+        if not self.dropped:
+            return rows
+        parts = []
+        for reason, lines in self.dropped.items():
+            known = [line for line in lines if line is not None]
+            where = ""
+            if known and reason != "blank":
+                shown = ", ".join(str(line) for line in known[:3]) + (", ..." if len(known) > 3 else "")
+                where = f" (line{'s' if len(known) > 1 else ''} {shown})"
+            parts.append(f"{len(lines)} {reason}{where}")
+        return f"{rows}: " + ", ".join(parts)
+
+    def kept(self) -> str:
+        """E.g. ``"12 demonstrations from data/demos.jsonl (13 rows read: 1 blank)"``, for a stage's log."""
+        return f"{self.records} {self.noun(self.records)} from {self.path} ({self.describe()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """For a summary: ``{"path", "rows_read", "records", "dropped": {reason: count}}``."""
+        return {"path": self.path, "rows_read": self.rows, "records": self.records,
+                "dropped": {reason: len(lines) for reason, lines in self.dropped.items()}}
+
+    def nothing_left(self, why: str | None = None) -> DataError:
+        """The error for a file that gives nothing to use: the rows read and why each kind was dropped.
+
+        ``why`` (e.g. "after 4 pairs identical after truncation to max_response_tokens=2 were
+        left out; raise max_response_tokens") says what took the records the reader kept.
+        """
+        noun = self.noun(1)
+        if why:
+            text = f"no usable {noun} left {why} ({self.describe()})"
+        else:
+            text = f"no usable {noun} in {self.describe()}; expected at least one row such as {_EXAMPLES.get(self.kind, noun)}"
+        return DataError(self.path, None, text=text, reason=f"no usable {noun}")
 
 
 # --------------------------------------------------------------------------
 # Reading rows
 
 
-def iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(
+    path: PathLike, report: ReadReport | None = None, skipped: list[DataError] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, row)`` for each JSON object in a data file.
 
     Reads ``.jsonl`` (one object a line; blank lines skipped), ``.jsonl.gz``
     (the same, gzipped), and ``.json`` / ``.json.gz`` holding one JSON list of
     objects (then ``line_number`` is the item's 1-based position).
 
+    Args:
+        report: when given, counts the rows read and the blank or bad ones dropped.
+        skipped: when given, a line that is not valid JSON or not a JSON object is
+            appended here as its DataError and skipped instead of stopping the read.
+
     Raises:
         DataError: the file is missing or unreadable, a line is not valid JSON,
-            or a row is not a JSON object.
+            or a row is not a JSON object (unless ``skipped`` is given).
     """
     name = os.fspath(path)
     file = Path(name)
@@ -165,39 +278,60 @@ def iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     stem = name[:-3] if compressed else name
     try:
         if stem.endswith(".json"):
-            yield from _iter_json_list(name, file, compressed)
+            yield from _iter_json_list(name, file, compressed, report, skipped)
         else:
-            yield from _iter_json_lines(name, file, compressed)
+            yield from _iter_json_lines(name, file, compressed, report, skipped)
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise DataError(name, None, None, "a complete gzip file", _Said(f"a damaged one ({error})")) from error
     except PermissionError as error:
         raise DataError(name, None, None, "a readable file", _Said("one this user may not read")) from error
 
 
-def _iter_json_lines(name: str, file: Path, compressed: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+def _bad_line(error: DataError, report: ReadReport | None, skipped: list[DataError] | None) -> None:
+    """Raise ``error``, or with ``skipped`` keep it there (and in ``report``) and go on."""
+    if skipped is None:
+        raise error
+    skipped.append(error)
+    if report is not None:
+        report.drop(error.reason, error.line)
+
+
+def _iter_json_lines(
+    name: str, file: Path, compressed: bool, report: ReadReport | None, skipped: list[DataError] | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield the rows of a JSON Lines file (see :func:`iter_jsonl`)."""
     opener: Callable[..., Any] = gzip.open if compressed else open
     with opener(file, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if report is not None:
+                report.rows += 1
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
-                raise DataError(name, number, None, "UTF-8 text", _Said("bytes that are not valid UTF-8")) from error
+                _bad_line(DataError(name, number, None, "UTF-8 text", _Said("bytes that are not valid UTF-8"),
+                                    reason="not UTF-8 text"), report, skipped)
+                continue
             if not text.strip():
+                if report is not None:
+                    report.drop("blank", number)
                 continue
             try:
                 row = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as error:
-                raise DataError(
+                _bad_line(DataError(
                     name, number, None, "one JSON object on the line",
-                    _Said(f"invalid JSON ({error.msg} at column {error.colno})"),
-                ) from error
+                    _Said(f"invalid JSON ({error.msg} at column {error.colno})"), reason="not valid JSON",
+                ), report, skipped)
+                continue
             if not isinstance(row, dict):
-                raise DataError(name, number, None, "a JSON object {...}", row)
+                _bad_line(DataError(name, number, None, "a JSON object {...}", row, reason="not a JSON object"), report, skipped)
+                continue
             yield number, row
 
 
-def _iter_json_list(name: str, file: Path, compressed: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_json_list(
+    name: str, file: Path, compressed: bool, report: ReadReport | None, skipped: list[DataError] | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield the rows of a ``.json`` file holding a list of objects."""
     opener: Callable[..., Any] = gzip.open if compressed else open
     with opener(file, "rb") as handle:
@@ -214,8 +348,11 @@ def _iter_json_list(name: str, file: Path, compressed: bool) -> Iterator[tuple[i
     if not isinstance(rows, list):
         raise DataError(name, None, None, "a JSON list of objects [{...}, ...]", rows)
     for index, row in enumerate(rows):
+        if report is not None:
+            report.rows += 1
         if not isinstance(row, dict):
-            raise DataError(name, index + 1, None, "a JSON object {...}", row)
+            _bad_line(DataError(name, index + 1, None, "a JSON object {...}", row, reason="not a JSON object"), report, skipped)
+            continue
         yield index + 1, row
 
 
@@ -537,23 +674,38 @@ def _check_pair(name: str, line: int, pair: PreferencePair) -> None:
     """A pair a reward model can learn from: two non-empty, different responses."""
     for field_name in ("chosen", "rejected"):
         if not getattr(pair, field_name).strip():
-            raise DataError(name, line, field_name, "a non-empty response", getattr(pair, field_name))
+            raise DataError(name, line, field_name, "a non-empty response", getattr(pair, field_name),
+                            reason=f"with an empty '{field_name}'")
     if pair.chosen.strip() == pair.rejected.strip():
-        raise DataError(name, line, "rejected", "a response different from 'chosen'", pair.rejected)
+        raise DataError(name, line, "rejected", "a response different from 'chosen'", pair.rejected,
+                        reason="with the same 'chosen' and 'rejected'")
 
 
-def _read(path: PathLike, want: _Want, limit: int | None, skipped: list[DataError] | None = None) -> list[Any]:
+def _read(
+    path: PathLike,
+    want: _Want,
+    limit: int | None,
+    skipped: list[DataError] | None = None,
+    report: ReadReport | None = None,
+    allow_empty: bool = False,
+) -> list[Any]:
     """Read up to ``limit`` records of kind ``want`` from ``path``.
 
     With ``skipped`` (a list), a malformed row is appended to it as its DataError and
     skipped instead of stopping the read (``skip_bad_rows``); a missing or unreadable
-    file is always an error.
+    file is always an error. ``report`` (when given) is filled in with the rows read,
+    the records kept and the rows dropped by reason. Unless ``allow_empty``, a file
+    that gives no record at all is an error that says what was read and dropped
+    (``limit=0`` asks for nothing and gets nothing).
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or a whole number >= 0, got {limit!r}.")
     name = os.fspath(path)
+    if report is None:
+        report = ReadReport()
+    report.path, report.kind = name, want
     records: list[Any] = []
-    rows = iter_jsonl(name)
+    rows = iter_jsonl(name, report, skipped)
     if limit == 0:
         next(rows, None)  # still report a missing or unreadable file
         return records
@@ -567,15 +719,25 @@ def _read(path: PathLike, want: _Want, limit: int | None, skipped: list[DataErro
             if skipped is None:
                 raise
             skipped.append(error)
+            report.drop(error.reason, line)
             continue
         for record in parsed:
             records.append(record)
+            report.records += 1
             if limit is not None and len(records) >= limit:
                 return records
+    if not records and not allow_empty:
+        raise report.nothing_left()
     return records
 
 
-def read_prompts(path: PathLike, limit: int | None = None) -> list[PromptRecord]:
+def read_prompts(
+    path: PathLike,
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+    report: ReadReport | None = None,
+    allow_empty: bool = False,
+) -> list[PromptRecord]:
     """Read prompts from any supported file (see the module docstring).
 
     Demonstration and preference files give their prompts; an Alpaca seed
@@ -584,14 +746,24 @@ def read_prompts(path: PathLike, limit: int | None = None) -> list[PromptRecord]
     Args:
         path: a ``.jsonl``, ``.jsonl.gz`` or ``.json`` file.
         limit: stop after this many records (None: read all).
+        skipped: when given, malformed rows are appended here as DataErrors and skipped.
+        report: when given, filled in with the rows read, kept and dropped (see :class:`ReadReport`).
+        allow_empty: return ``[]`` for a file with no usable row instead of raising.
 
     Raises:
-        DataError: the file is missing or a row is malformed.
+        DataError: the file is missing, a row is malformed (and ``skipped`` is None),
+            or no row gives a record (and not ``allow_empty``).
     """
-    return _read(path, "prompt", limit)
+    return _read(path, "prompt", limit, skipped, report, allow_empty)
 
 
-def read_demonstrations(path: PathLike, limit: int | None = None) -> list[Demonstration]:
+def read_demonstrations(
+    path: PathLike,
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+    report: ReadReport | None = None,
+    allow_empty: bool = False,
+) -> list[Demonstration]:
     """Read demonstrations (prompt and response) from any supported file.
 
     Preference files give their prompt with the chosen reply as the response;
@@ -600,14 +772,24 @@ def read_demonstrations(path: PathLike, limit: int | None = None) -> list[Demons
     Args:
         path: a ``.jsonl``, ``.jsonl.gz`` or ``.json`` file.
         limit: stop after this many records (None: read all).
+        skipped: when given, malformed rows are appended here as DataErrors and skipped.
+        report: when given, filled in with the rows read, kept and dropped (see :class:`ReadReport`).
+        allow_empty: return ``[]`` for a file with no usable row instead of raising.
 
     Raises:
-        DataError: the file is missing or a row is malformed.
+        DataError: the file is missing, a row is malformed (and ``skipped`` is None),
+            or no row gives a record (and not ``allow_empty``).
     """
-    return _read(path, "demonstration", limit)
+    return _read(path, "demonstration", limit, skipped, report, allow_empty)
 
 
-def read_preferences(path: PathLike, limit: int | None = None, skipped: list[DataError] | None = None) -> list[PreferencePair]:
+def read_preferences(
+    path: PathLike,
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+    report: ReadReport | None = None,
+    allow_empty: bool = False,
+) -> list[PreferencePair]:
     """Read preference pairs: native, chat-message or HH-RLHF rows.
 
     A pair must hold two non-empty, different responses: training on anything else is
@@ -617,11 +799,14 @@ def read_preferences(path: PathLike, limit: int | None = None, skipped: list[Dat
         path: a ``.jsonl``, ``.jsonl.gz`` or ``.json`` file.
         limit: stop after this many records (None: read all).
         skipped: when given, malformed rows are appended here as DataErrors and skipped.
+        report: when given, filled in with the rows read, kept and dropped (see :class:`ReadReport`).
+        allow_empty: return ``[]`` for a file with no usable row instead of raising.
 
     Raises:
-        DataError: the file is missing or a row is malformed (and ``skipped`` is None).
+        DataError: the file is missing, a row is malformed (and ``skipped`` is None),
+            or no row gives a pair (and not ``allow_empty``).
     """
-    return _read(path, "preference", limit, skipped)
+    return _read(path, "preference", limit, skipped, report, allow_empty)
 
 
 # --------------------------------------------------------------------------

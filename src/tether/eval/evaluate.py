@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from tether.config import ConfigError, EvalConfig, GenerationSettings, resolve_path
-from tether.data.readers import read_prompts, write_jsonl
+from tether.data.readers import DataError, ReadReport, read_prompts, write_jsonl
 from tether.data.records import Prompt, prompt_text
 from tether.eval.metrics import (distinct_n, hack_rates, length_controlled_win_rate, length_distribution, length_stats, mean_and_se,
                                  outcome_win_rate, refusal_rate, self_bleu, win_rate)
@@ -182,10 +182,12 @@ def evaluate(cfg: EvalConfig) -> dict | None:
     if cfg.judge == "reward_model" and not cfg.reward_model:
         raise ConfigError("judge=reward_model needs reward_model (a reward model directory)")
 
-    records = read_prompts(resolve_path(cfg.prompts))
+    report = ReadReport()
+    records = read_prompts(resolve_path(cfg.prompts), report=report)
     records = records[cfg.offset:cfg.offset + cfg.limit if cfg.limit else None]
     if not records:
-        raise ValueError(f"{cfg.prompts}: no prompts left after offset={cfg.offset} and limit={cfg.limit}")
+        raise DataError(cfg.prompts, None, text=f"no prompt left after offset={cfg.offset} and limit={cfg.limit}: the file gives "
+                                                f"{report.records} ({report.describe()}); lower offset")
     prompts = [r.prompt for r in records]
     paths = {"policy": resolve_model(cfg.policy), "baseline": resolve_model(cfg.baseline)}
     paths["reference"] = resolve_model(cfg.reference) if cfg.reference else paths["baseline"]

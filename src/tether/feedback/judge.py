@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from tether.config import JudgeConfig, resolve_path
+from tether.data.readers import DataError
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import as_messages, has_chat_template, render_prompt
 
@@ -430,6 +431,9 @@ def run_judge(cfg: JudgeConfig) -> dict:
     # 1. the pairs: from a file, or the store's tasks this judge has not answered
     if cfg.data is not None:
         candidates, kind, skipped_rows = read_candidates(resolve_path(cfg.data), cfg.limit, cfg.skip_bad_rows)
+        if not candidates:  # a samples file whose responses to each prompt are all the same (or empty)
+            raise DataError(cfg.data, None, text=f"no pair to judge: no prompt has two different, non-empty responses "
+                                                 f"({skipped_rows} pairs were the same text or empty)")
     else:
         with _store(cfg.db) as store:
             candidates, skipped_rows = candidates_from_store(store, annotator)

