@@ -34,7 +34,7 @@ def run_dir(tiny_model_dir, tiny_data, tmp_path_factory):
 def _tiny_run(out, model, data):
     return [f"output_dir={out}", f"model={model}", "precision=fp32", f"sft.data={data['demos']}", "sft.max_steps=2",
             f"collect.prompts={data['prompts']}", "collect.limit=4", "collect.responses_per_prompt=2", "collect.generation.max_new_tokens=6",
-            "reward.max_steps=2", "reward.batch_size=2", f"ppo.prompts={data['prompts']}", "ppo.steps=2", "ppo.batch_size=4",
+            "reward.max_steps=2", "reward.batch_size=2", "reward.freeze_layers=1", f"ppo.prompts={data['prompts']}", "ppo.steps=2", "ppo.batch_size=4",
             "ppo.mini_batch_size=2", "ppo.generation.max_new_tokens=6", f"eval.prompts={data['prompts']}", "eval.limit=4",
             "eval.generation.max_new_tokens=6"]
 
@@ -120,3 +120,82 @@ def test_missing_reward_model_is_a_clear_error(tiny_model_dir, tiny_data, tmp_pa
     result = tether("ppo", f"policy={tiny_model_dir}", f"reward_model={tmp_path}", f"prompts={tiny_data['prompts']}",
                     f"output_dir={tmp_path / 'ppo'}")
     assert result.exit_code == 2 and "no config.json" in result.output
+
+
+# --------------------------------------------------------------------------- paths and Ctrl-C (issue 25)
+
+
+def _flat(result) -> str:
+    return " ".join(result.output.split())  # rich wraps long lines
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """A stage that got as far as loading a model fails the test: path errors must come first."""
+    import tether.stages.sft
+
+    def refuse(name):
+        raise AssertionError(f"a model was loaded ({name}) before the output_dir was checked")
+
+    monkeypatch.setattr(tether.stages.sft, "resolve_model", refuse)
+
+
+def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(no_model_loads, tiny_data, tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("mine")
+    for out, expect in [(file, f"output_dir {file} is a file; expected a folder"),
+                        (file / "sub", f"output_dir {file / 'sub'}: {file} is a file, so no folder can be made under it")]:
+        result = tether("sft", "model=default", f"data={tiny_data['demos']}", f"output_dir={out}")
+        assert result.exit_code == 2 and expect in _flat(result) and "Traceback" not in result.output
+    assert file.read_text() == "mine"
+
+
+def test_output_dir_not_writable_is_refused(no_model_loads, tiny_data, tmp_path, monkeypatch):
+    """As root every folder is writable, so the permission check is made to fail."""
+    import os
+
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path / "ro"))
+    result = tether("sft", "model=default", f"data={tiny_data['demos']}", f"output_dir={tmp_path / 'ro'}")
+    assert result.exit_code == 2 and "the folder is not writable by this user" in _flat(result) and "output_dir" in result.output
+
+
+def test_run_output_dir_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "runs"
+    file.write_text("")
+    result = tether("run", "--config", "demo", f"output_dir={file}")
+    assert result.exit_code == 2 and f"output_dir {file} is a file" in _flat(result)
+    assert file.read_text() == ""
+
+
+def test_model_that_is_a_file_or_has_no_config_is_a_clear_error(tmp_path):
+    file = tmp_path / "model.safetensors"
+    file.write_text("")
+    result = tether("generate", f"model={file}")
+    assert result.exit_code == 2
+    assert f"model '{file}' is a file; expected a Hugging Face model directory (config.json + weights) or 'default'" in _flat(result)
+    result = tether("generate", f"model={tmp_path}")
+    assert result.exit_code == 2 and "has no config.json" in _flat(result)
+    result = tether("reward", "eval", "--model", file, "--data", file)
+    assert result.exit_code == 2 and f"reward model '{file}' is a file" in _flat(result)
+
+
+@pytest.mark.parametrize("argv,module,name,expect", [
+    (["sft", "max_steps=1"], "tether.stages.sft", "train_sft", "interrupted; rerun the same command to resume"),
+    (["run", "--config", "demo"], "tether.pipeline", "run_pipeline", "interrupted; rerun the same command to resume"),
+    (["collect", "limit=1"], "tether.stages.collect", "collect", "interrupted"),
+])
+def test_ctrl_c_ends_with_one_line_and_exit_130(argv, module, name, expect, monkeypatch):
+    import importlib
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    result = tether(*argv)
+    assert result.exit_code == 130 and result.output.strip() == expect and "Traceback" not in result.output
+
+
+def test_an_os_error_on_a_user_path_names_the_path(tmp_path):
+    result = tether("label", "guidelines", tmp_path, "--db", tmp_path / "prefs.db")  # a folder where a file belongs
+    assert result.exit_code == 2 and f"Is a directory: {tmp_path}" in _flat(result) and "Traceback" not in result.output
+    assert not (tmp_path / "prefs.db").exists()

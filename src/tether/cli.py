@@ -2,10 +2,14 @@
 
 Every training or evaluation command takes `--config FILE.yaml` plus `key=value`
 overrides (dotted keys for sections: `lora.enabled=true`, `generation.max_new_tokens=32`).
+`--config` also names a shipped config: `--config demo`, `--config ppo/default` or `configs/ppo/default.yaml` from any folder.
+Help texts are Markdown (typer's markdown mode), so `[form=rl|bon]` shows as written.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -13,16 +17,43 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
+from tether import __version__
 from tether import config as C
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="tether: RLHF end to end (SFT, preferences, reward model, PPO).")
-reward_app = typer.Typer(no_args_is_help=True, help="Reward models: train and evaluate.")
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+"""The configs shipped inside the package (the repository's configs/ links here)."""
+EVAL_TOOLS = typer.Typer(rich_markup_mode="markdown")
+"""`tether eval overopt` and `tether eval frontier`: commands of their own beside `tether eval key=value` (see _Commands)."""
+
+
+class _Commands(TyperGroup):
+    """tether's commands; `tether eval overopt|frontier ...` resolve to EVAL_TOOLS' commands (with their own --help),
+    every other `tether eval ...` to the eval command."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if len(args) > 1 and args[0] == "eval" and args[1] in ("overopt", "frontier"):
+            tools = typer.main.get_command(EVAL_TOOLS)
+            return f"eval {args[1]}", tools.commands[args[1]], args[2:]
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="tether: RLHF end to end (SFT, preferences, reward model, PPO).")
+reward_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Reward models: train and evaluate.")
 app.add_typer(reward_app, name="reward")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
-OverridesArg = typer.Argument(None, help="key=value overrides, e.g. lr=1e-4 lora.enabled=true")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file, or a shipped one by name (`demo`, `ppo/default`).")
+
+
+def overrides_arg(example: str):
+    """The `key=value` overrides argument; `example` must be valid for the command (tests/test_cli_help.py loads it)."""
+    return typer.Argument(None, help=f"key=value overrides (dotted keys for sections), e.g. `{example}`")
+
+
 ProcessesOpt = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes on this machine (gloo on CPU, one GPU each "
                             "with GPUs); batch_size and grad_accum are per process.")
 
@@ -33,24 +64,74 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tether.models.loading import ModelError
     from tether.rewards.functions import RewardFunctionError
 
-    return (C.ConfigError, DataError, ModelError, RewardFunctionError, StoreError, FileNotFoundError)
+    return (C.ConfigError, DataError, ModelError, RewardFunctionError, StoreError)
 
 
-def _run(fn: Callable, *args):
-    """Call a stage; a user error becomes one red sentence and exit code 2, not a traceback."""
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+"""OS errors that a path the user gave causes (a missing file, a file where a folder belongs, no permission)."""
+
+
+def _say(markup: str) -> None:
+    from tether.tracking import console
+
+    console.print(markup, soft_wrap=True, highlight=False)
+
+
+def _say_error(message: str) -> None:
+    from rich.markup import escape
+
+    _say(f"[bold red]error:[/bold red] {escape(message)}")
+
+
+def _run(fn: Callable, *args, resumable: bool = False):
+    """Call a stage; a user error becomes one red sentence and exit code 2, Ctrl-C one line and exit code 130 (as a
+    shell reports SIGINT), not a traceback. `resumable`: a rerun of the same command resumes (a training stage, a run)."""
     try:
         return fn(*args)
+    except KeyboardInterrupt:
+        _say("interrupted; rerun the same command to resume" if resumable else "interrupted")
+        raise typer.Exit(130) from None
     except _user_errors() as e:
-        from rich.markup import escape
+        _say_error(str(e))
+        raise typer.Exit(2) from None
+    except PATH_ERRORS as e:
+        where = f": {e.filename}" if e.filename else ""
+        _say_error(f"{e.strerror or e}{where}" + (f" -> {e.filename2}" if e.filename2 else ""))
+        raise typer.Exit(2) from None
 
-        from tether.tracking import console
 
-        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2)
+def config_path(config: Optional[Path]) -> Optional[Path]:
+    """`--config` as given when that file exists; else a shipped config it names: `configs/demo.yaml` from another
+    folder, `demo.yaml`, `demo`, `ppo/default`. A name that is neither is an error listing the shipped configs."""
+    if config is None or config.exists():
+        return config
+    name = Path(*config.parts[1:]) if config.parts[:1] == ("configs",) else config
+    for candidate in (SHIPPED_CONFIGS / name, SHIPPED_CONFIGS / name.with_suffix(".yaml")):
+        if not config.is_absolute() and candidate.is_file():
+            return candidate
+    shipped = sorted(str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")) for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+    shipped = [s for s in shipped if not s.startswith("accelerate/")]  # accelerate's own launch configs, not tether's
+    raise C.ConfigError(f"config file {config}: no such file (from {Path.cwd()}); a shipped config can be named instead: "
+                        f"{', '.join(shipped)}")
 
 
 def _load(cls, config: Optional[Path], overrides: Optional[List[str]]):
-    return _run(C.load_config, cls, config, overrides or [])
+    return _run(lambda: C.load_config(cls, config_path(config), overrides or []))
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            version = importlib.metadata.version("tether")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            version = __version__
+        print(f"tether {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print tether's version and exit.")):
+    """tether: RLHF end to end (SFT, preferences, reward model, PPO)."""
 
 
 def _print_summary(summary: dict | None) -> None:
@@ -71,15 +152,16 @@ def _train(fn: Callable, cfg, num_processes: int) -> None:
             elif not a.startswith("--num-processes="):
                 args.append(a)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}", "-m", "tether", *args]
-        raise typer.Exit(subprocess.run(cmd).returncode)
+        raise typer.Exit(_run(subprocess.run, cmd, resumable=True).returncode)
     from tether.distributed import apply_launcher
 
     _run(apply_launcher, cfg)  # `accelerate launch`: its ZeRO stage (run by tether with FSDP2) and its mixed precision
-    _print_summary(_run(fn, cfg))
+    _print_summary(_run(fn, cfg, resumable=True))
 
 
 @app.command()
-def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
+def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("optim.lr=1e-4 max_steps=100 lora.enabled=true"),
+        num_processes: int = ProcessesOpt):
     """Supervised fine-tuning on (prompt, response) demonstrations."""
     from tether.stages.sft import train_sft
 
@@ -87,7 +169,8 @@ def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
 
 
 @app.command()
-def collect(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def collect(config: Optional[Path] = ConfigOpt,
+            overrides: Optional[List[str]] = overrides_arg("responses_per_prompt=4 limit=100 generation.max_new_tokens=32")):
     """Sample K responses per prompt and label the pairs (simulated annotator)."""
     from tether.stages.collect import collect as run_collect
 
@@ -95,84 +178,121 @@ def collect(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] =
 
 
 @reward_app.command("train")
-def reward_train(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
+def reward_train(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("optim.lr=5e-5 freeze_layers=10 epochs=2"),
+                 num_processes: int = ProcessesOpt):
     """Train a reward model with the Bradley-Terry loss."""
     from tether.stages.reward import train_reward
 
     _train(train_reward, _load(C.RewardConfig, config, overrides), num_processes)
 
 
+def _reward_reading(cls, config: Optional[Path], overrides: Optional[List[str]], options: dict):
+    """The config of `reward eval` / `reward score`: the file and overrides, then the options given (None: not given)."""
+
+    def build():
+        cfg = C.load_config(cls, config_path(config), overrides or [])
+        given = {k: v for k, v in options.items() if v is not None}
+        cfg = C.from_dict(cls, {**dataclasses.asdict(cfg), **given}, where="options: ") if given else cfg  # checked like a file's keys
+        for key in ("model", "data"):
+            if not getattr(cfg, key):
+                raise C.ConfigError(f"no {key} given: pass --{key} PATH (or {key}=PATH, or {key}: in the --config file)")
+        return cfg
+
+    return _run(build)
+
+
+def _reward_eval(cfg: C.RewardEvalConfig) -> dict:
+    """`tether reward eval`'s work: the metrics (and the plot, the JSON file)."""
+    from tether.data.readers import read_preferences
+    from tether.eval.calibration import reliability_diagram
+    from tether.models.reward_model import load_reward_model
+    from tether.stages.reward import CachedScorer, pair_metrics
+
+    rm = load_reward_model(cfg.model)
+    pairs = read_preferences(C.resolve_path(cfg.data), limit=cfg.limit)
+    scorers = CachedScorer.for_members(rm, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
+    metrics = pair_metrics(scorers, pairs, with_bins=True)
+    bins = metrics.pop("bins", None)
+    out = Path(cfg.out) if cfg.out else None
+    if cfg.plot and bins is not None:
+        png = out.with_suffix(".png") if out else Path("reliability.png")
+        reliability_diagram({"ece": metrics["ece"], "bins": bins}, png, title=f"{Path(cfg.model).name} on {Path(cfg.data).name}")
+        metrics["plot"] = str(png)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
 @reward_app.command("eval")
 def reward_eval(
-    model: str = typer.Option(..., "--model", help="Reward model directory."),
-    data: str = typer.Option(..., "--data", help="Preference pairs (JSONL/JSONL.gz)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = overrides_arg("model=runs/reward/model data=pairs.jsonl limit=100"),
+    model: Optional[str] = typer.Option(None, "--model", help="Reward model directory (or model=DIR)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Preference pairs (JSONL/JSONL.gz) (or data=FILE)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON object to this file."),
-    plot: bool = typer.Option(False, "--plot", help="Write a reliability diagram PNG beside --out (or reliability.png)."),
-    max_prompt_tokens: int = typer.Option(192, help="Prompt tokens kept (cut from the left)."),
-    max_response_tokens: int = typer.Option(128, help="Response tokens kept."),
-    precision: str = typer.Option("bf16", help="bf16, fp16 or fp32."),
+    plot: Optional[bool] = typer.Option(None, "--plot", help="Write a reliability diagram PNG beside --out (or reliability.png)."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help="Prompt tokens kept (cut from the left) [default: 192]."),
+    max_response_tokens: Optional[int] = typer.Option(None, help="Response tokens kept [default: 128]."),
+    precision: Optional[str] = typer.Option(None, help="bf16, fp16 or fp32 [default: bf16]."),
 ):
-    """Judge a reward model on preference pairs; prints one JSON object (accuracy, n, ece, mean_margin, length_corr)."""
+    """Judge a reward model on preference pairs; prints one JSON object (accuracy, n, ece, mean_margin, length_corr).
 
-    def go():
-        from tether.data.readers import read_preferences
-        from tether.eval.calibration import reliability_diagram
-        from tether.models.reward_model import load_reward_model
-        from tether.stages.reward import CachedScorer, pair_metrics
+    The options and `key=value` overrides (or a `--config` file) set the same fields (RewardEvalConfig); an option given wins.
+    """
+    cfg = _reward_reading(C.RewardEvalConfig, config, overrides, {
+        "model": model, "data": data, "limit": limit, "out": None if out is None else str(out), "plot": plot,
+        "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens, "precision": precision})
+    print(json.dumps(_run(_reward_eval, cfg)))
 
-        rm = load_reward_model(model)
-        pairs = read_preferences(C.resolve_path(data), limit=limit)
-        scorers = CachedScorer.for_members(rm, max_prompt_tokens, max_response_tokens, precision)
-        metrics = pair_metrics(scorers, pairs, with_bins=True)
-        bins = metrics.pop("bins", None)
-        if plot and bins is not None:
-            png = out.with_suffix(".png") if out else Path("reliability.png")
-            reliability_diagram({"ece": metrics["ece"], "bins": bins}, png, title=f"{Path(model).name} on {Path(data).name}")
-            metrics["plot"] = str(png)
-        if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(metrics, indent=2) + "\n")
-        return metrics
 
-    print(json.dumps(_run(go)))
+def _reward_score(cfg: C.RewardScoreConfig) -> dict:
+    """`tether reward score`'s work: score every row, write them with the score column."""
+    import torch
+
+    from tether.data.readers import read_demonstrations, write_jsonl
+    from tether.models.reward_model import load_reward_model
+    from tether.stages.reward import CachedScorer
+
+    rm = load_reward_model(cfg.model)
+    rows = read_demonstrations(C.resolve_path(cfg.data))
+    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
+    scorers = CachedScorer.for_members(rm, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
+    members = torch.stack([s(prompts, responses) for s in scorers])
+    scores = members.mean(0).tolist()
+    spread = members.std(0, correction=0).tolist()
+    target = Path(cfg.out) if cfg.out else Path(str(C.resolve_path(cfg.data)).removesuffix(".gz").removesuffix(".jsonl") + ".scored.jsonl")
+    extra = (lambda i: {f"{cfg.column}_std": spread[i]}) if len(members) > 1 else (lambda i: {})  # noqa: E731
+    write_jsonl(target, [{**r.to_dict(), cfg.column: s, **extra(i)} for i, (r, s) in enumerate(zip(rows, scores))])
+    return {"scored": len(rows), "out": str(target), "mean": sum(scores) / max(len(scores), 1)}
 
 
 @reward_app.command("score")
 def reward_score(
-    model: str = typer.Option(..., "--model", help="Reward model directory."),
-    data: str = typer.Option(..., "--data", help="Prompt/response JSONL (any demonstration format)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = overrides_arg("model=runs/reward/model data=samples.jsonl column=rm_score"),
+    model: Optional[str] = typer.Option(None, "--model", help="Reward model directory (or model=DIR)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Prompt/response JSONL (any demonstration format) (or data=FILE)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output JSONL (default: DATA with .scored.jsonl)."),
-    column: str = typer.Option("reward", help="Name of the score column."),
-    max_prompt_tokens: int = typer.Option(192, help="Prompt tokens kept (cut from the left)."),
-    max_response_tokens: int = typer.Option(128, help="Response tokens kept."),
-    precision: str = typer.Option("bf16", help="bf16, fp16 or fp32."),
+    column: Optional[str] = typer.Option(None, help="Name of the score column [default: reward]."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help="Prompt tokens kept (cut from the left) [default: 192]."),
+    max_response_tokens: Optional[int] = typer.Option(None, help="Response tokens kept [default: 128]."),
+    precision: Optional[str] = typer.Option(None, help="bf16, fp16 or fp32 [default: bf16]."),
 ):
-    """Score every (prompt, response) row with a reward model and write the score back as a column."""
+    """Score every (prompt, response) row with a reward model and write the score back as a column.
 
-    def go():
-        import torch
-
-        from tether.data.readers import read_demonstrations, write_jsonl
-        from tether.models.reward_model import load_reward_model
-        from tether.stages.reward import CachedScorer
-
-        rm = load_reward_model(model)
-        rows = read_demonstrations(C.resolve_path(data))
-        prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
-        members = torch.stack([s(prompts, responses) for s in CachedScorer.for_members(rm, max_prompt_tokens, max_response_tokens, precision)])
-        scores = members.mean(0).tolist()
-        spread = members.std(0, correction=0).tolist()
-        target = out or Path(str(C.resolve_path(data)).removesuffix(".gz").removesuffix(".jsonl") + ".scored.jsonl")
-        extra = (lambda i: {f"{column}_std": spread[i]}) if len(members) > 1 else (lambda i: {})  # noqa: E731
-        write_jsonl(target, [{**r.to_dict(), column: s, **extra(i)} for i, (r, s) in enumerate(zip(rows, scores))])
-        return {"scored": len(rows), "out": str(target), "mean": sum(scores) / max(len(scores), 1)}
-
-    print(json.dumps(_run(go)))
+    The options and `key=value` overrides (or a `--config` file) set the same fields (RewardScoreConfig); an option given wins.
+    """
+    cfg = _reward_reading(C.RewardScoreConfig, config, overrides, {
+        "model": model, "data": data, "out": None if out is None else str(out), "column": column,
+        "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens, "precision": precision})
+    print(json.dumps(_run(_reward_score, cfg)))
 
 
 @app.command()
-def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
+def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("steps=50 kl.target=6 generation.max_new_tokens=32"),
+        num_processes: int = ProcessesOpt):
     """PPO against a reward model under a KL penalty to the reference."""
     from tether.stages.ppo import train_ppo
 
@@ -180,7 +300,8 @@ def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
 
 
 @app.command()
-def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
+def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: function, path: my_rewards.py:score}]' advantage=rloo group_size=8"),
+         num_processes: int = ProcessesOpt):
     """GRPO, RLOO or REINFORCE with a baseline (advantage=grpo|rloo|reinforce): G samples per prompt, no value model."""
     from tether.stages.grpo import train_grpo
 
@@ -188,7 +309,8 @@ def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ov
 
 
 @app.command()
-def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg, num_processes: int = ProcessesOpt):
+def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("loss=ipo beta=0.1 optim.lr=5e-7"),
+        num_processes: int = ProcessesOpt):
     """Direct preference optimisation on preference pairs (DPO, IPO, hinge, conservative); online rounds with online=true."""
     from tether.stages.dpo import run_dpo
 
@@ -196,23 +318,49 @@ def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
 
 
 @app.command("eval")
-def evaluate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def evaluate(config: Optional[Path] = ConfigOpt,
+             overrides: Optional[List[str]] = overrides_arg("policy=runs/demo/ppo/model baseline=runs/demo/sft/model limit=50")):
     """Compare a policy with a baseline on held-out prompts (win rates by judge, KL, proxy and gold reward, lengths, diversity, hacks).
 
     Also: `tether eval overopt RUN_DIR [form=rl|bon] [out=PNG]` fits Gao et al.'s over-optimisation curve to the run's
-    held-out checks; `tether eval frontier RUN_DIR... [out=PNG] [metric=gold|proxy]` plots reward against KL for several runs.
+    held-out checks; `tether eval frontier RUN_DIR... [out=PNG] [metric=gold|proxy]` plots reward against KL for several runs
+    (each has its own `--help`).
     """
-    if overrides and overrides[0] in ("overopt", "frontier"):
-        from tether.eval.overopt import command
-
-        _print_summary(_run(command, list(overrides)))
-        return
     from tether.eval.evaluate import evaluate as run_eval
 
     summary = _run(run_eval, _load(C.EvalConfig, config, overrides))
     if summary is None:  # judge=people: the pairs are queued; the message said how to label them
         raise typer.Exit(1)
     _print_summary(summary)
+
+
+@EVAL_TOOLS.command("overopt")
+def eval_overopt(run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A PPO run's output_dir, or a `tether run` or `tether bon` directory."),
+                 options: Optional[List[str]] = typer.Argument(None, metavar="KEY=VALUE", help="form=rl|bon (the fit's form), out=PNG (the plot's path).")):
+    """Fit Gao et al.'s (2022) over-optimisation curve, gold reward against sqrt(KL), to a run's held-out checks and plot it.
+
+    `form=rl` (R = d(alpha - beta log d), for RL) or `form=bon` (R = d(alpha - beta d), for best-of-n); by default the one that
+    fits the run's kind. `out=PNG` names the plot (default: overopt.png in RUN_DIR). Prints the fitted coefficients as JSON.
+
+    Example: `tether eval overopt runs/demo form=rl out=overopt.png`
+    """
+    from tether.eval.overopt import command
+
+    _print_summary(_run(command, ["overopt", run_dir, *(options or [])]))
+
+
+@EVAL_TOOLS.command("frontier")
+def eval_frontier(args: List[str] = typer.Argument(..., metavar="RUN_DIR... KEY=VALUE",
+                                                   help="One or more PPO run directories, then out=PNG, metric=gold|proxy.")):
+    """Plot reward against KL(policy || reference) for several runs, one line per run through its held-out checks.
+
+    `metric=gold` (the default) or `metric=proxy` picks the reward; `out=PNG` names the plot (default: frontier.png).
+
+    Example: `tether eval frontier runs/ppo_beta0.05 runs/ppo_beta0.1 metric=gold out=frontier.png`
+    """
+    from tether.eval.overopt import command
+
+    _print_summary(_run(command, ["frontier", *args]))
 
 
 @app.command()
@@ -223,29 +371,30 @@ def report(run_dir: Path = typer.Argument(..., help="A `tether run` directory.")
     print(_run(write_html_report, run_dir))
 
 
+def _generate(cfg: C.GenerateConfig) -> None:
+    """`tether generate`'s work: sample, write the JSONL file, print each row."""
+    from tether.data.readers import read_prompts, write_jsonl
+    from tether.models.loading import resolve_model
+    from tether.rollout.generate import load_sampler, sample_responses
+
+    path = resolve_model(cfg.model)
+    tokenizer, model = load_sampler(path, cfg)
+    records = read_prompts(C.resolve_path(cfg.prompts), limit=cfg.limit)
+    samples = sample_responses(model, tokenizer, [r.prompt for r in records], cfg.generation, cfg.seed, cfg.precision)
+    rows = [{"prompt": r.prompt, **s} for r, s in zip(records, samples)]
+    write_jsonl(cfg.output, rows)
+    for row in rows:
+        print(json.dumps(row))
+
+
 @app.command()
-def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=5 generation.temperature=0.7")):
     """Sample responses for a prompts file and write them as JSONL."""
-
-    def go(cfg: C.GenerateConfig):
-        from tether.data.readers import read_prompts, write_jsonl
-        from tether.models.loading import resolve_model
-        from tether.rollout.generate import load_sampler, sample_responses
-
-        path = resolve_model(cfg.model)
-        tokenizer, model = load_sampler(path, cfg)
-        records = read_prompts(C.resolve_path(cfg.prompts), limit=cfg.limit)
-        samples = sample_responses(model, tokenizer, [r.prompt for r in records], cfg.generation, cfg.seed, cfg.precision)
-        rows = [{"prompt": r.prompt, **s} for r, s in zip(records, samples)]
-        write_jsonl(cfg.output, rows)
-        for row in rows:
-            print(json.dumps(row))
-
-    _run(go, _load(C.GenerateConfig, config, overrides))
+    _run(_generate, _load(C.GenerateConfig, config, overrides))
 
 
 @app.command()
-def judge(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def judge(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=100 min_strength=0.2")):
     """Label candidate pairs with an LLM judge (RLAIF): the letter's next-token probability, both orders averaged."""
     from tether.feedback.judge import run_judge
 
@@ -253,7 +402,7 @@ def judge(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = O
 
 
 @app.command()
-def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=20 rounds=2")):
     """Constitutional AI: answer, critique by a sampled principle, revise; (original, revision) become (rejected, chosen)."""
     from tether.feedback.constitution import run_revise
 
@@ -261,7 +410,7 @@ def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = 
 
 
 @app.command()
-def bon(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def bon(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=8 limit=50")):
     """Best-of-N: sample N responses per prompt, keep the reward source's best; reports the gain and the KL bound."""
     from tether.stages.bon import best_of_n
 
@@ -269,7 +418,7 @@ def bon(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
 
 
 @app.command()
-def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=4 rounds=2")):
     """Rejection-sampling fine-tuning (Llama 2): in rounds, keep the best of N per prompt and SFT the policy on it."""
     from tether.stages.bon import rejection_sampling
 
@@ -278,15 +427,18 @@ def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Over
 
 # --------------------------------------------------------------------------- tether label: the preference store
 
-label_app = typer.Typer(no_args_is_help=True, help="People label pairs: annotators, import, export, agreement statistics, a simulated panel.")
+label_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="People label pairs: annotators, import, export, agreement statistics, a simulated panel.")
 app.add_typer(label_app, name="label")
 DbOpt = typer.Option(..., "--db", help="Preference store: a SQLite file (created if missing) or a postgresql:// URL.")
+ExistingDbOpt = typer.Option(..., "--db", help="Preference store: an existing SQLite file or a postgresql:// URL.")
 
 
-def _store(db: str):
+def _store(db: str, create: bool = True):
+    """The store at `db`; `create=False` for the commands that only read or label what is there: a mistyped path is then an
+    error ("no preference store at ..."), not a new empty store."""
     from tether.feedback.store import open_store
 
-    return open_store(db)
+    return open_store(db, create=create)
 
 
 @label_app.command("add-annotator")
@@ -325,14 +477,15 @@ def label_guidelines(file: Path = typer.Argument(..., help="Text or Markdown fil
     """Put a new version of the annotation guidelines in force (every later judgement records it)."""
 
     def go():
+        text = file.read_text()  # a missing file stops the command before any store is created
         with _store(db) as store:
-            return {"guidelines_version": store.add_guidelines(file.read_text())}
+            return {"guidelines_version": store.add_guidelines(text)}
 
     _print_summary(_run(go))
 
 
 @label_app.command("export")
-def label_export(db: str = DbOpt, out: Path = typer.Option(..., "--out", help="Preference pairs JSONL for `tether reward train`."),
+def label_export(db: str = ExistingDbOpt, out: Path = typer.Option(..., "--out", help="Preference pairs JSONL for `tether reward train`."),
                  aggregate: str = typer.Option("majority", help="majority (one pair per task) or per_annotator (one per judgement)."),
                  ties: str = typer.Option("drop", help="drop, or keep as pairs with meta.tie = true."),
                  include_golden: bool = typer.Option(False, "--include-golden", help="Also export golden tasks (majority: their known answer).")):
@@ -341,21 +494,21 @@ def label_export(db: str = DbOpt, out: Path = typer.Option(..., "--out", help="P
     def go():
         from tether.feedback.export import export_preferences
 
-        with _store(db) as store:
+        with _store(db, create=False) as store:
             return export_preferences(store, out, aggregate, ties, include_golden)
 
     _print_summary(_run(go))
 
 
 @label_app.command("stats")
-def label_stats(db: str = DbOpt, as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+def label_stats(db: str = ExistingDbOpt, as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
                 golden_threshold: float = typer.Option(0.7, help="Flag annotators whose golden-set accuracy is below this.")):
     """Agreement (per pair, Cohen's kappa, Krippendorff's alpha), throughput, position bias and golden-set accuracy."""
 
     def go():
         from tether.feedback.agreement import stats
 
-        with _store(db) as store:
+        with _store(db, create=False) as store:
             return stats(store, golden_threshold)
 
     out = _run(go)
@@ -370,7 +523,7 @@ def label_stats(db: str = DbOpt, as_json: bool = typer.Option(False, "--json", h
 
 
 @label_app.command("simulate")
-def label_simulate(db: str = DbOpt,
+def label_simulate(db: str = ExistingDbOpt,
                    agreement: List[float] = typer.Option([0.9, 0.75, 0.6], help="One simulated annotator per value: its agreement with gold."),
                    gold_spread: float = typer.Option(0.0, help="0: one shared gold; > 0: each annotator's own gold weights, this spread."),
                    limit: Optional[int] = typer.Option(None, help="At most this many judgements per annotator."),
@@ -380,14 +533,14 @@ def label_simulate(db: str = DbOpt,
     def go():
         from tether.feedback.panel import default_panel, run_panel
 
-        with _store(db) as store:
+        with _store(db, create=False) as store:
             return run_panel(store, default_panel(agreement, gold_spread, seed), limit)
 
     _print_summary(_run(go))
 
 
 @label_app.command("serve")
-def label_serve(db: str = DbOpt,
+def label_serve(db: str = ExistingDbOpt,
                 host: str = typer.Option("127.0.0.1", help="Address to listen on (put a TLS proxy in front before leaving loopback)."),
                 port: int = typer.Option(8000, help="Port to listen on."),
                 golden_rate: float = typer.Option(0.1, help="Share of the pairs handed out that are golden (while any are left)."),
@@ -398,7 +551,7 @@ def label_serve(db: str = DbOpt,
     from tether.feedback.store import open_store
     from tether.feedback.webapp import create_app, uvicorn_log_config
 
-    store = _run(lambda: open_store(db, golden_rate=golden_rate))
+    store = _run(lambda: open_store(db, golden_rate=golden_rate, create=False))  # add annotators first: a new store has none
     typer.echo(f"tether label: http://{host}:{port}/login (annotators sign in with their token; admins also see /admin/stats)", err=True)
     try:
         # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 only: behind a local TLS proxy (which must pass the
@@ -411,20 +564,24 @@ def label_serve(db: str = DbOpt,
 
 def default_demo_config() -> Path:
     """The shipped demo config (inside the package, also reachable as configs/demo.yaml in the repo)."""
-    return Path(__file__).parent / "configs" / "demo.yaml"
+    return SHIPPED_CONFIGS / "demo.yaml"
 
 
 @app.command()
-def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML."),
-        overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. ppo.steps=10"),
+def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML, or a shipped one by name (`demo`)."),
+        overrides: Optional[List[str]] = overrides_arg("ppo.steps=10 sft.optim.lr=1e-4 output_dir=runs/mine"),
         config_opt: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (same as the argument).")):
-    """The whole line: SFT -> collect -> reward -> PPO -> eval, and report.md."""
+    """The whole line: SFT -> collect -> reward -> PPO -> eval, and report.md.
+
+    Example: `tether run --config configs/demo.yaml model=/path/to/model output_dir=runs/mine`
+    (an interrupted run resumes when the same command is run again).
+    """
     from tether.pipeline import run_pipeline
 
     if config is not None and "=" in str(config):  # `tether run key=value` with --config
         overrides, config = [str(config)] + list(overrides or []), None
     cfg = _load(C.RunConfig, config or config_opt, overrides)
-    result = _run(run_pipeline, cfg)
+    result = _run(run_pipeline, cfg, resumable=True)
     if result is None:
         raise typer.Exit(1)
     report = Path(cfg.output_dir) / "report.md"
@@ -433,15 +590,21 @@ def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML."),
 
 
 @app.command()
-def demo(overrides: Optional[List[str]] = OverridesArg):
-    """Run the shipped demo: RLHF on SmolLM2-135M-Instruct with a simulated annotator."""
+def demo(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML in place of the shipped demo config."),
+         overrides: Optional[List[str]] = overrides_arg("ppo.steps=10 output_dir=runs/demo2")):
+    """Run the shipped demo: RLHF on SmolLM2-135M-Instruct with a simulated annotator.
+
+    Example: `tether demo ppo.steps=10 output_dir=runs/demo2`
+    """
     from tether.pipeline import run_pipeline
 
-    cfg = _load(C.RunConfig, default_demo_config(), overrides)
-    result = _run(run_pipeline, cfg)
+    cfg = _load(C.RunConfig, config or default_demo_config(), overrides)
+    result = _run(run_pipeline, cfg, resumable=True)
     if result is None:
         raise typer.Exit(1)
-    print((Path(cfg.output_dir) / "report.md").read_text())
+    report = Path(cfg.output_dir) / "report.md"
+    if report.exists():
+        print(report.read_text())
 
 
 @app.command("config")

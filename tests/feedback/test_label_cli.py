@@ -176,3 +176,22 @@ def test_collect_stores_one_answer_a_task_when_samples_repeat(tiny_model_dir, tm
     again = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={prompts}", f"output_dir={tmp_path / 'c2'}", "responses_per_prompt=4",
                           "precision=fp32", f"db={db}", "store_judgements=true").stdout)
     assert again["db_judgements"] == 9 and again["db_judgements_kept"] == 0
+
+
+def test_commands_that_only_read_the_store_refuse_a_missing_one(tmp_path):
+    """A mistyped --db is an error, not a new empty store reporting 0 pairs; the commands that fill a store still create it."""
+    typo = tmp_path / "typo" / "prefs.db"
+    for argv in (["stats"], ["stats", "--json"], ["export", "--out", tmp_path / "pairs.jsonl"], ["simulate"], ["serve"]):
+        result = tether("label", *argv, "--db", typo)
+        assert result.exit_code == 2, (argv, result.output)
+        assert f"no preference store at {typo}" in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "pairs.jsonl").exists()
+    ok("label", "add-annotator", "ada", "--db", typo)
+    assert typo.exists()
+    assert json.loads(ok("label", "stats", "--db", typo, "--json").stdout)["tasks"]["total"] == 0
+
+
+def test_guidelines_from_a_missing_file_create_no_store(tmp_path):
+    result = tether("label", "guidelines", tmp_path / "nope.md", "--db", tmp_path / "prefs.db")
+    assert result.exit_code == 2 and str(tmp_path / "nope.md") in " ".join(result.output.split())
+    assert not (tmp_path / "prefs.db").exists()

@@ -268,3 +268,11 @@ def test_concurrent_annotators_never_overfill_a_task(store):
     for v in store.votes():
         per_task.setdefault(v.task_id, []).append(v.annotator)
     assert sorted(per_task) == tasks and all(len(set(who)) == len(who) == 2 for who in per_task.values())
+
+
+def test_open_store_without_create_refuses_a_missing_file(tmp_path):
+    with pytest.raises(StoreError, match=f"no preference store at {tmp_path / 'sub' / 'prefs.db'}"):
+        open_store(tmp_path / "sub" / "prefs.db", create=False)
+    assert not (tmp_path / "sub").exists()
+    open_store(tmp_path / "sub" / "prefs.db").close()
+    open_store(tmp_path / "sub" / "prefs.db", create=False).close()

@@ -250,7 +250,7 @@ def head_revision(migrations: Path = MIGRATIONS) -> str:
 
 
 def open_store(target: str | os.PathLike[str], *, golden_rate: float = 0.1, assignment_timeout_s: float = 3600.0,
-               seed: int | None = None) -> Store:
+               seed: int | None = None, create: bool = True) -> Store:
     """Open the store at a file path (SQLite) or URL, creating or upgrading its schema in place.
 
     Args:
@@ -258,8 +258,13 @@ def open_store(target: str | os.PathLike[str], *, golden_rate: float = 0.1, assi
         golden_rate: chance that a task handed out is a golden one (while any are left).
         assignment_timeout_s: how long a shown task holds its slot for the annotator.
         seed: seeds golden mixing and left/right order (None: fresh randomness).
+        create: a SQLite file that does not exist yet is created (with its folders); False (commands that only
+            read the store) makes it an error instead, so a mistyped path is not answered with an empty store.
     """
     url = database_url(target)
+    if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise StoreError(f"no preference store at {url[len('sqlite:///'):]} (check the path; `tether label import` or "
+                         "`tether collect db=...` create one)")
     engine = make_engine(url)
     try:
         upgrade_schema(engine)

@@ -141,6 +141,10 @@ class RewardModel:
         from transformers import AutoModelForSequenceClassification
 
         norm_file = Path(path) / NORMALIZATION_FILE
+        if Path(path).is_file():
+            raise ModelError(f"reward model '{path}' is a file; expected a folder written by `tether reward train` (config.json + weights)")
+        if not Path(path).exists():
+            raise ModelError(f"reward model '{path}': no such directory (expected a folder written by `tether reward train`)")
         if not (Path(path) / "config.json").exists():
             raise ModelError(f"reward model '{path}': no config.json (expected a folder written by `tether reward train`)")
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
