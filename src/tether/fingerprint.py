@@ -90,19 +90,22 @@ def fingerprint(cfg) -> dict[str, Any]:
     return json.loads(json.dumps({"settings": settings, "inputs": inputs}))  # as it reads back from the file
 
 
+_UNSET = object()
+
+
 def _show(value: Any) -> str:
     return "unset" if value is _UNSET else value if isinstance(value, str) else json.dumps(value)
 
 
-_UNSET = object()
-
-
-def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """What differs from fingerprint `old` to `new`, one phrase each: 'optim.lr changed (0.001 -> 0.002)', 'the content
-    of data (/x/demos.jsonl) changed'. An input named by another path but with the same content is no change."""
+    of data (/x/demos.jsonl) changed'. An input named by another path but with the same content is no change; keys in
+    `ignore` are not compared."""
     settings, inputs = (old.get("settings", {}), new.get("settings", {})), (old.get("inputs", {}), new.get("inputs", {}))
     found = []
     for key in list(settings[1]) + [k for k in settings[0] if k not in settings[1]]:
+        if key in ignore:
+            continue
         a, b = settings[0].get(key, _UNSET), settings[1].get(key, _UNSET)
         if key in inputs[0] and key in inputs[1]:  # both name a file or folder: its content decides
             if inputs[0][key] != inputs[1][key]:

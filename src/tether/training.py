@@ -55,15 +55,18 @@ def make_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
     return out
 
 
-def start_stage(cfg) -> Path:
-    """Every stage begins the same way: create `cfg.output_dir`; check a checkpoint there against this run's fingerprint
-    (`check_checkpoint`); write config.yaml and fingerprint.json (and remove an earlier run's summary.json, which no
-    longer describes the folder); seed."""
+def start_stage(cfg, rounds: str | None = None) -> Path:
+    """Every stage begins the same way: create `cfg.output_dir`; check a checkpoint there (and, for a stage that runs in
+    rounds, the round folders matching the pattern `rounds`) against this run's fingerprint (`check_checkpoint`,
+    `check_rounds`); write config.yaml and fingerprint.json (and remove an earlier run's summary.json, which no longer
+    describes the folder); seed."""
     from tether.config import save_config
 
     out = make_output_dir(cfg.output_dir)
     current = fingerprint(cfg)
     check_checkpoint(out, current, getattr(cfg, "resume", True))
+    if rounds is not None:
+        check_rounds(out, rounds, current, cfg)
     if processes().is_main:
         (out / "summary.json").unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -90,6 +93,27 @@ def check_checkpoint(out: Path, current: dict, resume: bool) -> None:
     if changed:
         raise ConfigError(f"{target} holds an interrupted run with other settings: {'; '.join(changed)}. Rerun with resume=false "
                           "to discard it and start again, or choose a new output_dir (or undo the change to resume it)")
+
+
+def check_rounds(out: Path, pattern: str, current: dict, cfg) -> None:
+    """A stage that runs in rounds (online DPO, rejection sampling) goes on from the round folders `out/<pattern>` it
+    finds only if they were made with this run's fingerprint, `rounds` aside (more rounds go on from the last): else a
+    ConfigError says what changed; with `cfg.resume` false the folders are removed and the stage starts again."""
+    found = sorted(p.name for p in out.glob(pattern) if p.is_dir())
+    recorded = read_fingerprint(out)  # None: nothing recorded (no round made yet, or made before fingerprints)
+    changed = changes(recorded, current, ignore=("rounds",)) if found and recorded is not None else []
+    if not changed:
+        return
+    if not getattr(cfg, "resume", True):
+        console.print(f"{out}: resume=false, so its rounds {', '.join(found)} are discarded and the stage starts again")
+        if processes().is_main:
+            for name in found:
+                shutil.rmtree(out / name)
+        processes().barrier()
+        return
+    how = "rerun with resume=false to discard them and start again, or choose" if hasattr(cfg, "resume") else "choose"
+    raise ConfigError(f"{out} holds rounds made with other settings ({', '.join(found)}): {'; '.join(changed)}. To go on, {how} "
+                      "a new output_dir (or undo the change)")
 
 
 def drop_checkpoint(out: Path, cfg) -> None:

@@ -185,7 +185,7 @@ def fresh_samples(policy_path: str, records: list[PromptRecord], score: Scorer, 
 
 def rejection_sampling(cfg: RSConfig) -> dict | None:
     """Run the rounds; returns the summary, or None when a round's SFT stopped early (`sft.interrupt_after`)."""
-    out = start_stage(cfg)
+    out = start_stage(cfg, rounds="round_*")  # rounds made with other settings are not gone on from
     t0 = time.time()
     score = load_scorer(cfg)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)

@@ -470,7 +470,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     """
     from tether.rollout.generate import sample_responses
 
-    out = start_stage(cfg)
+    out = start_stage(cfg, rounds="round_*")  # rounds made with other settings are not gone on from
     t_start = time.time()
     prompts = [r.prompt for r in read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)]
     n = min(cfg.prompts_per_round, len(prompts))
