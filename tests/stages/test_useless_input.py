@@ -227,3 +227,14 @@ def test_judge_with_no_pair_of_different_responses_is_an_error(tiny_model_dir, t
                                                       {"prompt": "r", "response": "alone"}])
     message = refused(tmp_path / "j", "judge", f"model={tiny_model_dir}", f"data={samples}", f"output_dir={tmp_path / 'j'}")
     assert f"{samples}: no pair to judge: no prompt has two different, non-empty responses (1 pairs were the same text or empty)" in message
+
+
+@pytest.mark.timeout(120)
+def test_an_ensemble_leaves_identical_pairs_out_of_its_held_out_pairs_too(tiny_model_dir, tiny_data, tmp_path):
+    held_out = write_rows(tmp_path / "eval.jsonl", [{"prompt": "q1", "chosen": "Paris.", "rejected": "no no no"},
+                                                    {"prompt": "q2", **SAME_AFTER_3}, {"prompt": "q3", **SAME_AFTER_3}])
+    summary = train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"eval_data={held_out}",
+                                                            f"output_dir={tmp_path / 'rm'}", "ensemble=2", "max_response_tokens=3",
+                                                            "max_steps=1", "batch_size=4", "precision=fp32"]))
+    assert summary["eval_pairs"] == 1 and summary["member_eval_accuracy"][0] is not None
+    assert json.loads((tmp_path / "rm" / "member_0" / "summary.json").read_text())["pairs_identical_after_truncation"] == 2

@@ -276,6 +276,7 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
     pairs = read_preferences(resolve_path(cfg.eval_data), skipped=skipped) if cfg.eval_data else \
         split_by_prompt(read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped), cfg.eval_fraction, cfg.seed)[1]
     pairs = [p for p in pairs if not is_tie(p)]
+    pairs, _ = drop_identical_pairs(ensemble.members[0].tokenizer, pairs, cfg.max_response_tokens)  # as each member's held-out pairs
     metrics = pair_metrics(CachedScorer.for_members(ensemble, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision), pairs)
     summary = {
         "stage": "reward", "model": str(out / "model"), "ensemble": cfg.ensemble, "train_pairs": summaries[0]["train_pairs"],
