@@ -4,6 +4,7 @@ file and line; `tether config STAGE` lists every key."""
 
 import dataclasses
 import math
+import re
 import typing
 
 import pytest
@@ -295,3 +296,11 @@ def test_the_commented_yaml_loads_back_to_the_defaults(stage, tmp_path):
     else:
         assert load_config(cls, f) == cls()
     assert yaml.safe_load(result.output)  # plain YAML too
+
+
+def test_the_examples_in_the_override_message_are_real_keys():
+    with pytest.raises(ConfigError, match="expected key=value") as e:
+        load_config(SFTConfig, None, ["epochs"])
+    examples = re.findall(r"\b([\w.]+=[\w.-]+)", str(e.value).split("for example", 1)[1])
+    assert len(examples) == 2
+    load_config(SFTConfig, None, examples)  # an unknown key would raise

@@ -1,10 +1,11 @@
 """Configs: plain YAML mapped onto typed dataclasses, plus `key=value` overrides.
 
-Every stage has one dataclass below. A field's comment says what it is; the YAML only
-supplies values. Loading is strict: an unknown key or a value of the wrong type is an
-error that names the key (and the file), so a typo never silently falls back to a default.
+Every stage has one dataclass below. The docstring under a field says what it is (`tether config STAGE`
+lists them); the YAML only supplies values. Loading is strict: an unknown key, a value of the wrong type or
+outside its range (RANGES), or a key given twice in a file is an error that names the key (and the file and
+line), so a typo never silently falls back to a default. A config built in Python is checked the same way.
 
-    cfg = load_config(SFTConfig, "configs/sft/demo.yaml", ["lr=1e-4", "lora.r=8"])
+    cfg = load_config(SFTConfig, "src/tether/configs/sft/hh_harmless.yaml", ["optim.lr=1e-4", "lora.r=8"])
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ RANGES: dict[str, str | tuple[str, str]] = {
     "grad_accum": "[1, inf)", "epochs": "[1, inf)", "ppo_epochs": "[1, inf)", "iterations": "[1, inf)", "steps": "[1, inf)",
     "max_steps": "[1, inf)", "max_new_tokens": "[1, inf)", "max_prompt_tokens": "[1, inf)", "max_response_tokens": "[1, inf)",
     "max_model_len": "[1, inf)", "max_tokens_per_forward": ("[0, inf)", "0 = no limit"), "limit": "[1, inf)",
-    "eval_limit": "[1, inf)", "offset": "[0, inf)", "max_words": "[1, inf)", "normalize_samples": "[1, inf)", "n": ("[1, inf)", "samples per prompt"),
-    "rounds": "[1, inf)", "eval_samples": "[1, inf)", "responses_per_prompt": ("[2, inf)", "two responses make a pair"),
+    "eval_limit": "[1, inf)", "offset": "[0, inf)", "max_words": "[1, inf)", "normalize_samples": "[1, inf)",
+    "n": ("[1, inf)", "samples per prompt"), "rounds": "[1, inf)", "eval_samples": "[1, inf)", "responses_per_prompt": ("[2, inf)", "two responses make a pair"),
     "samples_per_prompt": "[1, inf)", "prompts_per_step": "[1, inf)", "group_size": "[1, inf)", "prompts_per_round": "[1, inf)",
     "annotators_per_task": "[1, inf)", "ensemble": "[1, inf)", "freeze_layers": "[0, inf)", "r": "[1, inf)", "alpha": "[1, inf)",
     "cpus_per_model": "[1, inf)", "gpus_per_model": "[0, inf)", "horizon": "[1, inf)", "seed": "[0, inf)",
@@ -73,8 +74,8 @@ RANGES: dict[str, str | tuple[str, str]] = {
     "target_agreement": ("(0.5, 1)", "0.5 is a coin flip, 1 never disagrees"), "baseline_decay": "[0, 1)", "gamma": "[0, 1]",
     "lam": "[0, 1]", "eps_low": "(0, 1)",
     # optimisation
-    "lr": ("[0, inf)", "0 leaves the weights where they are"), "value_lr": "[0, inf)", "adam_eps": "(0, inf)", "weight_decay": "[0, inf)",
-    "max_grad_norm": ("[0, inf)", "0 = no clipping"),
+    "lr": ("[0, inf)", "0 leaves the weights where they are"), "value_lr": "[0, inf)", "adam_eps": "(0, inf)",
+    "weight_decay": "[0, inf)", "max_grad_norm": ("[0, inf)", "0 = no clipping"),
     # coefficients, scales and limits
     "temperature": ("(0, inf)", "use a small value such as 0.01 for near-greedy"),
     "is_cap": ("[1, inf)", "a token vLLM sampled as likely as the trainer would gets weight 1"),
@@ -1268,6 +1269,12 @@ class RSConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         _check_best_of_n(self)
+        wired = [f"sft.{name}={getattr(self.sft, name)}" for name in ("model", "data", "output_dir", "seed", "precision")
+                 if getattr(self.sft, name) != getattr(SFTConfig(), name)]
+        if wired:  # replaced in every round: refused rather than dropped without a word
+            raise ConfigError(f"{', '.join(wired)}: `tether rs` sets each round's SFT model (the current policy), data (its best "
+                              "responses), output_dir (round_<k>/sft), seed (seed + k) and precision itself; set the top-level "
+                              "seed= or precision= instead, and leave the others out")
 
 
 @dataclass
@@ -1417,7 +1424,7 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
         data = loaded
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value (for example lr=1e-4 or lora.r=8)")
+            raise ConfigError(f"override {item!r}: expected key=value (for example optim.lr=1e-4 or lora.r=8)")
         key, raw = item.split("=", 1)
         try:
             value = parse_yaml(raw, "") if raw != "" else None
