@@ -170,3 +170,12 @@ def test_values_the_wiring_agrees_with_are_accepted():
         check_wiring(load_config(RunConfig, None, ["tracker=tensorboard", "sft.tracker=wandb"]))
     with pytest.raises(ConfigError, match=r"sft\.model=/x \(`tether run` sets it to default: set the top-level model= instead\)"):
         check_wiring(load_config(RunConfig, None, ["sft.model=/x"]))
+
+
+def test_rs_refuses_the_sft_settings_it_sets_every_round():
+    from tether.config import RSConfig
+
+    fn = "reward=[{type: function, path: 'x.py:f'}]"
+    load_config(RSConfig, None, [fn, "sft.seed=0", "sft.max_steps=3"])  # a default value, a setting it keeps
+    with pytest.raises(ConfigError, match=r"sft\.seed=3, sft\.precision=fp32: `tether rs` sets each round's SFT .* set the top-level seed= or precision="):
+        load_config(RSConfig, None, [fn, "sft.seed=3", "sft.precision=fp32"])
