@@ -3,8 +3,10 @@
 A checkpoint holds everything needed to continue bit-for-bit: the trainable weights, the
 optimizer and scheduler states, every RNG state, the step (which fixes the data
 position, since data order is a pure function of seed and epoch), and any extra state a
-stage adds (e.g. the KL controller). It is written to a temporary folder and renamed, so
-an interrupt during saving never leaves a half-written checkpoint.
+stage adds (e.g. the KL controller), and the fingerprint of the run that wrote it
+(fingerprint.py), so that only a run with the same settings and inputs resumes it. It is
+written to a temporary folder and renamed, so an interrupt during saving never leaves a
+half-written checkpoint; a finished stage removes it (unless `keep_checkpoint`).
 """
 
 from __future__ import annotations
