@@ -33,6 +33,11 @@ def write_rows(path: Path, rows: list) -> Path:
     return path
 
 
+def said(capsys, text: str) -> bool:
+    """Whether the stages printed `text` so far (their console writes to stderr), wherever the console wrapped it."""
+    return "".join(text.split()) in "".join(capsys.readouterr().err.split())
+
+
 def refused(out: Path, *args) -> str:
     """Run `tether ARGS`; assert exit code 2, one error line and no traceback; return the output."""
     result = runner.invoke(app, [str(a) for a in args])
@@ -94,13 +99,14 @@ def test_blank_and_skipped_rows_are_counted_by_reason(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_one_bad_line_among_good_ones_is_dropped_and_reported(tiny_model_dir, tiny_data, tmp_path):
+def test_one_bad_line_among_good_ones_is_dropped_and_reported(tiny_model_dir, tiny_data, tmp_path, capsys):
     good = [json.loads(line) for line in tiny_data["prefs"].read_text().splitlines()]
     data = write_rows(tmp_path / "prefs.jsonl", good[:6] + ["{not json", ""] + good[6:])
     summary = train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={data}", f"output_dir={tmp_path / 'rm'}",
                                                             "skip_bad_rows=true", "max_steps=1", "batch_size=4", "precision=fp32"]))
     assert summary["skipped_rows"] == 1 and summary["train_pairs"] + summary["eval_pairs"] == 12
     assert summary["data"] == {"path": str(data), "rows_read": 14, "records": 12, "dropped": {"not valid JSON": 1, "blank": 1}}
+    assert said(capsys, f"reward: 12 preference pairs from {data} (14 rows read: 1 not valid JSON (line 7), 1 blank)")
     demos = write_rows(tmp_path / "demos.jsonl", [""] + [json.loads(x) for x in tiny_data["demos"].read_text().splitlines()])
     summary = train_sft(load_config(SFTConfig, None, [f"model={tiny_model_dir}", f"data={demos}", f"output_dir={tmp_path / 'sft'}",
                                                       "max_steps=1", "precision=fp32"]))
@@ -142,15 +148,18 @@ SAME_AFTER_3 = {"chosen": "A clear, short answer.", "rejected": "A clear, long a
 
 
 @pytest.mark.timeout(120)
-def test_pairs_identical_after_truncation_are_left_out_and_counted(tiny_model_dir, tiny_data, tmp_path):
+def test_pairs_identical_after_truncation_are_left_out_and_counted(tiny_model_dir, tiny_data, tmp_path, capsys):
     good = [json.loads(line) for line in tiny_data["prefs"].read_text().splitlines()]  # "A clear, short answer." vs "no no no ..."
     data = write_rows(tmp_path / "prefs.jsonl", good + [{"prompt": f"extra {i}", **SAME_AFTER_3} for i in range(3)])
     common = [f"data={data}", "max_response_tokens=3", "eval_fraction=0", "max_steps=1", "batch_size=4", "precision=fp32"]
     summary = train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"output_dir={tmp_path / 'rm'}", *common]))
     assert summary["pairs_identical_after_truncation"] == 3 and summary["train_pairs"] == 12
     assert json.loads((tmp_path / "rm" / "summary.json").read_text())["pairs_identical_after_truncation"] == 3
+    assert said(capsys, "reward: left out 3 pairs whose chosen and rejected are the same after truncation to max_response_tokens=3 "
+                        "(3 training, 0 held-out)")
     summary = train_dpo(load_config(DPOConfig, None, [f"policy={tiny_model_dir}", f"output_dir={tmp_path / 'dpo'}", *common]))
     assert summary["pairs_identical_after_truncation"] == 3 and summary["train_pairs"] == 12
+    assert said(capsys, "dpo: left out 3 pairs whose chosen and rejected are the same after truncation to max_response_tokens=3")
     # with a budget that keeps them apart, nothing is left out
     wide = [c.replace("max_response_tokens=3", "max_response_tokens=16") for c in common]
     summary = train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"output_dir={tmp_path / 'rm16'}", *wide]))
