@@ -182,6 +182,7 @@ def test_model_that_is_a_file_or_has_no_config_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("argv,module,name,expect", [
     (["sft", "max_steps=1"], "tether.stages.sft", "train_sft", "interrupted; rerun the same command to resume"),
     (["run", "--config", "demo"], "tether.pipeline", "run_pipeline", "interrupted; rerun the same command to resume"),
+    (["rs", "reward=[{type: model, path: rm}]"], "tether.stages.bon", "rejection_sampling", "interrupted; rerun the same command to resume"),
     (["collect", "limit=1"], "tether.stages.collect", "collect", "interrupted"),
 ])
 def test_ctrl_c_ends_with_one_line_and_exit_130(argv, module, name, expect, monkeypatch):

@@ -422,7 +422,7 @@ def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = over
     """Rejection-sampling fine-tuning (Llama 2): in rounds, keep the best of N per prompt and SFT the policy on it."""
     from tether.stages.bon import rejection_sampling
 
-    _print_summary(_run(rejection_sampling, _load(C.RSConfig, config, overrides)))
+    _print_summary(_run(rejection_sampling, _load(C.RSConfig, config, overrides), resumable=True))
 
 
 # --------------------------------------------------------------------------- tether label: the preference store
@@ -466,8 +466,10 @@ def label_import(file: str = typer.Argument(..., help="Pairs (prompt, chosen, re
     def go():
         from tether.feedback.importing import import_file
 
+        source = C.resolve_path(file)
+        open(source).close()  # a missing file (or a folder) stops the command before any store is created
         with _store(db) as store:
-            return import_file(store, C.resolve_path(file), required=annotators_per_task, golden=golden)
+            return import_file(store, source, required=annotators_per_task, golden=golden)
 
     _print_summary(_run(go))
 

@@ -191,7 +191,8 @@ def test_commands_that_only_read_the_store_refuse_a_missing_one(tmp_path):
     assert json.loads(ok("label", "stats", "--db", typo, "--json").stdout)["tasks"]["total"] == 0
 
 
-def test_guidelines_from_a_missing_file_create_no_store(tmp_path):
-    result = tether("label", "guidelines", tmp_path / "nope.md", "--db", tmp_path / "prefs.db")
-    assert result.exit_code == 2 and str(tmp_path / "nope.md") in " ".join(result.output.split())
-    assert not (tmp_path / "prefs.db").exists()
+def test_guidelines_or_import_from_a_missing_file_create_no_store(tmp_path):
+    for command in ("guidelines", "import"):
+        result = tether("label", command, tmp_path / "nope.md", "--db", tmp_path / "prefs.db")
+        assert result.exit_code == 2 and f"No such file or directory: {tmp_path / 'nope.md'}" in " ".join(result.output.split())
+        assert "Traceback" not in result.output and not (tmp_path / "prefs.db").exists()
