@@ -132,12 +132,12 @@ def _flat(result) -> str:
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """A stage that got as far as loading a model fails the test: path errors must come first."""
-    import tether.stages.sft
+    from tether.stages import sft
 
     def refuse(name):
         raise AssertionError(f"a model was loaded ({name}) before the output_dir was checked")
 
-    monkeypatch.setattr(tether.stages.sft, "resolve_model", refuse)
+    monkeypatch.setattr(sft, "resolve_model", refuse)
 
 
 def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(no_model_loads, tiny_data, tmp_path):
@@ -200,3 +200,16 @@ def test_an_os_error_on_a_user_path_names_the_path(tmp_path):
     result = tether("label", "guidelines", tmp_path, "--db", tmp_path / "prefs.db")  # a folder where a file belongs
     assert result.exit_code == 2 and f"Is a directory: {tmp_path}" in _flat(result) and "Traceback" not in result.output
     assert not (tmp_path / "prefs.db").exists()
+
+
+def test_ctrl_c_outside_a_stage_also_exits_130(monkeypatch):
+    from tether import cli
+    from tether.stages import collect
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_print_summary", interrupted)  # after the stage, outside _run
+    monkeypatch.setattr(collect, "collect", lambda cfg: {})
+    result = tether("collect", "limit=1")
+    assert result.exit_code == 130 and result.output.strip() == "interrupted"

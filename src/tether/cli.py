@@ -40,6 +40,14 @@ class _Commands(TyperGroup):
             return f"eval {args[1]}", tools.commands[args[1]], args[2:]
         return super().resolve_command(ctx, args)
 
+    def invoke(self, ctx: click.Context):
+        """Ctrl-C outside a stage (while a command imports torch, say) also ends with one line and exit code 130."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _say("interrupted")
+            raise typer.Exit(130) from None
+
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="tether: RLHF end to end (SFT, preferences, reward model, PPO).")
