@@ -144,6 +144,18 @@ def test_a_changed_ppo_setting_reruns_ppo_from_the_start_and_eval(base_run, tmp_
     assert yaml.safe_load((run / "ppo" / "config.yaml").read_text())["steps"] == 3
 
 
+def test_a_rerun_that_fails_early_keeps_the_earlier_results(base_run, tmp_path, tiny_model_dir, tiny_data):
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    before = {p: p.read_bytes() for p in sorted((run / "sft").rglob("*")) if p.is_file()}
+    result = tether(*tiny(run, tmp_path / "no-such-model", tiny_data))  # a typo in model=
+    assert result.exit_code == 2 and "no-such-model" in result.output and "rerunning sft" in result.output
+    assert {p: p.read_bytes() for p in sorted((run / "sft").rglob("*")) if p.is_file()} == before
+    assert not (run / ".sft.replaced").exists()
+    again = tether(*tiny(run, tiny_model_dir, tiny_data))
+    assert again.exit_code == 0 and " ".join(again.output.split()).count("already complete") == 5
+
+
 # --------------------------------------------------------------------------- stage settings the wiring replaces
 
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
 from tether.config import CollectConfig, ConfigError, JudgeConfig, RunConfig, save_config
 from tether.fingerprint import recorded_changes
 from tether.tracking import console, read_summary, write_summary
-from tether.training import make_output_dir
+from tether.training import CHECKPOINT_DIR, make_output_dir
 
 STAGES = ("sft", "collect", "reward", "ppo", "eval")
 
@@ -80,6 +81,26 @@ def check_wiring(cfg: RunConfig) -> None:
             refused.append(f"{name}.{f.name}={value} (`tether run` sets it to {used}: {instead})")
     if refused:
         raise ConfigError("these stage settings are set by `tether run` itself and would be ignored: " + "; ".join(refused))
+
+
+def aside(folder: Path) -> Path:
+    """Where a stage's earlier folder waits while the stage runs again (`set_aside`)."""
+    return folder.with_name(f".{folder.name}.replaced")
+
+
+def set_aside(folder: Path) -> None:
+    """Move a stage's folder out of the way before it runs again from the start; it is removed once the new run
+    completes, and `restore` brings it back if the new run fails before it has progress of its own to keep."""
+    shutil.rmtree(aside(folder), ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, aside(folder))
+
+
+def restore(folder: Path) -> None:
+    """After a stage failed: the folder set aside for it comes back, unless the new run holds a checkpoint (it resumes)."""
+    if aside(folder).exists() and not (folder / CHECKPOINT_DIR).exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(aside(folder), folder)
 
 
 def stored(collect: CollectConfig, here: Path) -> dict:
@@ -220,8 +241,10 @@ def run_pipeline(cfg: RunConfig) -> dict | None:
             after = len(plan) - i - 1
             console.print(f"{where}: {'; '.join(changed)}; rerunning {name} and the {after} stage{'' if after == 1 else 's'} after it",
                           highlight=False, soft_wrap=True)
-        if rerun or changed:
-            shutil.rmtree(folder, ignore_errors=True)  # run again from the start: no old checkpoint, samples or metrics
+        if (rerun or changed) and stage_cfg is None:
+            shutil.rmtree(folder, ignore_errors=True)  # people's labels of earlier pairs: read again from the store
+        elif rerun or changed:
+            set_aside(folder)  # the stage runs again from the start: no old checkpoint, samples or metrics
         elif (done := read_summary(folder)) is not None:
             console.print(f"[dim]{where}: already complete in {folder}, skipping[/dim]")
             here[name] = done
@@ -233,9 +256,15 @@ def run_pipeline(cfg: RunConfig) -> dict | None:
             if k > 1 and name == "reward":
                 console.print(f"round {k}: the reward model trains on {merge_preferences(cfg, k)} pairs from rounds 1 to {k}")
             console.rule(f"[bold]{where}")
-            if (result := runners[name](stage_cfg)) is None:
+            try:
+                result = runners[name](stage_cfg)
+            except BaseException:
+                restore(folder)
+                raise
+            if result is None:
                 console.print(f"{where} stopped before the end; rerun the same command to resume")
                 return None
+            shutil.rmtree(aside(folder), ignore_errors=True)  # the new results are complete: the old ones go
         here[name] = result
         rerun = True
     report = write_report(run, cfg, summaries)
