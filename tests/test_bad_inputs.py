@@ -59,7 +59,7 @@ CASES = [
     Case("ppo-empty-prompts", ["ppo", "policy={model}", "reward_model={rm}", "prompts={empty}", "output_dir={out}", "steps=1",
                                "batch_size=4", "mini_batch_size=2", *QUICK], ["empty.jsonl"]),
     Case("grpo-empty-prompts", ["grpo", "policy={model}", "reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts={empty}",
-                                "output_dir={out}", "steps=1", "group_size=2", "prompts_per_step=2", *QUICK], ["empty.jsonl"]),
+                                "output_dir={out}", "steps=1", "group_size=2", "prompts_per_step=2", "mini_batch_size=4", *QUICK], ["empty.jsonl"]),
     Case("dpo-empty-data", ["dpo", "policy={model}", "data={empty}", "output_dir={out}", "max_steps=1", "precision=fp32"], ["empty.jsonl"]),
     Case("eval-empty-prompts", ["eval", "policy={model}", "baseline={model}", "prompts={empty}", "output_dir={out}", *QUICK], ["empty.jsonl"]),
     Case("bon-empty-prompts", ["bon", "policy={model}", "reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts={empty}",
