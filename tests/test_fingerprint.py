@@ -30,8 +30,10 @@ def sft_fp(*overrides: str) -> dict:
 def test_keys_that_do_not_change_the_result_are_left_out():
     base = sft_fp("data=a.jsonl")
     same = sft_fp("data=a.jsonl", "output_dir=elsewhere", "interrupt_after=3", "save_every=1", "tracker=tensorboard", "resume=false",
-                  "keep_checkpoint=true")
+                  "keep_checkpoint=true", "activation_checkpointing=true")
     assert changes(base, same) == []
+    ppo = fingerprint(load_config(PPOConfig, None, []))
+    assert changes(ppo, fingerprint(load_config(PPOConfig, None, ["micro_batch_size=1", "offload_frozen=true", "samples_every=1"]))) == []
     assert changes(base, sft_fp("data=a.jsonl", "optim.lr=1e-3", "lora.r=4")) == ["optim.lr changed (2e-05 -> 0.001)", "lora.r changed (16 -> 4)"]
     assert changes(base, sft_fp("data=a.jsonl", "seed=1")) == ["seed changed (0 -> 1)"]
 

@@ -27,9 +27,13 @@ from tether.config import resolve_path, to_dict
 
 FINGERPRINT_FILE = "fingerprint.json"
 
-IGNORED = frozenset({"output_dir", "interrupt_after", "save_every", "resume", "keep_checkpoint", "tracker", "db", "store_judgements"})
-"""Keys (at any depth) that do not change what a stage computes: where it writes, how often it checkpoints, whether
-it resumes or keeps its checkpoint, which tracker also gets the metrics, the preference store that gets a copy."""
+IGNORED = frozenset({
+    # where and how often a stage writes: its folder, checkpoints, samples, the tracker and store that get copies
+    "output_dir", "interrupt_after", "save_every", "resume", "keep_checkpoint", "samples_every", "tracker", "db", "store_judgements",
+    # memory and speed: the same numbers (up to rounding), so a run that ran out of memory can resume with them changed
+    "activation_checkpointing", "offload_frozen", "offload_trainable", "share_weights", "max_tokens_per_forward", "micro_batch_size",
+})
+"""Keys (at any depth) that do not change what a stage computes."""
 
 INPUTS = frozenset({"model", "policy", "reference", "baseline", "reward_model", "reward_function", "judge", "judge_model", "path",
                     "data", "eval_data", "prompts", "eval_prompts", "normalize_data", "ptx_data", "constitution"})
