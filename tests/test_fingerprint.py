@@ -193,3 +193,15 @@ def test_rs_refuses_the_sft_settings_it_sets_every_round():
     load_config(RSConfig, None, [fn, "sft.seed=0", "sft.max_steps=3"])  # a default value, a setting it keeps
     with pytest.raises(ConfigError, match=r"sft\.seed=3, sft\.precision=fp32: `tether rs` sets each round's SFT .* set the top-level seed= or precision="):
         load_config(RSConfig, None, [fn, "sft.seed=3", "sft.precision=fp32"])
+
+
+def test_an_ensemble_folder_is_known_by_its_members(tmp_path, tiny_model_dir):
+    from tether.models.reward_model import save_ensemble_manifest
+
+    for i in range(2):
+        shutil.copytree(tiny_model_dir, tmp_path / f"member_{i}" / "model")
+    save_ensemble_manifest(tmp_path / "model", [f"../member_{i}/model" for i in range(2)])
+    before = content_id(str(tmp_path / "model"))
+    weights = tmp_path / "member_1" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    assert content_id(str(tmp_path / "model")) != before

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.config import resolve_path, to_dict
+from tether.models.reward_model import ENSEMBLE_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -73,6 +74,9 @@ def content_id(value: str) -> str | None:
         for name in sorted(f for f in files if not f.startswith(".")):
             file = Path(root) / name
             digest.update(f"{file.relative_to(path)}\0{file_sha256(file)}\n".encode())
+    if (path / ENSEMBLE_FILE).is_file():  # a reward-model ensemble: its members live beside it
+        for member in json.loads((path / ENSEMBLE_FILE).read_text()).get("members", []):
+            digest.update(f"{member}\0{content_id(str(path / member))}\n".encode())
     return digest.hexdigest()
 
 
