@@ -1368,7 +1368,9 @@ class RunConfig:
     """`tether run`: SFT -> collect -> reward -> PPO -> eval in one directory.
 
     Each stage's `model`/`data`/`output_dir` inputs are filled in from the previous
-    stage; any other field can be set in the stage's section.
+    stage, and its seed, precision (and tracker, when set here) from the keys below;
+    setting one of those in a stage's section is an error (pipeline.check_wiring).
+    Any other field can be set in the stage's section.
     """
 
     output_dir: str = "runs/demo"
