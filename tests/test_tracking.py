@@ -93,3 +93,10 @@ def test_a_torn_last_line_is_dropped_on_resume_and_a_bad_earlier_line_is_named(t
     metrics.write_text('{"step": 1, "train/lo\n{"step": 2, "train/loss": 1.5}\n')
     with pytest.raises(DataError, match=rf"{metrics}:1: not a JSON row .*only a last line cut short by a crash is dropped"):
         MetricsLogger(tmp_path, 4, "test", [], start_step=2)
+
+
+def test_the_report_reads_a_crashed_stage_s_metrics(tmp_path):
+    from tether.eval.report import _metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "rollout/kl": 0.5}\n{"step": 2, "rollout/k')
+    assert _metrics(tmp_path) == [{"step": 1, "rollout/kl": 0.5}]

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tether.tracking import read_appended
+
 STAGE_ORDER = ("sft", "collect", "label", "reward", "ppo", "eval")
 
 
@@ -45,7 +47,7 @@ def _metrics(folder: Path) -> list[dict]:
     path = folder / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in read_appended(path)]  # a stage that crashed mid-write: its torn last line is left out
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
