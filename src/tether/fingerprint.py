@@ -2,12 +2,13 @@
 
 A stage's fingerprint is its resolved config (less the keys in IGNORED, which change where or how often it
 writes, not what it computes) and the content of every input it names (the keys in INPUTS): the sha256 of a
-file's bytes, or of every file in a model folder. 'default' (the shipped model, judge or constitution) is
+file's bytes, or of every file in a model folder (and an ensemble's members). 'default' (the shipped model, judge or constitution) is
 known by its name. `training.start_stage` writes it to `<output_dir>/fingerprint.json`, a checkpoint keeps a
 copy, and:
 
   - a resumed stage whose checkpoint was written with another fingerprint stops and says what changed
-    (training.check_checkpoint);
+    (training.check_checkpoint); so does a stage in rounds (online DPO, rejection sampling) whose round
+    folders were made with another (training.check_rounds);
   - `tether run` reruns the first stage whose fingerprint changed and every stage after it (pipeline.py).
 
 An input is compared by its content: a file moved or copied elsewhere is the same input, a file rewritten in
