@@ -1,10 +1,10 @@
 """What decides a stage's result, recorded beside it, so that old state is never reused for new settings.
 
-A stage's fingerprint is its resolved config (less the keys in IGNORED, which change where or how often it
-writes, not what it computes) and the content of every input it names (the keys in INPUTS): the sha256 of a
-file's bytes, or of every file in a model folder (and an ensemble's members). 'default' (the shipped model, judge or constitution) is
-known by its name. `training.start_stage` writes it to `<output_dir>/fingerprint.json`, a checkpoint keeps a
-copy, and:
+A stage's fingerprint is its resolved config (less the keys in IGNORED: where and how often it writes, and
+memory or speed settings that leave its numbers alone) and the content of every input it names (the keys in
+INPUTS): the sha256 of a file's bytes, or of every file in a model folder (and an ensemble's members).
+'default' (the shipped model, judge or constitution) is known by its name. `training.start_stage` writes it
+to `<output_dir>/fingerprint.json`, a checkpoint keeps a copy, and:
 
   - a resumed stage whose checkpoint was written with another fingerprint stops and says what changed
     (training.check_checkpoint); so does a stage in rounds (online DPO, rejection sampling) whose round
