@@ -179,6 +179,14 @@ def test_model_that_is_a_file_or_has_no_config_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and f"reward model '{file}' is a file" in _flat(result)
 
 
+def test_a_mistyped_model_folder_suggests_the_one_beside_it(tmp_path):
+    (tmp_path / "my-model").mkdir()
+    result = tether("generate", f"model={tmp_path / 'my-modle'}")
+    assert result.exit_code == 2 and f"no such directory (did you mean {tmp_path / 'my-model'}?)" in _flat(result)
+    result = tether("reward", "eval", "--model", tmp_path / "my-modle", "--data", tmp_path / "x.jsonl")
+    assert result.exit_code == 2 and f"reward model '{tmp_path / 'my-modle'}': no such directory (did you mean" in _flat(result)
+
+
 @pytest.mark.parametrize("argv,module,name,expect", [
     (["sft", "max_steps=1"], "tether.stages.sft", "train_sft", "interrupted; rerun the same command to resume"),
     (["run", "--config", "demo"], "tether.pipeline", "run_pipeline", "interrupted; rerun the same command to resume"),

@@ -51,6 +51,17 @@ def test_unknown_nested_key_is_named():
         load_config(SFTConfig, None, ["lora.rank=8"])
 
 
+def test_unknown_key_suggests_the_key_meant():
+    with pytest.raises(ConfigError, match=r"unknown key 'lr' \(did you mean 'optim\.lr'\?\)"):
+        load_config(SFTConfig, None, ["lr=1e-4"])
+    with pytest.raises(ConfigError, match=r"unknown key 'max_step' \(did you mean 'max_steps'\?\)"):
+        load_config(SFTConfig, None, ["max_step=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'ppo\.kl\.targt' \(did you mean 'ppo\.kl\.target'\?\)"):
+        load_config(RunConfig, None, ["ppo.kl.targt=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz'; valid keys here"):  # nothing close: no suggestion
+        load_config(SFTConfig, None, ["zzz=1"])
+
+
 def test_wrong_type_is_named():
     with pytest.raises(ConfigError, match=r"'epochs': expected an integer, got 'two'"):
         load_config(SFTConfig, None, ["epochs=two"])

@@ -119,7 +119,7 @@ def config_path(config: Optional[Path]) -> Optional[Path]:
             return candidate
     shipped = sorted(str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")) for p in SHIPPED_CONFIGS.rglob("*.yaml"))
     shipped = [s for s in shipped if not s.startswith("accelerate/")]  # accelerate's own launch configs, not tether's
-    raise C.ConfigError(f"config file {config}: no such file (from {Path.cwd()}); a shipped config can be named instead: "
+    raise C.ConfigError(f"config file {config}: no such file in {Path.cwd()}{C.did_you_mean(config)}; a shipped config can be named instead: "
                         f"{', '.join(shipped)}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import math
@@ -1451,12 +1452,31 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", prefix: str = ""
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"{where}unknown key '{prefix}{key}'; valid keys here: {', '.join(fields)}")
+            raise ConfigError(f"{where}unknown key '{prefix}{key}'{_close_keys(cls, key, prefix)}; valid keys here: {', '.join(fields)}")
         kwargs[key] = _coerce(hints[key], _with_section_defaults(fields[key], value), f"{prefix}{key}", where)
     try:
         return cls(**kwargs)
     except ConfigError as e:
         raise e.inside(prefix, where) from None
+
+
+def _close_keys(cls: type, key: str, prefix: str) -> str:
+    """' (did you mean ...?)' for an unknown `key` of `cls`: keys spelled alike, and keys of its sections that end in
+    `key` (`lr` -> `optim.lr`); '' when there is none."""
+    keys = [f"{name}.{sub}" if sub else name for name, sub in _keys(cls)]
+    leaves = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+    close = leaves + [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.75) if k not in leaves]
+    return f" (did you mean {' or '.join(repr(prefix + k) for k in close[:3])}?)" if close else ""
+
+
+def _keys(cls: type) -> list[tuple[str, str]]:
+    """(field, key inside it) for every field of dataclass `cls`, a section's fields one level down ('' for a plain field)."""
+    out = []
+    for name, tp in _field_types(cls).items():
+        out.append((name, ""))
+        if dataclasses.is_dataclass(tp):
+            out += [(name, sub) for sub in _field_types(tp)]
+    return out
 
 
 def _with_section_defaults(f: dataclasses.Field, value: Any) -> Any:
@@ -1704,6 +1724,19 @@ def shared_data_dir() -> Path:
         if c.is_dir():
             return c
     return candidates[0]
+
+
+def did_you_mean(path: str | os.PathLike) -> str:
+    """' (did you mean X?)' naming files or folders beside a missing `path` whose names are close to its name; ''
+    when there is none (or the folder itself is missing)."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)
+    return f" (did you mean {' or '.join(str(folder / c) for c in close)}?)" if close else ""
 
 
 def resolve_path(path: str) -> str:

@@ -225,9 +225,12 @@ def test_non_object_row(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"nope\.jsonl: expected .*, got no such file") as caught:
+    with pytest.raises(DataError, match=r"nope\.jsonl: no such file; expected a \.jsonl") as caught:
         read_prompts(tmp_path / "nope.jsonl")
     assert caught.value.line is None
+    write_lines(tmp_path / "prompts.jsonl", ['{"prompt": "hi"}'])  # a file beside it with a name one letter away
+    with pytest.raises(DataError, match=r"prompt\.jsonl: no such file \(did you mean .*prompts\.jsonl\?\)"):
+        read_prompts(tmp_path / "prompt.jsonl")
     with pytest.raises(DataError):
         read_prompts(tmp_path / "nope.jsonl", limit=0)
 

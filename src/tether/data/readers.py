@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from tether.config import did_you_mean
 from tether.data.records import (
     MISSING,
     Demonstration,
@@ -271,7 +272,7 @@ def iter_jsonl(
     name = os.fspath(path)
     file = Path(name)
     if not file.exists():
-        raise DataError(name, None, None, "a .jsonl, .jsonl.gz or .json data file", _Said("no such file"))
+        raise DataError(name, None, None, text=f"no such file{did_you_mean(file)}; expected a .jsonl, .jsonl.gz or .json data file")
     if not file.is_file():
         raise DataError(name, None, None, "a .jsonl, .jsonl.gz or .json data file", _Said("a directory"))
     compressed = name.endswith(".gz")

