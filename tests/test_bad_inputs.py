@@ -13,7 +13,8 @@ Placeholders in a row's arguments are filled from the workspace: {model} (the ti
 valid files), {empty} (an empty file), {blank} (only blank lines), {useless} (rows of JSON without the
 fields any reader wants), {same_pairs} (pairs whose chosen and rejected differ only after their first 40
 tokens), {dup_yaml} (a config with a key given twice), {file} (a plain file where a folder belongs),
-{out} (a fresh path for this row), {interrupted} (an SFT run stopped after 1 of 3 steps), {fns} (the test
+{out} (a fresh path for this row), {interrupted} (an SFT run stopped after 1 of 3 steps), {finished} (a
+finished SFT run: a failed rerun into it must leave its record as it was), {fns} (the test
 reward functions), {missing} (a path that does not exist).
 """
 
@@ -48,7 +49,10 @@ class Case:
 
 CASES = [
     # --------------------------------------------------------------- 1. empty or useless input, every stage
-    Case("sft-empty-data", ["sft", "model={model}", "data={empty}", "output_dir={out}", "max_steps=1", "precision=fp32"], ["empty.jsonl"]),
+    Case("sft-empty-data", ["sft", "model={model}", "data={empty}", "output_dir={out}", "max_steps=1", "precision=fp32"], ["empty.jsonl"],
+         absent=["{out}"]),
+    Case("sft-empty-data-into-a-finished-run", ["sft", "model={model}", "data={empty}", "output_dir={finished}", "max_steps=1",
+                                                "precision=fp32"], ["empty.jsonl"]),
     Case("sft-empty-data-no-max-steps", ["sft", "model={model}", "data={empty}", "output_dir={out}", "precision=fp32"], ["empty.jsonl"]),
     Case("sft-blank-lines", ["sft", "model={model}", "data={blank}", "output_dir={out}", "max_steps=1"], ["blank.jsonl"]),
     Case("sft-useless-rows", ["sft", "model={model}", "data={useless}", "output_dir={out}", "max_steps=1"], ["useless.jsonl"]),
@@ -109,7 +113,12 @@ CASES = [
     Case("output-dir-is-a-file", ["sft", "model={model}", "data={demos}", "output_dir={file}", "max_steps=1"], ["output_dir", "a-file"]),
     Case("output-dir-under-a-file", ["sft", "model={model}", "data={demos}", "output_dir={file}/sub", "max_steps=1"], ["output_dir", "a-file"]),
     Case("model-is-a-file", ["sft", "model={file}", "data={demos}", "output_dir={out}", "max_steps=1"], ["a-file"]),
-    Case("model-missing", ["sft", "model={missing}", "data={demos}", "output_dir={out}", "max_steps=1"], ["missing.jsonl"]),
+    Case("model-missing", ["sft", "model={missing}", "data={demos}", "output_dir={out}", "max_steps=1"], ["missing.jsonl"], absent=["{out}"]),
+    Case("model-missing-into-a-finished-run", ["sft", "model={missing}", "data={demos}", "output_dir={finished}", "max_steps=1"],
+         ["missing.jsonl"]),
+    Case("reward-model-missing-into-a-finished-run", ["eval", "policy={model}", "baseline={model}", "prompts={prompts}",
+                                                      "reward_model={missing}", "judge=reward_model", "output_dir={finished}", *QUICK],
+         ["missing.jsonl"]),
     Case("label-stats-db-typo", ["label", "stats", "--db", "{out}/typo/store.db"], ["store.db"], absent=["{out}/typo"]),
     Case("label-export-db-typo", ["label", "export", "--db", "{out}/typo/store.db", "--out", "{out}/pairs.jsonl"], ["store.db"],
          absent=["{out}/typo", "{out}/pairs.jsonl"]),
@@ -152,7 +161,13 @@ def ws(tiny_model_dir, other_tiny_model_dir, tiny_data, tmp_path_factory) -> dic
                                  "max_steps=3", "save_every=1", "interrupt_after=1", "precision=fp32"])
     assert result.exit_code == 0, result.output
     assert (interrupted / "checkpoint").is_dir()
-    return {**{k: str(v) for k, v in paths.items()}, "rm": str(rm / "model"), "interrupted": str(interrupted), "root": str(root)}
+    finished = root / "finished"
+    result = runner.invoke(app, ["sft", f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={finished}",
+                                 "max_steps=1", "precision=fp32"])
+    assert result.exit_code == 0, result.output
+    assert (finished / "summary.json").exists()
+    return {**{k: str(v) for k, v in paths.items()}, "rm": str(rm / "model"), "interrupted": str(interrupted), "finished": str(finished),
+            "root": str(root)}
 
 
 def _snapshot(root: Path) -> dict[str, str]:

@@ -108,6 +108,18 @@ def _run(fn: Callable, *args, resumable: bool = False):
         raise typer.Exit(2) from None
 
 
+def _stage(fn: Callable, cfg, resumable: bool = False):
+    """`_run` for a command that writes into `cfg.output_dir`: if it fails before writing anything there but its record
+    (a mistyped model, an empty data file, Ctrl-C while loading), the folder is left as it was (training.keeping_record)."""
+    from tether.training import keeping_record
+
+    def go():
+        with keeping_record(cfg.output_dir):
+            return fn(cfg)
+
+    return _run(go, resumable=resumable)
+
+
 def config_path(config: Optional[Path]) -> Optional[Path]:
     """`--config` as given when that file exists; else a shipped config it names: `configs/demo.yaml` from another
     folder, `demo.yaml`, `demo`, `ppo/default`. A name that is neither is an error listing the shipped configs."""
@@ -164,7 +176,7 @@ def _train(fn: Callable, cfg, num_processes: int) -> None:
     from tether.distributed import apply_launcher
 
     _run(apply_launcher, cfg)  # `accelerate launch`: its ZeRO stage (run by tether with FSDP2) and its mixed precision
-    _print_summary(_run(fn, cfg, resumable=True))
+    _print_summary(_stage(fn, cfg, resumable=True))
 
 
 @app.command()
@@ -182,7 +194,7 @@ def collect(config: Optional[Path] = ConfigOpt,
     """Sample K responses per prompt and label the pairs (simulated annotator)."""
     from tether.stages.collect import collect as run_collect
 
-    _print_summary(_run(run_collect, _load(C.CollectConfig, config, overrides)))
+    _print_summary(_stage(run_collect, _load(C.CollectConfig, config, overrides)))
 
 
 @reward_app.command("train")
@@ -336,7 +348,7 @@ def evaluate(config: Optional[Path] = ConfigOpt,
     """
     from tether.eval.evaluate import evaluate as run_eval
 
-    summary = _run(run_eval, _load(C.EvalConfig, config, overrides))
+    summary = _stage(run_eval, _load(C.EvalConfig, config, overrides))
     if summary is None:  # judge=people: the pairs are queued; the message said how to label them
         raise typer.Exit(1)
     _print_summary(summary)
@@ -406,7 +418,7 @@ def judge(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = o
     """Label candidate pairs with an LLM judge (RLAIF): the letter's next-token probability, both orders averaged."""
     from tether.feedback.judge import run_judge
 
-    _print_summary(_run(run_judge, _load(C.JudgeConfig, config, overrides)))
+    _print_summary(_stage(run_judge, _load(C.JudgeConfig, config, overrides)))
 
 
 @app.command()
@@ -414,7 +426,7 @@ def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = 
     """Constitutional AI: answer, critique by a sampled principle, revise; (original, revision) become (rejected, chosen)."""
     from tether.feedback.constitution import run_revise
 
-    _print_summary(_run(run_revise, _load(C.ReviseConfig, config, overrides)))
+    _print_summary(_stage(run_revise, _load(C.ReviseConfig, config, overrides)))
 
 
 @app.command()
@@ -422,7 +434,7 @@ def bon(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = ove
     """Best-of-N: sample N responses per prompt, keep the reward source's best; reports the gain and the KL bound."""
     from tether.stages.bon import best_of_n
 
-    _print_summary(_run(best_of_n, _load(C.BoNConfig, config, overrides)))
+    _print_summary(_stage(best_of_n, _load(C.BoNConfig, config, overrides)))
 
 
 @app.command()
@@ -430,7 +442,7 @@ def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = over
     """Rejection-sampling fine-tuning (Llama 2): in rounds, keep the best of N per prompt and SFT the policy on it."""
     from tether.stages.bon import rejection_sampling
 
-    _print_summary(_run(rejection_sampling, _load(C.RSConfig, config, overrides), resumable=True))
+    _print_summary(_stage(rejection_sampling, _load(C.RSConfig, config, overrides), resumable=True))
 
 
 # --------------------------------------------------------------------------- tether label: the preference store
@@ -591,7 +603,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML, or 
     if config is not None and "=" in str(config):  # `tether run key=value` with --config
         overrides, config = [str(config)] + list(overrides or []), None
     cfg = _load(C.RunConfig, config or config_opt, overrides)
-    result = _run(run_pipeline, cfg, resumable=True)
+    result = _stage(run_pipeline, cfg, resumable=True)
     if result is None:
         raise typer.Exit(1)
     report = Path(cfg.output_dir) / "report.md"
@@ -609,7 +621,7 @@ def demo(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run
     from tether.pipeline import run_pipeline
 
     cfg = _load(C.RunConfig, config or default_demo_config(), overrides)
-    result = _run(run_pipeline, cfg, resumable=True)
+    result = _stage(run_pipeline, cfg, resumable=True)
     if result is None:
         raise typer.Exit(1)
     report = Path(cfg.output_dir) / "report.md"

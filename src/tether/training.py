@@ -11,6 +11,7 @@ half-written checkpoint; a finished stage removes it (unless `keep_checkpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -55,6 +56,51 @@ def make_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"{key} {out}: the folder is not writable by this user: choose another {key} or change its permissions")
     return out
+
+
+RECORD_FILES = ("summary.json", "config.yaml", FINGERPRINT_FILE)
+"""What `start_stage` rewrites in a stage's folder before the stage has read its inputs: its record, not its results."""
+
+
+def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    """(size, modification time) of every file under `folder` but its record files, by relative path."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            relative = str(path.relative_to(folder))
+            if relative not in RECORD_FILES:
+                with contextlib.suppress(OSError):
+                    stat = path.stat()
+                    found[relative] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@contextlib.contextmanager
+def keeping_record(output_dir: str | os.PathLike | None):
+    """Run a stage into `output_dir` so that a failure before it has written anything but its record (a missing model,
+    an empty data file, a bad setting found late, Ctrl-C while loading) leaves the folder as it was: an earlier run's
+    summary.json, config.yaml and fingerprint.json come back, and a folder this run created is removed again."""
+    if output_dir is None or not processes().is_main:
+        yield
+        return
+    out = Path(output_dir)
+    existed = out.is_dir()
+    record = {name: (out / name).read_bytes() for name in RECORD_FILES if (out / name).is_file()} if existed else {}
+    before = _stamps(out) if existed else {}
+    try:
+        yield
+    except BaseException:
+        if out.is_dir() and _stamps(out) == before:  # nothing but the record was written: put it back
+            if not existed and not before:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for name in RECORD_FILES:
+                    if name in record:
+                        (out / name).write_bytes(record[name])
+                    else:
+                        (out / name).unlink(missing_ok=True)
+        raise
 
 
 def start_stage(cfg, rounds: str | None = None) -> Path:
