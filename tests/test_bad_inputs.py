@@ -72,7 +72,8 @@ CASES = [
     Case("judge-empty-data", ["judge", "model={model}", "data={empty}", "output_dir={out}", "precision=fp32"], ["empty.jsonl"]),
     Case("reward-eval-empty-data", ["reward", "eval", "--model", "{rm}", "--data", "{empty}"], ["empty.jsonl"]),
     Case("reward-score-empty-data", ["reward", "score", "--model", "{rm}", "--data", "{empty}", "--out", "{out}/s.jsonl"], ["empty.jsonl"]),
-    Case("label-import-empty", ["label", "import", "{empty}", "--db", "{out}/store.db"], ["empty.jsonl"]),
+    Case("label-import-empty", ["label", "import", "{empty}", "--db", "{out}/store.db"], ["empty.jsonl"], absent=["{out}"]),
+    Case("label-import-useless-rows", ["label", "import", "{useless}", "--db", "{out}/store.db"], ["useless.jsonl"], absent=["{out}"]),
     # --------------------------------------------------------------- 2. training that would quietly do nothing
     Case("reward-freeze-every-block", ["reward", "train", "model={model}", "data={prefs}", "output_dir={out}", "freeze_layers=2",
                                        "max_steps=1"], ["freeze_layers"]),

@@ -484,12 +484,12 @@ def label_import(file: str = typer.Argument(..., help="Pairs (prompt, chosen, re
     """Load candidate pairs, or samples (every two answers to a prompt become a pair), as comparison tasks."""
 
     def go():
-        from tether.feedback.importing import import_file
+        from tether.feedback.importing import import_rows, read_import
 
         source = C.resolve_path(file)
-        open(source).close()  # a missing file (or a folder) stops the command before any store is created
+        kind, rows = read_import(source, golden)  # a missing, empty or malformed file stops the command before any store is created
         with _store(db) as store:
-            return import_file(store, source, required=annotators_per_task, golden=golden)
+            return import_rows(store, source, kind, rows, required=annotators_per_task, golden=golden)
 
     _print_summary(_run(go))
 
