@@ -78,6 +78,13 @@ def test_overopt_reads_a_run_fits_and_plots(tmp_path):
     assert json.loads((run / "overopt.json").read_text())["beta"] == pytest.approx(0.35)
 
 
+def test_overopt_reads_a_run_whose_last_metrics_line_was_cut_short(tmp_path):
+    run = _ppo_run(tmp_path / "run")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 11, "held_out/k')  # a crash while the row was written
+    assert len(overopt(run)["points"]) == 5
+
+
 def test_overopt_without_held_out_checks_says_how_to_get_them(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(FileNotFoundError, match="early_stop.prompts"):

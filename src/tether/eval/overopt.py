@@ -30,6 +30,8 @@ from typing import Literal
 
 import numpy as np
 
+from tether.tracking import read_appended
+
 FORMS = ("rl", "bon")
 KL_KEY, GOLD_KEY, PROXY_KEY = "held_out/kl", "held_out/gold", "held_out/reward"
 
@@ -140,7 +142,8 @@ def metrics_files(run_dir: str | Path) -> list[Path]:
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl; a last line cut short by a crash is dropped (tracking.read_appended)."""
+    return [row for _, row in read_appended(path)]
 
 
 def read_points(run_dir: str | Path) -> list[dict]:
