@@ -40,7 +40,7 @@ import torch.utils.checkpoint
 from safetensors.torch import load_file, save_file
 
 from tether.config import DPOConfig, resolve_path
-from tether.data.collate import drop_identical_pairs, pack_shared_prompts
+from tether.data.collate import pack_shared_prompts
 from tether.data.readers import DataError, ReadReport, read_preferences, read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.data.templates import encode_prompt, encode_response_with_flag
@@ -51,7 +51,7 @@ from tether.models.loading import (adapter_off, apply_lora, autocast, count_para
                                    load_causal_lm, load_frozen_lm, load_tokenizer, model_device, resolve_model, save_model)
 from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
-from tether.stages.reward import is_tie, split_by_prompt
+from tether.stages.reward import is_tie, leave_out_identical_pairs, split_by_prompt
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
 from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory,
                              save_checkpoint, start_stage)
@@ -235,15 +235,8 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         held_out = "" if cfg.eval_data else f"the held-out split (eval_fraction={cfg.eval_fraction:g}) and "
         raise report.nothing_left(f"to train on after {held_out}{ties} ties were left out; "
                                   + ("add untied pairs" if cfg.eval_data else "lower eval_fraction or add pairs with other prompts"))
-    # a pair whose two responses are the same tokens once cut trains at loss ln 2 whatever the model: left out
-    train_pairs, n_identical = drop_identical_pairs(tokenizer, train_pairs, cfg.max_response_tokens)
-    eval_pairs, n_identical_eval = drop_identical_pairs(tokenizer, eval_pairs, cfg.max_response_tokens)
-    if n_identical or n_identical_eval:
-        console.print(f"dpo: left out {n_identical + n_identical_eval} pairs whose chosen and rejected are the same after truncation "
-                      f"to max_response_tokens={cfg.max_response_tokens} ({n_identical} training, {n_identical_eval} held-out)")
-    if not train_pairs:
-        raise report.nothing_left(f"to train on: the chosen and rejected of all {n_identical} training pairs are the same after truncation "
-                                  f"to max_response_tokens={cfg.max_response_tokens}; raise max_response_tokens")
+    train_pairs, eval_pairs, n_identical = leave_out_identical_pairs("dpo", tokenizer, train_pairs, eval_pairs, cfg.max_response_tokens,
+                                                                     report)
     encoded = [encode_pair(tokenizer, p, cfg.max_prompt_tokens, cfg.max_response_tokens) for p in train_pairs + eval_pairs]
     examples = [e for e, _ in encoded]
     train_ex, eval_ex = examples[:len(train_pairs)], examples[len(train_pairs):]
@@ -383,7 +376,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         "stage": "dpo", "model": str(out / "model"), "policy_init": policy_path, "loss": cfg.loss, "beta": cfg.beta,
         "reference": cfg.reference, "reference_mode": reference_mode, "steps": total_steps,
         "train_pairs": len(train_ex), "eval_pairs": final["n"], "pairs_cut": n_cut, "ties_dropped": ties, "skipped_rows": len(skipped or []),
-        "pairs_identical_after_truncation": n_identical + n_identical_eval, "data": report.to_dict(),
+        "pairs_identical_after_truncation": n_identical, "data": report.to_dict(),
         "eval_accuracy": final.get("accuracy"), "eval_accuracy_ci": [final.get("accuracy_ci_low"), final.get("accuracy_ci_high")],
         "eval_loss": final.get("loss"), "eval_margin": final.get("margin"),
         "eval_rewards_chosen": final.get("rewards_chosen"), "eval_rewards_rejected": final.get("rewards_rejected"),

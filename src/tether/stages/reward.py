@@ -293,6 +293,22 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
     return summary
 
 
+def leave_out_identical_pairs(stage: str, tokenizer, train_pairs: list[PreferencePair], eval_pairs: list[PreferencePair],
+                              max_response_tokens: int, report: ReadReport) -> tuple[list[PreferencePair], list[PreferencePair], int]:
+    """The training and held-out pairs less those whose chosen and rejected are the same tokens once cut to
+    `max_response_tokens` (such a pair trains at loss ln 2 whatever the model), and how many were left out, said in a
+    line; none left to train on is a DataError naming max_response_tokens. The reward stage and DPO use it."""
+    train_pairs, n_train = drop_identical_pairs(tokenizer, train_pairs, max_response_tokens)
+    eval_pairs, n_eval = drop_identical_pairs(tokenizer, eval_pairs, max_response_tokens)
+    if n_train or n_eval:
+        console.print(f"{stage}: left out {n_train + n_eval} pairs whose chosen and rejected are the same after truncation "
+                      f"to max_response_tokens={max_response_tokens} ({n_train} training, {n_eval} held-out)")
+    if not train_pairs:
+        raise report.nothing_left(f"to train on: the chosen and rejected of all {n_train} training pairs are the same after truncation "
+                                  f"to max_response_tokens={max_response_tokens}; raise max_response_tokens")
+    return train_pairs, eval_pairs, n_train + n_eval
+
+
 def train_reward(cfg: RewardConfig) -> dict:
     if cfg.ensemble > 1:
         return train_reward_ensemble(cfg)
@@ -324,15 +340,8 @@ def train_reward(cfg: RewardConfig) -> dict:
             raise report.nothing_left(f"to train on: all {n_ties} training pairs are ties and ties=skip; set ties=half or add untied pairs")
     if n_ties:
         console.print(f"reward: {n_ties} tied training pairs ({'dropped' if cfg.ties == 'skip' else 'trained towards equal rewards'})")
-    # a pair whose two responses are the same tokens once cut trains at loss ln 2 whatever the model: left out
-    train_pairs, n_identical = drop_identical_pairs(tokenizer, train_pairs, cfg.max_response_tokens)
-    eval_pairs, n_identical_eval = drop_identical_pairs(tokenizer, eval_pairs, cfg.max_response_tokens)
-    if n_identical or n_identical_eval:
-        console.print(f"reward: left out {n_identical + n_identical_eval} pairs whose chosen and rejected are the same after truncation "
-                      f"to max_response_tokens={cfg.max_response_tokens} ({n_identical} training, {n_identical_eval} held-out)")
-    if not train_pairs:
-        raise report.nothing_left(f"to train on: the chosen and rejected of all {n_identical} training pairs are the same after truncation "
-                                  f"to max_response_tokens={cfg.max_response_tokens}; raise max_response_tokens")
+    train_pairs, eval_pairs, n_identical = leave_out_identical_pairs("reward", tokenizer, train_pairs, eval_pairs, cfg.max_response_tokens,
+                                                                     report)
 
     prompt_ids = {_key(p.prompt): encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens) for p in train_pairs + eval_pairs}
     cut = sum(prompt_ids[_key(p.prompt)][1] for p in train_pairs + eval_pairs)
@@ -447,7 +456,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     summary = {
         "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "prompts_truncated": cut, "skipped_rows": len(skipped or []),
-        "pairs_identical_after_truncation": n_identical + n_identical_eval, "data": report.to_dict(),
+        "pairs_identical_after_truncation": n_identical, "data": report.to_dict(),
         "eval_ece": eval_metrics.get("ece"), "eval_bins": eval_metrics.get("bins"), "eval_length_corr": eval_metrics.get("length_corr"),
         "eval_accuracy": eval_metrics.get("accuracy"), "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
         "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
