@@ -1301,9 +1301,6 @@ class RewardEvalConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        _check_reward_reading(self)
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be at least 1 (or null for every pair), got {self.limit}")
 
 
 @dataclass
@@ -1327,15 +1324,8 @@ class RewardScoreConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        _check_reward_reading(self)
         if not self.column:
             raise ConfigError("column must be a non-empty name")
-
-
-def _check_reward_reading(cfg) -> None:
-    for key in ("max_prompt_tokens", "max_response_tokens"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
 
 
 @dataclass
