@@ -183,6 +183,8 @@ def test_a_mistyped_model_folder_suggests_the_one_beside_it(tmp_path):
     (tmp_path / "my-model").mkdir()
     result = tether("generate", f"model={tmp_path / 'my-modle'}")
     assert result.exit_code == 2 and f"no such directory (did you mean {tmp_path / 'my-model'}?)" in _flat(result)
+    result = tether("eval", f"policy={tmp_path / 'my-modle'}", f"baseline={tmp_path / 'my-model'}")  # the setting at fault is named
+    assert result.exit_code == 2 and f"policy '{tmp_path / 'my-modle'}': no such directory (did you mean" in _flat(result)
     result = tether("reward", "eval", "--model", tmp_path / "my-modle", "--data", tmp_path / "x.jsonl")
     assert result.exit_code == 2 and f"reward model '{tmp_path / 'my-modle'}': no such directory (did you mean" in _flat(result)
 

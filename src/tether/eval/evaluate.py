@@ -103,7 +103,7 @@ def ai_outcomes(cfg: EvalConfig, prompts: list[Prompt], policy: list[str], basel
     from tether.feedback.judge import judge_pairs
 
     constitution = load_constitution(cfg.constitution)
-    path = resolve_model(cfg.judge_model)
+    path = resolve_model(cfg.judge_model, "judge_model")
     model = load_causal_lm(path).eval()
     verdicts = judge_pairs(model, load_tokenizer(path), prompts, policy, baseline, constitution.rubric(), precision=cfg.precision)
     p_policy = [v.p_first for v in verdicts]
@@ -189,8 +189,8 @@ def evaluate(cfg: EvalConfig) -> dict | None:
         raise DataError(cfg.prompts, None, text=f"no prompt left after offset={cfg.offset} and limit={cfg.limit}: the file gives "
                                                 f"{report.records} ({report.describe()}); lower offset")
     prompts = [r.prompt for r in records]
-    paths = {"policy": resolve_model(cfg.policy), "baseline": resolve_model(cfg.baseline)}
-    paths["reference"] = resolve_model(cfg.reference) if cfg.reference else paths["baseline"]
+    paths = {"policy": resolve_model(cfg.policy, "policy"), "baseline": resolve_model(cfg.baseline, "baseline")}
+    paths["reference"] = resolve_model(cfg.reference, "reference") if cfg.reference else paths["baseline"]
 
     # 1. the two policies answer the same prompts with the same seed (with judge=people, once: a rerun reads the votes)
     fingerprint = _fingerprint(cfg, paths, prompts)

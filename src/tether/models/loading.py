@@ -127,17 +127,18 @@ def default_model_dir() -> Path:
     return target
 
 
-def resolve_model(name: str) -> str:
-    """'default' -> the converted default model; otherwise a local HF directory, checked."""
+def resolve_model(name: str, key: str = "model") -> str:
+    """'default' -> the converted default model; otherwise a local HF directory, checked. `key` is the setting that
+    named it (`policy`, `baseline`, ...), for the error."""
     if name in ("default", DEFAULT_MODEL_NAME):
         return str(default_model_dir())
     path = Path(os.path.expanduser(name))
     if path.exists() and not path.is_dir():
-        raise ModelError(f"model '{name}' is a file; expected a Hugging Face model directory (config.json + weights) or 'default'")
+        raise ModelError(f"{key} '{name}' is a file; expected a Hugging Face model directory (config.json + weights) or 'default'")
     if not path.is_dir():
-        raise ModelError(f"model '{name}': no such directory{did_you_mean(path)}; expected 'default' or a local Hugging Face model folder")
+        raise ModelError(f"{key} '{name}': no such directory{did_you_mean(path)}; expected 'default' or a local Hugging Face model folder")
     if not (path / "config.json").exists():
-        raise ModelError(f"model '{name}': the folder has no config.json, so it is not a Hugging Face model directory "
+        raise ModelError(f"{key} '{name}': the folder has no config.json, so it is not a Hugging Face model directory "
                          "(expected config.json + weights, as save_pretrained writes them, or 'default')")
     return str(path)
 

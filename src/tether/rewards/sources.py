@@ -137,7 +137,7 @@ def judge_source(settings: RewardSourceSettings, precision: str = "bf16", offloa
     from tether.models.loading import load_frozen_lm, load_tokenizer, resolve_model
 
     rubric = load_constitution(settings.constitution).rubric()
-    path = resolve_model(settings.path)
+    path = resolve_model(settings.path, "reward[].path")
     tokenizer, model = load_tokenizer(path), load_frozen_lm(path, offload)
     kw = dict(batch_size=settings.batch_size, max_prompt_tokens=settings.max_prompt_tokens,
               max_response_tokens=settings.max_response_tokens, precision=precision)

@@ -125,7 +125,7 @@ def best_of_n(cfg: BoNConfig) -> dict:
     score = load_scorer(cfg)  # first: a bad reward source fails before any sampling
 
     # 1. sample N per prompt, score, keep the best
-    policy_path = resolve_model(cfg.policy)
+    policy_path = resolve_model(cfg.policy, "policy")
     tokenizer, model = load_sampler(policy_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     logger = MetricsLogger(out, len(records) * cfg.n, "bon", [])
@@ -190,7 +190,7 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
     score = load_scorer(cfg)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     eval_records = read_prompts(resolve_path(cfg.eval_prompts), limit=cfg.eval_limit) if cfg.eval_prompts else records[:cfg.eval_limit]
-    policy = resolve_model(cfg.policy)
+    policy = resolve_model(cfg.policy, "policy")
     logger = MetricsLogger(out, cfg.rounds, "rs", ["rollout/best_reward", "fresh/reward"])
 
     # 0. the starting policy's fresh samples: what every round is compared with

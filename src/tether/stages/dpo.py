@@ -215,7 +215,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     t_start = time.time()
 
     # ---- data: preference pairs -> token ids; held-out pairs
-    policy_path = resolve_model(cfg.policy)
+    policy_path = resolve_model(cfg.policy, "policy")
     tokenizer = load_tokenizer(policy_path)
     pad_id = tokenizer.pad_token_id
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
@@ -255,7 +255,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     elif cfg.reference == "policy":  # full fine-tuning: a frozen copy, or, precomputed, the policy itself before any update
         reference_path = None if cfg.precompute_reference else policy_path
     else:
-        reference_path = resolve_model(cfg.reference)
+        reference_path = resolve_model(cfg.reference, "reference")
     reference = load_frozen_lm(reference_path, cfg.offload_frozen) if reference_path else None
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
@@ -426,7 +426,7 @@ def make_labeller(cfg: DPOConfig):
     from tether.feedback.judge import judge_pairs
 
     rubric = load_constitution(cfg.constitution).rubric()
-    judge_path = resolve_model(cfg.judge)
+    judge_path = resolve_model(cfg.judge, "judge")
     judge_tokenizer, judge_model = load_tokenizer(judge_path), load_causal_lm(judge_path).eval()
 
     def by_judge(prompts, firsts, seconds):
@@ -469,7 +469,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     n = min(cfg.prompts_per_round, len(prompts))
     stream = index_stream(len(prompts), cfg.seed, cfg.rounds * n)
     labeller = make_labeller(cfg)
-    policy_path = resolve_model(cfg.policy)
+    policy_path = resolve_model(cfg.policy, "policy")
 
     def sample_and_score(model_path: str, batch: list, seed: int):
         tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()

@@ -123,7 +123,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     # ---- models: policy, reference (only when needed), reward sources
     # first: a bad reward spec fails before the models load
     sources = placement.reward_sources(cfg.reward, cfg.precision) if placement else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
-    policy_path = resolve_model(cfg.policy)
+    policy_path = resolve_model(cfg.policy, "policy")
     tokenizer = load_tokenizer(policy_path)
     report = ReadReport()
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)

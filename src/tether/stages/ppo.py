@@ -147,7 +147,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     t_start = time.time()
 
     # ---- models: policy (+ value), reference, reward model (placement=ray: the frozen ones in Ray actors)
-    policy_path = resolve_model(cfg.policy)
+    policy_path = resolve_model(cfg.policy, "policy")
     tokenizer = load_tokenizer(policy_path)
     report = ReadReport()
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
