@@ -68,6 +68,9 @@ CASES = [
     Case("eval-empty-prompts", ["eval", "policy={model}", "baseline={model}", "prompts={empty}", "output_dir={out}", *QUICK], ["empty.jsonl"]),
     Case("bon-empty-prompts", ["bon", "policy={model}", "reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts={empty}",
                                "output_dir={out}", "n=2", *QUICK], ["empty.jsonl"]),
+    Case("rs-empty-prompts", ["rs", "policy={model}", "reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts={empty}",
+                              "output_dir={out}", "n=2", *QUICK], ["empty.jsonl"]),
+    Case("revise-empty-prompts", ["revise", "model={model}", "prompts={empty}", "output_dir={out}", *QUICK], ["empty.jsonl"]),
     Case("generate-empty-prompts", ["generate", "model={model}", "prompts={empty}", "output={out}/samples.jsonl", *QUICK], ["empty.jsonl"]),
     Case("judge-empty-data", ["judge", "model={model}", "data={empty}", "output_dir={out}", "precision=fp32"], ["empty.jsonl"]),
     Case("reward-eval-empty-data", ["reward", "eval", "--model", "{rm}", "--data", "{empty}"], ["empty.jsonl"]),
@@ -204,7 +207,7 @@ def test_every_stage_has_a_row():
     """The table reaches every command that reads a user's file or trains."""
     commands = {" ".join(a for a in c.args[:2] if not a.startswith(("-", "{")) and "=" not in a) for c in CASES}
     heads = {c.split()[0] for c in commands}
-    for command in ["sft", "collect", "ppo", "grpo", "dpo", "eval", "bon", "generate", "judge", "run", "report"]:
+    for command in ["sft", "collect", "ppo", "grpo", "dpo", "eval", "bon", "rs", "revise", "generate", "judge", "run", "report"]:
         assert command in heads, command
     for command in ["reward train", "reward eval", "reward score", "label import", "label stats", "label export"]:
         assert command in commands, command
