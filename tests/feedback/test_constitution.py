@@ -36,7 +36,9 @@ GOOD = "- name: kind\n  critique_request: Is it kind?\n  revision_request: Make 
     (GOOD + "  rubric: '  '\n", r"c\.yaml:4: principle 1 \('kind'\), field 'rubric': expected a non-empty string, got an empty string"),
     (GOOD + "  critique: typo\n", r"c\.yaml:4: principle 1 \('kind'\): unknown field 'critique'; valid fields: name, critique_request"),
     (GOOD + GOOD, r"c\.yaml:4: principle 2 \('kind'\), field 'name': expected a unique name, got one already used by principle 1"),
-    ("- name: [unclosed\n", r"c\.yaml: not valid YAML"),
+    ("- name: [unclosed\n", r"c\.yaml:2: not valid YAML"),
+    ("- name: kind\n  critique_request: Is it kind?\n  revision_request: a\n  revision_request: b\n",
+     r"c\.yaml:4: not valid YAML: duplicate key 'revision_request' \(first given on line 3\)"),
 ])
 def test_bad_constitution_files_name_file_line_and_field(tmp_path, text, message):
     path = tmp_path / "c.yaml"

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from tether.config import ConfigError, GenerationSettings, ReviseConfig, resolve_path
+from tether.config import ConfigError, GenerationSettings, ReviseConfig, parse_yaml, resolve_path
 from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import as_messages
 
@@ -99,11 +99,10 @@ def load_constitution(path_or_name: str | Path = "default") -> Constitution:
         raise ConfigError(f"constitution {text_name!r}: no such file (expected a YAML file of principles, or a shipped name: {shipped})")
     try:
         text = path.read_text()
-        values, root = yaml.safe_load(text), yaml.compose(text)
     except OSError as e:
         raise ConfigError(f"constitution {path}: cannot read it: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"constitution {path}: not valid YAML: {e}") from None
+    values = parse_yaml(text, f"constitution {path}")  # a key given twice is an error naming the line
+    root = yaml.compose(text)
     shape = "a YAML list of principles, each a mapping with keys name, critique_request, revision_request (and optionally rubric)"
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{path}: expected {shape}, got {_describe(values)}")
