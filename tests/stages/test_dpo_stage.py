@@ -15,7 +15,7 @@ from tether.config import ConfigError, DPOConfig, load_config
 from tether.data.readers import DataError, read_preferences
 from tether.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from tether.config import LoraSettings
-from tether.stages.dpo import REFERENCE_FILE, encode_pair, response_logprobs, train_dpo
+from tether.stages.dpo import REFERENCE_FILE, EncodedPair, encode_pair, pair_loss, response_logprobs, train_dpo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -146,6 +146,32 @@ def test_reference_free_has_nonzero_rewards_from_the_start(tiny_model_dir, tiny_
     assert summary["reference_mode"] == "none" and summary["eval_pairs"] == 3
 
 
+def test_ipo_token_mean_divides_each_log_ratio_by_its_response_tokens():
+    # two pairs; log-ratios (reference 0): pair 1 chosen -3 over 3 tokens, rejected -4 over 2 -> h_bar = -1 - (-2) = 1;
+    # pair 2 chosen -2 over 1 token, rejected -6 over 4 -> h_bar = -2 - (-1.5) = -0.5. beta = 1, target 0.5:
+    # loss = ((1 - 0.5)^2 + (-0.5 - 0.5)^2) / 2 = (0.25 + 1) / 2 = 0.625; on the sums h = (1, 4): ((0.5)^2 + 3.5^2) / 2 = 6.25
+    batch = [EncodedPair([1, 2], [5, 6, 7], [8, 9]), EncodedPair([1], [5], [6, 7, 8, 9])]
+    logp_c, logp_r, zeros = torch.tensor([-3.0, -2.0]), torch.tensor([-4.0, -6.0]), torch.zeros(2)
+    per_token = DPOConfig(loss="ipo", beta=1.0, ipo_token_mean=True)
+    loss, m = pair_loss(per_token)(logp_c, logp_r, zeros, zeros, batch)
+    assert loss.item() == pytest.approx(0.625)
+    assert m["margin"] == pytest.approx(((-3 + 4) + (-2 + 6)) / 2)  # the metrics stay on the summed log-ratios
+    summed, _ = pair_loss(DPOConfig(loss="ipo", beta=1.0))(logp_c, logp_r, zeros, zeros, batch)
+    assert summed.item() == pytest.approx(6.25)
+
+
+def test_ipo_token_mean_run_reports_the_same_rewards(tiny_model_dir, tiny_data, tmp_path):
+    # reference-free, so the log-ratios are nonzero from step 0: the per-token loss differs from the summed one,
+    # and the implicit rewards (summed log-ratios) are the same in both runs' first step
+    train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path / "sum", "max_steps=1", "loss=ipo", "reference=none"))
+    train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path / "mean", "max_steps=1", "loss=ipo", "reference=none", "ipo_token_mean=true"))
+    summed, per_token = train_lines(tmp_path / "sum")[0], train_lines(tmp_path / "mean")[0]
+    # target 1/(2 beta) = 5: the summed gaps (about 18 here) miss it by far more than the per-token ones (near 0)
+    assert per_token["train/loss"] < summed["train/loss"] / 2
+    for key in ("train/rewards_chosen", "train/rewards_rejected", "train/margin", "train/accuracy"):
+        assert per_token[key] == pytest.approx(summed[key], abs=1e-6), key
+
+
 # --------------------------------------------------------------------------- the reference modes agree
 
 
@@ -212,7 +238,12 @@ def test_gradient_accumulation_4x1_equals_2x2(tiny_model_dir, tiny_data, tmp_pat
     base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     wa, wb = load_file(str(tmp_path / "a" / "model" / "model.safetensors")), load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
     assert sum((wa[k] - base[k]).abs().sum().item() for k in wa) > 0
-    for k in wa:  # Adam's first step is ~lr * sign(g): compare at 1% of it
+    # Adam's first step is ~lr * sign(g), nearly blind to a gradient off by a constant factor (a missing 1/grad_accum):
+    # the loss and the pre-clip gradient norm must agree as well as the weights
+    (la,), (lb,) = train_lines(tmp_path / "a"), train_lines(tmp_path / "b")
+    assert lb["train/loss"] == pytest.approx(la["train/loss"], rel=1e-5)
+    assert lb["train/grad_norm"] == pytest.approx(la["train/grad_norm"], rel=1e-4) and la["train/grad_norm"] > 0
+    for k in wa:  # compared at 1% of Adam's step
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
 
 

@@ -1,5 +1,9 @@
 """Reward-model batching: the pairs of a prompt stay together and each response is scored once."""
 
+import json
+
+import pytest
+
 from tether.data.records import PreferencePair
 from tether.stages.reward import pair_stream, unique_responses
 
@@ -149,7 +153,7 @@ def test_token_chunks_bound_the_padded_size():
     assert token_chunks([0, 1, 3], key, 40, packed=False) == [[0, 1], [3]]
 
 
-def test_a_token_budget_leaves_the_training_step_unchanged(tiny_model_dir, tiny_data, tmp_path):
+def test_a_token_budget_or_accumulation_leaves_the_training_step_unchanged(tiny_model_dir, tiny_data, tmp_path):
     import torch
     from safetensors.torch import load_file
 
@@ -160,7 +164,18 @@ def test_a_token_budget_leaves_the_training_step_unchanged(tiny_model_dir, tiny_
               "precision=fp32", "optim.max_grad_norm=0", "optim.warmup_ratio=0", "optim.lr=1e-3", "normalize_samples=8"]
     whole = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'a'}"]))
     split = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'b'}", "max_tokens_per_forward=64"]))
-    wa, wb = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("a", "b"))
-    for k in wa:
+    # and the same 8 pairs as two accumulated micro-batches of 4
+    accum = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'c'}", "batch_size=4", "grad_accum=2"]))
+    assert whole["steps"] == split["steps"] == accum["steps"] == 1
+    # Adam's first step is ~lr * sign(g), nearly blind to a gradient off by a constant factor (a missing 1/grad_accum):
+    # the loss and the pre-clip gradient norm must agree as well as the weights
+    (la,), (lb,), (lc,) = ([row for row in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines()) if "train/loss" in row]
+                           for d in ("a", "b", "c"))
+    assert la["train/grad_norm"] > 0
+    for other in (lb, lc):
+        assert other["train/loss"] == pytest.approx(la["train/loss"], rel=1e-5)
+        assert other["train/grad_norm"] == pytest.approx(la["train/grad_norm"], rel=1e-4)
+    wa, wb, wc = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("a", "b", "c"))
+    for k in wa:  # compared at 1% of Adam's step (lr = 1e-3)
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
-    assert whole["steps"] == split["steps"] == 1
+        torch.testing.assert_close(wa[k], wc[k], atol=1e-5, rtol=0)

@@ -21,6 +21,11 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(model_dir) / "model.safetensors"))
 
 
+def train_rows(out: Path) -> list[dict]:
+    """The rows of `out`/metrics.jsonl that log a training step."""
+    return [row for row in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "train/loss" in row]
+
+
 def sft_cfg(tiny_model_dir, tiny_data, out, *extra):
     return load_config(SFTConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={out}",
                                          "precision=fp32", "optim.lr=1e-3", "optim.warmup_ratio=0.0", *extra])
@@ -75,8 +80,12 @@ def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, tiny_data, tmp_pat
     wa, wb = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")
     moved = sum((wa[k] - base[k]).abs().sum().item() for k in wa)
     assert moved > 0
-    for k in wa:
-        # Adam's first step is ~lr*sign(g), so compare at 1% of the step size (lr = 1e-3)
+    # Adam's first step is ~lr*sign(g), nearly blind to a gradient off by a constant factor (a missing 1/grad_accum):
+    # the loss and the pre-clip gradient norm must agree as well as the weights
+    (la,), (lb,) = train_rows(tmp_path / "a"), train_rows(tmp_path / "b")
+    assert lb["train/loss"] == pytest.approx(la["train/loss"], rel=1e-5)
+    assert lb["train/grad_norm"] == pytest.approx(la["train/grad_norm"], rel=1e-4) and la["train/grad_norm"] > 0
+    for k in wa:  # compared at 1% of Adam's step size (lr = 1e-3)
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
 
 
