@@ -40,14 +40,18 @@ def test_top_p_keeps_the_nucleus_like_hf():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
     assert torch.allclose(frequencies(logits, top_p=0.6), torch.tensor([0.625, 0.375, 0.0]), atol=2e-4)
     assert torch.allclose(frequencies(logits, top_p=0.45), torch.tensor([1.0, 0.0, 0.0]))  # 0.5 alone holds 0.45
-    from transformers.generation.logits_process import TopPLogitsWarper
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-    g = torch.Generator().manual_seed(0)
-    for top_p in (0.3, 0.7, 0.95):
-        logits = 2 * torch.randn(1, 50, generator=g)
-        kept_hf = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))[0]
-        kept = frequencies(logits, top_p=top_p, n=200_000) > 0
-        assert torch.equal(kept, kept_hf) or (kept & ~kept_hf).sum() == 0  # never a token HF would cut
+    g, n = torch.Generator().manual_seed(0), 200_000
+    for top_p, temperature in ((0.3, 1.0), (0.7, 1.0), (0.95, 1.0), (0.7, 0.7)):
+        logits = torch.randn(1, 50, generator=g)  # nuclei of 2, 17, 38 and 11 of the 50 tokens
+        # HF's sampling distribution: the temperature, then the top-p cut, then the softmax of what is left
+        p_hf = torch.softmax(TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits.clone())), -1)[0]
+        nucleus = p_hf > 0
+        assert 2 <= nucleus.sum() < 50  # several tokens in, some out: an argmax-only sampler or no cut at all fails below
+        freq = frequencies(logits, temperature, top_p, n)
+        assert torch.equal(freq > 0, nucleus)  # every token of the nucleus is drawn, never one HF would cut
+        assert torch.allclose(freq, p_hf, atol=2 / n, rtol=0)  # each drawn n * p_j times, up to rounding
 
 
 @pytest.fixture(scope="module")
