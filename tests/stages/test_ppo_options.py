@@ -326,13 +326,29 @@ def test_gold_peak_is_where_the_fitted_gao_curve_turns():
     assert gold_peak_kl([[kl, 0.5 * math.sqrt(kl)] for kl in (0.0, 1.0, 4.0, 9.0)]) is None  # still rising: no peak
 
 
-def test_gold_peak_guard_logs_the_fitted_peak(tiny_model_dir, tiny_data, tmp_path):
-    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "letter_e", "steps=4", "optim.lr=1e-2", f"early_stop.prompts={tiny_data['prompts']}",
+def test_gold_peak_guard_logs_the_fitted_peak(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    """The guard fits Gao et al.'s curve to the held-out (KL, gold) readings, logs where it peaks and stops once the KL
+    passes the peak. A tiny model's readings are noise (they may never show a peak), so each check's KL and gold are
+    set to points on the curve of the test above: gold = 0.3 + d (1 - 0.5 ln d), d = sqrt(KL), which peaks at KL = e^2."""
+    import tether.stages.ppo as ppo_stage
+
+    kls = iter([0.0, 1.0, 4.0, 9.0, 16.0, 25.0])  # the starting policy's check, then one after each step
+    real_check = ppo_stage.held_out_check
+
+    def on_the_curve(*args, **kwargs):
+        check, kl = real_check(*args, **kwargs), next(kls)
+        d = math.sqrt(kl)
+        return {**check, "kl": kl, "gold": 0.3 + (d * (1 - 0.5 * math.log(d)) if d > 0 else 0.0)}
+
+    monkeypatch.setattr(ppo_stage, "held_out_check", on_the_curve)
+    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "letter_e", "steps=5", f"early_stop.prompts={tiny_data['prompts']}",
             "early_stop.every=1", "early_stop.limit=4", "early_stop.patience=0", "early_stop.gold_peak=true")
     checks = [r for r in rows(tmp_path / "g") if "held_out/kl" in r]
-    assert [r["held_out/gold_peak_kl"] is None for r in checks][:2] == [True, True]  # fitted from the 4th check (start + 3)
-    if s["stopped_early"]:
-        assert "gold curve" in s["stopped_early"] and checks[-1]["held_out/kl"] > checks[-1]["held_out/gold_peak_kl"]
+    assert [r["held_out/kl"] for r in checks] == [1.0, 4.0, 9.0]  # the third step's check passed the peak: no fourth step
+    assert [r["held_out/gold_peak_kl"] for r in checks[:2]] == [None, None]  # three numbers are fitted: from the 4th check
+    assert checks[2]["held_out/gold_peak_kl"] == pytest.approx(math.e ** 2, rel=1e-6)  # 7.39 nats, and 9 > 7.39
+    assert s["steps_done"] == 3 and s["stopped_early"] == (
+        "held-out KL 9.00 nats passed 7.39, where the gold curve fitted to 4 checks peaks")
 
 
 def test_prompt_baseline_takes_out_what_only_the_prompt_decides(tiny_model_dir, tiny_data, tmp_path):
