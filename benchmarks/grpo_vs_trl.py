@@ -55,7 +55,7 @@ TETHER = Path(sys.executable).with_name("tether")
 REWARD = ROOT / "benchmarks" / "grpo_reward.py"
 
 TETHER_MODES = {
-    "tether_grpo": ["advantage=grpo", "kl_penalty=loss", "beta=0.04", "scale_rewards=true", "loss_aggregation=token_mean"],
+    "tether_grpo": ["advantage=grpo", "kl_penalty=loss", "beta=0.04", "scale_rewards=group", "loss_aggregation=token_mean"],
     "tether_rloo": ["advantage=rloo", "kl_penalty=reward", "beta=0.05", "normalize_advantages=false"],
 }
 TRL_MODES = {"trl_grpo": ["--trainer", "grpo", "--beta", "0.04"], "trl_rloo": ["--trainer", "rloo", "--beta", "0.05"]}

@@ -8,7 +8,7 @@ completion length, learning rate and KL coefficient it gives tether. The layout,
   on-policy and TRL computes no old log-probs (it reuses the current ones), as tether does with one
   minibatch and one iteration; `max_steps` = steps optimizer steps = steps generation batches.
 * GRPO: loss_type "dapo" (token-level mean, TRL's default = tether's `loss_aggregation=token_mean`),
-  scale_rewards "group" (tether `scale_rewards=true`), epsilon 0.2 both sides, beta as given (KL as a
+  scale_rewards "group" (tether `scale_rewards=group`), epsilon 0.2 both sides, beta as given (KL as a
   per-token k3 loss term on both sides; beta > 0 loads a frozen reference copy on both sides).
 * RLOO: the leave-one-out baseline, KL in the reward (k1 summed over the completion, times beta; tether
   `kl_penalty=reward`), normalize_advantages False. Not matched: TRL's RLOO clips a sequence-level

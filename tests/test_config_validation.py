@@ -108,6 +108,11 @@ CASES = [
     (SFTConfig, ["batch_size=2.5"], r"'batch_size': expected an integer, got 2\.5$"),
     (SFTConfig, ["optim.lr=fast"], r"'optim\.lr': expected a number, got 'fast'$"),
     (SFTConfig, ["limit=all"], r"'limit': expected an integer, got 'all'$"),  # an Optional field (was a TypeError)
+    # scale_rewards took true / false before it took TRL's names: the old spelling is refused with the new one
+    (GRPOConfig, [REWARD, "scale_rewards=true"], r"'scale_rewards': expected one of 'group', 'batch', 'none', got True \(true is now spelled 'group'\)$"),
+    (GRPOConfig, [REWARD, "scale_rewards=false"], r"'scale_rewards': expected one of 'group', 'batch', 'none', got False \(false is now spelled 'none'\)$"),
+    (GRPOConfig, [REWARD, "advantage=rloo", "scale_rewards=batch"], r"scale_rewards=batch scales advantage=grpo's advantages; with advantage=rloo leave it out$"),
+    (DPOConfig, ["ipo_token_mean=true"], r"ipo_token_mean=true is IPO's; set loss=ipo or leave it false \(loss=sigmoid\)$"),
 ]
 
 

@@ -218,3 +218,29 @@ def test_grpo_sharded_makes_the_updates_of_unsharded_when_one_process_keeps_noth
         assert [r.get(key) for r in sharded] == pytest.approx([r.get(key) for r in plain], abs=1e-4), key
     assert any(r.get("train/loss") for r in plain)  # the policy trained
     assert summary(worker_runs / "grpo_fsdp")["sharded"] and not summary(worker_runs / "grpo")["sharded"]
+
+
+def test_grpo_batch_std_is_taken_over_both_processes(tiny_model_dir, tiny_data, tmp_path):
+    # scale_rewards=batch: one std over every process's kept rewards. The prompts each process draws are those of
+    # test_grpo_two_processes_stay_in_step_when_one_drops_every_group: at steps 1 and 2 the second process keeps nothing
+    # (it still joins the gather), so the main process's batch std is its own group's std; at steps 3 and 4 both keep
+    # a group, and the main process's advantages are divided by a std that the other process's rewards changed
+    qs = [json.loads(x)["prompt"] for x in tiny_data["prompts"].read_text().splitlines()]
+    fixed = tmp_path / "half_fixed.jsonl"
+    fixed.write_text("".join(json.dumps({"prompt": q, "meta": {"fixed": i % 3 == 0}}) + "\n" for i, q in enumerate(qs)))
+    grpo = [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
+            "precision=fp32", "lora.enabled=false", "steps=4", "prompts_per_step=1", "group_size=4", "mini_batch_size=2",
+            "micro_batch_size=1", "beta=0", "save_every=0", "samples_every=1", "scale_rewards=batch", "generation.max_new_tokens=6",
+            f"output_dir={tmp_path / 'grpo'}"]
+    launch("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "distributed_worker.py"),
+           json.dumps({"grpo": grpo}))
+    assert summary(tmp_path / "grpo")["steps_done"] == 4
+    samples = [json.loads(x) for x in (tmp_path / "grpo" / "samples.jsonl").read_text().splitlines()]
+    for step in (1, 2, 3, 4):
+        r = torch.tensor([x["reward"] for x in samples if x["step"] == step], dtype=torch.float64)  # the main process's group
+        adv = torch.tensor([x["advantage"] for x in samples if x["step"] == step], dtype=torch.float64)
+        centred = r - r.mean()
+        batch_std = centred[centred.abs() > 1e-9] / adv[centred.abs() > 1e-9] - 1e-4  # the std each was divided by
+        assert batch_std.numel() and torch.allclose(batch_std, batch_std[0].expand_as(batch_std), rtol=1e-4), step  # one std for all
+        own = r.std().item()
+        assert (batch_std[0].item() == pytest.approx(own, rel=1e-4)) == (step <= 2), (step, batch_std[0].item(), own)

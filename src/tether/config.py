@@ -759,6 +759,10 @@ class DPOConfig:
     """Response tokens kept (cut from the right)."""
     loss: Literal["sigmoid", "ipo", "hinge", "conservative"] = "sigmoid"
     """sigmoid = DPO; ipo = IPO (Azar et al. 2023); hinge = SLiC's hinge; conservative = cDPO with `label_smoothing` (losses/dpo.py)."""
+    ipo_token_mean: bool = False
+    """loss=ipo: take each response's log-ratio as a per-token mean (its sum over its tokens / their count), as TRL's IPO
+    does (since v0.7.11), so a beta tuned with TRL carries over; false (the default, kept so earlier runs give the same
+    results) takes IPO's equation on the summed log-probs, where the target gap 1/(2 beta) does not scale with length."""
     beta: float = 0.1
     """Strength of the KL leash: the implicit reward is beta * (log pi - log pi_ref)."""
     label_smoothing: float = 0.0
@@ -847,6 +851,8 @@ class DPOConfig:
             raise ConfigError(f"loss=conservative needs label_smoothing in (0, 0.5), got {self.label_smoothing}")
         if self.loss != "conservative" and self.label_smoothing:
             raise ConfigError(f"label_smoothing={self.label_smoothing} is conservative DPO's; set loss=conservative or leave it at 0")
+        if self.ipo_token_mean and self.loss != "ipo":
+            raise ConfigError(f"ipo_token_mean=true is IPO's; set loss=ipo or leave it false (loss={self.loss})")
         if self.reference == "none" and self.precompute_reference:
             raise ConfigError("precompute_reference=true has nothing to compute with reference=none (reference-free)")
         labellers = [name for name in ("reward_model", "reward_function", "judge") if getattr(self, name)]
@@ -923,8 +929,9 @@ class GRPOConfig:
     """Passes over each batch (mu); after the first, the importance ratio pi / pi_old and its clip matter."""
     advantage: Literal["grpo", "rloo", "reinforce"] = "grpo"
     """'grpo': (r - group mean) / group std; 'rloo': r - mean of the group's other samples; 'reinforce': r - a baseline."""
-    scale_rewards: bool = True
-    """grpo: divide by the group's std (False = Dr. GRPO, no difficulty bias)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """grpo, as TRL's scale_rewards: divide r - group mean by the group's std ('group', GRPO), by the std of the whole batch's
+    rewards over every process ('batch', Lite PPO: no difficulty bias, unit scale), or not at all ('none', Dr. GRPO)."""
     baseline: Literal["batch_mean", "moving_average"] = "batch_mean"
     """reinforce: the baseline is the batch's mean reward or a moving average of past batches' means."""
     baseline_decay: float = 0.9
@@ -1015,6 +1022,9 @@ class GRPOConfig:
                               "or [{type: model, path: runs/reward/model}]")
         if self.advantage in ("grpo", "rloo") and self.group_size < 2:
             raise ConfigError(f"advantage={self.advantage} compares the samples of a group: group_size must be at least 2, got {self.group_size}")
+        if self.scale_rewards != "group" and self.advantage != "grpo":
+            raise ConfigError(f"scale_rewards={self.scale_rewards} scales advantage=grpo's advantages; with advantage={self.advantage} "
+                              "leave it out")
         if self.dynamic_sampling and self.group_size < 2:
             raise ConfigError("dynamic_sampling drops groups whose rewards are all equal, which every group of one is: "
                               "set group_size >= 2 or dynamic_sampling=false")
@@ -1487,6 +1497,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+RENAMED_VALUES: dict[tuple[str, bool], str] = {("scale_rewards", True): "group", ("scale_rewards", False): "none"}
+"""(field, old value) -> its new spelling, named in the error when a field that took true/false now takes names."""
+
+
 def _coerce(tp: Any, value: Any, key: str, where: str):
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -1505,7 +1519,9 @@ def _coerce(tp: Any, value: Any, key: str, where: str):
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{where}'{key}': expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            renamed = RENAMED_VALUES.get((key.rsplit(".", 1)[-1], value)) if isinstance(value, bool) else None
+            now = f" ({str(value).lower()} is now spelled {renamed!r})" if renamed else ""
+            raise ConfigError(f"{where}'{key}': expected one of {', '.join(map(repr, choices))}, got {value!r}{now}")
         return value
     if origin is list:
         (inner,) = typing.get_args(tp)

@@ -9,6 +9,7 @@ from tether.losses import (
     dpo_conservative_loss,
     dpo_hinge_loss,
     dpo_ipo_loss,
+    dpo_ipo_token_mean_loss,
     dpo_reference_free_loss,
     dpo_sigmoid_loss,
 )
@@ -153,3 +154,73 @@ def test_stable_for_large_gaps():
     zeros = torch.zeros(2)
     loss, _ = dpo_sigmoid_loss(lp_c, lp_r, zeros, zeros, beta=0.5)
     assert loss.item() == pytest.approx(100.0, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- IPO on per-token means (TRL's IPO)
+
+
+def test_ipo_token_mean_by_hand():
+    # chosen: logp -10 over 4 tokens, ref -12 -> log-ratio +2, per token +0.5
+    # rejected: logp -15 over 2 tokens, ref -14 -> log-ratio -1, per token -0.5
+    # h_bar = 0.5 - (-0.5) = 1; beta = 1: target 1/(2*1) = 0.5, loss (1 - 0.5)^2 = 0.25
+    # (on the sums h = 2 - (-1) = 3 and dpo_ipo_loss gives (3 - 0.5)^2 = 6.25)
+    lp_c, lp_r = torch.tensor([-10.0], requires_grad=True), torch.tensor([-15.0], requires_grad=True)
+    ref_c, ref_r, n_c, n_r = torch.tensor([-12.0]), torch.tensor([-14.0]), torch.tensor([4]), torch.tensor([2])
+    loss, m = dpo_ipo_token_mean_loss(lp_c, lp_r, ref_c, ref_r, n_c, n_r, beta=1.0)
+    assert loss.item() == pytest.approx(0.25)
+    assert dpo_ipo_loss(lp_c, lp_r, ref_c, ref_r, beta=1.0)[0].item() == pytest.approx(6.25)
+    # gradient 2 (h_bar - 0.5) / n: on logp_c 2 * 0.5 / 4 = 0.25, on logp_r -2 * 0.5 / 2 = -0.5
+    loss.backward()
+    assert lp_c.grad.item() == pytest.approx(0.25) and lp_r.grad.item() == pytest.approx(-0.5)
+    # the metrics are on the summed log-ratios, as every other variant's: rewards 1 * 2 and 1 * -1, margin 3
+    assert m == {"loss": pytest.approx(0.25), "rewards_chosen": pytest.approx(2.0), "rewards_rejected": pytest.approx(-1.0),
+                 "margin": pytest.approx(3.0), "accuracy": 1.0}
+
+
+def test_ipo_token_mean_with_one_token_each_is_ipo():
+    # n = 1 divides by 1: the summed form exactly; a count of 0 is taken as 1 (TRL's clamp), never a division by 0
+    lp_c, lp_r = torch.tensor([-3.0, -7.0]), torch.tensor([-4.0, -2.0])
+    ref_c, ref_r = torch.tensor([-3.5, -6.0]), torch.tensor([-4.5, -2.5])
+    ones, zeros = torch.ones(2), torch.zeros(2)
+    expected, _ = dpo_ipo_loss(lp_c, lp_r, ref_c, ref_r, beta=0.3)
+    for n in (ones, zeros):
+        loss, _ = dpo_ipo_token_mean_loss(lp_c, lp_r, ref_c, ref_r, n, n, beta=0.3)
+        assert loss.item() == pytest.approx(expected.item())
+
+
+def test_ipo_token_mean_matches_trl_on_random_tensors():
+    # TRL's IPO written out from its source (trl/trainer/dpo_trainer.py), on per-token log-probs and completion masks,
+    # chosen rows first; compared with the summed log-probs and token counts tether passes
+    torch.manual_seed(0)
+    B, T, beta = 6, 9, 0.1
+    lengths = torch.randint(1, T + 1, (2 * B,))
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()  # (2B, T) completion_mask
+    per_token_logps = -torch.rand(2 * B, T, dtype=torch.float64) * 3 * mask
+    ref_per_token_logps = -torch.rand(2 * B, T, dtype=torch.float64) * 3 * mask
+
+    # v0.29 and later (`compute_loss`, loss_type == "ipo"):
+    #   chosen_scores = chosen_logps - ref_chosen_logps   (logps = per_token_logps.sum(dim=1))
+    #   chosen_avg_score = chosen_scores / chosen_mask.sum(dim=1).clamp(min=1.0)   (rejected alike)
+    #   per_sequence_loss = (chosen_avg_score - rejected_avg_score - 1 / (2 * self.beta)) ** 2;  loss = mean
+    logps, ref_logps = per_token_logps.sum(1), ref_per_token_logps.sum(1)
+    chosen_logps, rejected_logps = logps.chunk(2)
+    ref_chosen_logps, ref_rejected_logps = ref_logps.chunk(2)
+    chosen_mask, rejected_mask = mask.chunk(2)
+    chosen_avg_score = (chosen_logps - ref_chosen_logps) / chosen_mask.sum(dim=1).clamp(min=1.0)
+    rejected_avg_score = (rejected_logps - ref_rejected_logps) / rejected_mask.sum(dim=1).clamp(min=1.0)
+    trl_new = ((chosen_avg_score - rejected_avg_score - 1 / (2 * beta)) ** 2).mean()
+    # v0.7.11 to v0.28 (`concatenated_forward`: all_logps = all_logps / loss_mask.sum(-1) for policy and reference alike;
+    # `dpo_loss`: logits = pi_logratios - ref_logratios, losses = (logits - 1 / (2 * self.beta)) ** 2)
+    avg, ref_avg = logps / mask.sum(-1), ref_logps / mask.sum(-1)
+    pi_logratios = avg[:B] - avg[B:]
+    ref_logratios = ref_avg[:B] - ref_avg[B:]
+    trl_old = ((pi_logratios - ref_logratios - 1 / (2 * beta)) ** 2).mean()
+
+    n_c, n_r = lengths[:B], lengths[B:]
+    loss, m = dpo_ipo_token_mean_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, n_c, n_r, beta=beta)
+    assert loss.item() == pytest.approx(trl_new.item(), rel=1e-12)
+    assert loss.item() == pytest.approx(trl_old.item(), rel=1e-12)
+    # TRL's logged rewards from v0.29: beta * chosen_logratios (the sums)
+    assert m["rewards_chosen"] == pytest.approx((beta * (chosen_logps - ref_chosen_logps)).mean().item())
+    # and the lengths differ, so the per-token form is not the summed one
+    assert loss.item() != pytest.approx(dpo_ipo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=beta)[0].item())

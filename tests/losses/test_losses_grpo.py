@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k3, leave_one_out_advantages,
-                           reinforce_advantages, sequence_mean, token_mean)
+from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, group_advantages_batch_std, grpo_token_loss, kl_k3,
+                           leave_one_out_advantages, reinforce_advantages, sequence_mean, token_mean)
 
 # ---------------------------------------------------------------- group-relative (GRPO, Dr. GRPO)
 
@@ -42,6 +42,70 @@ def test_group_advantages_with_dropped_samples():
     assert torch.allclose(a, torch.tensor([[-1 / math.sqrt(2), 1 / math.sqrt(2), 0.0], [0.0, 0.0, 0.0]]), atol=1e-5)
     all_dropped = group_advantages(r, torch.zeros(2, 3))
     assert (all_dropped == 0).all()
+
+
+# ---------------------------------------------------------------- group mean, batch std (TRL's scale_rewards="batch")
+
+
+def test_group_advantages_batch_std_by_hand():
+    # r = ((0, 2), (4, 6)): group means 1 and 5 -> centred (-1, 1, -1, 1)
+    # batch mean 3, sample std sqrt((9 + 1 + 1 + 9) / 3) = sqrt(20/3) = 2.5820 -> A = +-1 / 2.5820 = +-0.3873
+    # (the std of the rewards around the batch's mean, not of the centred values, whose std is sqrt(4/3) = 1.1547)
+    r = torch.tensor([[0.0, 2.0], [4.0, 6.0]])
+    a = group_advantages_batch_std(r, eps=0.0)
+    assert torch.allclose(a, torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]) / math.sqrt(20 / 3), atol=1e-6)
+    assert a[0, 1].item() == pytest.approx(0.3873, abs=1e-4)
+    # the default eps = 1e-4 divides by 2.5820 + 1e-4; per-group scaling would give +-1 / (1.4142 + 1e-4) instead
+    assert torch.allclose(group_advantages_batch_std(r), torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]) / (math.sqrt(20 / 3) + 1e-4))
+    assert group_advantages(r)[0, 1].item() == pytest.approx(1 / (math.sqrt(2) + 1e-4))
+
+
+def test_group_advantages_batch_std_keeps_the_groups_spreads():
+    # groups (0, 1) and (0, 10): one std for both, so the second group's advantages stay 10x the first's
+    # (per-group scaling makes them equal: the difficulty bias Dr. GRPO removes)
+    r = torch.tensor([[0.0, 1.0], [0.0, 10.0]])
+    a = group_advantages_batch_std(r)
+    assert a[1, 1].item() == pytest.approx(10 * a[0, 1].item())
+    # batch mean 2.75, squares 7.5625 + 3.0625 + 7.5625 + 52.5625 = 70.75, std sqrt(70.75 / 3) = 4.8563; A_11 = 5 / (4.8563 + 1e-4)
+    assert a[1, 1].item() == pytest.approx(5 / (math.sqrt(70.75 / 3) + 1e-4), rel=1e-6)
+
+
+def test_group_advantages_batch_std_with_dropped_samples_and_a_wider_batch():
+    # kept: group 0 (1, 3, [50 dropped]), group 1 (5, [dropped], 7): group means 2 and 6 -> centred (-1, 1, 0; -1, 0, 1)
+    # batch of the kept rewards (1, 3, 5, 7): mean 4, std sqrt((9 + 1 + 1 + 9) / 3) = 2.5820; dropped samples get 0
+    r = torch.tensor([[1.0, 3.0, 50.0], [5.0, -8.0, 7.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
+    a = group_advantages_batch_std(r, mask, eps=0.0)
+    s = math.sqrt(20 / 3)
+    assert torch.allclose(a, torch.tensor([[-1 / s, 1 / s, 0.0], [-1 / s, 0.0, 1 / s]]), atol=1e-6)
+    # batch_rewards: the std over a wider batch (other processes' kept rewards too): (1, 3, 5, 7, 4, 4) has mean 4,
+    # std sqrt(20 / 5) = 2 -> A = +-1 / 2
+    wider = torch.tensor([1.0, 3.0, 5.0, 7.0, 4.0, 4.0])
+    a = group_advantages_batch_std(r, mask, batch_rewards=wider, eps=0.0)
+    assert torch.allclose(a, torch.tensor([[-0.5, 0.5, 0.0], [-0.5, 0.0, 0.5]]))
+
+
+def test_group_advantages_batch_std_equal_batch_gives_zero():
+    # every reward equal: std 0, centred 0 -> 0 (not NaN), even with eps = 0; a batch of one sample too
+    r = torch.full((2, 3), 4.0)
+    assert (group_advantages_batch_std(r, eps=0.0) == 0).all()
+    assert (group_advantages_batch_std(torch.tensor([[2.0, 9.0]]), torch.tensor([[1, 0]]), eps=0.0) == 0).all()
+    assert (group_advantages_batch_std(r, torch.zeros(2, 3)) == 0).all()
+
+
+def test_group_advantages_batch_std_matches_trl():
+    # TRL's GRPOTrainer (trl/trainer/grpo_trainer.py, v0.23 and later, multi_objective_aggregation="sum_then_normalize"),
+    # written out: rewards (B,) over the gathered batch, chunks of num_generations consecutive samples per prompt
+    #   mean_grouped_rewards = rewards.view(-1, G).mean(dim=1).repeat_interleave(G, dim=0)
+    #   std_rewards = nanstd(rewards).expand_as(rewards)        # scale_rewards == "batch": Bessel-corrected, whole batch
+    #   advantages = (rewards - mean_grouped_rewards) / (std_rewards + 1e-4)
+    torch.manual_seed(0)
+    P, G = 5, 4
+    rewards = torch.randn(P * G, dtype=torch.float64) * 3 + 1
+    mean_grouped_rewards = rewards.view(-1, G).mean(dim=1).repeat_interleave(G, dim=0)
+    std_rewards = rewards.std().expand_as(rewards)
+    trl = (rewards - mean_grouped_rewards) / (std_rewards + 1e-4)
+    assert torch.allclose(group_advantages_batch_std(rewards.view(P, G)).flatten(), trl, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- leave-one-out (RLOO)

@@ -108,6 +108,25 @@ def test_dynamic_sampling_drops_groups_of_equal_rewards(tiny_model_dir, half_fix
     assert all(s["advantage"] is None for s in fixed) if dynamic else all(s["advantage"] == 0.0 for s in fixed)
 
 
+@pytest.mark.parametrize("scale", ["batch", "group", "none"])
+def test_scale_rewards_divides_by_the_batch_or_group_std(tiny_model_dir, half_fixed_prompts, tmp_path, scale):
+    # the step's samples.jsonl rows give every kept sample's reward, group and advantage: recompute the advantages as
+    # TRL's scale_rewards does, r - group mean divided by the std (Bessel) of the whole batch's kept rewards ('batch'),
+    # of the group's ('group') or by nothing ('none'), eps 1e-4; dynamic sampling has dropped the 4 groups of 1.0s
+    grpo(tiny_model_dir, half_fixed_prompts, tmp_path / "g", "hash_unless_fixed", "steps=1", "prompts_per_step=12", "group_size=4",
+         "mini_batch_size=48", "beta=0", "samples_every=1", f"scale_rewards={scale}")
+    kept = [json.loads(x) for x in (tmp_path / "g" / "samples.jsonl").read_text().splitlines()]
+    kept = [x for x in kept if x["advantage"] is not None]
+    assert len(kept) == 8 * 4
+    r = torch.tensor([x["reward"] for x in kept], dtype=torch.float64).view(8, 4)  # (groups, G), rows in group order
+    centred = r - r.mean(1, keepdim=True)
+    expected = {"batch": centred / (r.flatten().std() + 1e-4), "group": centred / (r.std(1, keepdim=True) + 1e-4), "none": centred}[scale]
+    if scale == "batch":  # the rewards' spread differs between groups, so the two scalings differ here
+        assert not torch.allclose(expected, centred / (r.std(1, keepdim=True) + 1e-4), rtol=1e-3)
+    got = torch.tensor([x["advantage"] for x in kept], dtype=torch.float64).view(8, 4)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_all_groups_equal_means_no_update(tiny_model_dir, tiny_data, tmp_path):
     s = grpo(tiny_model_dir, tiny_data["prompts"], tmp_path / "g", "constant", "steps=2", "beta=0", "optim.lr=1e-2")
     assert s["groups_dropped"] == 2 * 4

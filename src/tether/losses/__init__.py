@@ -4,7 +4,8 @@ Shapes: B = batch, T = response length (right-padded), V = vocabulary.
 Masks are float or bool (B, T), 1 on real response tokens.
 """
 
-from tether.losses.advantages import MovingAverageBaseline, gae, group_advantages, leave_one_out_advantages, reinforce_advantages
+from tether.losses.advantages import (MovingAverageBaseline, gae, group_advantages, group_advantages_batch_std, leave_one_out_advantages,
+                                      reinforce_advantages)
 from tether.losses.bradley_terry import (
     bradley_terry_label_smoothed_loss,
     bradley_terry_loss,
@@ -15,6 +16,7 @@ from tether.losses.dpo import (
     dpo_conservative_loss,
     dpo_hinge_loss,
     dpo_ipo_loss,
+    dpo_ipo_token_mean_loss,
     dpo_reference_free_loss,
     dpo_sigmoid_loss,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "reward_centering_penalty",
     "dpo_sigmoid_loss",
     "dpo_ipo_loss",
+    "dpo_ipo_token_mean_loss",
     "dpo_hinge_loss",
     "dpo_conservative_loss",
     "dpo_reference_free_loss",
@@ -56,6 +59,7 @@ __all__ = [
     "FixedKLController",
     "gae",
     "group_advantages",
+    "group_advantages_batch_std",
     "leave_one_out_advantages",
     "reinforce_advantages",
     "MovingAverageBaseline",

@@ -1,11 +1,11 @@
-"""Advantage estimators: GAE over padded token sequences (PPO); group-relative (GRPO, Dr. GRPO),
-leave-one-out (RLOO) and REINFORCE with a baseline over whole responses."""
+"""Advantage estimators: GAE over padded token sequences (PPO); group-relative (GRPO, Dr. GRPO,
+scaled by the batch's std), leave-one-out (RLOO) and REINFORCE with a baseline over whole responses."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["gae", "group_advantages", "leave_one_out_advantages", "reinforce_advantages", "MovingAverageBaseline"]
+__all__ = ["gae", "group_advantages", "group_advantages_batch_std", "leave_one_out_advantages", "reinforce_advantages", "MovingAverageBaseline"]
 
 
 @torch.no_grad()
@@ -102,6 +102,42 @@ def group_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None, sc
     std = (centred.pow(2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()  # (P, 1)
     scale = std + eps
     return centred / torch.where(scale > 0, scale, torch.ones_like(scale))  # an equal group: 0 / 1, even with eps = 0
+
+
+@torch.no_grad()
+def group_advantages_batch_std(
+    rewards: torch.Tensor, mask: torch.Tensor | None = None, batch_rewards: torch.Tensor | None = None, eps: float = 1e-4
+) -> torch.Tensor:
+    """Group-relative advantages scaled by the whole batch's reward std (TRL's GRPOTrainer with
+    `scale_rewards="batch"`; the "group-level mean, batch-level std" of Liu et al. 2025, "Tricks or
+    Traps? A Deep Dive into RL for LLM Reasoning", their Lite PPO):
+
+      A_i = (r_i - mean_g r) / (std_batch r + eps)
+
+    mean_g is over the kept samples of the sample's own group, as in ``group_advantages``;
+    std_batch is the sample std (Bessel-corrected) of the batch's kept rewards themselves, around
+    the batch's mean (not of the centred r - mean_g), 0 for fewer than two. Every group is divided
+    by the same number, so a group with a small spread keeps its small advantages (no
+    difficulty bias, as ``scale_std=False``) while the advantages still come out near unit scale
+    whatever the reward's units. TRL computes the same: `nanstd(rewards)` over the whole gathered
+    batch, eps = 1e-4. A batch of identical rewards gets A = 0 (never NaN, even with eps = 0).
+    Example: r = ((0, 2), (4, 6)): group means 1 and 5, centred (-1, 1, -1, 1); batch mean 3,
+    std sqrt((9 + 1 + 1 + 9) / 3) = 2.582, so A = +-1 / (2.582 + eps) = +-0.3873.
+
+    rewards:       (P, G) r of the G samples of each of P prompts.
+    mask:          (P, G) float or bool, 1 where the sample counts; None = all.
+    batch_rewards: (M,) the kept rewards of the whole batch the std is taken over, when the batch
+                   is wider than `rewards` (every process's samples); None = rewards where mask is 1.
+    Returns (P, G) advantages in at least float32, 0 where the mask is 0.
+    """
+    rewards = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
+    keep = _sample_mask(rewards, mask)
+    r, _, mean = _count_and_mean(rewards, keep, dim=1)  # (P, G), (P, 1) group means
+    centred = torch.where(keep, r - mean, torch.zeros_like(r))  # (P, G)
+    batch = rewards[keep] if batch_rewards is None else batch_rewards.to(rewards.device, rewards.dtype)  # (M,)
+    std = batch.std() if batch.numel() > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)  # Bessel-corrected
+    scale = std + eps
+    return centred / torch.where(scale > 0, scale, torch.ones_like(scale))  # an equal batch: 0 / 1, even with eps = 0
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 __all__ = [
     "dpo_sigmoid_loss",
     "dpo_ipo_loss",
+    "dpo_ipo_token_mean_loss",
     "dpo_hinge_loss",
     "dpo_conservative_loss",
     "dpo_reference_free_loss",
@@ -101,13 +102,53 @@ def dpo_ipo_loss(
     Preferences", eq. 17 (their tau is beta here). DPO's loss keeps falling as h grows, so on
     deterministic preferences it drives the policy arbitrarily far from the reference; IPO's
     minimum is at the finite gap h = 1 / (2 beta). At policy == reference, L = 1 / (4 beta^2).
-    The gap is taken on whatever log-probs are passed: summed, as in the paper (TRL passes
-    per-token means instead, which makes beta length-independent).
+    The gap is taken on whatever log-probs are passed: summed, as in the paper's equation.
+    TRL takes it on per-token means instead: ``dpo_ipo_token_mean_loss``.
 
     Shapes and metrics as ``dpo_sigmoid_loss``; beta: float > 0.
     """
     h = _log_ratio_gap(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected)
     loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    return loss, _dpo_metrics(loss, beta, logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected)
+
+
+def dpo_ipo_token_mean_loss(
+    logp_chosen: torch.Tensor,
+    logp_rejected: torch.Tensor,
+    ref_logp_chosen: torch.Tensor,
+    ref_logp_rejected: torch.Tensor,
+    n_chosen: torch.Tensor,
+    n_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """IPO on per-token mean log-ratios, as TRL's DPOTrainer computes `loss_type="ipo"`.
+
+    h_bar[b] = (log pi(y_c) - log pi_ref(y_c)) / n_c[b] - (log pi(y_r) - log pi_ref(y_r)) / n_r[b]
+    L = mean_b (h_bar[b] - 1 / (2 beta))^2
+
+    ``dpo_ipo_loss`` (Azar et al. 2023, eq. 17) with each response's log-ratio divided by its
+    token count. A summed gap grows with the responses' length, so the target 1 / (2 beta) means
+    a different leash for long and short answers; the per-token mean makes beta independent of
+    length. TRL averages this way for IPO since v0.7.11 (v0.7.5 to v0.7.10 used sums): up to v0.28
+    by dividing the log-probs in `concatenated_forward`, from v0.29 inside the loss, a choice its
+    comment says was "confirmed with the IPO authors" (the paper's results correspond to this
+    form). A beta tuned with TRL's IPO therefore means the same here. Example: log-ratios +3 over 3 tokens and -2 over 2 tokens give
+    h_bar = 1 - (-1) = 2; beta = 1 gives (2 - 0.5)^2 = 2.25 (the summed gap would be 5).
+
+    The metrics are those of the module docstring, on the summed log-ratios (beta * (log pi -
+    log pi_ref)), so they mean the same as every other variant's and as TRL's from v0.29
+    (TRL up to v0.28 reported them on the per-token means).
+
+    logp_chosen, logp_rejected:         (B,) summed response log-probs under the policy.
+    ref_logp_chosen, ref_logp_rejected: (B,) the same under the reference.
+    n_chosen, n_rejected:               (B,) the responses' token counts (those summed over,
+                                        EOS included); a count below 1 is taken as 1, as TRL does.
+    beta: float > 0.
+    Returns (loss: 0-dim tensor, metrics) as ``dpo_sigmoid_loss``.
+    """
+    per_token_c = (logp_chosen - ref_logp_chosen) / n_chosen.to(logp_chosen.dtype).clamp(min=1.0)  # (B,)
+    per_token_r = (logp_rejected - ref_logp_rejected) / n_rejected.to(logp_rejected.dtype).clamp(min=1.0)  # (B,)
+    loss = ((per_token_c - per_token_r - 1.0 / (2.0 * beta)) ** 2).mean()
     return loss, _dpo_metrics(loss, beta, logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected)
 
 

@@ -46,7 +46,7 @@ from tether.data.records import PreferencePair, prompt_text
 from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import processes, shard_blocks
 from tether.eval.calibration import wilson_interval
-from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_sigmoid_loss
+from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_ipo_token_mean_loss, dpo_sigmoid_loss
 from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
                                    load_causal_lm, load_frozen_lm, load_tokenizer, model_device, resolve_model, save_model)
 from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
@@ -178,6 +178,21 @@ def write_reference_table(path: Path, tables: dict[str, torch.Tensor], fingerpri
 
 
 @torch.no_grad()
+def pair_loss(cfg: DPOConfig):
+    """The configured loss as loss_fn(logp_c, logp_r, ref_c, ref_r, batch) -> (loss, metrics); the batch's
+    EncodedPairs give IPO's token counts when ipo_token_mean is set (each response's tokens, EOS included)."""
+    if cfg.ipo_token_mean:
+        def ipo_token_mean(logp_c, logp_r, ref_c, ref_r, batch: list[EncodedPair]):
+            n_c = torch.tensor([len(p.chosen) for p in batch], device=logp_c.device)  # (B,)
+            n_r = torch.tensor([len(p.rejected) for p in batch], device=logp_r.device)  # (B,)
+            return dpo_ipo_token_mean_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, beta=cfg.beta)
+        return ipo_token_mean
+    loss_fn = functools.partial(LOSSES[cfg.loss], beta=cfg.beta)
+    if cfg.loss == "conservative":
+        loss_fn = functools.partial(loss_fn, label_smoothing=cfg.label_smoothing)
+    return lambda logp_c, logp_r, ref_c, ref_r, batch: loss_fn(logp_c, logp_r, ref_c, ref_r)
+
+
 def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: float, batch_size: int, pad_id: int, pack: bool,
              precision: str) -> dict:
     """The loss and the preference accuracy of the implicit reward on held-out pairs (a tie counts one half),
@@ -190,7 +205,7 @@ def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: 
         ref_c, ref_r = reference_for("eval", idx, batch)
         with autocast(precision):
             logp_c, logp_r = response_logprobs(policy, batch, pad_id, pack)
-        loss, _ = loss_fn(logp_c, logp_r, ref_c, ref_r)
+        loss, _ = loss_fn(logp_c, logp_r, ref_c, ref_r, batch)
         loss_sum += loss.item() * len(batch)
         r_chosen[idx], r_rejected[idx] = (beta * (logp_c - ref_c)).float().cpu(), (beta * (logp_r - ref_r)).float().cpu()
         release_freed_memory()
@@ -296,9 +311,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
             return rows[:, 0], rows[:, 1]
         return live_reference(policy, reference, batch, pad_id, pack, cfg.precision)
 
-    loss_fn = functools.partial(LOSSES[cfg.loss], beta=cfg.beta)
-    if cfg.loss == "conservative":
-        loss_fn = functools.partial(loss_fn, label_smoothing=cfg.label_smoothing)
+    loss_fn = pair_loss(cfg)
     run_eval = functools.partial(evaluate, policy, eval_ex, reference_for, loss_fn, cfg.beta, cfg.batch_size, pad_id, pack, cfg.precision)
 
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -336,7 +349,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
             with autocast(cfg.precision):
                 logp_c, logp_r = response_logprobs(policy, batch, pad_id, pack)
             # 3. the loss on the implicit rewards; the step's gradient is the mean over all its pairs
-            loss, m = loss_fn(logp_c, logp_r, ref_c, ref_r)
+            loss, m = loss_fn(logp_c, logp_r, ref_c, ref_r, batch)
             scaler.scale(loss * len(batch) / per_step).backward()
             for key in METRICS:
                 totals[key] += m[key] * len(batch) / per_step

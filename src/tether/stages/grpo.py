@@ -10,7 +10,7 @@ with the fixes of DAPO (Yu et al. 2025) and Dr. GRPO (Liu et al. 2025) as settin
   3. log-probs:   log pi_old (the sampling policy) and log pi_ref of the kept samples (no grad);
                   with kl_penalty=reward, r -= beta * sum_t log pi_old/pi_ref
   4. advantages:  one number per sample, spread over its tokens: (r - group mean) / group std
-                  (GRPO; Dr. GRPO without the std), r - mean of the group's other samples (RLOO),
+                  (GRPO; Dr. GRPO without the std; or the batch's std), r - mean of the group's other samples (RLOO),
                   or r - a baseline (REINFORCE: batch mean or moving average)
   5. update:      `iterations` passes over the batch in minibatches: the clipped surrogate with
                   importance ratio pi / pi_old and clip range [1 - eps_low, 1 + eps_high], plus
@@ -41,8 +41,9 @@ from tether.distributed import gathered, processes, shard_blocks
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
-from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, grpo_token_loss, kl_k1, leave_one_out_advantages,
-                           masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean, truncated_importance_weights)
+from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, group_advantages_batch_std, grpo_token_loss, kl_k1,
+                           leave_one_out_advantages, masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean,
+                           truncated_importance_weights)
 from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
                                    load_tokenizer, resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
@@ -237,11 +238,16 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
             train_scores = task_scores
             if use_reference and not kl_in_loss:  # RLOO's KL-shaped reward, from the sampling policy
                 train_scores = task_scores - cfg.beta * (kl_k1(old_logp, ref_logp) * mask).sum(-1)
-
+        # scale_rewards=batch divides by the std of every process's kept rewards: each process joins, even one that kept none
+        batch_rewards = (torch.tensor(procs.gather(train_scores.float().tolist() if N > 0 else []))
+                         if cfg.advantage == "grpo" and cfg.scale_rewards == "batch" else None)
+        if N > 0:
             # 4. advantages, one per sample (P, G) -> the kept rows (N,)
             r = torch.zeros(P_step * G, device=mask.device).index_put((rows.to(mask.device),), train_scores.float()).view(P_step, G)
-            if cfg.advantage == "grpo":
-                adv = group_advantages(r, keep, scale_std=cfg.scale_rewards)
+            if cfg.advantage == "grpo" and cfg.scale_rewards == "batch":
+                adv = group_advantages_batch_std(r, keep, batch_rewards)
+            elif cfg.advantage == "grpo":
+                adv = group_advantages(r, keep, scale_std=cfg.scale_rewards == "group")
             elif cfg.advantage == "rloo":
                 adv = leave_one_out_advantages(r, keep)
             else:
