@@ -11,6 +11,11 @@ def drop_odd(prompts, completions, metadata):
     return [1.0 if i % 2 == 0 else None for i in range(len(completions))]
 
 
+def drop_all(prompts, completions, metadata):
+    """Drops every sample (None): nothing is left to learn from."""
+    return [None for _ in completions]
+
+
 def wrong_length(prompts, completions, metadata):
     return [1.0]
 

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tether.config import ConfigError, PPOConfig, load_config
 from tether.rewards.functions import RewardFunctionError
@@ -19,6 +21,10 @@ def ppo(tiny_model_dir, tiny_data, out, fn, *extra):
         "samples_every=0", *extra]))
 
 
+def rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_ppo_learns_to_write_the_letter_e(tiny_model_dir, tiny_data, tmp_path):
     # a random 2-layer model writes ~5% 'e'; PPO must push that past 30% within 30 iterations, with a finite KL
     ppo(tiny_model_dir, tiny_data, tmp_path / "ppo", "letter_e", "steps=30", "batch_size=16", "mini_batch_size=8",
@@ -31,8 +37,22 @@ def test_ppo_learns_to_write_the_letter_e(tiny_model_dir, tiny_data, tmp_path):
 
 
 def test_reward_function_may_drop_samples(tiny_model_dir, tiny_data, tmp_path):
-    s = ppo(tiny_model_dir, tiny_data, tmp_path / "ppo", "drop_odd", "steps=1", "batch_size=4", "mini_batch_size=2")
-    assert s["steps"] == 1
+    """None from the reward function drops that episode from the update: its tokens leave the loss mask. The entropy
+    bonus pulls on every token it sees, so a dropped episode that leaked into the loss would move the weights."""
+    one = ["steps=1", "batch_size=4", "mini_batch_size=2", "ent_coef=0.01"]
+    # every episode dropped: no gradient at all, and the policy and value head stay as they were
+    s = ppo(tiny_model_dir, tiny_data, tmp_path / "none", "drop_all", *one)
+    (row,) = rows(tmp_path / "none")
+    assert s["steps"] == 1 and row["train/grad_norm"] == 0.0 and row["rollout/length"] == 0.0  # no token counted
+    base, trained = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(tmp_path / "none" / "model" / "model.safetensors"))
+    assert all(torch.equal(base[k], trained[k]) for k in base)
+    assert not load_file(str(tmp_path / "none" / "value_head.safetensors"))["weight"].any()  # it starts at zero
+    # half dropped: the kept half trains, and only its tokens count. The same seed samples the same first rollout
+    # whatever the reward, so the run that drops nothing saw the same episodes
+    ppo(tiny_model_dir, tiny_data, tmp_path / "half", "drop_odd", *one)
+    ppo(tiny_model_dir, tiny_data, tmp_path / "all", "constant", *one)
+    (half,), (every,) = rows(tmp_path / "half"), rows(tmp_path / "all")
+    assert half["train/grad_norm"] > 0 and 0 < half["rollout/length"] < every["rollout/length"]
 
 
 def test_reward_function_errors(tiny_model_dir, tiny_data, tmp_path):
