@@ -55,7 +55,7 @@ def test_every_shipped_config_is_read_as_written(tmp_path):
     dropped on the way), the config.yaml a run writes beside itself reads back as the same config, and a run config
     is one `tether run` accepts (no stage setting it would replace) and wires into each stage's config."""
     shipped = [p for p in sorted(CONFIGS.rglob("*.yaml")) if p.parent.name not in NOT_STAGE_CONFIGS]
-    assert {p.parent.name for p in shipped if p.parent != CONFIGS} == {"bon", "dpo", "grpo", "ppo", "reward", "rs", "sft"}
+    assert {"bon", "dpo", "grpo", "ppo", "reward", "rs", "sft"} <= {p.parent.name for p in shipped}  # every subfolder is read
     assert CONFIGS / "demo.yaml" in shipped
     for path in shipped:
         cls = RunConfig if path.parent == CONFIGS else stage_config(path.parent.name)  # an unknown folder is an error
