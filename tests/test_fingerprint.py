@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tether.cli import app
 from tether.config import ConfigError, PPOConfig, RunConfig, SFTConfig, load_config
-from tether.fingerprint import changes, content_id, fingerprint
+from tether.fingerprint import changes, content_id, default_settings, fingerprint
 from tether.pipeline import check_wiring
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs" / "demo.yaml"
@@ -36,6 +36,18 @@ def test_keys_that_do_not_change_the_result_are_left_out():
     assert changes(ppo, fingerprint(load_config(PPOConfig, None, ["micro_batch_size=1", "offload_frozen=true", "samples_every=1"]))) == []
     assert changes(base, sft_fp("data=a.jsonl", "optim.lr=1e-3", "lora.r=4")) == ["optim.lr changed (2e-05 -> 0.001)", "lora.r changed (16 -> 4)"]
     assert changes(base, sft_fp("data=a.jsonl", "seed=1")) == ["seed changed (0 -> 1)"]
+
+
+def test_a_setting_added_or_removed_since_is_no_change_at_its_default():
+    """A run recorded before tether had a setting (here: a fingerprint without `bucket_by_length`, and with a setting
+    since removed) resumes and skips unchanged while the new setting holds its default; set otherwise, it is a change."""
+    new = sft_fp("data=a.jsonl")
+    old = {**new, "settings": {k: v for k, v in new["settings"].items() if k != "bucket_by_length"}}
+    old["settings"]["a_removed_setting"] = 3
+    defaults = default_settings(SFTConfig)
+    assert changes(old, new, defaults=defaults) == []
+    assert changes(old, sft_fp("data=a.jsonl", "bucket_by_length=false"), defaults=defaults) == ["bucket_by_length changed (unset -> false)"]
+    assert changes(old, new) == ["bucket_by_length changed (unset -> true)", "a_removed_setting changed (3 -> unset)"]  # without defaults
 
 
 def test_inputs_are_known_by_their_content(tmp_path, tiny_model_dir):

@@ -18,6 +18,8 @@ some gigabytes costs its hashing once.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -106,16 +108,36 @@ def _show(value: Any) -> str:
     return "unset" if value is _UNSET else value if isinstance(value, str) else json.dumps(value)
 
 
-def changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+@functools.cache
+def default_settings(cls: type) -> dict[str, Any]:
+    """The flattened defaults of config class `cls` ({dotted key: value}, as `fingerprint` records settings), read from
+    its fields (a class whose own defaults do not validate, such as BoNConfig without a reward, still has them)."""
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        found.update(_flatten(to_dict(value) if dataclasses.is_dataclass(value) else value, f"{f.name}."))
+    return json.loads(json.dumps(found))
+
+
+def changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> list[str]:
     """What differs from fingerprint `old` to `new`, one phrase each: 'optim.lr changed (0.001 -> 0.002)', 'the content
     of data (/x/demos.jsonl) changed'. An input named by another path but with the same content is no change; keys in
-    `ignore` are not compared."""
+    `ignore` are not compared. With `defaults` (`default_settings` of the config class), a setting that `old` does not
+    have (one added to tether since) is no change while it holds its default, and one that `new` no longer has (removed
+    since) is none either."""
     settings, inputs = (old.get("settings", {}), new.get("settings", {})), (old.get("inputs", {}), new.get("inputs", {}))
     found = []
     for key in list(settings[1]) + [k for k in settings[0] if k not in settings[1]]:
         if key in ignore:
             continue
         a, b = settings[0].get(key, _UNSET), settings[1].get(key, _UNSET)
+        if defaults is not None and (b is _UNSET or (a is _UNSET and key in defaults and b == defaults[key])):
+            continue
         if key in inputs[0] and key in inputs[1]:  # both name a file or folder: its content decides
             if inputs[0][key] != inputs[1][key]:
                 found.append(f"{key} changed ({_show(a)} -> {_show(b)})" if a != b else f"the content of {key} ({_show(b)}) changed")
@@ -143,4 +165,4 @@ def read_fingerprint(folder: str | os.PathLike) -> dict[str, Any] | None:
 def recorded_changes(cfg) -> list[str] | None:
     """How `cfg` differs from what its output_dir was computed with: [] for nothing, None when nothing is recorded there."""
     recorded = read_fingerprint(cfg.output_dir)
-    return None if recorded is None else changes(recorded, fingerprint(cfg))
+    return None if recorded is None else changes(recorded, fingerprint(cfg), defaults=default_settings(type(cfg)))

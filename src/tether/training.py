@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from tether.config import ConfigError, OptimSettings
 from tether.distributed import full_tensor, grad_norm, is_sharded, like_param, processes
-from tether.fingerprint import FINGERPRINT_FILE, changes, fingerprint, read_fingerprint, write_fingerprint
+from tether.fingerprint import FINGERPRINT_FILE, changes, default_settings, fingerprint, read_fingerprint, write_fingerprint
 from tether.tracking import console, read_appended
 
 CHECKPOINT_DIR = "checkpoint"
@@ -112,7 +112,7 @@ def start_stage(cfg, rounds: str | None = None) -> Path:
 
     out = make_output_dir(cfg.output_dir)
     current = fingerprint(cfg)
-    check_checkpoint(out, current, getattr(cfg, "resume", True))
+    check_checkpoint(out, current, getattr(cfg, "resume", True), default_settings(type(cfg)))
     if rounds is not None:
         check_rounds(out, rounds, current, cfg)
     if processes().is_main:
@@ -124,7 +124,7 @@ def start_stage(cfg, rounds: str | None = None) -> Path:
     return out
 
 
-def check_checkpoint(out: Path, current: dict, resume: bool) -> None:
+def check_checkpoint(out: Path, current: dict, resume: bool, defaults: dict | None = None) -> None:
     """A checkpoint in `out` is resumed only by a run with the fingerprint it was written with: another one stops with
     a ConfigError that says what changed. With `resume` false the checkpoint is removed and the stage starts again."""
     target = out / CHECKPOINT_DIR
@@ -137,7 +137,7 @@ def check_checkpoint(out: Path, current: dict, resume: bool) -> None:
         processes().barrier()
         return
     recorded = read_fingerprint(target)  # None: written before fingerprints, resumed as it always was
-    changed = changes(recorded, current) if recorded is not None else []
+    changed = changes(recorded, current, defaults=defaults) if recorded is not None else []
     if changed:
         raise ConfigError(f"{target} holds an interrupted run with other settings: {'; '.join(changed)}. Rerun with resume=false "
                           "to discard it and start again, or choose a new output_dir (or undo the change to resume it)")
@@ -149,7 +149,7 @@ def check_rounds(out: Path, pattern: str, current: dict, cfg) -> None:
     ConfigError says what changed; with `cfg.resume` false the folders are removed and the stage starts again."""
     found = sorted(p.name for p in out.glob(pattern) if p.is_dir())
     recorded = read_fingerprint(out)  # None: nothing recorded (no round made yet, or made before fingerprints)
-    changed = changes(recorded, current, ignore=("rounds",)) if found and recorded is not None else []
+    changed = changes(recorded, current, ignore=("rounds",), defaults=default_settings(type(cfg))) if found and recorded is not None else []
     if not changed:
         return
     if not getattr(cfg, "resume", True):
