@@ -1,0 +1,298 @@
+"""The parts an RL stage's loop is written against, each with one job, chosen once in setup from the config.
+
+  Sampler       a rollout and its log-probs: tether's own sampler on the policy (`PolicySampler`) or a
+                vLLM engine holding a copy of it (`VLLMEngineSampler`)
+  Reference     log pi_ref of each response token: the policy with its LoRA adapter off, a frozen copy
+                (in CPU memory with offload_frozen) (`LocalReference`), or a frozen copy in a Ray actor
+                (`RayReference`)
+  Scorer        (B,) scores and (B,) keep flags for a rollout: a reward model or ensemble (here or in a Ray
+                actor), a Python reward function, or a list of reward sources; then the missing-EOS penalty
+                and the clip
+  Value         the critic: a zero-initialised head on the policy trunk (`PolicyHeadValue`), or a model of its
+                own (`ModelValue`): the reward model under a second adapter, or a full copy of it
+  PolicyPasses  the trainable policy's (and value's) passes over a rollout: the frozen lower blocks run once
+                per rollout and are replayed from their recorded outputs (reuse_frozen_states), and the
+                sampling pass's own log-probs and values stand for the first pass (reuse_sampling_pass)
+
+Where each model lives (this process, CPU memory, a Ray actor) and which engine samples are decided when
+these are built; a loop calls them the same way whatever was chosen, and gets the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+
+from tether.config import LoraSettings
+from tether.data.records import prompt_text
+from tether.distributed import gathered
+from tether.losses import truncated_importance_weights
+from tether.models.loading import apply_lora, autocast, device
+from tether.models.reward_model import RewardNormalization, position_ids_from_mask, trunk_of, unwrap
+from tether.models.sharing import shallow_clone
+from tether.rewards.functions import call_reward_function
+from tether.rewards.sources import score_samples
+from tether.rollout.generate import Rollout
+from tether.rollout.logprobs import FrozenStates, policy_forward, record_frozen, reference_logprobs
+from tether.rollout.sampling import sample_rollout
+from tether.training import in_chunks
+
+
+# ---- Sampler: prompts in, a Rollout with its log-probs out; `sync(policy)` after every update
+
+
+class PolicySampler:
+    """tether's own sampler on the policy (gathered whole first when sharded). Its log-probs are the trainer's
+    own, so they may stand for log pi_old (`exact`); with `value_head` it also keeps the head's values, with
+    `with_entropy` each step's entropy."""
+
+    exact = True
+
+    def __init__(self, policy, tokenizer, generation, precision: str, value_head=None, with_entropy: bool = False):
+        self.policy, self.tokenizer, self.generation, self.precision = policy, tokenizer, generation, precision
+        self.value_head, self.with_entropy = value_head, with_entropy
+
+    def sample(self, prompts: list, seed: int) -> Rollout:
+        with gathered(self.policy):  # sharded (fsdp): whole for the rollout, whose length differs between processes
+            return sample_rollout(self.policy, self.tokenizer, prompts, self.generation, seed=seed, precision=self.precision,
+                                  value_head=self.value_head, with_entropy=self.with_entropy)
+
+    def importance_weights(self, old_logp: torch.Tensor, rollout: Rollout, mask: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """The sample is the policy's own: no reweighting."""
+        return None, {}
+
+    def sync(self, policy) -> None:
+        """Nothing to push: it samples the policy itself."""
+
+
+class VLLMEngineSampler:
+    """A vLLM engine (rollout/vllm_engine.py) holding a copy of the policy, synced after every update. Its log-probs
+    are a little off the trainer's, so each token's surrogate term is weighed by min(pi_old / pi_vllm, is_cap)."""
+
+    exact = False
+
+    def __init__(self, engine, tokenizer, is_cap: float):
+        self.engine, self.tokenizer, self.is_cap = engine, tokenizer, is_cap
+
+    def sample(self, prompts: list, seed: int) -> Rollout:
+        return self.engine.sample(self.tokenizer, prompts, seed)
+
+    def importance_weights(self, old_logp: torch.Tensor, rollout: Rollout, mask: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """(B, R) truncated importance weights and their `is_weight_*` statistics (Yao et al. 2025)."""
+        return truncated_importance_weights(old_logp, rollout.logprobs, mask, self.is_cap)
+
+    def sync(self, policy) -> None:
+        self.engine.sync(policy)
+
+
+# ---- Reference: log pi_ref; `start` begins the pass (a Ray actor works meanwhile), `result()` waits for it
+
+
+@dataclass
+class Ready:
+    """A pass already done, read like a call under way in an actor."""
+
+    value: torch.Tensor
+
+    def result(self) -> torch.Tensor:
+        return self.value
+
+
+@dataclass
+class OnDevice:
+    """An actor's answer, moved to `device` when it is read."""
+
+    call: object
+    device: torch.device
+
+    def result(self) -> torch.Tensor:
+        return self.call.result().to(self.device)
+
+
+class LocalReference:
+    """The reference in this process: the policy with its adapter off (LoRA: `model` is None; the policy's recorded
+    frozen blocks are the reference's too), or a frozen copy (full fine-tuning; in CPU memory with offload_frozen)."""
+
+    def __init__(self, policy, model, temperature: float, chunk: int):
+        self.policy, self.model, self.temperature, self.chunk = policy, model, temperature, chunk
+
+    def logprobs(self, seqs, attn, P: int, chunk: int | None = None, frozen: FrozenStates | None = None) -> torch.Tensor:
+        """(B, R) log pi_ref, `chunk` rows a pass."""
+        return reference_logprobs(self.policy, self.model, seqs, attn, P, self.temperature, chunk or self.chunk, frozen=frozen)
+
+    def start(self, seqs, attn, P: int, frozen: FrozenStates | None = None) -> Ready:
+        return Ready(self.logprobs(seqs, attn, P, frozen=frozen))
+
+
+class RayReference:
+    """A frozen copy of the policy in its own Ray actor (placement=ray); `start` returns while the actor works."""
+
+    def __init__(self, remote, temperature: float, chunk: int):
+        self.model, self.temperature, self.chunk = remote, temperature, chunk
+
+    def start(self, seqs, attn, P: int, frozen: FrozenStates | None = None, chunk: int | None = None) -> OnDevice:
+        return OnDevice(self.model.logprobs(seqs, attn, P, self.temperature, chunk or self.chunk), seqs.device)
+
+    def logprobs(self, seqs, attn, P: int, chunk: int | None = None, frozen: FrozenStates | None = None) -> torch.Tensor:
+        return self.start(seqs, attn, P, chunk=chunk).result()
+
+
+# ---- Scorer: (B,) scores after the penalty and the clip, and (B,) whether each episode counts
+
+
+class Scorer:
+    """`raw(prompts, rollout)` -> (B,) scores and (B,) keep flags; then a response that never ended gets
+    `missing_eos_penalty` (when set) and every score is clipped to [-clip, clip]."""
+
+    def __init__(self, raw: Callable, missing_eos_penalty: float | None, clip: float):
+        self.raw, self.missing_eos_penalty, self.clip = raw, missing_eos_penalty, clip
+
+    def __call__(self, prompts: list, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, keep = self.raw(prompts, rollout)
+        if self.missing_eos_penalty is not None:
+            scores = torch.where(rollout.finished, scores, torch.full_like(scores, self.missing_eos_penalty))
+        return scores.clamp(-self.clip, self.clip), keep
+
+
+class RewardModelScores:
+    """A reward model or ensemble's normalised scores of (prompt + response, EOS-ended), every episode kept;
+    `remote`: the model is in a Ray actor and its answer is waited for."""
+
+    def __init__(self, rm, tokenizer, precision: str, std_coef: float, remote: bool):
+        self.rm, self.eos, self.pad, self.precision, self.std_coef, self.remote = (
+            rm, tokenizer.eos_token_id, tokenizer.pad_token_id, precision, std_coef, remote)
+
+    def __call__(self, prompts: list, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = torch.ones(len(prompts), dtype=torch.bool, device=rollout.sequences.device)
+        with torch.no_grad(), autocast(self.precision):
+            scores = self.rm.scores(*rollout.sequences_for_reward(self.eos, self.pad), std_coef=self.std_coef)
+        return (scores.result().to(keep.device) if self.remote else scores), keep
+
+
+class TextScores:
+    """Scores of (prompt, completion) texts: a Python reward function's (`reward_function`) or a list of reward
+    sources' weighted sum (`reward`). A None drops that episode from the update."""
+
+    def __init__(self, reward_fn=None, sources: list | None = None):
+        self.reward_fn, self.sources = reward_fn, sources
+
+    def __call__(self, prompts: list, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        metadata = [{} for _ in prompts]
+        values = (score_samples(self.sources, prompts, rollout.texts, metadata)[0] if self.sources is not None else
+                  call_reward_function(self.reward_fn, [prompt_text(p) for p in prompts], rollout.texts, metadata))
+        on = rollout.sequences.device
+        return torch.tensor([0.0 if v is None else v for v in values], device=on), torch.tensor([v is not None for v in values], device=on)
+
+
+# ---- Value: V(s_t) at every response position; `head` joins the policy's pass, `model` runs a pass of its own
+
+
+class RewardModelValue(torch.nn.Module):
+    """Value function from a copy of the reward model: its head applied at every response position,
+    on the reward model's normalised scale (the scale of the scores it will predict)."""
+
+    def __init__(self, reward_model, normalization: RewardNormalization):
+        super().__init__()
+        self.model, self.gain, self.bias = reward_model, normalization.gain, normalization.bias
+
+    def forward(self, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
+        hidden = trunk_of(self.model)(input_ids=sequences, attention_mask=attention_mask, use_cache=False,
+                                      position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        raw = unwrap(self.model).score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, R)
+        return raw * self.gain + self.bias
+
+
+def reward_adapter_value(member, lora: LoraSettings) -> RewardModelValue:
+    """A value model that starts as the reward model at the memory cost of an adapter: the
+    reward model's own (frozen, shared) tensors under a new LoRA adapter, and a trainable copy of its head."""
+    model = apply_lora(shallow_clone(member.model), lora, task_type="SEQ_CLS", modules_to_save=["score"])
+    return RewardModelValue(model, member.normalization)
+
+
+class PolicyHeadValue:
+    """A zero-initialised Linear on the policy's last hidden state: its values come out of the policy's own pass
+    (and out of the sampling pass, with reuse_sampling_pass). Saved as value_head.safetensors."""
+
+    model = None
+
+    def __init__(self, hidden_size: int):
+        self.head = torch.nn.Linear(hidden_size, 1).to(device())
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        self.modules = {"value_head": self.head}
+
+    def values(self, seqs, attn, P: int, policy_out: dict) -> torch.Tensor:
+        return policy_out["values"]
+
+    def rollout_values(self, rollout: Rollout, chunk: int) -> torch.Tensor:
+        return rollout.values
+
+    def save(self, out: Path) -> None:
+        save_file({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, str(Path(out) / "value_head.safetensors"))
+
+
+class ModelValue:
+    """A value model with a trunk of its own (a RewardModelValue): the reward model's weights under a second
+    adapter, or a full trainable copy of the reward model."""
+
+    head = None
+
+    def __init__(self, model: RewardModelValue):
+        self.model = model
+        self.modules = {"value_model": model}
+
+    def values(self, seqs, attn, P: int, policy_out: dict) -> torch.Tensor:
+        return self.model(seqs, attn, P)
+
+    def rollout_values(self, rollout: Rollout, chunk: int) -> torch.Tensor:
+        seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
+        return in_chunks(lambda rows: {"values": self.model(seqs[rows], attn[rows], P)}, len(seqs), chunk)["values"]
+
+    def save(self, out: Path) -> None:
+        """Not saved: the value model is a by-product of training the policy."""
+
+
+# ---- PolicyPasses: log pi, V and entropy of the trainable models over one rollout
+
+
+class PolicyPasses:
+    """The trainable policy's and value's passes over rollouts. With `frozen_blocks` > 0 the policy's frozen lower
+    blocks run once per rollout (`over`) and every later pass starts above them; with `reuse_sampling_pass` the
+    sampler's own log-probs, values and entropies are log pi_old, V_old and the entropy (no second pass)."""
+
+    def __init__(self, policy, value, temperature: float, chunk: int, frozen_blocks: int, reuse_sampling_pass: bool):
+        self.policy, self.value, self.temperature, self.chunk = policy, value, temperature, chunk
+        self.frozen_blocks, self.reuse_sampling_pass = frozen_blocks, reuse_sampling_pass
+
+    def over(self, rollout: Rollout) -> RolloutPasses:
+        seqs, attn = rollout.sequences, rollout.attention_mask
+        frozen = record_frozen(self.policy, seqs, attn, self.frozen_blocks, self.chunk) if self.frozen_blocks else None
+        return RolloutPasses(self, rollout, frozen)
+
+
+class RolloutPasses:
+    """PolicyPasses over one rollout; `frozen` holds its recorded lower blocks (or None)."""
+
+    def __init__(self, parts: PolicyPasses, rollout: Rollout, frozen: FrozenStates | None):
+        self.parts, self.rollout, self.frozen = parts, rollout, frozen
+        self.seqs, self.attn, self.P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
+
+    def __call__(self, rows, with_entropy: bool = False) -> dict:
+        """`logp` (b, R), `values` (b, R) and `entropy` (b, R) or None, for the rollout's `rows`."""
+        parts, seqs, attn = self.parts, self.seqs[rows], self.attn[rows]
+        out = policy_forward(parts.policy, seqs, attn, self.P, parts.temperature, value_head=parts.value.head,
+                             with_entropy=with_entropy, frozen=None if self.frozen is None else self.frozen[rows])
+        out["values"] = parts.value.values(seqs, attn, self.P, out)
+        return out
+
+    def old(self) -> dict:
+        """log pi_old, V_old and the entropy of the whole rollout, before the update (call under no_grad); in
+        chunks: without gradients a chunk's logits weigh about what a micro-batch's kept activations do."""
+        rollout, parts = self.rollout, self.parts
+        if parts.reuse_sampling_pass and rollout.logprobs is not None:  # no second pass of the policy
+            return {"logp": rollout.logprobs, "values": parts.value.rollout_values(rollout, parts.chunk), "entropy": rollout.entropy}
+        return in_chunks(lambda rows: self(rows, with_entropy=True), len(self.seqs), parts.chunk)

@@ -1,0 +1,69 @@
+"""The parts an RL loop is written against (stages/rl_parts.py), each on its own: the scorer's penalty, clip and
+dropped episodes; the LoRA reference (the policy with its adapter off); the policy's passes over a rollout, with and
+without the sampling pass's own numbers and the recorded frozen blocks."""
+
+from types import SimpleNamespace
+
+import torch
+
+from tether.config import GenerationSettings, LoraSettings
+from tether.models.loading import apply_lora, freeze_lower_layers, load_causal_lm, load_tokenizer
+from tether.stages.rl_parts import LocalReference, PolicyHeadValue, PolicyPasses, PolicySampler, Scorer, TextScores
+
+PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves."] * 2
+
+
+def test_scorer_gives_an_unfinished_response_the_penalty_then_clips():
+    raw = lambda prompts, rollout: (torch.tensor([3.0, -0.5, 0.2]), torch.ones(3, dtype=torch.bool))  # noqa: E731
+    rollout = SimpleNamespace(finished=torch.tensor([True, False, True]))
+    scores, keep = Scorer(raw, missing_eos_penalty=-1.0, clip=2.0)(["a", "b", "c"], rollout)
+    # 3.0 finished -> clipped to 2.0; -0.5 unfinished -> the penalty -1.0; 0.2 finished and inside the clip -> 0.2
+    torch.testing.assert_close(scores, torch.tensor([2.0, -1.0, 0.2]))
+    assert keep.tolist() == [True, True, True]
+    scores, _ = Scorer(raw, missing_eos_penalty=None, clip=0.1)(["a", "b", "c"], rollout)
+    torch.testing.assert_close(scores, torch.tensor([0.1, -0.1, 0.1]))  # no penalty: every score only clipped
+
+
+def test_text_scores_drop_the_episodes_the_function_returns_none_for():
+    seen = {}
+
+    def fn(prompts, completions, metadata):
+        seen.update(prompts=prompts, completions=completions)
+        return [1.5, None]
+
+    rollout = SimpleNamespace(texts=["yes", "no"], sequences=torch.zeros(2, 3, dtype=torch.long))
+    scores, keep = TextScores(reward_fn=fn)(["p1", [{"role": "user", "content": "p2"}]], rollout)
+    assert seen == {"prompts": ["p1", "p2"], "completions": ["yes", "no"]}  # chat prompts as their text
+    assert scores.tolist() == [1.5, 0.0] and keep.tolist() == [True, False]
+
+
+def test_passes_reference_and_sampler_agree_on_a_fresh_lora_policy(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    policy = apply_lora(load_causal_lm(str(tiny_model_dir)), LoraSettings(enabled=True, r=4, alpha=8)).eval()
+    freeze_lower_layers(policy, 1)
+    value = PolicyHeadValue(policy.config.hidden_size)
+    generation = GenerationSettings(max_new_tokens=5)
+    sampler = PolicySampler(policy, tok, generation, "fp32", value_head=value.head, with_entropy=True)
+    rollout = sampler.sample(PROMPTS, seed=3)
+    assert sampler.importance_weights(rollout.logprobs, rollout, rollout.response_mask.float()) == (None, {})
+    seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
+    mask = rollout.response_mask.float()
+    with torch.no_grad():
+        fresh = PolicyPasses(policy, value, 1.0, chunk=3, frozen_blocks=0, reuse_sampling_pass=False).over(rollout)
+        recorded = PolicyPasses(policy, value, 1.0, chunk=3, frozen_blocks=1, reuse_sampling_pass=False).over(rollout)
+        reused = PolicyPasses(policy, value, 1.0, chunk=3, frozen_blocks=0, reuse_sampling_pass=True).over(rollout)
+        full, replayed, sampled = fresh.old(), recorded.old(), reused.old()
+        assert fresh.frozen is None and recorded.frozen is not None
+        # LoRA starts as the identity (B = 0): the reference (adapter off) is the policy itself, with or without the
+        # recorded lower blocks
+        ref = LocalReference(policy, None, 1.0, chunk=2)
+        torch.testing.assert_close(ref.logprobs(seqs, attn, P) * mask, full["logp"] * mask, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ref.start(seqs, attn, P, frozen=recorded.frozen).result() * mask, full["logp"] * mask, rtol=0, atol=1e-5)
+    torch.testing.assert_close(replayed["logp"] * mask, full["logp"] * mask, rtol=0, atol=1e-5)
+    assert sampled["logp"] is rollout.logprobs and sampled["entropy"] is rollout.entropy  # no second pass
+    torch.testing.assert_close(sampled["logp"] * mask, full["logp"] * mask, rtol=0, atol=1e-4)  # the sampling step's own numbers
+    assert not full["values"].any() and not sampled["values"].any()  # the value head starts at zero
+    rows = torch.tensor([2, 0])
+    one = fresh(rows, with_entropy=True)
+    torch.testing.assert_close(one["logp"], full["logp"][rows], rtol=0, atol=1e-5)
+    assert one["logp"].requires_grad  # the update's pass keeps its graph
