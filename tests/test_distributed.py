@@ -80,7 +80,8 @@ def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_
     assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(summary(tmp_path / "one")["eval_loss"], abs=1e-6)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r.get("train/loss") for r in two] == pytest.approx([r.get("train/loss") for r in one], abs=1e-6)  # reduced over both
-    # Adam is blind to a gradient off by a constant factor (the processes' gradients averaged, not summed): the norm is not
+    # Adam's steps hardly change with a gradient off by a constant factor (the processes' gradients averaged, not summed):
+    # the pre-clip norm shows it directly
     norms = [[r["train/grad_norm"] for r in rows if "train/grad_norm" in r] for rows in (one, two)]
     assert len(norms[0]) == 3 and norms[1] == pytest.approx(norms[0], rel=1e-4)
     assert [r.get("train/tokens") for r in two] == [r.get("train/tokens") for r in one]
