@@ -163,15 +163,12 @@ def policy_forward(model, sequences, attention_mask, prompt_len: int, temperatur
 
 def reference_logprobs(policy, reference, seqs: torch.Tensor, attn: torch.Tensor, P: int, temperature: float, chunk: int,
                        frozen: FrozenStates | None = None) -> torch.Tensor:
-    """(B, R) log pi_ref, `chunk` rows a pass: from the reference's Ray actor (placement=ray), the frozen copy (full
-    fine-tuning), or the policy itself with its adapter off (LoRA: `reference` is None; there `frozen`, the policy's
-    recorded lower blocks, which are the reference's too, spares their pass)."""
+    """(B, R) log pi_ref, `chunk` rows a pass: from the frozen copy (full fine-tuning), or the policy itself with its
+    adapter off (LoRA: `reference` is None; there `frozen`, the policy's recorded lower blocks, which are the
+    reference's too, spares their pass). A reference in a Ray actor is asked by stages/rl_parts.py's RayReference."""
     from tether.models.loading import adapter_off
-    from tether.placement import RemoteModel
     from tether.training import in_chunks
 
-    if isinstance(reference, RemoteModel):
-        return reference.logprobs(seqs, attn, P, temperature, chunk).result().to(seqs.device)
     with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
         return in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P, temperature,
                                                      frozen=frozen[rows] if frozen is not None and reference is None else None),

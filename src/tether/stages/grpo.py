@@ -49,9 +49,10 @@ from tether.models.loading import (apply_lora, autocast, count_parameters, enabl
 from tether.models.sharing import unique_parameter_bytes
 from tether.rewards.sources import load_reward_sources, score_samples
 from tether.placement import RayPlacement, RemoteModel, placed
-from tether.rollout.logprobs import policy_forward, reference_logprobs
+from tether.rollout.logprobs import policy_forward
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
+from tether.stages.rl_parts import LocalReference, PolicySampler, RayReference, VLLMEngineSampler
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, in_chunks, index_stream, load_checkpoint, make_optimizer,
                              release_freed_memory, resumed_history, start_stage)
@@ -86,7 +87,7 @@ def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sourc
 
 def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sources) -> dict:
     rewards, kls, golds, by_source = [], [], [], {s.name: [] for s in sources}
-    has_reference = reference is not None or cfg.lora.enabled
+    has_reference = reference is not None
     procs = processes()  # several processes: each samples every world-th batch, the means are over all
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
         if b % procs.world != procs.rank:
@@ -99,7 +100,7 @@ def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sour
             with autocast(cfg.precision):
                 logp = rollout.logprobs if rollout.logprobs is not None else \
                     policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
-                ref_logp = reference_logprobs(policy, reference, seqs, attn, P, cfg.generation.temperature, len(seqs))
+                ref_logp = reference.logprobs(seqs, attn, P, chunk=len(seqs))
             kls.extend(((logp - ref_logp) * rollout.response_mask).sum(-1).tolist())
         scores, parts = score_samples(sources, prompts, rollout.texts, [dict(r.meta) for r in batch])
         rewards.extend(s for s in scores if s is not None)
@@ -132,10 +133,11 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     policy = load_causal_lm(policy_path)
     # With LoRA the reference is the base weights with the adapter off (nothing loaded); with full
     # fine-tuning a frozen copy, and only when the KL is used (beta > 0).
-    reference = None
+    reference_model = None
     if not cfg.lora.enabled and cfg.beta > 0:
-        reference = placement.model("reference", policy_path, cfg.precision) if placement else load_frozen_lm(policy_path, cfg.offload_frozen)
-    reference_kind = "adapter_off" if cfg.lora.enabled else ("ray_actor" if isinstance(reference, RemoteModel) else "copy" if reference is not None else "none")
+        reference_model = placement.model("reference", policy_path, cfg.precision) if placement else load_frozen_lm(policy_path, cfg.offload_frozen)
+    reference_kind = ("adapter_off" if cfg.lora.enabled else
+                      "ray_actor" if isinstance(reference_model, RemoteModel) else "copy" if reference_model is not None else "none")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
     if cfg.activation_checkpointing:
@@ -143,7 +145,10 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
         shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
     trainable = {"policy": policy}
-    held = [m for m in (policy, reference) if m is not None and not isinstance(m, RemoteModel)]
+    # the reference the loop and the held-out check call (None: full fine-tuning without a KL term)
+    reference = (LocalReference(policy, reference_model, cfg.generation.temperature, cfg.micro_batch_size) if reference_kind in ("adapter_off", "copy")
+                 else RayReference(reference_model, cfg.generation.temperature, cfg.micro_batch_size) if reference_kind == "ray_actor" else None)
+    held = [m for m in (policy, reference_model) if m is not None and not isinstance(m, RemoteModel)]
     parameter_gb = unique_parameter_bytes(*held) / 1e9
     offloaded_gb = unique_parameter_bytes(*held, offloaded=True) / 1e9  # offload_frozen: the reference copy in CPU memory
     console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}"
@@ -183,7 +188,11 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     history = resumed_history(logger, out, start_step, procs.is_main)  # steps before a resume
     samples_path = out / "samples.jsonl"
 
-    sampler = training_sampler(cfg, policy_path, policy, procs.world)  # engine=vllm: vLLM samples, synced after every update
+    # engine=vllm: vLLM samples (holding the policy's current weights, a resumed run's too), synced after every update; else
+    # tether's sampler, inside the loop's own span that holds a sharded policy whole from sampling through scoring
+    engine = training_sampler(cfg, policy_path, policy, procs.world)
+    sampler = (VLLMEngineSampler(engine, tokenizer, cfg.vllm.is_cap) if engine is not None else
+               PolicySampler(policy, tokenizer, cfg.generation, cfg.precision, gather=False))
 
     done, stop_reason = start_step, None
     policy.eval()
@@ -197,10 +206,9 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         #    whose number differs between processes (each stops sampling when its own rows end, keeps its own samples)
         with gathered(policy):
             seed = (cfg.seed * 1000003 + step) * procs.world + procs.rank
-            rollout = (sampler.sample(tokenizer, batch_prompts, seed) if sampler is not None else  # engine=vllm
-                       sample_rollout(policy, tokenizer, batch_prompts, cfg.generation, seed=seed, precision=cfg.precision))
+            rollout = sampler.sample(batch_prompts, seed)
             # None when stop strings sent the work to `generate`, or from vLLM (whose log-probs only weigh the loss below)
-            sampled_logp = rollout.logprobs if sampler is None else None
+            sampled_logp = rollout.logprobs if sampler.exact else None
             t_gen = time.time() - t0
 
             # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)
@@ -215,7 +223,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
             lengths = rollout.response_mask.sum(-1).float()  # (B,)
             seqs, attn, P, mask = kept_batch(rollout, rows)
             mask = mask.float()  # (N, R)
-            vllm_logp = rollout.logprobs[rows, :mask.shape[1]].float() * mask if sampler is not None else None  # (N, R)
+            vllm_logp = rollout.logprobs[rows, :mask.shape[1]].float() * mask if not sampler.exact else None  # (N, R)
 
             # 3. log pi_old and log pi_ref of the kept samples (no grad)
             old_logp = torch.zeros_like(mask)
@@ -226,7 +234,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
                         old = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature, with_entropy=True), N, cfg.micro_batch_size)
                         old_logp, entropy = old["logp"], old["entropy"]
                     if use_reference:
-                        ref_logp = reference_logprobs(policy, reference, seqs, attn, P, temperature, cfg.micro_batch_size)
+                        ref_logp = reference.logprobs(seqs, attn, P)
                     if use_reference and not kl_in_loss and on_policy:  # RLOO's KL-shaped reward needs log pi_old now
                         old_logp = (sampled_logp[rows, :mask.shape[1]].float() * mask if sampled_logp is not None else  # as the sampler computed it
                                     in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"])
@@ -311,8 +319,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
             policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
             if step % TRIM_EVERY == 0:
                 release_freed_memory()
-            if sampler is not None:  # the next rollout samples the updated policy
-                sampler.sync(policy)
+            sampler.sync(policy)  # a vLLM engine gets the updated weights for the next rollout
             if use_reference and N > 0:
                 kl_per_response = (kl_k1(old_logp, ref_logp) * mask).sum(-1)  # (N,) nats per response, pi_old vs pi_ref
 

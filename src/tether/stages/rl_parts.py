@@ -20,6 +20,7 @@ these are built; a loop calls them the same way whatever was chosen, and gets th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,18 +47,20 @@ from tether.training import in_chunks
 
 
 class PolicySampler:
-    """tether's own sampler on the policy (gathered whole first when sharded). Its log-probs are the trainer's
-    own, so they may stand for log pi_old (`exact`); with `value_head` it also keeps the head's values, with
-    `with_entropy` each step's entropy."""
+    """tether's own sampler on the policy (gathered whole first when sharded, unless `gather` is False: the caller
+    holds it whole already). Its log-probs are the trainer's own, so they may stand for log pi_old (`exact`); with
+    `value_head` it also keeps the head's values, with `with_entropy` each step's entropy."""
 
     exact = True
 
-    def __init__(self, policy, tokenizer, generation, precision: str, value_head=None, with_entropy: bool = False):
+    def __init__(self, policy, tokenizer, generation, precision: str, value_head=None, with_entropy: bool = False,
+                 gather: bool = True):
         self.policy, self.tokenizer, self.generation, self.precision = policy, tokenizer, generation, precision
-        self.value_head, self.with_entropy = value_head, with_entropy
+        self.value_head, self.with_entropy, self.gather = value_head, with_entropy, gather
 
     def sample(self, prompts: list, seed: int) -> Rollout:
-        with gathered(self.policy):  # sharded (fsdp): whole for the rollout, whose length differs between processes
+        # sharded (fsdp): whole for the rollout, whose length differs between processes
+        with gathered(self.policy) if self.gather else contextlib.nullcontext():
             return sample_rollout(self.policy, self.tokenizer, prompts, self.generation, seed=seed, precision=self.precision,
                                   value_head=self.value_head, with_entropy=self.with_entropy)
 
