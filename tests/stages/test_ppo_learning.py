@@ -53,6 +53,8 @@ def test_reward_function_may_drop_samples(tiny_model_dir, tiny_data, tmp_path):
     ppo(tiny_model_dir, tiny_data, tmp_path / "all", "constant", *one)
     (half,), (every,) = rows(tmp_path / "half"), rows(tmp_path / "all")
     assert half["train/grad_norm"] > 0 and 0 < half["rollout/length"] < every["rollout/length"]
+    # the reward statistics are over the kept episodes, each scored 1.0 (a dropped one has no score, not a score of 0)
+    assert half["rollout/reward"] == 1.0 and half["rollout/reward_std"] == 0.0
 
 
 def test_reward_function_errors(tiny_model_dir, tiny_data, tmp_path):

@@ -154,19 +154,22 @@ def ppo_loss(new: dict, old_logp, old_values, ref_logp, advantages, returns, mas
     return loss, stats
 
 
-def rollout_metrics(rollout, scores, mask, entropy, mean_kl: float, kl_per_response, beta: float, kl_in_reward: bool, K: int) -> dict:
+def rollout_metrics(rollout, scores, keep, mask, entropy, mean_kl: float, kl_per_response, beta: float, kl_in_reward: bool, K: int) -> dict:
     """The rollout's `rollout/*` diagnostics (README), the means over every process's episodes where the loss uses them;
-    scores (B,), mask, entropy (B, R), kl_per_response (B,), K responses per prompt."""
+    scores, keep (B,) (the reward statistics are over the kept episodes: a dropped one has no score), mask, entropy (B, R),
+    kl_per_response (B,), K responses per prompt."""
     procs = processes()
+    kept = scores[keep]
+    n_kept = procs.sum(float(len(kept)))
     return {
-        "rollout/reward": procs.mean(scores.mean().item()), "rollout/reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+        "rollout/reward": procs.sum(kept.sum().item()) / max(n_kept, 1.0), "rollout/reward_std": kept.std().item() if len(kept) > 1 else 0.0,
         "rollout/kl": mean_kl, "rollout/beta": beta,
         "rollout/non_score_reward": (-beta * kl_per_response).mean().item() if kl_in_reward else 0.0,  # KL part of the reward
         "rollout/entropy": procs.mean(masked_mean(entropy, mask).item()), "rollout/length": procs.mean(mask.sum(-1).mean().item()),
         "rollout/finished": procs.mean(rollout.finished.float().mean().item()),
         "rollout/length_p95": torch.quantile(mask.sum(-1), 0.95).item(),
         "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
-        "rollout/reward_length_corr": length_correlation(scores.cpu().numpy(), mask.sum(-1).cpu().numpy()),
+        "rollout/reward_length_corr": length_correlation(kept.cpu().numpy(), mask.sum(-1)[keep].cpu().numpy()),
         **({"rollout/reward_std_within_prompt": procs.mean(scores.view(-1, K).std(1).mean().item())} if K > 1 else {}),
     }
 
@@ -446,7 +449,7 @@ def ppo_loop(cfg: PPOConfig, run: PPOSetup, out) -> tuple[int, str | None] | Non
         kl_ctl.update(mean_kl, per_step)
         stats = procs.reduce_stats(stats)
         metrics = {
-            **rollout_metrics(rollout, scores, mask, old["entropy"], mean_kl, kl_per_response, beta_used, kl_in_reward, K),
+            **rollout_metrics(rollout, scores, keep, mask, old["entropy"], mean_kl, kl_per_response, beta_used, kl_in_reward, K),
             "train/ratio_max": stats["ratio_peak"],
             "train/policy_loss": stats["policy_loss"], "train/value_loss": stats["value_loss"],
             "train/clipfrac": stats["clipfrac"], "train/approx_kl": stats["approx_kl"], "train/vf_clipfrac": stats["vf_clipfrac"],
