@@ -31,6 +31,14 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model" / "model.safetensors"))
 
 
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The final models of runs `a` and `b` are the same, bit for bit."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -92,9 +100,7 @@ def test_resume_false_discards_the_checkpoint_and_starts_again(interrupted, tiny
     again = sft(tiny_model_dir, data, run, "optim.lr=1e-3", "resume=false")
     assert steps(run) == steps(tmp_path / "fresh") == [1, 2, 3, 3]  # no step of the old run left in metrics.jsonl
     assert again["eval_loss_before"] == fresh["eval_loss_before"] is not None  # measured again: the run started at step 0
-    wa, wb = weights(tmp_path / "fresh"), weights(run)
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    assert_same_weights(tmp_path / "fresh", run)
 
 
 def test_an_unchanged_rerun_resumes_bit_for_bit_past_a_torn_metrics_line(interrupted, tiny_model_dir, tmp_path):
@@ -106,9 +112,7 @@ def test_an_unchanged_rerun_resumes_bit_for_bit_past_a_torn_metrics_line(interru
     resumed = sft(tiny_model_dir, data, run, "save_every=5", "activation_checkpointing=true")  # neither changes the numbers
     assert resumed["eval_loss"] == full["eval_loss"] and resumed["eval_loss_before"] is None  # resumed, not started again
     assert steps(run) == steps(root / "full")
-    wa, wb = weights(root / "full"), weights(run)
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    assert_same_weights(root / "full", run)
 
 
 def test_a_bad_line_before_the_last_is_an_error_naming_it(interrupted, tiny_model_dir, tmp_path):
