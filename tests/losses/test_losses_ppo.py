@@ -154,14 +154,17 @@ def test_value_loss_unclipped_cases():
 def test_value_loss_counts_no_unclipped_token_as_clipped():
     # v_old = -0.0705, v = 0.0592: |v - v_old| = 0.130 < eps = 0.2, so the clip leaves v alone and both errors are
     # (v - R)^2 with R = -0.814. In fp32 v_old + (v - v_old) rounds to a float next to v, whose error was larger:
-    # the metric counted this unclipped token as clipped. The loss is 0.5 * (v - R)^2 exactly, vf_clipfrac 0.
+    # the metric counted this unclipped token as clipped. vf_clipfrac is 0; the loss is what it was (0.5 * (v - R)^2 to
+    # one ulp), so training computes the same numbers as before the fix.
     v_old, v, r = -0.0704934149980545, 0.05917617306113243, -0.8141170740127563
     old = torch.tensor([[v_old]])
     vt = torch.tensor([[v]])
     assert (old + (vt - old)).item() != vt.item()  # the rounding the old formula hit
     loss, m = ppo_value_loss(vt, old, torch.tensor([[r]]), torch.ones(1, 1), clip_eps=0.2)
     assert m["vf_clipfrac"] == 0.0
-    assert loss.item() == (0.5 * (vt - torch.tensor([[r]])) ** 2).item()
+    rt = torch.tensor([[r]])
+    assert loss.item() == (0.5 * torch.maximum((vt - rt) ** 2, (old + (vt - old) - rt) ** 2)).item()  # the loss as it was
+    assert loss.item() == pytest.approx((0.5 * (vt - rt) ** 2).item(), rel=1e-6)
 
 
 def test_value_loss_all_padding():

@@ -174,15 +174,16 @@ def ppo_value_loss(
     values = _zero_outside(values, keep)
     old_values = _zero_outside(old_values.detach().to(values.dtype), keep)
     returns = _zero_outside(returns.detach().to(values.dtype), keep)
-    # V_t clamped into [V_old - eps, V_old + eps] directly, as TRL does: inside the range V_clip is V_t itself, bit for
-    # bit (old + clamp(v - old) can round away from v, and the metric then counted unclipped tokens as clipped)
-    v_clipped = torch.clamp(values, old_values - clip_eps, old_values + clip_eps)
+    v_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     err_unclipped = (values - returns) ** 2
     err_clipped = (v_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)
 
     with torch.no_grad():
-        clipped = (v_clipped != values) & (err_clipped > err_unclipped)
+        # a token counts as clipped only where the clip moved V_t: V_old + clamp(V_t - V_old) can round away from an
+        # unclipped V_t (by one ulp, leaving the loss and its gradient as they were), so compare V_t with its clamp directly
+        moved = torch.clamp(values, old_values - clip_eps, old_values + clip_eps) != values
+        clipped = moved & (err_clipped > err_unclipped)
         metrics = {
             "value_loss": loss.item(),
             "vf_clipfrac": masked_mean(clipped.to(loss.dtype), mask).item(),
