@@ -25,7 +25,7 @@ def main(argv: list[str]) -> dict:
     from tether.config import JudgeConfig, load_config
     from tether.data.readers import read_preferences
     from tether.eval.calibration import wilson_interval
-    from tether.feedback.judge import run_judge
+    from tether.stages.judge import run_judge
 
     cfg = load_config(JudgeConfig, None, ["data=shared:hh_rlhf_harmless/test.jsonl.gz", "limit=100", "skip_bad_rows=true",
                                           f"output_dir={OUT / 'judge_hh'}", *argv])

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = {  # every function a command hands its config to
     "tether.stages.sft": ["train_sft"], "tether.stages.collect": ["collect"], "tether.stages.reward": ["train_reward"],
     "tether.stages.ppo": ["train_ppo"], "tether.stages.grpo": ["train_grpo"], "tether.stages.dpo": ["run_dpo"],
-    "tether.stages.bon": ["best_of_n", "rejection_sampling"], "tether.eval.evaluate": ["evaluate"], "tether.eval.overopt": ["command"],
-    "tether.eval.report": ["write_html_report"], "tether.feedback.judge": ["run_judge"], "tether.feedback.constitution": ["run_revise"],
+    "tether.stages.bon": ["best_of_n", "rejection_sampling"], "tether.stages.evaluate": ["evaluate"], "tether.eval.overopt": ["command"],
+    "tether.eval.report": ["write_html_report"], "tether.stages.judge": ["run_judge"], "tether.stages.revise": ["run_revise"],
     "tether.pipeline": ["run_pipeline"], "tether.cli": ["_generate", "_reward_eval", "_reward_score"],
 }
 

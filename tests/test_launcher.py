@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tether.config import ConfigError, SFTConfig, load_config
-from tether.distributed import apply_launcher, launcher_precision, launcher_sharding, processes
+from tether.distributed import apply_launcher
+from tether.processes import launcher_precision, launcher_sharding, processes
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs" / "accelerate"
 

@@ -21,8 +21,36 @@ import click
 import typer
 from typer.core import TyperGroup
 
+import tether.eval.overopt
+import tether.eval.report
+import tether.pipeline
+import tether.stages.bon
+import tether.stages.collect
+import tether.stages.dpo
+import tether.stages.evaluate
+import tether.stages.grpo
+import tether.stages.judge
+import tether.stages.ppo
+import tether.stages.revise
+import tether.stages.reward
+import tether.stages.sft
 from tether import __version__
 from tether import config as C
+from tether.data.readers import DataError, read_demonstrations, read_preferences, read_prompts, write_jsonl
+from tether.distributed import apply_launcher
+from tether.eval.calibration import reliability_diagram
+from tether.feedback.agreement import stats, stats_tables
+from tether.feedback.export import export_preferences
+from tether.feedback.importing import import_rows, read_import
+from tether.feedback.panel import default_panel, run_panel
+from tether.feedback.store import StoreError, open_store
+from tether.models.loading import ModelError, resolve_model
+from tether.models.reward_model import load_reward_model
+from tether.rewards.functions import RewardFunctionError
+from tether.rollout.sampling import load_sampler, sample_responses
+from tether.stages.reward import CachedScorer, pair_metrics
+from tether.tracking import console
+from tether.training import keeping_record
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 """The configs shipped inside the package (the repository's configs/ links here)."""
@@ -67,11 +95,6 @@ ProcessesOpt = typer.Option(1, "--num-processes", min=1, help="Data-parallel pro
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from tether.data.readers import DataError
-    from tether.feedback.store import StoreError
-    from tether.models.loading import ModelError
-    from tether.rewards.functions import RewardFunctionError
-
     return (C.ConfigError, DataError, ModelError, RewardFunctionError, StoreError)
 
 
@@ -80,8 +103,6 @@ PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 
 
 def _say(markup: str) -> None:
-    from tether.tracking import console
-
     console.print(markup, soft_wrap=True, highlight=False)
 
 
@@ -111,8 +132,6 @@ def _run(fn: Callable, *args, resumable: bool = False):
 def _stage(fn: Callable, cfg, resumable: bool = False):
     """`_run` for a command that writes into `cfg.output_dir`: if it fails before writing anything there but its record
     (a mistyped model, an empty data file, Ctrl-C while loading), the folder is left as it was (training.keeping_record)."""
-    from tether.training import keeping_record
-
     def go():
         with keeping_record(cfg.output_dir):
             return fn(cfg)
@@ -173,8 +192,6 @@ def _train(fn: Callable, cfg, num_processes: int) -> None:
                 args.append(a)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}", "-m", "tether", *args]
         raise typer.Exit(_run(subprocess.run, cmd, resumable=True).returncode)
-    from tether.distributed import apply_launcher
-
     _run(apply_launcher, cfg)  # `accelerate launch`: its ZeRO stage (run by tether with FSDP2) and its mixed precision
     _print_summary(_stage(fn, cfg, resumable=True))
 
@@ -183,27 +200,21 @@ def _train(fn: Callable, cfg, num_processes: int) -> None:
 def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("optim.lr=1e-4 max_steps=100 lora.enabled=true"),
         num_processes: int = ProcessesOpt):
     """Supervised fine-tuning on (prompt, response) demonstrations."""
-    from tether.stages.sft import train_sft
-
-    _train(train_sft, _load(C.SFTConfig, config, overrides), num_processes)
+    _train(tether.stages.sft.train_sft, _load(C.SFTConfig, config, overrides), num_processes)
 
 
 @app.command()
 def collect(config: Optional[Path] = ConfigOpt,
             overrides: Optional[List[str]] = overrides_arg("responses_per_prompt=4 limit=100 generation.max_new_tokens=32")):
     """Sample K responses per prompt and label the pairs (simulated annotator)."""
-    from tether.stages.collect import collect as run_collect
-
-    _print_summary(_stage(run_collect, _load(C.CollectConfig, config, overrides)))
+    _print_summary(_stage(tether.stages.collect.collect, _load(C.CollectConfig, config, overrides)))
 
 
 @reward_app.command("train")
 def reward_train(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("optim.lr=5e-5 freeze_layers=10 epochs=2"),
                  num_processes: int = ProcessesOpt):
     """Train a reward model with the Bradley-Terry loss."""
-    from tether.stages.reward import train_reward
-
-    _train(train_reward, _load(C.RewardConfig, config, overrides), num_processes)
+    _train(tether.stages.reward.train_reward, _load(C.RewardConfig, config, overrides), num_processes)
 
 
 def _reward_reading(cls, config: Optional[Path], overrides: Optional[List[str]], options: dict):
@@ -223,11 +234,6 @@ def _reward_reading(cls, config: Optional[Path], overrides: Optional[List[str]],
 
 def _reward_eval(cfg: C.RewardEvalConfig) -> dict:
     """`tether reward eval`'s work: the metrics (and the plot, the JSON file)."""
-    from tether.data.readers import read_preferences
-    from tether.eval.calibration import reliability_diagram
-    from tether.models.reward_model import load_reward_model
-    from tether.stages.reward import CachedScorer, pair_metrics
-
     rm = load_reward_model(cfg.model)
     pairs = read_preferences(C.resolve_path(cfg.data), limit=cfg.limit)
     scorers = CachedScorer.for_members(rm, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
@@ -271,10 +277,6 @@ def _reward_score(cfg: C.RewardScoreConfig) -> dict:
     """`tether reward score`'s work: score every row, write them with the score column."""
     import torch
 
-    from tether.data.readers import read_demonstrations, write_jsonl
-    from tether.models.reward_model import load_reward_model
-    from tether.stages.reward import CachedScorer
-
     rm = load_reward_model(cfg.model)
     rows = read_demonstrations(C.resolve_path(cfg.data))
     prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
@@ -314,27 +316,21 @@ def reward_score(
 def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("steps=50 kl.target=6 generation.max_new_tokens=32"),
         num_processes: int = ProcessesOpt):
     """PPO against a reward model under a KL penalty to the reference."""
-    from tether.stages.ppo import train_ppo
-
-    _train(train_ppo, _load(C.PPOConfig, config, overrides), num_processes)
+    _train(tether.stages.ppo.train_ppo, _load(C.PPOConfig, config, overrides), num_processes)
 
 
 @app.command()
 def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: function, path: my_rewards.py:score}]' advantage=rloo group_size=8"),
          num_processes: int = ProcessesOpt):
     """GRPO, RLOO or REINFORCE with a baseline (advantage=grpo|rloo|reinforce): G samples per prompt, no value model."""
-    from tether.stages.grpo import train_grpo
-
-    _train(train_grpo, _load(C.GRPOConfig, config, overrides), num_processes)
+    _train(tether.stages.grpo.train_grpo, _load(C.GRPOConfig, config, overrides), num_processes)
 
 
 @app.command()
 def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("loss=ipo beta=0.1 optim.lr=5e-7"),
         num_processes: int = ProcessesOpt):
     """Direct preference optimisation on preference pairs (DPO, IPO, hinge, conservative); online rounds with online=true."""
-    from tether.stages.dpo import run_dpo
-
-    _train(run_dpo, _load(C.DPOConfig, config, overrides), num_processes)
+    _train(tether.stages.dpo.run_dpo, _load(C.DPOConfig, config, overrides), num_processes)
 
 
 @app.command("eval")
@@ -346,9 +342,7 @@ def evaluate(config: Optional[Path] = ConfigOpt,
     held-out checks; `tether eval frontier RUN_DIR... [out=PNG] [metric=gold|proxy]` plots reward against KL for several runs
     (each has its own `--help`).
     """
-    from tether.eval.evaluate import evaluate as run_eval
-
-    summary = _stage(run_eval, _load(C.EvalConfig, config, overrides))
+    summary = _stage(tether.stages.evaluate.evaluate, _load(C.EvalConfig, config, overrides))
     if summary is None:  # judge=people: the pairs are queued; the message said how to label them
         raise typer.Exit(1)
     _print_summary(summary)
@@ -364,9 +358,7 @@ def eval_overopt(run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A P
 
     Example: `tether eval overopt runs/demo form=rl out=overopt.png`
     """
-    from tether.eval.overopt import command
-
-    _print_summary(_run(command, ["overopt", run_dir, *(options or [])]))
+    _print_summary(_run(tether.eval.overopt.command, ["overopt", run_dir, *(options or [])]))
 
 
 @EVAL_TOOLS.command("frontier")
@@ -378,25 +370,17 @@ def eval_frontier(args: List[str] = typer.Argument(..., metavar="RUN_DIR... KEY=
 
     Example: `tether eval frontier runs/ppo_beta0.05 runs/ppo_beta0.1 metric=gold out=frontier.png`
     """
-    from tether.eval.overopt import command
-
-    _print_summary(_run(command, ["frontier", *args]))
+    _print_summary(_run(tether.eval.overopt.command, ["frontier", *args]))
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A `tether run` directory.")):
     """Rebuild RUN_DIR/report.html (self-contained: plots inline, no external resources) from the run's files."""
-    from tether.eval.report import write_html_report
-
-    print(_run(write_html_report, run_dir))
+    print(_run(tether.eval.report.write_html_report, run_dir))
 
 
 def _generate(cfg: C.GenerateConfig) -> None:
     """`tether generate`'s work: sample, write the JSONL file, print each row."""
-    from tether.data.readers import read_prompts, write_jsonl
-    from tether.models.loading import resolve_model
-    from tether.rollout.generate import load_sampler, sample_responses
-
     path = resolve_model(cfg.model)
     tokenizer, model = load_sampler(path, cfg)
     records = read_prompts(C.resolve_path(cfg.prompts), limit=cfg.limit)
@@ -416,33 +400,25 @@ def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] 
 @app.command()
 def judge(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=100 min_strength=0.2")):
     """Label candidate pairs with an LLM judge (RLAIF): the letter's next-token probability, both orders averaged."""
-    from tether.feedback.judge import run_judge
-
-    _print_summary(_stage(run_judge, _load(C.JudgeConfig, config, overrides)))
+    _print_summary(_stage(tether.stages.judge.run_judge, _load(C.JudgeConfig, config, overrides)))
 
 
 @app.command()
 def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=20 rounds=2")):
     """Constitutional AI: answer, critique by a sampled principle, revise; (original, revision) become (rejected, chosen)."""
-    from tether.feedback.constitution import run_revise
-
-    _print_summary(_stage(run_revise, _load(C.ReviseConfig, config, overrides)))
+    _print_summary(_stage(tether.stages.revise.run_revise, _load(C.ReviseConfig, config, overrides)))
 
 
 @app.command()
 def bon(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=8 limit=50")):
     """Best-of-N: sample N responses per prompt, keep the reward source's best; reports the gain and the KL bound."""
-    from tether.stages.bon import best_of_n
-
-    _print_summary(_stage(best_of_n, _load(C.BoNConfig, config, overrides)))
+    _print_summary(_stage(tether.stages.bon.best_of_n, _load(C.BoNConfig, config, overrides)))
 
 
 @app.command()
 def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=4 rounds=2")):
     """Rejection-sampling fine-tuning (Llama 2): in rounds, keep the best of N per prompt and SFT the policy on it."""
-    from tether.stages.bon import rejection_sampling
-
-    _print_summary(_stage(rejection_sampling, _load(C.RSConfig, config, overrides), resumable=True))
+    _print_summary(_stage(tether.stages.bon.rejection_sampling, _load(C.RSConfig, config, overrides), resumable=True))
 
 
 # --------------------------------------------------------------------------- tether label: the preference store
@@ -456,8 +432,6 @@ ExistingDbOpt = typer.Option(..., "--db", help="Preference store: an existing SQ
 def _store(db: str, create: bool = True):
     """The store at `db`; `create=False` for the commands that only read or label what is there: a mistyped path is then an
     error ("no preference store at ..."), not a new empty store."""
-    from tether.feedback.store import open_store
-
     return open_store(db, create=create)
 
 
@@ -484,8 +458,6 @@ def label_import(file: str = typer.Argument(..., help="Pairs (prompt, chosen, re
     """Load candidate pairs, or samples (every two answers to a prompt become a pair), as comparison tasks."""
 
     def go():
-        from tether.feedback.importing import import_rows, read_import
-
         source = C.resolve_path(file)
         kind, rows = read_import(source, golden)  # a missing, empty or malformed file stops the command before any store is created
         with _store(db) as store:
@@ -514,8 +486,6 @@ def label_export(db: str = ExistingDbOpt, out: Path = typer.Option(..., "--out",
     """Write the judgements as preference pairs (left/right order undone, skips left out)."""
 
     def go():
-        from tether.feedback.export import export_preferences
-
         with _store(db, create=False) as store:
             return export_preferences(store, out, aggregate, ties, include_golden)
 
@@ -528,8 +498,6 @@ def label_stats(db: str = ExistingDbOpt, as_json: bool = typer.Option(False, "--
     """Agreement (per pair, Cohen's kappa, Krippendorff's alpha), throughput, position bias and golden-set accuracy."""
 
     def go():
-        from tether.feedback.agreement import stats
-
         with _store(db, create=False) as store:
             return stats(store, golden_threshold)
 
@@ -538,8 +506,6 @@ def label_stats(db: str = ExistingDbOpt, as_json: bool = typer.Option(False, "--
         print(json.dumps(out, indent=2))
     else:
         from rich.console import Console
-
-        from tether.feedback.agreement import stats_tables
 
         Console().print(*stats_tables(out))
 
@@ -553,8 +519,6 @@ def label_simulate(db: str = ExistingDbOpt,
     """Label the store's tasks with a panel of simulated annotators (kind 'simulated'), as people would."""
 
     def go():
-        from tether.feedback.panel import default_panel, run_panel
-
         with _store(db, create=False) as store:
             return run_panel(store, default_panel(agreement, gold_spread, seed), limit)
 
@@ -570,8 +534,7 @@ def label_serve(db: str = ExistingDbOpt,
     """The annotation web app: annotators sign in with their token and compare pairs in a browser."""
     import uvicorn
 
-    from tether.feedback.store import open_store
-    from tether.feedback.webapp import create_app, uvicorn_log_config
+    from tether.feedback.webapp import create_app, uvicorn_log_config  # keep-local: the web stack loads only to serve
 
     store = _run(lambda: open_store(db, golden_rate=golden_rate, create=False))  # add annotators first: a new store has none
     typer.echo(f"tether label: http://{host}:{port}/login (annotators sign in with their token; admins also see /admin/stats)", err=True)
@@ -598,12 +561,10 @@ def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML, or 
     Example: `tether run --config configs/demo.yaml model=/path/to/model output_dir=runs/mine`
     (an interrupted run resumes when the same command is run again).
     """
-    from tether.pipeline import run_pipeline
-
     if config is not None and "=" in str(config):  # `tether run key=value` with --config
         overrides, config = [str(config)] + list(overrides or []), None
     cfg = _load(C.RunConfig, config or config_opt, overrides)
-    result = _stage(run_pipeline, cfg, resumable=True)
+    result = _stage(tether.pipeline.run_pipeline, cfg, resumable=True)
     if result is None:
         raise typer.Exit(1)
     report = Path(cfg.output_dir) / "report.md"
@@ -618,10 +579,8 @@ def demo(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run
 
     Example: `tether demo ppo.steps=10 output_dir=runs/demo2`
     """
-    from tether.pipeline import run_pipeline
-
     cfg = _load(C.RunConfig, config or default_demo_config(), overrides)
-    result = _stage(run_pipeline, cfg, resumable=True)
+    result = _stage(tether.pipeline.run_pipeline, cfg, resumable=True)
     if result is None:
         raise typer.Exit(1)
     report = Path(cfg.output_dir) / "report.md"

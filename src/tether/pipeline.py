@@ -34,6 +34,17 @@ from tether.config import CollectConfig, ConfigError, JudgeConfig, RunConfig, sa
 from tether.fingerprint import recorded_changes
 from tether.tracking import console, read_summary, write_summary
 from tether.training import CHECKPOINT_DIR, make_output_dir
+from tether.data.readers import read_demonstrations, write_jsonl
+from tether.data.records import PreferencePair, prompt_text
+from tether.feedback.export import majority
+from tether.feedback.store import open_store
+from tether.stages.evaluate import evaluate
+from tether.stages.collect import collect
+from tether.stages.ppo import train_ppo
+from tether.stages.reward import train_reward
+from tether.stages.sft import train_sft
+from tether.eval.report import write_html_report
+from tether.stages.judge import run_judge
 
 STAGES = ("sft", "collect", "reward", "ppo", "eval")
 
@@ -161,11 +172,6 @@ def label_from_people(cfg: RunConfig, k: int) -> dict | None:
     (human or simulated annotators; an AI judge's votes are left out); their majority is the
     label and ties are left out. Writes `label/preferences.jsonl` and `label/summary.json`.
     """
-    from tether.data.readers import read_demonstrations, write_jsonl
-    from tether.data.records import PreferencePair, prompt_text
-    from tether.feedback.export import majority
-    from tether.feedback.store import open_store
-
     it, here = cfg.iterate, round_dir(Path(cfg.output_dir), k)
     answers: dict[str, set[str]] = {}
     for d in read_demonstrations(str(here / "collect" / "samples.jsonl")):
@@ -214,15 +220,6 @@ def merge_preferences(cfg: RunConfig, k: int) -> int:
 
 
 def run_pipeline(cfg: RunConfig) -> dict | None:
-    from tether.eval.evaluate import evaluate
-    from tether.stages.collect import collect
-    from tether.stages.ppo import train_ppo
-    from tether.stages.reward import train_reward
-    from tether.stages.sft import train_sft
-
-    from tether.eval.report import write_html_report
-    from tether.feedback.judge import run_judge
-
     check_wiring(cfg)
     run = make_output_dir(cfg.output_dir)  # a file or a read-only folder is refused before any model loads
     save_config(cfg, run / "config.yaml")

@@ -26,6 +26,12 @@ import os
 from dataclasses import dataclass
 
 import torch
+from tether.models.loading import load_frozen_lm, autocast, device
+from tether.models.reward_model import load_reward_model
+from tether.rewards.sources import load_source, RewardSource, source_names
+from tether.rollout.logprobs import policy_forward, in_chunks
+from tether.config import ConfigError
+from tether.processes import processes
 
 
 @dataclass
@@ -46,13 +52,8 @@ class FrozenModelWorker:
     def __init__(self, kind: str, path, precision: str, threads: int):
         os.environ["WORLD_SIZE"] = "1"  # one process inside the actor, whatever launched the driver
         torch.set_num_threads(max(1, threads))
-        from tether.models.loading import load_frozen_lm
-        from tether.models.reward_model import load_reward_model
-
         self.kind, self.precision = kind, precision
         if kind == "source":  # `path` is a reward source's settings
-            from tether.rewards.sources import load_source
-
             self.model = load_source(path, precision)
         else:
             self.model = load_reward_model(path) if kind == "reward" else load_frozen_lm(path)
@@ -67,18 +68,12 @@ class FrozenModelWorker:
     @torch.no_grad()
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, std_coef: float) -> torch.Tensor:
         """(B,) normalised reward-model scores (prompt + response, EOS-ended)."""
-        from tether.models.loading import autocast, device
-
         with autocast(self.precision):
             return self.model.scores(input_ids.to(device()), attention_mask.to(device()), std_coef=std_coef).float().cpu()
 
     @torch.no_grad()
     def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float, chunk: int) -> torch.Tensor:
         """(B, R) log pi_ref of each response token, `chunk` rows a pass (as the local reference would run)."""
-        from tether.models.loading import autocast, device
-        from tether.rollout.logprobs import policy_forward
-        from tether.training import in_chunks
-
         seqs, attn = sequences.to(device()), attention_mask.to(device())
         with autocast(self.precision):
             out = in_chunks(lambda rows: policy_forward(self.model, seqs[rows], attn[rows], prompt_len, temperature), len(seqs), chunk)
@@ -120,8 +115,6 @@ class RayPlacement:
         try:
             import ray  # noqa: F401  (checked here, so a missing Ray fails before any model loads)
         except ImportError:
-            from tether.config import ConfigError
-
             raise ConfigError('placement=ray needs Ray, which is not installed: pip install "tether[ray]"') from None
         self.address, self.gpus, self.cpus, self.models, self.started = address, gpus, cpus, [], False
 
@@ -137,8 +130,6 @@ class RayPlacement:
 
     def reward_sources(self, settings: list, precision: str) -> list:
         """`load_reward_sources`, with each source that holds a model (model, judge) in its own actor."""
-        from tether.rewards.sources import RewardSource, load_source, source_names
-
         return [RewardSource(name, s.weight, self.model("source", s, precision).score_texts if s.type in ("model", "judge")
                              else load_source(s, precision)) for name, s in zip(source_names(settings), settings)]
 
@@ -158,11 +149,7 @@ def placed(cfg):
     if cfg.placement != "ray":
         yield None
         return
-    from tether.distributed import processes
-
     if processes().world > 1:
-        from tether.config import ConfigError
-
         raise ConfigError("placement=ray runs the stage in one process, with the frozen models in Ray actors: drop --num-processes")
     placement = RayPlacement(cfg.ray.address, cfg.ray.gpus_per_model, cfg.ray.cpus_per_model)
     try:

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tether.config import ConfigError
 from tether.data.readers import DataError
+from tether.processes import processes
 
 console = Console(stderr=True)
 
@@ -128,8 +129,6 @@ class MetricsLogger:
 
     def __init__(self, output_dir: str | os.PathLike, total: int, description: str, headline: list[str], start_step: int = 0,
                  tracker: str = "none"):
-        from tether.distributed import processes
-
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.headline, self.t0 = headline, time.time()
@@ -189,8 +188,6 @@ def peak_rss_gb() -> float:
 
 def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
     """Write `summary.json` last: its presence marks the stage as complete (the main process writes it)."""
-    from tether.distributed import processes
-
     path = Path(output_dir) / "summary.json"
     if not processes().is_main:
         return path

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tether.config import ConfigError, OptimSettings
-from tether.distributed import full_tensor, grad_norm, is_sharded, like_param, processes
+from tether.config import ConfigError, OptimSettings, save_config
+from tether.distributed import grad_norm, like_param
+from tether.processes import full_tensor, is_sharded, processes
 from tether.fingerprint import FINGERPRINT_FILE, changes, default_settings, fingerprint, read_fingerprint, write_fingerprint
 from tether.tracking import console, read_appended
+from tether.eval.overopt import fit_overopt
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -108,8 +110,6 @@ def start_stage(cfg, rounds: str | None = None) -> Path:
     rounds, the round folders matching the pattern `rounds`) against this run's fingerprint (`check_checkpoint`,
     `check_rounds`); write config.yaml and fingerprint.json (and remove an earlier run's summary.json, which no longer
     describes the folder); seed."""
-    from tether.config import save_config
-
     out = make_output_dir(cfg.output_dir)
     current = fingerprint(cfg)
     check_checkpoint(out, current, getattr(cfg, "resume", True), default_settings(type(cfg)))
@@ -343,13 +343,6 @@ def load_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module])
                 params[k].copy_(like_param(v, params[k]))  # this process's shard of it, under FSDP
 
 
-def in_chunks(fn, n: int, size: int) -> dict:
-    """`fn(rows)` -> dict of tensors with `rows` first, run on consecutive slices of `size` rows
-    and concatenated: the values of one call over all n rows, with 1/k of the peak memory."""
-    parts = [fn(slice(i, i + size)) for i in range(0, n, size)]
-    return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
-
-
 BEST_DIR = "best"
 
 
@@ -452,8 +445,6 @@ def set_rng_state(rng: dict) -> None:
 def gold_peak_kl(checks: list[list[float]]) -> float | None:
     """The KL (nats) where Gao et al.'s RL curve fitted to the held-out (KL, gold) checks peaks; None before 4 checks
     or when the fit bends upwards (no peak yet)."""
-    from tether.eval.overopt import fit_overopt
-
     if len(checks) < 4:
         return None
     fit = fit_overopt([kl for kl, _ in checks], [gold for _, gold in checks], "rl")

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from tether.cli import app
 from tether.config import EvalConfig, load_config
-from tether.eval.evaluate import evaluate
+from tether.stages.evaluate import evaluate
 from tether.eval.metrics import outcome_win_rate
 from tether.feedback.store import open_store
 

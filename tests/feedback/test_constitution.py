@@ -65,7 +65,7 @@ def test_rubric_falls_back_to_the_critique_request(tmp_path):
 
 def test_critique_and_revise_builds_the_conversation_of_bai_et_al(monkeypatch, tmp_path):
     """Answer, then critique with the principle's critique request, then revise with its revision request, in one chat."""
-    import tether.rollout.generate as gen
+    import tether.feedback.constitution as gen
 
     seen = []
 

@@ -5,7 +5,8 @@ import torch
 
 from tether.config import LoraSettings
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.reward_model import RewardModel, RewardNormalization, init_reward_model, raw_rewards, trunk_of
+from tether.models.reward_model import RewardModel, RewardNormalization, init_reward_model, raw_rewards
+from tether.models.loading import trunk_of
 from tether.models.sharing import share_equal_weights, shallow_clone, unique_parameter_bytes
 from tether.stages.rl_parts import RewardModelValue, reward_adapter_value
 

@@ -9,7 +9,7 @@ from tether.config import RewardSourceSettings
 from tether.models.loading import load_tokenizer, save_model
 from tether.models.reward_model import RewardNormalization, init_reward_model, save_ensemble_manifest, save_normalization
 from tether.rewards.sources import load_reward_sources, score_samples
-from tether.stages.reward import score_texts
+from tether.models.reward_model import score_texts
 
 FNS = Path(__file__).resolve().parents[1] / "stages" / "reward_fns.py"
 PROMPTS = ["Name two primary colors.", "Name two primary colors.", "Why is the sky blue?", "Why is the sky blue?"]

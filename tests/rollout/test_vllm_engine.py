@@ -160,11 +160,11 @@ def test_sampling_stages_use_one_engine_and_swap_in_each_rounds_policy(tiny_mode
     # collect, then rejection sampling (2 rounds): one engine for the process; a new policy's weights are synced
     # into it (round 1's and round 2's SFT models, for their fresh samples), the same policy's are not pushed again
     from tether.config import CollectConfig, RSConfig
-    from tether.rollout import generate as generate_module
+    from tether.rollout import sampling as sampling_module
     from tether.stages.bon import rejection_sampling
     from tether.stages.collect import collect
 
-    monkeypatch.setattr(generate_module, "_ENGINES", {})
+    monkeypatch.setattr(sampling_module, "_ENGINES", {})
     gen = ["generation.max_new_tokens=6", "precision=fp32", "engine=vllm"]
     summary = collect(load_config(CollectConfig, None, [f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
                                                         f"output_dir={tmp_path / 'collect'}", "responses_per_prompt=2", "limit=4", *gen]))
@@ -184,11 +184,11 @@ def test_eval_samples_baseline_and_policy_with_one_engine(tiny_model_dir, tiny_d
     # tether eval engine=vllm: the engine samples the baseline, then takes the policy's weights and samples it; KL and
     # scores come from the models themselves, so the baseline (its own reference) has KL 0 and the policy does not
     from tether.config import EvalConfig
-    from tether.eval.evaluate import evaluate
+    from tether.stages.evaluate import evaluate
     from tether.models.loading import save_model
-    from tether.rollout import generate as generate_module
+    from tether.rollout import sampling as sampling_module
 
-    monkeypatch.setattr(generate_module, "_ENGINES", {})
+    monkeypatch.setattr(sampling_module, "_ENGINES", {})
     policy = load_causal_lm(str(tiny_model_dir))
     torch.manual_seed(1)
     with torch.no_grad():

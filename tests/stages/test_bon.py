@@ -121,7 +121,7 @@ def tiny_ensemble(tiny_model_dir, tmp_path_factory):
 
 def test_bon_with_an_ensemble_scores_mean_minus_k_std(tiny_model_dir, tiny_data, tiny_ensemble, tmp_path):
     from tether.models.reward_model import load_reward_model
-    from tether.stages.reward import score_texts
+    from tether.models.reward_model import score_texts
 
     bon(tiny_model_dir, tiny_data, tmp_path / "b", f"reward=[{{type: model, path: '{tiny_ensemble}', std_coef: 1.5, max_response_tokens: 32}}]", "n=4", "limit=4")
     rm = load_reward_model(str(tiny_ensemble))

@@ -76,7 +76,7 @@ def test_packed_rewards_equal_separate_rows_in_input_order(tiny_model_dir):
 
     from tether.models.loading import load_tokenizer
     from tether.models.reward_model import init_reward_model
-    from tether.stages.reward import batch_rewards, can_pack, score_texts
+    from tether.models.reward_model import batch_rewards, can_pack, score_texts
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = init_reward_model(str(tiny_model_dir), tokenizer.pad_token_id, seed=0)
@@ -98,7 +98,7 @@ def test_packed_training_gradients_match_separate_rows(tiny_model_dir):
 
     from tether.models.loading import load_tokenizer
     from tether.models.reward_model import init_reward_model
-    from tether.stages.reward import batch_rewards
+    from tether.models.reward_model import batch_rewards
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     grads = []

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tether.config import load_config, CollectConfig, EvalConfig, PPOConfig, RewardConfig, SFTConfig
-from tether.eval.evaluate import evaluate
+from tether.stages.evaluate import evaluate
 from tether.stages.collect import collect
 from tether.stages.ppo import train_ppo
 from tether.stages.reward import train_reward
@@ -135,7 +135,7 @@ def test_reward_model_is_a_normal_hf_directory(chain):
 def test_reward_normalisation_gives_mean_zero_on_policy_samples(chain):
     from tether.data.readers import read_demonstrations
     from tether.models.reward_model import RewardModel
-    from tether.stages.reward import score_texts
+    from tether.models.reward_model import score_texts
 
     root = chain[0]
     rm = RewardModel.load(str(root / "reward" / "model"))

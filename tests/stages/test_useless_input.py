@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tether.cli import app
 from tether.config import ConfigError, DPOConfig, EvalConfig, CollectConfig, RewardConfig, SFTConfig, load_config
 from tether.data.readers import DataError
-from tether.eval.evaluate import evaluate
+from tether.stages.evaluate import evaluate
 from tether.stages.collect import collect
 from tether.stages.dpo import train_dpo
 from tether.stages.reward import train_reward

@@ -10,8 +10,7 @@ The submodules:
 * :mod:`tether.data.collate` -- padding and batches for SFT and reward models.
 """
 
-from typing import Any
-
+from tether.data.collate import IGNORE_INDEX, SFTExample, collate_pairs, collate_sft, encode_demonstration, pad_left, pad_right
 from tether.data.readers import (
     DataError,
     ReadReport,
@@ -24,20 +23,6 @@ from tether.data.readers import (
 )
 from tether.data.records import Demonstration, PreferencePair, Prompt, PromptRecord, prompt_text
 from tether.data.templates import as_messages, encode_prompt, encode_response, render_prompt
-
-_COLLATE_NAMES = frozenset(
-    {"IGNORE_INDEX", "SFTExample", "collate_pairs", "collate_sft", "encode_demonstration", "pad_left", "pad_right"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    """Import the collate names on first use, so reading data does not import torch."""
-    if name in _COLLATE_NAMES:
-        from tether.data import collate
-
-        return getattr(collate, name)
-    raise AttributeError(f"module 'tether.data' has no attribute {name!r}")
-
 
 __all__ = [
     "IGNORE_INDEX",

@@ -308,7 +308,7 @@ def _iter_json_lines(
                 report.rows += 1
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
+            except UnicodeDecodeError:
                 _bad_line(DataError(name, number, None, "UTF-8 text", _Said("bytes that are not valid UTF-8"),
                                     reason="not UTF-8 text"), report, skipped)
                 continue

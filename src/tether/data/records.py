@@ -13,6 +13,7 @@ user message. Responses are always plain text: the assistant's next turn.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,11 @@ def _copy_prompt(prompt: Prompt) -> Prompt:
     if isinstance(prompt, str):
         return prompt
     return [dict(message) for message in prompt]
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A string that is equal for equal prompts (plain text as it is; chat messages as canonical JSON): a dict key."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
 
 def prompt_text(prompt: Prompt) -> str:

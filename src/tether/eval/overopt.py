@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 
 from tether.tracking import read_appended
+from tether.config import ConfigError
 
 FORMS = ("rl", "bon")
 KL_KEY, GOLD_KEY, PROXY_KEY = "held_out/kl", "held_out/gold", "held_out/reward"
@@ -274,8 +275,6 @@ def frontier(run_dirs: list[str | Path], out: str | Path, metric: Literal["gold"
 
 def command(args: list[str]) -> dict:
     """`tether eval overopt RUN_DIR [form=rl|bon] [out=PNG]` and `tether eval frontier RUN_DIR... [out=PNG] [metric=gold|proxy]`."""
-    from tether.config import ConfigError
-
     what, rest = args[0], args[1:]
     options = dict(a.split("=", 1) for a in rest if "=" in a)
     runs = [a for a in rest if "=" not in a]

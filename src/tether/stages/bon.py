@@ -38,7 +38,7 @@ from tether.eval.metrics import length_stats, mean_and_se
 from tether.feedback.gold import gold_scores
 from tether.models.loading import resolve_model
 from tether.rewards.sources import describe, load_reward_sources, score_samples
-from tether.rollout.generate import load_sampler, sample_responses
+from tether.rollout.sampling import load_sampler, sample_responses
 from tether.stages.sft import train_sft
 from tether.tracking import MetricsLogger, console, read_summary, write_summary
 from tether.training import start_stage

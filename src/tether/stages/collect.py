@@ -18,7 +18,7 @@ from tether.data.records import PreferencePair, prompt_text
 from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
 from tether.feedback.store import Candidate, DuplicateJudgementError, open_store
 from tether.models.loading import resolve_model
-from tether.rollout.generate import load_sampler, sample_responses
+from tether.rollout.sampling import load_sampler, sample_responses
 from tether.tracking import MetricsLogger, console, write_summary
 from tether.training import start_stage
 

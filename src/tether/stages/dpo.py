@@ -44,12 +44,14 @@ from tether.data.collate import pack_shared_prompts
 from tether.data.readers import DataError, ReadReport, read_preferences, read_prompts, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
 from tether.data.templates import encode_prompt, encode_response_with_flag
-from tether.distributed import processes, shard_blocks
+from tether.distributed import shard_blocks
+from tether.processes import processes
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_ipo_token_mean_loss, dpo_sigmoid_loss
 from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
                                    load_causal_lm, load_frozen_lm, load_tokenizer, model_device, resolve_model, save_model)
-from tether.models.reward_model import shared_prompt_mask, trunk_of, unwrap
+from tether.models.reward_model import shared_prompt_mask
+from tether.models.loading import trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.stages.reward import is_tie, leave_out_identical_pairs, split_by_prompt
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
@@ -474,7 +476,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     answers round 1's prompts with round 1's seed, so `final_score` against `initial_score` compares policies
     on the same prompts and random numbers. A round whose summary.json exists is skipped on rerun.
     """
-    from tether.rollout.generate import sample_responses
+    from tether.rollout.sampling import sample_responses
 
     out = start_stage(cfg, rounds="round_*")  # rounds made with other settings are not gone on from
     t_start = time.time()

@@ -37,7 +37,8 @@ import torch
 from tether.config import GRPOConfig, resolve_path
 from tether.data.readers import ReadReport, read_prompts
 from tether.data.records import prompt_text
-from tether.distributed import gathered, processes, shard_blocks
+from tether.distributed import gathered, shard_blocks
+from tether.processes import processes
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
@@ -54,8 +55,8 @@ from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
 from tether.stages.rl_parts import LocalReference, PolicySampler, RayReference, VLLMEngineSampler
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, in_chunks, index_stream, load_checkpoint, make_optimizer,
-                             release_freed_memory, resumed_history, start_stage)
+from tether.training import LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory, resumed_history, start_stage
+from tether.rollout.logprobs import in_chunks
 
 
 TRIM_EVERY = 4

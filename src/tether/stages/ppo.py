@@ -45,7 +45,8 @@ from tether.config import PPOConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import ReadReport, read_demonstrations, read_prompts
 from tether.data.records import prompt_text
-from tether.distributed import gathered, processes, shard_blocks
+from tether.distributed import gathered, shard_blocks
+from tether.processes import processes
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores

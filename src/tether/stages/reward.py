@@ -10,104 +10,28 @@ responses sampled from the SFT policy score mean 0 and std 1 (stored beside the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 
 import torch
 
 from tether.config import RewardConfig, resolve_path
-from tether.data.collate import drop_identical_pairs, pack_shared_prompts, pad_right
+from tether.data.collate import drop_identical_pairs
 from tether.data.readers import DataError, ReadReport, read_demonstrations, read_preferences, split
-from tether.data.records import PreferencePair, Prompt
+from tether.data.records import PreferencePair, Prompt, prompt_key
 from tether.data.templates import encode_prompt, encode_response
-from tether.distributed import processes, shard_blocks
+from tether.distributed import shard_blocks
+from tether.processes import processes
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.fingerprint import recorded_changes
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
-from tether.models.loading import (apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
+from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, freeze_lower_layers,
                                    load_tokenizer, resolve_model, save_model)
-from tether.models.reward_model import (ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, packed_rewards, raw_rewards,
-                                        save_ensemble_manifest, save_normalization, unwrap)
+from tether.models.reward_model import ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, save_ensemble_manifest, save_normalization
+from tether.models.reward_model import batch_rewards, can_pack, score_texts
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
 from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, epoch_order, group_stream, index_stream, load_checkpoint,
                              make_optimizer, release_freed_memory, save_checkpoint, start_stage)
-
-
-def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
-    """Right-padded (input_ids, attention_mask) of prompt + response (+ EOS), on the model's device."""
-    seqs = [encode_prompt(tokenizer, p, max_prompt_tokens)[0] + encode_response(tokenizer, r, max_response_tokens)
-            for p, r in zip(prompts, responses)]
-    ids, mask = pad_right(seqs, tokenizer.pad_token_id)
-    return ids.to(device()), mask.to(device())
-
-
-def encode_packed(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
-    """Responses packed one row per distinct prompt (`pack_shared_prompts`), and for each input
-    the index of its reward in the packed output, so `packed_rewards(...)[order]` is in input order."""
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault(_key(p), []).append(i)
-    rows, order, slot = [], [0] * len(prompts), 0
-    for members in groups.values():
-        rows.append((encode_prompt(tokenizer, prompts[members[0]], max_prompt_tokens)[0],
-                     [encode_response(tokenizer, responses[i], max_response_tokens) for i in members]))
-        for i in members:  # packed output lists responses row by row
-            order[i], slot = slot, slot + 1
-    return pack_shared_prompts(rows, tokenizer.pad_token_id), torch.tensor(order)
-
-
-def batch_rewards(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int,
-                  max_response_tokens: int, pack: bool = True) -> torch.Tensor:
-    """(N,) raw rewards of (prompt, response) pairs in one forward. With `pack`, responses to the
-    same prompt share one row and the prompt is computed once (same values, less compute)."""
-    if pack:
-        packed, order = encode_packed(tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens)
-        return packed_rewards(model, packed)[order.to(device())]
-    ids, mask = encode_texts(tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens)
-    return raw_rewards(model, ids, mask)
-
-
-def can_pack(model, tokenizer, sample: list[PreferencePair], max_prompt_tokens: int, max_response_tokens: int) -> bool:
-    """Whether packed scoring gives this model's separate-row rewards (it needs an attention
-    implementation that honours a custom 4D mask); checked once, in fp32, on a few pairs."""
-    if getattr(unwrap(model).config, "_attn_implementation", "sdpa") not in ("sdpa", "eager") or not sample:
-        return False
-    prompts = [p.prompt for p in sample for _ in (0, 1)]
-    responses = [r for p in sample for r in (p.chosen, p.rejected)]
-    with torch.no_grad():
-        packed = batch_rewards(model, tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens, pack=True)
-        separate = batch_rewards(model, tokenizer, prompts, responses, max_prompt_tokens, max_response_tokens, pack=False)
-    return bool(torch.allclose(packed, separate, atol=1e-3, rtol=1e-3))
-
-
-@torch.no_grad()
-def score_texts(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int = 192,
-                max_response_tokens: int = 128, batch_size: int = 16, precision: str = "bf16", pack: bool = True) -> torch.Tensor:
-    """(N,) raw head outputs for (prompt, response) pairs, scored in batches of about `batch_size`
-    responses; responses to one prompt are batched together, and batches hold similar lengths."""
-    if not prompts:
-        return torch.zeros(0)
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault(_key(p), []).append(i)
-    # sorting by length keeps padding low; the scores go back to input order at the end
-    members = sorted(groups.values(), key=lambda g: len(_key(prompts[g[0]])) + sum(len(responses[i]) for i in g))
-    scores = torch.zeros(len(prompts))
-    batch: list[int] = []
-    for k, group in enumerate(members):
-        batch.extend(group)
-        if len(batch) >= batch_size or k == len(members) - 1:
-            with autocast(precision):
-                r = batch_rewards(model, tokenizer, [prompts[i] for i in batch], [responses[i] for i in batch],
-                                  max_prompt_tokens, max_response_tokens, pack)
-            scores[batch] = r.cpu()
-            batch = []
-    return scores
-
-
-def _key(prompt: Prompt) -> str:
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
 
 def pair_stream(pairs: list[PreferencePair], seed: int, n_needed: int, group_by_prompt: bool) -> list[int]:
@@ -117,7 +41,7 @@ def pair_stream(pairs: list[PreferencePair], seed: int, n_needed: int, group_by_
         return index_stream(len(pairs), seed, n_needed)
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(pairs):
-        groups.setdefault(_key(p.prompt), []).append(i)
+        groups.setdefault(prompt_key(p.prompt), []).append(i)
     return group_stream(list(groups.values()), seed, n_needed)
 
 
@@ -127,14 +51,14 @@ def packed_length_key(tokenizer, pairs: list[PreferencePair], prompt_ids: dict, 
     lengths: dict[str, int] = {}
     seen: set[tuple[str, str]] = set()
     for p in pairs:
-        k = _key(p.prompt)
+        k = prompt_key(p.prompt)
         lengths.setdefault(k, len(prompt_ids[k][0]))
         for r in (p.chosen, p.rejected):
             if (k, r) not in seen:
                 seen.add((k, r))
                 lengths[k] += len(encode_response(tokenizer, r, cfg.max_response_tokens))
     order = {k: n for n, k in enumerate(lengths)}
-    return lambda i: (lengths[_key(pairs[i].prompt)], order[_key(pairs[i].prompt)])
+    return lambda i: (lengths[prompt_key(pairs[i].prompt)], order[prompt_key(pairs[i].prompt)])
 
 
 def token_chunks(indices: list[int], length_key, budget: int, packed: bool) -> list[list[int]]:
@@ -162,9 +86,9 @@ def token_chunks(indices: list[int], length_key, budget: int, packed: bool) -> l
 
 def split_by_prompt(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Hold out whole prompts: pairs of one prompt share responses, so splitting pairs would leak."""
-    train_keys, _ = split(sorted({_key(p.prompt) for p in pairs}), eval_fraction, seed)
+    train_keys, _ = split(sorted({prompt_key(p.prompt) for p in pairs}), eval_fraction, seed)
     keep = set(train_keys)
-    return [p for p in pairs if _key(p.prompt) in keep], [p for p in pairs if _key(p.prompt) not in keep]
+    return [p for p in pairs if prompt_key(p.prompt) in keep], [p for p in pairs if prompt_key(p.prompt) not in keep]
 
 
 def is_tie(pair: PreferencePair) -> bool:
@@ -177,7 +101,7 @@ def unique_responses(batch: list[PreferencePair]) -> tuple[list[Prompt], list[st
     prompts, responses = [], []
 
     def slot(prompt: Prompt, response: str) -> int:
-        key = (_key(prompt), response)
+        key = (prompt_key(prompt), response)
         if key not in index:
             index[key] = len(prompts)
             prompts.append(prompt)
@@ -202,7 +126,7 @@ class CachedScorer:
         self.kw = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision, pack=pack)
 
     def raw(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
-        keys = [(_key(p), r) for p, r in zip(prompts, responses)]
+        keys = [(prompt_key(p), r) for p, r in zip(prompts, responses)]
         todo = {k: (p, r) for k, p, r in zip(keys, prompts, responses) if k not in self.cache}
         if todo:
             scores = score_texts(self.model, self.tokenizer, [p for p, _ in todo.values()], [r for _, r in todo.values()], **self.kw)
@@ -343,8 +267,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     train_pairs, eval_pairs, n_identical = leave_out_identical_pairs("reward", tokenizer, train_pairs, eval_pairs, cfg.max_response_tokens,
                                                                      report)
 
-    prompt_ids = {_key(p.prompt): encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens) for p in train_pairs + eval_pairs}
-    cut = sum(prompt_ids[_key(p.prompt)][1] for p in train_pairs + eval_pairs)
+    prompt_ids = {prompt_key(p.prompt): encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens) for p in train_pairs + eval_pairs}
+    cut = sum(prompt_ids[prompt_key(p.prompt)][1] for p in train_pairs + eval_pairs)
     if cut:
         console.print(f"reward: {cut} of {len(train_pairs) + len(eval_pairs)} prompts were cut from the left to "
                       f"max_prompt_tokens={cfg.max_prompt_tokens} (the response is never cut by this)")

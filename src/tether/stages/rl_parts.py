@@ -33,14 +33,15 @@ from tether.data.records import prompt_text
 from tether.distributed import gathered
 from tether.losses import truncated_importance_weights
 from tether.models.loading import apply_lora, autocast, device
-from tether.models.reward_model import RewardNormalization, position_ids_from_mask, trunk_of, unwrap
+from tether.models.reward_model import RewardNormalization
+from tether.models.loading import position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone
 from tether.rewards.functions import call_reward_function
 from tether.rewards.sources import score_samples
 from tether.rollout.generate import Rollout
 from tether.rollout.logprobs import FrozenStates, policy_forward, record_frozen, reference_logprobs
 from tether.rollout.sampling import sample_rollout
-from tether.training import in_chunks
+from tether.rollout.logprobs import in_chunks
 
 
 # ---- Sampler: prompts in, a Rollout with its log-probs out; `sync(policy)` after every update

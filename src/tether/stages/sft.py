@@ -21,11 +21,12 @@ import torch
 from tether.config import SFTConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import ReadReport, read_demonstrations, split
-from tether.distributed import processes, shard_blocks
+from tether.distributed import shard_blocks
+from tether.processes import processes
 from tether.losses import IGNORE_INDEX
 from tether.models.loading import (apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
                                    load_tokenizer, resolve_model, save_model)
-from tether.models.reward_model import trunk_of, unwrap
+from tether.models.loading import trunk_of, unwrap
 from tether.rollout.logprobs import head_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,

@@ -33,11 +33,15 @@ from tether.eval.metrics import (distinct_n, hack_rates, length_controlled_win_r
 from tether.feedback.gold import gold_scores
 from tether.models.loading import autocast, load_causal_lm, load_tokenizer, resolve_model
 from tether.models.reward_model import RewardEnsemble, RewardModel, load_reward_model
-from tether.rollout.generate import load_sampler
+from tether.rollout.sampling import load_sampler
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
 from tether.tracking import MetricsLogger, console, write_summary
 from tether.training import start_stage
+from tether.feedback.constitution import load_constitution
+from tether.feedback.judge import judge_pairs
+from tether.feedback.export import majority
+from tether.feedback.store import Candidate, StoreError, open_store
 
 RESPONSES = "responses.json"
 """With judge=people: both policies' responses, kept so that a rerun reads the votes on the same pairs."""
@@ -99,9 +103,6 @@ def _forced_outcome(policy: str, baseline: str) -> float:
 def ai_outcomes(cfg: EvalConfig, prompts: list[Prompt], policy: list[str], baseline: list[str]) -> tuple[list[float], list[float]]:
     """The AI judge's outcomes and P(policy better), both orders asked and averaged (feedback/judge.py): a win when
     P > 1/2, a tie within 1e-6 of 1/2 (or for identical answers), else a loss; an empty answer loses unasked."""
-    from tether.feedback.constitution import load_constitution
-    from tether.feedback.judge import judge_pairs
-
     constitution = load_constitution(cfg.constitution)
     path = resolve_model(cfg.judge_model, "judge_model")
     model = load_causal_lm(path).eval()
@@ -124,9 +125,6 @@ def people_outcomes(cfg: EvalConfig, out: Path, prompts: list[Prompt], policy: l
     Returns:
         (one outcome per prompt, None while undecided; {"queued", "decided", "task_ids"}).
     """
-    from tether.feedback.export import majority
-    from tether.feedback.store import Candidate, StoreError, open_store
-
     try:
         store = open_store(cfg.db)
     except StoreError as e:
