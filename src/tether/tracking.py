@@ -24,7 +24,8 @@ from tether.config import ConfigError
 from tether.data.readers import DataError
 from tether.processes import processes
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=int(os.environ.get("RANK", "0")) > 0)
+"""Where tether speaks (stderr); one process speaks for all: the others of a launched run (RANK > 0) are quiet."""
 
 
 def _clean(v: Any) -> Any:
