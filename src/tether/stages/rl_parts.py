@@ -1,14 +1,16 @@
 """The parts an RL stage's loop is written against, each with one job, chosen once in setup from the config.
 
   Sampler       a rollout and its log-probs: tether's own sampler on the policy (`PolicySampler`) or a
-                vLLM engine holding a copy of it (`VLLMEngineSampler`)
+                vLLM engine holding a copy of it (`VLLMEngineSampler`); for the sampling stages (bon, rs),
+                responses of a model or of an engine holding it (`ResponseSampler`)
   Reference     log pi_ref of each response token: the policy with its LoRA adapter off, a frozen copy
                 (in CPU memory with offload_frozen) (`LocalReference`), or a frozen copy in a Ray actor
                 (`RayReference`)
   Scorer        (B,) scores and (B,) keep flags for a rollout: a reward model or ensemble (here or in a Ray
                 actor), a Python reward function, or a list of reward sources; then the missing-EOS penalty
-                and the clip. `GroupScorer`: a list of reward sources over P groups of G samples (GRPO), with
-                each source's own scores and the groups whose rewards are all equal
+                and the clip. `SourceScorer`: a list of reward sources' weighted sum and each source's part
+                (bon, rs); `GroupScorer`: the same over P groups of G samples (GRPO), with the groups whose
+                rewards are all equal
   Value         the critic: a zero-initialised head on the policy trunk (`PolicyHeadValue`), or a model of its
                 own (`ModelValue`): the reward model under a second adapter, or a full copy of it
   PolicyPasses  the trainable policy's (and value's) passes over a rollout: the frozen lower blocks run once
@@ -24,6 +26,7 @@ these are built; a loop calls them the same way whatever was chosen, and gets th
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,7 +43,7 @@ from tether.models.reward_model import RewardNormalization, position_ids_from_ma
 from tether.models.sharing import shallow_clone
 from tether.rewards.functions import call_reward_function
 from tether.rewards.sources import score_samples
-from tether.rollout.generate import Rollout
+from tether.rollout.generate import Rollout, load_sampler, sample_responses
 from tether.rollout.logprobs import FrozenStates, policy_forward, record_frozen, reference_logprobs
 from tether.rollout.sampling import sample_rollout
 from tether.training import in_chunks
@@ -102,6 +105,24 @@ class VLLMEngineSampler:
 
     def sync(self, policy) -> None:
         self.engine.sync(policy)
+
+
+class ResponseSampler:
+    """A sampling stage's sampler (bon, rs): the model at `path`, or a vLLM engine that takes its weights (engine=vllm;
+    one engine a process, rollout/generate.py's load_sampler). `responses` gives one dict per prompt, in their order:
+    response, finished, n_tokens."""
+
+    def __init__(self, path: str, cfg):
+        self.tokenizer, self.model = load_sampler(path, cfg)
+        self.generation, self.precision = cfg.generation, cfg.precision
+
+    def responses(self, prompts: list, seed: int, progress=None) -> list[dict]:
+        return sample_responses(self.model, self.tokenizer, prompts, self.generation, seed, self.precision, progress=progress)
+
+    def release(self) -> None:
+        """Let go of the model (an engine stays with the process, for the next policy)."""
+        self.model = None
+        gc.collect()
 
 
 # ---- Reference: log pi_ref; `start` begins the pass (a Ray actor works meanwhile), `result()` waits for it
@@ -216,17 +237,29 @@ class GroupScores:
     rows: torch.Tensor  # (N,) the kept samples' rows
 
 
-class GroupScorer:
-    """A list of reward sources (rewards/sources.py: reward models here or in Ray actors, functions, judges) over a
-    rollout of groups: their weighted sum per sample, each source's part, and with `dynamic_sampling` the groups
-    whose rewards are all equal left out (DAPO, sec. 3.2)."""
+class SourceScorer:
+    """A list of reward sources (rewards/sources.py: reward models here or in Ray actors, functions, verifiers, judges):
+    their weighted sum per sample and each source's own scores. The sampling stages' scorer (bon, rs) as it is."""
 
-    def __init__(self, sources: list, group_size: int, dynamic_sampling: bool):
-        self.sources, self.group_size, self.dynamic_sampling = sources, group_size, dynamic_sampling
+    def __init__(self, sources: list):
+        self.sources = sources
 
     def score(self, prompts: list, texts: list[str], metadata: list[dict]) -> tuple[list, dict]:
-        """(B,) weighted sums (None: dropped) and each source's (B,) scores."""
+        """(B,) weighted sums (None: a source dropped that sample) and each source's (B,) scores, by name."""
         return score_samples(self.sources, prompts, texts, metadata)
+
+    def records(self, records: list, texts: list[str]) -> list:
+        """(B,) weighted sums for prompt records (a record's meta reaches the functions as their metadata)."""
+        return self.score([r.prompt for r in records], texts, [dict(r.meta) for r in records])[0]
+
+
+class GroupScorer(SourceScorer):
+    """Reward sources over a rollout of groups (GRPO): their weighted sum per sample, each source's part, and with
+    `dynamic_sampling` the groups whose rewards are all equal left out (DAPO, sec. 3.2)."""
+
+    def __init__(self, sources: list, group_size: int, dynamic_sampling: bool):
+        super().__init__(sources)
+        self.group_size, self.dynamic_sampling = group_size, dynamic_sampling
 
     def __call__(self, prompts: list, texts: list[str], metadata: list[dict]) -> GroupScores:
         values, parts = self.score(prompts, texts, metadata)
