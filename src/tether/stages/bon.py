@@ -45,6 +45,7 @@ from tether.stages.sft import train_sft
 from tether.tracking import MetricsLogger, console, read_summary, write_summary
 from tether.training import start_stage
 
+
 def kl_bound(n: int) -> float:
     """log n - (n - 1) / n: the analytic KL(best-of-n || policy) in nats, an upper bound on the true one.
 
