@@ -69,7 +69,8 @@ from tether.data.readers import read_preferences  # noqa: E402
 from tether.data.records import PreferencePair  # noqa: E402
 from tether.data.templates import encode_prompt, encode_response  # noqa: E402
 from tether.models.loading import _cpu_has_bf16, load_tokenizer, resolve_model  # noqa: E402
-from tether.models.reward_model import init_reward_model, trunk_of  # noqa: E402
+from tether.models.loading import trunk_of  # noqa: E402
+from tether.models.reward_model import init_reward_model  # noqa: E402
 from tether.models.loading import freeze_lower_layers  # noqa: E402
 from tether.stages.reward import is_tie, score_texts  # noqa: E402
 from tether.models.reward_model import can_pack

@@ -1,6 +1,7 @@
 """The parts an RL loop is written against (stages/rl_parts.py), each on its own: the scorer's penalty, clip and
 dropped episodes; the LoRA reference (the policy with its adapter off); the policy's passes over a rollout, with and
-without the sampling pass's own numbers and the recorded frozen blocks."""
+without the sampling pass's own numbers and the recorded frozen blocks; GRPO's group scorer, kept batch and passes; the
+sampling stages' scorer."""
 
 from types import SimpleNamespace
 
@@ -8,7 +9,9 @@ import torch
 
 from tether.config import GenerationSettings, LoraSettings
 from tether.models.loading import apply_lora, freeze_lower_layers, load_causal_lm, load_tokenizer
-from tether.stages.rl_parts import LocalReference, PolicyHeadValue, PolicyPasses, PolicySampler, Scorer, TextScores
+from tether.data.records import PromptRecord
+from tether.stages.rl_parts import (GroupScorer, KeptBatch, KeptPasses, LocalReference, PolicyHeadValue, PolicyPasses, PolicySampler, Scorer,
+                                    SourceScorer, TextScores, VLLMEngineSampler)
 
 PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves."] * 2
 
@@ -67,3 +70,89 @@ def test_passes_reference_and_sampler_agree_on_a_fresh_lora_policy(tiny_model_di
     one = fresh(rows, with_entropy=True)
     torch.testing.assert_close(one["logp"], full["logp"][rows], rtol=0, atol=1e-5)
     assert one["logp"].requires_grad  # the update's pass keeps its graph
+
+
+def source(name, weight, fn):
+    return SimpleNamespace(name=name, weight=weight, score=fn)
+
+
+def test_group_scorer_sums_the_sources_and_leaves_out_groups_of_equal_rewards():
+    # 3 groups of 2: a spread (kept); one dropped by a source (one valid sample left: nothing to compare); all equal
+    a = source("a", 1.0, lambda prompts, texts, meta: [1.0, 0.0, 2.0, 5.0, 0.5, 0.5])
+    b = source("b", 0.5, lambda prompts, texts, meta: [0.0, 2.0, None, 1.0, 1.0, 1.0])
+    args = (["p"] * 6, ["t"] * 6, [{}] * 6)
+    g = GroupScorer([a, b], group_size=2, dynamic_sampling=True)(*args)
+    assert g.values == [1.0, 1.0, None, 5.5, 1.0, 1.0] and g.parts["b"][2] is None
+    assert g.scores.tolist() == [[1.0, 1.0], [0.0, 5.5], [1.0, 1.0]] and g.valid.tolist() == [[True, True], [False, True], [True, True]]
+    assert g.equal_groups.tolist() == [True, True, True]  # group 0's two samples tie at 1.0 too
+    assert g.keep.sum() == 0 and len(g.rows) == 0
+    a2 = source("a", 1.0, lambda prompts, texts, meta: [1.0, 3.0, 2.0, 5.0, 0.5, 0.5])
+    g = GroupScorer([a2, b], group_size=2, dynamic_sampling=True)(*args)
+    assert g.equal_groups.tolist() == [False, True, True] and g.rows.tolist() == [0, 1]
+    g = GroupScorer([a2, b], group_size=2, dynamic_sampling=False)(*args)
+    assert g.rows.tolist() == [0, 1, 3, 4, 5]  # every valid sample
+
+
+def test_source_scorer_gives_functions_the_records_meta():
+    seen = []
+    scorer = SourceScorer([source("f", 2.0, lambda prompts, texts, meta: seen.append((prompts, meta)) or [len(t) for t in texts])])
+    records = [PromptRecord(prompt="x", meta={"k": 1}), PromptRecord(prompt="y")]
+    assert scorer.records(records, ["ab", "c"]) == [4.0, 2.0]
+    assert seen == [(["x", "y"], [{"k": 1}, {}])]
+
+
+def test_kept_batch_cuts_the_columns_every_kept_row_pads():
+    # prompts left-padded (P = 3), responses right-padded (R = 3); rows 0 and 2 kept: one prompt column and one
+    # response column are padding in both
+    rollout = SimpleNamespace(
+        prompt_ids=torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4]]), prompt_mask=torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]]),
+        response_ids=torch.tensor([[11, 12, 0], [13, 14, 15], [16, 0, 0]]), response_mask=torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]]),
+        logprobs=torch.tensor([[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0], [-6.0, 0.0, 0.0]]))
+    batch = KeptBatch.of(rollout, torch.tensor([0, 2]))
+    assert len(batch) == 2 and batch.P == 2
+    assert batch.seqs.tolist() == [[5, 6, 11, 12], [0, 4, 16, 0]] and batch.attn.tolist() == [[1, 1, 1, 1], [0, 1, 1, 0]]
+    assert batch.mask.tolist() == [[1.0, 1.0], [1.0, 0.0]] and batch.sampled_logp.tolist() == [[-1.0, -2.0], [-6.0, 0.0]]
+    assert len(KeptBatch.of(rollout, torch.tensor([], dtype=torch.long))) == 0
+
+
+def test_kept_passes_take_pi_old_from_a_scoring_pass_or_from_the_update(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    policy = load_causal_lm(str(tiny_model_dir)).eval()
+    rollout = PolicySampler(policy, tok, GenerationSettings(max_new_tokens=5), "fp32").sample(PROMPTS, seed=3)
+    batch = KeptBatch.of(rollout, torch.tensor([3, 1, 2]))
+
+    def passes(on_policy, old_first=False, trust_sampler=True):
+        return KeptPasses(policy, 1.0, chunk=2, precision="fp32", on_policy=on_policy, old_first=old_first, trust_sampler=trust_sampler,
+                          sharded=False)
+
+    with torch.no_grad():
+        scored = passes(False).old(batch)  # a scoring pass, in chunks of 2
+        on = passes(True).old(batch)
+        first = passes(True, old_first=True).old(batch)
+        first_untrusted = passes(True, old_first=True, trust_sampler=False).old(batch)
+    mask = batch.mask
+    assert not on["logp"].any() and not on["entropy"].any()  # the update fills them in
+    assert first["logp"] is batch.sampled_logp  # the sampler's own numbers, no pass
+    torch.testing.assert_close(first_untrusted["logp"] * mask, scored["logp"] * mask, rtol=0, atol=1e-5)
+    torch.testing.assert_close(batch.sampled_logp, scored["logp"] * mask, rtol=0, atol=1e-4)
+    on_policy = passes(True)
+    micros = list(on_policy.micro_batches(torch.tensor([2, 0, 1]), rollout))
+    assert [m.tolist() for m in micros] == [[2, 0], [1]]
+    for micro in micros:
+        new = on_policy(batch, micro, on)
+        assert new["logp"].requires_grad
+    torch.testing.assert_close(on["logp"] * mask, scored["logp"] * mask, rtol=0, atol=1e-5)  # written by the update's passes
+    torch.testing.assert_close(on["entropy"] * mask, scored["entropy"] * mask, rtol=0, atol=1e-5)
+    empty = passes(False).old(KeptBatch.of(rollout, torch.tensor([], dtype=torch.long)))
+    assert empty["logp"].shape[0] == 0 and empty["entropy"] is None
+
+
+def test_vllm_sampler_weighs_any_rows_as_it_weighs_a_rollout():
+    old, sampled = torch.tensor([[-1.0, -2.0, -0.5]]), torch.tensor([[-1.5, -1.0, -0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    sampler = VLLMEngineSampler(engine=None, tokenizer=None, is_cap=1.2)
+    weights, stats = sampler.weigh(old, sampled, mask)
+    whole, whole_stats = sampler.importance_weights(old, SimpleNamespace(logprobs=sampled), mask)
+    assert torch.equal(weights, whole) and stats == whole_stats
+    torch.testing.assert_close(weights, torch.tensor([[1.2, torch.exp(torch.tensor(-1.0)).item(), 0.0]]))  # capped, exp(-1), padding
+    assert PolicySampler(None, None, None, "fp32").weigh(old, sampled, mask) == (None, {})

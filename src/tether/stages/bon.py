@@ -19,17 +19,19 @@ in rounds k = 1..K, sample N per prompt from the current policy pi_{k-1}, keep t
 (prompt, best response) pairs with the SFT stage's `train_sft`; the result pi_k samples the
 next round. After every round (and once before the first) the policy answers held-out or
 training prompts afresh with one fixed seed, so `fresh/reward` shows whether it improved.
+
+Both sample and score through the parts of stages/rl_parts.py: a `ResponseSampler` (the model, or a vLLM
+engine holding it: engine=vllm) and a `SourceScorer` (the reward sources' weighted sum), built once in
+setup; `sample_best_of_n` is steps 1-3 of best-of-N, and each rs round steps 1-3 of its loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional
 
 from tether.config import BoNConfig, ConfigError, RSConfig, resolve_path
 from tether.data.readers import iter_jsonl, read_prompts, write_jsonl
@@ -37,14 +39,11 @@ from tether.data.records import PromptRecord, prompt_text
 from tether.eval.metrics import length_stats, mean_and_se
 from tether.feedback.gold import gold_scores
 from tether.models.loading import resolve_model
-from tether.rewards.sources import describe, load_reward_sources, score_samples
-from tether.rollout.sampling import load_sampler, sample_responses
+from tether.rewards.sources import describe, load_reward_sources
+from tether.stages.rl_parts import ResponseSampler, SourceScorer
 from tether.stages.sft import train_sft
 from tether.tracking import MetricsLogger, console, read_summary, write_summary
 from tether.training import start_stage
-
-Scorer = Callable[[list[PromptRecord], list[str]], list[Optional[float]]]
-"""score(records, responses) -> one float per response, or None (that response is never picked)."""
 
 
 def kl_bound(n: int) -> float:
@@ -58,25 +57,25 @@ def kl_bound(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-def load_scorer(cfg: BoNConfig | RSConfig) -> Scorer:
+def load_scorer(cfg: BoNConfig | RSConfig) -> SourceScorer:
     """The weighted sum of `cfg.reward`'s sources (rewards/sources.py): reward models read the decoded text with
-    their own tokenizer; functions get the prompt as text and the prompt row's meta."""
-    sources = load_reward_sources(cfg.reward, cfg.precision)
-    return lambda records, responses: score_samples(sources, [r.prompt for r in records], responses, [dict(r.meta) for r in records])[0]
+    their own tokenizer; functions get the prompt as text and the prompt row's meta. A None score: that response
+    is never picked."""
+    return SourceScorer(load_reward_sources(cfg.reward, cfg.precision))
 
 
-def sample_best_of_n(model, tokenizer, records: list[PromptRecord], score: Scorer, n: int, settings, seed: int,
-                     precision: str, gold: bool, progress=None) -> list[dict]:
+def sample_best_of_n(sampler: ResponseSampler, scorer: SourceScorer, records: list[PromptRecord], n: int, seed: int, gold: bool,
+                     progress=None) -> list[dict]:
     """One row per prompt: all N responses and scores, and the best (`best_index` None when every score was None).
 
     Among equal best scores the first sample wins.
     """
     # 1. sample N responses per prompt (the N copies of a prompt share a batch: sample_responses buckets by length)
     flat = [r for r in records for _ in range(n)]
-    samples = sample_responses(model, tokenizer, [r.prompt for r in flat], settings, seed, precision, progress=progress)
+    samples = sampler.responses([r.prompt for r in flat], seed, progress=progress)
     responses = [s["response"] for s in samples]
     # 2. score them all; the gold scorer, when asked, only watches
-    scores = score(flat, responses)
+    scores = scorer.records(flat, responses)
     golds = gold_scores([prompt_text(r.prompt) for r in flat], responses) if gold else None
     # 3. keep the argmax per prompt
     rows = []
@@ -122,11 +121,11 @@ def gain_summary(rows: list[dict], n: int) -> dict:
 def best_of_n(cfg: BoNConfig) -> dict:
     out = start_stage(cfg)
     t0 = time.time()
-    score = load_scorer(cfg)  # first: a bad reward source fails before any sampling
+    scorer = load_scorer(cfg)  # first: a bad reward source fails before any sampling
 
     # 1. sample N per prompt, score, keep the best
     policy_path = resolve_model(cfg.policy, "policy")
-    tokenizer, model = load_sampler(policy_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
+    sampler = ResponseSampler(policy_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     logger = MetricsLogger(out, len(records) * cfg.n, "bon", [])
     done = [0]
@@ -135,7 +134,7 @@ def best_of_n(cfg: BoNConfig) -> dict:
         done[0] += k
         logger.log(done[0], {"bon/samples": done[0]})
 
-    rows = sample_best_of_n(model, tokenizer, records, score, cfg.n, cfg.generation, cfg.seed, cfg.precision, cfg.gold, tick)
+    rows = sample_best_of_n(sampler, scorer, records, cfg.n, cfg.seed, cfg.gold, tick)
     logger.close()
 
     # 2. write the choices and the gain
@@ -155,19 +154,18 @@ def _read_rows(path: Path) -> list[dict]:
     return [row for _, row in iter_jsonl(path)]
 
 
-def fresh_samples(policy_path: str, records: list[PromptRecord], score: Scorer, cfg: RSConfig, folder: Path) -> dict:
+def fresh_samples(policy_path: str, records: list[PromptRecord], scorer: SourceScorer, cfg: RSConfig, folder: Path) -> dict:
     """Mean score (and gold) of `cfg.eval_samples` fresh samples per eval prompt, always with the same seed;
     cached in `folder/fresh.json`, the samples in `folder/fresh.jsonl`."""
     cached = folder / "fresh.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    tokenizer, model = load_sampler(policy_path, cfg)
+    sampler = ResponseSampler(policy_path, cfg)
     flat = [r for r in records for _ in range(cfg.eval_samples)]
-    samples = sample_responses(model, tokenizer, [r.prompt for r in flat], cfg.generation, cfg.seed + 7919, cfg.precision)
-    del model
-    gc.collect()
+    samples = sampler.responses([r.prompt for r in flat], cfg.seed + 7919)
+    sampler.release()
     responses = [s["response"] for s in samples]
-    scores = score(flat, responses)
+    scores = scorer.records(flat, responses)
     valid = [s for s in scores if s is not None]
     result = {"fresh/reward": sum(valid) / len(valid) if valid else None, "fresh/scored": len(valid),
               "fresh/finished": sum(s["finished"] for s in samples) / len(samples),
@@ -187,14 +185,14 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
     """Run the rounds; returns the summary, or None when a round's SFT stopped early (`sft.interrupt_after`)."""
     out = start_stage(cfg, rounds="round_*")  # rounds made with other settings are not gone on from
     t0 = time.time()
-    score = load_scorer(cfg)
+    scorer = load_scorer(cfg)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
     eval_records = read_prompts(resolve_path(cfg.eval_prompts), limit=cfg.eval_limit) if cfg.eval_prompts else records[:cfg.eval_limit]
     policy = resolve_model(cfg.policy, "policy")
     logger = MetricsLogger(out, cfg.rounds, "rs", ["rollout/best_reward", "fresh/reward"])
 
     # 0. the starting policy's fresh samples: what every round is compared with
-    start = fresh_samples(policy, eval_records, score, cfg, out / "round_0")
+    start = fresh_samples(policy, eval_records, scorer, cfg, out / "round_0")
     logger.log(0, start)
     history = [{"round": 0, "model": policy, **start}]
     for k in range(1, cfg.rounds + 1):
@@ -212,10 +210,9 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
         if (folder / "bon.jsonl").exists():
             rows = _read_rows(folder / "bon.jsonl")
         else:
-            tokenizer, model = load_sampler(policy, cfg)
-            rows = sample_best_of_n(model, tokenizer, records, score, cfg.n, cfg.generation, cfg.seed + k, cfg.precision, cfg.gold)
-            del model
-            gc.collect()
+            sampler = ResponseSampler(policy, cfg)
+            rows = sample_best_of_n(sampler, scorer, records, cfg.n, cfg.seed + k, cfg.gold)
+            sampler.release()
             write_jsonl(folder / "bon.jsonl", rows)
         kept = [r for r in rows if r["best_index"] is not None and (cfg.threshold is None or r["score"] >= cfg.threshold)]
         if not kept:
@@ -241,7 +238,7 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
                    "rollout/gain": gains.get("gain"), "rollout/kept": len(kept) / len(rows),
                    "train/loss": sft_summary.get("final_train_loss"), "train/steps": sft_summary["steps"],
                    **({"rollout/best_gold": gains["gold_best"], "rollout/gold": gains["gold_sample"]} if "gold_best" in gains else {}),
-                   **fresh_samples(policy, eval_records, score, cfg, folder)}
+                   **fresh_samples(policy, eval_records, scorer, cfg, folder)}
         metrics["round/seconds"] = time.time() - t_round
         write_summary(folder, {"stage": "rs_round", "round": k, "model": policy, "metrics": metrics, **gains})
         logger.log(k, metrics)

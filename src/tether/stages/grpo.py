@@ -25,12 +25,20 @@ no reference at all. With one minibatch and one iteration the update is on-polic
 the policy of the update's own forward pass (the same numbers), so no scoring pass is run.
 Rollouts come from the lean sampling loop of rollout/sampling.py (the same distribution as
 `generate`, less overhead per token).
+
+Layout: `setup_grpo` loads the models and makes every choice of where they live (this process, CPU
+memory, Ray actors, sharded), which engine samples and whether the update's own pass stands for
+pi_old, once; it hands `grpo_loop` the parts of stages/rl_parts.py (a sampler, a reference, a group
+scorer over the reward sources, the policy's passes over the kept samples), and `grpo_loop` is
+steps 1-6 above.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -43,20 +51,22 @@ from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
 from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, group_advantages_batch_std, grpo_token_loss, kl_k1,
-                           leave_one_out_advantages, masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean,
-                           truncated_importance_weights)
+                           leave_one_out_advantages, masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
 from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
                                    load_tokenizer, resolve_model, save_model)
 from tether.models.sharing import unique_parameter_bytes
-from tether.rewards.sources import load_reward_sources, score_samples
+from tether.rewards.sources import load_reward_sources
 from tether.placement import RayPlacement, RemoteModel, placed
 from tether.rollout.logprobs import policy_forward
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
-from tether.stages.rl_parts import LocalReference, PolicySampler, RayReference, VLLMEngineSampler
+from tether.stages.rl_parts import (GroupScorer, GroupScores, KeptBatch, KeptPasses, LocalReference, PolicySampler, RayReference,
+                                    VLLMEngineSampler)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import LossScaler, scaler_metrics, GoodhartGuard, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory, resumed_history, start_stage
-from tether.rollout.logprobs import in_chunks
+from tether.training import (GoodhartGuard, LossScaler, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, index_stream, load_checkpoint,
+                             make_optimizer, release_freed_memory, resumed_history, scaler_metrics, start_stage)
+
+__all__ = ["GRPOSetup", "grpo_loop", "run_grpo", "setup_grpo", "train_grpo"]
 
 
 TRIM_EVERY = 4
@@ -64,30 +74,18 @@ TRIM_EVERY = 4
 up as rollout shapes vary, at a few milliseconds a call, which on a tiny model is a noticeable share of a step)."""
 
 
-def kept_batch(rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
-    """(sequences, attention_mask, P, response_mask) of the kept rows, with the columns that are
-    padding in every kept row cut off: leading prompt padding and trailing response padding."""
-    prompt_mask, response_mask = rollout.prompt_mask[rows], rollout.response_mask[rows]
-    lead = int((prompt_mask.sum(0) == 0).long().cumprod(0).sum())  # prompt columns that are padding in every kept row
-    R = int(response_mask.sum(-1).max()) if len(rows) else 0
-    P = rollout.prompt_ids.shape[1] - lead
-    seqs = torch.cat([rollout.prompt_ids[rows, lead:], rollout.response_ids[rows, :R]], dim=1)
-    attn = torch.cat([prompt_mask[:, lead:], response_mask[:, :R]], dim=1)
-    return seqs, attn, P, response_mask[:, :R]
-
-
 @torch.no_grad()
-def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sources) -> dict:
+def held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, scorer: GroupScorer) -> dict:
     """Mean reward (one sample per prompt), each source's mean when there are several ("reward/<name>"),
     KL (k1, nats per response; None without a reference) and the gold scorer's mean (feedback/gold.py:
     `tether eval overopt` fits gold against KL) of the current policy on held-out prompts, sampled
     with a fixed seed so successive checks differ only by the policy."""
     with gathered(policy):  # each process samples its own share of the batches: a sharded policy is gathered whole first
-        return _held_out_check(policy, reference, tokenizer, records, cfg, sources)
+        return _held_out_check(policy, reference, tokenizer, records, cfg, scorer)
 
 
-def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sources) -> dict:
-    rewards, kls, golds, by_source = [], [], [], {s.name: [] for s in sources}
+def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, scorer: GroupScorer) -> dict:
+    rewards, kls, golds, by_source = [], [], [], {s.name: [] for s in scorer.sources}
     has_reference = reference is not None
     procs = processes()  # several processes: each samples every world-th batch, the means are over all
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
@@ -103,14 +101,93 @@ def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, sour
                     policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
                 ref_logp = reference.logprobs(seqs, attn, P, chunk=len(seqs))
             kls.extend(((logp - ref_logp) * rollout.response_mask).sum(-1).tolist())
-        scores, parts = score_samples(sources, prompts, rollout.texts, [dict(r.meta) for r in batch])
+        scores, parts = scorer.score(prompts, rollout.texts, [dict(r.meta) for r in batch])
         rewards.extend(s for s in scores if s is not None)
         golds.extend(gold_scores([prompt_text(p) for p in prompts], rollout.texts))
         for name, values in parts.items():
             by_source[name].extend(v for v in values if v is not None)
     mean = procs.mean_of
     return {"reward": mean(rewards) or 0.0, "kl": mean(kls) if has_reference else None, "gold": mean(golds),
-            **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(sources) > 1 else {})}
+            **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(scorer.sources) > 1 else {})}
+
+
+def grpo_advantages(cfg: GRPOConfig, groups: GroupScores, train_scores: torch.Tensor, baseline: MovingAverageBaseline) -> torch.Tensor | None:
+    """Step 4: one advantage per kept sample (N,), from its training reward (N,) and the others of its group (P, G); None
+    when this process kept nothing. scale_rewards=batch divides by the std of every process's kept rewards: each
+    process joins that gather, even one that kept none; REINFORCE's baseline moves on the valid rewards then."""
+    rows, keep = groups.rows, groups.keep
+    N = len(rows)
+    batch_rewards = (torch.tensor(processes().gather(train_scores.float().tolist() if N > 0 else []))
+                     if cfg.advantage == "grpo" and cfg.scale_rewards == "batch" else None)
+    if N == 0:
+        if cfg.advantage == "reinforce" and groups.valid.any():
+            baseline.update(masked_mean(groups.scores, groups.valid).item())
+        return None
+    on = train_scores.device
+    r = torch.zeros(keep.numel(), device=on).index_put((rows.to(on),), train_scores.float()).view(keep.shape)  # (P, G)
+    if cfg.advantage == "grpo" and cfg.scale_rewards == "batch":
+        adv = group_advantages_batch_std(r, keep, batch_rewards)
+    elif cfg.advantage == "grpo":
+        adv = group_advantages(r, keep, scale_std=cfg.scale_rewards == "group")
+    elif cfg.advantage == "rloo":
+        adv = leave_one_out_advantages(r, keep)
+    else:
+        batch_mean = masked_mean(r, keep.to(r.device)).item()
+        b = baseline.value if cfg.baseline == "moving_average" and baseline.value is not None else batch_mean
+        adv = reinforce_advantages(r, b, keep)
+        baseline.update(batch_mean)
+    advantages = adv.flatten()[rows]  # (N,)
+    if cfg.normalize_advantages and N > 1:
+        advantages = masked_whiten(advantages, torch.ones_like(advantages))
+    return advantages
+
+
+def minibatch_counts(mask: torch.Tensor, mb: torch.Tensor) -> dict:
+    """The minibatch's tokens, responses with a token and rows, summed over every process (the loss's denominators)."""
+    local = torch.tensor([mask[mb].sum().item(), float((mask[mb].sum(-1) > 0).sum()), float(len(mb))], dtype=torch.float64)
+    tokens, sequences, rows = processes().sum(local).tolist()
+    return {"tokens": tokens, "sequences": int(sequences), "rows": int(rows)}
+
+
+def step_metrics(cfg: GRPOConfig, rollout, groups: GroupScores, old: dict, mask, kl_per_response, stats: dict, lr: float,
+                 baseline: MovingAverageBaseline) -> dict:
+    """The step's `rollout/*` and `train/*` metrics (README): rewards over the valid samples, entropy and KL over the kept."""
+    procs, valid = processes(), groups.valid.flatten()
+    valid_scores, lengths = groups.scores.flatten()[valid], rollout.response_mask.sum(-1).float()  # (V,), (B,)
+    entropy, parts = old["entropy"], groups.parts
+    return {
+        "rollout/reward": procs.mean_of(valid_scores.tolist()),
+        "rollout/reward_std": valid_scores.std().item() if len(valid_scores) > 1 else 0.0,
+        "rollout/kl": procs.mean_of(kl_per_response.tolist() if kl_per_response is not None else []),
+        "rollout/entropy": masked_mean(entropy, mask).item() if entropy is not None else None,
+        "rollout/length": lengths.mean().item(), "rollout/length_p95": torch.quantile(lengths, 0.95).item(),
+        "rollout/finished": rollout.finished.float().mean().item(),
+        "rollout/groups_dropped": int(groups.equal_groups.sum()) if cfg.dynamic_sampling else 0,
+        "rollout/groups_equal": int(groups.equal_groups.sum()), "rollout/samples_dropped": int((~groups.valid).sum()),
+        "rollout/samples_trained": len(groups.rows),
+        "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
+        "rollout/reward_length_corr": length_correlation(valid_scores.numpy(), lengths[valid].cpu().numpy()) if valid.sum() > 1 else None,
+        **({f"rollout/reward/{name}": sum(v for v in vals if v is not None) / max(sum(v is not None for v in vals), 1)
+            for name, vals in parts.items()} if len(parts) > 1 else {}),
+        **({f"train/{key}": stats[key] for key in ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
+            if key in stats}),
+        **({"train/ratio_max": stats["ratio_peak"]} if "ratio_peak" in stats else {}),
+        **{f"rollout/{key}": stats[key] for key in ("is_weight_mean", "is_weight_capped", "is_logp_gap") if key in stats},  # engine=vllm
+        "train/lr": lr, "rollout/baseline": baseline.value if cfg.advantage == "reinforce" else None,
+    }
+
+
+def write_samples(path, done: int, prompts: list, rollout, groups: GroupScores, advantages, G: int) -> None:
+    """Every sample of the step with its group, reward and advantage (None: not trained on), to read what the policy does."""
+    adv_of = dict(zip(groups.rows.tolist(), advantages.tolist())) if advantages is not None else {}
+    with path.open("a") as f:
+        for i, (prompt, text, v) in enumerate(zip(prompts, rollout.texts, groups.values)):
+            f.write(json.dumps({"step": done, "group": i // G, "prompt": prompt, "response": text, "reward": v,
+                                "advantage": adv_of.get(i)}) + "\n")
+
+
+def rows_of(x: torch.Tensor | None, rows) -> torch.Tensor | None:
+    return None if x is None else x[rows]
 
 
 def train_grpo(cfg: GRPOConfig) -> dict | None:
@@ -118,11 +195,37 @@ def train_grpo(cfg: GRPOConfig) -> dict | None:
         return run_grpo(cfg, placement)
 
 
-def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
-    out = start_stage(cfg)
-    t_start = time.time()
-    P_step, G, B = cfg.prompts_per_step, cfg.group_size, cfg.batch_size
+@dataclass
+class GRPOSetup:
+    """What setup_grpo builds: the parts the loop calls (sampler, reference, group scorer, passes over the kept samples),
+    the optimisation state, the data streams and what the summary reports."""
 
+    policy: torch.nn.Module
+    tokenizer: object
+    sampler: PolicySampler | VLLMEngineSampler
+    reference: LocalReference | RayReference | None  # None: full fine-tuning without a KL term
+    scorer: GroupScorer
+    passes: KeptPasses
+    trainable: dict
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: LossScaler
+    aggregate: Callable  # (per-token loss, mask, minibatch counts) -> the micro-batch's share of the minibatch's loss
+    baseline: MovingAverageBaseline
+    guard: GoodhartGuard
+    logger: MetricsLogger
+    history: list
+    records: list
+    held_out: list
+    stream: list
+    start_step: int
+    info: dict  # for the summary: policy_init, data, reference, parameters, memory
+
+
+def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: float) -> GRPOSetup:
+    """Load the models and build the loop's parts; every choice of where a model lives, which engine samples and
+    whether a scoring pass runs is made here. A resumed run gets its policy, optimiser, baseline and guard back."""
     # ---- models: policy, reference (only when needed), reward sources
     # first: a bad reward spec fails before the models load
     sources = placement.reward_sources(cfg.reward, cfg.precision) if placement else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
@@ -155,20 +258,19 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}"
                   + (f", {offloaded_gb:.2f} GB of it offloaded to CPU memory" if offloaded_gb else "") + "); reward: "
                   + ", ".join(f"{s.weight:g} x {s.name}" for s in sources))
+    scorer = GroupScorer(sources, cfg.group_size, cfg.dynamic_sampling)
+
+    # ---- optimisation, the data streams, the guard; a resumed run's state
     params = [p for p in policy.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process samples prompts_per_step groups a step, gradients summed over all
-    n_minibatches = B // cfg.mini_batch_size
+    n_minibatches = cfg.batch_size // cfg.mini_batch_size
     optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.iterations * n_minibatches)
     scaler = LossScaler(cfg.precision == "fp16")  # fp16: dynamic loss scaling; otherwise it changes nothing
     aggregate = {"token_mean": lambda x, m, mb: token_mean(x, m, mb["tokens"]),
                  "sequence_mean": lambda x, m, mb: sequence_mean(x, m, mb["sequences"]),
                  "constant": lambda x, m, mb: constant_mean(x, m, mb["rows"] * cfg.generation.max_new_tokens)}[cfg.loss_aggregation]
     baseline = MovingAverageBaseline(cfg.baseline_decay)
-    stream = index_stream(len(records), cfg.seed, cfg.steps * P_step * procs.world)
-    temperature = cfg.generation.temperature
-    on_policy = cfg.iterations == 1 and n_minibatches == 1  # pi_old = the update's own forward pass
-    use_reference = cfg.beta > 0
-    kl_in_loss = use_reference and cfg.kl_penalty == "loss"
+    stream = index_stream(len(records), cfg.seed, cfg.steps * cfg.prompts_per_step * procs.world)
     held_out = read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit) if cfg.early_stop.prompts else []
     guard = GoodhartGuard(cfg.early_stop, out, trainable, cfg.steps, started=t_start)
 
@@ -180,205 +282,45 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         baseline.load_state_dict(resumed[1]["baseline"])
         console.print(f"grpo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
-        check = guard.timed(lambda: held_out_check(policy, reference, tokenizer, held_out, cfg, sources))
+        check = guard.timed(lambda: held_out_check(policy, reference, tokenizer, held_out, cfg, scorer))
         guard.start(check)
         console.print(f"grpo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
     logger = MetricsLogger(out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step,
                            tracker=cfg.tracker)
     history = resumed_history(logger, out, start_step, procs.is_main)  # steps before a resume
-    samples_path = out / "samples.jsonl"
 
     # engine=vllm: vLLM samples (holding the policy's current weights, a resumed run's too), synced after every update; else
     # tether's sampler, inside the loop's own span that holds a sharded policy whole from sampling through scoring
     engine = training_sampler(cfg, policy_path, policy, procs.world)
     sampler = (VLLMEngineSampler(engine, tokenizer, cfg.vllm.is_cap) if engine is not None else
                PolicySampler(policy, tokenizer, cfg.generation, cfg.precision, gather=False))
+    # one minibatch and one iteration: pi_old is the update's own forward pass (no scoring pass), except that RLOO's
+    # KL-shaped reward needs it before the update: then the sampler's log-probs where they are the trainer's own
+    passes = KeptPasses(policy, cfg.generation.temperature, cfg.micro_batch_size, cfg.precision,
+                        on_policy=cfg.iterations == 1 and n_minibatches == 1, old_first=cfg.beta > 0 and cfg.kl_penalty == "reward",
+                        trust_sampler=sampler.exact, sharded=procs.sharded)
+    info = {"policy_init": policy_path, "data": report.to_dict(), "reference": reference_kind, "trainable_params": n_trainable,
+            "total_params": n_total, "parameter_gb": parameter_gb, "offloaded_gb": offloaded_gb}
+    return GRPOSetup(policy, tokenizer, sampler, reference, scorer, passes, trainable, params, optimizer, scheduler, scaler, aggregate,
+                     baseline, guard, logger, history, records, held_out, stream, start_step, info)
 
-    done, stop_reason = start_step, None
-    policy.eval()
-    for step in range(start_step, cfg.steps):
-        t0 = time.time()
-        window = stream[step * P_step * procs.world:(step + 1) * P_step * procs.world]
-        chosen = [records[i] for i in procs.share(window)]
-        batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
 
-        # 1. rollout; a sharded (fsdp) policy is held whole from here through the scoring passes of step 3,
-        #    whose number differs between processes (each stops sampling when its own rows end, keeps its own samples)
-        with gathered(policy):
-            seed = (cfg.seed * 1000003 + step) * procs.world + procs.rank
-            rollout = sampler.sample(batch_prompts, seed)
-            # None when stop strings sent the work to `generate`, or from vLLM (whose log-probs only weigh the loss below)
-            sampled_logp = rollout.logprobs if sampler.exact else None
-            t_gen = time.time() - t0
-
-            # 2. score; a group whose rewards are all equal has nothing to compare (dynamic sampling drops it)
-            values, parts = score_samples(sources, batch_prompts, rollout.texts, [dict(r.meta) for r in chosen for _ in range(G)])
-            valid = torch.tensor([v is not None for v in values]).view(P_step, G)  # (P, G)
-            scores = torch.tensor([0.0 if v is None else v for v in values]).view(P_step, G)  # (P, G)
-            spread = torch.where(valid, scores, -torch.inf).amax(1) - torch.where(valid, scores, torch.inf).amin(1)  # (P,)
-            equal_groups = ~(spread > 0)  # all equal, or fewer than two kept samples
-            keep = valid & ~equal_groups[:, None] if cfg.dynamic_sampling else valid  # (P, G)
-            rows = keep.flatten().nonzero().squeeze(-1)  # (N,) the samples trained on
-            N = len(rows)
-            lengths = rollout.response_mask.sum(-1).float()  # (B,)
-            seqs, attn, P, mask = kept_batch(rollout, rows)
-            mask = mask.float()  # (N, R)
-            vllm_logp = rollout.logprobs[rows, :mask.shape[1]].float() * mask if not sampler.exact else None  # (N, R)
-
-            # 3. log pi_old and log pi_ref of the kept samples (no grad)
-            old_logp = torch.zeros_like(mask)
-            ref_logp, kl_per_response, entropy = None, None, None
-            if N > 0:
-                with torch.no_grad(), autocast(cfg.precision):
-                    if not on_policy:
-                        old = in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature, with_entropy=True), N, cfg.micro_batch_size)
-                        old_logp, entropy = old["logp"], old["entropy"]
-                    if use_reference:
-                        ref_logp = reference.logprobs(seqs, attn, P)
-                    if use_reference and not kl_in_loss and on_policy:  # RLOO's KL-shaped reward needs log pi_old now
-                        old_logp = (sampled_logp[rows, :mask.shape[1]].float() * mask if sampled_logp is not None else  # as the sampler computed it
-                                    in_chunks(lambda r: policy_forward(policy, seqs[r], attn[r], P, temperature), N, cfg.micro_batch_size)["logp"])
-
-        stats: dict[str, float] = {}
-        n_all = procs.sum(float(N))  # samples kept over every process: all of them update together, or none
-        if N > 0:
-            task_scores = scores.flatten()[rows].to(mask.device)  # (N,)
-            train_scores = task_scores
-            if use_reference and not kl_in_loss:  # RLOO's KL-shaped reward, from the sampling policy
-                train_scores = task_scores - cfg.beta * (kl_k1(old_logp, ref_logp) * mask).sum(-1)
-        # scale_rewards=batch divides by the std of every process's kept rewards: each process joins, even one that kept none
-        batch_rewards = (torch.tensor(procs.gather(train_scores.float().tolist() if N > 0 else []))
-                         if cfg.advantage == "grpo" and cfg.scale_rewards == "batch" else None)
-        if N > 0:
-            # 4. advantages, one per sample (P, G) -> the kept rows (N,)
-            r = torch.zeros(P_step * G, device=mask.device).index_put((rows.to(mask.device),), train_scores.float()).view(P_step, G)
-            if cfg.advantage == "grpo" and cfg.scale_rewards == "batch":
-                adv = group_advantages_batch_std(r, keep, batch_rewards)
-            elif cfg.advantage == "grpo":
-                adv = group_advantages(r, keep, scale_std=cfg.scale_rewards == "group")
-            elif cfg.advantage == "rloo":
-                adv = leave_one_out_advantages(r, keep)
-            else:
-                batch_mean = masked_mean(r, keep.to(r.device)).item()
-                b = baseline.value if cfg.baseline == "moving_average" and baseline.value is not None else batch_mean
-                adv = reinforce_advantages(r, b, keep)
-                baseline.update(batch_mean)
-            advantages = adv.flatten()[rows]  # (N,)
-            if cfg.normalize_advantages and N > 1:
-                advantages = masked_whiten(advantages, torch.ones_like(advantages))
-        elif cfg.advantage == "reinforce" and valid.any():
-            baseline.update(masked_mean(scores, valid).item())
-
-        # 5. update: `iterations` passes, each over n_minibatches minibatches run as micro-batches;
-        #    every micro-batch loss uses its minibatch's counts, so they add up to the minibatch's loss.
-        #    A process that kept nothing still joins every update (its gradient is zero), and with a
-        #    sharded policy it runs as many passes as the busiest process, on a row it gives no weight
-        if n_all > 0:
-            policy.train()
-            n_updates = cfg.iterations * n_minibatches
-            if on_policy and N > 0:
-                entropy = torch.zeros_like(mask)
-            idle = kept_batch(rollout, torch.tensor([0]))[:3] if procs.sharded else None  # (sequences, attention_mask, P) of an empty pass
-            for _ in range(cfg.iterations):
-                for mb in torch.randperm(N).tensor_split(n_minibatches):
-                    local = torch.tensor([mask[mb].sum().item(), float((mask[mb].sum(-1) > 0).sum()), float(len(mb))], dtype=torch.float64)
-                    tokens, sequences, n_rows = procs.sum(local).tolist()  # the minibatch over every process
-                    if n_rows == 0:
-                        continue
-                    counts = {"tokens": tokens, "sequences": int(sequences), "rows": int(n_rows)}
-                    micros = [micro for micro in mb.split(cfg.micro_batch_size) if len(micro)]  # an empty minibatch splits into one empty part
-                    if procs.sharded:  # a sharded block computes only when every process runs it: as many passes in each
-                        micros += [None] * (int(procs.max(len(micros))) - len(micros))
-                    for micro in micros:
-                        if micro is None:
-                            with autocast(cfg.precision):
-                                (policy_forward(policy, *idle, temperature)["logp"].sum() * 0.0).backward()
-                            continue
-                        share = mask[micro].sum().item() / max(counts["tokens"], 1.0) / n_updates  # this micro-batch's token weight in the stats
-                        with autocast(cfg.precision):
-                            new = policy_forward(policy, seqs[micro], attn[micro], P, temperature, with_entropy=on_policy)
-                        if on_policy:  # the first and only pass: pi_old is this very policy
-                            old_logp[micro], entropy[micro] = new["logp"].detach(), new["entropy"].detach()
-                        weights = None
-                        if vllm_logp is not None:  # engine=vllm: min(pi_old / pi_vllm, cap) on each token's surrogate term
-                            weights, is_stats = truncated_importance_weights(old_logp[micro], vllm_logp[micro], mask[micro], cfg.vllm.is_cap)
-                        per_token, st = grpo_token_loss(new["logp"], old_logp[micro], advantages[micro], mask[micro], cfg.eps_low, cfg.eps_high,
-                                                        ref_logp[micro] if kl_in_loss else None, cfg.beta if kl_in_loss else 0.0, weights=weights)
-                        if weights is not None:
-                            st = {**st, **is_stats}
-                        loss = aggregate(per_token, mask[micro], counts)
-                        scaler.scale(loss).backward()
-                        stats["loss"] = stats.get("loss", 0.0) + loss.item() / n_updates  # the micro-batch losses add up to the minibatch's
-                        for key, v in st.items():  # token-weighted, as the loss
-                            stats[key] = stats.get(key, 0.0) + v * share
-                        stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), st["ratio_max"])
-                    procs.reduce_gradients(params, average=False)
-                    grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
-                    if N > 0:
-                        stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
-            policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
-            if step % TRIM_EVERY == 0:
-                release_freed_memory()
-            sampler.sync(policy)  # a vLLM engine gets the updated weights for the next rollout
-            if use_reference and N > 0:
-                kl_per_response = (kl_k1(old_logp, ref_logp) * mask).sum(-1)  # (N,) nats per response, pi_old vs pi_ref
-
-        valid_scores = scores.flatten()[valid.flatten()]
-        stats = procs.reduce_stats(stats)
-        metrics = {
-            "rollout/reward": procs.mean_of(valid_scores.tolist()),
-            "rollout/reward_std": valid_scores.std().item() if len(valid_scores) > 1 else 0.0,
-            "rollout/kl": procs.mean_of(kl_per_response.tolist() if kl_per_response is not None else []),
-            "rollout/entropy": masked_mean(entropy, mask).item() if entropy is not None else None,
-            "rollout/length": lengths.mean().item(), "rollout/length_p95": torch.quantile(lengths, 0.95).item(),
-            "rollout/finished": rollout.finished.float().mean().item(),
-            "rollout/groups_dropped": int(equal_groups.sum()) if cfg.dynamic_sampling else 0,
-            "rollout/groups_equal": int(equal_groups.sum()), "rollout/samples_dropped": int((~valid).sum()),
-            "rollout/samples_trained": N,
-            "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
-            "rollout/reward_length_corr": length_correlation(scores.flatten()[valid.flatten()].numpy(), lengths[valid.flatten()].cpu().numpy())
-            if valid.sum() > 1 else None,
-            **({f"rollout/reward/{name}": sum(v for v in vals if v is not None) / max(sum(v is not None for v in vals), 1)
-                for name, vals in parts.items()} if len(parts) > 1 else {}),
-            **({f"train/{key}": stats[key] for key in ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
-                if key in stats}),
-            **({"train/ratio_max": stats["ratio_peak"]} if "ratio_peak" in stats else {}),
-            **{f"rollout/{key}": stats[key] for key in ("is_weight_mean", "is_weight_capped", "is_logp_gap") if key in stats},  # engine=vllm
-            "train/lr": scheduler.get_last_lr()[0], "rollout/baseline": baseline.value if cfg.advantage == "reinforce" else None,
-            "time/rollout_s": t_gen, "time/step_s": time.time() - t0,
-        }
-        done = step + 1
-
-        # 6. the guard: held-out reward and KL; keep the best, stop when it turns
-        stop_reason = None
-        if guard.due(done):
-            check = guard.timed(lambda: held_out_check(policy, reference, tokenizer, held_out, cfg, sources))
-            metrics.update({f"held_out/{key}": value for key, value in check.items()})
-            stop_reason = guard.update(done, check)
-            if cfg.early_stop.gold_peak:
-                metrics["held_out/gold_peak_kl"] = guard.peak_kl
-        stop_reason = stop_reason or guard.out_of_time(done, metrics["time/step_s"])  # early_stop.max_minutes
-        metrics.update(scaler_metrics(scaler))
-        history.append(metrics)
-        logger.log(done, metrics)
-        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
-            adv_of = dict(zip(rows.tolist(), advantages.tolist())) if N > 0 else {}
-            with samples_path.open("a") as f:
-                for i, (prompt, text, v) in enumerate(zip(batch_prompts, rollout.texts, values)):
-                    f.write(json.dumps({"step": done, "group": i // G, "prompt": prompt, "response": text, "reward": v,
-                                        "advantage": adv_of.get(i)}) + "\n")
-        if stop_reason:
-            console.print(f"grpo: early stop after step {done}: {stop_reason}")
-            break
-        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"best": guard.best, "baseline": baseline.state_dict()}, logger, "grpo", scaler):
-            return None
-    logger.close()
-    guard.roll_back(done, "grpo")  # to the policy that did best on held-out prompts
+def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
+    out = start_stage(cfg)
+    t_start = time.time()
+    run = setup_grpo(cfg, placement, out, t_start)
+    finished = grpo_loop(cfg, run, out)
+    if finished is None:  # interrupted: the checkpoint is written, a later run resumes it
+        return None
+    done, stop_reason = finished
+    run.guard.roll_back(done, "grpo")  # to the policy that did best on held-out prompts
 
     # ---- save the policy (LoRA merged: a plain HF directory)
-    procs.check_in_step(params, "grpo")
-    save_model(policy, tokenizer, out / "model")
+    procs = processes()
+    procs.check_in_step(run.params, "grpo")
+    save_model(run.policy, run.tokenizer, out / "model")
+    history = run.history
     quarter = max(1, len(history) // 4)
     head, tail = history[:quarter], history[-quarter:]
 
@@ -386,16 +328,122 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         vals = [h[key] for h in rows if h.get(key) is not None]
         return sum(vals) / len(vals) if vals else None
 
+    info = run.info
     summary = {
-        "stage": "grpo", "model": str(out / "model"), "policy_init": policy_path, "advantage": cfg.advantage,
-        "reward": [{"name": s.name, "weight": s.weight} for s in sources],
-        "steps": cfg.steps, "samples": cfg.steps * B * procs.world, "data": report.to_dict(), "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding, "steps_done": done, "stopped_early": stop_reason,
+        "stage": "grpo", "model": str(out / "model"), "policy_init": info["policy_init"], "advantage": cfg.advantage,
+        "reward": [{"name": s.name, "weight": s.weight} for s in run.scorer.sources],
+        "steps": cfg.steps, "samples": cfg.steps * cfg.batch_size * procs.world, "data": info["data"], "processes": procs.world,
+        "sharded": procs.sharded, "sharding": procs.sharding, "steps_done": done, "stopped_early": stop_reason,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
-        "held_out": guard.summary(len(held_out)),
-        "reference": reference_kind, "trainable_params": n_trainable, "total_params": n_total, "parameter_gb": parameter_gb, "offloaded_gb": offloaded_gb,
+        "held_out": run.guard.summary(len(run.held_out)),
+        "reference": info["reference"], "trainable_params": info["trainable_params"], "total_params": info["total_params"],
+        "parameter_gb": info["parameter_gb"], "offloaded_gb": info["offloaded_gb"],
         "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary
+
+
+def grpo_loop(cfg: GRPOConfig, run: GRPOSetup, out) -> tuple[int, str | None] | None:
+    """Steps 1-6 of the module docstring, once per step from where the run starts. Returns the steps done and why
+    training stopped early (None when it ran them all), or None when interrupted (after writing the checkpoint)."""
+    procs, G, guard, history = processes(), cfg.group_size, run.guard, run.history
+    per_step = cfg.prompts_per_step * procs.world  # prompts a step over all processes
+    n_minibatches = cfg.batch_size // cfg.mini_batch_size
+    n_updates = cfg.iterations * n_minibatches
+    use_reference = cfg.beta > 0
+    kl_in_loss = use_reference and cfg.kl_penalty == "loss"  # kl_penalty=reward: the KL shapes the reward instead (RLOO)
+    samples_path = out / "samples.jsonl"
+    done, stop_reason = run.start_step, None
+    run.policy.eval()
+    for step in range(run.start_step, cfg.steps):
+        t0 = time.time()
+        chosen = [run.records[i] for i in procs.share(run.stream[step * per_step:(step + 1) * per_step])]
+        batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
+
+        # 1. rollout; a sharded (fsdp) policy is held whole from here through the passes of step 3, whose number
+        #    differs between processes (each stops sampling when its own rows end, keeps its own samples)
+        with gathered(run.policy):
+            rollout = run.sampler.sample(batch_prompts, (cfg.seed * 1000003 + step) * procs.world + procs.rank)
+            t_gen = time.time() - t0
+
+            # 2. score (P, G); a sample a source drops takes no part, dynamic sampling leaves out the groups of equal rewards
+            groups = run.scorer(batch_prompts, rollout.texts, [dict(r.meta) for r in chosen for _ in range(G)])
+            batch = KeptBatch.of(rollout, groups.rows)  # the N kept samples
+            N, mask = len(batch), batch.mask  # (N, R)
+
+            # 3. log pi_old and log pi_ref of the kept samples (no grad)
+            with torch.no_grad(), autocast(cfg.precision):
+                old = run.passes.old(batch)  # on-policy: filled in by the update's own pass
+                ref_logp = run.reference.logprobs(batch.seqs, batch.attn, batch.P) if use_reference and N > 0 else None  # (N, R)
+        train_scores = groups.scores.flatten()[groups.rows].to(mask.device)  # (N,)
+        if use_reference and not kl_in_loss and N > 0:  # RLOO's KL-shaped reward, from the sampling policy
+            train_scores = train_scores - cfg.beta * (kl_k1(old["logp"], ref_logp) * mask).sum(-1)
+
+        # 4. advantages, one per kept sample (N,)
+        n_all = procs.sum(float(N))  # samples kept over every process: all of them update together, or none
+        advantages = grpo_advantages(cfg, groups, train_scores, run.baseline)
+
+        # 5. update: `iterations` passes, each over n_minibatches minibatches run as micro-batches; every micro-batch
+        #    loss uses its minibatch's counts, so they add up to the minibatch's loss. A process that kept nothing
+        #    still joins every update (its gradient is zero)
+        stats: dict[str, float] = {}
+        if n_all > 0:
+            run.policy.train()
+            for _ in range(cfg.iterations):
+                for mb in torch.randperm(N).tensor_split(n_minibatches):
+                    counts = minibatch_counts(mask, mb)  # the minibatch over every process
+                    if counts["rows"] == 0:
+                        continue
+                    for micro in run.passes.micro_batches(mb, rollout):
+                        share = mask[micro].sum().item() / max(counts["tokens"], 1.0) / n_updates  # this micro-batch's token weight in the stats
+                        with autocast(cfg.precision):
+                            new = run.passes(batch, micro, old)
+                        # a sampler off the trainer's numbers (vLLM): min(pi_old / pi_sampler, cap) on each token's surrogate term
+                        weights, is_stats = run.sampler.weigh(old["logp"][micro], rows_of(batch.sampled_logp, micro), mask[micro])
+                        per_token, st = grpo_token_loss(new["logp"], old["logp"][micro], advantages[micro], mask[micro], cfg.eps_low, cfg.eps_high,
+                                                        ref_logp[micro] if kl_in_loss else None, cfg.beta if kl_in_loss else 0.0, weights=weights)
+                        loss = run.aggregate(per_token, mask[micro], counts)
+                        run.scaler.scale(loss).backward()
+                        stats["loss"] = stats.get("loss", 0.0) + loss.item() / n_updates  # the micro-batch losses add up to the minibatch's
+                        for key, v in {**st, **is_stats}.items():  # token-weighted, as the loss
+                            stats[key] = stats.get(key, 0.0) + v * share
+                        stats["ratio_peak"] = max(stats.get("ratio_peak", 0.0), st["ratio_max"])
+                    procs.reduce_gradients(run.params, average=False)
+                    grad_norm = clip_and_step(run.params, run.optimizer, run.scheduler, cfg.optim.max_grad_norm, run.scaler)
+                    if N > 0:
+                        stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm / n_updates
+            run.policy.eval()  # eval mode for the held-out check and the next rollout (KV cache on)
+            if step % TRIM_EVERY == 0:
+                release_freed_memory()
+            run.sampler.sync(run.policy)  # a vLLM engine gets the updated weights for the next rollout
+        kl_per_response = (kl_k1(old["logp"], ref_logp) * mask).sum(-1) if ref_logp is not None else None  # (N,) nats, pi_old vs pi_ref
+
+        metrics = {**step_metrics(cfg, rollout, groups, old, mask, kl_per_response, procs.reduce_stats(stats), run.scheduler.get_last_lr()[0],
+                                  run.baseline), "time/rollout_s": t_gen, "time/step_s": time.time() - t0}
+        done = step + 1
+
+        # 6. the guard: held-out reward and KL; keep the best, stop when it turns
+        stop_reason = None
+        if guard.due(done):
+            check = guard.timed(lambda: held_out_check(run.policy, run.reference, run.tokenizer, run.held_out, cfg, run.scorer))
+            metrics.update({f"held_out/{key}": value for key, value in check.items()})
+            stop_reason = guard.update(done, check)
+            if cfg.early_stop.gold_peak:
+                metrics["held_out/gold_peak_kl"] = guard.peak_kl
+        stop_reason = stop_reason or guard.out_of_time(done, metrics["time/step_s"])  # early_stop.max_minutes
+        metrics.update(scaler_metrics(run.scaler))
+        history.append(metrics)
+        run.logger.log(done, metrics)
+        if cfg.samples_every and (done % cfg.samples_every == 0 or done == 1) and procs.is_main:  # read what the policy does
+            write_samples(samples_path, done, batch_prompts, rollout, groups, advantages, G)
+        if stop_reason:
+            console.print(f"grpo: early stop after step {done}: {stop_reason}")
+            break
+        if checkpoint_or_interrupt(out, done, cfg, run.trainable, run.optimizer, run.scheduler,
+                                   {"best": guard.best, "baseline": run.baseline.state_dict()}, run.logger, "grpo", run.scaler):
+            return None
+    run.logger.close()
+    return done, stop_reason

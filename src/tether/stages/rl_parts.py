@@ -1,18 +1,23 @@
 """The parts an RL stage's loop is written against, each with one job, chosen once in setup from the config.
 
   Sampler       a rollout and its log-probs: tether's own sampler on the policy (`PolicySampler`) or a
-                vLLM engine holding a copy of it (`VLLMEngineSampler`)
+                vLLM engine holding a copy of it (`VLLMEngineSampler`); for the sampling stages (bon, rs),
+                responses of a model or of an engine holding it (`ResponseSampler`)
   Reference     log pi_ref of each response token: the policy with its LoRA adapter off, a frozen copy
                 (in CPU memory with offload_frozen) (`LocalReference`), or a frozen copy in a Ray actor
                 (`RayReference`)
   Scorer        (B,) scores and (B,) keep flags for a rollout: a reward model or ensemble (here or in a Ray
                 actor), a Python reward function, or a list of reward sources; then the missing-EOS penalty
-                and the clip
+                and the clip. `SourceScorer`: a list of reward sources' weighted sum and each source's part
+                (bon, rs); `GroupScorer`: the same over P groups of G samples (GRPO), with the groups whose
+                rewards are all equal
   Value         the critic: a zero-initialised head on the policy trunk (`PolicyHeadValue`), or a model of its
                 own (`ModelValue`): the reward model under a second adapter, or a full copy of it
   PolicyPasses  the trainable policy's (and value's) passes over a rollout: the frozen lower blocks run once
                 per rollout and are replayed from their recorded outputs (reuse_frozen_states), and the
-                sampling pass's own log-probs and values stand for the first pass (reuse_sampling_pass)
+                sampling pass's own log-probs and values stand for the first pass (reuse_sampling_pass).
+                `KeptPasses`: GRPO's, over the kept samples (`KeptBatch`): with one minibatch and one iteration
+                the update's own pass is pi_old, and with a sharded policy every process runs as many passes
 
 Where each model lives (this process, CPU memory, a Ray actor) and which engine samples are decided when
 these are built; a loop calls them the same way whatever was chosen, and gets the same numbers.
@@ -21,6 +26,7 @@ these are built; a loop calls them the same way whatever was chosen, and gets th
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +37,7 @@ from safetensors.torch import save_file
 from tether.config import LoraSettings
 from tether.data.records import prompt_text
 from tether.distributed import gathered
+from tether.processes import processes
 from tether.losses import truncated_importance_weights
 from tether.models.loading import apply_lora, autocast, device
 from tether.models.reward_model import RewardNormalization
@@ -39,6 +46,7 @@ from tether.models.sharing import shallow_clone
 from tether.rewards.functions import call_reward_function
 from tether.rewards.sources import score_samples
 from tether.rollout.generate import Rollout
+from tether.rollout.sampling import load_sampler, sample_responses
 from tether.rollout.logprobs import FrozenStates, policy_forward, record_frozen, reference_logprobs
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import in_chunks
@@ -69,6 +77,10 @@ class PolicySampler:
         """The sample is the policy's own: no reweighting."""
         return None, {}
 
+    def weigh(self, old_logp: torch.Tensor, sampled_logp: torch.Tensor | None, mask: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """As `importance_weights`, for any rows of a rollout: no reweighting."""
+        return None, {}
+
     def sync(self, policy) -> None:
         """Nothing to push: it samples the policy itself."""
 
@@ -87,10 +99,33 @@ class VLLMEngineSampler:
 
     def importance_weights(self, old_logp: torch.Tensor, rollout: Rollout, mask: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
         """(B, R) truncated importance weights and their `is_weight_*` statistics (Yao et al. 2025)."""
-        return truncated_importance_weights(old_logp, rollout.logprobs, mask, self.is_cap)
+        return self.weigh(old_logp, rollout.logprobs, mask)
+
+    def weigh(self, old_logp: torch.Tensor, sampled_logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """As `importance_weights`, for any rows of a rollout: (b, R) log pi_old, the engine's log-probs of the same tokens
+        and the mask."""
+        return truncated_importance_weights(old_logp, sampled_logp, mask, self.is_cap)
 
     def sync(self, policy) -> None:
         self.engine.sync(policy)
+
+
+class ResponseSampler:
+    """A sampling stage's sampler (bon, rs): the model at `path`, or a vLLM engine that takes its weights (engine=vllm;
+    one engine a process, rollout/sampling.py's load_sampler). `responses` gives one dict per prompt, in their order:
+    response, finished, n_tokens."""
+
+    def __init__(self, path: str, cfg):
+        self.tokenizer, self.model = load_sampler(path, cfg)
+        self.generation, self.precision = cfg.generation, cfg.precision
+
+    def responses(self, prompts: list, seed: int, progress=None) -> list[dict]:
+        return sample_responses(self.model, self.tokenizer, prompts, self.generation, seed, self.precision, progress=progress)
+
+    def release(self) -> None:
+        """Let go of the model (an engine stays with the process, for the next policy)."""
+        self.model = None
+        gc.collect()
 
 
 # ---- Reference: log pi_ref; `start` begins the pass (a Ray actor works meanwhile), `result()` waits for it
@@ -190,6 +225,53 @@ class TextScores:
                   call_reward_function(self.reward_fn, [prompt_text(p) for p in prompts], rollout.texts, metadata))
         on = rollout.sequences.device
         return torch.tensor([0.0 if v is None else v for v in values], device=on), torch.tensor([v is not None for v in values], device=on)
+
+
+@dataclass
+class GroupScores:
+    """A GroupScorer's verdict on P groups of G samples (sample k of group p is row p * G + k)."""
+
+    values: list  # (B,) each sample's weighted sum, None where a source dropped it
+    parts: dict  # each source's own (B,) scores, by name
+    scores: torch.Tensor  # (P, G) the rewards, 0.0 where dropped
+    valid: torch.Tensor  # (P, G) scored (no source dropped it)
+    equal_groups: torch.Tensor  # (P,) every kept reward the same, or fewer than two kept: nothing to compare
+    keep: torch.Tensor  # (P, G) trained on: valid, and (dynamic sampling) in a group with a spread
+    rows: torch.Tensor  # (N,) the kept samples' rows
+
+
+class SourceScorer:
+    """A list of reward sources (rewards/sources.py: reward models here or in Ray actors, functions, verifiers, judges):
+    their weighted sum per sample and each source's own scores. The sampling stages' scorer (bon, rs) as it is."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+
+    def score(self, prompts: list, texts: list[str], metadata: list[dict]) -> tuple[list, dict]:
+        """(B,) weighted sums (None: a source dropped that sample) and each source's (B,) scores, by name."""
+        return score_samples(self.sources, prompts, texts, metadata)
+
+    def records(self, records: list, texts: list[str]) -> list:
+        """(B,) weighted sums for prompt records (a record's meta reaches the functions as their metadata)."""
+        return self.score([r.prompt for r in records], texts, [dict(r.meta) for r in records])[0]
+
+
+class GroupScorer(SourceScorer):
+    """Reward sources over a rollout of groups (GRPO): their weighted sum per sample, each source's part, and with
+    `dynamic_sampling` the groups whose rewards are all equal left out (DAPO, sec. 3.2)."""
+
+    def __init__(self, sources: list, group_size: int, dynamic_sampling: bool):
+        super().__init__(sources)
+        self.group_size, self.dynamic_sampling = group_size, dynamic_sampling
+
+    def __call__(self, prompts: list, texts: list[str], metadata: list[dict]) -> GroupScores:
+        values, parts = self.score(prompts, texts, metadata)
+        valid = torch.tensor([v is not None for v in values]).view(-1, self.group_size)  # (P, G)
+        scores = torch.tensor([0.0 if v is None else v for v in values]).view(-1, self.group_size)  # (P, G)
+        spread = torch.where(valid, scores, -torch.inf).amax(1) - torch.where(valid, scores, torch.inf).amin(1)  # (P,)
+        equal_groups = ~(spread > 0)  # all equal, or fewer than two kept samples
+        keep = valid & ~equal_groups[:, None] if self.dynamic_sampling else valid  # (P, G)
+        return GroupScores(values, parts, scores, valid, equal_groups, keep, keep.flatten().nonzero().squeeze(-1))
 
 
 # ---- Value: V(s_t) at every response position; `head` joins the policy's pass, `model` runs a pass of its own
@@ -300,3 +382,82 @@ class RolloutPasses:
         if parts.reuse_sampling_pass and rollout.logprobs is not None:  # no second pass of the policy
             return {"logp": rollout.logprobs, "values": parts.value.rollout_values(rollout, parts.chunk), "entropy": rollout.entropy}
         return in_chunks(lambda rows: self(rows, with_entropy=True), len(self.seqs), parts.chunk)
+
+
+# ---- KeptPasses: GRPO's passes of the policy over the samples a step keeps
+
+
+@dataclass
+class KeptBatch:
+    """The kept rows of a rollout, with the columns that are padding in every kept row cut off (leading prompt
+    padding, trailing response padding): sequences and attention_mask (N, P + R), the prompt width P, the response
+    mask (N, R) and the sampler's log-probs of the response tokens (N, R; None when it kept none)."""
+
+    seqs: torch.Tensor
+    attn: torch.Tensor
+    P: int
+    mask: torch.Tensor
+    sampled_logp: torch.Tensor | None
+
+    @classmethod
+    def of(cls, rollout: Rollout, rows: torch.Tensor) -> KeptBatch:
+        prompt_mask, response_mask = rollout.prompt_mask[rows], rollout.response_mask[rows]
+        lead = int((prompt_mask.sum(0) == 0).long().cumprod(0).sum())  # prompt columns that are padding in every kept row
+        R = int(response_mask.sum(-1).max()) if len(rows) else 0
+        P = rollout.prompt_ids.shape[1] - lead
+        seqs = torch.cat([rollout.prompt_ids[rows, lead:], rollout.response_ids[rows, :R]], dim=1)
+        attn = torch.cat([prompt_mask[:, lead:], response_mask[:, :R]], dim=1)
+        mask = response_mask[:, :R].float()
+        sampled = rollout.logprobs[rows, :R].float() * mask if rollout.logprobs is not None else None
+        return cls(seqs, attn, P, mask, sampled)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class KeptPasses:
+    """The policy's passes over a KeptBatch (GRPO has no value). `on_policy` (one minibatch, one iteration): no scoring
+    pass, the update's own forward pass is pi_old and is written into `old` as each micro-batch runs; except that
+    `old_first` (a KL-shaped reward needs log pi_old before the update) takes it from the sampler when its numbers are
+    the trainer's own (`trust_sampler`), else from a pass. `sharded`: each minibatch is padded with empty passes so that
+    every process runs as many (a sharded block computes only when every process runs it)."""
+
+    def __init__(self, policy, temperature: float, chunk: int, precision: str, on_policy: bool, old_first: bool,
+                 trust_sampler: bool, sharded: bool):
+        self.policy, self.temperature, self.chunk, self.precision = policy, temperature, chunk, precision
+        self.on_policy, self.old_first, self.trust_sampler, self.sharded = on_policy, old_first, trust_sampler, sharded
+
+    def forward(self, batch: KeptBatch, rows, with_entropy: bool = False) -> dict:
+        return policy_forward(self.policy, batch.seqs[rows], batch.attn[rows], batch.P, self.temperature, with_entropy=with_entropy)
+
+    def old(self, batch: KeptBatch) -> dict:
+        """`logp` log pi_old (N, R) and `entropy` (N, R; None when nothing was kept), before the update (call under no_grad);
+        on-policy, zeros the update fills in."""
+        N, mask = len(batch), batch.mask
+        if N == 0:
+            return {"logp": torch.zeros_like(mask), "entropy": None}
+        if not self.on_policy:
+            return in_chunks(lambda rows: self.forward(batch, rows, with_entropy=True), N, self.chunk)
+        logp = torch.zeros_like(mask)
+        if self.old_first:
+            logp = (batch.sampled_logp if self.trust_sampler and batch.sampled_logp is not None else  # as the sampler computed it
+                    in_chunks(lambda rows: self.forward(batch, rows), N, self.chunk)["logp"])
+        return {"logp": logp, "entropy": torch.zeros_like(mask)}
+
+    def __call__(self, batch: KeptBatch, rows, old: dict) -> dict:
+        """`logp` (b, R) of the policy now, with grad; on-policy it is pi_old too (and gives the entropy)."""
+        new = self.forward(batch, rows, with_entropy=self.on_policy)
+        if self.on_policy:  # the first and only pass: pi_old is this very policy
+            old["logp"][rows], old["entropy"][rows] = new["logp"].detach(), new["entropy"].detach()
+        return new
+
+    def micro_batches(self, minibatch: torch.Tensor, rollout: Rollout):
+        """The minibatch's rows `chunk` at a time; sharded, then as many empty passes (on a row given no weight, their
+        gradient zero) as the busiest process has micro-batches more than this one."""
+        micros = [micro for micro in minibatch.split(self.chunk) if len(micro)]  # an empty minibatch splits into one empty part
+        idle = int(processes().max(len(micros))) - len(micros) if self.sharded else 0  # counted before any pass runs
+        yield from micros
+        empty = KeptBatch.of(rollout, torch.tensor([0])) if idle else None
+        for _ in range(idle):
+            with autocast(self.precision):
+                (self.forward(empty, slice(None))["logp"].sum() * 0.0).backward()
