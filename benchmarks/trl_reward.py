@@ -72,8 +72,8 @@ from tether.models.loading import _cpu_has_bf16, load_tokenizer, resolve_model  
 from tether.models.loading import trunk_of  # noqa: E402
 from tether.models.reward_model import init_reward_model  # noqa: E402
 from tether.models.loading import freeze_lower_layers  # noqa: E402
-from tether.stages.reward import is_tie, score_texts  # noqa: E402
-from tether.models.reward_model import can_pack
+from tether.stages.reward import is_tie  # noqa: E402
+from tether.models.reward_model import can_pack, score_texts  # noqa: E402
 from tether.tracking import peak_rss_gb  # noqa: E402
 
 
