@@ -10,13 +10,13 @@ of each batch, and the gradients are summed across processes before the optimize
     controller), the logged means and the held-out check are reduced over all processes, so beta,
     early stopping and every decision are the same in each.
 
-With `fsdp=true` (SFT, reward, DPO, PPO) each transformer block is also sharded across the processes
+With `parallel.fsdp=true` (SFT, reward, DPO, PPO, GRPO) each transformer block is also sharded across the processes
 (PyTorch FSDP2, `fully_shard`): its weights, gradients and Adam moments are split N ways and a block
 is gathered whole only while it computes. The embeddings, final norm and heads stay whole in every
 process (their gradients summed like the rest), so the code that calls a trunk and a head
-separately (reward and DPO do) runs unchanged. `zero_stage=2` keeps a block's gathered weights from its
+separately (reward and DPO do) runs unchanged. `parallel.zero_stage=2` keeps a block's gathered weights from its
 forward to its backward pass (ZeRO-2's trade, FSDP's SHARD_GRAD_OP); 3, the default, gathers them twice.
-`offload_trainable=true` keeps the shards, their gradients and Adam moments in CPU memory (ZeRO-Offload).
+`parallel.offload_trainable=true` keeps the shards, their gradients and Adam moments in CPU memory (ZeRO-Offload).
 
 Processes come from `tether <stage> --num-processes N` (which runs `torch.distributed.run`),
 `torchrun`, or `accelerate launch`; accelerate's PartialState joins the process group (gloo on
@@ -31,6 +31,8 @@ import functools
 import os
 
 import torch
+
+from tether.config import ConfigError, ParallelSettings, check_parallel
 
 __all__ = ["Processes", "processes", "launcher_sharding", "launcher_precision", "apply_launcher", "is_sharded", "is_fsdp", "shard_blocks", "gathered", "grad_norm", "full_tensor", "like_param"]
 
@@ -254,15 +256,13 @@ _STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "H
 
 def launcher_sharding(environ: dict | None = None) -> dict | None:
     """The sharding `accelerate launch` was asked for (its --use_deepspeed / --use_fsdp flags or config file, which it passes
-    to each process as environment variables), as tether's settings: {"fsdp", "zero_stage", "offload_trainable", "asked"};
-    None when it asked for neither. tether shards with FSDP2 whichever was asked for:
+    to each process as environment variables), as a stage's `parallel` settings (config.ParallelSettings): {"fsdp",
+    "zero_stage", "offload_trainable", "asked"}; None when it asked for neither. tether shards with FSDP2 whichever was asked for:
       DeepSpeed ZeRO stage 3 / 2 -> fsdp=true zero_stage=3 / 2; stage 1 (optimizer state only, which FSDP2 has no
       stage for) -> zero_stage=2, which shards the gradients too and makes the same updates; stage 0 -> not sharded;
       offload_optimizer or offload_param on cpu -> offload_trainable=true (nvme is refused);
       FSDP FULL_SHARD or reshard_after_forward=true -> zero_stage=3; SHARD_GRAD_OP or false -> 2; NO_SHARD -> not
       sharded; fsdp_offload_params -> offload_trainable=true; HYBRID_SHARD is refused (tether shards over every process)."""
-    from tether.config import ConfigError
-
     env = os.environ if environ is None else environ
     if _env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
         stage, offload = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"), [env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
@@ -305,8 +305,6 @@ def _deepspeed_json(env) -> dict | None:
     import json
     from pathlib import Path
 
-    from tether.config import ConfigError
-
     path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
     if not path or path.lower() == "none":
         return None
@@ -321,8 +319,6 @@ def launcher_precision(environ: dict | None = None) -> str | None:
     DeepSpeed JSON's bf16/fp16 sections), as tether's `precision`: "bf16", "fp16", or None when it asked for neither.
     accelerate's "no" is also its default when nothing was asked, so it leaves the stage's own setting alone; fp8 is
     refused (tether trains in bf16, fp16 or fp32)."""
-    from tether.config import ConfigError
-
     env = os.environ if environ is None else environ
     asked = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     ds = _deepspeed_json(env) if _env_flag(env, "ACCELERATE_USE_DEEPSPEED") else None
@@ -350,16 +346,17 @@ def apply_launcher(cfg) -> None:
                       f"the run uses precision={state.launcher_precision} (the config said {cfg.precision})", soft_wrap=True)
         cfg.precision = state.launcher_precision
     asked = state.launcher
-    if asked is None or not hasattr(cfg, "fsdp"):
+    if asked is None or not hasattr(cfg, "parallel"):
         return
-    from tether.config import ConfigError, check_fsdp
-
-    cfg.fsdp, cfg.zero_stage, cfg.offload_trainable = asked["fsdp"], asked["zero_stage"], asked["offload_trainable"]
     try:
-        check_fsdp(cfg)
+        cfg.parallel = ParallelSettings(fsdp=asked["fsdp"], zero_stage=asked["zero_stage"], offload_trainable=asked["offload_trainable"],
+                                        activation_checkpointing=cfg.parallel.activation_checkpointing)
+        check_parallel(cfg)
     except ConfigError as e:
         raise ConfigError(f"accelerate launch asked for {asked['asked']}: {e}") from e
-    how = (f"fsdp=true zero_stage={cfg.zero_stage}" + (" offload_trainable=true" if cfg.offload_trainable else "")) if cfg.fsdp else "fsdp=false"
+    parallel = cfg.parallel
+    how = (f"parallel.fsdp=true parallel.zero_stage={parallel.zero_stage}" + (" parallel.offload_trainable=true" if parallel.offload_trainable else "")
+           if parallel.fsdp else "parallel.fsdp=false")
     console.print(f"tether: accelerate launch asked for {asked['asked']}; tether runs it with FSDP2 as {how}", soft_wrap=True)
 
 

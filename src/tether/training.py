@@ -119,7 +119,7 @@ def start_stage(cfg, rounds: str | None = None) -> Path:
         (out / "summary.json").unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
         write_fingerprint(out, current)
-    processes().sharded = False  # until this stage shards a model (fsdp=true)
+    processes().sharded = False  # until this stage shards a model (parallel.fsdp=true)
     seed_everything(cfg.seed)  # the same in every process: the same initial weights (LoRA, heads) everywhere
     return out
 

@@ -380,12 +380,12 @@ def test_prompt_baseline_needs_two_samples_per_prompt():
 def test_fsdp_is_for_full_fine_tuning():
     from tether.config import ConfigError
 
-    with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true"])  # LoRA is PPO's default
-    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false"]).fsdp
-    with pytest.raises(ConfigError, match="zero_stage=2 chooses how fsdp=true"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "zero_stage=2"])
-    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false", "zero_stage=2"]).zero_stage == 2
+    with pytest.raises(ConfigError, match="parallel.fsdp=true shards full fine-tuning"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true"])  # LoRA is PPO's default
+    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true", "lora.enabled=false"]).parallel.fsdp
+    with pytest.raises(ConfigError, match="in parallel: zero_stage=2 chooses how fsdp=true"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.zero_stage=2"])
+    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true", "lora.enabled=false", "parallel.zero_stage=2"]).parallel.zero_stage == 2
 
 
 def test_ray_placement_refuses_what_needs_the_reward_model_here():
@@ -394,7 +394,7 @@ def test_ray_placement_refuses_what_needs_the_reward_model_here():
     with pytest.raises(ConfigError, match="placement=ray .* value_model=policy_head"):
         load_config(PPOConfig, None, ["placement=ray", "value_model=reward_adapter"])
     with pytest.raises(ConfigError, match="placement=ray runs in one process"):
-        load_config(PPOConfig, None, ["placement=ray", "fsdp=true", "lora.enabled=false"])
+        load_config(PPOConfig, None, ["placement=ray", "parallel.fsdp=true", "lora.enabled=false"])
     assert load_config(PPOConfig, None, ["placement=ray", "ray.gpus_per_model=1"]).ray.gpus_per_model == 1
     with pytest.raises(ConfigError, match="offload_frozen .* placement=ray"):
         load_config(PPOConfig, None, ["placement=ray", "offload_frozen=true"])

@@ -140,10 +140,10 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
                       "ray_actor" if isinstance(reference_model, RemoteModel) else "copy" if reference_model is not None else "none")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
-    if cfg.activation_checkpointing:
+    if cfg.parallel.activation_checkpointing:
         enable_activation_checkpointing(policy)
-    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
+    if cfg.parallel.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     trainable = {"policy": policy}
     # the reference the loop and the held-out check call (None: full fine-tuning without a KL term)
     reference = (LocalReference(policy, reference_model, cfg.generation.temperature, cfg.micro_batch_size) if reference_kind in ("adapter_off", "copy")

@@ -244,13 +244,13 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers, policy_path)
     frozen_blocks = 0  # > 0: the frozen blocks run once per rollout, their output recorded (reuse_frozen_states)
-    if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.fsdp:
+    if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.parallel.fsdp:
         if replays_exactly(policy, probe, cfg.freeze_layers, with_adapter_off=cfg.lora.enabled):
             frozen_blocks = cfg.freeze_layers
         else:
             console.print("ppo: reuse_frozen_states is off: passes started from the recorded lower blocks did not give this model's logits")
-    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
+    if cfg.parallel.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     if cfg.value_model == "policy_head":
         value = PolicyHeadValue(policy.config.hidden_size)
     elif cfg.value_model == "reward_adapter":  # the reward model's weights, a second adapter, a copy of its head
@@ -261,7 +261,7 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     trainable = {"policy": policy, **value.modules}
     if cfg.freeze_layers and value.model is not None:  # a value model on its own trunk: the same saving
         freeze_lower_layers(value.model.model, cfg.freeze_layers, cfg.reward_model)
-    if cfg.activation_checkpointing:  # the models that are trained through their blocks
+    if cfg.parallel.activation_checkpointing:  # the models that are trained through their blocks
         for model in [policy] + ([value.model.model] if value.model is not None else []):
             enable_activation_checkpointing(model)
     frozen_rms = [m.model for m in rm.members] if rm is not None and placement is None else []
