@@ -175,7 +175,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
     resumed = load_checkpoint(out, trainable, optimizer, scheduler, scaler)
     if resumed is not None:
         start_step = resumed[0]
-        guard.best = resumed[1].get("best", guard.best)
+        guard.load_state_dict(resumed[1].get("best"))
         baseline.load_state_dict(resumed[1]["baseline"])
         console.print(f"grpo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
@@ -370,7 +370,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         if stop_reason:
             console.print(f"grpo: early stop after step {done}: {stop_reason}")
             break
-        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"best": guard.best, "baseline": baseline.state_dict()}, logger, "grpo", scaler):
+        if checkpoint_or_interrupt(out, done, cfg, trainable, optimizer, scheduler, {"best": guard.state_dict(), "baseline": baseline.state_dict()}, logger, "grpo", scaler):
             return None
     logger.close()
     guard.roll_back(done, "grpo")  # to the policy that did best on held-out prompts

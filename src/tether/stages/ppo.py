@@ -304,7 +304,7 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     if resumed is not None:
         start_step = resumed[0]
         kl_ctl.load_state_dict(resumed[1]["kl_controller"])
-        guard.best = resumed[1].get("best", guard.best)
+        guard.load_state_dict(resumed[1].get("best"))
         console.print(f"ppo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
         check = guard.timed(lambda: held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, scorer))
@@ -482,7 +482,7 @@ def ppo_loop(cfg: PPOConfig, run: PPOSetup, out) -> tuple[int, str | None] | Non
             console.print(f"ppo: early stop after step {done}: {stop_reason}")
             break
         if checkpoint_or_interrupt(out, done, cfg, run.trainable, run.optimizer, run.scheduler,
-                                   {"kl_controller": kl_ctl.state_dict(), "best": guard.best}, run.logger, "ppo", run.scaler):
+                                   {"kl_controller": kl_ctl.state_dict(), "best": guard.state_dict()}, run.logger, "ppo", run.scaler):
             return None
     run.logger.close()
     return done, stop_reason
