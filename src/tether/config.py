@@ -516,7 +516,19 @@ class RaySettings:
 
 @dataclass
 class EarlyStopSettings:
-    """The Goodhart guard: watch held-out prompts, keep the best policy, stop when it turns (or when time is up)."""
+    """The Goodhart guard (training.GoodhartGuard, in PPO and GRPO): watch held-out prompts, keep the best policy, stop
+    when it turns (or when time is up). Its ten keys, by what they decide (defaults in brackets):
+
+    - whether and what it checks: `prompts` [None = no guard], `limit` [32 prompts a check];
+    - when it checks: `every` [5 steps, and after the last], more often near the KL ceiling: `near_kl` [None = never]
+      with `every_near` [1 step];
+    - which checked policy it keeps: the best reward inside `max_kl`, or with `tolerance` [0] the latest within it of
+      the best;
+    - when it stops, rolled back to the kept policy: held-out KL past `max_kl` [None = no ceiling], `patience` [2]
+      regular checks without a new best reward (0 = never), KL past the peak of the fitted gold curve (`gold_peak`
+      [false]; needs a gold scorer), or the next check ending past `max_minutes` [None = no budget].
+
+    None of them changes the training itself: the checks only watch (tests/stages/test_ppo_options.py)."""
 
     prompts: Optional[str] = None
     """Held-out prompts to watch (None = off)."""
