@@ -87,9 +87,10 @@ def test_the_launchers_request_overrides_the_config_and_lora_is_refused_with_it(
     env = accelerate_env(ACCELERATE_CONFIGS / "deepspeed_zero3_offload.yaml")
     monkeypatch.setattr(processes(), "launcher", launcher_sharding(env))
     monkeypatch.setattr(processes(), "launcher_precision", launcher_precision(env))
-    cfg = load_config(SFTConfig, None, ["lora.enabled=false", "precision=fp32"])
+    cfg = load_config(SFTConfig, None, ["lora.enabled=false", "precision=fp32", "parallel.activation_checkpointing=true"])
     apply_launcher(cfg)
     assert (cfg.parallel.fsdp, cfg.parallel.zero_stage, cfg.parallel.offload_trainable, cfg.precision) == (True, 3, True, "bf16")
+    assert cfg.parallel.activation_checkpointing  # the launcher does not ask about it: the config's stays
     with pytest.raises(ConfigError, match="accelerate launch asked for DeepSpeed ZeRO stage 3 with CPU offload: parallel.fsdp=true shards full fine-tuning"):
         apply_launcher(load_config(SFTConfig, None, ["lora.enabled=true"]))
 
