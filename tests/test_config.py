@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tether.config import (BoNConfig, CollectConfig, ConfigError, DPOConfig, EvalConfig, GenerateConfig, GRPOConfig, PPOConfig, RewardConfig,
-                           RSConfig, RunConfig, SFTConfig, load_config, parse_yaml, resolve_path, save_config, stage_config)
+from tether.config import (BoNConfig, CollectConfig, ConfigError, DPOConfig, EvalConfig, GenerateConfig, GRPOConfig, ParallelSettings,
+                           PPOConfig, RewardConfig, RSConfig, RunConfig, SFTConfig, load_config, parse_yaml, resolve_path, save_config, stage_config)
 from tether.pipeline import check_wiring, stage_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs"
@@ -115,13 +115,41 @@ def test_invalid_combination_is_rejected():
         load_config(PPOConfig, None, ["batch_size=10", "mini_batch_size=4"])
     with pytest.raises(ConfigError, match="responses_per_prompt"):
         load_config(CollectConfig, None, ["responses_per_prompt=1"])
-    with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning.*lora.enabled=false"):
-        load_config(DPOConfig, None, ["fsdp=true"])  # DPO trains LoRA by default
-    assert load_config(SFTConfig, None, ["fsdp=true", "lora.enabled=false"]).fsdp
-    grpo = ["reward=[{type: function, path: x.py:f}]", "fsdp=true"]
-    with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning"):
+    with pytest.raises(ConfigError, match="parallel.fsdp=true shards full fine-tuning.*lora.enabled=false"):
+        load_config(DPOConfig, None, ["parallel.fsdp=true"])  # DPO trains LoRA by default
+    assert load_config(SFTConfig, None, ["parallel.fsdp=true", "lora.enabled=false"]).parallel.fsdp
+    grpo = ["reward=[{type: function, path: x.py:f}]", "parallel.fsdp=true"]
+    with pytest.raises(ConfigError, match="parallel.fsdp=true shards full fine-tuning"):
         load_config(GRPOConfig, None, grpo)  # GRPO trains LoRA by default
-    assert load_config(GRPOConfig, None, [*grpo, "lora.enabled=false"]).fsdp
+    assert load_config(GRPOConfig, None, [*grpo, "lora.enabled=false"]).parallel.fsdp
+
+
+@pytest.mark.parametrize("cls", [SFTConfig, RewardConfig, PPOConfig, DPOConfig, GRPOConfig])
+def test_parallel_settings_are_one_section_and_the_old_keys_are_refused_by_their_new_name(cls, tmp_path):
+    grpo = ["reward=[{type: function, path: x.py:f}]"] if cls is GRPOConfig else []
+    cfg = load_config(cls, None, [*grpo, "lora.enabled=false", "parallel.fsdp=true", "parallel.zero_stage=2",
+                                  "parallel.offload_trainable=true", "parallel.activation_checkpointing=true"])
+    assert cfg.parallel == ParallelSettings(fsdp=True, zero_stage=2, offload_trainable=True, activation_checkpointing=True)
+    for key, value in (("fsdp", "true"), ("zero_stage", "2"), ("offload_trainable", "true"), ("activation_checkpointing", "true")):
+        with pytest.raises(ConfigError, match=rf"^'{key}' is now 'parallel.{key}': write parallel.{key}={value} as an override, "
+                                              rf"or in YAML `parallel: {{{key}: {value}}}`$"):
+            load_config(cls, None, [*grpo, f"{key}={value}"])
+    f = tmp_path / "old.yaml"
+    f.write_text("lora: {enabled: false}\nfsdp: true\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml: 'fsdp' is now 'parallel.fsdp'"):
+        load_config(cls, f, grpo)
+    with pytest.raises(ConfigError, match=r"'ppo.activation_checkpointing' is now 'ppo.parallel.activation_checkpointing'"):
+        load_config(RunConfig, None, ["ppo.activation_checkpointing=true"])
+
+
+def test_the_parallel_section_checks_its_own_keys():
+    with pytest.raises(ConfigError, match="offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true"):
+        ParallelSettings(offload_trainable=True)
+    with pytest.raises(ConfigError, match="zero_stage=2 chooses how fsdp=true holds a block's weights"):
+        ParallelSettings(zero_stage=2)
+    with pytest.raises(ConfigError, match=r"^in parallel: zero_stage=2 chooses"):
+        load_config(SFTConfig, None, ["parallel.zero_stage=2"])
+    assert ParallelSettings(fsdp=True, zero_stage=2, offload_trainable=True).zero_stage == 2
 
 
 def test_bad_yaml_and_bad_override(tmp_path):

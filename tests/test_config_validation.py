@@ -101,7 +101,7 @@ CASES = [
     (RunConfig, ["rounds=0"], r"rounds must be at least 1, got 0$"),
     # types and enums
     (SFTConfig, ["precision=fp8"], r"'precision': expected one of 'bf16', 'fp16', 'fp32', got 'fp8'$"),
-    (SFTConfig, ["zero_stage=1"], r"'zero_stage': expected one of 2, 3, got 1$"),
+    (SFTConfig, ["parallel.zero_stage=1"], r"'parallel.zero_stage': expected one of 2, 3, got 1$"),
     (RewardConfig, ["ties=maybe"], r"'ties': expected one of 'skip', 'half', got 'maybe'$"),
     (RunConfig, ["ppo.kl.estimator=k4"], r"'ppo\.kl\.estimator': expected one of 'k1', 'k2', 'k3', got 'k4'$"),
     (SFTConfig, ["batch_size=true"], r"'batch_size': expected an integer, got True$"),

@@ -63,8 +63,8 @@ DEEPSPEED_ZERO2_OFFLOAD = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPS
 
 @pytest.mark.parametrize("fsdp, env, sharding", [
     ([], None, None),
-    (["fsdp=true"], None, {"zero_stage": 3, "offload_trainable": False}),
-    (["fsdp=true", "zero_stage=2"], None, {"zero_stage": 2, "offload_trainable": False}),
+    (["parallel.fsdp=true"], None, {"zero_stage": 3, "offload_trainable": False}),
+    (["parallel.fsdp=true", "parallel.zero_stage=2"], None, {"zero_stage": 2, "offload_trainable": False}),
     ([], DEEPSPEED_ZERO2_OFFLOAD, {"zero_stage": 2, "offload_trainable": True}),
 ], ids=["replicated", "zero3", "zero2", "deepspeed_zero2_offload_launch"])
 def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path, fsdp, env, sharding):
@@ -75,7 +75,7 @@ def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_
     assert json.loads(result.stdout)["stage"] == "sft"  # one summary, from the main process
     assert summary(tmp_path / "two")["sharding"] == sharding and summary(tmp_path / "two")["processes"] == 2
     if env:
-        assert "asked for DeepSpeed ZeRO stage 2 with CPU offload; tether runs it with FSDP2 as fsdp=true zero_stage=2 offload_trainable=true" in " ".join(result.stderr.split())
+        assert "asked for DeepSpeed ZeRO stage 2 with CPU offload; tether runs it with FSDP2 as parallel.fsdp=true parallel.zero_stage=2 parallel.offload_trainable=true" in " ".join(result.stderr.split())
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5 if sharding else 1e-6)
     assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(summary(tmp_path / "one")["eval_loss"], abs=1e-6)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
@@ -115,8 +115,8 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
         "ppo_full": [*ppo_full, f"output_dir={root / 'ppo_full'}"],
         "ppo_fsdp_interrupted": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}", "interrupt_after=2"],
         "ppo_fsdp": [*ppo_full, *FSDP, f"output_dir={root / 'ppo_fsdp'}"],
-        "ppo_fsdpzero2": [*ppo_full, *FSDP, "zero_stage=2", f"output_dir={root / 'ppo_zero2'}"],
-        "ppo_fsdpoffload": [*ppo_full, *FSDP, "offload_trainable=true", f"output_dir={root / 'ppo_offload'}"],
+        "ppo_fsdpzero2": [*ppo_full, *FSDP, "parallel.zero_stage=2", f"output_dir={root / 'ppo_zero2'}"],
+        "ppo_fsdpoffload": [*ppo_full, *FSDP, "parallel.offload_trainable=true", f"output_dir={root / 'ppo_offload'}"],
         "grpo": [*grpo, f"output_dir={root / 'grpo'}"],
         "grpo_fsdp_interrupted": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}", "interrupt_after=2"],
         "grpo_fsdp": [*grpo, *FSDP, f"output_dir={root / 'grpo_fsdp'}"],
@@ -125,7 +125,7 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
     return root
 
 
-FSDP = ["fsdp=true", "lora.enabled=false", "save_every=0"]
+FSDP = ["parallel.fsdp=true", "lora.enabled=false", "save_every=0"]
 
 
 def reward_common(tiny_model_dir, tiny_data):

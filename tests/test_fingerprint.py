@@ -30,7 +30,7 @@ def sft_fp(*overrides: str) -> dict:
 def test_keys_that_do_not_change_the_result_are_left_out():
     base = sft_fp("data=a.jsonl")
     same = sft_fp("data=a.jsonl", "output_dir=elsewhere", "interrupt_after=3", "save_every=1", "tracker=tensorboard", "resume=false",
-                  "keep_checkpoint=true", "activation_checkpointing=true")
+                  "keep_checkpoint=true", "parallel.activation_checkpointing=true")
     assert changes(base, same) == []
     ppo = fingerprint(load_config(PPOConfig, None, []))
     assert changes(ppo, fingerprint(load_config(PPOConfig, None, ["micro_batch_size=1", "offload_frozen=true", "samples_every=1"]))) == []
@@ -48,6 +48,18 @@ def test_a_setting_added_or_removed_since_is_no_change_at_its_default():
     assert changes(old, new, defaults=defaults) == []
     assert changes(old, sft_fp("data=a.jsonl", "bucket_by_length=false"), defaults=defaults) == ["bucket_by_length changed (unset -> false)"]
     assert changes(old, new) == ["bucket_by_length changed (unset -> true)", "a_removed_setting changed (3 -> unset)"]  # without defaults
+
+
+def test_a_setting_recorded_before_it_moved_into_a_section_is_compared_under_its_new_name():
+    """A checkpoint written when `fsdp` and `zero_stage` were top-level keys resumes under `parallel.fsdp` and
+    `parallel.zero_stage` (config.MOVED_KEYS) with the same values; another value is a change, named by its new key."""
+    sharded = sft_fp("data=a.jsonl", "lora.enabled=false", "parallel.fsdp=true", "parallel.zero_stage=2")
+    old = {**sharded, "settings": {k.removeprefix("parallel."): v for k, v in sharded["settings"].items()}}
+    assert "fsdp" in old["settings"] and "parallel.fsdp" not in old["settings"]
+    defaults = default_settings(SFTConfig)
+    assert changes(old, sharded, defaults=defaults) == [] and changes(old, sharded) == []
+    assert changes(old, sft_fp("data=a.jsonl", "lora.enabled=false", "parallel.fsdp=true"), defaults=defaults) == [
+        "parallel.zero_stage changed (2 -> 3)"]
 
 
 def test_inputs_are_known_by_their_content(tmp_path, tiny_model_dir):

@@ -88,17 +88,18 @@ def test_the_launchers_request_overrides_the_config_and_lora_is_refused_with_it(
     env = accelerate_env(ACCELERATE_CONFIGS / "deepspeed_zero3_offload.yaml")
     monkeypatch.setattr(processes(), "launcher", launcher_sharding(env))
     monkeypatch.setattr(processes(), "launcher_precision", launcher_precision(env))
-    cfg = load_config(SFTConfig, None, ["lora.enabled=false", "precision=fp32"])
+    cfg = load_config(SFTConfig, None, ["lora.enabled=false", "precision=fp32", "parallel.activation_checkpointing=true"])
     apply_launcher(cfg)
-    assert (cfg.fsdp, cfg.zero_stage, cfg.offload_trainable, cfg.precision) == (True, 3, True, "bf16")
-    with pytest.raises(ConfigError, match="accelerate launch asked for DeepSpeed ZeRO stage 3 with CPU offload: fsdp=true shards full fine-tuning"):
+    assert (cfg.parallel.fsdp, cfg.parallel.zero_stage, cfg.parallel.offload_trainable, cfg.precision) == (True, 3, True, "bf16")
+    assert cfg.parallel.activation_checkpointing  # the launcher does not ask about it: the config's stays
+    with pytest.raises(ConfigError, match="accelerate launch asked for DeepSpeed ZeRO stage 3 with CPU offload: parallel.fsdp=true shards full fine-tuning"):
         apply_launcher(load_config(SFTConfig, None, ["lora.enabled=true"]))
 
 
 def test_offload_trainable_needs_fsdp():
-    with pytest.raises(ConfigError, match="offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true"):
-        load_config(SFTConfig, None, ["offload_trainable=true"])
-    assert load_config(SFTConfig, None, ["fsdp=true", "lora.enabled=false", "offload_trainable=true"]).offload_trainable
+    with pytest.raises(ConfigError, match="in parallel: offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true"):
+        load_config(SFTConfig, None, ["parallel.offload_trainable=true"])
+    assert load_config(SFTConfig, None, ["parallel.fsdp=true", "lora.enabled=false", "parallel.offload_trainable=true"]).parallel.offload_trainable
 
 
 @pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3_offload.yaml", "fsdp.yaml"])

@@ -208,8 +208,51 @@ class VLLMSettings:
 def check_engine(cfg) -> None:
     if cfg.engine != "vllm":
         return
-    if cfg.fsdp:
-        raise ConfigError("engine=vllm pushes the whole policy into vLLM after every update; with fsdp=true it is sharded: choose one")
+    if cfg.parallel.fsdp:
+        raise ConfigError("engine=vllm pushes the whole policy into vLLM after every update; with parallel.fsdp=true it is sharded: choose one")
+
+
+@dataclass
+class ParallelSettings:
+    """How a training stage spreads the model it trains over its processes and memory (`parallel:` in every training
+    stage: sft, reward, ppo, grpo, dpo). Sharding (FSDP2, distributed.shard_blocks) and offloading change where the
+    weights, gradients and Adam moments live and activation checkpointing what is recomputed, never the updates (up to
+    rounding; the fingerprint ignores offload_trainable and activation_checkpointing). The models a stage does not train
+    are placed by its own keys (offload_frozen, placement)."""
+
+    fsdp: bool = False
+    """With several processes (--num-processes), shard each of the trained model's transformer blocks (weights, gradients,
+    Adam moments) across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
+    about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
+    zero_stage: Literal[2, 3] = 3
+    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
+    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
+    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
+    Gradients and optimizer moments are sharded either way."""
+    offload_trainable: bool = False
+    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
+    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
+    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
+    like fsdp, a no-op in one process."""
+    activation_checkpointing: bool = False
+    """Recompute each trained model's block activations in the backward pass: far less activation memory, about a third
+    more compute per update (transformers' gradient checkpointing, non-reentrant). In one process too."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.offload_trainable and not self.fsdp:
+            raise ConfigError("offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true (and "
+                              "lora.enabled=false) or leave offload_trainable off")
+        if self.zero_stage == 2 and not self.fsdp:
+            raise ConfigError("zero_stage=2 chooses how fsdp=true holds a block's weights; set fsdp=true (and lora.enabled=false) "
+                              "or leave zero_stage at 3")
+
+
+def check_parallel(cfg) -> None:
+    """The checks of a stage's `parallel` section that need its other keys (the section checks its own)."""
+    if cfg.parallel.fsdp and cfg.lora.enabled:
+        raise ConfigError("parallel.fsdp=true shards full fine-tuning; with LoRA the trained weights are small and every process "
+                          "keeps them whole: set lora.enabled=false, or leave parallel.fsdp off")
 
 
 @dataclass
@@ -268,23 +311,8 @@ class SFTConfig:
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA instead of full fine-tuning; the adapter is merged into the saved model."""
-    fsdp: bool = False
-    """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
-    state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
-    about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
-    zero_stage: Literal[2, 3] = 3
-    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
-    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
-    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
-    Gradients and optimizer moments are sharded either way."""
-    offload_trainable: bool = False
-    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
-    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
-    like fsdp, a no-op in one process."""
-    activation_checkpointing: bool = False
-    """Recompute each trained block's activations in the backward pass: far less activation memory, about a third more
-    compute per step (transformers' gradient checkpointing, non-reentrant)."""
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    """Sharding over the processes (FSDP), CPU offload of the training state and activation checkpointing."""
     eval_every: int = 0
     """Compute eval loss every N steps (0 = only at the end)."""
     save_every: int = 25
@@ -305,7 +333,7 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_fsdp(self)
+        check_parallel(self)
 
 
 def check_offload(cfg) -> None:
@@ -315,17 +343,6 @@ def check_offload(cfg) -> None:
     if cfg.offload_frozen and getattr(cfg, "value_model", None) == "reward_adapter":
         raise ConfigError("value_model=reward_adapter trains an adapter on the reward model's weights, which offload_frozen keeps "
                           "off the accelerator: set value_model=policy_head or value_model=reward_model, or leave offload_frozen off")
-
-
-def check_fsdp(cfg) -> None:
-    if cfg.offload_trainable and not cfg.fsdp:
-        raise ConfigError("offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true (and "
-                          "lora.enabled=false) or leave offload_trainable off")
-    if cfg.zero_stage == 2 and not cfg.fsdp:
-        raise ConfigError("zero_stage=2 chooses how fsdp=true holds a block's weights; set fsdp=true (and lora.enabled=false) or leave zero_stage at 3")
-    if cfg.fsdp and cfg.lora.enabled:
-        raise ConfigError("fsdp=true shards full fine-tuning; with LoRA the trained weights are small and every process keeps "
-                          "them whole: set lora.enabled=false, or leave fsdp off")
 
 
 @dataclass
@@ -438,27 +455,12 @@ class RewardConfig:
     """Optimizer and schedule."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the trunk (the head is always trained)."""
-    fsdp: bool = False
-    """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
-    state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
-    about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
-    zero_stage: Literal[2, 3] = 3
-    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
-    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
-    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
-    Gradients and optimizer moments are sharded either way."""
-    offload_trainable: bool = False
-    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
-    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
-    like fsdp, a no-op in one process."""
-    activation_checkpointing: bool = False
-    """Recompute each trained block's activations in the backward pass: far less activation memory, about a third more
-    compute per step (transformers' gradient checkpointing, non-reentrant)."""
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    """Sharding over the processes (FSDP), CPU offload of the training state and activation checkpointing of the trunk."""
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_fsdp(self)
+        check_parallel(self)
     freeze_layers: int = 0
     """Freeze the embeddings and the lowest N transformer blocks (cheaper, less overfitting)."""
     save_every: int = 0
@@ -514,7 +516,19 @@ class RaySettings:
 
 @dataclass
 class EarlyStopSettings:
-    """The Goodhart guard: watch held-out prompts, keep the best policy, stop when it turns (or when time is up)."""
+    """The Goodhart guard (training.GoodhartGuard, in PPO and GRPO): watch held-out prompts, keep the best policy, stop
+    when it turns (or when time is up). Its ten keys, by what they decide (defaults in brackets):
+
+    - whether and what it checks: `prompts` [None = no guard], `limit` [32 prompts a check];
+    - when it checks: `every` [5 steps, and after the last], more often near the KL ceiling: `near_kl` [None = never]
+      with `every_near` [1 step];
+    - which checked policy it keeps: the best reward inside `max_kl`, or with `tolerance` [0] the latest within it of
+      the best;
+    - when it stops, rolled back to the kept policy: held-out KL past `max_kl` [None = no ceiling], `patience` [2]
+      regular checks without a new best reward (0 = never), KL past the peak of the fitted gold curve (`gold_peak`
+      [false]; needs a gold scorer), or the next check ending past `max_minutes` [None = no budget].
+
+    None of them changes the training itself: the checks only watch (tests/stages/test_ppo_options.py)."""
 
     prompts: Optional[str] = None
     """Held-out prompts to watch (None = off)."""
@@ -588,8 +602,6 @@ class PPOConfig:
     micro_batch_size: int = 2
     """Episodes per forward/backward pass: a minibatch runs as micro-batches, each loss weighted by its share of the
     minibatch's tokens, so the gradient is the minibatch's and only a micro-batch's activations are held at once."""
-    activation_checkpointing: bool = False
-    """Recompute the trained models' block activations in the backward pass: far less memory, about a third more update compute."""
     freeze_layers: int = 0
     """Keep the embeddings and the lowest N blocks (their LoRA adapters too) frozen: the backward pass stops above them,
     so an update costs less (with 15 of SmolLM2's 30 blocks, about a third less). A value model with its own trunk
@@ -598,7 +610,7 @@ class PPOConfig:
     """With freeze_layers: record once per rollout what the frozen lower blocks compute (their output at every position,
     (batch_size, tokens, hidden) activations: 10 MB at 48 episodes of 96 tokens and SmolLM2's 576) and start the
     reference's pass and every update pass above them. The same numbers (checked once before training on a probe; off
-    with a note where they differ), for the lower blocks' forward in each PPO epoch. Off under fsdp."""
+    with a note where they differ), for the lower blocks' forward in each PPO epoch. Off under parallel.fsdp."""
     reuse_sampling_pass: bool = True
     """Take log pi_old, the policy-head values and the entropy from the sampling pass (rollout/sampling.py) instead of a
     second forward over the rollout: one pass fewer per step, equal up to rounding in fp32. With stop strings (sampled by
@@ -658,7 +670,7 @@ class PPOConfig:
     engine: Literal["tether", "vllm"] = "tether"
     """Who samples the rollouts: 'tether' = tether's own sampler (rollout/sampling.py), on any device; 'vllm' = a vLLM engine
     beside the policy on its GPU, its weights synced after every update, the log-prob gap between the engines corrected by
-    truncated importance sampling (`vllm`; rollout/vllm_engine.py; extra tether[vllm]; one process, no fsdp)."""
+    truncated importance sampling (`vllm`; rollout/vllm_engine.py; extra tether[vllm]; one process, no parallel.fsdp)."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM's share of GPU memory, its dtype and the importance-weight cap, for engine=vllm."""
     offload_frozen: bool = False
@@ -666,20 +678,10 @@ class PPOConfig:
     weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-Offload's parameter offload):
     accelerator memory is left to the policy, for a weight transfer in every forward pass of those models. Their tensors are
     then not shared with the policy's base (share_weights). On a machine without an accelerator the weights stay put."""
-    fsdp: bool = False
-    """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
-    moments) across them (PyTorch FSDP2); for sampling the blocks are gathered whole once per rollout. The reference,
-    reward and value models stay whole in every process. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
-    zero_stage: Literal[2, 3] = 3
-    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
-    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
-    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
-    Gradients and optimizer moments are sharded either way."""
-    offload_trainable: bool = False
-    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
-    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
-    like fsdp, a no-op in one process."""
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    """Sharding over the processes (FSDP), CPU offload of the training state and activation checkpointing of the
+    policy (checkpointing: of a value model with its own trunk too). Sharded, the policy's blocks are gathered whole once
+    per rollout for sampling; the reference, reward and value models stay whole in every process."""
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4, warmup_ratio=0.0, schedule="linear"))
     """Optimizer and schedule (annealed to 0 over `steps`)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True))
@@ -723,11 +725,11 @@ class PPOConfig:
         if self.placement == "ray" and self.value_model == "reward_adapter":
             raise ConfigError("placement=ray runs the reward model in its own actor, so the value model can not be an adapter on its "
                               "weights here: set value_model=policy_head or value_model=reward_model (a trainable copy in this process)")
-        if self.placement == "ray" and self.fsdp:
-            raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
+        if self.placement == "ray" and self.parallel.fsdp:
+            raise ConfigError("placement=ray runs in one process; parallel.fsdp=true shards over several: choose one")
         check_offload(self)
         check_engine(self)
-        check_fsdp(self)
+        check_parallel(self)
 
 
 @dataclass
@@ -790,23 +792,8 @@ class DPOConfig:
     weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-Offload's parameter offload):
     accelerator memory is left to the policy, for a weight transfer in every forward pass of those models. On a machine
     without an accelerator the weights stay put."""
-    fsdp: bool = False
-    """With several processes (--num-processes), shard each transformer block's weights, gradients and optimizer
-    state across them (PyTorch FSDP2): a block's weights are gathered only while it runs, so each process holds
-    about 1/N of the blocks' memory. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
-    zero_stage: Literal[2, 3] = 3
-    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
-    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
-    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
-    Gradients and optimizer moments are sharded either way."""
-    offload_trainable: bool = False
-    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
-    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
-    like fsdp, a no-op in one process."""
-    activation_checkpointing: bool = False
-    """Recompute each trained block's activations in the backward pass: far less activation memory, about a third more
-    compute per step (transformers' gradient checkpointing, non-reentrant)."""
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    """Sharding over the processes (FSDP), CPU offload of the training state and activation checkpointing of the policy."""
     eval_every: int = 0
     """Held-out eval every N steps (0 = only at the end)."""
     save_every: int = 50
@@ -846,7 +833,7 @@ class DPOConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_fsdp(self)
+        check_parallel(self)
         if self.loss == "conservative" and not 0.0 < self.label_smoothing < 0.5:
             raise ConfigError(f"loss=conservative needs label_smoothing in (0, 0.5), got {self.label_smoothing}")
         if self.loss != "conservative" and self.label_smoothing:
@@ -968,7 +955,7 @@ class GRPOConfig:
     engine: Literal["tether", "vllm"] = "tether"
     """Who samples the rollouts: 'tether' = tether's own sampler (rollout/sampling.py), on any device; 'vllm' = a vLLM engine
     beside the policy on its GPU, its weights synced after every update, the log-prob gap between the engines corrected by
-    truncated importance sampling (`vllm`; rollout/vllm_engine.py; extra tether[vllm]; one process, no fsdp)."""
+    truncated importance sampling (`vllm`; rollout/vllm_engine.py; extra tether[vllm]; one process, no parallel.fsdp)."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM's share of GPU memory, its dtype and the importance-weight cap, for engine=vllm."""
     offload_frozen: bool = False
@@ -976,23 +963,11 @@ class GRPOConfig:
     memory and bring each layer's weights to the accelerator only while it computes (accelerate's cpu_offload; ZeRO-
     Offload's parameter offload): accelerator memory is left to the policy, for a weight transfer in every forward pass of
     those models. On a machine without an accelerator the weights stay put."""
-    fsdp: bool = False
-    """With several processes (--num-processes), shard each of the policy's transformer blocks (weights, gradients, Adam
-    moments) across them (PyTorch FSDP2); they are gathered whole once per rollout and its scoring passes. A process
-    that kept fewer samples runs empty passes so that every process runs each sharded block as often. The reference
-    stays whole in every process. Full fine-tuning only (lora.enabled=false); a no-op in one process."""
-    zero_stage: Literal[2, 3] = 3
-    """With fsdp=true, what a block does with its gathered weights between its forward and backward passes: 3 = give them
-    back and gather them again for the backward (ZeRO-3: the least memory); 2 = keep them whole until the backward (ZeRO-2's
-    trade, as FSDP's SHARD_GRAD_OP: one gather per micro-batch instead of two, for one whole block set held at a time).
-    Gradients and optimizer moments are sharded either way."""
-    offload_trainable: bool = False
-    """With fsdp=true, keep the blocks' shards, their gradients and Adam moments in CPU memory and run the optimizer step
-    there (FSDP2's CPUOffloadPolicy; ZeRO-Offload with DeepSpeed's offload_param and offload_optimizer set to cpu): a block
-    is copied to the accelerator only while it computes. For models whose training state does not fit the accelerators;
-    like fsdp, a no-op in one process."""
-    activation_checkpointing: bool = False
-    """Recompute the policy's block activations in the backward pass: less memory, more compute."""
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    """Sharding over the processes (FSDP), CPU offload of the training state and activation checkpointing of the
+    policy. Sharded, the policy's blocks are gathered whole once per rollout and its scoring passes, and a process that
+    kept fewer samples runs empty passes so that every process runs each sharded block as often; the reference stays
+    whole in every process."""
     save_every: int = 10
     """Checkpoint every N steps."""
     samples_every: int = 5
@@ -1033,11 +1008,11 @@ class GRPOConfig:
         if self.early_stop.max_kl is not None and self.beta == 0 and not self.lora.enabled:
             raise ConfigError("early_stop.max_kl needs a reference to measure KL against: set beta > 0 (a frozen copy is loaded) "
                               "or lora.enabled=true (the reference is the adapter switched off)")
-        if self.placement == "ray" and self.fsdp:
-            raise ConfigError("placement=ray runs in one process; fsdp=true shards over several: choose one")
+        if self.placement == "ray" and self.parallel.fsdp:
+            raise ConfigError("placement=ray runs in one process; parallel.fsdp=true shards over several: choose one")
         check_offload(self)
         check_engine(self)
-        check_fsdp(self)
+        check_parallel(self)
 
 
 @dataclass
@@ -1451,6 +1426,11 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", prefix: str = ""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        moved = MOVED_KEYS.get(key, "")
+        if key not in fields and moved.split(".")[0] in fields:
+            section, leaf = moved.split(".", 1)
+            raise ConfigError(f"{where}'{prefix}{key}' is now '{prefix}{moved}': write {prefix}{moved}={yaml_text(value)} as an override, "
+                              f"or in YAML `{section}: {{{leaf}: {yaml_text(value)}}}`")
         if key not in fields:
             raise ConfigError(f"{where}unknown key '{prefix}{key}'{_close_keys(cls, key, prefix)}; valid keys here: {', '.join(fields)}")
         kwargs[key] = _coerce(hints[key], _with_section_defaults(fields[key], value), f"{prefix}{key}", where)
@@ -1496,6 +1476,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
+
+MOVED_KEYS: dict[str, str] = {key: f"parallel.{key}" for key in ("fsdp", "zero_stage", "offload_trainable", "activation_checkpointing")}
+"""A key that moved into a section -> its dotted key there, named in the error when a config gives the old spelling
+(the five copies of the parallel keys became one `parallel:` section, ParallelSettings, in 2026-12)."""
 
 RENAMED_VALUES: dict[tuple[str, bool], str] = {("scale_rewards", True): "group", ("scale_rewards", False): "none"}
 """(field, old value) -> its new spelling, named in the error when a field that took true/false now takes names."""

@@ -10,13 +10,13 @@ of each batch, and the gradients are summed across processes before the optimize
     controller), the logged means and the held-out check are reduced over all processes, so beta,
     early stopping and every decision are the same in each.
 
-With `fsdp=true` (SFT, reward, DPO, PPO) each transformer block is also sharded across the processes
+With `parallel.fsdp=true` (SFT, reward, DPO, PPO, GRPO) each transformer block is also sharded across the processes
 (PyTorch FSDP2, `fully_shard`): its weights, gradients and Adam moments are split N ways and a block
 is gathered whole only while it computes. The embeddings, final norm and heads stay whole in every
 process (their gradients summed like the rest), so the code that calls a trunk and a head
-separately (reward and DPO do) runs unchanged. `zero_stage=2` keeps a block's gathered weights from its
+separately (reward and DPO do) runs unchanged. `parallel.zero_stage=2` keeps a block's gathered weights from its
 forward to its backward pass (ZeRO-2's trade, FSDP's SHARD_GRAD_OP); 3, the default, gathers them twice.
-`offload_trainable=true` keeps the shards, their gradients and Adam moments in CPU memory (ZeRO-Offload).
+`parallel.offload_trainable=true` keeps the shards, their gradients and Adam moments in CPU memory (ZeRO-Offload).
 
 Processes come from `tether <stage> --num-processes N` (which runs `torch.distributed.run`),
 `torchrun`, or `accelerate launch`; accelerate's PartialState joins the process group (gloo on
@@ -32,7 +32,7 @@ import torch
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
 from torch.distributed.tensor import distribute_tensor
 
-from tether.config import ConfigError, check_fsdp
+from tether.config import ConfigError, ParallelSettings, check_parallel
 from tether.models.loading import trunk_of
 from tether.processes import is_sharded, processes
 from tether.tracking import console
@@ -106,14 +106,17 @@ def apply_launcher(cfg) -> None:
                       f"the run uses precision={state.launcher_precision} (the config said {cfg.precision})", soft_wrap=True)
         cfg.precision = state.launcher_precision
     asked = state.launcher
-    if asked is None or not hasattr(cfg, "fsdp"):
+    if asked is None or not hasattr(cfg, "parallel"):
         return
-    cfg.fsdp, cfg.zero_stage, cfg.offload_trainable = asked["fsdp"], asked["zero_stage"], asked["offload_trainable"]
     try:
-        check_fsdp(cfg)
+        cfg.parallel = ParallelSettings(fsdp=asked["fsdp"], zero_stage=asked["zero_stage"], offload_trainable=asked["offload_trainable"],
+                                        activation_checkpointing=cfg.parallel.activation_checkpointing)
+        check_parallel(cfg)
     except ConfigError as e:
         raise ConfigError(f"accelerate launch asked for {asked['asked']}: {e}") from e
-    how = (f"fsdp=true zero_stage={cfg.zero_stage}" + (" offload_trainable=true" if cfg.offload_trainable else "")) if cfg.fsdp else "fsdp=false"
+    parallel = cfg.parallel
+    how = (f"parallel.fsdp=true parallel.zero_stage={parallel.zero_stage}" + (" parallel.offload_trainable=true" if parallel.offload_trainable else "")
+           if parallel.fsdp else "parallel.fsdp=false")
     console.print(f"tether: accelerate launch asked for {asked['asked']}; tether runs it with FSDP2 as {how}", soft_wrap=True)
 
 

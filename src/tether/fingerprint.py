@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tether.config import resolve_path, to_dict
+from tether.config import MOVED_KEYS, resolve_path, to_dict
 from tether.models.reward_model import ENSEMBLE_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -35,6 +35,7 @@ IGNORED = frozenset({
     # where and how often a stage writes: its folder, checkpoints, samples, the tracker and store that get copies
     "output_dir", "interrupt_after", "save_every", "resume", "keep_checkpoint", "samples_every", "tracker", "db", "store_judgements",
     # memory and speed: the same numbers (up to rounding), so a run that ran out of memory can resume with them changed
+    # (parallel.activation_checkpointing and parallel.offload_trainable among them)
     "activation_checkpointing", "offload_frozen", "offload_trainable", "share_weights", "max_tokens_per_forward", "micro_batch_size",
 })
 """Keys (at any depth) that do not change what a stage computes."""
@@ -129,8 +130,9 @@ def changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = 
     of data (/x/demos.jsonl) changed'. An input named by another path but with the same content is no change; keys in
     `ignore` are not compared. With `defaults` (`default_settings` of the config class), a setting that `old` does not
     have (one added to tether since) is no change while it holds its default, and one that `new` no longer has (removed
-    since) is none either."""
-    settings, inputs = (old.get("settings", {}), new.get("settings", {})), (old.get("inputs", {}), new.get("inputs", {}))
+    since) is none either. A key `old` recorded before it moved into a section (config.MOVED_KEYS: `fsdp`, now
+    `parallel.fsdp`) is compared under its new name."""
+    settings, inputs = (_moved(old.get("settings", {})), new.get("settings", {})), (old.get("inputs", {}), new.get("inputs", {}))
     found = []
     for key in list(settings[1]) + [k for k in settings[0] if k not in settings[1]]:
         if key in ignore:
@@ -144,6 +146,16 @@ def changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = 
         elif a != b:
             found.append(f"{key} changed ({_show(a)} -> {_show(b)})")
     return found
+
+
+def _moved(settings: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings with each key that has since moved into a section under its new name ('sft.fsdp' -> 'sft.parallel.fsdp')."""
+    out = {}
+    for key, value in settings.items():
+        head, _, leaf = key.rpartition(".")
+        moved = MOVED_KEYS.get(leaf)
+        out[key if moved is None or key.endswith(moved) else f"{head}.{moved}".lstrip(".")] = value
+    return out
 
 
 def write_fingerprint(folder: str | os.PathLike, fp: dict[str, Any]) -> None:

@@ -168,8 +168,8 @@ _STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "H
 
 def launcher_sharding(environ: dict | None = None) -> dict | None:
     """The sharding `accelerate launch` was asked for (its --use_deepspeed / --use_fsdp flags or config file, which it passes
-    to each process as environment variables), as tether's settings: {"fsdp", "zero_stage", "offload_trainable", "asked"};
-    None when it asked for neither. tether shards with FSDP2 whichever was asked for:
+    to each process as environment variables), as a stage's `parallel` settings (config.ParallelSettings): {"fsdp",
+    "zero_stage", "offload_trainable", "asked"}; None when it asked for neither. tether shards with FSDP2 whichever was asked for:
       DeepSpeed ZeRO stage 3 / 2 -> fsdp=true zero_stage=3 / 2; stage 1 (optimizer state only, which FSDP2 has no
       stage for) -> zero_stage=2, which shards the gradients too and makes the same updates; stage 0 -> not sharded;
       offload_optimizer or offload_param on cpu -> offload_trainable=true (nvme is refused);

@@ -19,6 +19,7 @@ import random
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,7 +120,7 @@ def start_stage(cfg, rounds: str | None = None) -> Path:
         (out / "summary.json").unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
         write_fingerprint(out, current)
-    processes().sharded = False  # until this stage shards a model (fsdp=true)
+    processes().sharded = False  # until this stage shards a model (parallel.fsdp=true)
     seed_everything(cfg.seed)  # the same in every process: the same initial weights (LoRA, heads) everywhere
     return out
 
@@ -451,23 +452,74 @@ def gold_peak_kl(checks: list[list[float]]) -> float | None:
     return fit["kl_peak"]
 
 
+@dataclass
+class GuardState:
+    """What the Goodhart guard remembers from its checks; a checkpoint keeps it (`to_dict`, under "best"), so a resumed run
+    goes on with the same best policy, patience count and fitted curve. A check is a dict: {"reward", "kl", and what the
+    stage adds: "gold", "reward_se", ...}."""
+
+    step: int | None = None
+    """The step of the kept policy (in <out>/best); 0 = the starting policy; None before the first check."""
+    reward: float | None = None
+    """The kept policy's held-out reward reading."""
+    kl: float | None = None
+    """The kept policy's held-out KL (nats per response; None without a reference)."""
+    top: float | None = None
+    """The best held-out reward read so far, inside the KL ceiling. It is `reward` unless `tolerance` kept a later,
+    lower reading; a new best must beat it."""
+    since: int = 0
+    """Regular checks (on the `every` schedule) since `top` was read: `patience` stops the run at that many."""
+    initial_reward: float | None = None
+    """The starting policy's held-out reward."""
+    initial: dict | None = None
+    """The starting policy's whole check."""
+    last: dict | None = None
+    """The latest check, with its "step"."""
+    checks: list[list] = field(default_factory=list)
+    """[kl, gold] of every check, the start's first: the points `gold_peak` fits its curve to."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the checkpoint (the keys the guard's dict had before it was a dataclass)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuardState:
+        """A checkpoint's state, also one written before `top`, `initial` or `checks` were kept (then `top` is the kept
+        reading, and the others start empty)."""
+        known = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        if "top" not in data:
+            state.top = state.reward
+        return state
+
+
 class GoodhartGuard:
     """The held-out guard of an RL stage (`early_stop`, EarlyStopSettings). Every `every` steps (every `every_near` once a
     check reads `near_kl` nats) the stage checks its policy on held-out prompts (reward, KL, gold); the best policy
     within the KL ceiling (with `tolerance`, the latest one reading within it of the best) is kept in `<out>/best`, and
     `update` says when to stop: held-out KL past `max_kl`, past the KL where the gold curve fitted to the checks peaks
-    (`gold_peak`), or `patience` regular checks without a new best reward. `best` (a dict) goes into the checkpoint, so a
-    resumed run remembers it; `roll_back` loads the best policy at the end."""
+    (`gold_peak`), or `patience` regular checks without a new best reward. `state` (GuardState) goes into the
+    checkpoint (`state_dict` / `load_state_dict`), so a resumed run remembers it; `roll_back` loads the best policy at
+    the end."""
 
     def __init__(self, settings, out: str | os.PathLike, trainable: dict[str, torch.nn.Module], steps: int,
                  started: float | None = None):
         self.settings, self.out, self.trainable, self.steps = settings, Path(out), trainable, steps
-        self.best: dict[str, Any] = {"step": None, "reward": None, "kl": None, "since": 0}
+        self.state = GuardState()
         self.peak_kl: float | None = None  # where the fitted gold curve peaks (gold_peak), after the last check
         # the time budget (max_minutes): the stage's start, each step's seconds, the last check's seconds
         self.started = time.time() if started is None else started
         self.step_seconds: list[float] = []
         self.check_seconds = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's state for a checkpoint."""
+        return self.state.to_dict()
+
+    def load_state_dict(self, data: dict[str, Any] | None) -> None:
+        """Take the state a checkpoint kept (None: the checkpoint has none, and the guard starts afresh)."""
+        if data is not None:
+            self.state = GuardState.from_dict(data)
 
     def on_schedule(self, done: int) -> bool:
         """Is step `done` on the regular schedule: a multiple of `every`, or the last step?"""
@@ -476,7 +528,7 @@ class GoodhartGuard:
     def due(self, done: int) -> bool:
         """Is a check due after `done` steps? On the regular schedule, and `every_near` steps after a check that read at
         least `near_kl` nats."""
-        settings, last = self.settings, self.best.get("last")
+        settings, last = self.settings, self.state.last
         if not settings.prompts:
             return False
         near = settings.near_kl is not None and last is not None and last["kl"] is not None and last["kl"] >= settings.near_kl
@@ -491,8 +543,8 @@ class GoodhartGuard:
 
     def start(self, check: dict) -> None:
         """The starting policy's check: it is the first best, which RL must beat."""
-        self.best = {"step": 0, "reward": check["reward"], "kl": check["kl"], "since": 0, "initial_reward": check["reward"],
-                     "top": check["reward"], "initial": check, "checks": [[check["kl"], check.get("gold")]]}
+        self.state = GuardState(step=0, reward=check["reward"], kl=check["kl"], top=check["reward"], since=0,
+                                initial_reward=check["reward"], initial=check, checks=[[check["kl"], check.get("gold")]])
         keep_best(self.out, self.trainable)
 
     def out_of_time(self, done: int, step_seconds: float) -> str | None:
@@ -517,48 +569,46 @@ class GoodhartGuard:
 
     def update(self, done: int, check: dict) -> str | None:
         """Record the check after `done` steps (the policy is kept when it is the best so far); the reason to stop, or None."""
-        best, settings = self.best, self.settings
-        best["last"] = {"step": done, **check}
+        state, settings = self.state, self.settings
+        state.last = {"step": done, **check}
         within_kl = settings.max_kl is None or check["kl"] is None or check["kl"] <= settings.max_kl
-        top = best.get("top", best["reward"])  # the best reading so far (a checkpoint from before `top` has the kept one)
-        beats = top is None or check["reward"] > top
-        ties = settings.tolerance > 0 and top is not None and check["reward"] >= top - settings.tolerance
+        beats = state.top is None or check["reward"] > state.top
+        ties = settings.tolerance > 0 and state.top is not None and check["reward"] >= state.top - settings.tolerance
         if within_kl and (beats or ties):  # kept: the best so far, or later and within the tolerance of it
-            best.update(step=done, reward=check["reward"], kl=check["kl"])
+            state.step, state.reward, state.kl = done, check["reward"], check["kl"]
             keep_best(self.out, self.trainable)
         if within_kl and beats:  # patience counts the checks since the best reading
-            best.update(top=check["reward"], since=0)
+            state.top, state.since = check["reward"], 0
         elif self.on_schedule(done):  # not the extra checks near the ceiling (near_kl)
-            best["since"] += 1
-        best.setdefault("checks", []).append([check["kl"], check.get("gold")])
-        self.peak_kl = gold_peak_kl(best["checks"]) if settings.gold_peak and check["kl"] is not None else None
+            state.since += 1
+        state.checks.append([check["kl"], check.get("gold")])
+        self.peak_kl = gold_peak_kl(state.checks) if settings.gold_peak and check["kl"] is not None else None
         if not within_kl:
             return f"held-out KL {check['kl']:.2f} nats passed max_kl={settings.max_kl}"
         if self.peak_kl is not None and check["kl"] > self.peak_kl:
-            return f"held-out KL {check['kl']:.2f} nats passed {self.peak_kl:.2f}, where the gold curve fitted to {len(best['checks'])} checks peaks"
-        if settings.patience and best["since"] >= settings.patience:
-            return f"held-out reward has not improved for {best['since']} evaluations (best at step {best['step']})"
+            return f"held-out KL {check['kl']:.2f} nats passed {self.peak_kl:.2f}, where the gold curve fitted to {len(state.checks)} checks peaks"
+        if settings.patience and state.since >= settings.patience:
+            return f"held-out reward has not improved for {state.since} evaluations (best at step {state.step})"
         return None
 
     def roll_back(self, done: int, stage: str) -> None:
         """At the end of the run: load the best policy unless it is the last one."""
-        if self.settings.prompts and self.best["step"] is not None and self.best["step"] != done:
+        if self.settings.prompts and self.state.step is not None and self.state.step != done:
             load_weights(self.out / BEST_DIR, self.trainable)
             which = (f"the latest within {self.settings.tolerance:g} of the best held-out reward" if self.settings.tolerance
                      else "the best held-out policy")
-            console.print(f"{stage}: rolled back to {which}, step {self.best['step']}")
-        if self.settings.prompts and len(self.best.get("checks", [])) > 1:  # the kept reading won a contest of noisy checks
-            console.print(f"{stage}: the kept reward was chosen from {len(self.best['checks'])} checks of the same prompts, so it reads "
+            console.print(f"{stage}: rolled back to {which}, step {self.state.step}")
+        if self.settings.prompts and len(self.state.checks) > 1:  # the kept reading won a contest of noisy checks
+            console.print(f"{stage}: the kept reward was chosen from {len(self.state.checks)} checks of the same prompts, so it reads "
                           "high; `tether eval offset=...` on prompts the guard never saw measures the kept policy without that bias")
 
     def summary(self, n_prompts: int) -> dict | None:
         """The `held_out` part of a stage's summary.json."""
         if not self.settings.prompts:
             return None
-        best = self.best
-        return {"prompts": n_prompts, "initial_reward": best.get("initial_reward"), "best_reward": best["reward"], "best_kl": best["kl"],
-                "best_step": best["step"], "top_reward": best.get("top", best["reward"]), "initial": best.get("initial"),
-                "last": best.get("last")}
+        state = self.state
+        return {"prompts": n_prompts, "initial_reward": state.initial_reward, "best_reward": state.reward, "best_kl": state.kl,
+                "best_step": state.step, "top_reward": state.top, "initial": state.initial, "last": state.last}
 
 
 def resumed_history(logger, out: Path, start_step: int, is_main: bool) -> list[dict]:

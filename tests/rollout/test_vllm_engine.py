@@ -144,8 +144,8 @@ def test_grpo_with_vllm_syncs_after_every_update_and_weighs_by_the_importance_ra
 
 
 def test_engine_vllm_refuses_what_it_cannot_do(monkeypatch):
-    with pytest.raises(ConfigError, match="engine=vllm .* fsdp=true"):
-        load_config(PPOConfig, None, ["engine=vllm", "fsdp=true", "lora.enabled=false"])
+    with pytest.raises(ConfigError, match="engine=vllm .* parallel.fsdp=true"):
+        load_config(PPOConfig, None, ["engine=vllm", "parallel.fsdp=true", "lora.enabled=false"])
     with pytest.raises(ConfigError, match="is_cap must be >= 1"):
         load_config(GRPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:e_count'}}]", "engine=vllm", "vllm.is_cap=0.5"])
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: a clear error, not an ImportError deep in a run

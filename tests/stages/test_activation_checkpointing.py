@@ -1,4 +1,4 @@
-"""activation_checkpointing=true in SFT, reward and DPO: the blocks run their forward again in the backward pass
+"""parallel.activation_checkpointing=true in SFT, reward and DPO: the blocks run their forward again in the backward pass
 (so a step keeps one tensor per block instead of every intermediate), and the run's numbers do not change.
 PPO's and GRPO's are in test_ppo_shared_weights.py and test_grpo_learning.py."""
 
@@ -34,7 +34,7 @@ def test_activation_checkpointing_recomputes_the_blocks_and_changes_no_number(st
     monkeypatch.setattr(LlamaMLP, "forward", counted)
     cls, train, args = stage_args(stage, tiny_model_dir, tiny_data)
     counts, summaries = {}, {}
-    for run, extra in (("kept", []), ("recomputed", ["activation_checkpointing=true"])):
+    for run, extra in (("kept", []), ("recomputed", ["parallel.activation_checkpointing=true"])):
         calls["n"] = 0
         summaries[run] = train(load_config(cls, None, [*args, f"output_dir={tmp_path / run}", *extra]))
         counts[run] = calls["n"]

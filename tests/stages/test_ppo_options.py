@@ -127,13 +127,36 @@ def test_goodhart_guard_tolerance_keeps_the_latest_reading_within_it_of_the_best
             weight.weight.fill_(float(step))  # the policy after `step` steps
         reasons.append(guard.update(step, {"reward": reward, "kl": kl}))
     assert reasons[:3] == [None, None, None] and "max_kl" in reasons[3]
-    assert guard.best["step"] == kept and guard.best["reward"] == checks[kept][0] and guard.best["top"] == 2.278
-    assert guard.best["since"] == 2  # patience counts from the best reading, step 8, either way
+    assert guard.state.step == kept and guard.state.reward == checks[kept][0] and guard.state.top == 2.278
+    assert guard.state.since == 2  # patience counts from the best reading, step 8, either way
     guard.roll_back(16, "ppo")
     assert weight.weight.item() == float(kept)
     assert guard.summary(32)["top_reward"] == 2.278 and guard.summary(32)["best_step"] == kept
     with pytest.raises(ConfigError, match="early_stop.tolerance must be >= 0"):
         load_config(PPOConfig, None, ["early_stop.tolerance=-0.1"])
+
+
+def test_the_guard_state_goes_into_a_checkpoint_and_old_checkpoints_still_resume(tmp_path):
+    # the state is a GuardState; a checkpoint holds its to_dict (the keys the dict had), and a checkpoint written before
+    # `top` and `checks` were kept resumes with the kept reading as the best so far
+    from tether import training
+    from tether.config import EarlyStopSettings
+    settings = EarlyStopSettings(prompts="p.jsonl", every=4, max_kl=6.0, patience=2)
+    guard = training.GoodhartGuard(settings, tmp_path, {}, steps=20)
+    guard.start({"reward": 1.0, "kl": 0.0})
+    assert guard.update(4, {"reward": 1.5, "kl": 2.0}) is None
+    saved = guard.state_dict()
+    assert set(saved) == {"step", "reward", "kl", "top", "since", "initial_reward", "initial", "last", "checks"}
+    resumed = training.GoodhartGuard(settings, tmp_path, {}, steps=20)
+    resumed.load_state_dict(saved)
+    assert resumed.state == guard.state and resumed.summary(32) == guard.summary(32)
+    old = training.GoodhartGuard(settings, tmp_path, {}, steps=20)
+    old.load_state_dict({"step": 4, "reward": 1.5, "kl": 2.0, "since": 1, "initial_reward": 1.0})
+    assert (old.state.top, old.state.since, old.state.checks) == (1.5, 1, [])
+    assert "not improved for 2" in old.update(8, {"reward": 1.4, "kl": 3.0})  # 1.4 does not beat the kept 1.5
+    fresh = training.GoodhartGuard(settings, tmp_path, {}, steps=20)
+    fresh.load_state_dict(None)  # a checkpoint without the guard's state: it starts afresh
+    assert fresh.state == training.GuardState()
 
 
 def test_checks_come_every_near_steps_once_the_held_out_kl_nears_the_ceiling(tmp_path):
@@ -175,7 +198,7 @@ def test_checks_come_every_near_steps_once_the_held_out_kl_nears_the_ceiling(tmp
     reasons = {step: guard.update(step, {"reward": reward, "kl": kl})
                for step, (reward, kl) in {4: (1.560, 2.40), 8: (2.204, 3.62), 12: (2.186, 4.59), 14: (2.061, 5.55), 16: (2.100, 5.90)}.items()}
     assert [reasons[step] for step in (4, 8, 12, 14)] == [None] * 4 and "not improved for 2" in reasons[16]
-    assert guard.best["step"] == 16 and guard.best["top"] == 2.204  # 2.100 is within 0.15 of the best reading
+    assert guard.state.step == 16 and guard.state.top == 2.204  # 2.100 is within 0.15 of the best reading
     with pytest.raises(ConfigError, match="early_stop.every_near must be at least 1"):
         load_config(PPOConfig, None, ["early_stop.every_near=0"])
 
@@ -380,12 +403,12 @@ def test_prompt_baseline_needs_two_samples_per_prompt():
 def test_fsdp_is_for_full_fine_tuning():
     from tether.config import ConfigError
 
-    with pytest.raises(ConfigError, match="fsdp=true shards full fine-tuning"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true"])  # LoRA is PPO's default
-    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false"]).fsdp
-    with pytest.raises(ConfigError, match="zero_stage=2 chooses how fsdp=true"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "zero_stage=2"])
-    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "fsdp=true", "lora.enabled=false", "zero_stage=2"]).zero_stage == 2
+    with pytest.raises(ConfigError, match="parallel.fsdp=true shards full fine-tuning"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true"])  # LoRA is PPO's default
+    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true", "lora.enabled=false"]).parallel.fsdp
+    with pytest.raises(ConfigError, match="in parallel: zero_stage=2 chooses how fsdp=true"):
+        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.zero_stage=2"])
+    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true", "lora.enabled=false", "parallel.zero_stage=2"]).parallel.zero_stage == 2
 
 
 def test_ray_placement_refuses_what_needs_the_reward_model_here():
@@ -394,7 +417,7 @@ def test_ray_placement_refuses_what_needs_the_reward_model_here():
     with pytest.raises(ConfigError, match="placement=ray .* value_model=policy_head"):
         load_config(PPOConfig, None, ["placement=ray", "value_model=reward_adapter"])
     with pytest.raises(ConfigError, match="placement=ray runs in one process"):
-        load_config(PPOConfig, None, ["placement=ray", "fsdp=true", "lora.enabled=false"])
+        load_config(PPOConfig, None, ["placement=ray", "parallel.fsdp=true", "lora.enabled=false"])
     assert load_config(PPOConfig, None, ["placement=ray", "ray.gpus_per_model=1"]).ray.gpus_per_model == 1
     with pytest.raises(ConfigError, match="offload_frozen .* placement=ray"):
         load_config(PPOConfig, None, ["placement=ray", "offload_frozen=true"])

@@ -98,7 +98,7 @@ def test_activation_checkpointing_changes_no_number(tiny_model_dir, tiny_data, f
     # recomputing block activations in the backward pass gives the same gradients, so the same run
     common = ["steps=2", f"value_model={value_model}", "lora.enabled=false"]
     ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "kept", *common, "micro_batch_size=2")
-    ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "recomputed", *common, "activation_checkpointing=true", "micro_batch_size=1")
+    ppo(tiny_model_dir, tiny_data, frozen_layer_rm, tmp_path / "recomputed", *common, "parallel.activation_checkpointing=true", "micro_batch_size=1")
     kept, recomputed = drop_timing(metrics(tmp_path / "kept")), drop_timing(metrics(tmp_path / "recomputed"))
     assert [r["rollout/reward"] for r in kept] == pytest.approx([r["rollout/reward"] for r in recomputed], rel=1e-4)
     for key in ("train/policy_loss", "train/value_loss", "train/grad_norm"):

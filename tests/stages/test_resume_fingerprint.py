@@ -109,7 +109,7 @@ def test_an_unchanged_rerun_resumes_bit_for_bit_past_a_torn_metrics_line(interru
     shutil.copytree(root / "run", run)
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 2, "train/lo')  # a crash in the middle of writing step 2's row
-    resumed = sft(tiny_model_dir, data, run, "save_every=5", "activation_checkpointing=true")  # neither changes the numbers
+    resumed = sft(tiny_model_dir, data, run, "save_every=5", "parallel.activation_checkpointing=true")  # neither changes the numbers
     assert resumed["eval_loss"] == full["eval_loss"] and resumed["eval_loss_before"] is None  # resumed, not started again
     assert steps(run) == steps(root / "full")
     assert_same_weights(root / "full", run)

@@ -20,7 +20,7 @@ and a KV cache in `vllm.gpu_memory_utilization` of the GPU's memory. Three thing
                 Training"). `rollout/is_weight_mean` and `rollout/is_weight_capped` show the gap.
 
 vLLM is imported only when `engine=vllm` is chosen, never on a CPU machine, and it needs a CUDA GPU.
-One process per vLLM engine: `engine=vllm` is refused with several processes and with fsdp.
+One process per vLLM engine: `engine=vllm` is refused with several processes and with parallel.fsdp.
 """
 
 from __future__ import annotations

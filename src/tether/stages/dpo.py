@@ -278,10 +278,10 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         policy = apply_lora(policy, cfg.lora)
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers, policy_path)
-    if cfg.activation_checkpointing:
+    if cfg.parallel.activation_checkpointing:
         enable_activation_checkpointing(policy)
-    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
+    if cfg.parallel.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     pack = cfg.pack_prompts and packing_matches(policy, train_ex[:2], pad_id)
     if cfg.pack_prompts and not pack:
         console.print("dpo: this model's attention does not honour a packed (block-diagonal) mask; each response gets its own row")

@@ -244,10 +244,10 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
                       "ray_actor" if isinstance(reference_model, RemoteModel) else "copy" if reference_model is not None else "none")
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
-    if cfg.activation_checkpointing:
+    if cfg.parallel.activation_checkpointing:
         enable_activation_checkpointing(policy)
-    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
+    if cfg.parallel.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     trainable = {"policy": policy}
     # the reference the loop and the held-out check call (None: full fine-tuning without a KL term)
     reference = (LocalReference(policy, reference_model, cfg.generation.temperature, cfg.micro_batch_size) if reference_kind in ("adapter_off", "copy")
@@ -278,7 +278,7 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
     resumed = load_checkpoint(out, trainable, optimizer, scheduler, scaler)
     if resumed is not None:
         start_step = resumed[0]
-        guard.best = resumed[1].get("best", guard.best)
+        guard.load_state_dict(resumed[1].get("best"))
         baseline.load_state_dict(resumed[1]["baseline"])
         console.print(f"grpo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
@@ -443,7 +443,7 @@ def grpo_loop(cfg: GRPOConfig, run: GRPOSetup, out) -> tuple[int, str | None] | 
             console.print(f"grpo: early stop after step {done}: {stop_reason}")
             break
         if checkpoint_or_interrupt(out, done, cfg, run.trainable, run.optimizer, run.scheduler,
-                                   {"best": guard.best, "baseline": run.baseline.state_dict()}, run.logger, "grpo", run.scaler):
+                                   {"best": guard.state_dict(), "baseline": run.baseline.state_dict()}, run.logger, "grpo", run.scaler):
             return None
     run.logger.close()
     return done, stop_reason

@@ -245,13 +245,13 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     if cfg.freeze_layers:
         freeze_lower_layers(policy, cfg.freeze_layers, policy_path)
     frozen_blocks = 0  # > 0: the frozen blocks run once per rollout, their output recorded (reuse_frozen_states)
-    if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.fsdp:
+    if cfg.freeze_layers and cfg.reuse_frozen_states and not cfg.parallel.fsdp:
         if replays_exactly(policy, probe, cfg.freeze_layers, with_adapter_off=cfg.lora.enabled):
             frozen_blocks = cfg.freeze_layers
         else:
             console.print("ppo: reuse_frozen_states is off: passes started from the recorded lower blocks did not give this model's logits")
-    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(policy, cfg.zero_stage, cfg.offload_trainable)
+    if cfg.parallel.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(policy, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     if cfg.value_model == "policy_head":
         value = PolicyHeadValue(policy.config.hidden_size)
     elif cfg.value_model == "reward_adapter":  # the reward model's weights, a second adapter, a copy of its head
@@ -262,7 +262,7 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     trainable = {"policy": policy, **value.modules}
     if cfg.freeze_layers and value.model is not None:  # a value model on its own trunk: the same saving
         freeze_lower_layers(value.model.model, cfg.freeze_layers, cfg.reward_model)
-    if cfg.activation_checkpointing:  # the models that are trained through their blocks
+    if cfg.parallel.activation_checkpointing:  # the models that are trained through their blocks
         for model in [policy] + ([value.model.model] if value.model is not None else []):
             enable_activation_checkpointing(model)
     frozen_rms = [m.model for m in rm.members] if rm is not None and placement is None else []
@@ -305,7 +305,7 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     if resumed is not None:
         start_step = resumed[0]
         kl_ctl.load_state_dict(resumed[1]["kl_controller"])
-        guard.best = resumed[1].get("best", guard.best)
+        guard.load_state_dict(resumed[1].get("best"))
         console.print(f"ppo: resuming from step {start_step} of {cfg.steps}")
     if held_out and start_step == 0:  # the starting policy is the first "best": RL must beat it
         check = guard.timed(lambda: held_out_check(policy, reference, tokenizer, [p.prompt for p in held_out], cfg, scorer))
@@ -483,7 +483,7 @@ def ppo_loop(cfg: PPOConfig, run: PPOSetup, out) -> tuple[int, str | None] | Non
             console.print(f"ppo: early stop after step {done}: {stop_reason}")
             break
         if checkpoint_or_interrupt(out, done, cfg, run.trainable, run.optimizer, run.scheduler,
-                                   {"kl_controller": kl_ctl.state_dict(), "best": guard.best}, run.logger, "ppo", run.scaler):
+                                   {"kl_controller": kl_ctl.state_dict(), "best": guard.state_dict()}, run.logger, "ppo", run.scaler):
             return None
     run.logger.close()
     return done, stop_reason

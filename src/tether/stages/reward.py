@@ -279,10 +279,10 @@ def train_reward(cfg: RewardConfig) -> dict:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", modules_to_save=["score"])
     if cfg.freeze_layers:
         freeze_lower_layers(model, cfg.freeze_layers, trunk_path)
-    if cfg.activation_checkpointing:
+    if cfg.parallel.activation_checkpointing:
         enable_activation_checkpointing(model)
-    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(model, cfg.zero_stage, cfg.offload_trainable)
+    if cfg.parallel.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(model, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process scores every world-th micro-batch of a step

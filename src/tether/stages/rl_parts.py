@@ -68,7 +68,7 @@ class PolicySampler:
         self.value_head, self.with_entropy, self.gather = value_head, with_entropy, gather
 
     def sample(self, prompts: list, seed: int) -> Rollout:
-        # sharded (fsdp): whole for the rollout, whose length differs between processes
+        # sharded (parallel.fsdp): whole for the rollout, whose length differs between processes
         with gathered(self.policy) if self.gather else contextlib.nullcontext():
             return sample_rollout(self.policy, self.tokenizer, prompts, self.generation, seed=seed, precision=self.precision,
                                   value_head=self.value_head, with_entropy=self.with_entropy)

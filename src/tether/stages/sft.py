@@ -89,10 +89,10 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     model = load_causal_lm(model_path)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
-    if cfg.activation_checkpointing:
+    if cfg.parallel.activation_checkpointing:
         enable_activation_checkpointing(model)
-    if cfg.fsdp:  # each block's weights, gradients and Adam moments split between the processes
-        shard_blocks(model, cfg.zero_stage, cfg.offload_trainable)
+    if cfg.parallel.fsdp:  # each block's weights, gradients and Adam moments split between the processes
+        shard_blocks(model, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     procs = processes()  # data parallel: each process runs every world-th micro-batch of a step
