@@ -932,7 +932,8 @@ def replaced_key_error(cls: type, key: str, value: Any) -> ConfigError | None:
     if spelling is None:
         return None
     shown = value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else "X"
-    return ConfigError(f"was replaced by `{spelling.format(value=shown)}`", key=key)
+    setting, _, note = spelling.format(value=shown).partition(" (")  # a note in brackets follows the setting
+    return ConfigError(f"was replaced by `{setting}`" + (f" ({note}" if note else ""), key=key)
 
 
 def refuse_replaced(cfg, **given: Any) -> None:
@@ -1746,6 +1747,8 @@ def yaml_text(value: Any) -> str:
     """`value` as one line of YAML, as a config file or an override would give it."""
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
+    if isinstance(value, list):  # a list of sections (PPO's default `reward`)
+        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
     return text.removesuffix("...").strip()
 
