@@ -82,7 +82,7 @@ RANGES: dict[str, str | tuple[str, str]] = {
     "is_cap": ("[1, inf)", "a token vLLM sampled as likely as the trainer would gets weight 1"),
     "init_beta": "[0, inf)", "target": "(0, inf)", "beta": "[0, inf)", "DPOConfig.beta": "(0, inf)", "clip_eps": "(0, inf)",
     "value_clip_eps": "(0, inf)", "eps_high": "(0, inf)", "vf_coef": "[0, inf)", "ent_coef": "[0, inf)", "ptx_coef": "[0, inf)",
-    "reward_clip": "(0, inf)", "reward_std_coef": "[0, inf)", "std_coef": "[0, inf)", "center_rewards_coefficient": "[0, inf)",
+    "reward_clip": "(0, inf)", "std_coef": "[0, inf)", "center_rewards_coefficient": "[0, inf)",
     "max_kl": "(-inf, inf)", "near_kl": "[0, inf)", "tolerance": ("[0, inf)", "reward units; 0 keeps the best reading"),
     "max_minutes": ("(0, inf)", "or null for no budget"),
     # any finite number
