@@ -172,7 +172,7 @@ def test_ppo_full_finetune_with_reward_model_value(chain, tiny_model_dir, tiny_d
 def test_eval_compares_policy_with_baseline(chain, tiny_model_dir, tiny_data, tmp_path):
     root = chain[0]
     s = evaluate(load_config(EvalConfig, None, [
-        f"policy={root / 'ppo' / 'model'}", f"baseline={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]",
+        f"policy={root / 'ppo' / 'model'}", f"baseline={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}",
         f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'eval'}", "limit=6", "precision=fp32", *GEN]))
     assert s["prompts"] == 6 and s["gold_wins"] + s["gold_ties"] + s["gold_losses"] == 6
     assert s["kl_baseline"] == 0.0  # the baseline is its own reference
