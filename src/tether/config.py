@@ -701,7 +701,7 @@ class PPOConfig:
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
-    def __post_init__(self, reward_model=None, reward_function=None, reward_std_coef=None) -> None:
+    def __post_init__(self, reward_model, reward_function, reward_std_coef) -> None:  # the refused old keys (InitVars)
         refuse_replaced(self, reward_model=reward_model, reward_function=reward_function, reward_std_coef=reward_std_coef)
         check_fields(self)
         if not self.reward:
@@ -845,7 +845,7 @@ class DPOConfig:
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
-    def __post_init__(self, reward_model=None, reward_function=None, judge=None, constitution=None) -> None:
+    def __post_init__(self, reward_model, reward_function, judge, constitution) -> None:  # the refused old keys (InitVars)
         refuse_replaced(self, reward_model=reward_model, reward_function=reward_function, judge=judge, constitution=constitution)
         check_fields(self)
         check_fsdp(self)
