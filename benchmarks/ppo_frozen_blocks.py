@@ -51,7 +51,7 @@ def reward_model_dir() -> tuple[str, Path]:
 def run(name: str, repeat: int, model_dir: str, reward_dir: Path, a) -> list[dict]:
     out = WORK / f"{name}_{repeat}"
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
-    cmd = [str(TETHER), "ppo", f"policy={model_dir}", f"reward_model={reward_dir}", f"prompts={HH_TRAIN}", f"output_dir={out}",
+    cmd = [str(TETHER), "ppo", f"policy={model_dir}", f"reward=[{{type: model, path: '{reward_dir}'}}]", f"prompts={HH_TRAIN}", f"output_dir={out}",
            f"steps={a.steps}", f"batch_size={a.batch_size}", "mini_batch_size=8", "micro_batch_size=2", "ppo_epochs=2",
            "freeze_layers=15", "lora.enabled=true", "lora.r=16", "lora.alpha=32",
            "generation.max_new_tokens=32", "generation.max_prompt_tokens=64", "generation.temperature=1.0", "generation.top_p=1.0",

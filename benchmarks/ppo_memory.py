@@ -56,7 +56,7 @@ def main() -> dict:
         rows = result[setting] = {}
         for mode, extra in MODES.items():
             out = OUT / setting / mode
-            cmd = [str(Path(sys.executable).with_name("tether")), "ppo", f"reward_model={rm}", f"output_dir={out}", *COMMON, *memory_flags, *extra]
+            cmd = [str(Path(sys.executable).with_name("tether")), "ppo", f"reward=[{{type: model, path: '{rm}'}}]", f"output_dir={out}", *COMMON, *memory_flags, *extra]
             if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
                 raise SystemExit(f"the {setting}/{mode} run failed: {' '.join(cmd)}")
             summary = json.loads((out / "summary.json").read_text())

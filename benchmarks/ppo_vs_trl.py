@@ -98,7 +98,7 @@ def build_inputs(n_prompts: int, model: str) -> tuple[Path, Path, Path]:
 def run_tether(mode: str, model_dir: Path, reward_dir: Path, prompts: Path, a) -> dict:
     out = WORK / mode
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
-    cmd = [str(TETHER), "ppo", f"policy={model_dir}", f"reward_model={reward_dir}", f"prompts={prompts}", f"output_dir={out}",
+    cmd = [str(TETHER), "ppo", f"policy={model_dir}", f"reward=[{{type: model, path: '{reward_dir}'}}]", f"prompts={prompts}", f"output_dir={out}",
            f"steps={a.steps}", f"batch_size={a.batch_size}", f"mini_batch_size={a.mini_batch_size}", "ppo_epochs=1",
            f"micro_batch_size={a.mini_batch_size}",  # TRL runs each minibatch in one pass here: the same work
            f"generation.max_new_tokens={a.response_length}", f"generation.batch_size={a.batch_size}", "generation.temperature=1.0",

@@ -45,7 +45,7 @@ def main() -> dict:
     print("peak RSS of each stage alone, default model (SmolLM2-135M-Instruct), fp32:")
     for stage, (command, overrides) in {"sft": (["sft"], demo_sft()), **STAGES}.items():
         out = OUT / stage
-        extra = [f"reward_model={OUT / 'reward' / 'model'}"] if stage == "ppo" else []
+        extra = [f"reward=[{{type: model, path: '{OUT / 'reward' / 'model'}'}}]"] if stage == "ppo" else []
         proc = run_logged([TETHER, *command, *overrides, *extra, f"output_dir={out}", "precision=fp32"], OUT / f"{stage}.log")
         summary = json.loads(proc.stdout[proc.stdout.index("{"):])
         result[stage] = {"peak_rss_gb": summary.get("peak_rss_gb"), "parameter_gb": summary.get("parameter_gb"),

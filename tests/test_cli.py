@@ -70,7 +70,7 @@ def test_stage_commands(run_dir, tiny_model_dir, tiny_data, tmp_path):
     ev = ok("reward", "eval", "--model", tmp_path / "rm" / "model", "--data", tiny_data["prefs"])
     metrics = json.loads(ev.stdout)
     assert metrics["n"] == 12 and 0 <= metrics["accuracy"] <= 1
-    ok("ppo", f"policy={tiny_model_dir}", f"reward_model={tmp_path / 'rm' / 'model'}", f"prompts={tiny_data['prompts']}",
+    ok("ppo", f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{tmp_path / 'rm' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
        f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", *GEN)
     ok("eval", f"policy={tmp_path / 'ppo' / 'model'}", f"baseline={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
        f"output_dir={tmp_path / 'ev'}", "limit=2", *GEN)
@@ -117,7 +117,7 @@ def test_reward_score_writes_a_column(run_dir, tiny_data, tmp_path):
 
 
 def test_missing_reward_model_is_a_clear_error(tiny_model_dir, tiny_data, tmp_path):
-    result = tether("ppo", f"policy={tiny_model_dir}", f"reward_model={tmp_path}", f"prompts={tiny_data['prompts']}",
+    result = tether("ppo", f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{tmp_path}'}}]", f"prompts={tiny_data['prompts']}",
                     f"output_dir={tmp_path / 'ppo'}")
     assert result.exit_code == 2 and "no config.json" in result.output
 

@@ -1,12 +1,14 @@
 """Config loading: YAML -> dataclasses, overrides, and errors that name the key."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from tether.config import (BoNConfig, CollectConfig, ConfigError, DPOConfig, EvalConfig, GenerateConfig, GRPOConfig, ParallelSettings,
-                           PPOConfig, RewardConfig, RSConfig, RunConfig, SFTConfig, load_config, parse_yaml, resolve_path, save_config, stage_config)
+                           PPOConfig, RewardConfig, RewardSourceSettings, RSConfig, RunConfig, SFTConfig, describe_text, load_config, parse_yaml,
+                           resolve_path, save_config, stage_config)
 from tether.pipeline import check_wiring, stage_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs"
@@ -172,10 +174,63 @@ def test_shared_paths_resolve(monkeypatch, tmp_path):
 def test_a_section_given_in_part_keeps_its_own_defaults(tmp_path):
     # PPO's LoRA is on by default and its optimizer has its own lr: changing one key of a
     # section must leave the others at the section's defaults, not at the class's
-    cfg = load_config(PPOConfig, None, ["reward_model=rm", "lora.r=4", "optim.max_grad_norm=0.5"])
+    cfg = load_config(PPOConfig, None, ["reward=[{type: model, path: rm}]", "lora.r=4", "optim.max_grad_norm=0.5"])
     assert cfg.lora.enabled and cfg.lora.r == 4
     assert cfg.optim.lr == pytest.approx(1e-4) and cfg.optim.schedule == "linear" and cfg.optim.max_grad_norm == 0.5
     f = tmp_path / "run.yaml"
     f.write_text("ppo:\n  lora: {alpha: 8}\n")
     run = load_config(RunConfig, f)
     assert run.ppo.lora.enabled and run.ppo.lora.alpha == 8 and run.ppo.optim.lr == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("cls, key, value, spelling", [
+    (PPOConfig, "reward_model", "runs/rm", "reward: [{type: model, path: runs/rm}]"),
+    (PPOConfig, "reward_function", "my.py:score", "reward: [{type: function, path: my.py:score}]"),
+    (PPOConfig, "reward_std_coef", 1.5, "reward: [{type: model, path: runs/reward/model, std_coef: 1.5}]` (the model source's std_coef"),
+    (DPOConfig, "reward_model", "runs/rm", "reward: [{type: model, path: runs/rm}]"),
+    (DPOConfig, "reward_function", "my.py:score", "reward: [{type: function, path: my.py:score}]"),
+    (DPOConfig, "judge", "default", "reward: [{type: judge, path: default, judge_against: group}]"),
+    (DPOConfig, "constitution", "mine.yaml", "reward: [{type: judge, path: default, judge_against: group, constitution: mine.yaml}]` (the judge source's constitution"),
+])
+def test_old_reward_keys_are_refused_with_the_new_spelling(tmp_path, cls, key, value, spelling):
+    # one `reward:` list in every stage that takes a reward: the old keys are named, with the setting that replaced them,
+    # in a file, an override, a run config's section and a keyword argument
+    message = re.escape(f"{key} was replaced by `{spelling}")
+    f = tmp_path / "c.yaml"
+    f.write_text(f"{key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"c\.yaml: {message}"):
+        load_config(cls, f)
+    with pytest.raises(ConfigError, match=rf"^{message}"):
+        load_config(cls, None, [f"{key}={value}"])
+    with pytest.raises(ConfigError, match=rf"^{message}"):
+        cls(**{key: value})
+    if cls is PPOConfig:
+        with pytest.raises(ConfigError, match=rf"^ppo\.{message}"):
+            load_config(RunConfig, None, [f"ppo.{key}={value}"])
+    listed = describe_text(cls)
+    assert f"\n{key}:" not in listed and "\nreward: list[RewardSourceSettings]" in listed
+
+
+def test_ppo_reward_is_one_list_with_a_reward_model_by_default():
+    cfg = PPOConfig()
+    assert cfg.reward == [RewardSourceSettings(type="model", path="runs/reward/model")]
+    assert "reward_model" not in dataclasses.asdict(cfg) and dataclasses.replace(cfg, steps=3).reward == cfg.reward
+    with pytest.raises(ConfigError, match="set reward: a list of reward sources"):
+        PPOConfig(reward=[])
+    with pytest.raises(ConfigError, match="value_model=reward_adapter starts from the reward model: set reward to one source of type model"):
+        load_config(PPOConfig, None, ["value_model=reward_adapter", "reward=[{type: model, path: rm}, {type: function, path: f.py:g}]"])
+
+
+def test_run_wires_the_reward_stage_into_ppos_reward():
+    # the run's PPO is scored by the reward stage's model: the one model source's path is the run's, its std_coef
+    # (an ensemble's mean - k * std) and weight the user's; any other reward is refused by name
+    run = load_config(RunConfig, None, ["output_dir=runs/x"])
+    check_wiring(run)
+    assert stage_configs(run)["ppo"].reward == [RewardSourceSettings(type="model", path="runs/x/reward/model")]
+    mine = load_config(RunConfig, None, ["output_dir=runs/x", "ppo.reward=[{type: model, path: runs/reward/model, std_coef: 1.5}]"])
+    check_wiring(mine)
+    assert stage_configs(mine)["ppo"].reward == [RewardSourceSettings(type="model", path="runs/x/reward/model", std_coef=1.5)]
+    for given in ("[{type: model, path: /my/rm}]", "[{type: function, path: f.py:score}]"):
+        refused = load_config(RunConfig, None, ["output_dir=runs/x", f"ppo.reward={given}"])
+        with pytest.raises(ConfigError, match=re.escape(f"ppo.reward={given} (`tether run` sets it to [{{type: model, path: runs/x/reward/model}}]")):
+            check_wiring(refused)

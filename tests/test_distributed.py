@@ -95,7 +95,7 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
     fixed = root / "half_fixed.jsonl"  # a third of the prompts get equal rewards: some groups are dropped in one process only
     fixed.write_text("".join(json.dumps({"prompt": q, "meta": {"fixed": i % 3 == 0}}) + "\n" for i, q in enumerate(qs)))
     gen = ["generation.max_new_tokens=6", "generation.batch_size=4"]
-    ppo_common = [f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}", f"prompts={tiny_data['prompts']}",
+    ppo_common = [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
                   "steps=4", "batch_size=4", "mini_batch_size=2", "save_every=0", *gen,
                   f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.patience=0", "samples_every=1"]
     ppo = [*ppo_common, f"output_dir={root / 'ppo'}"]

@@ -82,9 +82,9 @@ def test_inputs_are_known_by_their_content(tmp_path, tiny_model_dir):
 def test_reward_functions_and_sources_are_inputs(tmp_path):
     fn = tmp_path / "score.py"
     fn.write_text("def score(prompts, completions, metadata):\n    return [1.0] * len(prompts)\n")
-    cfg = load_config(PPOConfig, None, [f"reward_function={fn}:score", f"early_stop.prompts={fn}"])
+    cfg = load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{fn}:score'}}]", f"early_stop.prompts={fn}"])
     fp = fingerprint(cfg)
-    assert fp["inputs"]["reward_function"] == content_id(str(fn)) == fp["inputs"]["early_stop.prompts"]
+    assert fp["inputs"]["reward.0.path"] == content_id(str(fn)) == fp["inputs"]["early_stop.prompts"]
 
 
 # --------------------------------------------------------------------------- tether run: like make

@@ -68,7 +68,7 @@ def test_round_two_learns_from_all_pairs_and_starts_from_the_latest_policy(peopl
     import yaml
 
     ppo = yaml.safe_load((r2 / "ppo" / "config.yaml").read_text())
-    assert ppo["policy"] == str(run / "ppo" / "model") and ppo["reward_model"] == str(r2 / "reward" / "model")
+    assert ppo["policy"] == str(run / "ppo" / "model") and ppo["reward"] == [{**ppo["reward"][0], "type": "model", "path": str(r2 / "reward" / "model")}]
     collect = yaml.safe_load((r2 / "collect" / "config.yaml").read_text())
     assert collect["model"] == str(run / "ppo" / "model") and collect["seed"] == 1  # fresh samples from the latest policy
     ev = yaml.safe_load((r2 / "eval" / "config.yaml").read_text())

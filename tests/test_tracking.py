@@ -69,7 +69,7 @@ def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
 def test_stage_configs_take_a_tracker_and_refuse_unknown_ones():
     for cls in (SFTConfig, RewardConfig, DPOConfig, EvalConfig):
         assert load_config(cls, None, ["tracker=tensorboard"]).tracker == "tensorboard", cls.__name__
-    assert load_config(PPOConfig, None, ["tracker=wandb", "reward_model=rm"]).tracker == "wandb"
+    assert load_config(PPOConfig, None, ["tracker=wandb", "reward=[{type: model, path: rm}]"]).tracker == "wandb"
     assert load_config(GRPOConfig, None, ["tracker=wandb", "reward=[{type: model, path: rm}]"]).tracker == "wandb"
     with pytest.raises(ConfigError, match="'tracker': expected one of 'none', 'tensorboard', 'wandb'"):
         load_config(SFTConfig, None, ["tracker=mlflow"])

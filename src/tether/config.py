@@ -21,7 +21,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -82,7 +82,7 @@ RANGES: dict[str, str | tuple[str, str]] = {
     "is_cap": ("[1, inf)", "a token vLLM sampled as likely as the trainer would gets weight 1"),
     "init_beta": "[0, inf)", "target": "(0, inf)", "beta": "[0, inf)", "DPOConfig.beta": "(0, inf)", "clip_eps": "(0, inf)",
     "value_clip_eps": "(0, inf)", "eps_high": "(0, inf)", "vf_coef": "[0, inf)", "ent_coef": "[0, inf)", "ptx_coef": "[0, inf)",
-    "reward_clip": "(0, inf)", "reward_std_coef": "[0, inf)", "std_coef": "[0, inf)", "center_rewards_coefficient": "[0, inf)",
+    "reward_clip": "(0, inf)", "std_coef": "[0, inf)", "center_rewards_coefficient": "[0, inf)",
     "max_kl": "(-inf, inf)", "near_kl": "[0, inf)", "tolerance": ("[0, inf)", "reward units; 0 keeps the best reading"),
     "max_minutes": ("(0, inf)", "or null for no budget"),
     # any finite number
@@ -573,13 +573,15 @@ class PPOConfig:
 
     policy: str = "default"
     """Policy start and reference (the SFT model)."""
-    reward_model: Optional[str] = "runs/reward/model"
-    """Reward model (or ensemble) directory written by `tether reward train`."""
-    reward_function: Optional[str] = None
-    """Instead of a reward model: 'module:function' or 'file.py:function' (prompts, completions, metadata) -> floats or None."""
-    reward: list[RewardSourceSettings] = field(default_factory=list)
-    """Instead of both: reward sources summed with their weights (rewards/sources.py; metadata is {} in PPO), e.g.
-    [{type: model, path: runs/reward/model}, {type: judge, path: default, judge_against: group}]."""
+    reward: list[RewardSourceSettings] = field(default_factory=lambda: [RewardSourceSettings(type="model", path="runs/reward/model")])
+    """Reward sources summed with their weights (rewards/sources.py; metadata is {} in PPO): a reward model or ensemble
+    ([{type: model, path: runs/reward/model}], std_coef: k for an ensemble's mean - k * std), a Python function
+    ([{type: function, path: my_rewards.py:score}], None drops the episode), a judge, or several. One `type: model` source
+    alone is scored on the policy's own token ids (its tokenizer must be the policy's; its batch and token limits do not
+    apply) and may start the value model; otherwise each source reads the decoded text."""
+    reward_model: InitVar[Optional[str]] = None  # refused: reward: [{type: model, path: X}] (REPLACED_KEYS)
+    reward_function: InitVar[Optional[str]] = None  # refused: reward: [{type: function, path: X}]
+    reward_std_coef: InitVar[Optional[float]] = None  # refused: the model source's std_coef
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Training prompts."""
     output_dir: str = "runs/ppo"
@@ -650,8 +652,6 @@ class PPOConfig:
     """Held-out reward and KL every N steps; best checkpoint kept; stop on a KL ceiling or a falling reward."""
     reward_clip: float = 10.0
     """Clip RM scores to [-c, c] before use."""
-    reward_std_coef: float = 0.0
-    """With a reward-model ensemble: reward = mean - k * std over members (conservative reward); 0 = mean."""
     missing_eos_penalty: Optional[float] = None
     """Score given to responses that hit max_new_tokens without EOS (None = use the RM's score)."""
     value_model: Literal["policy_head", "reward_adapter", "reward_model"] = "policy_head"
@@ -703,16 +703,15 @@ class PPOConfig:
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, reward_model, reward_function, reward_std_coef) -> None:  # the refused old keys (InitVars)
+        refuse_replaced(self, reward_model=reward_model, reward_function=reward_function, reward_std_coef=reward_std_coef)
         check_fields(self)
-        if self.reward and self.reward_function:
-            raise ConfigError("set reward_function or reward (a list of reward sources), not both")
-        if self.reward_function or self.reward:
-            self.reward_model = None  # a reward function (or a list of reward sources) replaces the reward model
-        elif not self.reward_model:
-            raise ConfigError("set reward_model (a trained reward model), reward_function (module:function) or reward (a list of reward sources)")
-        if self.value_model != "policy_head" and not self.reward_model:
-            raise ConfigError(f"value_model={self.value_model} needs a reward_model; use value_model=policy_head with a reward_function")
+        if not self.reward:
+            raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: model, path: runs/reward/model}] "
+                              "or reward=[{type: function, path: my_rewards.py:score}] (rewards/sources.py)")
+        if self.value_model != "policy_head" and reward_model_source(self.reward) is None:
+            raise ConfigError(f"value_model={self.value_model} starts from the reward model: set reward to one source of type model "
+                              "(reward=[{type: model, path: runs/reward/model}]), or use value_model=policy_head")
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
@@ -818,20 +817,23 @@ class DPOConfig:
     """Online: the prompts file sampled in the rounds."""
     prompts_per_round: int = 64
     """Online: prompts per round (two responses each; ties are dropped)."""
-    reward_model: Optional[str] = None
-    """Online labeller: a reward model (or ensemble) directory; the higher-scored response is chosen."""
-    reward_function: Optional[str] = None
-    """Online labeller: 'module:function' or 'file.py:function' (prompts, completions, metadata) -> floats or None (None drops the pair)."""
-    judge: Optional[str] = None
-    """Online labeller: an LLM judge ('default' or a model directory) asked which response better follows `constitution`."""
-    constitution: str = "default"
-    """Principles the judge labels by: 'default' (shipped) or a YAML file."""
+    reward: list[RewardSourceSettings] = field(default_factory=list)
+    """Online: the reward sources that label each prompt's two responses, the higher-scored one chosen (rewards/sources.py;
+    metadata is {}): a reward model ([{type: model, path: runs/reward/model}]), a Python function ([{type: function,
+    path: my_rewards.py:score}], None drops the pair), an LLM judge asked which of the two better follows its constitution
+    ([{type: judge, path: default, judge_against: group}]: the pair's verdict, P(first better) and its complement), or their
+    weighted sum."""
+    reward_model: InitVar[Optional[str]] = None  # refused: reward: [{type: model, path: X}] (REPLACED_KEYS)
+    reward_function: InitVar[Optional[str]] = None  # refused: reward: [{type: function, path: X}]
+    judge: InitVar[Optional[str]] = None  # refused: reward: [{type: judge, path: X, judge_against: group}]
+    constitution: InitVar[Optional[str]] = None  # refused: the judge source's constitution
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Online: sampling settings for the two responses."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, reward_model, reward_function, judge, constitution) -> None:  # the refused old keys (InitVars)
+        refuse_replaced(self, reward_model=reward_model, reward_function=reward_function, judge=judge, constitution=constitution)
         check_fields(self)
         check_parallel(self)
         if self.loss == "conservative" and not 0.0 < self.label_smoothing < 0.5:
@@ -842,15 +844,20 @@ class DPOConfig:
             raise ConfigError(f"ipo_token_mean=true is IPO's; set loss=ipo or leave it false (loss={self.loss})")
         if self.reference == "none" and self.precompute_reference:
             raise ConfigError("precompute_reference=true has nothing to compute with reference=none (reference-free)")
-        labellers = [name for name in ("reward_model", "reward_function", "judge") if getattr(self, name)]
         if self.online:
             if not self.prompts:
                 raise ConfigError("online: true needs prompts (a prompts file the policy answers every round)")
-            if len(labellers) != 1:
-                raise ConfigError("online: true needs exactly one labeller: reward_model, reward_function or judge"
-                                  + (f" (got {', '.join(labellers)})" if labellers else ""))
+            if not self.reward:
+                raise ConfigError("online: true needs reward (the sources that label each round's pairs), e.g. "
+                                  "reward=[{type: model, path: runs/reward/model}] or reward=[{type: judge, path: default, judge_against: group}]")
+            against_reference = [s.path for s in self.reward if s.type == "judge" and s.judge_against == "reference"]
+            if against_reference:
+                raise ConfigError(f"reward source {against_reference[0]}: online DPO's judge compares the pair's two responses "
+                                  "(there is no reference answer): set judge_against: group")
         elif self.rounds > 1:
             raise ConfigError(f"rounds={self.rounds} needs online: true (offline DPO trains once on `data`)")
+        elif self.reward:
+            raise ConfigError("reward labels online DPO's sampled pairs; offline DPO trains on `data`: set online: true or remove reward")
 
 
 @dataclass
@@ -885,6 +892,42 @@ class RewardSourceSettings:
             raise ConfigError(f"reward source of type {self.type}: set path (a reward model folder, module:function, or a judge model)")
         if self.std_coef and self.type != "model":
             raise ConfigError(f"reward source {self.path}: std_coef applies to a reward-model ensemble (type: model), not to type {self.type}")
+
+
+def reward_model_source(sources: list[RewardSourceSettings]) -> RewardSourceSettings | None:
+    """The reward's one source when it is a reward model (`type: model`) alone: PPO scores it on the policy's token ids and
+    may start its value model from it. None for any other reward."""
+    return sources[0] if len(sources) == 1 and sources[0].type == "model" else None
+
+
+REPLACED_KEYS: dict[tuple[str, str], str] = {
+    ("PPOConfig", "reward_model"): "reward: [{{type: model, path: {value}}}]",
+    ("PPOConfig", "reward_function"): "reward: [{{type: function, path: {value}}}]",
+    ("PPOConfig", "reward_std_coef"): "reward: [{{type: model, path: runs/reward/model, std_coef: {value}}}] (the model source's std_coef)",
+    ("DPOConfig", "reward_model"): "reward: [{{type: model, path: {value}}}]",
+    ("DPOConfig", "reward_function"): "reward: [{{type: function, path: {value}}}]",
+    ("DPOConfig", "judge"): "reward: [{{type: judge, path: {value}, judge_against: group}}]",
+    ("DPOConfig", "constitution"): "reward: [{{type: judge, path: default, judge_against: group, constitution: {value}}}] (the judge source's constitution)",
+}
+"""(config class, old key) -> the setting that replaced it; {value} is the old key's value. The old key is refused with
+this spelling, in a file, an override or a keyword argument."""
+
+
+def replaced_key_error(cls: type, key: str, value: Any) -> ConfigError | None:
+    """The ConfigError for old key `key` of `cls` given `value`, naming its new spelling; None when `key` was not replaced."""
+    spelling = REPLACED_KEYS.get((cls.__name__, key))
+    if spelling is None:
+        return None
+    shown = value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else "X"
+    setting, _, note = spelling.format(value=shown).partition(" (")  # a note in brackets follows the setting
+    return ConfigError(f"was replaced by `{setting}`" + (f" ({note}" if note else ""), key=key)
+
+
+def refuse_replaced(cfg, **given: Any) -> None:
+    """Refuse the old keys given to a config class as keyword arguments (InitVars that only exist to be refused)."""
+    for key, value in given.items():
+        if value is not None:
+            raise replaced_key_error(type(cfg), key, value)
 
 
 @dataclass
@@ -1432,6 +1475,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", prefix: str = ""
             raise ConfigError(f"{where}'{prefix}{key}' is now '{prefix}{moved}': write {prefix}{moved}={yaml_text(value)} as an override, "
                               f"or in YAML `{section}: {{{leaf}: {yaml_text(value)}}}`")
         if key not in fields:
+            replaced = replaced_key_error(cls, key, value)
+            if replaced is not None:
+                raise replaced.inside(prefix, where)
             raise ConfigError(f"{where}unknown key '{prefix}{key}'{_close_keys(cls, key, prefix)}; valid keys here: {', '.join(fields)}")
         kwargs[key] = _coerce(hints[key], _with_section_defaults(fields[key], value), f"{prefix}{key}", where)
     try:
@@ -1685,6 +1731,8 @@ def yaml_text(value: Any) -> str:
     """`value` as one line of YAML, as a config file or an override would give it."""
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
+    if isinstance(value, list):  # a list of sections (PPO's default `reward`)
+        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
     return text.removesuffix("...").strip()
 

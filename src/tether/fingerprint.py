@@ -121,6 +121,8 @@ def default_settings(cls: type) -> dict[str, Any]:
             value = f.default_factory()
         else:
             continue
+        if isinstance(value, list):  # a list of sections (PPO's default `reward`) is recorded as a list of mappings
+            value = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
         found.update(_flatten(to_dict(value) if dataclasses.is_dataclass(value) else value, f"{f.name}."))
     return json.loads(json.dumps(found))
 

@@ -30,7 +30,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tether.config import CollectConfig, ConfigError, JudgeConfig, RunConfig, save_config
+from tether.config import CollectConfig, ConfigError, JudgeConfig, RewardSourceSettings, RunConfig, reward_model_source, save_config
 from tether.fingerprint import recorded_changes
 from tether.tracking import console, read_summary, write_summary
 from tether.training import CHECKPOINT_DIR, make_output_dir
@@ -61,10 +61,35 @@ def stage_configs(cfg: RunConfig) -> dict:
         "collect": dataclasses.replace(cfg.collect, model=sft_model, output_dir=str(run / "collect"), **stored(cfg.collect, run), **common),
         "reward": dataclasses.replace(cfg.reward, model=sft_model, data=prefs, output_dir=str(run / "reward"),
                                       normalize_data=str(run / "collect" / "samples.jsonl"), **common, **track),
-        "ppo": dataclasses.replace(cfg.ppo, policy=sft_model, reward_model=rm_model, output_dir=str(run / "ppo"), **common, **track),
+        "ppo": dataclasses.replace(cfg.ppo, policy=sft_model, reward=wired_reward(cfg.ppo.reward, rm_model), output_dir=str(run / "ppo"),
+                                   **common, **track),
         "eval": dataclasses.replace(cfg.eval, policy=ppo_model, baseline=sft_model, reward_model=rm_model,
                                     output_dir=str(run / "eval"), precision=cfg.precision, **track),
     }
+
+
+def wired_reward(given: list[RewardSourceSettings], rm_model: str) -> list[RewardSourceSettings]:
+    """PPO's reward in a run: the reward stage's model, as the one `type: model` source. Given one model source (at the
+    default path), its other settings are kept (std_coef for an ensemble's mean - k * std, weight); the run sets its path."""
+    source = reward_model_source(given) or RewardSourceSettings(type="model", path=rm_model)
+    return [dataclasses.replace(source, path=rm_model)]
+
+
+def wires_path_only(given: list[RewardSourceSettings], default: list[RewardSourceSettings]) -> bool:
+    """Whether ppo.reward as given leaves the wiring alone: one model source at the default path (its std_coef or weight
+    the user's own)."""
+    source = reward_model_source(given)
+    return source is not None and source.path == default[0].path
+
+
+def shown(value) -> str:
+    """A setting's value in an error: a list of reward sources as YAML's flow form of their non-default keys."""
+    if isinstance(value, list) and value and all(isinstance(v, RewardSourceSettings) for v in value):
+        plain = RewardSourceSettings(path="x")
+        items = [", ".join(f"{f.name}: {getattr(v, f.name)}" for f in dataclasses.fields(v)
+                           if f.name in ("type", "path") or getattr(v, f.name) != getattr(plain, f.name)) for v in value]
+        return "[" + ", ".join("{" + item + "}" for item in items) + "]"
+    return str(value)
 
 
 RUN_KEYS = ("seed", "precision", "tracker", "output_dir")
@@ -83,13 +108,18 @@ def check_wiring(cfg: RunConfig) -> None:
             value, used = getattr(given, f.name), getattr(wired, f.name)
             if value == used or value == getattr(default, f.name):
                 continue
+            if (name, f.name) == ("ppo", "reward") and wires_path_only(value, getattr(default, f.name)):
+                continue  # the run sets the model source's path; its std_coef and weight are the user's
             if f.name in RUN_KEYS:
                 instead = f"set the top-level {f.name}= instead"
             elif (name, f.name) == ("sft", "model"):
                 instead = "set the top-level model= instead"
+            elif (name, f.name) == ("ppo", "reward"):
+                instead = (f"PPO's reward is the reward stage's model; to set its std_coef or weight, give one source "
+                           f"{{type: model, path: {getattr(default, f.name)[0].path}, std_coef: k}}")
             else:
                 instead = "it is an earlier stage's output; remove it"
-            refused.append(f"{name}.{f.name}={value} (`tether run` sets it to {used}: {instead})")
+            refused.append(f"{name}.{f.name}={shown(value)} (`tether run` sets it to {shown(used)}: {instead})")
     if refused:
         raise ConfigError("these stage settings are set by `tether run` itself and would be ignored: " + "; ".join(refused))
 
@@ -158,7 +188,8 @@ def round_configs(cfg: RunConfig, k: int) -> dict:
         "reward": dataclasses.replace(cfg.reward, model=sft_model if it.reward_from == "sft" else previous_rm,
                                       data=str(here / "preferences.jsonl"), output_dir=str(here / "reward"),
                                       normalize_data=str(here / "collect" / "samples.jsonl"), **common, **track),
-        "ppo": dataclasses.replace(cfg.ppo, policy=latest, reward_model=rm_model, output_dir=str(here / "ppo"), **common, **track),
+        "ppo": dataclasses.replace(cfg.ppo, policy=latest, reward=wired_reward(cfg.ppo.reward, rm_model), output_dir=str(here / "ppo"),
+                                   **common, **track),
         "eval": dataclasses.replace(cfg.eval, policy=str(here / "ppo" / "model"), baseline=sft_model, reward_model=rm_model,
                                     output_dir=str(here / "eval"), precision=cfg.precision, **track),
     })

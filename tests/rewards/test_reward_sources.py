@@ -8,8 +8,8 @@ import torch
 from tether.config import RewardSourceSettings
 from tether.models.loading import load_tokenizer, save_model
 from tether.models.reward_model import RewardNormalization, init_reward_model, save_ensemble_manifest, save_normalization
-from tether.rewards.sources import load_reward_sources, score_samples
 from tether.models.reward_model import score_texts
+from tether.rewards.sources import load_reward_sources, score_pairs, score_samples
 
 FNS = Path(__file__).resolve().parents[1] / "stages" / "reward_fns.py"
 PROMPTS = ["Name two primary colors.", "Name two primary colors.", "Why is the sky blue?", "Why is the sky blue?"]
@@ -106,6 +106,30 @@ def test_judge_round_robin_within_the_group(tiny_model_dir):
     assert all(0 < s < 1 for s in scores)
 
 
+def test_score_pairs_of_functions_and_models(reward_models):
+    # each source scores the 2N samples, firsts then seconds; a pair is dropped when either answer is
+    sources = load_reward_sources([source("function", f"{FNS}:drop_odd"), source("model", reward_models / "m0", weight=0.5)], precision="fp32")
+    firsts, seconds = COMPLETIONS[:2], COMPLETIONS[2:]
+    pairs, parts = score_pairs(sources, PROMPTS[:2], firsts, seconds, [{}] * 2)
+    total, _ = score_samples(sources, PROMPTS[:2] * 2, firsts + seconds, [{}] * 4)
+    assert pairs == [(total[0], total[2]), None]  # drop_odd drops sample 1 (the second pair's first answer)
+    assert list(parts) == ["function:drop_odd", "model:m0"] and len(parts["model:m0"]) == 4
+
+
+def test_score_pairs_gives_each_pair_the_judges_own_verdict(tiny_model_dir):
+    # a group judge on pairs: P(first better) and its complement, as the round robin of the pair's two answers scores
+    # them; a prompt asked twice is two pairs, not one group of four
+    (judge,) = load_reward_sources([source("judge", tiny_model_dir, judge_against="group", batch_size=8)], precision="fp32")
+    prompts = ["Name two primary colors.", "Why is the sky blue?", "Name two primary colors."]
+    firsts, seconds = ["Red and blue.", "Rayleigh scattering.", "eee"], ["no", "Because it is.", "Yellow and red."]
+    pairs, _ = score_pairs([judge], prompts, firsts, seconds, [{}] * 3)
+    assert all(a + b == pytest.approx(1.0, abs=1e-6) and 0 < a < 1 for a, b in pairs)
+    unique = judge.score(prompts[:2] * 2, firsts[:2] + seconds[:2], [{}] * 4)  # distinct prompts: the same pairs, judged alike
+    assert pairs[:2] == [(unique[0], unique[2]), (unique[1], unique[3])]
+    alone = judge.score(prompts[2:] * 2, firsts[2:] + seconds[2:], [{}] * 2)
+    assert pairs[2] == pytest.approx(tuple(alone), abs=1e-6)
+
+
 def test_ppo_takes_reward_sources(tiny_model_dir, tiny_data, tmp_path):
     # PPO's `reward` list: a function source dropping every odd sample plus a weighted constant
     import json
@@ -117,9 +141,9 @@ def test_ppo_takes_reward_sources(tiny_model_dir, tiny_data, tmp_path):
     common = [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", "precision=fp32", "lora.enabled=false", "generation.max_new_tokens=4",
               "steps=1", "batch_size=4", "mini_batch_size=2", "save_every=0", "samples_every=1"]
     cfg = load_config(PPOConfig, None, [reward, f"output_dir={tmp_path / 'p'}", *common])
-    assert cfg.reward_model is None
+    assert [s.type for s in cfg.reward] == ["function", "function"]
     assert train_ppo(cfg)["steps"] == 1
     rewards = [json.loads(x)["reward"] for x in (tmp_path / "p" / "samples.jsonl").read_text().splitlines()]
     assert rewards[0::2] == [1.5, 1.5]  # 1.0 + 0.5 * 1.0 on the samples that count
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match=r"reward_function was replaced by `reward: \[\{type: function, path: .*:constant\}\]`"):
         load_config(PPOConfig, None, [reward, f"reward_function={FNS}:constant"])

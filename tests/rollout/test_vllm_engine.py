@@ -112,7 +112,7 @@ def test_ppo_with_vllm_syncs_after_every_update_and_weighs_by_the_importance_rat
     out = tmp_path / "ppo"
 
     train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward_function={FNS}:letter_e", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
+        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
         "precision=fp32", "generation.max_new_tokens=6", "save_every=0", "samples_every=0", "steps=2", "batch_size=4",
         "mini_batch_size=2", "optim.lr=1e-2", f"lora.enabled={lora}", "engine=vllm"]))
     engine = sys.modules["vllm"].LLM.instances[-1]

@@ -101,7 +101,7 @@ def test_online_dpo_raises_a_reward_functions_score(tiny_model_dir, prompts_file
     fn.write_text("def score(prompts, completions, metadata):\n    return [float(c.count('e')) for c in completions]\n")
     many = tmp_path / "prompts.jsonl"
     many.write_text(prompts_file.read_text() * 4)
-    summary = run_dpo(online_cfg(tiny_model_dir, many, tmp_path / "run", f"reward_function={fn}:score", "rounds=3", "epochs=4",
+    summary = run_dpo(online_cfg(tiny_model_dir, many, tmp_path / "run", f"reward=[{{type: function, path: '{fn}:score'}}]", "rounds=3", "epochs=4",
                                  "optim.lr=3e-2", "lora.enabled=false", "prompts_per_round=48"))
     assert summary["stage"] == "dpo_online" and [r["round"] for r in summary["rounds"]] == [1, 2, 3]
     assert summary["final_score"] > summary["initial_score"] + 0.5
@@ -119,7 +119,7 @@ def test_online_dpo_with_a_reward_model_resumes_round_by_round(tiny_model_dir, p
     rm_dir = tmp_path / "rm"
     save_model(init_reward_model(str(tiny_model_dir), tok.pad_token_id, seed=3), tok, rm_dir)
     save_normalization(rm_dir, RewardNormalization(gain=2.0, bias=1.0))
-    cfg = online_cfg(tiny_model_dir, prompts_file, tmp_path / "run", f"reward_model={rm_dir}", "rounds=2", "max_steps=2", "optim.lr=1e-2")
+    cfg = online_cfg(tiny_model_dir, prompts_file, tmp_path / "run", f"reward=[{{type: model, path: '{rm_dir}'}}]", "rounds=2", "max_steps=2", "optim.lr=1e-2")
     summary = run_dpo(cfg)
     pairs = read_preferences(tmp_path / "run" / "round_1" / "pairs.jsonl")
     # the chosen answer is the one the reward model scores higher, and the stored scores are its (normalised) scores
@@ -136,7 +136,8 @@ def test_online_dpo_with_a_reward_model_resumes_round_by_round(tiny_model_dir, p
 
 
 def test_online_dpo_with_a_judge(tiny_model_dir, prompts_file, tmp_path):
-    summary = run_dpo(online_cfg(tiny_model_dir, prompts_file, tmp_path / "run", f"judge={tiny_model_dir}", "rounds=1", "max_steps=1"))
+    summary = run_dpo(online_cfg(tiny_model_dir, prompts_file, tmp_path / "run", f"reward=[{{type: judge, path: '{tiny_model_dir}', judge_against: group}}]", "rounds=1",
+                                 "max_steps=1"))
     pairs = read_preferences(tmp_path / "run" / "round_1" / "pairs.jsonl")
-    assert summary["labeller"] == "judge" and pairs
+    assert summary["reward"] == [f"judge:{tiny_model_dir.name}"] and pairs
     assert all(p.meta["score_chosen"] > 0.5 > p.meta["score_rejected"] for p in pairs)  # P(better) from the judge, both orders

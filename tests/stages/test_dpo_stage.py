@@ -307,10 +307,18 @@ def test_config_rejects_bad_combinations():
         load_config(DPOConfig, None, ["reference=none", "precompute_reference=true"])
     with pytest.raises(ConfigError, match="online: true"):
         load_config(DPOConfig, None, ["rounds=3"])
-    with pytest.raises(ConfigError, match="exactly one labeller"):
+    with pytest.raises(ConfigError, match="online: true needs reward"):
         load_config(DPOConfig, None, ["online=true", "prompts=p.jsonl"])
-    with pytest.raises(ConfigError, match="exactly one labeller.*reward_model, judge"):
+    with pytest.raises(ConfigError, match=r"^reward_model was replaced by `reward: \[\{type: model, path: rm\}\]`"):
         load_config(DPOConfig, None, ["online=true", "prompts=p.jsonl", "reward_model=rm", "judge=default"])
+    with pytest.raises(ConfigError, match=r"^judge was replaced by `reward: \[\{type: judge, path: default, judge_against: group\}\]`"):
+        load_config(DPOConfig, None, ["online=true", "prompts=p.jsonl", "judge=default"])
+    with pytest.raises(ConfigError, match=r"^constitution was replaced by `reward: \[\{type: judge, .*constitution: mine.yaml\}\]`"):
+        DPOConfig(online=True, prompts="p.jsonl", constitution="mine.yaml")
+    with pytest.raises(ConfigError, match="judge_against: group"):
+        load_config(DPOConfig, None, ["online=true", "prompts=p.jsonl", "reward=[{type: judge, path: default}]"])
+    with pytest.raises(ConfigError, match="set online: true or remove reward"):
+        load_config(DPOConfig, None, ["reward=[{type: model, path: rm}]"])
 
 
 def test_command_line(tiny_model_dir, tiny_data, tmp_path):

@@ -16,7 +16,7 @@ FNS = Path(__file__).resolve().parent / "reward_fns.py"
 
 def ppo(tiny_model_dir, tiny_data, out, fn, *extra):
     return train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward_function={FNS}:{fn}", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
+        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:{fn}'}}]", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
         "precision=fp32", "lora.enabled=false", "generation.max_new_tokens=8", "generation.batch_size=16", "save_every=0",
         "samples_every=0", *extra]))
 
@@ -62,5 +62,5 @@ def test_reward_function_errors(tiny_model_dir, tiny_data, tmp_path):
         ppo(tiny_model_dir, tiny_data, tmp_path / "a", "wrong_length", "steps=1", "batch_size=4", "mini_batch_size=2")
     with pytest.raises(RewardFunctionError, match="has no function named nope"):
         ppo(tiny_model_dir, tiny_data, tmp_path / "b", "nope", "steps=1", "batch_size=4", "mini_batch_size=2")
-    with pytest.raises(ConfigError, match="value_model=reward_model needs a reward_model"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "value_model=reward_model"])
+    with pytest.raises(ConfigError, match="value_model=reward_model starts from the reward model"):
+        load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "value_model=reward_model"])

@@ -20,7 +20,7 @@ PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves and th
 
 def ppo(tiny_model_dir, tiny_data, out, fn, *extra):
     return train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward_function={FNS}:{fn}", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
+        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:{fn}'}}]", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
         "precision=fp32", "generation.max_new_tokens=8", "generation.batch_size=8", "save_every=0", "samples_every=0",
         "batch_size=4", "mini_batch_size=2", *extra]))
 
@@ -395,20 +395,20 @@ def test_prompt_baseline_needs_two_samples_per_prompt():
     from tether.config import ConfigError
 
     with pytest.raises(ConfigError, match="prompt_baseline needs samples_per_prompt >= 2"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "prompt_baseline=true"])
+        load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "prompt_baseline=true"])
     with pytest.raises(ConfigError, match=r"batch_size \(16\) must be a multiple of samples_per_prompt \(3\)"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "samples_per_prompt=3"])
+        load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "samples_per_prompt=3"])
 
 
 def test_fsdp_is_for_full_fine_tuning():
     from tether.config import ConfigError
 
     with pytest.raises(ConfigError, match="parallel.fsdp=true shards full fine-tuning"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true"])  # LoRA is PPO's default
-    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true", "lora.enabled=false"]).parallel.fsdp
+        load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true"])  # LoRA is PPO's default
+    assert load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true", "lora.enabled=false"]).parallel.fsdp
     with pytest.raises(ConfigError, match="in parallel: zero_stage=2 chooses how fsdp=true"):
-        load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.zero_stage=2"])
-    assert load_config(PPOConfig, None, [f"reward_function={FNS}:letter_e", "parallel.fsdp=true", "lora.enabled=false", "parallel.zero_stage=2"]).parallel.zero_stage == 2
+        load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.zero_stage=2"])
+    assert load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true", "lora.enabled=false", "parallel.zero_stage=2"]).parallel.zero_stage == 2
 
 
 def test_ray_placement_refuses_what_needs_the_reward_model_here():

@@ -17,7 +17,7 @@ from tether.stages.reward import train_reward
 
 def ppo(tiny_model_dir, tiny_data, rm, out, *extra):
     return train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward_model={rm}", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
+        f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{rm}'}}]", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
         "steps=3", "batch_size=4", "mini_batch_size=2", "precision=fp32", "save_every=0", "samples_every=0",
         "generation.max_new_tokens=8", "generation.batch_size=4", "optim.lr=3e-3", *extra]))
 

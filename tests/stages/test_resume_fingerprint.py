@@ -169,7 +169,7 @@ def test_online_dpo_goes_on_only_from_rounds_made_with_its_settings(tiny_model_d
     def online(*extra):
         return run_dpo(load_config(DPOConfig, None, [
             f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path}", "precision=fp32", "online=true",
-            f"reward_function={FNS}:letter_e", "prompts_per_round=4", "generation.max_new_tokens=6", "batch_size=2", "max_steps=1",
+            f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "prompts_per_round=4", "generation.max_new_tokens=6", "batch_size=2", "max_steps=1",
             "eval_fraction=0", "save_every=0", *extra]))
 
     online("rounds=1")

@@ -7,11 +7,13 @@ from types import SimpleNamespace
 
 import torch
 
-from tether.config import GenerationSettings, LoraSettings
+import pytest
+
+from tether.config import GenerationSettings, LoraSettings, RewardSourceSettings, reward_model_source
 from tether.models.loading import apply_lora, freeze_lower_layers, load_causal_lm, load_tokenizer
 from tether.data.records import PromptRecord
-from tether.stages.rl_parts import (GroupScorer, KeptBatch, KeptPasses, LocalReference, PolicyHeadValue, PolicyPasses, PolicySampler, Scorer,
-                                    SourceScorer, TextScores, VLLMEngineSampler)
+from tether.stages.rl_parts import (GroupScorer, KeptBatch, KeptPasses, LocalReference, PolicyHeadValue, PolicyPasses, PolicySampler,
+                                    RewardModelScores, Scorer, SourceScorer, TextScores, VLLMEngineSampler, build_scorer)
 
 PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves."] * 2
 
@@ -27,17 +29,44 @@ def test_scorer_gives_an_unfinished_response_the_penalty_then_clips():
     torch.testing.assert_close(scores, torch.tensor([0.1, -0.1, 0.1]))  # no penalty: every score only clipped
 
 
-def test_text_scores_drop_the_episodes_the_function_returns_none_for():
+def test_text_scores_drop_the_episodes_the_function_returns_none_for(tmp_path):
+    fn = tmp_path / "fn.py"  # scores only what it expects to see: chat prompts as their text
+    fn.write_text("def score(prompts, completions, metadata):\n"
+                  "    return [1.5, None] if (prompts, completions) == (['p1', 'p2'], ['yes', 'no']) else [9.0, 9.0]\n")
+    scorer = build_scorer([RewardSourceSettings(type="function", path=f"{fn}:score")], None, None, "fp32", None, 10.0)
+    assert isinstance(scorer.raw, TextScores)
+    rollout = SimpleNamespace(texts=["yes", "no"], sequences=torch.zeros(2, 3, dtype=torch.long), finished=torch.ones(2, dtype=torch.bool))
+    scores, keep = scorer(["p1", [{"role": "user", "content": "p2"}]], rollout)
+    assert scores.tolist() == [1.5, 0.0] and keep.tolist() == [True, False]
+
+
+def test_one_reward_model_source_scores_the_token_ids():
+    # a reward list that is one `type: model` source: the (loaded) model scores the rollout's own token ids, with the
+    # source's std_coef (an ensemble's mean - k * std) and weight; every episode kept
     seen = {}
 
-    def fn(prompts, completions, metadata):
-        seen.update(prompts=prompts, completions=completions)
-        return [1.5, None]
+    class Model:
+        def scores(self, ids, mask, std_coef):
+            seen.update(ids=ids.tolist(), std_coef=std_coef)
+            return torch.tensor([1.0, -2.0])
 
-    rollout = SimpleNamespace(texts=["yes", "no"], sequences=torch.zeros(2, 3, dtype=torch.long))
-    scores, keep = TextScores(reward_fn=fn)(["p1", [{"role": "user", "content": "p2"}]], rollout)
-    assert seen == {"prompts": ["p1", "p2"], "completions": ["yes", "no"]}  # chat prompts as their text
-    assert scores.tolist() == [1.5, 0.0] and keep.tolist() == [True, False]
+    rollout = SimpleNamespace(sequences=torch.zeros(2, 3, dtype=torch.long), finished=torch.ones(2, dtype=torch.bool),
+                              sequences_for_reward=lambda eos, pad: (torch.tensor([[5, eos], [6, pad]]), torch.ones(2, 2)))
+    sources = [RewardSourceSettings(type="model", path="rm", std_coef=1.5, weight=2.0)]
+    assert reward_model_source(sources) is sources[0]
+    scorer = build_scorer(sources, Model(), SimpleNamespace(eos_token_id=2, pad_token_id=0), "fp32", None, 3.0)
+    scores, keep = scorer(["a", "b"], rollout)
+    assert isinstance(scorer.raw, RewardModelScores) and seen == {"ids": [[5, 2], [6, 0]], "std_coef": 1.5}
+    assert scores.tolist() == [2.0, -3.0] and keep.tolist() == [True, True]  # 2 * -2 clipped to -3
+    # any other list reads the text: a model source beside a function, or a function alone
+    assert reward_model_source(sources + [RewardSourceSettings(type="function", path="f.py:g")]) is None
+    assert reward_model_source([RewardSourceSettings(type="function", path="f.py:g")]) is None
+
+
+@pytest.mark.parametrize("sources", [[], [RewardSourceSettings(type="model", path="a"), RewardSourceSettings(type="model", path="b")]])
+def test_a_scorer_from_a_loaded_model_takes_exactly_its_one_source(sources):
+    with pytest.raises(ValueError):
+        build_scorer(sources, object(), SimpleNamespace(eos_token_id=2, pad_token_id=0), "fp32", None, 3.0)
 
 
 def test_passes_reference_and_sampler_agree_on_a_fresh_lora_policy(tiny_model_dir):

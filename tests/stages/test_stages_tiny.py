@@ -104,7 +104,7 @@ def chain(tiny_model_dir, tiny_data, tmp_path_factory):
     rm = train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}",
                                                        f"output_dir={root / 'reward'}", f"normalize_data={root / 'collect' / 'samples.jsonl'}",
                                                        "batch_size=4", "epochs=1", "precision=fp32", "optim.lr=1e-3"]))
-    ppo = train_ppo(load_config(PPOConfig, None, [f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}",
+    ppo = train_ppo(load_config(PPOConfig, None, [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]",
                                                   f"prompts={tiny_data['prompts']}", f"output_dir={root / 'ppo'}", "steps=3",
                                                   "batch_size=4", "mini_batch_size=2", "precision=fp32", "save_every=2", *GEN]))
     return root, col, rm, ppo
@@ -162,7 +162,7 @@ def test_ppo_logs_every_diagnostic(chain):
 def test_ppo_full_finetune_with_reward_model_value(chain, tiny_model_dir, tiny_data, tmp_path):
     root = chain[0]
     summary = train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}", f"prompts={tiny_data['prompts']}",
+        f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
         f"output_dir={tmp_path / 'ppo'}", "steps=2", "batch_size=4", "mini_batch_size=4", "precision=fp32",
         "lora.enabled=false", "value_model=reward_model", "kl.adaptive=false", "missing_eos_penalty=-1.0", *GEN]))
     assert summary["beta_final"] == pytest.approx(0.05)  # fixed controller
@@ -184,7 +184,7 @@ def test_eval_compares_policy_with_baseline(chain, tiny_model_dir, tiny_data, tm
 def test_ppo_resume_is_bit_for_bit(chain, tiny_model_dir, tiny_data, tmp_path):
     """Policy, value head, optimizer, scheduler, KL controller and RNG all come back from the checkpoint."""
     root = chain[0]
-    common = [f"policy={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}", f"prompts={tiny_data['prompts']}",
+    common = [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
               "steps=3", "batch_size=4", "mini_batch_size=2", "precision=fp32", "save_every=0", "kl.horizon=8", *GEN]
     full = train_ppo(load_config(PPOConfig, None, [f"output_dir={tmp_path / 'a'}", *common]))
     assert train_ppo(load_config(PPOConfig, None, [f"output_dir={tmp_path / 'b'}", *common, "interrupt_after=1"])) is None
@@ -230,8 +230,8 @@ def test_reward_ensemble_trains_members_and_reaches_ppo(chain, tiny_model_dir, t
     assert result.exit_code == 0, result.output
     assert {"disagreement", "vote_disagreement"} <= json.loads(result.stdout).keys()
     ppo = train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward_model={tmp_path / 'ens' / 'model'}", f"prompts={tiny_data['prompts']}",
-        f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", "precision=fp32", "reward_std_coef=1.0", *GEN]))
+        f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{tmp_path / 'ens' / 'model'}', std_coef: 1.0}}]", f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", "precision=fp32", *GEN]))
     assert ppo["steps"] == 1
 
 

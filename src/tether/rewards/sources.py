@@ -24,7 +24,10 @@ Every source maps (prompts, completions, metadata) to one float or None per samp
   (a round robin: n(n-1)/2 pairs for n completions, each pair judged once in both orders), in [0, 1];
   a completion alone with its prompt scores 0.5. A sample without a reference is dropped (None).
 
-The weighted sum is None for a sample when any source returns None for it.
+The weighted sum is None for a sample when any source returns None for it. `score_pairs` scores the two
+responses of each of N pairs (online DPO): a group judge gives each pair its own verdict (P(first better) and
+its complement: the round robin of a group of two, whatever other pairs share the prompt); every other source
+scores the 2N samples.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from tether.models.loading import load_frozen_lm, load_tokenizer, resolve_model
 
 ScoreFn = Callable[[list[Prompt], list[str], list[dict]], list[Optional[float]]]
 
-__all__ = ["RewardSource", "load_reward_sources", "load_source", "source_names", "score_samples", "model_source", "function_source", "judge_source", "describe"]
+__all__ = ["RewardSource", "load_reward_sources", "load_source", "source_names", "score_samples", "score_pairs", "model_source", "function_source", "judge_source", "describe"]
 
 
 @dataclass
@@ -89,11 +92,34 @@ def score_samples(sources: list[RewardSource], prompts: list[Prompt], completion
     A sample is None (dropped) when any source returned None for it.
     """
     parts = {s.name: s.score(prompts, completions, metadata) for s in sources}
+    return weighted_sum(sources, parts, len(completions)), parts
+
+
+def score_pairs(sources: list[RewardSource], prompts: list[Prompt], firsts: list[str], seconds: list[str],
+                metadata: list[dict]) -> tuple[list[Optional[tuple[float, float]]], dict[str, list[Optional[float]]]]:
+    """(score of first, score of second) of each of N pairs, None when either is None; and each source's own 2N scores
+    (firsts, then seconds). A source that compares a pair itself (a group judge's `pairs`) judges each pair once; every
+    other source scores the 2N samples (prompts + prompts, firsts + seconds) in one call."""
+    n = len(prompts)
+    parts = {}
+    for s in sources:
+        pairwise = getattr(s.score, "pairs", None)
+        if pairwise is not None:
+            scored = pairwise(prompts, firsts, seconds)
+            parts[s.name] = [a for a, _ in scored] + [b for _, b in scored]
+        else:
+            parts[s.name] = s.score(prompts + prompts, firsts + seconds, metadata + metadata)
+    total = weighted_sum(sources, parts, 2 * n)
+    return [None if a is None or b is None else (a, b) for a, b in zip(total[:n], total[n:])], parts
+
+
+def weighted_sum(sources: list[RewardSource], parts: dict[str, list[Optional[float]]], n: int) -> list[Optional[float]]:
+    """Sample i's sum over sources of weight * score, None when any source's score of it is None."""
     total: list[Optional[float]] = []
-    for i in range(len(completions)):
+    for i in range(n):
         values = [parts[s.name][i] for s in sources]
         total.append(None if any(v is None for v in values) else sum(s.weight * v for s, v in zip(sources, values)))
-    return total, parts
+    return total
 
 
 # --------------------------------------------------------------------------- the kinds
@@ -130,7 +156,8 @@ def model_source(settings: RewardSourceSettings, precision: str = "bf16", offloa
 
 
 def judge_source(settings: RewardSourceSettings, precision: str = "bf16", offload: bool = False) -> ScoreFn:
-    """An LLM judge: P(better than the reference answer), or the mean P(better) against the rest of the group."""
+    """An LLM judge: P(better than the reference answer), or the mean P(better) against the rest of the group; a group
+    judge also scores pairs directly (`pairs`: (P(first better), P(second better)) of each pair, both orders asked)."""
     rubric = load_constitution(settings.constitution).rubric()
     path = resolve_model(settings.path, "reward[].path")
     tokenizer, model = load_tokenizer(path), load_frozen_lm(path, offload)
@@ -161,4 +188,8 @@ def judge_source(settings: RewardSourceSettings, precision: str = "bf16", offloa
             games[j] += 1
         return [w / g if g else 0.5 for w, g in zip(wins, games)]
 
+    def pairs(prompts, firsts, seconds) -> list[tuple[float, float]]:
+        return [(v.p_first, 1.0 - v.p_first) for v in judge_pairs(model, tokenizer, prompts, firsts, seconds, rubric, **kw)]
+
+    against_group.pairs = pairs
     return against_reference if settings.judge_against == "reference" else against_group

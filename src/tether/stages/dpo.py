@@ -19,7 +19,7 @@ eval/accuracy is the held-out preference accuracy of the implicit reward: the fr
 held-out pairs with r(x, y_chosen) > r(x, y_rejected) (a tie counts one half).
 
 `train_dpo_online` runs rounds of online / iterative DPO: the current policy answers each
-prompt twice, a reward model, a reward function or an LLM judge picks the better answer, and
+prompt twice, its `reward` sources (a reward model, a reward function, an LLM judge) pick the better answer, and
 the policy is trained on those pairs by `train_dpo`, starting the next round.
 """
 
@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from tether.config import DPOConfig, resolve_path
 from tether.data.collate import pack_shared_prompts
 from tether.data.readers import DataError, ReadReport, read_preferences, read_prompts, write_jsonl
-from tether.data.records import PreferencePair, prompt_text
+from tether.data.records import PreferencePair
 from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import shard_blocks
 from tether.processes import processes
@@ -50,8 +50,10 @@ from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_ipo_token_mean_loss, dpo_sigmoid_loss
 from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
                                    load_causal_lm, load_frozen_lm, load_tokenizer, model_device, resolve_model, save_model)
-from tether.models.reward_model import shared_prompt_mask
 from tether.models.loading import trunk_of, unwrap
+from tether.models.reward_model import shared_prompt_mask
+from tether.rewards.sources import load_reward_sources, score_pairs, source_names
+from tether.rollout.sampling import sample_responses
 from tether.rollout.logprobs import head_logprobs
 from tether.stages.reward import is_tie, leave_out_identical_pairs, split_by_prompt
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
@@ -410,47 +412,6 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
 # --------------------------------------------------------------------------- online / iterative DPO
 
 
-def make_labeller(cfg: DPOConfig):
-    """(prompts, firsts, seconds) -> [(score_first, score_second) or None]: the labeller named in the config.
-
-    A reward model or a reward function scores each response (None from the function drops the
-    pair); a judge gives P(first is better) from both orders (feedback/judge.py), scored as (p, 1 - p).
-    """
-    if cfg.reward_model:
-        from tether.models.reward_model import load_reward_model
-        from tether.stages.reward import CachedScorer
-
-        scorers = CachedScorer.for_members(load_reward_model(cfg.reward_model), cfg.max_prompt_tokens, cfg.max_response_tokens,
-                                           cfg.precision)
-
-        def by_reward_model(prompts, firsts, seconds):
-            scores = torch.stack([s(prompts + prompts, firsts + seconds) for s in scorers]).mean(0).tolist()  # (2N,) ensemble mean
-            return list(zip(scores[:len(prompts)], scores[len(prompts):]))
-        return by_reward_model
-    if cfg.reward_function:
-        from tether.rewards.functions import call_reward_function, load_reward_function
-
-        fn = load_reward_function(cfg.reward_function)
-
-        def by_function(prompts, firsts, seconds):
-            texts = [prompt_text(p) for p in prompts]
-            scores = call_reward_function(fn, texts + texts, firsts + seconds, [{} for _ in range(2 * len(prompts))])
-            return [None if a is None or b is None else (a, b) for a, b in zip(scores[:len(prompts)], scores[len(prompts):])]
-        return by_function
-    from tether.feedback.constitution import load_constitution
-    from tether.feedback.judge import judge_pairs
-
-    rubric = load_constitution(cfg.constitution).rubric()
-    judge_path = resolve_model(cfg.judge, "judge")
-    judge_tokenizer, judge_model = load_tokenizer(judge_path), load_causal_lm(judge_path).eval()
-
-    def by_judge(prompts, firsts, seconds):
-        verdicts = judge_pairs(judge_model, judge_tokenizer, prompts, firsts, seconds, rubric, max_prompt_tokens=cfg.max_prompt_tokens,
-                               max_response_tokens=cfg.max_response_tokens, precision=cfg.precision)
-        return [(v.p_first, 1.0 - v.p_first) for v in verdicts]
-    return by_judge
-
-
 def label_pairs(prompts, firsts: list[str], seconds: list[str], scores, round_index: int) -> list[PreferencePair]:
     """Preference pairs from two answers per prompt: the higher-scored one is chosen; pairs with equal scores,
     identical or empty answers, or no score are dropped."""
@@ -467,7 +428,8 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     """Online / iterative DPO (e.g. Xu et al. 2023, Yuan et al. 2024 "Self-Rewarding Language Models"), in rounds:
 
       1. sample: the current policy answers `prompts_per_round` prompts twice
-      2. label:  the reward model, reward function or judge picks the better answer of each pair
+      2. label:  the `reward` sources score both answers (rewards/sources.py `score_pairs`: a reward model or function
+                 scores each answer, a judge gives the pair's verdict); the higher-scored answer is chosen
       3. train:  `train_dpo` on those pairs in round_<k>/, starting from the current policy, which is also the
                  reference with reference=policy (each round stays near the last); its model starts round k+1
 
@@ -476,21 +438,19 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     answers round 1's prompts with round 1's seed, so `final_score` against `initial_score` compares policies
     on the same prompts and random numbers. A round whose summary.json exists is skipped on rerun.
     """
-    from tether.rollout.sampling import sample_responses
-
     out = start_stage(cfg, rounds="round_*")  # rounds made with other settings are not gone on from
     t_start = time.time()
     prompts = [r.prompt for r in read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)]
     n = min(cfg.prompts_per_round, len(prompts))
     stream = index_stream(len(prompts), cfg.seed, cfg.rounds * n)
-    labeller = make_labeller(cfg)
+    sources = load_reward_sources(cfg.reward, cfg.precision)  # models and judges loaded once, for every round
     policy_path = resolve_model(cfg.policy, "policy")
 
     def sample_and_score(model_path: str, batch: list, seed: int):
         tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
         samples = sample_responses(model, tokenizer, batch + batch, cfg.generation, seed=seed, precision=cfg.precision)
         firsts, seconds = [s["response"] for s in samples[:len(batch)]], [s["response"] for s in samples[len(batch):]]
-        scores = labeller(batch, firsts, seconds)
+        scores = score_pairs(sources, batch, firsts, seconds, [{} for _ in batch])[0]  # (first, second) or None per prompt
         kept = [x for s in scores if s is not None for x in s]
         return firsts, seconds, scores, (sum(kept) / len(kept) if kept else None)
 
@@ -513,7 +473,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
             console.print(f"dpo online: round {k} produced no usable pairs (all ties or identical answers); the policy is unchanged")
             summary = {"model": policy_path, "eval_accuracy": None}
         elif summary is None:
-            summary = train_dpo(dataclasses.replace(cfg, online=False, rounds=1, policy=policy_path, data=str(round_dir / "pairs.jsonl"),
+            summary = train_dpo(dataclasses.replace(cfg, online=False, rounds=1, reward=[], policy=policy_path, data=str(round_dir / "pairs.jsonl"),
                                                     output_dir=str(round_dir), limit=None))
             if summary is None:  # interrupt_after inside the round: rerun to resume it
                 logger.close()
@@ -527,7 +487,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     first_batch = [prompts[i] for i in stream[:n]]
     final_score = sample_and_score(policy_path, first_batch, seed=cfg.seed * 1009 + 1)[3]
     summary = {"stage": "dpo_online", "model": policy_path, "rounds": rounds, "initial_score": rounds[0]["score"],
-               "final_score": final_score, "labeller": "reward_model" if cfg.reward_model else "reward_function" if cfg.reward_function else "judge",
+               "final_score": final_score, "reward": source_names(cfg.reward),
                "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start}
     write_summary(out, summary)
     return summary

@@ -41,7 +41,7 @@ from typing import Callable
 
 import torch
 
-from tether.config import PPOConfig, resolve_path
+from tether.config import PPOConfig, resolve_path, reward_model_source
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import ReadReport, read_demonstrations, read_prompts
 from tether.data.records import prompt_text
@@ -57,13 +57,12 @@ from tether.models.loading import (ModelError, apply_lora, autocast, count_param
 from tether.models.reward_model import load_reward_model
 from tether.models.sharing import share_with_base, unique_parameter_bytes
 from tether.placement import RayPlacement, RemoteModel, placed
-from tether.rewards.functions import load_reward_function
-from tether.rewards.sources import load_reward_sources
+from tether.rewards.sources import source_names
 from tether.rollout.logprobs import policy_forward, replays_exactly
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
 from tether.stages.rl_parts import (LocalReference, ModelValue, PolicyHeadValue, PolicyPasses, PolicySampler, RayReference,
-                                    RewardModelScores, RewardModelValue, Scorer, TextScores, VLLMEngineSampler, reward_adapter_value)
+                                    RewardModelValue, Scorer, VLLMEngineSampler, build_scorer, reward_adapter_value)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (GoodhartGuard, LossScaler, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, index_stream,
                              load_checkpoint, make_optimizer, release_freed_memory, resumed_history, scaler_metrics, start_stage)
@@ -219,13 +218,15 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     report = ReadReport()
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
     console.print(f"ppo: {report.kept()}")
-    rm = None
-    if cfg.reward_model:
-        rm = placement.model("reward", cfg.reward_model, cfg.precision) if placement else load_reward_model(cfg.reward_model, cfg.offload_frozen)
-    reward_fn = load_reward_function(cfg.reward_function) if cfg.reward_function else None
-    sources = load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen) if cfg.reward else None  # reward sources (rewards/sources.py)
+    # the reward: one reward model alone scores the policy's token ids (placement=ray: in its own actor); any other list of
+    # sources (rewards/sources.py) is loaded by build_scorer and reads the decoded text
+    rm_source, rm = reward_model_source(cfg.reward), None
+    if rm_source is not None:
+        rm = placement.model("reward", rm_source.path, cfg.precision) if placement else load_reward_model(rm_source.path, cfg.offload_frozen)
+    scorer = build_scorer(cfg.reward, rm, tokenizer, cfg.precision, cfg.missing_eos_penalty, cfg.reward_clip,
+                          remote=placement is not None, offload=cfg.offload_frozen)
     if rm is not None and rm.vocab() != tokenizer.get_vocab():
-        raise ModelError(f"reward model {cfg.reward_model} uses a different tokenizer from the policy {policy_path}; "
+        raise ModelError(f"reward model {rm_source.path} uses a different tokenizer from the policy {policy_path}; "
                          "train the reward model from the SFT model so both read the same tokens")
     policy = load_causal_lm(policy_path)
     # With LoRA the reference is the policy's own base weights with the adapter disabled;
@@ -257,11 +258,11 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     elif cfg.value_model == "reward_adapter":  # the reward model's weights, a second adapter, a copy of its head
         value = ModelValue(reward_adapter_value(rm.members[0], cfg.lora))
     else:
-        member = load_reward_model(cfg.reward_model).members[0]
+        member = load_reward_model(rm_source.path).members[0]
         value = ModelValue(RewardModelValue(member.model.requires_grad_(True), member.normalization).to(device()))
     trainable = {"policy": policy, **value.modules}
     if cfg.freeze_layers and value.model is not None:  # a value model on its own trunk: the same saving
-        freeze_lower_layers(value.model.model, cfg.freeze_layers, cfg.reward_model)
+        freeze_lower_layers(value.model.model, cfg.freeze_layers, rm_source.path)
     if cfg.parallel.activation_checkpointing:  # the models that are trained through their blocks
         for model in [policy] + ([value.model.model] if value.model is not None else []):
             enable_activation_checkpointing(model)
@@ -279,9 +280,6 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     temperature = cfg.generation.temperature
     reference = (RayReference(reference_model, temperature, cfg.mini_batch_size) if isinstance(reference_model, RemoteModel)
                  else LocalReference(policy, reference_model, temperature, cfg.mini_batch_size))
-    raw_scores = (RewardModelScores(rm, tokenizer, cfg.precision, cfg.reward_std_coef, remote=placement is not None) if rm is not None
-                  else TextScores(reward_fn, sources))
-    scorer = Scorer(raw_scores, cfg.missing_eos_penalty, cfg.reward_clip)
 
     # ---- optimisation: the policy and the value function, each its own learning rate
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
@@ -321,7 +319,8 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     sampler = (VLLMEngineSampler(engine, tokenizer, cfg.vllm.is_cap) if engine is not None else
                PolicySampler(policy, tokenizer, cfg.generation, cfg.precision, value.head if reuse else None, with_entropy=reuse))
     passes = PolicyPasses(policy, value, temperature, cfg.mini_batch_size, frozen_blocks, reuse)
-    info = {"policy_init": policy_path, "data": report.to_dict(), "trainable_params": n_trainable, "total_params": n_total,
+    info = {"policy_init": policy_path, "reward_model": rm_source.path if rm_source else None, "reward": source_names(cfg.reward),
+            "data": report.to_dict(), "trainable_params": n_trainable, "total_params": n_total,
             "reward_model_shared_params": shared_params, "frozen_blocks_recorded": frozen_blocks,
             "parameter_gb": parameter_gb, "offloaded_gb": offloaded_gb}
     return PPOSetup(policy, tokenizer, sampler, reference, scorer, value, passes, trainable, params, optimizer, scheduler, scaler,
@@ -350,7 +349,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
     mean = lambda key, rows=tail: sum(h[key] for h in rows) / len(rows) if rows else None  # noqa: E731
     info = run.info
     summary = {
-        "stage": "ppo", "model": str(out / "model"), "policy_init": info["policy_init"], "reward_model": cfg.reward_model,
+        "stage": "ppo", "model": str(out / "model"), "policy_init": info["policy_init"], "reward_model": info["reward_model"], "reward": info["reward"],
         "steps": cfg.steps, "episodes": cfg.steps * per_step, "data": info["data"], "processes": procs.world, "sharded": procs.sharded, "sharding": procs.sharding,
         "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
         "kl_last_quarter": mean("rollout/kl"), "kl_target": cfg.kl.target if cfg.kl.adaptive else None,

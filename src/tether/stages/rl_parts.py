@@ -6,9 +6,10 @@
   Reference     log pi_ref of each response token: the policy with its LoRA adapter off, a frozen copy
                 (in CPU memory with offload_frozen) (`LocalReference`), or a frozen copy in a Ray actor
                 (`RayReference`)
-  Scorer        (B,) scores and (B,) keep flags for a rollout: a reward model or ensemble (here or in a Ray
-                actor), a Python reward function, or a list of reward sources; then the missing-EOS penalty
-                and the clip. `SourceScorer`: a list of reward sources' weighted sum and each source's part
+  Scorer        (B,) scores and (B,) keep flags for a rollout from the stage's `reward` sources: one reward model
+                or ensemble alone is scored on the policy's token ids (here or in a Ray actor), any other list
+                (a function, a judge, several sources) on the decoded text; then the missing-EOS penalty and
+                the clip (`build_scorer`). `SourceScorer`: a list of reward sources' weighted sum and each source's part
                 (bon, rs); `GroupScorer`: the same over P groups of G samples (GRPO), with the groups whose
                 rewards are all equal
   Value         the critic: a zero-initialised head on the policy trunk (`PolicyHeadValue`), or a model of its
@@ -34,8 +35,7 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
-from tether.config import LoraSettings
-from tether.data.records import prompt_text
+from tether.config import LoraSettings, RewardSourceSettings
 from tether.distributed import gathered
 from tether.processes import processes
 from tether.losses import truncated_importance_weights
@@ -43,8 +43,7 @@ from tether.models.loading import apply_lora, autocast, device
 from tether.models.reward_model import RewardNormalization
 from tether.models.loading import position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone
-from tether.rewards.functions import call_reward_function
-from tether.rewards.sources import score_samples
+from tether.rewards.sources import RewardSource, load_reward_sources, score_samples
 from tether.rollout.generate import Rollout
 from tether.rollout.sampling import load_sampler, sample_responses
 from tether.rollout.logprobs import FrozenStates, policy_forward, record_frozen, reference_logprobs
@@ -198,33 +197,46 @@ class Scorer:
 
 
 class RewardModelScores:
-    """A reward model or ensemble's normalised scores of (prompt + response, EOS-ended), every episode kept;
-    `remote`: the model is in a Ray actor and its answer is waited for."""
+    """A reward model or ensemble's normalised scores of (prompt + response, EOS-ended) on the policy's own token ids
+    (mean - std_coef * std over an ensemble's members), times the source's weight; every episode kept. `remote`: the
+    model is in a Ray actor and its answer is waited for."""
 
-    def __init__(self, rm, tokenizer, precision: str, std_coef: float, remote: bool):
-        self.rm, self.eos, self.pad, self.precision, self.std_coef, self.remote = (
-            rm, tokenizer.eos_token_id, tokenizer.pad_token_id, precision, std_coef, remote)
+    def __init__(self, rm, tokenizer, precision: str, std_coef: float, remote: bool, weight: float = 1.0):
+        self.rm, self.eos, self.pad, self.precision, self.std_coef, self.remote, self.weight = (
+            rm, tokenizer.eos_token_id, tokenizer.pad_token_id, precision, std_coef, remote, weight)
 
     def __call__(self, prompts: list, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         keep = torch.ones(len(prompts), dtype=torch.bool, device=rollout.sequences.device)
         with torch.no_grad(), autocast(self.precision):
             scores = self.rm.scores(*rollout.sequences_for_reward(self.eos, self.pad), std_coef=self.std_coef)
-        return (scores.result().to(keep.device) if self.remote else scores), keep
+        scores = scores.result().to(keep.device) if self.remote else scores
+        return (scores if self.weight == 1.0 else self.weight * scores), keep
 
 
 class TextScores:
-    """Scores of (prompt, completion) texts: a Python reward function's (`reward_function`) or a list of reward
-    sources' weighted sum (`reward`). A None drops that episode from the update."""
+    """The weighted sum of a list of reward sources' scores of the (prompt, completion) texts (rewards/sources.py;
+    metadata is {}). A None from any source drops that episode from the update."""
 
-    def __init__(self, reward_fn=None, sources: list | None = None):
-        self.reward_fn, self.sources = reward_fn, sources
+    def __init__(self, sources: list[RewardSource]):
+        self.sources = sources
 
     def __call__(self, prompts: list, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        metadata = [{} for _ in prompts]
-        values = (score_samples(self.sources, prompts, rollout.texts, metadata)[0] if self.sources is not None else
-                  call_reward_function(self.reward_fn, [prompt_text(p) for p in prompts], rollout.texts, metadata))
+        values = score_samples(self.sources, prompts, rollout.texts, [{} for _ in prompts])[0]
         on = rollout.sequences.device
         return torch.tensor([0.0 if v is None else v for v in values], device=on), torch.tensor([v is not None for v in values], device=on)
+
+
+def build_scorer(sources: list[RewardSourceSettings], rm, tokenizer, precision: str, missing_eos_penalty: float | None,
+                 clip: float, remote: bool = False, offload: bool = False) -> Scorer:
+    """The Scorer of a stage's `reward` list. `rm`: the loaded reward model (or its Ray actor, `remote`) when the list is
+    one `type: model` source (`reward_model_source`): it scores the policy's token ids. Any other list is loaded here
+    (`offload`: its models' weights in CPU memory) and scores the decoded text."""
+    if rm is not None:
+        (source,) = sources
+        raw = RewardModelScores(rm, tokenizer, precision, source.std_coef, remote, source.weight)
+    else:
+        raw = TextScores(load_reward_sources(sources, precision, offload))
+    return Scorer(raw, missing_eos_penalty, clip)
 
 
 @dataclass
