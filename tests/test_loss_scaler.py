@@ -96,7 +96,7 @@ def test_rl_stages_train_in_fp16_with_loss_scaling(stage, tiny_model_dir, tiny_d
     common = [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path}", "precision=fp16", "steps=2",
               "generation.max_new_tokens=6", "generation.batch_size=4", "save_every=0"]
     if stage == "ppo":
-        train_ppo(load_config(PPOConfig, None, [*common, f"reward_function={fns}:letter_e", "batch_size=4", "mini_batch_size=2"]))
+        train_ppo(load_config(PPOConfig, None, [*common, f"reward=[{{type: function, path: '{fns}:letter_e'}}]", "batch_size=4", "mini_batch_size=2"]))
     else:
         train_grpo(load_config(GRPOConfig, None, [*common, f"reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts_per_step=2",
                                                   "group_size=2", "mini_batch_size=2"]))
