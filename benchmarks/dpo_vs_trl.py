@@ -43,6 +43,7 @@ import math
 import shutil
 import sys
 from pathlib import Path
+
 from launch import HH_TRAIN, bench_model, hh_train_pairs, run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,28 +69,76 @@ def build_inputs(work: Path, model: str, n_pairs: int) -> tuple[str, Path]:
 def run_tether(mode: str, work: Path, model_dir: str, pairs: Path, a) -> dict:
     out = work / mode
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
-    cmd = [str(TETHER), "dpo", f"policy={model_dir}", f"data={pairs}", f"output_dir={out}", f"max_steps={a.steps}",
-           f"batch_size={a.batch_size}", "eval_fraction=0", "precision=fp32", "save_every=0", f"optim.lr={a.lr}",
-           "optim.warmup_ratio=0.05", "optim.schedule=cosine", f"beta={a.beta}", f"max_prompt_tokens={a.max_prompt_tokens}",
-           f"max_response_tokens={a.max_response_tokens}", "lora.r=16", "lora.alpha=32", *TETHER_MODES[mode]]
+    cmd = [
+        str(TETHER),
+        "dpo",
+        f"policy={model_dir}",
+        f"data={pairs}",
+        f"output_dir={out}",
+        f"max_steps={a.steps}",
+        f"batch_size={a.batch_size}",
+        "eval_fraction=0",
+        "precision=fp32",
+        "save_every=0",
+        f"optim.lr={a.lr}",
+        "optim.warmup_ratio=0.05",
+        "optim.schedule=cosine",
+        f"beta={a.beta}",
+        f"max_prompt_tokens={a.max_prompt_tokens}",
+        f"max_response_tokens={a.max_response_tokens}",
+        "lora.r=16",
+        "lora.alpha=32",
+        *TETHER_MODES[mode],
+    ]
     run_logged(cmd, work / f"{mode}.log", a.threads)
     summary = json.loads((out / "summary.json").read_text())
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [s for s in steps if "train/loss" in s]
     return {
-        "pairs_seen": summary["steps"] * a.batch_size, "train_seconds": summary["train_seconds"],
-        "train_pairs_per_second": summary["train_pairs_per_second"], "peak_rss_gb": summary["peak_rss_gb"],
-        "packed": summary["packed"], "reference": summary["reference_mode"], "trainable_params": summary["trainable_params"],
-        "first_step_loss": train[0]["train/loss"], "last_step": {"margin": train[-1]["train/margin"], "accuracy": train[-1]["train/accuracy"]},
-        "seconds_all_in": summary["seconds"], "command": " ".join(cmd),
+        "pairs_seen": summary["steps"] * a.batch_size,
+        "train_seconds": summary["train_seconds"],
+        "train_pairs_per_second": summary["train_pairs_per_second"],
+        "peak_rss_gb": summary["peak_rss_gb"],
+        "packed": summary["packed"],
+        "reference": summary["reference_mode"],
+        "trainable_params": summary["trainable_params"],
+        "first_step_loss": train[0]["train/loss"],
+        "last_step": {"margin": train[-1]["train/margin"], "accuracy": train[-1]["train/accuracy"]},
+        "seconds_all_in": summary["seconds"],
+        "command": " ".join(cmd),
     }
 
 
 def run_trl(mode: str, work: Path, model_dir: str, pairs: Path, a) -> dict:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "trl_dpo.py"), "--model-dir", model_dir, "--pairs", str(pairs),
-           "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--beta", str(a.beta),
-           "--warmup-ratio", "0.05", "--max-prompt-tokens", str(a.max_prompt_tokens), "--max-response-tokens", str(a.max_response_tokens),
-           "--lora-r", "16", "--lora-alpha", "32", "--output-dir", str(work / mode), *TRL_MODES[mode]]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "trl_dpo.py"),
+        "--model-dir",
+        model_dir,
+        "--pairs",
+        str(pairs),
+        "--steps",
+        str(a.steps),
+        "--batch-size",
+        str(a.batch_size),
+        "--lr",
+        str(a.lr),
+        "--beta",
+        str(a.beta),
+        "--warmup-ratio",
+        "0.05",
+        "--max-prompt-tokens",
+        str(a.max_prompt_tokens),
+        "--max-response-tokens",
+        str(a.max_response_tokens),
+        "--lora-r",
+        "16",
+        "--lora-alpha",
+        "32",
+        "--output-dir",
+        str(work / mode),
+        *TRL_MODES[mode],
+    ]
     return run_json(cmd, work / f"{mode}.log", a.threads)
 
 
@@ -114,16 +163,31 @@ def main(argv=None) -> dict:
     work, result_path = ROOT / "runs" / "bench" / f"dpo_vs_trl{suffix}", ROOT / "runs" / "bench" / f"dpo_vs_trl{suffix}.json"
     work.mkdir(parents=True, exist_ok=True)
     model_dir, pairs = build_inputs(work, a.model, a.steps * a.batch_size)
-    result: dict = {"settings": {"model": a.model if a.model != "tiny" else "tests/conftest.py build_tiny_model_dir", "steps": a.steps,
-                                 "batch_size": a.batch_size, "pairs": a.steps * a.batch_size, "data": HH_TRAIN, "lr": a.lr, "beta": a.beta,
-                                 "max_prompt_tokens": a.max_prompt_tokens, "max_response_tokens": a.max_response_tokens,
-                                 "loss": "sigmoid", "precision": "fp32", "threads": a.threads or None, "lora": {"r": 16, "alpha": 32}}}
+    result: dict = {
+        "settings": {
+            "model": a.model if a.model != "tiny" else "tests/conftest.py build_tiny_model_dir",
+            "steps": a.steps,
+            "batch_size": a.batch_size,
+            "pairs": a.steps * a.batch_size,
+            "data": HH_TRAIN,
+            "lr": a.lr,
+            "beta": a.beta,
+            "max_prompt_tokens": a.max_prompt_tokens,
+            "max_response_tokens": a.max_response_tokens,
+            "loss": "sigmoid",
+            "precision": "fp32",
+            "threads": a.threads or None,
+            "lora": {"r": 16, "alpha": 32},
+        }
+    }
     for name in runs:
         print(f"running {name} ...", flush=True)
         result[name] = run_trl(name, work, model_dir, pairs, a) if name in TRL_MODES else run_tether(name, work, model_dir, pairs, a)
 
-    print(f"\nDPO, {a.model} model: {a.steps} steps x {a.batch_size} HH harmless pairs, prompt <= {a.max_prompt_tokens}, "
-          f"response <= {a.max_response_tokens} tokens, fp32, {a.threads or 'default'} thread(s)")
+    print(
+        f"\nDPO, {a.model} model: {a.steps} steps x {a.batch_size} HH harmless pairs, prompt <= {a.max_prompt_tokens}, "
+        f"response <= {a.max_response_tokens} tokens, fp32, {a.threads or 'default'} thread(s)"
+    )
     print(f"{'run':<18} {'pairs':>6} {'seconds':>8} {'pairs/s':>8} {'peak RSS GB':>12}")
     for name in runs:
         r = result[name]
@@ -131,8 +195,10 @@ def main(argv=None) -> dict:
     result["ratios"] = {}
     for name, base in BASELINE.items():
         if name in result and base in result:
-            ratio = {"pairs_per_second": result[name]["train_pairs_per_second"] / result[base]["train_pairs_per_second"],
-                     "peak_rss": result[name]["peak_rss_gb"] / result[base]["peak_rss_gb"]}
+            ratio = {
+                "pairs_per_second": result[name]["train_pairs_per_second"] / result[base]["train_pairs_per_second"],
+                "peak_rss": result[name]["peak_rss_gb"] / result[base]["peak_rss_gb"],
+            }
             result["ratios"][f"{name} / {base}"] = ratio
             print(f"{name} / {base}: pairs/s x{ratio['pairs_per_second']:.2f}, peak RSS x{ratio['peak_rss']:.2f}")
     for name in runs:  # both sides start at policy == reference: a first loss of log 2 shows they compute the same thing

@@ -46,6 +46,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
+
 from launch import load_conftest, run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +69,17 @@ def build_inputs(n_prompts: int) -> tuple[Path, Path]:
     shutil.rmtree(model_dir, ignore_errors=True)
     model_dir.mkdir(parents=True)
     conftest.build_tiny_model_dir(model_dir)
-    styles = ["{q}", "Please answer briefly: {q}", "{q} Keep it short.", "A friend asks: {q}", "{q} Explain it to a child.", "Task {i}: {q}"]
-    rows = [{"prompt": styles[i % len(styles)].format(q=conftest.INSTRUCTIONS[i % len(conftest.INSTRUCTIONS)], i=i)} for i in range(n_prompts)]
+    styles = [
+        "{q}",
+        "Please answer briefly: {q}",
+        "{q} Keep it short.",
+        "A friend asks: {q}",
+        "{q} Explain it to a child.",
+        "Task {i}: {q}",
+    ]
+    rows = [
+        {"prompt": styles[i % len(styles)].format(q=conftest.INSTRUCTIONS[i % len(conftest.INSTRUCTIONS)], i=i)} for i in range(n_prompts)
+    ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return model_dir, prompts
 
@@ -78,25 +88,75 @@ def run_tether(mode: str, model_dir: Path, prompts: Path, a, k: int) -> dict:
     out = WORK / f"{mode}_{k}"
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
     batch = a.prompts_per_step * a.group_size
-    cmd = [str(TETHER), "grpo", f"policy={model_dir}", f"reward=[{{type: function, path: '{REWARD}:letter_e'}}]", f"prompts={prompts}",
-           f"output_dir={out}", f"steps={a.steps}", f"prompts_per_step={a.prompts_per_step}", f"group_size={a.group_size}",
-           f"mini_batch_size={batch}", f"micro_batch_size={batch}", "iterations=1", "dynamic_sampling=false", "eps_low=0.2", "eps_high=0.2",
-           f"generation.max_new_tokens={a.max_new_tokens}", "generation.temperature=1.0", "generation.top_p=1.0", "lora.enabled=false",
-           "precision=fp32", "optim.lr=1e-5", "optim.schedule=linear", "optim.warmup_ratio=0.0", "optim.max_grad_norm=1.0",
-           "save_every=0", "samples_every=0", f"seed={a.seed}", *TETHER_MODES[mode]]
+    cmd = [
+        str(TETHER),
+        "grpo",
+        f"policy={model_dir}",
+        f"reward=[{{type: function, path: '{REWARD}:letter_e'}}]",
+        f"prompts={prompts}",
+        f"output_dir={out}",
+        f"steps={a.steps}",
+        f"prompts_per_step={a.prompts_per_step}",
+        f"group_size={a.group_size}",
+        f"mini_batch_size={batch}",
+        f"micro_batch_size={batch}",
+        "iterations=1",
+        "dynamic_sampling=false",
+        "eps_low=0.2",
+        "eps_high=0.2",
+        f"generation.max_new_tokens={a.max_new_tokens}",
+        "generation.temperature=1.0",
+        "generation.top_p=1.0",
+        "lora.enabled=false",
+        "precision=fp32",
+        "optim.lr=1e-5",
+        "optim.schedule=linear",
+        "optim.warmup_ratio=0.0",
+        "optim.max_grad_norm=1.0",
+        "save_every=0",
+        "samples_every=0",
+        f"seed={a.seed}",
+        *TETHER_MODES[mode],
+    ]
     run_logged(cmd, WORK / f"{mode}_{k}.log", threads=1)
     summary = json.loads((out / "summary.json").read_text())
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     seconds = sum(s["time/step_s"] for s in steps)
-    return {"samples": summary["samples"], "seconds": seconds, "samples_per_second": summary["samples"] / seconds,
-            "peak_rss_gb": summary["peak_rss_gb"], "rollout_seconds": sum(s["time/rollout_s"] for s in steps),
-            "mean_completion_length": sum(s["rollout/length"] for s in steps) / len(steps), "command": " ".join(cmd)}
+    return {
+        "samples": summary["samples"],
+        "seconds": seconds,
+        "samples_per_second": summary["samples"] / seconds,
+        "peak_rss_gb": summary["peak_rss_gb"],
+        "rollout_seconds": sum(s["time/rollout_s"] for s in steps),
+        "mean_completion_length": sum(s["rollout/length"] for s in steps) / len(steps),
+        "command": " ".join(cmd),
+    }
 
 
 def run_trl(mode: str, model_dir: Path, prompts: Path, a, k: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "trl_grpo.py"), *TRL_MODES[mode], "--model-dir", str(model_dir), "--prompts", str(prompts),
-           "--steps", str(a.steps), "--prompts-per-step", str(a.prompts_per_step), "--group-size", str(a.group_size),
-           "--max-new-tokens", str(a.max_new_tokens), "--lr", "1e-5", "--seed", str(a.seed), "--output-dir", str(WORK / f"{mode}_{k}")]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "trl_grpo.py"),
+        *TRL_MODES[mode],
+        "--model-dir",
+        str(model_dir),
+        "--prompts",
+        str(prompts),
+        "--steps",
+        str(a.steps),
+        "--prompts-per-step",
+        str(a.prompts_per_step),
+        "--group-size",
+        str(a.group_size),
+        "--max-new-tokens",
+        str(a.max_new_tokens),
+        "--lr",
+        "1e-5",
+        "--seed",
+        str(a.seed),
+        "--output-dir",
+        str(WORK / f"{mode}_{k}"),
+    ]
     return run_json(cmd, WORK / f"{mode}_{k}.log", threads=1)
 
 
@@ -119,34 +179,58 @@ def main(argv=None) -> dict:
 
     WORK.mkdir(parents=True, exist_ok=True)
     model_dir, prompts = build_inputs(a.prompts)
-    result: dict = {"settings": {"steps": a.steps, "prompts_per_step": a.prompts_per_step, "group_size": a.group_size,
-                                 "completions_per_step": a.prompts_per_step * a.group_size, "max_new_tokens": a.max_new_tokens,
-                                 "prompts": a.prompts, "repeats": a.repeats, "lr": 1e-5, "precision": "fp32", "threads": 1,
-                                 "model": "tests/conftest.py build_tiny_model_dir", "reward": "benchmarks/grpo_reward.py letter_e"}}
+    result: dict = {
+        "settings": {
+            "steps": a.steps,
+            "prompts_per_step": a.prompts_per_step,
+            "group_size": a.group_size,
+            "completions_per_step": a.prompts_per_step * a.group_size,
+            "max_new_tokens": a.max_new_tokens,
+            "prompts": a.prompts,
+            "repeats": a.repeats,
+            "lr": 1e-5,
+            "precision": "fp32",
+            "threads": 1,
+            "model": "tests/conftest.py build_tiny_model_dir",
+            "reward": "benchmarks/grpo_reward.py letter_e",
+        }
+    }
     trials: dict[str, list[dict]] = {name: [] for name in runs}
     for k in range(a.repeats):
         for name in runs:
             print(f"running {name} ({k + 1}/{a.repeats}) ...", flush=True)
-            trials[name].append(run_trl(name, model_dir, prompts, a, k) if name in TRL_MODES else run_tether(name, model_dir, prompts, a, k))
+            trials[name].append(
+                run_trl(name, model_dir, prompts, a, k) if name in TRL_MODES else run_tether(name, model_dir, prompts, a, k)
+            )
     for name in runs:
         rates = [t["samples_per_second"] for t in trials[name]]
-        result[name] = {"samples_per_second": statistics.median(rates), "samples_per_second_runs": rates,
-                        "peak_rss_gb": statistics.median(t["peak_rss_gb"] for t in trials[name]),
-                        "peak_rss_gb_runs": [t["peak_rss_gb"] for t in trials[name]],
-                        "mean_completion_length": statistics.median(t["mean_completion_length"] for t in trials[name]), "trials": trials[name]}
+        result[name] = {
+            "samples_per_second": statistics.median(rates),
+            "samples_per_second_runs": rates,
+            "peak_rss_gb": statistics.median(t["peak_rss_gb"] for t in trials[name]),
+            "peak_rss_gb_runs": [t["peak_rss_gb"] for t in trials[name]],
+            "mean_completion_length": statistics.median(t["mean_completion_length"] for t in trials[name]),
+            "trials": trials[name],
+        }
 
-    print(f"\ntiny model: {a.steps} steps x {a.prompts_per_step} prompts x G={a.group_size}, up to {a.max_new_tokens} new tokens, fp32, "
-          f"median of {a.repeats}")
+    print(
+        f"\ntiny model: {a.steps} steps x {a.prompts_per_step} prompts x G={a.group_size}, up to {a.max_new_tokens} new tokens, fp32, "
+        f"median of {a.repeats}"
+    )
     print(f"{'run':<12} {'samples/s':>10} {'(runs)':>24} {'peak RSS GB':>12} {'mean length':>12}")
     for name in runs:
         r = result[name]
-        print(f"{name:<12} {r['samples_per_second']:>10.1f} {' '.join(f'{x:.0f}' for x in r['samples_per_second_runs']):>24} "
-              f"{r['peak_rss_gb']:>12.3f} {r['mean_completion_length']:>12.1f}")
+        print(
+            f"{name:<12} {r['samples_per_second']:>10.1f} {' '.join(f'{x:.0f}' for x in r['samples_per_second_runs']):>24} "
+            f"{r['peak_rss_gb']:>12.3f} {r['mean_completion_length']:>12.1f}"
+        )
     result["ratios"] = {}
     for ours, theirs in PAIRS.items():
         if ours in result and theirs in result:
-            ratio = {"samples_per_second": result[ours]["samples_per_second"] / result[theirs]["samples_per_second"],
-                     "peak_rss": result[ours]["peak_rss_gb"] / result[theirs]["peak_rss_gb"]}
+            ratio = {
+                "samples_per_second": result[ours]["samples_per_second"] / result[theirs]["samples_per_second"],
+                "peak_rss": result[ours]["peak_rss_gb"] / result[theirs]["peak_rss_gb"],
+            }
             result["ratios"][ours] = ratio
             print(f"{ours} / {theirs}: samples/s x{ratio['samples_per_second']:.2f}, peak RSS x{ratio['peak_rss']:.2f}")
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

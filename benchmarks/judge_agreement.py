@@ -27,19 +27,30 @@ def main(argv: list[str]) -> dict:
     from tether.eval.calibration import wilson_interval
     from tether.stages.judge import run_judge
 
-    cfg = load_config(JudgeConfig, None, ["data=shared:hh_rlhf_harmless/test.jsonl.gz", "limit=100", "skip_bad_rows=true",
-                                          f"output_dir={OUT / 'judge_hh'}", *argv])
+    cfg = load_config(
+        JudgeConfig,
+        None,
+        ["data=shared:hh_rlhf_harmless/test.jsonl.gz", "limit=100", "skip_bad_rows=true", f"output_dir={OUT / 'judge_hh'}", *argv],
+    )
     summary = run_judge(cfg)
     pairs = read_preferences(Path(cfg.output_dir) / "preferences.jsonl")
     agree = [p.meta["agrees_with_input"] for p in pairs]
     consistent = [p.meta["agrees_with_input"] for p in pairs if p.meta["position_consistent"]]
     low, high = wilson_interval(sum(agree), len(agree))
     result = {
-        "judge": summary["annotator"], "pairs": len(agree), "agreement": sum(agree) / len(agree), "agreement_ci_low": low,
-        "agreement_ci_high": high, "position_consistent_fraction": summary["position_consistent_fraction"],
-        "agreement_when_consistent": sum(consistent) / len(consistent) if consistent else None, "n_consistent": len(consistent),
-        "p_letter_a": summary["p_letter_a"], "mean_strength": summary["mean_strength"], "rows_skipped": summary["rows_skipped"],
-        "seconds": summary["seconds"], "pairs_per_second": len(agree) / summary["seconds"],
+        "judge": summary["annotator"],
+        "pairs": len(agree),
+        "agreement": sum(agree) / len(agree),
+        "agreement_ci_low": low,
+        "agreement_ci_high": high,
+        "position_consistent_fraction": summary["position_consistent_fraction"],
+        "agreement_when_consistent": sum(consistent) / len(consistent) if consistent else None,
+        "n_consistent": len(consistent),
+        "p_letter_a": summary["p_letter_a"],
+        "mean_strength": summary["mean_strength"],
+        "rows_skipped": summary["rows_skipped"],
+        "seconds": summary["seconds"],
+        "pairs_per_second": len(agree) / summary["seconds"],
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "judge_agreement.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -51,11 +51,32 @@ def reward_model_dir() -> tuple[str, Path]:
 def run(name: str, repeat: int, model_dir: str, reward_dir: Path, a) -> list[dict]:
     out = WORK / f"{name}_{repeat}"
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
-    cmd = [str(TETHER), "ppo", f"policy={model_dir}", f"reward=[{{type: model, path: '{reward_dir}'}}]", f"prompts={HH_TRAIN}", f"output_dir={out}",
-           f"steps={a.steps}", f"batch_size={a.batch_size}", "mini_batch_size=8", "micro_batch_size=2", "ppo_epochs=2",
-           "freeze_layers=15", "lora.enabled=true", "lora.r=16", "lora.alpha=32",
-           "generation.max_new_tokens=32", "generation.max_prompt_tokens=64", "generation.temperature=1.0", "generation.top_p=1.0",
-           "generation.batch_size=16", "precision=fp32", "save_every=0", "samples_every=0", RUNS[name]]
+    cmd = [
+        str(TETHER),
+        "ppo",
+        f"policy={model_dir}",
+        f"reward=[{{type: model, path: '{reward_dir}'}}]",
+        f"prompts={HH_TRAIN}",
+        f"output_dir={out}",
+        f"steps={a.steps}",
+        f"batch_size={a.batch_size}",
+        "mini_batch_size=8",
+        "micro_batch_size=2",
+        "ppo_epochs=2",
+        "freeze_layers=15",
+        "lora.enabled=true",
+        "lora.r=16",
+        "lora.alpha=32",
+        "generation.max_new_tokens=32",
+        "generation.max_prompt_tokens=64",
+        "generation.temperature=1.0",
+        "generation.top_p=1.0",
+        "generation.batch_size=16",
+        "precision=fp32",
+        "save_every=0",
+        "samples_every=0",
+        RUNS[name],
+    ]
     run_logged(cmd, WORK / f"{name}_{repeat}.log", a.threads)
     recorded = json.loads((out / "summary.json").read_text())["frozen_blocks_recorded"]
     if recorded != (15 if name == "recorded" else 0):
@@ -78,8 +99,17 @@ def main(argv=None) -> dict:
             print(f"running {name} ({repeat + 1}/{a.repeats}) ...", flush=True)
             steps[name] += run(name, repeat, model_dir, reward_dir, a)
     keys = {"update": "time/update_s", "score": "time/score_s", "step": "time/step_s"}
-    result = {"settings": {"steps": a.steps, "batch_size": a.batch_size, "repeats": a.repeats, "threads": a.threads or None,
-                           "model": model_dir, "freeze_layers": 15, "ppo_epochs": 2}}
+    result = {
+        "settings": {
+            "steps": a.steps,
+            "batch_size": a.batch_size,
+            "repeats": a.repeats,
+            "threads": a.threads or None,
+            "model": model_dir,
+            "freeze_layers": 15,
+            "ppo_epochs": 2,
+        }
+    }
     for name in RUNS:
         result[name] = {part: statistics.median(s[key] for s in steps[name]) for part, key in keys.items()}
         result[name]["steps_counted"] = len(steps[name])

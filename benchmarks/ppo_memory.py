@@ -28,8 +28,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench" / "ppo_memory"
-COMMON = ["steps=1", "batch_size=16", "mini_batch_size=8", "ppo_epochs=1", "save_every=0", "samples_every=0",
-          "generation.max_new_tokens=40", "generation.batch_size=16", "generation.max_prompt_tokens=128", "limit=64"]
+COMMON = [
+    "steps=1",
+    "batch_size=16",
+    "mini_batch_size=8",
+    "ppo_epochs=1",
+    "save_every=0",
+    "samples_every=0",
+    "generation.max_new_tokens=40",
+    "generation.batch_size=16",
+    "generation.max_prompt_tokens=128",
+    "limit=64",
+]
 # the same PPO step with the whole minibatch in one pass, as it comes, and with activation checkpointing (every mode alike)
 SETTINGS = {"whole_minibatch": ["micro_batch_size=8"], "as_it_comes": [], "activation_checkpointing": ["activation_checkpointing=true"]}
 MODES = {
@@ -44,8 +54,10 @@ def reward_model_dir() -> Path:
     for path in TRAINED:
         if (path / "config.json").exists():
             return path
-    raise SystemExit("no trained HH reward model: run `python benchmarks/reward_hh.py --skip-trl` "
-                     "(or `tether reward train --config configs/reward/hh_harmless.yaml`) first")
+    raise SystemExit(
+        "no trained HH reward model: run `python benchmarks/reward_hh.py --skip-trl` "
+        "(or `tether reward train --config configs/reward/hh_harmless.yaml`) first"
+    )
 
 
 def main() -> dict:
@@ -56,16 +68,28 @@ def main() -> dict:
         rows = result[setting] = {}
         for mode, extra in MODES.items():
             out = OUT / setting / mode
-            cmd = [str(Path(sys.executable).with_name("tether")), "ppo", f"reward=[{{type: model, path: '{rm}'}}]", f"output_dir={out}", *COMMON, *memory_flags, *extra]
+            cmd = [
+                str(Path(sys.executable).with_name("tether")),
+                "ppo",
+                f"reward=[{{type: model, path: '{rm}'}}]",
+                f"output_dir={out}",
+                *COMMON,
+                *memory_flags,
+                *extra,
+            ]
             if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
                 raise SystemExit(f"the {setting}/{mode} run failed: {' '.join(cmd)}")
             summary = json.loads((out / "summary.json").read_text())
-            rows[mode] = {key: summary[key] for key in ("peak_rss_gb", "parameter_gb", "reward_model_shared_params", "trainable_params", "seconds")}
+            rows[mode] = {
+                key: summary[key] for key in ("peak_rss_gb", "parameter_gb", "reward_model_shared_params", "trainable_params", "seconds")
+            }
         for mode in MODES:
             r = rows[mode]
             r["ratio"] = r["peak_rss_gb"] / rows["four_models"]["peak_rss_gb"]
-            print(f"  {setting:24s} {mode:26s} {r['peak_rss_gb']:.2f} GB  (weights {r['parameter_gb']:.2f} GB, "
-                  f"{r['reward_model_shared_params'] / 1e6:.1f}M reward-model parameters shared)  ratio {r['ratio']:.2f}  {r['seconds']:.0f} s")
+            print(
+                f"  {setting:24s} {mode:26s} {r['peak_rss_gb']:.2f} GB  (weights {r['parameter_gb']:.2f} GB, "
+                f"{r['reward_model_shared_params'] / 1e6:.1f}M reward-model parameters shared)  ratio {r['ratio']:.2f}  {r['seconds']:.0f} s"
+            )
     for setting in SETTINGS:
         print(f"  {setting}: shared base / four separate models = {result[setting]['shared_base']['ratio']:.2f} (target <= 0.40)")
     (OUT / "result.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -55,6 +55,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
 from launch import load_conftest, run_json, run_logged  # benchmarks/launch.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,10 +88,17 @@ def build_inputs(n_prompts: int, model: str) -> tuple[Path, Path, Path]:
     tokenizer = load_tokenizer(str(model_dir))
     save_model(init_reward_model(str(model_dir), tokenizer.pad_token_id), tokenizer, reward_dir)
     save_normalization(reward_dir, RewardNormalization())
-    styles = ["{q}", "Please answer briefly: {q}", "{q} Keep it short.", "A friend asks: {q}", "{q} Explain it to a child.",
-              "Task {i}: {q}"]
-    rows = [{"prompt": styles[i % len(styles)].format(q=conftest.INSTRUCTIONS[i % len(conftest.INSTRUCTIONS)], i=i)}
-            for i in range(n_prompts)]
+    styles = [
+        "{q}",
+        "Please answer briefly: {q}",
+        "{q} Keep it short.",
+        "A friend asks: {q}",
+        "{q} Explain it to a child.",
+        "Task {i}: {q}",
+    ]
+    rows = [
+        {"prompt": styles[i % len(styles)].format(q=conftest.INSTRUCTIONS[i % len(conftest.INSTRUCTIONS)], i=i)} for i in range(n_prompts)
+    ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return model_dir, reward_dir, prompts
 
@@ -98,12 +106,30 @@ def build_inputs(n_prompts: int, model: str) -> tuple[Path, Path, Path]:
 def run_tether(mode: str, model_dir: Path, reward_dir: Path, prompts: Path, a) -> dict:
     out = WORK / mode
     shutil.rmtree(out, ignore_errors=True)  # a leftover checkpoint would make tether resume
-    cmd = [str(TETHER), "ppo", f"policy={model_dir}", f"reward=[{{type: model, path: '{reward_dir}'}}]", f"prompts={prompts}", f"output_dir={out}",
-           f"steps={a.steps}", f"batch_size={a.batch_size}", f"mini_batch_size={a.mini_batch_size}", "ppo_epochs=1",
-           f"micro_batch_size={a.mini_batch_size}",  # TRL runs each minibatch in one pass here: the same work
-           f"generation.max_new_tokens={a.response_length}", f"generation.batch_size={a.batch_size}", "generation.temperature=1.0",
-           "generation.top_p=1.0", "precision=fp32", "save_every=0", "samples_every=0", "kl.adaptive=false", "kl.init_beta=0.05",
-           "optim.lr=1e-4", *TETHER_MODES[mode]]
+    cmd = [
+        str(TETHER),
+        "ppo",
+        f"policy={model_dir}",
+        f"reward=[{{type: model, path: '{reward_dir}'}}]",
+        f"prompts={prompts}",
+        f"output_dir={out}",
+        f"steps={a.steps}",
+        f"batch_size={a.batch_size}",
+        f"mini_batch_size={a.mini_batch_size}",
+        "ppo_epochs=1",
+        f"micro_batch_size={a.mini_batch_size}",  # TRL runs each minibatch in one pass here: the same work
+        f"generation.max_new_tokens={a.response_length}",
+        f"generation.batch_size={a.batch_size}",
+        "generation.temperature=1.0",
+        "generation.top_p=1.0",
+        "precision=fp32",
+        "save_every=0",
+        "samples_every=0",
+        "kl.adaptive=false",
+        "kl.init_beta=0.05",
+        "optim.lr=1e-4",
+        *TETHER_MODES[mode],
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     run_logged(cmd, WORK / f"{mode}.log", a.threads)
     summary = json.loads((out / "summary.json").read_text())
@@ -126,10 +152,28 @@ def run_tether(mode: str, model_dir: Path, reward_dir: Path, prompts: Path, a) -
 def run_trl(model_dir: Path, reward_dir: Path, prompts: Path, a, skip_gc: bool = False, lora: bool = False) -> dict:
     if not TRL_PYTHON.exists():
         raise SystemExit(f"{TRL_PYTHON} not found: run `bash benchmarks/trl_ppo_env.sh` (or `make bench-trl-ppo-env`) first")
-    cmd = [str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_ppo.py"), "--model-dir", str(model_dir), "--reward-dir", str(reward_dir),
-           "--prompts", str(prompts), "--steps", str(a.steps), "--batch-size", str(a.batch_size),
-           "--mini-batch-size", str(a.mini_batch_size), "--response-length", str(a.response_length),
-           "--output-dir", str(WORK / "trl"), *(["--skip-gc-collect"] if skip_gc else []), *(["--lora"] if lora else [])]
+    cmd = [
+        str(TRL_PYTHON),
+        str(ROOT / "benchmarks" / "trl_ppo.py"),
+        "--model-dir",
+        str(model_dir),
+        "--reward-dir",
+        str(reward_dir),
+        "--prompts",
+        str(prompts),
+        "--steps",
+        str(a.steps),
+        "--batch-size",
+        str(a.batch_size),
+        "--mini-batch-size",
+        str(a.mini_batch_size),
+        "--response-length",
+        str(a.response_length),
+        "--output-dir",
+        str(WORK / "trl"),
+        *(["--skip-gc-collect"] if skip_gc else []),
+        *(["--lora"] if lora else []),
+    ]
     return run_json(cmd, WORK / ("trl_nogc.log" if skip_gc else "trl_lora.log" if lora else "trl.log"), a.threads)
 
 
@@ -142,8 +186,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--mini-batch-size", type=int, default=8, help="episodes per optimizer step")
     ap.add_argument("--response-length", type=int, default=40, help="max new tokens")
     ap.add_argument("--prompts", type=int, default=64, help="number of prompts written")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="OMP_NUM_THREADS/MKL_NUM_THREADS for every run (0 = torch's default, one per core)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="OMP_NUM_THREADS/MKL_NUM_THREADS for every run (0 = torch's default, one per core)"
+    )
     ap.add_argument("--runs", default="tether_lora,tether_four,trl,trl_nogc", help="which runs, comma-separated")
     a = ap.parse_args(argv)
     runs = [r.strip() for r in a.runs.split(",") if r.strip()]
@@ -155,30 +200,51 @@ def main(argv=None) -> dict:
         WORK, RESULT = WORK.with_name("ppo_vs_trl_default"), RESULT.with_name("ppo_vs_trl_default.json")
     WORK.mkdir(parents=True, exist_ok=True)
     model_dir, reward_dir, prompts = build_inputs(a.prompts, a.model)
-    result: dict = {"settings": {"steps": a.steps, "batch_size": a.batch_size, "mini_batch_size": a.mini_batch_size,
-                                 "response_length": a.response_length, "prompts": a.prompts, "ppo_epochs": 1, "lr": 1e-4,
-                                 "kl_coef": 0.05, "precision": "fp32", "threads": a.threads or None,
-                                 "model": str(model_dir) if a.model == "default" else "tests/conftest.py build_tiny_model_dir"}}
+    result: dict = {
+        "settings": {
+            "steps": a.steps,
+            "batch_size": a.batch_size,
+            "mini_batch_size": a.mini_batch_size,
+            "response_length": a.response_length,
+            "prompts": a.prompts,
+            "ppo_epochs": 1,
+            "lr": 1e-4,
+            "kl_coef": 0.05,
+            "precision": "fp32",
+            "threads": a.threads or None,
+            "model": str(model_dir) if a.model == "default" else "tests/conftest.py build_tiny_model_dir",
+        }
+    }
     for name in runs:
         print(f"running {name} ...", flush=True)
-        result[name] = (run_trl(model_dir, reward_dir, prompts, a, skip_gc=name == "trl_nogc", lora=name == "trl_lora") if name.startswith("trl")
-                        else run_tether(name, model_dir, reward_dir, prompts, a))
+        result[name] = (
+            run_trl(model_dir, reward_dir, prompts, a, skip_gc=name == "trl_nogc", lora=name == "trl_lora")
+            if name.startswith("trl")
+            else run_tether(name, model_dir, reward_dir, prompts, a)
+        )
 
-    print(f"\nPPO, {a.model} model: {a.steps} rollouts x {a.batch_size} episodes, minibatch {a.mini_batch_size}, "
-          f"{a.response_length} new tokens, fp32")
+    print(
+        f"\nPPO, {a.model} model: {a.steps} rollouts x {a.batch_size} episodes, minibatch {a.mini_batch_size}, "
+        f"{a.response_length} new tokens, fp32"
+    )
     print(f"{'run':<12} {'episodes':>8} {'seconds':>8} {'episodes/s':>11} {'peak RSS GB':>12}")
     for name in runs:
         r = result[name]
         print(f"{name:<12} {r['episodes']:>8} {r['seconds']:>8.2f} {r['episodes_per_second']:>11.2f} {r['peak_rss_gb']:>12.3f}")
-    for base, key, names in (("trl", "ratios", TETHER_MODES), ("trl_lora", "ratios_vs_trl_lora", ["tether_lora"]),
-                             ("trl_nogc", "ratios_vs_trl_nogc", TETHER_MODES)):
+    for base, key, names in (
+        ("trl", "ratios", TETHER_MODES),
+        ("trl_lora", "ratios_vs_trl_lora", ["tether_lora"]),
+        ("trl_nogc", "ratios_vs_trl_nogc", TETHER_MODES),
+    ):
         if base not in result:
             continue
         result[key] = {}
         for name in names:
             if name in result:
-                ratio = {"episodes_per_second": result[name]["episodes_per_second"] / result[base]["episodes_per_second"],
-                         "peak_rss": result[name]["peak_rss_gb"] / result[base]["peak_rss_gb"]}
+                ratio = {
+                    "episodes_per_second": result[name]["episodes_per_second"] / result[base]["episodes_per_second"],
+                    "peak_rss": result[name]["peak_rss_gb"] / result[base]["peak_rss_gb"],
+                }
                 result[key][name] = ratio
                 print(f"{name} / {base}: episodes/s x{ratio['episodes_per_second']:.2f}, peak RSS x{ratio['peak_rss']:.2f}")
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

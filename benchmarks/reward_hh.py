@@ -40,12 +40,34 @@ def trl_args(overrides: list[str]) -> list[str]:
     cfg = load_config(RewardConfig, CONFIG, overrides)
     if cfg.lora.enabled or cfg.ensemble > 1 or cfg.label_smoothing or cfg.center_rewards_coefficient or cfg.grad_accum > 1:
         raise SystemExit("the TRL side mirrors plain Bradley-Terry with frozen layers; drop LoRA/ensemble/smoothing/centring/accumulation")
-    return ["--model", cfg.model, "--train", str(resolve_path(cfg.data)), "--eval", str(resolve_path(cfg.eval_data)),
-            "--batch-size", str(cfg.batch_size), "--lr", str(cfg.optim.lr), "--epochs", str(cfg.epochs),
-            "--warmup-ratio", str(cfg.optim.warmup_ratio), "--freeze-layers", str(cfg.freeze_layers),
-            "--max-prompt-tokens", str(cfg.max_prompt_tokens), "--max-response-tokens", str(cfg.max_response_tokens),
-            "--seed", str(cfg.seed), "--output-dir", str(OUT / "reward_hh_trl"), *(["--fp32"] if cfg.precision == "fp32" else []),
-            *(["--max-steps", str(cfg.max_steps)] if cfg.max_steps else [])]
+    return [
+        "--model",
+        cfg.model,
+        "--train",
+        str(resolve_path(cfg.data)),
+        "--eval",
+        str(resolve_path(cfg.eval_data)),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--lr",
+        str(cfg.optim.lr),
+        "--epochs",
+        str(cfg.epochs),
+        "--warmup-ratio",
+        str(cfg.optim.warmup_ratio),
+        "--freeze-layers",
+        str(cfg.freeze_layers),
+        "--max-prompt-tokens",
+        str(cfg.max_prompt_tokens),
+        "--max-response-tokens",
+        str(cfg.max_response_tokens),
+        "--seed",
+        str(cfg.seed),
+        "--output-dir",
+        str(OUT / "reward_hh_trl"),
+        *(["--fp32"] if cfg.precision == "fp32" else []),
+        *(["--max-steps", str(cfg.max_steps)] if cfg.max_steps else []),
+    ]
 
 
 def run_json(cmd: list[str]) -> dict:
@@ -67,17 +89,21 @@ def main(argv: list[str]) -> dict:
         result["trl"] = run_json([sys.executable, str(ROOT / "benchmarks" / "trl_reward.py"), *trl_args(overrides)])
     t = result["tether"]
     low, high = t["eval_accuracy_ci"]
-    lines = [f"HH-RLHF harmless reward model, {t['eval_pairs']} held-out pairs, {t['train_pairs']} training pairs, {t['steps']} steps",
-             f"  tether: accuracy {t['eval_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), ECE {t['eval_ece']:.3f}, "
-             f"reward-length corr {t['eval_length_corr']:.2f}; {t['train_pairs_per_second']:.2f} pairs/s; "
-             f"stage wall time {t['seconds'] / 60:.1f} min; peak RSS {t['peak_rss_gb']:.2f} GB"]
+    lines = [
+        f"HH-RLHF harmless reward model, {t['eval_pairs']} held-out pairs, {t['train_pairs']} training pairs, {t['steps']} steps",
+        f"  tether: accuracy {t['eval_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), ECE {t['eval_ece']:.3f}, "
+        f"reward-length corr {t['eval_length_corr']:.2f}; {t['train_pairs_per_second']:.2f} pairs/s; "
+        f"stage wall time {t['seconds'] / 60:.1f} min; peak RSS {t['peak_rss_gb']:.2f} GB",
+    ]
     if "trl" in result:
         r = result["trl"]
         result["throughput_ratio"] = t["train_pairs_per_second"] / r["train_pairs_per_second"]
         result["accuracy_difference"] = t["eval_accuracy"] - r["eval_accuracy"]
-        lines += [f"  TRL {r.get('trl_version', '1.16')} RewardTrainer: accuracy {r['eval_accuracy']:.3f}; "
-                  f"{r['train_pairs_per_second']:.2f} pairs/s; peak RSS {r['peak_rss_gb']:.2f} GB",
-                  f"  tether / TRL: throughput x{result['throughput_ratio']:.2f}, accuracy {result['accuracy_difference']:+.3f}"]
+        lines += [
+            f"  TRL {r.get('trl_version', '1.16')} RewardTrainer: accuracy {r['eval_accuracy']:.3f}; "
+            f"{r['train_pairs_per_second']:.2f} pairs/s; peak RSS {r['peak_rss_gb']:.2f} GB",
+            f"  tether / TRL: throughput x{result['throughput_ratio']:.2f}, accuracy {result['accuracy_difference']:+.3f}",
+        ]
     print("\n".join(lines))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "reward_hh.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

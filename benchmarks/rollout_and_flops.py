@@ -74,13 +74,22 @@ def hf_generate(model, tokenizer, batch: list[str], new_tokens: int, seed: int, 
 
     ids, mask = pad_left([encode_prompt(tokenizer, p, 128)[0] for p in batch], tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, repetition_penalty=1.0,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, num_return_sequences=group)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=new_tokens,
+        repetition_penalty=1.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_return_sequences=group,
+    )
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     seconds = time.perf_counter() - t0
-    response = out[:, ids.shape[1]:]
+    response = out[:, ids.shape[1] :]
     is_eos = response == tokenizer.eos_token_id
     real = int(((is_eos.cumsum(-1) - is_eos.long()) == 0).sum())  # tokens up to and including each row's first EOS
     return seconds, response.shape[0] * response.shape[1], real
@@ -129,7 +138,9 @@ def decode_floor(model, batch: int, context: int, steps: int = 8, tries: int = 5
         t0 = time.perf_counter()
         for k in range(steps):
             mask = torch.ones(batch, 1, 1, context + 1 + k, dtype=torch.bool)
-            model(input_ids=token, attention_mask=mask, position_ids=torch.full((batch, 1), context + k), past_key_values=past, use_cache=True)
+            model(
+                input_ids=token, attention_mask=mask, position_ids=torch.full((batch, 1), context + k), past_key_values=past, use_cache=True
+            )
         return (time.perf_counter() - t0) / steps
 
     def linear_only() -> float:
@@ -153,7 +164,7 @@ def matmul_peak(n: int = 2048, tries: int = 5) -> float:
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def training_step_flops(model, tokenizer, batch_size: int, seq_len: int, steps: int) -> dict:
@@ -183,7 +194,13 @@ def training_step_flops(model, tokenizer, batch_size: int, seq_len: int, steps: 
         if step:  # the first step allocates Adam's moments
             times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
-    return {"batch_size": batch_size, "seq_len": seq_len, "flops_per_step": flops, "seconds_per_step": seconds, "flops_per_second": flops / seconds}
+    return {
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "flops_per_step": flops,
+        "seconds_per_step": seconds,
+        "flops_per_second": flops / seconds,
+    }
 
 
 def main(argv=None) -> dict:
@@ -206,10 +223,19 @@ def main(argv=None) -> dict:
     path = model_dir(a.model)
     model, tokenizer = load_causal_lm(path).eval(), load_tokenizer(path)
     batch = prompts(a.batch)
-    result: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
-                    "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
-                    "settings": {"model": path, "batch": a.batch, "new_tokens": a.new_tokens, "repeats": a.repeats, "group": a.group, "precision": "fp32",
-                                 "temperature": 1.0}}
+    result: dict = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "settings": {
+            "model": path,
+            "batch": a.batch,
+            "new_tokens": a.new_tokens,
+            "repeats": a.repeats,
+            "group": a.group,
+            "precision": "fp32",
+            "temperature": 1.0,
+        },
+    }
     print(json.dumps({k: result[k] for k in ("machine", "versions", "settings")}, indent=1))
 
     def compare(runs: dict, batch: list[str], group: int, label: str) -> dict:
@@ -217,21 +243,37 @@ def main(argv=None) -> dict:
         for k in range(a.repeats):
             for name, fn in runs.items():
                 seconds, slots, real = fn(model, tokenizer, batch, a.new_tokens, seed=k, group=group)
-                trials[name].append({"seconds": seconds, "token_slots": slots, "real_tokens": real,
-                                     "slots_per_second": slots / seconds, "real_tokens_per_second": real / seconds})
-        out = {name: {"slots_per_second": statistics.median(t["slots_per_second"] for t in ts),
-                      "real_tokens_per_second": statistics.median(t["real_tokens_per_second"] for t in ts), "trials": ts}
-               for name, ts in trials.items()}
+                trials[name].append(
+                    {
+                        "seconds": seconds,
+                        "token_slots": slots,
+                        "real_tokens": real,
+                        "slots_per_second": slots / seconds,
+                        "real_tokens_per_second": real / seconds,
+                    }
+                )
+        out = {
+            name: {
+                "slots_per_second": statistics.median(t["slots_per_second"] for t in ts),
+                "real_tokens_per_second": statistics.median(t["real_tokens_per_second"] for t in ts),
+                "trials": ts,
+            }
+            for name, ts in trials.items()
+        }
         print(f"\n{label}, up to {a.new_tokens} new tokens, median of {a.repeats}:")
         for name in runs:
-            print(f"  {name:<12} {out[name]['slots_per_second']:8.1f} token slots/s  ({out[name]['real_tokens_per_second']:.1f} real tokens/s)")
+            print(
+                f"  {name:<12} {out[name]['slots_per_second']:8.1f} token slots/s  ({out[name]['real_tokens_per_second']:.1f} real tokens/s)"
+            )
         return out
 
     # the floor of a decode step: its linear layers alone, measured without a profiler
     floor = decode_floor(model, a.batch, context=64 + a.new_tokens // 2)
     result["decode_floor"] = floor
-    print(f"\none decode step, batch {a.batch}, {floor['context']} tokens of context: HF {floor['hf_step_ms']:.1f} ms, "
-          f"its linear layers alone {floor['linear_only_ms']:.1f} ms: no sampler can beat a plain step by more than x{floor['ratio_bound']:.2f}")
+    print(
+        f"\none decode step, batch {a.batch}, {floor['context']} tokens of context: HF {floor['hf_step_ms']:.1f} ms, "
+        f"its linear layers alone {floor['linear_only_ms']:.1f} ms: no sampler can beat a plain step by more than x{floor['ratio_bound']:.2f}"
+    )
     if a.floor_only:
         return result
 
@@ -245,23 +287,31 @@ def main(argv=None) -> dict:
     profiled = {name: matmul_seconds(fn, model, tokenizer, batch, a.new_tokens) for name, fn in samplers.items()}
     (hf_total, _, hf_slots), (_, tether_mm, tether_slots) = profiled["hf_generate"], profiled["tether"]
     bound = (hf_total / hf_slots) / (tether_mm / tether_slots)  # per token slot: the two runs' draws differ
-    result["matmul_share"] = {name: {"seconds": total, "matmul_seconds": mm, "token_slots": slots, "share": mm / total}
-                              for name, (total, mm, slots) in profiled.items()}
+    result["matmul_share"] = {
+        name: {"seconds": total, "matmul_seconds": mm, "token_slots": slots, "share": mm / total}
+        for name, (total, mm, slots) in profiled.items()
+    }
     result["ratio_bound"] = bound
-    print("\nunder torch.profiler (seed 0): " + "; ".join(f"{name} {total:.2f} s, {mm / total:.0%} in matrix products"
-                                                      for name, (total, mm, _) in profiled.items()))
+    print(
+        "\nunder torch.profiler (seed 0): "
+        + "; ".join(f"{name} {total:.2f} s, {mm / total:.0%} in matrix products" for name, (total, mm, _) in profiled.items())
+    )
     print(f"  a sampler whose only cost is tether's matrix products would reach x{bound:.2f} model.generate")
 
     # groups: batch / group prompts, group samples each (the same number of rows)
     if a.group > 1:
-        grouped = compare(samplers, batch[:a.batch // a.group], a.group, f"groups: {a.batch // a.group} prompts x {a.group} samples")
+        grouped = compare(samplers, batch[: a.batch // a.group], a.group, f"groups: {a.batch // a.group} prompts x {a.group} samples")
         grouped["ratio"] = grouped["tether"]["slots_per_second"] / grouped["hf_generate"]["slots_per_second"]
         result["grouped"] = grouped
         print(f"  tether / model.generate: x{grouped['ratio']:.2f}")
 
     # the same sampler with three batches' rows in one (PPO's generation.batch_size)
     wide = compare({"tether": tether_generate}, prompts(3 * a.batch), 1, f"tether alone, batch {3 * a.batch}")["tether"]
-    result["wide_batch"] = {"batch": 3 * a.batch, **wide, "ratio_to_batch": wide["real_tokens_per_second"] / result["tether"]["real_tokens_per_second"]}
+    result["wide_batch"] = {
+        "batch": 3 * a.batch,
+        **wide,
+        "ratio_to_batch": wide["real_tokens_per_second"] / result["tether"]["real_tokens_per_second"],
+    }
     print(f"  real tokens/s against batch {a.batch}: x{result['wide_batch']['ratio_to_batch']:.2f}")
 
     peak = matmul_peak()
@@ -269,8 +319,10 @@ def main(argv=None) -> dict:
     result["matmul_peak_flops"] = peak
     result["training_step"] = step | {"fraction_of_peak": step["flops_per_second"] / peak}
     print(f"\nmatmul peak (fp32, 2048^3): {peak / 1e9:.1f} GFLOP/s")
-    print(f"SFT training step ({a.train_batch} x {a.train_seq} tokens): {step['seconds_per_step']:.2f} s, "
-          f"{step['flops_per_second'] / 1e9:.1f} GFLOP/s = {step['flops_per_second'] / peak:.0%} of the peak")
+    print(
+        f"SFT training step ({a.train_batch} x {a.train_seq} tokens): {step['seconds_per_step']:.2f} s, "
+        f"{step['flops_per_second'] / 1e9:.1f} GFLOP/s = {step['flops_per_second'] / peak:.0%} of the peak"
+    )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written: {RESULT.relative_to(ROOT)}")

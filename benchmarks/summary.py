@@ -24,7 +24,9 @@ def rows() -> list[dict]:
     out: list[dict] = []
 
     def add(benchmark, comparison, throughput=None, memory=None, target="throughput >= 1.5, memory <= 1"):
-        out.append({"benchmark": benchmark, "comparison": comparison, "throughput_ratio": throughput, "memory_ratio": memory, "target": target})
+        out.append(
+            {"benchmark": benchmark, "comparison": comparison, "throughput_ratio": throughput, "memory_ratio": memory, "target": target}
+        )
 
     if (r := load("reward_hh.json")) is not None and "throughput_ratio" in r:
         memory = r["tether"].get("peak_rss_gb", 0) / r["trl"]["peak_rss_gb"] if r.get("trl", {}).get("peak_rss_gb") else None
@@ -54,14 +56,24 @@ def rows() -> list[dict]:
         if "grouped" in r:
             add("generation, prompts x 4 samples", "tether sampler / model.generate", r["grouped"]["ratio"], target="throughput >= 1.5")
         if "decode_floor" in r:
-            add("generation bound", "HF decode step / its linear layers alone", r["decode_floor"]["ratio_bound"], target="(any sampler's ceiling)")
+            add(
+                "generation bound",
+                "HF decode step / its linear layers alone",
+                r["decode_floor"]["ratio_bound"],
+                target="(any sampler's ceiling)",
+            )
         add("SFT step FLOP/s", f"{r['training_step']['fraction_of_peak']:.0%} of the measured fp32 matmul peak", target="(reported)")
     if (r := load("ppo_frozen_blocks.json")) is not None:  # step-time ratio as a speed: above 1, recording is faster
         add("PPO step, top 15 of 30 blocks trained", "frozen blocks recorded / recomputed", 1 / r["ratios"]["step"], target="(reported)")
     if (r := load("ppo_memory/result.json")) is not None:
         for setting, modes in r.items():
             if isinstance(modes, dict) and "shared_base" in modes:
-                add(f"PPO memory, {setting}", "shared base / four full models", memory=modes["shared_base"]["ratio"], target="memory <= 0.40")
+                add(
+                    f"PPO memory, {setting}",
+                    "shared base / four full models",
+                    memory=modes["shared_base"]["ratio"],
+                    target="memory <= 0.40",
+                )
     return out
 
 
@@ -70,9 +82,24 @@ def main() -> list[dict]:
     print(f"\n{'benchmark':<34} {'comparison':<52} {'speed':>7} {'memory':>7}  target")
     for row in table:
         fmt = lambda x: f"x{x:.2f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
-        print(f"{row['benchmark']:<34} {row['comparison']:<52} {fmt(row['throughput_ratio']):>7} {fmt(row['memory_ratio']):>7}  {row['target']}")
-    missing = [n for n in ("reward_hh.json", "ppo_vs_trl.json", "ppo_vs_trl_default.json", "grpo_vs_trl.json", "sft_vs_trl.json", "dpo_vs_trl.json", "rollout_and_flops.json",
-                           "ppo_frozen_blocks.json", "ppo_memory/result.json") if not (BENCH / n).exists()]
+        print(
+            f"{row['benchmark']:<34} {row['comparison']:<52} {fmt(row['throughput_ratio']):>7} {fmt(row['memory_ratio']):>7}  {row['target']}"
+        )
+    missing = [
+        n
+        for n in (
+            "reward_hh.json",
+            "ppo_vs_trl.json",
+            "ppo_vs_trl_default.json",
+            "grpo_vs_trl.json",
+            "sft_vs_trl.json",
+            "dpo_vs_trl.json",
+            "rollout_and_flops.json",
+            "ppo_frozen_blocks.json",
+            "ppo_memory/result.json",
+        )
+        if not (BENCH / n).exists()
+    ]
     if missing:
         print("missing (not run, or failed): " + ", ".join(missing))
     BENCH.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,23 @@ from tether.stages.dpo import encode_pair  # noqa: E402
 from tether.tracking import peak_rss_gb  # noqa: E402
 
 
-def train_trl_dpo(model_dir: str, pairs_file: str, *, steps: int, batch_size: int, lr: float, beta: float, warmup_ratio: float,
-                  max_prompt_tokens: int, max_response_tokens: int, lora: bool, lora_r: int, lora_alpha: int, seed: int,
-                  output_dir: str) -> dict:
+def train_trl_dpo(
+    model_dir: str,
+    pairs_file: str,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    beta: float,
+    warmup_ratio: float,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    lora: bool,
+    lora_r: int,
+    lora_alpha: int,
+    seed: int,
+    output_dir: str,
+) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
@@ -66,8 +80,13 @@ def train_trl_dpo(model_dir: str, pairs_file: str, *, steps: int, batch_size: in
     tokenizer = load_tokenizer(model_dir)
     pairs = read_preferences(pairs_file, skipped=[])
     encoded = [encode_pair(tokenizer, p, max_prompt_tokens, max_response_tokens)[0] for p in pairs]
-    train_dataset = Dataset.from_dict({"prompt_ids": [e.prompt for e in encoded], "chosen_ids": [e.chosen for e in encoded],
-                                       "rejected_ids": [e.rejected for e in encoded]})
+    train_dataset = Dataset.from_dict(
+        {
+            "prompt_ids": [e.prompt for e in encoded],
+            "chosen_ids": [e.chosen for e in encoded],
+            "rejected_ids": [e.rejected for e in encoded],
+        }
+    )
     model = load_causal_lm(model_dir)  # fp32, dropout off: the policy tether starts from
     peft_config = None
     if lora:
@@ -75,15 +94,40 @@ def train_trl_dpo(model_dir: str, pairs_file: str, *, steps: int, batch_size: in
 
         peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     args = DPOConfig(
-        output_dir=output_dir, seed=seed, use_cpu=True, bf16=False, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=1, max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=int(round(warmup_ratio * steps)), optim="adamw_torch", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-        adam_epsilon=1e-8, max_grad_norm=1.0, gradient_checkpointing=False, activation_checkpointing=False, beta=beta,
-        loss_type=["sigmoid"], max_length=None, precompute_ref_log_probs=False, disable_dropout=True,
-        logging_strategy="steps", logging_steps=1, eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=output_dir,
+        seed=seed,
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(round(warmup_ratio * steps)),
+        optim="adamw_torch",
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        activation_checkpointing=False,
+        beta=beta,
+        loss_type=["sigmoid"],
+        max_length=None,
+        precompute_ref_log_probs=False,
+        disable_dropout=True,
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
-    trainer = PretokenizedDPOTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                                     peft_config=peft_config)
+    trainer = PretokenizedDPOTrainer(
+        model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     trainer.remove_callback(PrinterCallback)  # keeps stdout for the JSON summary
     if trainer.args.activation_checkpointing or trainer.args.gradient_checkpointing:
         raise RuntimeError("activation checkpointing is on, and tether does not use it")
@@ -95,13 +139,19 @@ def train_trl_dpo(model_dir: str, pairs_file: str, *, steps: int, batch_size: in
     logged = [h for h in trainer.state.log_history if "rewards/chosen" in h]  # one entry per step (logging_steps=1)
     first, last = (logged[0], logged[-1]) if logged else ({}, {})
     return {
-        "trl_version": trl.__version__, "train_seconds": train_seconds, "steps": trainer.state.global_step,
+        "trl_version": trl.__version__,
+        "train_seconds": train_seconds,
+        "steps": trainer.state.global_step,
         "pairs_seen": trainer.state.global_step * batch_size,
         "train_pairs_per_second": trainer.state.global_step * batch_size / train_seconds,
-        "reference": "adapter off" if lora else "frozen copy", "lora": lora,
+        "reference": "adapter off" if lora else "frozen copy",
+        "lora": lora,
         "first_step_loss": first.get("loss"),
-        "first_step": {"rewards_chosen": first.get("rewards/chosen"), "rewards_rejected": first.get("rewards/rejected"),
-                       "accuracy": first.get("rewards/accuracies")},
+        "first_step": {
+            "rewards_chosen": first.get("rewards/chosen"),
+            "rewards_rejected": first.get("rewards/rejected"),
+            "accuracy": first.get("rewards/accuracies"),
+        },
         "last_step": {"margin": last.get("rewards/margins"), "accuracy": last.get("rewards/accuracies")},
         "train_loss": trainer.state.log_history[-1].get("train_loss") if trainer.state.log_history else None,
         "peak_rss_gb": peak_rss_gb(),  # the whole process: run it alone to compare
@@ -125,9 +175,22 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="runs/bench/trl_dpo")
     a = parser.parse_args(argv)
-    summary = train_trl_dpo(a.model_dir, a.pairs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, beta=a.beta, warmup_ratio=a.warmup_ratio,
-                            max_prompt_tokens=a.max_prompt_tokens, max_response_tokens=a.max_response_tokens, lora=a.lora,
-                            lora_r=a.lora_r, lora_alpha=a.lora_alpha, seed=a.seed, output_dir=a.output_dir)
+    summary = train_trl_dpo(
+        a.model_dir,
+        a.pairs,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        beta=a.beta,
+        warmup_ratio=a.warmup_ratio,
+        max_prompt_tokens=a.max_prompt_tokens,
+        max_response_tokens=a.max_response_tokens,
+        lora=a.lora,
+        lora_r=a.lora_r,
+        lora_alpha=a.lora_alpha,
+        seed=a.seed,
+        output_dir=a.output_dir,
+    )
     print(json.dumps(summary))
     return summary
 

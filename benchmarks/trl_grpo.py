@@ -78,13 +78,34 @@ def main(argv=None) -> dict:
     batch = args.prompts_per_step * args.group_size
     common = dict(
         output_dir=args.output_dir or tempfile.mkdtemp(prefix=f"trl_{args.trainer}_"),
-        per_device_train_batch_size=batch, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
-        num_generations=args.group_size, max_completion_length=args.max_new_tokens, max_steps=args.steps,
-        temperature=1.0, top_p=1.0, top_k=0, beta=args.beta, epsilon=0.2,
-        learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch",
-        use_cpu=True, bf16=False, gradient_checkpointing=False, disable_dropout=True,
-        logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no", log_completions=False,
-        dataloader_num_workers=0, seed=args.seed,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_iterations=1,
+        num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens,
+        max_steps=args.steps,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=args.beta,
+        epsilon=0.2,
+        learning_rate=args.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        log_completions=False,
+        dataloader_num_workers=0,
+        seed=args.seed,
     )
     if args.trainer == "grpo":
         from trl import GRPOConfig, GRPOTrainer
@@ -101,10 +122,16 @@ def main(argv=None) -> dict:
     seconds = time.time() - t0
     logs = [h for h in trainer.state.log_history if "reward" in h]
     result = {
-        "trainer": Trainer.__name__, "samples": args.steps * batch, "seconds": seconds, "samples_per_second": args.steps * batch / seconds,
-        "peak_rss_gb": peak_rss_gb(), "trl_version": trl.__version__, "optimizer_steps": trainer.state.global_step,
+        "trainer": Trainer.__name__,
+        "samples": args.steps * batch,
+        "seconds": seconds,
+        "samples_per_second": args.steps * batch / seconds,
+        "peak_rss_gb": peak_rss_gb(),
+        "trl_version": trl.__version__,
+        "optimizer_steps": trainer.state.global_step,
         "mean_completion_length": sum(h.get("completions/mean_length", 0) for h in logs) / max(len(logs), 1),
-        "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None,
+        "reward_first": logs[0]["reward"] if logs else None,
+        "reward_last": logs[-1]["reward"] if logs else None,
     }
     print(json.dumps(result))
     return result

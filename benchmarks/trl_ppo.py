@@ -122,7 +122,7 @@ def encode_prompt(tokenizer, prompt: str, max_tokens: int) -> list[int]:
         head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     room = max_tokens - len(head)
-    return head + ids[max(0, len(ids) - room):]
+    return head + ids[max(0, len(ids) - room) :]
 
 
 def main(argv=None) -> dict:
@@ -139,11 +139,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--kl-coef", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
-    ap.add_argument("--skip-gc-collect", action="store_true",
-                    help="make gc.collect() a no-op (TRL calls it twice per rollout); not TRL as shipped")
-    ap.add_argument("--lora", action="store_true",
-                    help="a LoRA policy (peft: r 16, alpha 32, every linear layer, as tether's lora.enabled=true); the reference "
-                         "is then the policy with its adapter off (ref_model=None), as in tether")
+    ap.add_argument(
+        "--skip-gc-collect", action="store_true", help="make gc.collect() a no-op (TRL calls it twice per rollout); not TRL as shipped"
+    )
+    ap.add_argument(
+        "--lora",
+        action="store_true",
+        help="a LoRA policy (peft: r 16, alpha 32, every linear layer, as tether's lora.enabled=true); the reference "
+        "is then the policy with its adapter off (ref_model=None), as in tether",
+    )
     ap.add_argument("--output-dir", default=None, help="TRL's output_dir (nothing is saved; default: a temp dir)")
     args = ap.parse_args(argv)
     if args.batch_size % args.mini_batch_size:

@@ -68,12 +68,19 @@ import torch  # noqa: E402
 from tether.data.readers import read_preferences  # noqa: E402
 from tether.data.records import PreferencePair  # noqa: E402
 from tether.data.templates import encode_prompt, encode_response  # noqa: E402
-from tether.models.loading import _cpu_has_bf16, load_tokenizer, resolve_model  # noqa: E402
-from tether.models.loading import trunk_of  # noqa: E402
-from tether.models.reward_model import init_reward_model  # noqa: E402
-from tether.models.loading import freeze_lower_layers  # noqa: E402
+from tether.models.loading import (  # noqa: E402
+    _cpu_has_bf16,
+    freeze_lower_layers,  # noqa: E402
+    load_tokenizer,
+    resolve_model,
+    trunk_of,  # noqa: E402
+)
+from tether.models.reward_model import (  # noqa: E402
+    can_pack,
+    init_reward_model,  # noqa: E402
+    score_texts,
+)
 from tether.stages.reward import is_tie  # noqa: E402
-from tether.models.reward_model import can_pack, score_texts  # noqa: E402
 from tether.tracking import peak_rss_gb  # noqa: E402
 
 
@@ -97,9 +104,23 @@ def pairs_seen(n: int, batch_size: int, steps: int) -> int:
     return epochs * n + rest * batch_size
 
 
-def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_tokens: int, max_response_tokens: int,
-                     batch_size: int, lr: float, epochs: int, warmup_ratio: float, freeze_layers: int, bf16: bool,
-                     seed: int, output_dir: str, max_steps: int | None = None) -> dict:
+def train_trl_reward(
+    model_dir: str,
+    train_pairs,
+    eval_pairs,
+    *,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    batch_size: int,
+    lr: float,
+    epochs: int,
+    warmup_ratio: float,
+    freeze_layers: int,
+    bf16: bool,
+    seed: int,
+    output_dir: str,
+    max_steps: int | None = None,
+) -> dict:
     """Train a reward model with TRL's RewardTrainer on tether's token ids; time `trainer.train()` only."""
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -121,13 +142,32 @@ def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_toke
     # (training_args.py L2154-2161), so the count is passed as a whole number
     total_steps = max_steps or math.ceil(epochs * math.ceil(len(train_pairs) / batch_size))
     args = RewardConfig(
-        output_dir=output_dir, seed=seed, use_cpu=True, bf16=bf16,
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
-        num_train_epochs=epochs, max_steps=max_steps or -1,
-        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=int(round(warmup_ratio * total_steps)),
-        optim="adamw_torch", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        activation_checkpointing=False, center_rewards_coefficient=None, max_length=None, disable_dropout=True,
-        logging_strategy="no", eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
+        output_dir=output_dir,
+        seed=seed,
+        use_cpu=True,
+        bf16=bf16,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        num_train_epochs=epochs,
+        max_steps=max_steps or -1,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(round(warmup_ratio * total_steps)),
+        optim="adamw_torch",
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        activation_checkpointing=False,
+        center_rewards_coefficient=None,
+        max_length=None,
+        disable_dropout=True,
+        logging_strategy="no",
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
         dataloader_num_workers=0,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
@@ -155,12 +195,15 @@ def train_trl_reward(model_dir: str, train_pairs, eval_pairs, *, max_prompt_toke
     scored = [p for p in eval_pairs if not is_tie(p)]  # as tether: accuracy is undefined on ties
     # tether's own scorer, packed exactly when tether's train_reward would pack, so both
     # sides are judged by the same code
-    kw = dict(precision="bf16" if bf16 else "fp32",
-              pack=can_pack(model, tokenizer, train_pairs[:2], max_prompt_tokens, max_response_tokens))
-    r_chosen = score_texts(model, tokenizer, [p.prompt for p in scored], [p.chosen for p in scored],
-                           max_prompt_tokens, max_response_tokens, **kw)
-    r_rejected = score_texts(model, tokenizer, [p.prompt for p in scored], [p.rejected for p in scored],
-                             max_prompt_tokens, max_response_tokens, **kw)
+    kw = dict(
+        precision="bf16" if bf16 else "fp32", pack=can_pack(model, tokenizer, train_pairs[:2], max_prompt_tokens, max_response_tokens)
+    )
+    r_chosen = score_texts(
+        model, tokenizer, [p.prompt for p in scored], [p.chosen for p in scored], max_prompt_tokens, max_response_tokens, **kw
+    )
+    r_rejected = score_texts(
+        model, tokenizer, [p.prompt for p in scored], [p.rejected for p in scored], max_prompt_tokens, max_response_tokens, **kw
+    )
     wins = (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()
     import trl
 
@@ -202,10 +245,20 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--output-dir", default="runs/trl_reward")
     a = parser.parse_args(argv)
     summary = train_trl_reward(
-        resolve_model(a.model), read_preferences(a.train, skipped=[]), read_preferences(a.eval, skipped=[]),
-        max_prompt_tokens=a.max_prompt_tokens, max_response_tokens=a.max_response_tokens, batch_size=a.batch_size,
-        lr=a.lr, epochs=a.epochs, warmup_ratio=a.warmup_ratio, freeze_layers=a.freeze_layers, bf16=not a.fp32,
-        seed=a.seed, output_dir=a.output_dir, max_steps=a.max_steps,
+        resolve_model(a.model),
+        read_preferences(a.train, skipped=[]),
+        read_preferences(a.eval, skipped=[]),
+        max_prompt_tokens=a.max_prompt_tokens,
+        max_response_tokens=a.max_response_tokens,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        epochs=a.epochs,
+        warmup_ratio=a.warmup_ratio,
+        freeze_layers=a.freeze_layers,
+        bf16=not a.fp32,
+        seed=a.seed,
+        output_dir=a.output_dir,
+        max_steps=a.max_steps,
     )
     print(json.dumps(summary))
     return summary

@@ -53,17 +53,34 @@ from tether.models.loading import load_causal_lm, load_tokenizer  # noqa: E402
 from tether.tracking import peak_rss_gb  # noqa: E402
 
 
-def train_trl_sft(model_dir: str, demos_file: str, *, steps: int, batch_size: int, lr: float, warmup_ratio: float,
-                  max_prompt_tokens: int, max_response_tokens: int, lora: bool, lora_r: int, lora_alpha: int, seed: int,
-                  output_dir: str) -> dict:
+def train_trl_sft(
+    model_dir: str,
+    demos_file: str,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_ratio: float,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    lora: bool,
+    lora_r: int,
+    lora_alpha: int,
+    seed: int,
+    output_dir: str,
+) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(model_dir)
     encoded = [encode_demonstration(tokenizer, d, max_prompt_tokens, max_response_tokens) for d in read_demonstrations(demos_file)]
-    train_dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
-                                       "completion_mask": [[int(label != IGNORE_INDEX) for label in e["labels"]] for e in encoded]})
+    train_dataset = Dataset.from_dict(
+        {
+            "input_ids": [e["input_ids"] for e in encoded],
+            "completion_mask": [[int(label != IGNORE_INDEX) for label in e["labels"]] for e in encoded],
+        }
+    )
     model = load_causal_lm(model_dir)  # fp32, dropout off: the model tether starts from
     peft_config = None
     if lora:
@@ -71,12 +88,36 @@ def train_trl_sft(model_dir: str, demos_file: str, *, steps: int, batch_size: in
 
         peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     args = SFTConfig(
-        output_dir=output_dir, seed=seed, use_cpu=True, bf16=False, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=1, max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=int(round(warmup_ratio * steps)), optim="adamw_torch", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-        adam_epsilon=1e-8, max_grad_norm=1.0, gradient_checkpointing=False, activation_checkpointing=False,
-        completion_only_loss=True, max_length=None, packing=False, padding_free=False, loss_type="nll",
-        logging_strategy="steps", logging_steps=1, eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=output_dir,
+        seed=seed,
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(round(warmup_ratio * steps)),
+        optim="adamw_torch",
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        activation_checkpointing=False,
+        completion_only_loss=True,
+        max_length=None,
+        packing=False,
+        padding_free=False,
+        loss_type="nll",
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config)
     trainer.remove_callback(PrinterCallback)  # keeps stdout for the JSON summary
@@ -92,17 +133,25 @@ def train_trl_sft(model_dir: str, demos_file: str, *, steps: int, batch_size: in
 
     steps_done = trainer.state.global_step
     if steps_done * batch_size != len(labels):
-        print(f"warning: {steps_done} steps x {batch_size} is not one pass over {len(labels)} rows; response_tokens is the dataset's",
-              file=sys.stderr)
+        print(
+            f"warning: {steps_done} steps x {batch_size} is not one pass over {len(labels)} rows; response_tokens is the dataset's",
+            file=sys.stderr,
+        )
     logged = [h for h in trainer.state.log_history if "loss" in h and "num_tokens" in h]  # one entry per step (logging_steps=1)
     first, last = (logged[0], logged[-1]) if logged else ({}, {})
     return {
-        "trl_version": trl.__version__, "train_seconds": train_seconds, "steps": steps_done,
-        "samples_seen": steps_done * batch_size, "response_tokens": response_tokens,
+        "trl_version": trl.__version__,
+        "train_seconds": train_seconds,
+        "steps": steps_done,
+        "samples_seen": steps_done * batch_size,
+        "response_tokens": response_tokens,
         "train_samples_per_second": steps_done * batch_size / train_seconds,
-        "train_tokens_per_second": response_tokens / train_seconds, "lora": lora,
-        "tokens_fed": last.get("num_tokens"), "dataset_tokens": dataset_tokens,  # TRL's count (prompt + response) vs the data's
-        "first_step_loss": first.get("loss"), "last_step_loss": last.get("loss"),
+        "train_tokens_per_second": response_tokens / train_seconds,
+        "lora": lora,
+        "tokens_fed": last.get("num_tokens"),
+        "dataset_tokens": dataset_tokens,  # TRL's count (prompt + response) vs the data's
+        "first_step_loss": first.get("loss"),
+        "last_step_loss": last.get("loss"),
         "last_step_token_accuracy": last.get("mean_token_accuracy"),
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "peak_rss_gb": peak_rss_gb(),  # the whole process: run it alone to compare
@@ -125,9 +174,21 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="runs/bench/trl_sft")
     a = parser.parse_args(argv)
-    summary = train_trl_sft(a.model_dir, a.demos, steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio,
-                            max_prompt_tokens=a.max_prompt_tokens, max_response_tokens=a.max_response_tokens, lora=a.lora,
-                            lora_r=a.lora_r, lora_alpha=a.lora_alpha, seed=a.seed, output_dir=a.output_dir)
+    summary = train_trl_sft(
+        a.model_dir,
+        a.demos,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        warmup_ratio=a.warmup_ratio,
+        max_prompt_tokens=a.max_prompt_tokens,
+        max_response_tokens=a.max_response_tokens,
+        lora=a.lora,
+        lora_r=a.lora_r,
+        lora_alpha=a.lora_alpha,
+        seed=a.seed,
+        output_dir=a.output_dir,
+    )
     print(json.dumps(summary))
     return summary
 

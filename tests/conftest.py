@@ -82,9 +82,17 @@ def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -105,10 +113,18 @@ def other_tiny_model_dir(tmp_path_factory) -> Path:
 
 
 INSTRUCTIONS = [
-    "Write a haiku about autumn leaves.", "Give three tips for staying healthy.", "Explain what a rainbow is.",
-    "Name two primary colors.", "Describe the taste of a lemon.", "Suggest a name for a pet cat.",
-    "What is the capital of France?", "Summarise the water cycle in one sentence.", "List three fruits.",
-    "Translate 'good morning' into Spanish.", "Why is the sky blue?", "Write a short greeting for a birthday card.",
+    "Write a haiku about autumn leaves.",
+    "Give three tips for staying healthy.",
+    "Explain what a rainbow is.",
+    "Name two primary colors.",
+    "Describe the taste of a lemon.",
+    "Suggest a name for a pet cat.",
+    "What is the capital of France?",
+    "Summarise the water cycle in one sentence.",
+    "List three fruits.",
+    "Translate 'good morning' into Spanish.",
+    "Why is the sky blue?",
+    "Write a short greeting for a birthday card.",
 ]
 
 
@@ -129,8 +145,18 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1000",
+]
 """Chromium on a closed network, as root, without a GPU: nothing phones home, nothing waits for a sandbox."""
 
 

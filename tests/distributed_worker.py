@@ -12,8 +12,12 @@ from tether.stages.grpo import train_grpo
 from tether.stages.ppo import train_ppo
 from tether.stages.reward import train_reward
 
-STAGES = {"reward": (RewardConfig, train_reward), "dpo": (DPOConfig, run_dpo), "ppo": (PPOConfig, train_ppo),
-          "grpo": (GRPOConfig, train_grpo)}
+STAGES = {
+    "reward": (RewardConfig, train_reward),
+    "dpo": (DPOConfig, run_dpo),
+    "ppo": (PPOConfig, train_ppo),
+    "grpo": (GRPOConfig, train_grpo),
+}
 
 for name, overrides in json.loads(sys.argv[1]).items():
     cls, train = STAGES[name.split("_")[0]]

@@ -49,10 +49,17 @@ class Case:
 
 CASES = [
     # --------------------------------------------------------------- 1. empty or useless input, every stage
-    Case("sft-empty-data", ["sft", "model={model}", "data={empty}", "output_dir={out}", "max_steps=1", "precision=fp32"], ["empty.jsonl"],
-         absent=["{out}"]),
-    Case("sft-empty-data-into-a-finished-run", ["sft", "model={model}", "data={empty}", "output_dir={finished}", "max_steps=1",
-                                                "precision=fp32"], ["empty.jsonl"]),
+    Case(
+        "sft-empty-data",
+        ["sft", "model={model}", "data={empty}", "output_dir={out}", "max_steps=1", "precision=fp32"],
+        ["empty.jsonl"],
+        absent=["{out}"],
+    ),
+    Case(
+        "sft-empty-data-into-a-finished-run",
+        ["sft", "model={model}", "data={empty}", "output_dir={finished}", "max_steps=1", "precision=fp32"],
+        ["empty.jsonl"],
+    ),
     Case("sft-empty-data-no-max-steps", ["sft", "model={model}", "data={empty}", "output_dir={out}", "precision=fp32"], ["empty.jsonl"]),
     Case("sft-blank-lines", ["sft", "model={model}", "data={blank}", "output_dir={out}", "max_steps=1"], ["blank.jsonl"]),
     Case("sft-useless-rows", ["sft", "model={model}", "data={useless}", "output_dir={out}", "max_steps=1"], ["useless.jsonl"]),
@@ -60,16 +67,67 @@ CASES = [
     Case("collect-empty-prompts", ["collect", "model={model}", "prompts={empty}", "output_dir={out}", *QUICK], ["empty.jsonl"]),
     Case("reward-empty-data", ["reward", "train", "model={model}", "data={empty}", "output_dir={out}", "max_steps=1"], ["empty.jsonl"]),
     Case("reward-useless-rows", ["reward", "train", "model={model}", "data={useless}", "output_dir={out}"], ["useless.jsonl"]),
-    Case("ppo-empty-prompts", ["ppo", "policy={model}", "reward=[{{type: model, path: '{rm}'}}]", "prompts={empty}", "output_dir={out}", "steps=1",
-                               "batch_size=4", "mini_batch_size=2", *QUICK], ["empty.jsonl"]),
-    Case("grpo-empty-prompts", ["grpo", "policy={model}", "reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts={empty}",
-                                "output_dir={out}", "steps=1", "group_size=2", "prompts_per_step=2", "mini_batch_size=4", *QUICK], ["empty.jsonl"]),
+    Case(
+        "ppo-empty-prompts",
+        [
+            "ppo",
+            "policy={model}",
+            "reward=[{{type: model, path: '{rm}'}}]",
+            "prompts={empty}",
+            "output_dir={out}",
+            "steps=1",
+            "batch_size=4",
+            "mini_batch_size=2",
+            *QUICK,
+        ],
+        ["empty.jsonl"],
+    ),
+    Case(
+        "grpo-empty-prompts",
+        [
+            "grpo",
+            "policy={model}",
+            "reward=[{{type: function, path: '{fns}:letter_e'}}]",
+            "prompts={empty}",
+            "output_dir={out}",
+            "steps=1",
+            "group_size=2",
+            "prompts_per_step=2",
+            "mini_batch_size=4",
+            *QUICK,
+        ],
+        ["empty.jsonl"],
+    ),
     Case("dpo-empty-data", ["dpo", "policy={model}", "data={empty}", "output_dir={out}", "max_steps=1", "precision=fp32"], ["empty.jsonl"]),
-    Case("eval-empty-prompts", ["eval", "policy={model}", "baseline={model}", "prompts={empty}", "output_dir={out}", *QUICK], ["empty.jsonl"]),
-    Case("bon-empty-prompts", ["bon", "policy={model}", "reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts={empty}",
-                               "output_dir={out}", "n=2", *QUICK], ["empty.jsonl"]),
-    Case("rs-empty-prompts", ["rs", "policy={model}", "reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts={empty}",
-                              "output_dir={out}", "n=2", *QUICK], ["empty.jsonl"]),
+    Case(
+        "eval-empty-prompts", ["eval", "policy={model}", "baseline={model}", "prompts={empty}", "output_dir={out}", *QUICK], ["empty.jsonl"]
+    ),
+    Case(
+        "bon-empty-prompts",
+        [
+            "bon",
+            "policy={model}",
+            "reward=[{{type: function, path: '{fns}:letter_e'}}]",
+            "prompts={empty}",
+            "output_dir={out}",
+            "n=2",
+            *QUICK,
+        ],
+        ["empty.jsonl"],
+    ),
+    Case(
+        "rs-empty-prompts",
+        [
+            "rs",
+            "policy={model}",
+            "reward=[{{type: function, path: '{fns}:letter_e'}}]",
+            "prompts={empty}",
+            "output_dir={out}",
+            "n=2",
+            *QUICK,
+        ],
+        ["empty.jsonl"],
+    ),
     Case("revise-empty-prompts", ["revise", "model={model}", "prompts={empty}", "output_dir={out}", *QUICK], ["empty.jsonl"]),
     Case("generate-empty-prompts", ["generate", "model={model}", "prompts={empty}", "output={out}/samples.jsonl", *QUICK], ["empty.jsonl"]),
     Case("judge-empty-data", ["judge", "model={model}", "data={empty}", "output_dir={out}", "precision=fp32"], ["empty.jsonl"]),
@@ -78,19 +136,55 @@ CASES = [
     Case("label-import-empty", ["label", "import", "{empty}", "--db", "{out}/store.db"], ["empty.jsonl"], absent=["{out}"]),
     Case("label-import-useless-rows", ["label", "import", "{useless}", "--db", "{out}/store.db"], ["useless.jsonl"], absent=["{out}"]),
     # --------------------------------------------------------------- 2. training that would quietly do nothing
-    Case("reward-freeze-every-block", ["reward", "train", "model={model}", "data={prefs}", "output_dir={out}", "freeze_layers=2",
-                                       "max_steps=1"], ["freeze_layers"]),
-    Case("reward-pairs-identical-after-truncation", ["reward", "train", "model={model}", "data={same_pairs}", "output_dir={out}",
-                                                     "max_response_tokens=8", "max_steps=1", "precision=fp32"], ["max_response_tokens"]),
-    Case("dpo-pairs-identical-after-truncation", ["dpo", "policy={model}", "data={same_pairs}", "output_dir={out}", "max_response_tokens=8",
-                                                  "max_steps=1", "precision=fp32"], ["max_response_tokens"]),
+    Case(
+        "reward-freeze-every-block",
+        ["reward", "train", "model={model}", "data={prefs}", "output_dir={out}", "freeze_layers=2", "max_steps=1"],
+        ["freeze_layers"],
+    ),
+    Case(
+        "reward-pairs-identical-after-truncation",
+        [
+            "reward",
+            "train",
+            "model={model}",
+            "data={same_pairs}",
+            "output_dir={out}",
+            "max_response_tokens=8",
+            "max_steps=1",
+            "precision=fp32",
+        ],
+        ["max_response_tokens"],
+    ),
+    Case(
+        "dpo-pairs-identical-after-truncation",
+        ["dpo", "policy={model}", "data={same_pairs}", "output_dir={out}", "max_response_tokens=8", "max_steps=1", "precision=fp32"],
+        ["max_response_tokens"],
+    ),
     # --------------------------------------------------------------- 3. old state reused
-    Case("sft-resume-with-other-lr", ["sft", "model={model}", "data={demos}", "output_dir={interrupted}", "max_steps=3", "save_every=1",
-                                      "precision=fp32", "optim.lr=0.001"], ["optim.lr", "resume=false"]),
-    Case("sft-resume-with-other-model", ["sft", "model={other_model}", "data={demos}", "output_dir={interrupted}", "max_steps=3",
-                                         "save_every=1", "precision=fp32"], ["model", "resume=false"]),
-    Case("sft-resume-with-other-data", ["sft", "model={model}", "data={prompts_as_demos}", "output_dir={interrupted}", "max_steps=3",
-                                        "save_every=1", "precision=fp32"], ["data", "resume=false"]),
+    Case(
+        "sft-resume-with-other-lr",
+        [
+            "sft",
+            "model={model}",
+            "data={demos}",
+            "output_dir={interrupted}",
+            "max_steps=3",
+            "save_every=1",
+            "precision=fp32",
+            "optim.lr=0.001",
+        ],
+        ["optim.lr", "resume=false"],
+    ),
+    Case(
+        "sft-resume-with-other-model",
+        ["sft", "model={other_model}", "data={demos}", "output_dir={interrupted}", "max_steps=3", "save_every=1", "precision=fp32"],
+        ["model", "resume=false"],
+    ),
+    Case(
+        "sft-resume-with-other-data",
+        ["sft", "model={model}", "data={prompts_as_demos}", "output_dir={interrupted}", "max_steps=3", "save_every=1", "precision=fp32"],
+        ["data", "resume=false"],
+    ),
     # --------------------------------------------------------------- 4. settings the pipeline's wiring would drop
     Case("run-reward-data", ["run", "output_dir={out}", "model={model}", "reward.data={prefs}"], ["reward.data"]),
     Case("run-sft-precision", ["run", "output_dir={out}", "model={model}", "sft.precision=fp32"], ["sft.precision", "precision"]),
@@ -98,14 +192,30 @@ CASES = [
     # --------------------------------------------------------------- 5. values checked when the config is built
     Case("sft-batch-size-0", ["sft", "model={model}", "data={demos}", "output_dir={out}", "batch_size=0"], ["batch_size"]),
     Case("sft-batch-size-negative", ["sft", "model={model}", "data={demos}", "output_dir={out}", "batch_size=-2"], ["batch_size"]),
-    Case("ppo-mini-batch-size-0", ["ppo", "policy={model}", "reward=[{{type: model, path: '{rm}'}}]", "prompts={prompts}", "output_dir={out}",
-                                   "mini_batch_size=0"], ["mini_batch_size"]),
+    Case(
+        "ppo-mini-batch-size-0",
+        ["ppo", "policy={model}", "reward=[{{type: model, path: '{rm}'}}]", "prompts={prompts}", "output_dir={out}", "mini_batch_size=0"],
+        ["mini_batch_size"],
+    ),
     Case("sft-lr-nan", ["sft", "model={model}", "data={demos}", "output_dir={out}", "optim.lr=nan"], ["optim.lr"]),
     Case("sft-eval-fraction-1", ["sft", "model={model}", "data={demos}", "output_dir={out}", "eval_fraction=1.0"], ["eval_fraction"]),
-    Case("reward-max-prompt-tokens-0", ["reward", "train", "model={model}", "data={prefs}", "output_dir={out}", "max_prompt_tokens=0"],
-         ["max_prompt_tokens"]),
-    Case("ppo-generation-max-new-tokens-0", ["ppo", "policy={model}", "reward=[{{type: model, path: '{rm}'}}]", "prompts={prompts}", "output_dir={out}",
-                                             "generation.max_new_tokens=0"], ["generation.max_new_tokens"]),
+    Case(
+        "reward-max-prompt-tokens-0",
+        ["reward", "train", "model={model}", "data={prefs}", "output_dir={out}", "max_prompt_tokens=0"],
+        ["max_prompt_tokens"],
+    ),
+    Case(
+        "ppo-generation-max-new-tokens-0",
+        [
+            "ppo",
+            "policy={model}",
+            "reward=[{{type: model, path: '{rm}'}}]",
+            "prompts={prompts}",
+            "output_dir={out}",
+            "generation.max_new_tokens=0",
+        ],
+        ["generation.max_new_tokens"],
+    ),
     Case("run-nested-key-named-with-its-section", ["run", "output_dir={out}", "model={model}", "ppo.batch_size=0"], ["ppo.batch_size"]),
     Case("override-not-yaml", ["sft", "model={model}", "data=[oops", "output_dir={out}"], ["data=[oops"]),
     Case("override-without-equals", ["sft", "model={model}", "max_steps"], ["max_steps"]),
@@ -115,17 +225,41 @@ CASES = [
     Case("config-missing", ["sft", "--config", "{missing}"], ["missing.jsonl"]),
     # --------------------------------------------------------------- 6. paths
     Case("output-dir-is-a-file", ["sft", "model={model}", "data={demos}", "output_dir={file}", "max_steps=1"], ["output_dir", "a-file"]),
-    Case("output-dir-under-a-file", ["sft", "model={model}", "data={demos}", "output_dir={file}/sub", "max_steps=1"], ["output_dir", "a-file"]),
+    Case(
+        "output-dir-under-a-file",
+        ["sft", "model={model}", "data={demos}", "output_dir={file}/sub", "max_steps=1"],
+        ["output_dir", "a-file"],
+    ),
     Case("model-is-a-file", ["sft", "model={file}", "data={demos}", "output_dir={out}", "max_steps=1"], ["a-file"]),
-    Case("model-missing", ["sft", "model={missing}", "data={demos}", "output_dir={out}", "max_steps=1"], ["missing.jsonl"], absent=["{out}"]),
-    Case("model-missing-into-a-finished-run", ["sft", "model={missing}", "data={demos}", "output_dir={finished}", "max_steps=1"],
-         ["missing.jsonl"]),
-    Case("reward-model-missing-into-a-finished-run", ["eval", "policy={model}", "baseline={model}", "prompts={prompts}",
-                                                      "reward_model={missing}", "judge=reward_model", "output_dir={finished}", *QUICK],
-         ["missing.jsonl"]),
+    Case(
+        "model-missing", ["sft", "model={missing}", "data={demos}", "output_dir={out}", "max_steps=1"], ["missing.jsonl"], absent=["{out}"]
+    ),
+    Case(
+        "model-missing-into-a-finished-run",
+        ["sft", "model={missing}", "data={demos}", "output_dir={finished}", "max_steps=1"],
+        ["missing.jsonl"],
+    ),
+    Case(
+        "reward-model-missing-into-a-finished-run",
+        [
+            "eval",
+            "policy={model}",
+            "baseline={model}",
+            "prompts={prompts}",
+            "reward_model={missing}",
+            "judge=reward_model",
+            "output_dir={finished}",
+            *QUICK,
+        ],
+        ["missing.jsonl"],
+    ),
     Case("label-stats-db-typo", ["label", "stats", "--db", "{out}/typo/store.db"], ["store.db"], absent=["{out}/typo"]),
-    Case("label-export-db-typo", ["label", "export", "--db", "{out}/typo/store.db", "--out", "{out}/pairs.jsonl"], ["store.db"],
-         absent=["{out}/typo", "{out}/pairs.jsonl"]),
+    Case(
+        "label-export-db-typo",
+        ["label", "export", "--db", "{out}/typo/store.db", "--out", "{out}/pairs.jsonl"],
+        ["store.db"],
+        absent=["{out}/typo", "{out}/pairs.jsonl"],
+    ),
     Case("eval-overopt-not-a-run", ["eval", "overopt", "{missing}"], ["missing.jsonl"]),
     Case("report-not-a-run", ["report", "{missing}"], ["missing.jsonl"]),
 ]
@@ -145,33 +279,70 @@ def ws(tiny_model_dir, other_tiny_model_dir, tiny_data, tmp_path_factory) -> dic
     (files / "empty.jsonl").write_text("")
     long_tail = " ".join(["word"] * 40)
     paths = {
-        "model": tiny_model_dir, "other_model": other_tiny_model_dir, "fns": FNS, "missing": root / "nowhere" / "missing.jsonl",
-        "demos": tiny_data["demos"], "prompts": tiny_data["prompts"], "prefs": tiny_data["prefs"],
+        "model": tiny_model_dir,
+        "other_model": other_tiny_model_dir,
+        "fns": FNS,
+        "missing": root / "nowhere" / "missing.jsonl",
+        "demos": tiny_data["demos"],
+        "prompts": tiny_data["prompts"],
+        "prefs": tiny_data["prefs"],
         "empty": files / "empty.jsonl",
         "blank": _write(files / "blank.jsonl", ["", "   ", ""]),
         "useless": _write(files / "useless.jsonl", [{"foo": 1}, {"text": "no prompt here"}, {"prompt": "a prompt and nothing else"}]),
-        "prompts_as_demos": _write(files / "other_demos.jsonl", [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(12)]),
-        "same_pairs": _write(files / "same_pairs.jsonl", [{"prompt": f"Say something {i}.", "chosen": f"{long_tail} yes",
-                                                           "rejected": f"{long_tail} no"} for i in range(8)]),
+        "prompts_as_demos": _write(
+            files / "other_demos.jsonl", [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(12)]
+        ),
+        "same_pairs": _write(
+            files / "same_pairs.jsonl",
+            [{"prompt": f"Say something {i}.", "chosen": f"{long_tail} yes", "rejected": f"{long_tail} no"} for i in range(8)],
+        ),
         "dup_yaml": _write(files / "dup.yaml", ["max_steps: 1", "batch_size: 2", "max_steps: 2"]),
         "file": _write(files / "a-file", ["not a folder"]),
     }
     rm = root / "rm"
-    result = runner.invoke(app, ["reward", "train", f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={rm}",
-                                 "max_steps=1", "batch_size=2", "precision=fp32"])
+    result = runner.invoke(
+        app,
+        [
+            "reward",
+            "train",
+            f"model={tiny_model_dir}",
+            f"data={tiny_data['prefs']}",
+            f"output_dir={rm}",
+            "max_steps=1",
+            "batch_size=2",
+            "precision=fp32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     interrupted = root / "interrupted"
-    result = runner.invoke(app, ["sft", f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={interrupted}",
-                                 "max_steps=3", "save_every=1", "interrupt_after=1", "precision=fp32"])
+    result = runner.invoke(
+        app,
+        [
+            "sft",
+            f"model={tiny_model_dir}",
+            f"data={tiny_data['demos']}",
+            f"output_dir={interrupted}",
+            "max_steps=3",
+            "save_every=1",
+            "interrupt_after=1",
+            "precision=fp32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (interrupted / "checkpoint").is_dir()
     finished = root / "finished"
-    result = runner.invoke(app, ["sft", f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={finished}",
-                                 "max_steps=1", "precision=fp32"])
+    result = runner.invoke(
+        app, ["sft", f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={finished}", "max_steps=1", "precision=fp32"]
+    )
     assert result.exit_code == 0, result.output
     assert (finished / "summary.json").exists()
-    return {**{k: str(v) for k, v in paths.items()}, "rm": str(rm / "model"), "interrupted": str(interrupted), "finished": str(finished),
-            "root": str(root)}
+    return {
+        **{k: str(v) for k, v in paths.items()},
+        "rm": str(rm / "model"),
+        "interrupted": str(interrupted),
+        "finished": str(finished),
+        "root": str(root),
+    }
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -218,8 +389,9 @@ def test_the_interrupted_run_resumes_unchanged(ws, tmp_path):
     before = _snapshot(Path(ws["root"]))
     copy = tmp_path / "copy"
     shutil.copytree(ws["interrupted"], copy)
-    result = runner.invoke(app, ["sft", f"model={ws['model']}", f"data={ws['demos']}", f"output_dir={copy}", "max_steps=3", "save_every=1",
-                                 "precision=fp32"])
+    result = runner.invoke(
+        app, ["sft", f"model={ws['model']}", f"data={ws['demos']}", f"output_dir={copy}", "max_steps=3", "save_every=1", "precision=fp32"]
+    )
     assert result.exit_code == 0, result.output
     assert _snapshot(Path(ws["root"])) == before
     assert (copy / "model").is_dir() and (copy / "summary.json").exists()

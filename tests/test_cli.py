@@ -27,16 +27,38 @@ def ok(*args: str):
 def run_dir(tiny_model_dir, tiny_data, tmp_path_factory):
     """`tether run` on the tiny model with the demo config's structure, small sizes."""
     out = tmp_path_factory.mktemp("run") / "r"
-    ok("run", "--config", Path(__file__).resolve().parents[1] / "src" / "tether" / "configs" / "demo.yaml", *_tiny_run(out, tiny_model_dir, tiny_data))
+    ok(
+        "run",
+        "--config",
+        Path(__file__).resolve().parents[1] / "src" / "tether" / "configs" / "demo.yaml",
+        *_tiny_run(out, tiny_model_dir, tiny_data),
+    )
     return out
 
 
 def _tiny_run(out, model, data):
-    return [f"output_dir={out}", f"model={model}", "precision=fp32", f"sft.data={data['demos']}", "sft.max_steps=2",
-            f"collect.prompts={data['prompts']}", "collect.limit=4", "collect.responses_per_prompt=2", "collect.generation.max_new_tokens=6",
-            "reward.max_steps=2", "reward.batch_size=2", "reward.freeze_layers=1", f"ppo.prompts={data['prompts']}", "ppo.steps=2", "ppo.batch_size=4",
-            "ppo.mini_batch_size=2", "ppo.generation.max_new_tokens=6", f"eval.prompts={data['prompts']}", "eval.limit=4",
-            "eval.generation.max_new_tokens=6"]
+    return [
+        f"output_dir={out}",
+        f"model={model}",
+        "precision=fp32",
+        f"sft.data={data['demos']}",
+        "sft.max_steps=2",
+        f"collect.prompts={data['prompts']}",
+        "collect.limit=4",
+        "collect.responses_per_prompt=2",
+        "collect.generation.max_new_tokens=6",
+        "reward.max_steps=2",
+        "reward.batch_size=2",
+        "reward.freeze_layers=1",
+        f"ppo.prompts={data['prompts']}",
+        "ppo.steps=2",
+        "ppo.batch_size=4",
+        "ppo.mini_batch_size=2",
+        "ppo.generation.max_new_tokens=6",
+        f"eval.prompts={data['prompts']}",
+        "eval.limit=4",
+        "eval.generation.max_new_tokens=6",
+    ]
 
 
 def test_run_writes_every_stage_and_report(run_dir):
@@ -49,7 +71,9 @@ def test_run_writes_every_stage_and_report(run_dir):
 
 def test_run_again_skips_completed_stages(run_dir, tiny_model_dir, tiny_data):
     before = (run_dir / "ppo" / "summary.json").read_text()
-    result = ok("run", "--config", Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", *_tiny_run(run_dir, tiny_model_dir, tiny_data))
+    result = ok(
+        "run", "--config", Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", *_tiny_run(run_dir, tiny_model_dir, tiny_data)
+    )
     assert "already complete" in result.output
     assert (run_dir / "ppo" / "summary.json").read_text() == before
 
@@ -62,18 +86,43 @@ def test_demo_command_runs_the_shipped_config(tiny_model_dir, tiny_data, tmp_pat
 
 
 def test_stage_commands(run_dir, tiny_model_dir, tiny_data, tmp_path):
-    sft = ok("sft", f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={tmp_path / 'sft'}", "max_steps=1", "precision=fp32")
+    sft = ok(
+        "sft", f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={tmp_path / 'sft'}", "max_steps=1", "precision=fp32"
+    )
     assert json.loads(sft.stdout)["stage"] == "sft"
     ok("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'col'}", "limit=2", *GEN)
-    ok("reward", "train", f"model={tiny_model_dir}", f"data={tmp_path / 'col' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'rm'}",
-       "batch_size=1", "eval_fraction=0.5")
+    ok(
+        "reward",
+        "train",
+        f"model={tiny_model_dir}",
+        f"data={tmp_path / 'col' / 'preferences.jsonl'}",
+        f"output_dir={tmp_path / 'rm'}",
+        "batch_size=1",
+        "eval_fraction=0.5",
+    )
     ev = ok("reward", "eval", "--model", tmp_path / "rm" / "model", "--data", tiny_data["prefs"])
     metrics = json.loads(ev.stdout)
     assert metrics["n"] == 12 and 0 <= metrics["accuracy"] <= 1
-    ok("ppo", f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{tmp_path / 'rm' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
-       f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", *GEN)
-    ok("eval", f"policy={tmp_path / 'ppo' / 'model'}", f"baseline={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
-       f"output_dir={tmp_path / 'ev'}", "limit=2", *GEN)
+    ok(
+        "ppo",
+        f"policy={tiny_model_dir}",
+        f"reward=[{{type: model, path: '{tmp_path / 'rm' / 'model'}'}}]",
+        f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'ppo'}",
+        "steps=1",
+        "batch_size=2",
+        "mini_batch_size=2",
+        *GEN,
+    )
+    ok(
+        "eval",
+        f"policy={tmp_path / 'ppo' / 'model'}",
+        f"baseline={tiny_model_dir}",
+        f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'ev'}",
+        "limit=2",
+        *GEN,
+    )
     gen = ok("generate", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output={tmp_path / 'g.jsonl'}", "limit=3", *GEN)
     assert len(gen.stdout.strip().splitlines()) == 3 and (tmp_path / "g.jsonl").exists()
 
@@ -100,8 +149,19 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_reward_eval_reports_calibration_and_plots(run_dir, tiny_data, tmp_path):
-    result = ok("reward", "eval", "--model", run_dir / "reward" / "model", "--data", tiny_data["prefs"],
-                "--out", tmp_path / "rm.json", "--plot", "--precision", "fp32")
+    result = ok(
+        "reward",
+        "eval",
+        "--model",
+        run_dir / "reward" / "model",
+        "--data",
+        tiny_data["prefs"],
+        "--out",
+        tmp_path / "rm.json",
+        "--plot",
+        "--precision",
+        "fp32",
+    )
     metrics = json.loads(result.stdout)
     assert {"accuracy", "n", "ece", "mean_margin", "length_corr"} <= metrics.keys() and metrics["n"] == 12
     assert 0.0 <= metrics["ece"] <= 1.0
@@ -117,8 +177,13 @@ def test_reward_score_writes_a_column(run_dir, tiny_data, tmp_path):
 
 
 def test_missing_reward_model_is_a_clear_error(tiny_model_dir, tiny_data, tmp_path):
-    result = tether("ppo", f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{tmp_path}'}}]", f"prompts={tiny_data['prompts']}",
-                    f"output_dir={tmp_path / 'ppo'}")
+    result = tether(
+        "ppo",
+        f"policy={tiny_model_dir}",
+        f"reward=[{{type: model, path: '{tmp_path}'}}]",
+        f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'ppo'}",
+    )
     assert result.exit_code == 2 and "no config.json" in result.output
 
 
@@ -143,8 +208,10 @@ def no_model_loads(monkeypatch):
 def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(no_model_loads, tiny_data, tmp_path):
     file = tmp_path / "a-file"
     file.write_text("mine")
-    for out, expect in [(file, f"output_dir {file} is a file; expected a folder"),
-                        (file / "sub", f"output_dir {file / 'sub'}: {file} is a file, so no folder can be made under it")]:
+    for out, expect in [
+        (file, f"output_dir {file} is a file; expected a folder"),
+        (file / "sub", f"output_dir {file / 'sub'}: {file} is a file, so no folder can be made under it"),
+    ]:
         result = tether("sft", "model=default", f"data={tiny_data['demos']}", f"output_dir={out}")
         assert result.exit_code == 2 and expect in _flat(result) and "Traceback" not in result.output
     assert file.read_text() == "mine"
@@ -189,12 +256,20 @@ def test_a_mistyped_model_folder_suggests_the_one_beside_it(tmp_path):
     assert result.exit_code == 2 and f"reward model '{tmp_path / 'my-modle'}': no such directory (did you mean" in _flat(result)
 
 
-@pytest.mark.parametrize("argv,module,name,expect", [
-    (["sft", "max_steps=1"], "tether.stages.sft", "train_sft", "interrupted; rerun the same command to resume"),
-    (["run", "--config", "demo"], "tether.pipeline", "run_pipeline", "interrupted; rerun the same command to resume"),
-    (["rs", "reward=[{type: model, path: rm}]"], "tether.stages.bon", "rejection_sampling", "interrupted; rerun the same command to resume"),
-    (["collect", "limit=1"], "tether.stages.collect", "collect", "interrupted"),
-])
+@pytest.mark.parametrize(
+    "argv,module,name,expect",
+    [
+        (["sft", "max_steps=1"], "tether.stages.sft", "train_sft", "interrupted; rerun the same command to resume"),
+        (["run", "--config", "demo"], "tether.pipeline", "run_pipeline", "interrupted; rerun the same command to resume"),
+        (
+            ["rs", "reward=[{type: model, path: rm}]"],
+            "tether.stages.bon",
+            "rejection_sampling",
+            "interrupted; rerun the same command to resume",
+        ),
+        (["collect", "limit=1"], "tether.stages.collect", "collect", "interrupted"),
+    ],
+)
 def test_ctrl_c_ends_with_one_line_and_exit_130(argv, module, name, expect, monkeypatch):
     import importlib
 

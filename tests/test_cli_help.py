@@ -27,11 +27,20 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = {  # every function a command hands its config to
-    "tether.stages.sft": ["train_sft"], "tether.stages.collect": ["collect"], "tether.stages.reward": ["train_reward"],
-    "tether.stages.ppo": ["train_ppo"], "tether.stages.grpo": ["train_grpo"], "tether.stages.dpo": ["run_dpo"],
-    "tether.stages.bon": ["best_of_n", "rejection_sampling"], "tether.stages.evaluate": ["evaluate"], "tether.eval.overopt": ["command"],
-    "tether.eval.report": ["write_html_report"], "tether.stages.judge": ["run_judge"], "tether.stages.revise": ["run_revise"],
-    "tether.pipeline": ["run_pipeline"], "tether.cli": ["_generate", "_reward_eval", "_reward_score"],
+    "tether.stages.sft": ["train_sft"],
+    "tether.stages.collect": ["collect"],
+    "tether.stages.reward": ["train_reward"],
+    "tether.stages.ppo": ["train_ppo"],
+    "tether.stages.grpo": ["train_grpo"],
+    "tether.stages.dpo": ["run_dpo"],
+    "tether.stages.bon": ["best_of_n", "rejection_sampling"],
+    "tether.stages.evaluate": ["evaluate"],
+    "tether.eval.overopt": ["command"],
+    "tether.eval.report": ["write_html_report"],
+    "tether.stages.judge": ["run_judge"],
+    "tether.stages.revise": ["run_revise"],
+    "tether.pipeline": ["run_pipeline"],
+    "tether.cli": ["_generate", "_reward_eval", "_reward_score"],
 }
 
 
@@ -47,8 +56,10 @@ def _commands(command: click.Command, path: tuple[str, ...]):
 def all_commands() -> list[tuple[tuple[str, ...], click.Command]]:
     """Every command with its path: the typer app's tree, and `eval overopt` / `eval frontier` (resolved by name)."""
     tools = typer.main.get_command(EVAL_TOOLS)
-    return [*(c for c in _commands(typer.main.get_command(app), ()) if c[0]),
-            *((("eval", name), cmd) for name, cmd in tools.commands.items())]
+    return [
+        *(c for c in _commands(typer.main.get_command(app), ()) if c[0]),
+        *((("eval", name), cmd) for name, cmd in tools.commands.items()),
+    ]
 
 
 def help_examples() -> list[tuple[str, list[str]]]:
@@ -77,7 +88,7 @@ def readme_blocks() -> list[list[str]]:
 def readme_argv(line: str) -> list[str]:
     argv = shlex.split(line, comments=True)
     if argv[0] != "tether":  # `accelerate launch ... -m tether ARGS`, `torchrun ... -m tether ARGS`
-        argv = argv[argv.index("-m") + 1:]
+        argv = argv[argv.index("-m") + 1 :]
     return argv[1:]
 
 
@@ -89,8 +100,9 @@ def test_the_examples_were_found():
     assert len(README) >= 30 and any("--num-processes" in line for line in README) and any("-m tether" in line for line in README)
     where = {w for w, _ in HELP}
     assert {"tether sft --help", "tether eval overopt --help", "tether reward eval --help", "tether demo --help"} <= where
-    assert not [line for line in README if "..." in readme_argv(line) or any(a.startswith("[") for a in readme_argv(line))], \
+    assert not [line for line in README if "..." in readme_argv(line) or any(a.startswith("[") for a in readme_argv(line))], (
         "a README command line holds a placeholder"
+    )
 
 
 # --------------------------------------------------------------------------- running them
@@ -102,8 +114,9 @@ def dry(monkeypatch):
     calls = []
     for module, names in STAGES.items():
         for name in names:
-            monkeypatch.setattr(importlib.import_module(module), name,
-                                lambda *args, _name=name: calls.append((_name, *args)) or {"stage": _name})
+            monkeypatch.setattr(
+                importlib.import_module(module), name, lambda *args, _name=name: calls.append((_name, *args)) or {"stage": _name}
+            )
     monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: calls.append(("processes", cmd)) or subprocess.CompletedProcess(cmd, 0))
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: calls.append(("serve",)))
     return calls
@@ -123,8 +136,11 @@ def workspace(tmp_path, monkeypatch, tiny_data):
         Path(name).write_text("seed: 0\n")
     Path("guidelines.md").write_text("Prefer the answer that is on topic.\n")
     Path("runs/collect").mkdir(parents=True)
-    samples = [{"prompt": r["prompt"], "response": r["response"] + suffix} for r in map(json.loads, tiny_data["demos"].read_text().splitlines())
-               for suffix in ("", " Indeed.")]
+    samples = [
+        {"prompt": r["prompt"], "response": r["response"] + suffix}
+        for r in map(json.loads, tiny_data["demos"].read_text().splitlines())
+        for suffix in ("", " Indeed.")
+    ]
     Path("runs/collect/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     Path("samples.jsonl").write_text(tiny_data["demos"].read_text())
     result = runner.invoke(app, ["label", "import", "runs/collect/samples.jsonl", "--db", "prefs.db"])
@@ -153,8 +169,14 @@ def test_the_readme_walkthrough_runs_for_real_on_the_tiny_model(tiny_model_dir, 
     """The README's stage-by-stage block, on the tiny model: only the model path and sizes are substituted."""
     (block,) = [b for b in readme_blocks() if b and b[0].startswith("tether sft model=/path/to/model")]
     assert [line.split()[1] for line in block] == ["sft", "collect", "reward", "reward", "ppo", "eval", "generate"]
-    sizes = {"sft": ["max_steps=1"], "collect": ["limit=2", "responses_per_prompt=2"], "reward": ["max_steps=1", "batch_size=2"],
-             "ppo": ["steps=1", "batch_size=2", "mini_batch_size=2"], "eval": ["limit=2"], "generate": []}
+    sizes = {
+        "sft": ["max_steps=1"],
+        "collect": ["limit=2", "responses_per_prompt=2"],
+        "reward": ["max_steps=1", "batch_size=2"],
+        "ppo": ["steps=1", "batch_size=2", "mini_batch_size=2"],
+        "eval": ["limit=2"],
+        "generate": [],
+    }
     gen = ["generation.max_new_tokens=4", "generation.batch_size=4"]
     for line in block:
         argv = [a.replace("/path/to/model", str(tiny_model_dir)) for a in readme_argv(line)]
@@ -226,7 +248,7 @@ def test_demo_takes_a_config_in_place_of_the_shipped_one(dry, tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text(f"output_dir: {tmp_path / 'out'}\nsft:\n  max_steps: 3\n")
     _invoke(["demo", "--config", mine, "ppo.steps=2"])
-    (_, cfg), = dry
+    ((_, cfg),) = dry
     assert cfg == C.load_config(C.RunConfig, mine, ["ppo.steps=2"]) and cfg.sft.max_steps == 3
     assert cfg != C.load_config(C.RunConfig, SHIPPED_CONFIGS / "demo.yaml", ["ppo.steps=2", f"output_dir={tmp_path / 'out'}"])
 
@@ -237,18 +259,23 @@ def test_reward_eval_and_score_take_a_config_and_overrides(dry, tmp_path):
     _invoke(["reward", "eval", "--config", mine, "max_prompt_tokens=64", "--limit", "3"])  # an option given wins
     _invoke(["reward", "score", "model=m", "data=d.jsonl", "column=s", "--precision", "fp16"])
     _invoke(["reward", "score", "--model", "m", "--data", "d.jsonl"])  # the options alone, as before
-    assert [c[1] for c in dry] == [C.RewardEvalConfig(model="runs/rm/model", data="pairs.jsonl", limit=3, precision="fp32", max_prompt_tokens=64),
-                                   C.RewardScoreConfig(model="m", data="d.jsonl", column="s", precision="fp16"),
-                                   C.RewardScoreConfig(model="m", data="d.jsonl")]
+    assert [c[1] for c in dry] == [
+        C.RewardEvalConfig(model="runs/rm/model", data="pairs.jsonl", limit=3, precision="fp32", max_prompt_tokens=64),
+        C.RewardScoreConfig(model="m", data="d.jsonl", column="s", precision="fp16"),
+        C.RewardScoreConfig(model="m", data="d.jsonl"),
+    ]
 
 
-@pytest.mark.parametrize("argv,expect", [
-    (["reward", "eval", "--data", "d.jsonl"], "no model given: pass --model"),
-    (["reward", "score", "--model", "m"], "no data given: pass --data"),
-    (["reward", "eval", "--model", "m", "--data", "d", "--precision", "bf32"], "'precision': expected one of"),
-    (["reward", "eval", "--model", "m", "--data", "d", "max_prompt_tokens=0"], "max_prompt_tokens must be at least 1"),
-    (["reward", "score", "--model", "m", "--data", "d", "colum=x"], "unknown key 'colum'"),
-])
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["reward", "eval", "--data", "d.jsonl"], "no model given: pass --model"),
+        (["reward", "score", "--model", "m"], "no data given: pass --data"),
+        (["reward", "eval", "--model", "m", "--data", "d", "--precision", "bf32"], "'precision': expected one of"),
+        (["reward", "eval", "--model", "m", "--data", "d", "max_prompt_tokens=0"], "max_prompt_tokens must be at least 1"),
+        (["reward", "score", "--model", "m", "--data", "d", "colum=x"], "unknown key 'colum'"),
+    ],
+)
 def test_reward_eval_and_score_config_errors(argv, expect, dry):
     result = runner.invoke(app, argv)
     assert result.exit_code == 2 and expect in " ".join(result.output.split()) and not dry

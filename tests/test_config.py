@@ -6,15 +6,44 @@ from pathlib import Path
 
 import pytest
 
-from tether.config import (BoNConfig, CollectConfig, ConfigError, DPOConfig, EvalConfig, GenerateConfig, GRPOConfig, ParallelSettings,
-                           PPOConfig, RewardConfig, RewardSourceSettings, RSConfig, RunConfig, SFTConfig, describe_text, load_config, parse_yaml,
-                           resolve_path, save_config, stage_config)
+from tether.config import (
+    BoNConfig,
+    CollectConfig,
+    ConfigError,
+    DPOConfig,
+    EvalConfig,
+    GenerateConfig,
+    GRPOConfig,
+    ParallelSettings,
+    PPOConfig,
+    RewardConfig,
+    RewardSourceSettings,
+    RSConfig,
+    RunConfig,
+    SFTConfig,
+    describe_text,
+    load_config,
+    parse_yaml,
+    resolve_path,
+    save_config,
+    stage_config,
+)
 from tether.pipeline import check_wiring, stage_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tether" / "configs"
 # a shipped config's dataclass is told by its folder: configs/<stage>/*.yaml; top-level files are run configs
-BY_FOLDER = {"sft": SFTConfig, "collect": CollectConfig, "reward": RewardConfig, "ppo": PPOConfig, "eval": EvalConfig,
-             "generate": GenerateConfig, "dpo": DPOConfig, "grpo": GRPOConfig, "bon": BoNConfig, "rs": RSConfig}
+BY_FOLDER = {
+    "sft": SFTConfig,
+    "collect": CollectConfig,
+    "reward": RewardConfig,
+    "ppo": PPOConfig,
+    "eval": EvalConfig,
+    "generate": GenerateConfig,
+    "dpo": DPOConfig,
+    "grpo": GRPOConfig,
+    "bon": BoNConfig,
+    "rs": RSConfig,
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -129,12 +158,25 @@ def test_invalid_combination_is_rejected():
 @pytest.mark.parametrize("cls", [SFTConfig, RewardConfig, PPOConfig, DPOConfig, GRPOConfig])
 def test_parallel_settings_are_one_section_and_the_old_keys_are_refused_by_their_new_name(cls, tmp_path):
     grpo = ["reward=[{type: function, path: x.py:f}]"] if cls is GRPOConfig else []
-    cfg = load_config(cls, None, [*grpo, "lora.enabled=false", "parallel.fsdp=true", "parallel.zero_stage=2",
-                                  "parallel.offload_trainable=true", "parallel.activation_checkpointing=true"])
+    cfg = load_config(
+        cls,
+        None,
+        [
+            *grpo,
+            "lora.enabled=false",
+            "parallel.fsdp=true",
+            "parallel.zero_stage=2",
+            "parallel.offload_trainable=true",
+            "parallel.activation_checkpointing=true",
+        ],
+    )
     assert cfg.parallel == ParallelSettings(fsdp=True, zero_stage=2, offload_trainable=True, activation_checkpointing=True)
     for key, value in (("fsdp", "true"), ("zero_stage", "2"), ("offload_trainable", "true"), ("activation_checkpointing", "true")):
-        with pytest.raises(ConfigError, match=rf"^'{key}' is now 'parallel.{key}': write parallel.{key}={value} as an override, "
-                                              rf"or in YAML `parallel: {{{key}: {value}}}`$"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^'{key}' is now 'parallel.{key}': write parallel.{key}={value} as an override, "
+            rf"or in YAML `parallel: {{{key}: {value}}}`$",
+        ):
             load_config(cls, None, [*grpo, f"{key}={value}"])
     f = tmp_path / "old.yaml"
     f.write_text("lora: {enabled: false}\nfsdp: true\n")
@@ -183,15 +225,28 @@ def test_a_section_given_in_part_keeps_its_own_defaults(tmp_path):
     assert run.ppo.lora.enabled and run.ppo.lora.alpha == 8 and run.ppo.optim.lr == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize("cls, key, value, spelling", [
-    (PPOConfig, "reward_model", "runs/rm", "reward: [{type: model, path: runs/rm}]"),
-    (PPOConfig, "reward_function", "my.py:score", "reward: [{type: function, path: my.py:score}]"),
-    (PPOConfig, "reward_std_coef", 1.5, "reward: [{type: model, path: runs/reward/model, std_coef: 1.5}]` (the model source's std_coef"),
-    (DPOConfig, "reward_model", "runs/rm", "reward: [{type: model, path: runs/rm}]"),
-    (DPOConfig, "reward_function", "my.py:score", "reward: [{type: function, path: my.py:score}]"),
-    (DPOConfig, "judge", "default", "reward: [{type: judge, path: default, judge_against: group}]"),
-    (DPOConfig, "constitution", "mine.yaml", "reward: [{type: judge, path: default, judge_against: group, constitution: mine.yaml}]` (the judge source's constitution"),
-])
+@pytest.mark.parametrize(
+    "cls, key, value, spelling",
+    [
+        (PPOConfig, "reward_model", "runs/rm", "reward: [{type: model, path: runs/rm}]"),
+        (PPOConfig, "reward_function", "my.py:score", "reward: [{type: function, path: my.py:score}]"),
+        (
+            PPOConfig,
+            "reward_std_coef",
+            1.5,
+            "reward: [{type: model, path: runs/reward/model, std_coef: 1.5}]` (the model source's std_coef",
+        ),
+        (DPOConfig, "reward_model", "runs/rm", "reward: [{type: model, path: runs/rm}]"),
+        (DPOConfig, "reward_function", "my.py:score", "reward: [{type: function, path: my.py:score}]"),
+        (DPOConfig, "judge", "default", "reward: [{type: judge, path: default, judge_against: group}]"),
+        (
+            DPOConfig,
+            "constitution",
+            "mine.yaml",
+            "reward: [{type: judge, path: default, judge_against: group, constitution: mine.yaml}]` (the judge source's constitution",
+        ),
+    ],
+)
 def test_old_reward_keys_are_refused_with_the_new_spelling(tmp_path, cls, key, value, spelling):
     # one `reward:` list in every stage that takes a reward: the old keys are named, with the setting that replaced them,
     # in a file, an override, a run config's section and a keyword argument
@@ -217,7 +272,9 @@ def test_ppo_reward_is_one_list_with_a_reward_model_by_default():
     assert "reward_model" not in dataclasses.asdict(cfg) and dataclasses.replace(cfg, steps=3).reward == cfg.reward
     with pytest.raises(ConfigError, match="set reward: a list of reward sources"):
         PPOConfig(reward=[])
-    with pytest.raises(ConfigError, match="value_model=reward_adapter starts from the reward model: set reward to one source of type model"):
+    with pytest.raises(
+        ConfigError, match="value_model=reward_adapter starts from the reward model: set reward to one source of type model"
+    ):
         load_config(PPOConfig, None, ["value_model=reward_adapter", "reward=[{type: model, path: rm}, {type: function, path: f.py:g}]"])
 
 
@@ -232,5 +289,7 @@ def test_run_wires_the_reward_stage_into_ppos_reward():
     assert stage_configs(mine)["ppo"].reward == [RewardSourceSettings(type="model", path="runs/x/reward/model", std_coef=1.5)]
     for given in ("[{type: model, path: /my/rm}]", "[{type: function, path: f.py:score}]"):
         refused = load_config(RunConfig, None, ["output_dir=runs/x", f"ppo.reward={given}"])
-        with pytest.raises(ConfigError, match=re.escape(f"ppo.reward={given} (`tether run` sets it to [{{type: model, path: runs/x/reward/model}}]")):
+        with pytest.raises(
+            ConfigError, match=re.escape(f"ppo.reward={given} (`tether run` sets it to [{{type: model, path: runs/x/reward/model}}]")
+        ):
             check_wiring(refused)

@@ -13,9 +13,27 @@ from typer.testing import CliRunner
 
 import tether.config as C
 from tether.cli import app
-from tether.config import (BoNConfig, CollectConfig, ConfigError, DPOConfig, EarlyStopSettings, EvalConfig, GenerateConfig,
-                           GenerationSettings, GRPOConfig, JudgeConfig, OptimSettings, PPOConfig, ReviseConfig, RewardConfig,
-                           RewardSourceSettings, RSConfig, RunConfig, SFTConfig, load_config)
+from tether.config import (
+    BoNConfig,
+    CollectConfig,
+    ConfigError,
+    DPOConfig,
+    EarlyStopSettings,
+    EvalConfig,
+    GenerateConfig,
+    GenerationSettings,
+    GRPOConfig,
+    JudgeConfig,
+    OptimSettings,
+    PPOConfig,
+    ReviseConfig,
+    RewardConfig,
+    RewardSourceSettings,
+    RSConfig,
+    RunConfig,
+    SFTConfig,
+    load_config,
+)
 
 REWARD = "reward=[{type: function, path: 'my.py:score'}]"
 CLASSES = [cls for cls in vars(C).values() if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == C.__name__]
@@ -79,7 +97,11 @@ CASES = [
     (PPOConfig, ["batch_size=10", "mini_batch_size=4"], r"batch_size \(10\) must be a multiple of mini_batch_size \(4\)"),
     (GRPOConfig, [REWARD, "beta=-1"], r"beta must be >= 0, got -1\.0$"),
     (GRPOConfig, [REWARD, "eps_low=1"], r"eps_low must be in \(0, 1\), got 1\.0$"),
-    (GRPOConfig, ["reward=[{type: function, path: 'my.py:score', weight: .nan}]"], r"reward\[0\]\.weight must be a finite number, got nan$"),
+    (
+        GRPOConfig,
+        ["reward=[{type: function, path: 'my.py:score', weight: .nan}]"],
+        r"reward\[0\]\.weight must be a finite number, got nan$",
+    ),
     (GRPOConfig, ["reward=[{type: model, path: rm, batch_size: 0}]"], r"reward\[0\]\.batch_size must be at least 1, got 0$"),
     (DPOConfig, ["beta=0"], r"beta must be > 0, got 0\.0$"),
     (DPOConfig, ["prompts_per_round=0"], r"prompts_per_round must be at least 1, got 0$"),
@@ -109,9 +131,21 @@ CASES = [
     (SFTConfig, ["optim.lr=fast"], r"'optim\.lr': expected a number, got 'fast'$"),
     (SFTConfig, ["limit=all"], r"'limit': expected an integer, got 'all'$"),  # an Optional field (was a TypeError)
     # scale_rewards took true / false before it took TRL's names: the old spelling is refused with the new one
-    (GRPOConfig, [REWARD, "scale_rewards=true"], r"'scale_rewards': expected one of 'group', 'batch', 'none', got True \(true is now spelled 'group'\)$"),
-    (GRPOConfig, [REWARD, "scale_rewards=false"], r"'scale_rewards': expected one of 'group', 'batch', 'none', got False \(false is now spelled 'none'\)$"),
-    (GRPOConfig, [REWARD, "advantage=rloo", "scale_rewards=batch"], r"scale_rewards=batch scales advantage=grpo's advantages; with advantage=rloo leave it out$"),
+    (
+        GRPOConfig,
+        [REWARD, "scale_rewards=true"],
+        r"'scale_rewards': expected one of 'group', 'batch', 'none', got True \(true is now spelled 'group'\)$",
+    ),
+    (
+        GRPOConfig,
+        [REWARD, "scale_rewards=false"],
+        r"'scale_rewards': expected one of 'group', 'batch', 'none', got False \(false is now spelled 'none'\)$",
+    ),
+    (
+        GRPOConfig,
+        [REWARD, "advantage=rloo", "scale_rewards=batch"],
+        r"scale_rewards=batch scales advantage=grpo's advantages; with advantage=rloo leave it out$",
+    ),
     (DPOConfig, ["ipo_token_mean=true"], r"ipo_token_mean=true is IPO's; set loss=ipo or leave it false \(loss=sigmoid\)$"),
 ]
 
@@ -160,21 +194,24 @@ def test_every_numeric_key_is_checked_with_its_full_name(stage):
 # ---------------------------------------------------------------------------- built in Python
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: SFTConfig(batch_size=0), r"batch_size must be at least 1, got 0$"),
-    (lambda: SFTConfig(eval_fraction=1.0), r"eval_fraction must be in \[0, 1\), got 1\.0"),
-    (lambda: SFTConfig(max_prompt_tokens=0), r"max_prompt_tokens must be at least 1, got 0$"),
-    (lambda: PPOConfig(mini_batch_size=0), r"mini_batch_size must be at least 1, got 0$"),
-    (lambda: OptimSettings(lr=float("nan")), r"lr must be a finite number >= 0, got nan"),
-    (lambda: GenerationSettings(top_p=1.5), r"top_p must be in \(0, 1\], got 1\.5$"),
-    (lambda: EarlyStopSettings(every=0), r"every must be at least 1, got 0$"),
-    (lambda: RewardSourceSettings(path="rm", type="model", std_coef=-1), r"std_coef must be >= 0, got -1"),
-    (lambda: SFTConfig(batch_size="8"), r"'batch_size': expected an integer, got '8'$"),
-    (lambda: SFTConfig(precision="fp8"), r"'precision': expected one of 'bf16', 'fp16', 'fp32', got 'fp8'$"),
-    (lambda: SFTConfig(optim={"lr": -1}), r"optim\.lr must be >= 0, got -1\.0"),
-    (lambda: SFTConfig(optim=None), r"optim: expected a mapping, got None$"),
-    (lambda: dataclasses.replace(SFTConfig(), batch_size=-1), r"batch_size must be at least 1, got -1$"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: SFTConfig(batch_size=0), r"batch_size must be at least 1, got 0$"),
+        (lambda: SFTConfig(eval_fraction=1.0), r"eval_fraction must be in \[0, 1\), got 1\.0"),
+        (lambda: SFTConfig(max_prompt_tokens=0), r"max_prompt_tokens must be at least 1, got 0$"),
+        (lambda: PPOConfig(mini_batch_size=0), r"mini_batch_size must be at least 1, got 0$"),
+        (lambda: OptimSettings(lr=float("nan")), r"lr must be a finite number >= 0, got nan"),
+        (lambda: GenerationSettings(top_p=1.5), r"top_p must be in \(0, 1\], got 1\.5$"),
+        (lambda: EarlyStopSettings(every=0), r"every must be at least 1, got 0$"),
+        (lambda: RewardSourceSettings(path="rm", type="model", std_coef=-1), r"std_coef must be >= 0, got -1"),
+        (lambda: SFTConfig(batch_size="8"), r"'batch_size': expected an integer, got '8'$"),
+        (lambda: SFTConfig(precision="fp8"), r"'precision': expected one of 'bf16', 'fp16', 'fp32', got 'fp8'$"),
+        (lambda: SFTConfig(optim={"lr": -1}), r"optim\.lr must be >= 0, got -1\.0"),
+        (lambda: SFTConfig(optim=None), r"optim: expected a mapping, got None$"),
+        (lambda: dataclasses.replace(SFTConfig(), batch_size=-1), r"batch_size must be at least 1, got -1$"),
+    ],
+)
 def test_a_config_built_in_python_is_checked_too(build, message):
     with pytest.raises(ConfigError, match="^" + message):
         build()
@@ -253,7 +290,9 @@ def test_a_yaml_error_names_the_file_and_line(tmp_path):
 
 
 def test_an_override_that_is_not_yaml_names_the_override():
-    with pytest.raises(ConfigError, match=r"""^override 'data=\[oops': not valid YAML: .*; to pass the value as text, quote it: "data='\[oops'"$"""):
+    with pytest.raises(
+        ConfigError, match=r"""^override 'data=\[oops': not valid YAML: .*; to pass the value as text, quote it: "data='\[oops'"$"""
+    ):
         load_config(SFTConfig, None, ["data=[oops"])
     with pytest.raises(ConfigError, match=r"^override 'reward=.*': not valid YAML: duplicate key 'path'"):
         load_config(GRPOConfig, None, ["reward=[{type: model, path: a, path: b}]"])
@@ -274,7 +313,9 @@ def test_tether_config_lists_every_key_with_its_type_default_and_meaning():
     keys = [line.split(":")[0] for line in result.output.splitlines() if not line.startswith(" ")]
     assert keys == [row.key for row in C.describe(PPOConfig)]
     result = runner.invoke(app, ["config", "run"])
-    assert result.exit_code == 0 and "ppo.optim.lr: float = 0.0001\n" in result.output and "sft.optim.lr: float = 2.0e-05\n" in result.output
+    assert (
+        result.exit_code == 0 and "ppo.optim.lr: float = 0.0001\n" in result.output and "sft.optim.lr: float = 2.0e-05\n" in result.output
+    )
 
 
 def test_tether_config_refuses_an_unknown_stage():

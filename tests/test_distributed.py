@@ -57,27 +57,49 @@ def metrics(run: Path) -> list[dict]:
 
 
 # accelerate launch --use_deepspeed --zero_stage 2 --offload_optimizer_device cpu sets these in each process (tether runs it with FSDP2)
-DEEPSPEED_ZERO2_OFFLOAD = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
-                           "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"}
+DEEPSPEED_ZERO2_OFFLOAD = {
+    "ACCELERATE_USE_DEEPSPEED": "true",
+    "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+    "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu",
+    "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
+}
 
 
-@pytest.mark.parametrize("fsdp, env, sharding", [
-    ([], None, None),
-    (["parallel.fsdp=true"], None, {"zero_stage": 3, "offload_trainable": False}),
-    (["parallel.fsdp=true", "parallel.zero_stage=2"], None, {"zero_stage": 2, "offload_trainable": False}),
-    ([], DEEPSPEED_ZERO2_OFFLOAD, {"zero_stage": 2, "offload_trainable": True}),
-], ids=["replicated", "zero3", "zero2", "deepspeed_zero2_offload_launch"])
+@pytest.mark.parametrize(
+    "fsdp, env, sharding",
+    [
+        ([], None, None),
+        (["parallel.fsdp=true"], None, {"zero_stage": 3, "offload_trainable": False}),
+        (["parallel.fsdp=true", "parallel.zero_stage=2"], None, {"zero_stage": 2, "offload_trainable": False}),
+        ([], DEEPSPEED_ZERO2_OFFLOAD, {"zero_stage": 2, "offload_trainable": True}),
+    ],
+    ids=["replicated", "zero3", "zero2", "deepspeed_zero2_offload_launch"],
+)
 def test_sft_two_processes_make_the_update_of_one_with_double_accumulation(tiny_model_dir, tiny_data, tmp_path, fsdp, env, sharding):
-    common = [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", "precision=fp32", "optim.lr=1e-2", "optim.warmup_ratio=0.0",
-              "max_steps=3", "batch_size=2", "eval_fraction=0.25", "lora.enabled=false"]
+    common = [
+        f"model={tiny_model_dir}",
+        f"data={tiny_data['demos']}",
+        "precision=fp32",
+        "optim.lr=1e-2",
+        "optim.warmup_ratio=0.0",
+        "max_steps=3",
+        "batch_size=2",
+        "eval_fraction=0.25",
+        "lora.enabled=false",
+    ]
     train_sft(load_config(SFTConfig, None, [*common, f"output_dir={tmp_path / 'one'}", "grad_accum=2"]))
     result = launch("-m", "tether", "sft", "--num-processes", "2", *common, f"output_dir={tmp_path / 'two'}", *fsdp, env=env)
     assert json.loads(result.stdout)["stage"] == "sft"  # one summary, from the main process
     assert summary(tmp_path / "two")["sharding"] == sharding and summary(tmp_path / "two")["processes"] == 2
     if env:
-        assert "asked for DeepSpeed ZeRO stage 2 with CPU offload; tether runs it with FSDP2 as parallel.fsdp=true parallel.zero_stage=2 parallel.offload_trainable=true" in " ".join(result.stderr.split())
+        assert (
+            "asked for DeepSpeed ZeRO stage 2 with CPU offload; tether runs it with FSDP2 as parallel.fsdp=true parallel.zero_stage=2 parallel.offload_trainable=true"
+            in " ".join(result.stderr.split())
+        )
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5 if sharding else 1e-6)
-    assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(summary(tmp_path / "one")["eval_loss"], abs=1e-6)
+    assert weights(tmp_path / "two").keys() and summary(tmp_path / "two")["eval_loss"] == pytest.approx(
+        summary(tmp_path / "one")["eval_loss"], abs=1e-6
+    )
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r.get("train/loss") for r in two] == pytest.approx([r.get("train/loss") for r in one], abs=1e-6)  # reduced over both
     # Adam's steps hardly change with a gradient off by a constant factor (the processes' gradients averaged, not summed):
@@ -95,18 +117,48 @@ def worker_runs(tiny_model_dir, tiny_data, tmp_path_factory):
     fixed = root / "half_fixed.jsonl"  # a third of the prompts get equal rewards: some groups are dropped in one process only
     fixed.write_text("".join(json.dumps({"prompt": q, "meta": {"fixed": i % 3 == 0}}) + "\n" for i, q in enumerate(qs)))
     gen = ["generation.max_new_tokens=6", "generation.batch_size=4"]
-    ppo_common = [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
-                  "steps=4", "batch_size=4", "mini_batch_size=2", "save_every=0", *gen,
-                  f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.patience=0", "samples_every=1"]
+    ppo_common = [
+        f"policy={tiny_model_dir}",
+        f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]",
+        f"prompts={tiny_data['prompts']}",
+        "steps=4",
+        "batch_size=4",
+        "mini_batch_size=2",
+        "save_every=0",
+        *gen,
+        f"early_stop.prompts={tiny_data['prompts']}",
+        "early_stop.every=2",
+        "early_stop.patience=0",
+        "samples_every=1",
+    ]
     ppo = [*ppo_common, f"output_dir={root / 'ppo'}"]
     ppo_full = [*ppo_common, "lora.enabled=false", "precision=fp32", "optim.lr=1e-3", "early_stop.max_kl=1e9"]
-    grpo = [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
-            "precision=fp32", "lora.enabled=false", "steps=4", "prompts_per_step=1", "group_size=4", "mini_batch_size=2",
-            "micro_batch_size=1", "beta=0.01", "save_every=0", f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2",
-            "early_stop.patience=0", *gen]
+    grpo = [
+        f"policy={tiny_model_dir}",
+        f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]",
+        f"prompts={fixed}",
+        "precision=fp32",
+        "lora.enabled=false",
+        "steps=4",
+        "prompts_per_step=1",
+        "group_size=4",
+        "mini_batch_size=2",
+        "micro_batch_size=1",
+        "beta=0.01",
+        "save_every=0",
+        f"early_stop.prompts={tiny_data['prompts']}",
+        "early_stop.every=2",
+        "early_stop.patience=0",
+        *gen,
+    ]
     stages = {
         "reward": [*reward_common(tiny_model_dir, tiny_data), f"output_dir={root / 'reward'}"],
-        "reward_fsdp": [*reward_common(tiny_model_dir, tiny_data), *FSDP, "max_tokens_per_forward=50", f"output_dir={root / 'reward_fsdp'}"],
+        "reward_fsdp": [
+            *reward_common(tiny_model_dir, tiny_data),
+            *FSDP,
+            "max_tokens_per_forward=50",
+            f"output_dir={root / 'reward_fsdp'}",
+        ],
         "dpo": [*dpo_common(tiny_model_dir, tiny_data), f"output_dir={root / 'dpo'}"],
         "dpo_fsdp_interrupted": [*dpo_common(tiny_model_dir, tiny_data), *FSDP, f"output_dir={root / 'dpo_fsdp'}", "interrupt_after=2"],
         "dpo_fsdp": [*dpo_common(tiny_model_dir, tiny_data), *FSDP, f"output_dir={root / 'dpo_fsdp'}"],
@@ -129,27 +181,55 @@ FSDP = ["parallel.fsdp=true", "lora.enabled=false", "save_every=0"]
 
 
 def reward_common(tiny_model_dir, tiny_data):
-    return [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", "precision=fp32", "max_steps=3", "batch_size=2", "eval_fraction=0.25",
-            "optim.lr=1e-2"]
+    return [
+        f"model={tiny_model_dir}",
+        f"data={tiny_data['prefs']}",
+        "precision=fp32",
+        "max_steps=3",
+        "batch_size=2",
+        "eval_fraction=0.25",
+        "optim.lr=1e-2",
+    ]
 
 
 def dpo_common(tiny_model_dir, tiny_data):
-    return [f"policy={tiny_model_dir}", f"data={tiny_data['prefs']}", "precision=fp32", "max_steps=3", "batch_size=2", "eval_fraction=0.25",
-            "optim.lr=1e-2", "precompute_reference=true"]
+    return [
+        f"policy={tiny_model_dir}",
+        f"data={tiny_data['prefs']}",
+        "precision=fp32",
+        "max_steps=3",
+        "batch_size=2",
+        "eval_fraction=0.25",
+        "optim.lr=1e-2",
+        "precompute_reference=true",
+    ]
 
 
 def test_reward_two_processes_make_the_update_of_one_with_double_accumulation(worker_runs, tiny_model_dir, tiny_data, tmp_path):
     train_reward(load_config(RewardConfig, None, [*reward_common(tiny_model_dir, tiny_data), f"output_dir={tmp_path}", "grad_accum=2"]))
     assert_same_weights(tmp_path, worker_runs / "reward")
     assert summary(worker_runs / "reward")["eval_loss"] == pytest.approx(summary(tmp_path)["eval_loss"], abs=1e-6)
-    assert [r.get("train/loss") for r in metrics(worker_runs / "reward")] == pytest.approx([r.get("train/loss") for r in metrics(tmp_path)], abs=1e-6)
+    assert [r.get("train/loss") for r in metrics(worker_runs / "reward")] == pytest.approx(
+        [r.get("train/loss") for r in metrics(tmp_path)], abs=1e-6
+    )
 
 
 def test_reward_sharded_two_processes_make_the_update_of_one_with_double_accumulation(worker_runs, tiny_model_dir, tiny_data, tmp_path):
     # FSDP, and micro-batches cut by a token budget: at step 3 the two windows are cut into 2 and 1 pieces, so one
     # process has a piece fewer and runs an extra pass that adds nothing (a sharded block needs both to run it)
-    train_reward(load_config(RewardConfig, None, [*reward_common(tiny_model_dir, tiny_data), "lora.enabled=false", "max_tokens_per_forward=50",
-                                                   f"output_dir={tmp_path}", "grad_accum=2"]))
+    train_reward(
+        load_config(
+            RewardConfig,
+            None,
+            [
+                *reward_common(tiny_model_dir, tiny_data),
+                "lora.enabled=false",
+                "max_tokens_per_forward=50",
+                f"output_dir={tmp_path}",
+                "grad_accum=2",
+            ],
+        )
+    )
     assert_same_weights(tmp_path, worker_runs / "reward_fsdp", atol=1e-5)
     assert summary(worker_runs / "reward_fsdp")["eval_loss"] == pytest.approx(summary(tmp_path)["eval_loss"], abs=1e-6)
 
@@ -164,7 +244,11 @@ def test_dpo_two_processes_make_the_update_of_one_with_double_accumulation(worke
 
 def test_dpo_sharded_two_processes_interrupted_and_resumed_make_the_same_updates(worker_runs, tiny_model_dir, tiny_data, tmp_path):
     # FSDP: each block's weights, gradients and Adam moments split in two; the checkpoint holds them whole
-    run_dpo(load_config(DPOConfig, None, [*dpo_common(tiny_model_dir, tiny_data), "lora.enabled=false", f"output_dir={tmp_path}", "grad_accum=2"]))
+    run_dpo(
+        load_config(
+            DPOConfig, None, [*dpo_common(tiny_model_dir, tiny_data), "lora.enabled=false", f"output_dir={tmp_path}", "grad_accum=2"]
+        )
+    )
     assert_same_weights(tmp_path, worker_runs / "dpo_fsdp", atol=1e-5)
     assert summary(worker_runs / "dpo_fsdp")["eval_loss"] == pytest.approx(summary(tmp_path)["eval_loss"], abs=1e-6)
 
@@ -195,7 +279,10 @@ def test_ppo_sharded_makes_the_updates_of_unsharded_and_resumes(worker_runs, run
         assert [r.get(key) for r in sharded] == pytest.approx([r.get(key) for r in plain], abs=1e-4), key
     assert summary(worker_runs / run)["held_out"]["best_step"] == summary(worker_runs / "ppo_full")["held_out"]["best_step"]
     assert summary(worker_runs / run)["sharded"] and not summary(worker_runs / "ppo_full")["sharded"]
-    assert summary(worker_runs / run)["sharding"] == {"zero_stage": 2 if run == "ppo_zero2" else 3, "offload_trainable": run == "ppo_offload"}
+    assert summary(worker_runs / run)["sharding"] == {
+        "zero_stage": 2 if run == "ppo_zero2" else 3,
+        "offload_trainable": run == "ppo_offload",
+    }
 
 
 def test_grpo_two_processes_stay_in_step_when_one_drops_every_group(worker_runs):
@@ -232,12 +319,27 @@ def test_grpo_batch_std_is_taken_over_both_processes(tiny_model_dir, tiny_data, 
     qs = [json.loads(x)["prompt"] for x in tiny_data["prompts"].read_text().splitlines()]
     fixed = tmp_path / "half_fixed.jsonl"
     fixed.write_text("".join(json.dumps({"prompt": q, "meta": {"fixed": i % 3 == 0}}) + "\n" for i, q in enumerate(qs)))
-    grpo = [f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]", f"prompts={fixed}",
-            "precision=fp32", "lora.enabled=false", "steps=4", "prompts_per_step=1", "group_size=4", "mini_batch_size=2",
-            "micro_batch_size=1", "beta=0", "save_every=0", "samples_every=1", "scale_rewards=batch", "generation.max_new_tokens=6",
-            f"output_dir={tmp_path / 'grpo'}"]
-    launch("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "distributed_worker.py"),
-           json.dumps({"grpo": grpo}))
+    grpo = [
+        f"policy={tiny_model_dir}",
+        f"reward=[{{type: function, path: '{FNS}:hash_unless_fixed'}}]",
+        f"prompts={fixed}",
+        "precision=fp32",
+        "lora.enabled=false",
+        "steps=4",
+        "prompts_per_step=1",
+        "group_size=4",
+        "mini_batch_size=2",
+        "micro_batch_size=1",
+        "beta=0",
+        "save_every=0",
+        "samples_every=1",
+        "scale_rewards=batch",
+        "generation.max_new_tokens=6",
+        f"output_dir={tmp_path / 'grpo'}",
+    ]
+    launch(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "distributed_worker.py"), json.dumps({"grpo": grpo})
+    )
     assert summary(tmp_path / "grpo")["steps_done"] == 4
     samples = [json.loads(x) for x in (tmp_path / "grpo" / "samples.jsonl").read_text().splitlines()]
     for step in (1, 2, 3, 4):

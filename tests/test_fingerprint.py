@@ -29,12 +29,23 @@ def sft_fp(*overrides: str) -> dict:
 
 def test_keys_that_do_not_change_the_result_are_left_out():
     base = sft_fp("data=a.jsonl")
-    same = sft_fp("data=a.jsonl", "output_dir=elsewhere", "interrupt_after=3", "save_every=1", "tracker=tensorboard", "resume=false",
-                  "keep_checkpoint=true", "parallel.activation_checkpointing=true")
+    same = sft_fp(
+        "data=a.jsonl",
+        "output_dir=elsewhere",
+        "interrupt_after=3",
+        "save_every=1",
+        "tracker=tensorboard",
+        "resume=false",
+        "keep_checkpoint=true",
+        "parallel.activation_checkpointing=true",
+    )
     assert changes(base, same) == []
     ppo = fingerprint(load_config(PPOConfig, None, []))
     assert changes(ppo, fingerprint(load_config(PPOConfig, None, ["micro_batch_size=1", "offload_frozen=true", "samples_every=1"]))) == []
-    assert changes(base, sft_fp("data=a.jsonl", "optim.lr=1e-3", "lora.r=4")) == ["optim.lr changed (2e-05 -> 0.001)", "lora.r changed (16 -> 4)"]
+    assert changes(base, sft_fp("data=a.jsonl", "optim.lr=1e-3", "lora.r=4")) == [
+        "optim.lr changed (2e-05 -> 0.001)",
+        "lora.r changed (16 -> 4)",
+    ]
     assert changes(base, sft_fp("data=a.jsonl", "seed=1")) == ["seed changed (0 -> 1)"]
 
 
@@ -46,7 +57,9 @@ def test_a_setting_added_or_removed_since_is_no_change_at_its_default():
     old["settings"]["a_removed_setting"] = 3
     defaults = default_settings(SFTConfig)
     assert changes(old, new, defaults=defaults) == []
-    assert changes(old, sft_fp("data=a.jsonl", "bucket_by_length=false"), defaults=defaults) == ["bucket_by_length changed (unset -> false)"]
+    assert changes(old, sft_fp("data=a.jsonl", "bucket_by_length=false"), defaults=defaults) == [
+        "bucket_by_length changed (unset -> false)"
+    ]
     assert changes(old, new) == ["bucket_by_length changed (unset -> true)", "a_removed_setting changed (3 -> unset)"]  # without defaults
 
 
@@ -59,7 +72,8 @@ def test_a_setting_recorded_before_it_moved_into_a_section_is_compared_under_its
     defaults = default_settings(SFTConfig)
     assert changes(old, sharded, defaults=defaults) == [] and changes(old, sharded) == []
     assert changes(old, sft_fp("data=a.jsonl", "lora.enabled=false", "parallel.fsdp=true"), defaults=defaults) == [
-        "parallel.zero_stage changed (2 -> 3)"]
+        "parallel.zero_stage changed (2 -> 3)"
+    ]
 
 
 def test_inputs_are_known_by_their_content(tmp_path, tiny_model_dir):
@@ -96,11 +110,29 @@ def tether(*args):
 
 def tiny(out, model, data, *extra):
     """The whole line at the smallest sizes."""
-    return ["run", f"output_dir={out}", f"model={model}", "precision=fp32", f"sft.data={data['demos']}", "sft.max_steps=1",
-            f"collect.prompts={data['prompts']}", "collect.limit=3", "collect.responses_per_prompt=2", "collect.generation.max_new_tokens=5",
-            "reward.max_steps=1", "reward.batch_size=2", f"ppo.prompts={data['prompts']}", "ppo.steps=2", "ppo.batch_size=2",
-            "ppo.mini_batch_size=2", "ppo.generation.max_new_tokens=5", f"eval.prompts={data['prompts']}", "eval.limit=3",
-            "eval.generation.max_new_tokens=5", *extra]
+    return [
+        "run",
+        f"output_dir={out}",
+        f"model={model}",
+        "precision=fp32",
+        f"sft.data={data['demos']}",
+        "sft.max_steps=1",
+        f"collect.prompts={data['prompts']}",
+        "collect.limit=3",
+        "collect.responses_per_prompt=2",
+        "collect.generation.max_new_tokens=5",
+        "reward.max_steps=1",
+        "reward.batch_size=2",
+        f"ppo.prompts={data['prompts']}",
+        "ppo.steps=2",
+        "ppo.batch_size=2",
+        "ppo.mini_batch_size=2",
+        "ppo.generation.max_new_tokens=5",
+        f"eval.prompts={data['prompts']}",
+        "eval.limit=3",
+        "eval.generation.max_new_tokens=5",
+        *extra,
+    ]
 
 
 def summaries(run: Path) -> dict[str, str]:
@@ -187,24 +219,40 @@ def test_a_rerun_that_fails_early_keeps_the_earlier_results(base_run, tmp_path, 
 
 def test_settings_the_wiring_replaces_are_refused_by_name(tmp_path, tiny_data):
     out = tmp_path / "run"
-    result = tether("run", f"output_dir={out}", f"reward.data={tiny_data['prefs']}", "sft.precision=fp32", "ppo.seed=3",
-                    "eval.output_dir=elsewhere", "collect.model=other")
+    result = tether(
+        "run",
+        f"output_dir={out}",
+        f"reward.data={tiny_data['prefs']}",
+        "sft.precision=fp32",
+        "ppo.seed=3",
+        "eval.output_dir=elsewhere",
+        "collect.model=other",
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     output = " ".join(result.output.split())
-    for fragment in [f"reward.data={tiny_data['prefs']} (`tether run` sets it to {out / 'collect' / 'preferences.jsonl'}",
-                     "sft.precision=fp32 (`tether run` sets it to bf16: set the top-level precision= instead)",
-                     "ppo.seed=3 (`tether run` sets it to 0: set the top-level seed= instead)",
-                     f"eval.output_dir=elsewhere (`tether run` sets it to {out / 'eval'}: set the top-level output_dir= instead)",
-                     f"collect.model=other (`tether run` sets it to {out / 'sft' / 'model'}"]:
+    for fragment in [
+        f"reward.data={tiny_data['prefs']} (`tether run` sets it to {out / 'collect' / 'preferences.jsonl'}",
+        "sft.precision=fp32 (`tether run` sets it to bf16: set the top-level precision= instead)",
+        "ppo.seed=3 (`tether run` sets it to 0: set the top-level seed= instead)",
+        f"eval.output_dir=elsewhere (`tether run` sets it to {out / 'eval'}: set the top-level output_dir= instead)",
+        f"collect.model=other (`tether run` sets it to {out / 'sft' / 'model'}",
+    ]:
         assert fragment in output, fragment
     assert not out.exists()  # refused before anything was written
 
 
 def test_values_the_wiring_agrees_with_are_accepted():
     check_wiring(load_config(RunConfig, DEMO))  # the shipped config sets no wired key
-    check_wiring(load_config(RunConfig, None, ["ppo.seed=0", "seed=3", "sft.seed=3", "precision=fp32", "eval.precision=fp32",
-                                               "ppo.tracker=tensorboard", "eval.seed=7"]))
-    with pytest.raises(ConfigError, match=r"sft\.tracker=wandb \(`tether run` sets it to tensorboard: set the top-level tracker= instead\)"):
+    check_wiring(
+        load_config(
+            RunConfig,
+            None,
+            ["ppo.seed=0", "seed=3", "sft.seed=3", "precision=fp32", "eval.precision=fp32", "ppo.tracker=tensorboard", "eval.seed=7"],
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=r"sft\.tracker=wandb \(`tether run` sets it to tensorboard: set the top-level tracker= instead\)"
+    ):
         check_wiring(load_config(RunConfig, None, ["tracker=tensorboard", "sft.tracker=wandb"]))
     with pytest.raises(ConfigError, match=r"sft\.model=/x \(`tether run` sets it to default: set the top-level model= instead\)"):
         check_wiring(load_config(RunConfig, None, ["sft.model=/x"]))
@@ -215,7 +263,9 @@ def test_rs_refuses_the_sft_settings_it_sets_every_round():
 
     fn = "reward=[{type: function, path: 'x.py:f'}]"
     load_config(RSConfig, None, [fn, "sft.seed=0", "sft.max_steps=3"])  # a default value, a setting it keeps
-    with pytest.raises(ConfigError, match=r"sft\.seed=3, sft\.precision=fp32: `tether rs` sets each round's SFT .* set the top-level seed= or precision="):
+    with pytest.raises(
+        ConfigError, match=r"sft\.seed=3, sft\.precision=fp32: `tether rs` sets each round's SFT .* set the top-level seed= or precision="
+    ):
         load_config(RSConfig, None, [fn, "sft.seed=3", "sft.precision=fp32"])
 
 

@@ -18,24 +18,36 @@ def accelerate_env(config_file: Path, *flags: str) -> dict[str, str]:
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(["--config_file", str(config_file), *flags, "-m", "tether", "sft"]))
+    args, defaults, _ = _validate_launch_command(
+        launch_command_parser().parse_args(["--config_file", str(config_file), *flags, "-m", "tether", "sft"])
+    )
     if args.use_deepspeed:  # as accelerate's launch_command does before its DeepSpeed launcher
         args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
         return prepare_deepspeed_cmd_env(args)[1]
     return prepare_multi_gpu_env(args)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("deepspeed_zero2.yaml", {"fsdp": True, "zero_stage": 2, "offload_trainable": False, "asked": "DeepSpeed ZeRO stage 2"}),
-    ("deepspeed_zero3_offload.yaml", {"fsdp": True, "zero_stage": 3, "offload_trainable": True, "asked": "DeepSpeed ZeRO stage 3 with CPU offload"}),
-    ("fsdp.yaml", {"fsdp": True, "zero_stage": 3, "offload_trainable": False, "asked": "FSDP FULL_SHARD"}),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("deepspeed_zero2.yaml", {"fsdp": True, "zero_stage": 2, "offload_trainable": False, "asked": "DeepSpeed ZeRO stage 2"}),
+        (
+            "deepspeed_zero3_offload.yaml",
+            {"fsdp": True, "zero_stage": 3, "offload_trainable": True, "asked": "DeepSpeed ZeRO stage 3 with CPU offload"},
+        ),
+        ("fsdp.yaml", {"fsdp": True, "zero_stage": 3, "offload_trainable": False, "asked": "FSDP FULL_SHARD"}),
+    ],
+)
 def test_shipped_accelerate_configs_become_tethers_sharding(name, expected):
     assert launcher_sharding(accelerate_env(ACCELERATE_CONFIGS / name)) == expected
 
 
 def test_every_shipped_accelerate_config_is_covered():
-    assert sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")) == ["deepspeed_zero2.yaml", "deepspeed_zero3_offload.yaml", "fsdp.yaml"]
+    assert sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")) == [
+        "deepspeed_zero2.yaml",
+        "deepspeed_zero3_offload.yaml",
+        "fsdp.yaml",
+    ]
 
 
 def test_a_plain_launch_asks_for_nothing():
@@ -52,7 +64,11 @@ def ds(tmp_path, zero: dict) -> dict[str, str]:
 
 def test_a_deepspeed_json_config_decides(tmp_path):
     assert launcher_sharding(ds(tmp_path, {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True}})) == {
-        "fsdp": True, "zero_stage": 2, "offload_trainable": True, "asked": "DeepSpeed ZeRO stage 2 with CPU offload"}
+        "fsdp": True,
+        "zero_stage": 2,
+        "offload_trainable": True,
+        "asked": "DeepSpeed ZeRO stage 2 with CPU offload",
+    }
     # stage 1 shards only the optimizer state, which FSDP2 has no stage for: ZeRO-2 makes the same updates in less memory
     assert launcher_sharding(ds(tmp_path, {"stage": 1}))["zero_stage"] == 2
     assert launcher_sharding(ds(tmp_path, {"stage": 0}))["fsdp"] is False
@@ -72,7 +88,9 @@ def test_deepspeed_requests_tether_can_not_run_are_refused_by_name(tmp_path):
 
 @pytest.mark.parametrize("strategy, stage", [("1", 3), ("FULL_SHARD", 3), ("2", 2), ("SHARD_GRAD_OP", 2), ("3", None), ("NO_SHARD", None)])
 def test_fsdp1_sharding_strategies(strategy, stage):
-    got = launcher_sharding({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": strategy, "FSDP_OFFLOAD_PARAMS": "true"})
+    got = launcher_sharding(
+        {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": strategy, "FSDP_OFFLOAD_PARAMS": "true"}
+    )
     assert got["fsdp"] is (stage is not None) and got["offload_trainable"] is (stage is not None)
     if stage:
         assert got["zero_stage"] == stage
@@ -92,14 +110,20 @@ def test_the_launchers_request_overrides_the_config_and_lora_is_refused_with_it(
     apply_launcher(cfg)
     assert (cfg.parallel.fsdp, cfg.parallel.zero_stage, cfg.parallel.offload_trainable, cfg.precision) == (True, 3, True, "bf16")
     assert cfg.parallel.activation_checkpointing  # the launcher does not ask about it: the config's stays
-    with pytest.raises(ConfigError, match="accelerate launch asked for DeepSpeed ZeRO stage 3 with CPU offload: parallel.fsdp=true shards full fine-tuning"):
+    with pytest.raises(
+        ConfigError, match="accelerate launch asked for DeepSpeed ZeRO stage 3 with CPU offload: parallel.fsdp=true shards full fine-tuning"
+    ):
         apply_launcher(load_config(SFTConfig, None, ["lora.enabled=true"]))
 
 
 def test_offload_trainable_needs_fsdp():
-    with pytest.raises(ConfigError, match="in parallel: offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true"):
+    with pytest.raises(
+        ConfigError, match="in parallel: offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true"
+    ):
         load_config(SFTConfig, None, ["parallel.offload_trainable=true"])
-    assert load_config(SFTConfig, None, ["parallel.fsdp=true", "lora.enabled=false", "parallel.offload_trainable=true"]).parallel.offload_trainable
+    assert load_config(
+        SFTConfig, None, ["parallel.fsdp=true", "lora.enabled=false", "parallel.offload_trainable=true"]
+    ).parallel.offload_trainable
 
 
 @pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3_offload.yaml", "fsdp.yaml"])

@@ -61,9 +61,24 @@ def test_disabled_it_changes_nothing():
 
 
 def sft(tiny_model_dir, tiny_data, out, *extra):
-    return train_sft(load_config(SFTConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={out}",
-                                                   "max_steps=4", "batch_size=2", "eval_fraction=0.25", "optim.lr=1e-2",
-                                                   "lora.enabled=false", "save_every=0", *extra]))
+    return train_sft(
+        load_config(
+            SFTConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"data={tiny_data['demos']}",
+                f"output_dir={out}",
+                "max_steps=4",
+                "batch_size=2",
+                "eval_fraction=0.25",
+                "optim.lr=1e-2",
+                "lora.enabled=false",
+                "save_every=0",
+                *extra,
+            ],
+        )
+    )
 
 
 def test_sft_in_fp16_learns_like_fp32_and_resumes_with_its_loss_scale(tiny_model_dir, tiny_data, tmp_path):
@@ -71,13 +86,13 @@ def test_sft_in_fp16_learns_like_fp32_and_resumes_with_its_loss_scale(tiny_model
     fp16 = sft(tiny_model_dir, tiny_data, tmp_path / "fp16", "precision=fp16")
     rows = [json.loads(x) for x in (tmp_path / "fp16" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
-    assert [r["train/loss_scale"] for r in steps] == [2.0 ** 16] * 4 and steps[-1]["train/steps_skipped"] == 0
+    assert [r["train/loss_scale"] for r in steps] == [2.0**16] * 4 and steps[-1]["train/steps_skipped"] == 0
     assert fp16["eval_loss"] < fp16["eval_loss_before"]
     assert fp16["eval_loss"] == pytest.approx(fp32["eval_loss"], abs=0.05)  # fp16 matmuls: close, not equal
     # interrupted after step 2 and resumed: the same run as the unbroken one (the scale came back from the checkpoint)
     assert sft(tiny_model_dir, tiny_data, tmp_path / "resumed", "precision=fp16", "interrupt_after=2") is None
     state = torch.load(tmp_path / "resumed" / "checkpoint" / "state.pt", weights_only=False)
-    assert state["loss_scaler"] == {"value": 2.0 ** 16, "clean_steps": 2, "skipped": 0}
+    assert state["loss_scaler"] == {"value": 2.0**16, "clean_steps": 2, "skipped": 0}
     sft(tiny_model_dir, tiny_data, tmp_path / "resumed", "precision=fp16")
     a, b = (load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("fp16", "resumed"))
     for k in a:
@@ -93,14 +108,37 @@ def test_rl_stages_train_in_fp16_with_loss_scaling(stage, tiny_model_dir, tiny_d
     from tether.stages.ppo import train_ppo
 
     fns = Path(__file__).resolve().parent / "stages" / "reward_fns.py"
-    common = [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path}", "precision=fp16", "steps=2",
-              "generation.max_new_tokens=6", "generation.batch_size=4", "save_every=0"]
+    common = [
+        f"policy={tiny_model_dir}",
+        f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path}",
+        "precision=fp16",
+        "steps=2",
+        "generation.max_new_tokens=6",
+        "generation.batch_size=4",
+        "save_every=0",
+    ]
     if stage == "ppo":
-        train_ppo(load_config(PPOConfig, None, [*common, f"reward=[{{type: function, path: '{fns}:letter_e'}}]", "batch_size=4", "mini_batch_size=2"]))
+        train_ppo(
+            load_config(
+                PPOConfig, None, [*common, f"reward=[{{type: function, path: '{fns}:letter_e'}}]", "batch_size=4", "mini_batch_size=2"]
+            )
+        )
     else:
-        train_grpo(load_config(GRPOConfig, None, [*common, f"reward=[{{type: function, path: '{fns}:letter_e'}}]", "prompts_per_step=2",
-                                                  "group_size=2", "mini_batch_size=2"]))
+        train_grpo(
+            load_config(
+                GRPOConfig,
+                None,
+                [
+                    *common,
+                    f"reward=[{{type: function, path: '{fns}:letter_e'}}]",
+                    "prompts_per_step=2",
+                    "group_size=2",
+                    "mini_batch_size=2",
+                ],
+            )
+        )
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # the tiny model's first fp16 gradients may overflow at 2**16: that step is skipped and the scale halved
-    assert len(rows) == 2 and all(r["train/loss_scale"] in (2.0 ** 16, 2.0 ** 15, 2.0 ** 14) for r in rows)
+    assert len(rows) == 2 and all(r["train/loss_scale"] in (2.0**16, 2.0**15, 2.0**14) for r in rows)
     assert json.loads((tmp_path / "summary.json").read_text())["steps_done"] == 2

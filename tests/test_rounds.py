@@ -23,11 +23,32 @@ def tether(*args):
 
 def tiny(out, model, data, *extra):
     """The demo's structure at the smallest sizes: one step of everything, 3 prompts."""
-    return ["--config", DEMO, f"output_dir={out}", f"model={model}", "precision=fp32", f"sft.data={data['demos']}", "sft.max_steps=1",
-            f"collect.prompts={data['prompts']}", "collect.limit=3", "collect.responses_per_prompt=2", "collect.generation.max_new_tokens=5",
-            "reward.max_steps=1", "reward.batch_size=2", "reward.freeze_layers=1", f"ppo.prompts={data['prompts']}", "ppo.steps=1", "ppo.batch_size=2",
-            "ppo.mini_batch_size=2", "ppo.generation.max_new_tokens=5", f"eval.prompts={data['prompts']}", "eval.limit=3",
-            "eval.generation.max_new_tokens=5", "rounds=2", *extra]
+    return [
+        "--config",
+        DEMO,
+        f"output_dir={out}",
+        f"model={model}",
+        "precision=fp32",
+        f"sft.data={data['demos']}",
+        "sft.max_steps=1",
+        f"collect.prompts={data['prompts']}",
+        "collect.limit=3",
+        "collect.responses_per_prompt=2",
+        "collect.generation.max_new_tokens=5",
+        "reward.max_steps=1",
+        "reward.batch_size=2",
+        "reward.freeze_layers=1",
+        f"ppo.prompts={data['prompts']}",
+        "ppo.steps=1",
+        "ppo.batch_size=2",
+        "ppo.mini_batch_size=2",
+        "ppo.generation.max_new_tokens=5",
+        f"eval.prompts={data['prompts']}",
+        "eval.limit=3",
+        "eval.generation.max_new_tokens=5",
+        "rounds=2",
+        *extra,
+    ]
 
 
 def lines(path: Path) -> list[dict]:
@@ -68,7 +89,9 @@ def test_round_two_learns_from_all_pairs_and_starts_from_the_latest_policy(peopl
     import yaml
 
     ppo = yaml.safe_load((r2 / "ppo" / "config.yaml").read_text())
-    assert ppo["policy"] == str(run / "ppo" / "model") and ppo["reward"] == [{**ppo["reward"][0], "type": "model", "path": str(r2 / "reward" / "model")}]
+    assert ppo["policy"] == str(run / "ppo" / "model") and ppo["reward"] == [
+        {**ppo["reward"][0], "type": "model", "path": str(r2 / "reward" / "model")}
+    ]
     collect = yaml.safe_load((r2 / "collect" / "config.yaml").read_text())
     assert collect["model"] == str(run / "ppo" / "model") and collect["seed"] == 1  # fresh samples from the latest policy
     ev = yaml.safe_load((r2 / "eval" / "config.yaml").read_text())
@@ -100,8 +123,10 @@ def test_judge_round_with_tensorboard(people_run, tiny_model_dir, tiny_data, tmp
     run = tmp_path / "run"
     for stage in ["sft", "collect", "reward", "ppo", "eval"]:
         shutil.copytree(people_run[0] / stage, run / stage)
-    result = tether("run", *tiny(run, tiny_model_dir, tiny_data, "iterate.labeller=judge", f"iterate.judge_model={tiny_model_dir}",
-                                 "tracker=tensorboard"))
+    result = tether(
+        "run",
+        *tiny(run, tiny_model_dir, tiny_data, "iterate.labeller=judge", f"iterate.judge_model={tiny_model_dir}", "tracker=tensorboard"),
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     label = json.loads((run / "round2" / "label" / "summary.json").read_text())
     assert label["stage"] == "judge" and label["annotator"] == f"judge:{tiny_model_dir}"

@@ -14,8 +14,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
 
 import click
 import typer
@@ -77,8 +77,13 @@ class _Commands(TyperGroup):
             raise typer.Exit(130) from None
 
 
-app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="tether: RLHF end to end (SFT, preferences, reward model, PPO).")
+app = typer.Typer(
+    cls=_Commands,
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="tether: RLHF end to end (SFT, preferences, reward model, PPO).",
+)
 reward_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Reward models: train and evaluate.")
 app.add_typer(reward_app, name="reward")
 
@@ -90,8 +95,12 @@ def overrides_arg(example: str):
     return typer.Argument(None, help=f"key=value overrides (dotted keys for sections), e.g. `{example}`")
 
 
-ProcessesOpt = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes on this machine (gloo on CPU, one GPU each "
-                            "with GPUs); batch_size and grad_accum are per process.")
+ProcessesOpt = typer.Option(
+    1,
+    "--num-processes",
+    min=1,
+    help="Data-parallel processes on this machine (gloo on CPU, one GPU each with GPUs); batch_size and grad_accum are per process.",
+)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -132,6 +141,7 @@ def _run(fn: Callable, *args, resumable: bool = False):
 def _stage(fn: Callable, cfg, resumable: bool = False):
     """`_run` for a command that writes into `cfg.output_dir`: if it fails before writing anything there but its record
     (a mistyped model, an empty data file, Ctrl-C while loading), the folder is left as it was (training.keeping_record)."""
+
     def go():
         with keeping_record(cfg.output_dir):
             return fn(cfg)
@@ -139,7 +149,7 @@ def _stage(fn: Callable, cfg, resumable: bool = False):
     return _run(go, resumable=resumable)
 
 
-def config_path(config: Optional[Path]) -> Optional[Path]:
+def config_path(config: Path | None) -> Path | None:
     """`--config` as given when that file exists; else a shipped config it names: `configs/demo.yaml` from another
     folder, `demo.yaml`, `demo`, `ppo/default`. A name that is neither is an error listing the shipped configs."""
     if config is None or config.exists():
@@ -150,11 +160,13 @@ def config_path(config: Optional[Path]) -> Optional[Path]:
             return candidate
     shipped = sorted(str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")) for p in SHIPPED_CONFIGS.rglob("*.yaml"))
     shipped = [s for s in shipped if not s.startswith("accelerate/")]  # accelerate's own launch configs, not tether's
-    raise C.ConfigError(f"config file {config}: no such file in {Path.cwd()}{C.did_you_mean(config)}; a shipped config can be named instead: "
-                        f"{', '.join(shipped)}")
+    raise C.ConfigError(
+        f"config file {config}: no such file in {Path.cwd()}{C.did_you_mean(config)}; a shipped config can be named instead: "
+        f"{', '.join(shipped)}"
+    )
 
 
-def _load(cls, config: Optional[Path], overrides: Optional[List[str]]):
+def _load(cls, config: Path | None, overrides: list[str] | None):
     return _run(lambda: C.load_config(cls, config_path(config), overrides or []))
 
 
@@ -197,27 +209,35 @@ def _train(fn: Callable, cfg, num_processes: int) -> None:
 
 
 @app.command()
-def sft(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("optim.lr=1e-4 max_steps=100 lora.enabled=true"),
-        num_processes: int = ProcessesOpt):
+def sft(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("optim.lr=1e-4 max_steps=100 lora.enabled=true"),
+    num_processes: int = ProcessesOpt,
+):
     """Supervised fine-tuning on (prompt, response) demonstrations."""
     _train(tether.stages.sft.train_sft, _load(C.SFTConfig, config, overrides), num_processes)
 
 
 @app.command()
-def collect(config: Optional[Path] = ConfigOpt,
-            overrides: Optional[List[str]] = overrides_arg("responses_per_prompt=4 limit=100 generation.max_new_tokens=32")):
+def collect(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("responses_per_prompt=4 limit=100 generation.max_new_tokens=32"),
+):
     """Sample K responses per prompt and label the pairs (simulated annotator)."""
     _print_summary(_stage(tether.stages.collect.collect, _load(C.CollectConfig, config, overrides)))
 
 
 @reward_app.command("train")
-def reward_train(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("optim.lr=5e-5 freeze_layers=10 epochs=2"),
-                 num_processes: int = ProcessesOpt):
+def reward_train(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("optim.lr=5e-5 freeze_layers=10 epochs=2"),
+    num_processes: int = ProcessesOpt,
+):
     """Train a reward model with the Bradley-Terry loss."""
     _train(tether.stages.reward.train_reward, _load(C.RewardConfig, config, overrides), num_processes)
 
 
-def _reward_reading(cls, config: Optional[Path], overrides: Optional[List[str]], options: dict):
+def _reward_reading(cls, config: Path | None, overrides: list[str] | None, options: dict):
     """The config of `reward eval` / `reward score`: the file and overrides, then the options given (None: not given)."""
 
     def build():
@@ -252,24 +272,36 @@ def _reward_eval(cfg: C.RewardEvalConfig) -> dict:
 
 @reward_app.command("eval")
 def reward_eval(
-    config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = overrides_arg("model=runs/reward/model data=pairs.jsonl limit=100"),
-    model: Optional[str] = typer.Option(None, "--model", help="Reward model directory (or model=DIR)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Preference pairs (JSONL/JSONL.gz) (or data=FILE)."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON object to this file."),
-    plot: Optional[bool] = typer.Option(None, "--plot", help="Write a reliability diagram PNG beside --out (or reliability.png)."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help="Prompt tokens kept (cut from the left) [default: 192]."),
-    max_response_tokens: Optional[int] = typer.Option(None, help="Response tokens kept [default: 128]."),
-    precision: Optional[str] = typer.Option(None, help="bf16, fp16 or fp32 [default: bf16]."),
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("model=runs/reward/model data=pairs.jsonl limit=100"),
+    model: str | None = typer.Option(None, "--model", help="Reward model directory (or model=DIR)."),
+    data: str | None = typer.Option(None, "--data", help="Preference pairs (JSONL/JSONL.gz) (or data=FILE)."),
+    limit: int | None = typer.Option(None, help="Use only the first N pairs."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON object to this file."),
+    plot: bool | None = typer.Option(None, "--plot", help="Write a reliability diagram PNG beside --out (or reliability.png)."),
+    max_prompt_tokens: int | None = typer.Option(None, help="Prompt tokens kept (cut from the left) [default: 192]."),
+    max_response_tokens: int | None = typer.Option(None, help="Response tokens kept [default: 128]."),
+    precision: str | None = typer.Option(None, help="bf16, fp16 or fp32 [default: bf16]."),
 ):
     """Judge a reward model on preference pairs; prints one JSON object (accuracy, n, ece, mean_margin, length_corr).
 
     The options and `key=value` overrides (or a `--config` file) set the same fields (RewardEvalConfig); an option given wins.
     """
-    cfg = _reward_reading(C.RewardEvalConfig, config, overrides, {
-        "model": model, "data": data, "limit": limit, "out": None if out is None else str(out), "plot": plot,
-        "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens, "precision": precision})
+    cfg = _reward_reading(
+        C.RewardEvalConfig,
+        config,
+        overrides,
+        {
+            "model": model,
+            "data": data,
+            "limit": limit,
+            "out": None if out is None else str(out),
+            "plot": plot,
+            "max_prompt_tokens": max_prompt_tokens,
+            "max_response_tokens": max_response_tokens,
+            "precision": precision,
+        },
+    )
     print(json.dumps(_run(_reward_eval, cfg)))
 
 
@@ -292,50 +324,72 @@ def _reward_score(cfg: C.RewardScoreConfig) -> dict:
 
 @reward_app.command("score")
 def reward_score(
-    config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = overrides_arg("model=runs/reward/model data=samples.jsonl column=rm_score"),
-    model: Optional[str] = typer.Option(None, "--model", help="Reward model directory (or model=DIR)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Prompt/response JSONL (any demonstration format) (or data=FILE)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output JSONL (default: DATA with .scored.jsonl)."),
-    column: Optional[str] = typer.Option(None, help="Name of the score column [default: reward]."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help="Prompt tokens kept (cut from the left) [default: 192]."),
-    max_response_tokens: Optional[int] = typer.Option(None, help="Response tokens kept [default: 128]."),
-    precision: Optional[str] = typer.Option(None, help="bf16, fp16 or fp32 [default: bf16]."),
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("model=runs/reward/model data=samples.jsonl column=rm_score"),
+    model: str | None = typer.Option(None, "--model", help="Reward model directory (or model=DIR)."),
+    data: str | None = typer.Option(None, "--data", help="Prompt/response JSONL (any demonstration format) (or data=FILE)."),
+    out: Path | None = typer.Option(None, "--out", help="Output JSONL (default: DATA with .scored.jsonl)."),
+    column: str | None = typer.Option(None, help="Name of the score column [default: reward]."),
+    max_prompt_tokens: int | None = typer.Option(None, help="Prompt tokens kept (cut from the left) [default: 192]."),
+    max_response_tokens: int | None = typer.Option(None, help="Response tokens kept [default: 128]."),
+    precision: str | None = typer.Option(None, help="bf16, fp16 or fp32 [default: bf16]."),
 ):
     """Score every (prompt, response) row with a reward model and write the score back as a column.
 
     The options and `key=value` overrides (or a `--config` file) set the same fields (RewardScoreConfig); an option given wins.
     """
-    cfg = _reward_reading(C.RewardScoreConfig, config, overrides, {
-        "model": model, "data": data, "out": None if out is None else str(out), "column": column,
-        "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens, "precision": precision})
+    cfg = _reward_reading(
+        C.RewardScoreConfig,
+        config,
+        overrides,
+        {
+            "model": model,
+            "data": data,
+            "out": None if out is None else str(out),
+            "column": column,
+            "max_prompt_tokens": max_prompt_tokens,
+            "max_response_tokens": max_response_tokens,
+            "precision": precision,
+        },
+    )
     print(json.dumps(_run(_reward_score, cfg)))
 
 
 @app.command()
-def ppo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("steps=50 kl.target=6 generation.max_new_tokens=32"),
-        num_processes: int = ProcessesOpt):
+def ppo(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("steps=50 kl.target=6 generation.max_new_tokens=32"),
+    num_processes: int = ProcessesOpt,
+):
     """PPO against a reward model under a KL penalty to the reference."""
     _train(tether.stages.ppo.train_ppo, _load(C.PPOConfig, config, overrides), num_processes)
 
 
 @app.command()
-def grpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: function, path: my_rewards.py:score}]' advantage=rloo group_size=8"),
-         num_processes: int = ProcessesOpt):
+def grpo(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("'reward=[{type: function, path: my_rewards.py:score}]' advantage=rloo group_size=8"),
+    num_processes: int = ProcessesOpt,
+):
     """GRPO, RLOO or REINFORCE with a baseline (advantage=grpo|rloo|reinforce): G samples per prompt, no value model."""
     _train(tether.stages.grpo.train_grpo, _load(C.GRPOConfig, config, overrides), num_processes)
 
 
 @app.command()
-def dpo(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("loss=ipo beta=0.1 optim.lr=5e-7"),
-        num_processes: int = ProcessesOpt):
+def dpo(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("loss=ipo beta=0.1 optim.lr=5e-7"),
+    num_processes: int = ProcessesOpt,
+):
     """Direct preference optimisation on preference pairs (DPO, IPO, hinge, conservative); online rounds with online=true."""
     _train(tether.stages.dpo.run_dpo, _load(C.DPOConfig, config, overrides), num_processes)
 
 
 @app.command("eval")
-def evaluate(config: Optional[Path] = ConfigOpt,
-             overrides: Optional[List[str]] = overrides_arg("policy=runs/demo/ppo/model baseline=runs/demo/sft/model limit=50")):
+def evaluate(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("policy=runs/demo/ppo/model baseline=runs/demo/sft/model limit=50"),
+):
     """Compare a policy with a baseline on held-out prompts (win rates by judge, KL, proxy and gold reward, lengths, diversity, hacks).
 
     Also: `tether eval overopt RUN_DIR [form=rl|bon] [out=PNG]` fits Gao et al.'s over-optimisation curve to the run's
@@ -349,8 +403,10 @@ def evaluate(config: Optional[Path] = ConfigOpt,
 
 
 @EVAL_TOOLS.command("overopt")
-def eval_overopt(run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A PPO run's output_dir, or a `tether run` or `tether bon` directory."),
-                 options: Optional[List[str]] = typer.Argument(None, metavar="KEY=VALUE", help="form=rl|bon (the fit's form), out=PNG (the plot's path).")):
+def eval_overopt(
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A PPO run's output_dir, or a `tether run` or `tether bon` directory."),
+    options: list[str] | None = typer.Argument(None, metavar="KEY=VALUE", help="form=rl|bon (the fit's form), out=PNG (the plot's path)."),
+):
     """Fit Gao et al.'s (2022) over-optimisation curve, gold reward against sqrt(KL), to a run's held-out checks and plot it.
 
     `form=rl` (R = d(alpha - beta log d), for RL) or `form=bon` (R = d(alpha - beta d), for best-of-n); by default the one that
@@ -362,8 +418,11 @@ def eval_overopt(run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A P
 
 
 @EVAL_TOOLS.command("frontier")
-def eval_frontier(args: List[str] = typer.Argument(..., metavar="RUN_DIR... KEY=VALUE",
-                                                   help="One or more PPO run directories, then out=PNG, metric=gold|proxy.")):
+def eval_frontier(
+    args: list[str] = typer.Argument(
+        ..., metavar="RUN_DIR... KEY=VALUE", help="One or more PPO run directories, then out=PNG, metric=gold|proxy."
+    ),
+):
     """Plot reward against KL(policy || reference) for several runs, one line per run through its held-out checks.
 
     `metric=gold` (the default) or `metric=proxy` picks the reward; `out=PNG` names the plot (default: frontier.png).
@@ -392,38 +451,48 @@ def _generate(cfg: C.GenerateConfig) -> None:
 
 
 @app.command()
-def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=5 generation.temperature=0.7")):
+def generate(config: Path | None = ConfigOpt, overrides: list[str] | None = overrides_arg("limit=5 generation.temperature=0.7")):
     """Sample responses for a prompts file and write them as JSONL."""
     _run(_generate, _load(C.GenerateConfig, config, overrides))
 
 
 @app.command()
-def judge(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=100 min_strength=0.2")):
+def judge(config: Path | None = ConfigOpt, overrides: list[str] | None = overrides_arg("limit=100 min_strength=0.2")):
     """Label candidate pairs with an LLM judge (RLAIF): the letter's next-token probability, both orders averaged."""
     _print_summary(_stage(tether.stages.judge.run_judge, _load(C.JudgeConfig, config, overrides)))
 
 
 @app.command()
-def revise(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("limit=20 rounds=2")):
+def revise(config: Path | None = ConfigOpt, overrides: list[str] | None = overrides_arg("limit=20 rounds=2")):
     """Constitutional AI: answer, critique by a sampled principle, revise; (original, revision) become (rejected, chosen)."""
     _print_summary(_stage(tether.stages.revise.run_revise, _load(C.ReviseConfig, config, overrides)))
 
 
 @app.command()
-def bon(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=8 limit=50")):
+def bon(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=8 limit=50"),
+):
     """Best-of-N: sample N responses per prompt, keep the reward source's best; reports the gain and the KL bound."""
     _print_summary(_stage(tether.stages.bon.best_of_n, _load(C.BoNConfig, config, overrides)))
 
 
 @app.command()
-def rs(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=4 rounds=2")):
+def rs(
+    config: Path | None = ConfigOpt,
+    overrides: list[str] | None = overrides_arg("'reward=[{type: model, path: runs/reward/model}]' n=4 rounds=2"),
+):
     """Rejection-sampling fine-tuning (Llama 2): in rounds, keep the best of N per prompt and SFT the policy on it."""
     _print_summary(_stage(tether.stages.bon.rejection_sampling, _load(C.RSConfig, config, overrides), resumable=True))
 
 
 # --------------------------------------------------------------------------- tether label: the preference store
 
-label_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="People label pairs: annotators, import, export, agreement statistics, a simulated panel.")
+label_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="People label pairs: annotators, import, export, agreement statistics, a simulated panel.",
+)
 app.add_typer(label_app, name="label")
 DbOpt = typer.Option(..., "--db", help="Preference store: a SQLite file (created if missing) or a postgresql:// URL.")
 ExistingDbOpt = typer.Option(..., "--db", help="Preference store: an existing SQLite file or a postgresql:// URL.")
@@ -436,9 +505,12 @@ def _store(db: str, create: bool = True):
 
 
 @label_app.command("add-annotator")
-def label_add_annotator(name: str = typer.Argument(..., help="The annotator's name."), db: str = DbOpt,
-                        admin: bool = typer.Option(False, "--admin", help="May open the admin pages."),
-                        kind: str = typer.Option("human", help="human, judge or simulated.")):
+def label_add_annotator(
+    name: str = typer.Argument(..., help="The annotator's name."),
+    db: str = DbOpt,
+    admin: bool = typer.Option(False, "--admin", help="May open the admin pages."),
+    kind: str = typer.Option("human", help="human, judge or simulated."),
+):
     """Register an annotator and print their token: it is shown this once (only its SHA-256 is stored)."""
 
     def go():
@@ -451,10 +523,12 @@ def label_add_annotator(name: str = typer.Argument(..., help="The annotator's na
 
 
 @label_app.command("import")
-def label_import(file: str = typer.Argument(..., help="Pairs (prompt, chosen, rejected) or samples (prompt, response), JSONL."),
-                 db: str = DbOpt,
-                 annotators_per_task: int = typer.Option(3, help="Distinct annotators each task asks for."),
-                 golden: bool = typer.Option(False, "--golden", help="The pairs are a golden set: 'chosen' is the known answer.")):
+def label_import(
+    file: str = typer.Argument(..., help="Pairs (prompt, chosen, rejected) or samples (prompt, response), JSONL."),
+    db: str = DbOpt,
+    annotators_per_task: int = typer.Option(3, help="Distinct annotators each task asks for."),
+    golden: bool = typer.Option(False, "--golden", help="The pairs are a golden set: 'chosen' is the known answer."),
+):
     """Load candidate pairs, or samples (every two answers to a prompt become a pair), as comparison tasks."""
 
     def go():
@@ -479,10 +553,13 @@ def label_guidelines(file: Path = typer.Argument(..., help="Text or Markdown fil
 
 
 @label_app.command("export")
-def label_export(db: str = ExistingDbOpt, out: Path = typer.Option(..., "--out", help="Preference pairs JSONL for `tether reward train`."),
-                 aggregate: str = typer.Option("majority", help="majority (one pair per task) or per_annotator (one per judgement)."),
-                 ties: str = typer.Option("drop", help="drop, or keep as pairs with meta.tie = true."),
-                 include_golden: bool = typer.Option(False, "--include-golden", help="Also export golden tasks (majority: their known answer).")):
+def label_export(
+    db: str = ExistingDbOpt,
+    out: Path = typer.Option(..., "--out", help="Preference pairs JSONL for `tether reward train`."),
+    aggregate: str = typer.Option("majority", help="majority (one pair per task) or per_annotator (one per judgement)."),
+    ties: str = typer.Option("drop", help="drop, or keep as pairs with meta.tie = true."),
+    include_golden: bool = typer.Option(False, "--include-golden", help="Also export golden tasks (majority: their known answer)."),
+):
     """Write the judgements as preference pairs (left/right order undone, skips left out)."""
 
     def go():
@@ -493,8 +570,11 @@ def label_export(db: str = ExistingDbOpt, out: Path = typer.Option(..., "--out",
 
 
 @label_app.command("stats")
-def label_stats(db: str = ExistingDbOpt, as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-                golden_threshold: float = typer.Option(0.7, help="Flag annotators whose golden-set accuracy is below this.")):
+def label_stats(
+    db: str = ExistingDbOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    golden_threshold: float = typer.Option(0.7, help="Flag annotators whose golden-set accuracy is below this."),
+):
     """Agreement (per pair, Cohen's kappa, Krippendorff's alpha), throughput, position bias and golden-set accuracy."""
 
     def go():
@@ -511,11 +591,13 @@ def label_stats(db: str = ExistingDbOpt, as_json: bool = typer.Option(False, "--
 
 
 @label_app.command("simulate")
-def label_simulate(db: str = ExistingDbOpt,
-                   agreement: List[float] = typer.Option([0.9, 0.75, 0.6], help="One simulated annotator per value: its agreement with gold."),
-                   gold_spread: float = typer.Option(0.0, help="0: one shared gold; > 0: each annotator's own gold weights, this spread."),
-                   limit: Optional[int] = typer.Option(None, help="At most this many judgements per annotator."),
-                   seed: int = typer.Option(0, help="Seeds the annotators.")):
+def label_simulate(
+    db: str = ExistingDbOpt,
+    agreement: list[float] = typer.Option([0.9, 0.75, 0.6], help="One simulated annotator per value: its agreement with gold."),
+    gold_spread: float = typer.Option(0.0, help="0: one shared gold; > 0: each annotator's own gold weights, this spread."),
+    limit: int | None = typer.Option(None, help="At most this many judgements per annotator."),
+    seed: int = typer.Option(0, help="Seeds the annotators."),
+):
     """Label the store's tasks with a panel of simulated annotators (kind 'simulated'), as people would."""
 
     def go():
@@ -526,11 +608,13 @@ def label_simulate(db: str = ExistingDbOpt,
 
 
 @label_app.command("serve")
-def label_serve(db: str = ExistingDbOpt,
-                host: str = typer.Option("127.0.0.1", help="Address to listen on (put a TLS proxy in front before leaving loopback)."),
-                port: int = typer.Option(8000, help="Port to listen on."),
-                golden_rate: float = typer.Option(0.1, help="Share of the pairs handed out that are golden (while any are left)."),
-                golden_threshold: float = typer.Option(0.7, help="The statistics flag annotators whose golden-set accuracy is below this.")):
+def label_serve(
+    db: str = ExistingDbOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (put a TLS proxy in front before leaving loopback)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    golden_rate: float = typer.Option(0.1, help="Share of the pairs handed out that are golden (while any are left)."),
+    golden_threshold: float = typer.Option(0.7, help="The statistics flag annotators whose golden-set accuracy is below this."),
+):
     """The annotation web app: annotators sign in with their token and compare pairs in a browser."""
     import uvicorn
 
@@ -541,8 +625,14 @@ def label_serve(db: str = ExistingDbOpt,
     try:
         # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 only: behind a local TLS proxy (which must pass the
         # Host header on) the cookie is then marked Secure
-        uvicorn.run(create_app(store, golden_threshold=golden_threshold), host=host, port=port, log_level="info",
-                    server_header=False, log_config=uvicorn_log_config())
+        uvicorn.run(
+            create_app(store, golden_threshold=golden_threshold),
+            host=host,
+            port=port,
+            log_level="info",
+            server_header=False,
+            log_config=uvicorn_log_config(),
+        )
     finally:
         store.close()
 
@@ -553,9 +643,11 @@ def default_demo_config() -> Path:
 
 
 @app.command()
-def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML, or a shipped one by name (`demo`)."),
-        overrides: Optional[List[str]] = overrides_arg("ppo.steps=10 sft.optim.lr=1e-4 output_dir=runs/mine"),
-        config_opt: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (same as the argument).")):
+def run(
+    config: Path | None = typer.Argument(None, help="Run config YAML, or a shipped one by name (`demo`)."),
+    overrides: list[str] | None = overrides_arg("ppo.steps=10 sft.optim.lr=1e-4 output_dir=runs/mine"),
+    config_opt: Path | None = typer.Option(None, "--config", "-c", help="Run config YAML (same as the argument)."),
+):
     """The whole line: SFT -> collect -> reward -> PPO -> eval, and report.md.
 
     Example: `tether run --config configs/demo.yaml model=/path/to/model output_dir=runs/mine`
@@ -573,8 +665,10 @@ def run(config: Optional[Path] = typer.Argument(None, help="Run config YAML, or 
 
 
 @app.command()
-def demo(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML in place of the shipped demo config."),
-         overrides: Optional[List[str]] = overrides_arg("ppo.steps=10 output_dir=runs/demo2")):
+def demo(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Run config YAML in place of the shipped demo config."),
+    overrides: list[str] | None = overrides_arg("ppo.steps=10 output_dir=runs/demo2"),
+):
     """Run the shipped demo: RLHF on SmolLM2-135M-Instruct with a simulated annotator.
 
     Example: `tether demo ppo.steps=10 output_dir=runs/demo2`
@@ -589,9 +683,12 @@ def demo(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run
 
 
 @app.command("config")
-def show_config(stage: str = typer.Argument(..., help=f"One of: {', '.join(C.STAGES)}."),
-                as_yaml: bool = typer.Option(False, "--yaml", help="Print a YAML config instead: every key at its default, "
-                                             "its meaning as a comment above it.")):
+def show_config(
+    stage: str = typer.Argument(..., help=f"One of: {', '.join(C.STAGES)}."),
+    as_yaml: bool = typer.Option(
+        False, "--yaml", help="Print a YAML config instead: every key at its default, its meaning as a comment above it."
+    ),
+):
     """Every key of a stage's config with its type, default and meaning, e.g. `tether config ppo`. Set a key with
     key=value after the stage's command, or in its --config file."""
     cls = _run(C.stage_config, stage)

@@ -23,7 +23,7 @@ import typing
 from collections.abc import Hashable
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -56,37 +56,95 @@ class ConfigError(ValueError):
 # estimate of a small KL can be negative, so only a negative ceiling stops a run at its first check for sure).
 RANGES: dict[str, str | tuple[str, str]] = {
     # sizes and counts
-    "batch_size": "[1, inf)", "mini_batch_size": "[1, inf)", "micro_batch_size": "[1, inf)", "ptx_batch_size": "[1, inf)",
-    "grad_accum": "[1, inf)", "epochs": "[1, inf)", "ppo_epochs": "[1, inf)", "iterations": "[1, inf)", "steps": "[1, inf)",
-    "max_steps": "[1, inf)", "max_new_tokens": "[1, inf)", "max_prompt_tokens": "[1, inf)", "max_response_tokens": "[1, inf)",
-    "max_model_len": "[1, inf)", "max_tokens_per_forward": ("[0, inf)", "0 = no limit"), "limit": "[1, inf)",
-    "eval_limit": "[1, inf)", "offset": "[0, inf)", "max_words": "[1, inf)", "normalize_samples": "[1, inf)",
-    "n": ("[1, inf)", "samples per prompt"), "rounds": "[1, inf)", "eval_samples": "[1, inf)", "responses_per_prompt": ("[2, inf)", "two responses make a pair"),
-    "samples_per_prompt": "[1, inf)", "prompts_per_step": "[1, inf)", "group_size": "[1, inf)", "prompts_per_round": "[1, inf)",
-    "annotators_per_task": "[1, inf)", "ensemble": "[1, inf)", "freeze_layers": "[0, inf)", "r": "[1, inf)", "alpha": "[1, inf)",
-    "cpus_per_model": "[1, inf)", "gpus_per_model": "[0, inf)", "horizon": "[1, inf)", "seed": "[0, inf)",
+    "batch_size": "[1, inf)",
+    "mini_batch_size": "[1, inf)",
+    "micro_batch_size": "[1, inf)",
+    "ptx_batch_size": "[1, inf)",
+    "grad_accum": "[1, inf)",
+    "epochs": "[1, inf)",
+    "ppo_epochs": "[1, inf)",
+    "iterations": "[1, inf)",
+    "steps": "[1, inf)",
+    "max_steps": "[1, inf)",
+    "max_new_tokens": "[1, inf)",
+    "max_prompt_tokens": "[1, inf)",
+    "max_response_tokens": "[1, inf)",
+    "max_model_len": "[1, inf)",
+    "max_tokens_per_forward": ("[0, inf)", "0 = no limit"),
+    "limit": "[1, inf)",
+    "eval_limit": "[1, inf)",
+    "offset": "[0, inf)",
+    "max_words": "[1, inf)",
+    "normalize_samples": "[1, inf)",
+    "n": ("[1, inf)", "samples per prompt"),
+    "rounds": "[1, inf)",
+    "eval_samples": "[1, inf)",
+    "responses_per_prompt": ("[2, inf)", "two responses make a pair"),
+    "samples_per_prompt": "[1, inf)",
+    "prompts_per_step": "[1, inf)",
+    "group_size": "[1, inf)",
+    "prompts_per_round": "[1, inf)",
+    "annotators_per_task": "[1, inf)",
+    "ensemble": "[1, inf)",
+    "freeze_layers": "[0, inf)",
+    "r": "[1, inf)",
+    "alpha": "[1, inf)",
+    "cpus_per_model": "[1, inf)",
+    "gpus_per_model": "[0, inf)",
+    "horizon": "[1, inf)",
+    "seed": "[0, inf)",
     # schedules, in steps
-    "save_every": ("[0, inf)", "0 = only at the end"), "eval_every": ("[0, inf)", "0 = only at the end"),
-    "samples_every": ("[0, inf)", "0 = never"), "every": "[1, inf)", "every_near": "[1, inf)",
-    "patience": ("[0, inf)", "0 = never"), "interrupt_after": "[1, inf)",
+    "save_every": ("[0, inf)", "0 = only at the end"),
+    "eval_every": ("[0, inf)", "0 = only at the end"),
+    "samples_every": ("[0, inf)", "0 = never"),
+    "every": "[1, inf)",
+    "every_near": "[1, inf)",
+    "patience": ("[0, inf)", "0 = never"),
+    "interrupt_after": "[1, inf)",
     # fractions and probabilities
-    "eval_fraction": ("[0, 1)", "the rest is trained on"), "warmup_ratio": "[0, 1)", "dropout": "[0, 1)", "top_p": "(0, 1]",
-    "gpu_memory_utilization": "(0, 1)", "min_labelled": "(0, 1]", "min_strength": "[0, 1)", "label_smoothing": "[0, 0.5)",
-    "target_agreement": ("(0.5, 1)", "0.5 is a coin flip, 1 never disagrees"), "baseline_decay": "[0, 1)", "gamma": "[0, 1]",
-    "lam": "[0, 1]", "eps_low": "(0, 1)",
+    "eval_fraction": ("[0, 1)", "the rest is trained on"),
+    "warmup_ratio": "[0, 1)",
+    "dropout": "[0, 1)",
+    "top_p": "(0, 1]",
+    "gpu_memory_utilization": "(0, 1)",
+    "min_labelled": "(0, 1]",
+    "min_strength": "[0, 1)",
+    "label_smoothing": "[0, 0.5)",
+    "target_agreement": ("(0.5, 1)", "0.5 is a coin flip, 1 never disagrees"),
+    "baseline_decay": "[0, 1)",
+    "gamma": "[0, 1]",
+    "lam": "[0, 1]",
+    "eps_low": "(0, 1)",
     # optimisation
-    "lr": ("[0, inf)", "0 leaves the weights where they are"), "value_lr": "[0, inf)", "adam_eps": "(0, inf)",
-    "weight_decay": "[0, inf)", "max_grad_norm": ("[0, inf)", "0 = no clipping"),
+    "lr": ("[0, inf)", "0 leaves the weights where they are"),
+    "value_lr": "[0, inf)",
+    "adam_eps": "(0, inf)",
+    "weight_decay": "[0, inf)",
+    "max_grad_norm": ("[0, inf)", "0 = no clipping"),
     # coefficients, scales and limits
     "temperature": ("(0, inf)", "use a small value such as 0.01 for near-greedy"),
     "is_cap": ("[1, inf)", "a token vLLM sampled as likely as the trainer would gets weight 1"),
-    "init_beta": "[0, inf)", "target": "(0, inf)", "beta": "[0, inf)", "DPOConfig.beta": "(0, inf)", "clip_eps": "(0, inf)",
-    "value_clip_eps": "(0, inf)", "eps_high": "(0, inf)", "vf_coef": "[0, inf)", "ent_coef": "[0, inf)", "ptx_coef": "[0, inf)",
-    "reward_clip": "(0, inf)", "std_coef": "[0, inf)", "center_rewards_coefficient": "[0, inf)",
-    "max_kl": "(-inf, inf)", "near_kl": "[0, inf)", "tolerance": ("[0, inf)", "reward units; 0 keeps the best reading"),
+    "init_beta": "[0, inf)",
+    "target": "(0, inf)",
+    "beta": "[0, inf)",
+    "DPOConfig.beta": "(0, inf)",
+    "clip_eps": "(0, inf)",
+    "value_clip_eps": "(0, inf)",
+    "eps_high": "(0, inf)",
+    "vf_coef": "[0, inf)",
+    "ent_coef": "[0, inf)",
+    "ptx_coef": "[0, inf)",
+    "reward_clip": "(0, inf)",
+    "std_coef": "[0, inf)",
+    "center_rewards_coefficient": "[0, inf)",
+    "max_kl": "(-inf, inf)",
+    "near_kl": "[0, inf)",
+    "tolerance": ("[0, inf)", "reward units; 0 keeps the best reading"),
     "max_minutes": ("(0, inf)", "or null for no budget"),
     # any finite number
-    "weight": "(-inf, inf)", "threshold": "(-inf, inf)", "missing_eos_penalty": "(-inf, inf)",
+    "weight": "(-inf, inf)",
+    "threshold": "(-inf, inf)",
+    "missing_eos_penalty": "(-inf, inf)",
 }
 
 
@@ -183,8 +241,9 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         check_fields(self)
         if any(not s for s in self.stop_strings):
-            raise ConfigError(f"must all be non-empty (an empty one would end every response at once), got {self.stop_strings!r}",
-                              key="stop_strings")
+            raise ConfigError(
+                f"must all be non-empty (an empty one would end every response at once), got {self.stop_strings!r}", key="stop_strings"
+            )
 
 
 @dataclass
@@ -193,7 +252,7 @@ class VLLMSettings:
 
     gpu_memory_utilization: float = 0.3
     """Share of the GPU's memory vLLM takes for its copy of the weights and its KV cache; the rest is the trainer's."""
-    max_model_len: Optional[int] = None
+    max_model_len: int | None = None
     """Longest prompt + response vLLM plans for; None = generation.max_prompt_tokens + generation.max_new_tokens."""
     dtype: str = "auto"
     """vLLM's weight dtype ('auto' = the model's own, 'bfloat16', 'float16', 'float32')."""
@@ -209,7 +268,9 @@ def check_engine(cfg) -> None:
     if cfg.engine != "vllm":
         return
     if cfg.parallel.fsdp:
-        raise ConfigError("engine=vllm pushes the whole policy into vLLM after every update; with parallel.fsdp=true it is sharded: choose one")
+        raise ConfigError(
+            "engine=vllm pushes the whole policy into vLLM after every update; with parallel.fsdp=true it is sharded: choose one"
+        )
 
 
 @dataclass
@@ -241,18 +302,24 @@ class ParallelSettings:
     def __post_init__(self) -> None:
         check_fields(self)
         if self.offload_trainable and not self.fsdp:
-            raise ConfigError("offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true (and "
-                              "lora.enabled=false) or leave offload_trainable off")
+            raise ConfigError(
+                "offload_trainable=true moves the sharded blocks' training state to CPU memory; set fsdp=true (and "
+                "lora.enabled=false) or leave offload_trainable off"
+            )
         if self.zero_stage == 2 and not self.fsdp:
-            raise ConfigError("zero_stage=2 chooses how fsdp=true holds a block's weights; set fsdp=true (and lora.enabled=false) "
-                              "or leave zero_stage at 3")
+            raise ConfigError(
+                "zero_stage=2 chooses how fsdp=true holds a block's weights; set fsdp=true (and lora.enabled=false) "
+                "or leave zero_stage at 3"
+            )
 
 
 def check_parallel(cfg) -> None:
     """The checks of a stage's `parallel` section that need its other keys (the section checks its own)."""
     if cfg.parallel.fsdp and cfg.lora.enabled:
-        raise ConfigError("parallel.fsdp=true shards full fine-tuning; with LoRA the trained weights are small and every process "
-                          "keeps them whole: set lora.enabled=false, or leave parallel.fsdp off")
+        raise ConfigError(
+            "parallel.fsdp=true shards full fine-tuning; with LoRA the trained weights are small and every process "
+            "keeps them whole: set lora.enabled=false, or leave parallel.fsdp off"
+        )
 
 
 @dataclass
@@ -289,7 +356,7 @@ class SFTConfig:
     """Demonstrations (JSONL/JSONL.gz; native, chat, Alpaca or HH format). 'shared:' = ../shared/data."""
     output_dir: str = "runs/sft"
     """Where checkpoints, metrics.jsonl, summary.json and the final model go."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N demonstrations (None = all)."""
     eval_fraction: float = 0.1
     """Held-out fraction for eval loss."""
@@ -299,7 +366,7 @@ class SFTConfig:
     """Response tokens kept (cut from the right)."""
     epochs: int = 1
     """Passes over the training split."""
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """Stop after this many optimizer steps (None = epochs decide)."""
     batch_size: int = 8
     """Examples per micro-batch."""
@@ -317,7 +384,7 @@ class SFTConfig:
     """Compute eval loss every N steps (0 = only at the end)."""
     save_every: int = 25
     """Write a resumable checkpoint every N optimizer steps (0 = only at the end)."""
-    interrupt_after: Optional[int] = None
+    interrupt_after: int | None = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
     resume: bool = True
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
@@ -338,11 +405,15 @@ class SFTConfig:
 
 def check_offload(cfg) -> None:
     if cfg.offload_frozen and getattr(cfg, "placement", "local") == "ray":
-        raise ConfigError("offload_frozen keeps the frozen models in this process's CPU memory and placement=ray moves them to Ray "
-                          "actors (ray.gpus_per_model=0 keeps them off the GPUs there): choose one")
+        raise ConfigError(
+            "offload_frozen keeps the frozen models in this process's CPU memory and placement=ray moves them to Ray "
+            "actors (ray.gpus_per_model=0 keeps them off the GPUs there): choose one"
+        )
     if cfg.offload_frozen and getattr(cfg, "value_model", None) == "reward_adapter":
-        raise ConfigError("value_model=reward_adapter trains an adapter on the reward model's weights, which offload_frozen keeps "
-                          "off the accelerator: set value_model=policy_head or value_model=reward_model, or leave offload_frozen off")
+        raise ConfigError(
+            "value_model=reward_adapter trains an adapter on the reward model's weights, which offload_frozen keeps "
+            "off the accelerator: set value_model=policy_head or value_model=reward_model, or leave offload_frozen off"
+        )
 
 
 @dataclass
@@ -351,7 +422,7 @@ class AnnotatorSettings:
 
     kind: Literal["simulated"] = "simulated"
     """Who labels the pairs (people and AI judges come with the feedback issue)."""
-    temperature: Optional[float] = None
+    temperature: float | None = None
     """Bradley-Terry temperature on gold margins; None = calibrate to target_agreement."""
     target_agreement: float = 0.75
     """Expected agreement with the gold ordering when temperature is None (people: ~0.7-0.8)."""
@@ -372,7 +443,7 @@ class CollectConfig:
     """Prompts file (any format `tether` reads)."""
     output_dir: str = "runs/collect"
     """Writes samples.jsonl, preferences.jsonl, summary.json."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N prompts."""
     responses_per_prompt: int = 2
     """K >= 2 samples per prompt; all K*(K-1)/2 pairs are labelled."""
@@ -388,7 +459,7 @@ class CollectConfig:
     """Matmul precision for generation."""
     seed: int = 0
     """Seeds sampling."""
-    db: Optional[str] = None
+    db: str | None = None
     """Preference store (a SQLite file or a postgresql:// URL) that also gets the prompts, responses and comparison tasks; None = JSONL only."""
     annotators_per_task: int = 3
     """Distinct annotators each comparison task written to `db` asks for."""
@@ -408,15 +479,15 @@ class RewardConfig:
     """Trunk to start from (the SFT model in the pipeline)."""
     data: str = "runs/collect/preferences.jsonl"
     """Preference pairs (native, chat or HH format)."""
-    eval_data: Optional[str] = None
+    eval_data: str | None = None
     """Held-out pairs; None = split eval_fraction off `data`."""
     output_dir: str = "runs/reward"
     """Writes the reward model (HF directory + tether_reward.json), metrics, summary."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N pairs."""
     eval_fraction: float = 0.15
     """Held-out fraction when eval_data is None."""
-    normalize_data: Optional[str] = None
+    normalize_data: str | None = None
     """Responses whose rewards define mean 0 / std 1 (policy samples); None = the pairs' responses."""
     normalize_samples: int = 512
     """At most this many of those responses (a random subset) are scored to fit the normalisation."""
@@ -426,7 +497,7 @@ class RewardConfig:
     """Response tokens kept."""
     epochs: int = 1
     """Passes over the training pairs."""
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """Stop after this many optimizer steps."""
     batch_size: int = 8
     """Pairs per micro-batch."""
@@ -443,7 +514,7 @@ class RewardConfig:
     with gradients accumulated (same result, bounded memory); 0 = no limit."""
     label_smoothing: float = 0.0
     """Label-smoothing epsilon for noisy labels: -(1-eps) log s(d) - eps log s(-d); 0 = plain Bradley-Terry."""
-    center_rewards_coefficient: Optional[float] = None
+    center_rewards_coefficient: float | None = None
     """Weight of the centring term mean((r_c + r_r)^2) (Eisenstein et al. 2023); None = off."""
     skip_bad_rows: bool = False
     """Skip malformed pairs (empty or identical responses, bad fields) with a count in the log and summary, instead of stopping."""
@@ -461,6 +532,7 @@ class RewardConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         check_parallel(self)
+
     freeze_layers: int = 0
     """Freeze the embeddings and the lowest N transformer blocks (cheaper, less overfitting)."""
     save_every: int = 0
@@ -502,7 +574,7 @@ class KLSettings:
 class RaySettings:
     """Ray for `placement=ray` (placement.py; the extra tether[ray])."""
 
-    address: Optional[str] = None
+    address: str | None = None
     """None starts a Ray instance on this machine for the run; 'auto' joins the cluster this machine belongs to
     (`ray start --head` on one node, `ray start --address=HEAD:6379` on the others), or give HEAD:6379."""
     gpus_per_model: float = 0.0
@@ -530,11 +602,11 @@ class EarlyStopSettings:
 
     None of them changes the training itself: the checks only watch (tests/stages/test_ppo_options.py)."""
 
-    prompts: Optional[str] = None
+    prompts: str | None = None
     """Held-out prompts to watch (None = off)."""
     every: int = 5
     """Evaluate every N steps (and after the last)."""
-    near_kl: Optional[float] = None
+    near_kl: float | None = None
     """Check more often near the KL ceiling: after a check that reads a held-out KL of at least this many nats, the next
     one comes `every_near` steps later (or at the next multiple of `every`, if sooner); None = every `every` steps only.
     KL can climb past `max_kl` between two sparse checks, and the guard can then keep only a policy well inside it."""
@@ -543,7 +615,7 @@ class EarlyStopSettings:
     others do, but `patience` does not count them, so checking more often does not end a run sooner."""
     limit: int = 32
     """Held-out prompts used per evaluation."""
-    max_kl: Optional[float] = None
+    max_kl: float | None = None
     """Hard KL ceiling in nats per response on the held-out prompts: above it, stop and roll back to the best policy."""
     patience: int = 2
     """Stop and roll back to the best policy after this many evaluations without a new best held-out reward (0 = never);
@@ -553,7 +625,7 @@ class EarlyStopSettings:
     the best reading). Every check reads the same prompts, so the best of several readings is partly the luckiest: with
     about one check's standard error (PPO logs it as `held_out/reward_se`), the guard keeps, inside the KL ceiling, the policy trained
     longest among those its readings cannot tell apart."""
-    max_minutes: Optional[float] = None
+    max_minutes: float | None = None
     """Wall-clock budget in minutes from the stage's start (a resumed run starts its clock again): the run stops,
     rolled back to the best checked policy, when the next held-out check (with no held-out prompts: the next step)
     would end past it, predicted from the mean step and the last check so far. The final save comes after it.
@@ -579,14 +651,14 @@ class PPOConfig:
     ([{type: function, path: my_rewards.py:score}], None drops the episode), a judge, or several. One `type: model` source
     alone is scored on the policy's own token ids (its tokenizer must be the policy's; its batch and token limits do not
     apply) and may start the value model; otherwise each source reads the decoded text."""
-    reward_model: InitVar[Optional[str]] = None  # refused: reward: [{type: model, path: X}] (REPLACED_KEYS)
-    reward_function: InitVar[Optional[str]] = None  # refused: reward: [{type: function, path: X}]
-    reward_std_coef: InitVar[Optional[float]] = None  # refused: the model source's std_coef
+    reward_model: InitVar[str | None] = None  # refused: reward: [{type: model, path: X}] (REPLACED_KEYS)
+    reward_function: InitVar[str | None] = None  # refused: reward: [{type: function, path: X}]
+    reward_std_coef: InitVar[float | None] = None  # refused: the model source's std_coef
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Training prompts."""
     output_dir: str = "runs/ppo"
     """Writes checkpoints, metrics.jsonl, summary.json and the final policy."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N prompts."""
     steps: int = 20
     """PPO iterations (rollout + update)."""
@@ -633,7 +705,7 @@ class PPOConfig:
     """Value clipping around the old values."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
-    value_lr: Optional[float] = None
+    value_lr: float | None = None
     """Learning rate of the value head's (or value model's) own weights; None = optim.lr. A critic usually learns
     faster than the policy (OpenRLHF's defaults differ 18x); weights shared with the policy keep optim.lr."""
     whiten_advantages: bool = True
@@ -642,7 +714,7 @@ class PPOConfig:
     """Scale per-token rewards by their batch std before GAE, without shifting the mean (keeps the sign of 'stop here')."""
     ent_coef: float = 0.0
     """Entropy bonus weight: loss -= ent_coef * mean token entropy (against mode collapse); 0 = off."""
-    ptx_data: Optional[str] = None
+    ptx_data: str | None = None
     """Demonstrations for the pretraining/SFT loss mix (InstructGPT's PPO-ptx); None = off."""
     ptx_coef: float = 0.0
     """Weight of that SFT loss in every minibatch."""
@@ -652,7 +724,7 @@ class PPOConfig:
     """Held-out reward and KL every N steps; best checkpoint kept; stop on a KL ceiling or a falling reward."""
     reward_clip: float = 10.0
     """Clip RM scores to [-c, c] before use."""
-    missing_eos_penalty: Optional[float] = None
+    missing_eos_penalty: float | None = None
     """Score given to responses that hit max_new_tokens without EOS (None = use the RM's score)."""
     value_model: Literal["policy_head", "reward_adapter", "reward_model"] = "policy_head"
     """Value function: 'policy_head' = a zero-initialised head on the policy trunk (no extra forward); 'reward_adapter' = the
@@ -690,7 +762,7 @@ class PPOConfig:
     """Checkpoint every N steps."""
     samples_every: int = 5
     """Append the batch's (prompt, response, reward) to samples.jsonl every N steps (and at step 1); 0 = never."""
-    interrupt_after: Optional[int] = None
+    interrupt_after: int | None = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
     resume: bool = True
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
@@ -707,11 +779,15 @@ class PPOConfig:
         refuse_replaced(self, reward_model=reward_model, reward_function=reward_function, reward_std_coef=reward_std_coef)
         check_fields(self)
         if not self.reward:
-            raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: model, path: runs/reward/model}] "
-                              "or reward=[{type: function, path: my_rewards.py:score}] (rewards/sources.py)")
+            raise ConfigError(
+                "set reward: a list of reward sources, e.g. reward=[{type: model, path: runs/reward/model}] "
+                "or reward=[{type: function, path: my_rewards.py:score}] (rewards/sources.py)"
+            )
         if self.value_model != "policy_head" and reward_model_source(self.reward) is None:
-            raise ConfigError(f"value_model={self.value_model} starts from the reward model: set reward to one source of type model "
-                              "(reward=[{type: model, path: runs/reward/model}]), or use value_model=policy_head")
+            raise ConfigError(
+                f"value_model={self.value_model} starts from the reward model: set reward to one source of type model "
+                "(reward=[{type: model, path: runs/reward/model}]), or use value_model=policy_head"
+            )
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ConfigError("ptx_coef > 0 needs ptx_data (a demonstrations file, e.g. the SFT data)")
         if self.batch_size % self.mini_batch_size:
@@ -719,11 +795,15 @@ class PPOConfig:
         if self.batch_size % self.samples_per_prompt:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt ({self.samples_per_prompt}).")
         if self.prompt_baseline and self.samples_per_prompt < 2:
-            raise ConfigError(f"prompt_baseline needs samples_per_prompt >= 2 (got {self.samples_per_prompt}): "
-                              "a prompt's baseline is the mean score of its other responses.")
+            raise ConfigError(
+                f"prompt_baseline needs samples_per_prompt >= 2 (got {self.samples_per_prompt}): "
+                "a prompt's baseline is the mean score of its other responses."
+            )
         if self.placement == "ray" and self.value_model == "reward_adapter":
-            raise ConfigError("placement=ray runs the reward model in its own actor, so the value model can not be an adapter on its "
-                              "weights here: set value_model=policy_head or value_model=reward_model (a trainable copy in this process)")
+            raise ConfigError(
+                "placement=ray runs the reward model in its own actor, so the value model can not be an adapter on its "
+                "weights here: set value_model=policy_head or value_model=reward_model (a trainable copy in this process)"
+            )
         if self.placement == "ray" and self.parallel.fsdp:
             raise ConfigError("placement=ray runs in one process; parallel.fsdp=true shards over several: choose one")
         check_offload(self)
@@ -744,13 +824,13 @@ class DPOConfig:
     """Compute the reference log-probs of every pair once before training (kept in the run dir) and hold no reference model while training."""
     data: str = "runs/collect/preferences.jsonl"
     """Preference pairs (native, chat or HH format)."""
-    eval_data: Optional[str] = None
+    eval_data: str | None = None
     """Held-out pairs for eval/accuracy and eval/loss; None = split eval_fraction of the prompts off `data`."""
     output_dir: str = "runs/dpo"
     """Writes checkpoints, metrics.jsonl, summary.json and the final policy (model/)."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N pairs of `data`."""
-    eval_limit: Optional[int] = None
+    eval_limit: int | None = None
     """Use only the first N held-out pairs."""
     eval_fraction: float = 0.1
     """Held-out fraction of the prompts when eval_data is None."""
@@ -770,7 +850,7 @@ class DPOConfig:
     """Conservative DPO's assumed label-flip rate eps in (0, 0.5); only with loss=conservative."""
     epochs: int = 1
     """Passes over the training pairs."""
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """Stop after this many optimizer steps (None = epochs decide)."""
     batch_size: int = 8
     """Pairs per micro-batch."""
@@ -797,7 +877,7 @@ class DPOConfig:
     """Held-out eval every N steps (0 = only at the end)."""
     save_every: int = 50
     """Write a resumable checkpoint every N optimizer steps (0 = only the final model)."""
-    interrupt_after: Optional[int] = None
+    interrupt_after: int | None = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
     resume: bool = True
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
@@ -813,7 +893,7 @@ class DPOConfig:
     """Online / iterative DPO: each round samples two responses per prompt from the current policy, labels them, trains on them."""
     rounds: int = 1
     """Online rounds; round k+1 starts from round k's model (also its reference when reference=policy)."""
-    prompts: Optional[str] = None
+    prompts: str | None = None
     """Online: the prompts file sampled in the rounds."""
     prompts_per_round: int = 64
     """Online: prompts per round (two responses each; ties are dropped)."""
@@ -823,10 +903,10 @@ class DPOConfig:
     path: my_rewards.py:score}], None drops the pair), an LLM judge asked which of the two better follows its constitution
     ([{type: judge, path: default, judge_against: group}]: the pair's verdict, P(first better) and its complement), or their
     weighted sum."""
-    reward_model: InitVar[Optional[str]] = None  # refused: reward: [{type: model, path: X}] (REPLACED_KEYS)
-    reward_function: InitVar[Optional[str]] = None  # refused: reward: [{type: function, path: X}]
-    judge: InitVar[Optional[str]] = None  # refused: reward: [{type: judge, path: X, judge_against: group}]
-    constitution: InitVar[Optional[str]] = None  # refused: the judge source's constitution
+    reward_model: InitVar[str | None] = None  # refused: reward: [{type: model, path: X}] (REPLACED_KEYS)
+    reward_function: InitVar[str | None] = None  # refused: reward: [{type: function, path: X}]
+    judge: InitVar[str | None] = None  # refused: reward: [{type: judge, path: X, judge_against: group}]
+    constitution: InitVar[str | None] = None  # refused: the judge source's constitution
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Online: sampling settings for the two responses."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
@@ -848,12 +928,16 @@ class DPOConfig:
             if not self.prompts:
                 raise ConfigError("online: true needs prompts (a prompts file the policy answers every round)")
             if not self.reward:
-                raise ConfigError("online: true needs reward (the sources that label each round's pairs), e.g. "
-                                  "reward=[{type: model, path: runs/reward/model}] or reward=[{type: judge, path: default, judge_against: group}]")
+                raise ConfigError(
+                    "online: true needs reward (the sources that label each round's pairs), e.g. "
+                    "reward=[{type: model, path: runs/reward/model}] or reward=[{type: judge, path: default, judge_against: group}]"
+                )
             against_reference = [s.path for s in self.reward if s.type == "judge" and s.judge_against == "reference"]
             if against_reference:
-                raise ConfigError(f"reward source {against_reference[0]}: online DPO's judge compares the pair's two responses "
-                                  "(there is no reference answer): set judge_against: group")
+                raise ConfigError(
+                    f"reward source {against_reference[0]}: online DPO's judge compares the pair's two responses "
+                    "(there is no reference answer): set judge_against: group"
+                )
         elif self.rounds > 1:
             raise ConfigError(f"rounds={self.rounds} needs online: true (offline DPO trains once on `data`)")
         elif self.reward:
@@ -891,7 +975,9 @@ class RewardSourceSettings:
         if not self.path:
             raise ConfigError(f"reward source of type {self.type}: set path (a reward model folder, module:function, or a judge model)")
         if self.std_coef and self.type != "model":
-            raise ConfigError(f"reward source {self.path}: std_coef applies to a reward-model ensemble (type: model), not to type {self.type}")
+            raise ConfigError(
+                f"reward source {self.path}: std_coef applies to a reward-model ensemble (type: model), not to type {self.type}"
+            )
 
 
 def reward_model_source(sources: list[RewardSourceSettings]) -> RewardSourceSettings | None:
@@ -907,7 +993,10 @@ REPLACED_KEYS: dict[tuple[str, str], str] = {
     ("DPOConfig", "reward_model"): "reward: [{{type: model, path: {value}}}]",
     ("DPOConfig", "reward_function"): "reward: [{{type: function, path: {value}}}]",
     ("DPOConfig", "judge"): "reward: [{{type: judge, path: {value}, judge_against: group}}]",
-    ("DPOConfig", "constitution"): "reward: [{{type: judge, path: default, judge_against: group, constitution: {value}}}] (the judge source's constitution)",
+    (
+        "DPOConfig",
+        "constitution",
+    ): "reward: [{{type: judge, path: default, judge_against: group, constitution: {value}}}] (the judge source's constitution)",
 }
 """(config class, old key) -> the setting that replaced it; {value} is the old key's value. The old key is refused with
 this spelling, in a file, an override or a keyword argument."""
@@ -943,7 +1032,7 @@ class GRPOConfig:
     """Training prompts; a row's meta reaches reward functions as their `metadata`."""
     output_dir: str = "runs/grpo"
     """Writes checkpoints, metrics.jsonl, samples.jsonl, summary.json and the final policy."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N prompts."""
     steps: int = 20
     """Iterations: sample a batch, score it, update on it."""
@@ -1015,7 +1104,7 @@ class GRPOConfig:
     """Checkpoint every N steps."""
     samples_every: int = 5
     """Append the batch's (prompt, response, reward, advantage) to samples.jsonl every N steps (and at step 1); 0 = never."""
-    interrupt_after: Optional[int] = None
+    interrupt_after: int | None = None
     """Stop as if interrupted after N steps (leaves a checkpoint; used to test resume)."""
     resume: bool = True
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
@@ -1036,21 +1125,32 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if not self.reward:
-            raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: function, path: my_rewards.py:score}] "
-                              "or [{type: model, path: runs/reward/model}]")
+            raise ConfigError(
+                "set reward: a list of reward sources, e.g. reward=[{type: function, path: my_rewards.py:score}] "
+                "or [{type: model, path: runs/reward/model}]"
+            )
         if self.advantage in ("grpo", "rloo") and self.group_size < 2:
-            raise ConfigError(f"advantage={self.advantage} compares the samples of a group: group_size must be at least 2, got {self.group_size}")
+            raise ConfigError(
+                f"advantage={self.advantage} compares the samples of a group: group_size must be at least 2, got {self.group_size}"
+            )
         if self.scale_rewards != "group" and self.advantage != "grpo":
-            raise ConfigError(f"scale_rewards={self.scale_rewards} scales advantage=grpo's advantages; with advantage={self.advantage} "
-                              "leave it out")
+            raise ConfigError(
+                f"scale_rewards={self.scale_rewards} scales advantage=grpo's advantages; with advantage={self.advantage} leave it out"
+            )
         if self.dynamic_sampling and self.group_size < 2:
-            raise ConfigError("dynamic_sampling drops groups whose rewards are all equal, which every group of one is: "
-                              "set group_size >= 2 or dynamic_sampling=false")
+            raise ConfigError(
+                "dynamic_sampling drops groups whose rewards are all equal, which every group of one is: "
+                "set group_size >= 2 or dynamic_sampling=false"
+            )
         if self.batch_size % self.mini_batch_size:
-            raise ConfigError(f"prompts_per_step * group_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})")
+            raise ConfigError(
+                f"prompts_per_step * group_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})"
+            )
         if self.early_stop.max_kl is not None and self.beta == 0 and not self.lora.enabled:
-            raise ConfigError("early_stop.max_kl needs a reference to measure KL against: set beta > 0 (a frozen copy is loaded) "
-                              "or lora.enabled=true (the reference is the adapter switched off)")
+            raise ConfigError(
+                "early_stop.max_kl needs a reference to measure KL against: set beta > 0 (a frozen copy is loaded) "
+                "or lora.enabled=true (the reference is the adapter switched off)"
+            )
         if self.placement == "ray" and self.parallel.fsdp:
             raise ConfigError("placement=ray runs in one process; parallel.fsdp=true shards over several: choose one")
         check_offload(self)
@@ -1066,15 +1166,15 @@ class EvalConfig:
     """Policy to judge."""
     baseline: str = "default"
     """Baseline policy (the SFT model in the pipeline)."""
-    reference: Optional[str] = None
+    reference: str | None = None
     """Reference for KL (None = the baseline)."""
-    reward_model: Optional[str] = None
+    reward_model: str | None = None
     """Reward model for the proxy score (None = skip proxy)."""
     prompts: str = "shared:self_instruct_user_eval.jsonl"
     """Held-out prompts."""
     output_dir: str = "runs/eval"
     """Writes samples.jsonl and summary.json."""
-    limit: Optional[int] = 64
+    limit: int | None = 64
     """Number of prompts to use."""
     offset: int = 0
     """Skip the first N prompts (keep evaluation prompts apart from training prompts)."""
@@ -1096,11 +1196,11 @@ class EvalConfig:
     """The AI judge when judge=ai: 'default' (SmolLM2-135M-Instruct) or a local causal-LM directory (bigger judges better)."""
     constitution: str = "default"
     """The AI judge's principles when judge=ai: 'default' (shipped) or a YAML file."""
-    db: Optional[str] = None
+    db: str | None = None
     """Preference store for judge=people: the (policy, baseline) pairs are queued there; rerunning reads the votes back."""
     annotators_per_task: int = 1
     """With judge=people: non-skip judgements each pair needs before it counts (their majority decides)."""
-    max_words: Optional[int] = None
+    max_words: int | None = None
     """A response of more words than this shows the 'excessive length' hack (None = twice the baseline's median length)."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Also send metrics.jsonl's rows to TensorBoard (<output_dir>/tensorboard) or Weights & Biases (optional extras)."""
@@ -1121,7 +1221,7 @@ class GenerateConfig:
     """Prompts file."""
     output: str = "runs/generate/samples.jsonl"
     """Output JSONL (prompt, response, finished)."""
-    limit: Optional[int] = 8
+    limit: int | None = 8
     """Number of prompts."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Sampling settings."""
@@ -1144,17 +1244,17 @@ class JudgeConfig:
 
     model: str = "default"
     """The judge: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face causal-LM directory (bigger judges better)."""
-    data: Optional[str] = "runs/collect/samples.jsonl"
+    data: str | None = "runs/collect/samples.jsonl"
     """Candidate pairs: preference pairs (prompt/chosen/rejected, chat or HH rows; their labels are only compared with)
     or collect's samples.jsonl (every pair of distinct responses to one prompt); null with `db`: the store's tasks."""
-    db: Optional[str] = None
+    db: str | None = None
     """Preference store (SQLite file or postgresql:// URL): every verdict is also recorded there as annotator
     judge:<model>, beside people's judgements; with data=null the judge answers the store's tasks it has not answered."""
     output_dir: str = "runs/judge"
     """Writes preferences.jsonl (readable by `tether reward train`), config.yaml, metrics.jsonl and summary.json."""
     constitution: str = "default"
     """Principles whose rubric lines tell the judge what 'better' means: 'default' (shipped) or a YAML file."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Judge only the first N pairs (None = all)."""
     batch_size: int = 8
     """Pairs per forward pass (each pair is two rows: both orders)."""
@@ -1195,11 +1295,13 @@ class ReviseConfig:
     """Writes revisions.jsonl (every step), preferences.jsonl (revision chosen over original), summary.json."""
     constitution: str = "default"
     """Principles to critique and revise by: 'default' (shipped) or a YAML file."""
-    limit: Optional[int] = 64
+    limit: int | None = 64
     """Use only the first N prompts (None = all)."""
     rounds: int = 1
     """Critique-and-revise rounds per prompt, each with a newly sampled principle."""
-    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=96, max_prompt_tokens=512, temperature=0.7))
+    generation: GenerationSettings = field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=96, max_prompt_tokens=512, temperature=0.7)
+    )
     """Sampling settings for the answer, the critiques and the revisions (the prompt grows with each step; no log-probs
     are used, so a temperature below 1 only makes the text more coherent)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
@@ -1214,8 +1316,10 @@ class ReviseConfig:
 def _check_best_of_n(cfg) -> None:
     """The checks BoNConfig and RSConfig share."""
     if not cfg.reward:
-        raise ConfigError("set reward: a list of reward sources, e.g. reward=[{type: model, path: runs/reward/model}] "
-                          "or [{type: function, path: my_rewards.py:score}]")
+        raise ConfigError(
+            "set reward: a list of reward sources, e.g. reward=[{type: model, path: runs/reward/model}] "
+            "or [{type: function, path: my_rewards.py:score}]"
+        )
 
 
 @dataclass
@@ -1231,7 +1335,7 @@ class BoNConfig:
     """Prompts file (any format `tether` reads); a row's meta reaches reward functions as their `metadata`."""
     output_dir: str = "runs/bon"
     """Writes bon.jsonl (per prompt: the best response, its score, all N responses and scores), config.yaml, summary.json."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N prompts (None = all)."""
     n: int = 8
     """Samples per prompt (N); the analytic KL bound of keeping the best is log N - (N-1)/N nats."""
@@ -1266,17 +1370,17 @@ class RSConfig:
     """Prompts sampled every round (any format `tether` reads); a row's meta reaches reward functions as their `metadata`."""
     output_dir: str = "runs/rs"
     """Writes round_<k>/ (bon.jsonl, kept.jsonl, sft/, fresh.jsonl, summary.json) per round, metrics.jsonl, summary.json."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N prompts (None = all)."""
     n: int = 8
     """Samples per prompt and round (N); the best one is kept."""
     rounds: int = 3
     """Rounds of sample -> keep the best -> SFT; a round whose summary.json exists is skipped on rerun."""
-    threshold: Optional[float] = None
+    threshold: float | None = None
     """Keep a prompt's best response only if its score is at least this (None = always keep it)."""
-    eval_prompts: Optional[str] = None
+    eval_prompts: str | None = None
     """Prompts for the fresh samples that score each round's new policy (None = the training prompts, another seed)."""
-    eval_limit: Optional[int] = None
+    eval_limit: int | None = None
     """Use only the first N of those prompts (None = all)."""
     eval_samples: int = 2
     """Fresh samples per eval prompt after each round (and of the starting policy), all with the same seed."""
@@ -1298,12 +1402,17 @@ class RSConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         _check_best_of_n(self)
-        wired = [f"sft.{name}={getattr(self.sft, name)}" for name in ("model", "data", "output_dir", "seed", "precision")
-                 if getattr(self.sft, name) != getattr(SFTConfig(), name)]
+        wired = [
+            f"sft.{name}={getattr(self.sft, name)}"
+            for name in ("model", "data", "output_dir", "seed", "precision")
+            if getattr(self.sft, name) != getattr(SFTConfig(), name)
+        ]
         if wired:  # replaced in every round: refused rather than dropped without a word
-            raise ConfigError(f"{', '.join(wired)}: `tether rs` sets each round's SFT model (the current policy), data (its best "
-                              "responses), output_dir (round_<k>/sft), seed (seed + k) and precision itself; set the top-level "
-                              "seed= or precision= instead, and leave the others out")
+            raise ConfigError(
+                f"{', '.join(wired)}: `tether rs` sets each round's SFT model (the current policy), data (its best "
+                "responses), output_dir (round_<k>/sft), seed (seed + k) and precision itself; set the top-level "
+                "seed= or precision= instead, and leave the others out"
+            )
 
 
 @dataclass
@@ -1314,9 +1423,9 @@ class RewardEvalConfig:
     """Reward model directory (written by `tether reward train`); the command's --model sets it too."""
     data: str = ""
     """Preference pairs (JSONL/JSONL.gz; native or HH format). 'shared:' = ../shared/data; --data sets it too."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Use only the first N pairs (None = all)."""
-    out: Optional[str] = None
+    out: str | None = None
     """Also write the JSON object to this file."""
     plot: bool = False
     """Write a reliability diagram PNG beside `out` (or reliability.png)."""
@@ -1339,7 +1448,7 @@ class RewardScoreConfig:
     """Reward model directory (written by `tether reward train`); the command's --model sets it too."""
     data: str = ""
     """Prompt/response JSONL (any demonstration format). 'shared:' = ../shared/data; --data sets it too."""
-    out: Optional[str] = None
+    out: str | None = None
     """Output JSONL (None = DATA with .scored.jsonl)."""
     column: str = "reward"
     """Name of the score column."""
@@ -1366,7 +1475,7 @@ class IterateSettings:
     """The AI judge when labeller=judge: 'default' or a local causal-LM directory."""
     constitution: str = "default"
     """The AI judge's principles when labeller=judge: 'default' or a YAML file."""
-    db: Optional[str] = None
+    db: str | None = None
     """Preference store for labeller=people: each round's pairs are queued there as tasks for `tether label`."""
     annotators_per_task: int = 1
     """With labeller=people: non-skip judgements a task needs to count as labelled (their majority decides)."""
@@ -1415,7 +1524,7 @@ class RunConfig:
     policy, labels them, retrains the reward model on every pair so far and runs PPO again from the latest policy."""
     iterate: IterateSettings = field(default_factory=IterateSettings)
     """How rounds 2..N label their pairs."""
-    tracker: Optional[Literal["none", "tensorboard", "wandb"]] = None
+    tracker: Literal["none", "tensorboard", "wandb"] | None = None
     """Tracker for every stage that has one (None = each stage's own `tracker`)."""
 
     def __post_init__(self) -> None:
@@ -1472,8 +1581,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", prefix: str = ""
         moved = MOVED_KEYS.get(key, "")
         if key not in fields and moved.split(".")[0] in fields:
             section, leaf = moved.split(".", 1)
-            raise ConfigError(f"{where}'{prefix}{key}' is now '{prefix}{moved}': write {prefix}{moved}={yaml_text(value)} as an override, "
-                              f"or in YAML `{section}: {{{leaf}: {yaml_text(value)}}}`")
+            raise ConfigError(
+                f"{where}'{prefix}{key}' is now '{prefix}{moved}': write {prefix}{moved}={yaml_text(value)} as an override, "
+                f"or in YAML `{section}: {{{leaf}: {yaml_text(value)}}}`"
+            )
         if key not in fields:
             replaced = replaced_key_error(cls, key, value)
             if replaced is not None:
@@ -1600,8 +1711,9 @@ class _StrictLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable):
                 continue  # SafeLoader reports it
             if key in lines:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first given on line {lines[key]}); "
-                                                        "give each key once", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {lines[key]}); give each key once", key_node.start_mark
+                )
             lines[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
@@ -1631,9 +1743,21 @@ def save_config(cfg, path: str | os.PathLike) -> None:
 
 # --------------------------------------------------------------------------- describing
 
-STAGES: dict[str, type] = {"sft": SFTConfig, "collect": CollectConfig, "reward": RewardConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
-                           "dpo": DPOConfig, "eval": EvalConfig, "generate": GenerateConfig, "judge": JudgeConfig,
-                           "revise": ReviseConfig, "bon": BoNConfig, "rs": RSConfig, "run": RunConfig}
+STAGES: dict[str, type] = {
+    "sft": SFTConfig,
+    "collect": CollectConfig,
+    "reward": RewardConfig,
+    "ppo": PPOConfig,
+    "grpo": GRPOConfig,
+    "dpo": DPOConfig,
+    "eval": EvalConfig,
+    "generate": GenerateConfig,
+    "judge": JudgeConfig,
+    "revise": ReviseConfig,
+    "bon": BoNConfig,
+    "rs": RSConfig,
+    "run": RunConfig,
+}
 """The config class of each command that takes one: `tether sft`, ..., `tether reward train` (reward), `tether run` (run)."""
 
 
@@ -1695,7 +1819,7 @@ def commented_yaml(cls: type) -> str:
         indent = "  " * row.key.count(".")
         if row.type == "section" and not indent:
             lines.append("")
-        items = [other.key[len(row.key) + 3:] for other in rows if other.key.startswith(row.key + "[].")]
+        items = [other.key[len(row.key) + 3 :] for other in rows if other.key.startswith(row.key + "[].")]
         doc = row.doc + (f" Each item's keys: {', '.join(items)}." if items else "")
         lines += textwrap.wrap(doc, 100, initial_indent=indent + "# ", subsequent_indent=indent + "# ", break_on_hyphens=False)
         name = row.key.rsplit(".", 1)[-1]
@@ -1709,8 +1833,13 @@ def field_docs(cls: type) -> dict[str, str]:
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
     docs = {}
     for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
 
@@ -1780,5 +1909,5 @@ def did_you_mean(path: str | os.PathLike) -> str:
 def resolve_path(path: str) -> str:
     """Expand 'shared:NAME' to the shared data folder and '~' to the home folder."""
     if path.startswith("shared:"):
-        return str(shared_data_dir() / path[len("shared:"):])
+        return str(shared_data_dir() / path[len("shared:") :])
     return os.path.expanduser(path)

@@ -96,27 +96,35 @@ def like_param(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(value.to(mesh.device_type), mesh, param.placements, src_data_rank=None).to(param.device)
 
 
-
 def apply_launcher(cfg) -> None:
     """Give a training stage's config what its launcher asked for: the sharding (`launcher_sharding`) and the mixed
     precision (`launcher_precision`); say so once."""
     state = processes()
     if state.launcher_precision and hasattr(cfg, "precision") and cfg.precision != state.launcher_precision:
-        console.print(f"tether: accelerate launch asked for mixed precision {state.launcher_precision}; "
-                      f"the run uses precision={state.launcher_precision} (the config said {cfg.precision})", soft_wrap=True)
+        console.print(
+            f"tether: accelerate launch asked for mixed precision {state.launcher_precision}; "
+            f"the run uses precision={state.launcher_precision} (the config said {cfg.precision})",
+            soft_wrap=True,
+        )
         cfg.precision = state.launcher_precision
     asked = state.launcher
     if asked is None or not hasattr(cfg, "parallel"):
         return
     try:
-        cfg.parallel = ParallelSettings(fsdp=asked["fsdp"], zero_stage=asked["zero_stage"], offload_trainable=asked["offload_trainable"],
-                                        activation_checkpointing=cfg.parallel.activation_checkpointing)
+        cfg.parallel = ParallelSettings(
+            fsdp=asked["fsdp"],
+            zero_stage=asked["zero_stage"],
+            offload_trainable=asked["offload_trainable"],
+            activation_checkpointing=cfg.parallel.activation_checkpointing,
+        )
         check_parallel(cfg)
     except ConfigError as e:
         raise ConfigError(f"accelerate launch asked for {asked['asked']}: {e}") from e
     parallel = cfg.parallel
-    how = (f"parallel.fsdp=true parallel.zero_stage={parallel.zero_stage}" + (" parallel.offload_trainable=true" if parallel.offload_trainable else "")
-           if parallel.fsdp else "parallel.fsdp=false")
+    how = (
+        f"parallel.fsdp=true parallel.zero_stage={parallel.zero_stage}"
+        + (" parallel.offload_trainable=true" if parallel.offload_trainable else "")
+        if parallel.fsdp
+        else "parallel.fsdp=false"
+    )
     console.print(f"tether: accelerate launch asked for {asked['asked']}; tether runs it with FSDP2 as {how}", soft_wrap=True)
-
-

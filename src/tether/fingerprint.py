@@ -31,17 +31,50 @@ from tether.models.reward_model import ENSEMBLE_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
 
-IGNORED = frozenset({
-    # where and how often a stage writes: its folder, checkpoints, samples, the tracker and store that get copies
-    "output_dir", "interrupt_after", "save_every", "resume", "keep_checkpoint", "samples_every", "tracker", "db", "store_judgements",
-    # memory and speed: the same numbers (up to rounding), so a run that ran out of memory can resume with them changed
-    # (parallel.activation_checkpointing and parallel.offload_trainable among them)
-    "activation_checkpointing", "offload_frozen", "offload_trainable", "share_weights", "max_tokens_per_forward", "micro_batch_size",
-})
+IGNORED = frozenset(
+    {
+        # where and how often a stage writes: its folder, checkpoints, samples, the tracker and store that get copies
+        "output_dir",
+        "interrupt_after",
+        "save_every",
+        "resume",
+        "keep_checkpoint",
+        "samples_every",
+        "tracker",
+        "db",
+        "store_judgements",
+        # memory and speed: the same numbers (up to rounding), so a run that ran out of memory can resume with them changed
+        # (parallel.activation_checkpointing and parallel.offload_trainable among them)
+        "activation_checkpointing",
+        "offload_frozen",
+        "offload_trainable",
+        "share_weights",
+        "max_tokens_per_forward",
+        "micro_batch_size",
+    }
+)
 """Keys (at any depth) that do not change what a stage computes."""
 
-INPUTS = frozenset({"model", "policy", "reference", "baseline", "reward_model", "reward_function", "judge", "judge_model", "path",
-                    "data", "eval_data", "prompts", "eval_prompts", "normalize_data", "ptx_data", "constitution"})
+INPUTS = frozenset(
+    {
+        "model",
+        "policy",
+        "reference",
+        "baseline",
+        "reward_model",
+        "reward_function",
+        "judge",
+        "judge_model",
+        "path",
+        "data",
+        "eval_data",
+        "prompts",
+        "eval_prompts",
+        "normalize_data",
+        "ptx_data",
+        "constitution",
+    }
+)
 """Keys (at any depth) that name a file or a model folder whose content the stage reads."""
 
 _hashes: dict[tuple[str, int, int], str] = {}

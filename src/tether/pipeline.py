@@ -31,20 +31,20 @@ import shutil
 from pathlib import Path
 
 from tether.config import CollectConfig, ConfigError, JudgeConfig, RewardSourceSettings, RunConfig, reward_model_source, save_config
-from tether.fingerprint import recorded_changes
-from tether.tracking import console, read_summary, write_summary
-from tether.training import CHECKPOINT_DIR, make_output_dir
 from tether.data.readers import read_demonstrations, write_jsonl
 from tether.data.records import PreferencePair, prompt_text
+from tether.eval.report import write_html_report
 from tether.feedback.export import majority
 from tether.feedback.store import open_store
-from tether.stages.evaluate import evaluate
+from tether.fingerprint import recorded_changes
 from tether.stages.collect import collect
+from tether.stages.evaluate import evaluate
+from tether.stages.judge import run_judge
 from tether.stages.ppo import train_ppo
 from tether.stages.reward import train_reward
 from tether.stages.sft import train_sft
-from tether.eval.report import write_html_report
-from tether.stages.judge import run_judge
+from tether.tracking import console, read_summary, write_summary
+from tether.training import CHECKPOINT_DIR, make_output_dir
 
 STAGES = ("sft", "collect", "reward", "ppo", "eval")
 
@@ -59,12 +59,27 @@ def stage_configs(cfg: RunConfig) -> dict:
     return {
         "sft": dataclasses.replace(cfg.sft, model=cfg.model, output_dir=str(run / "sft"), **common, **track),
         "collect": dataclasses.replace(cfg.collect, model=sft_model, output_dir=str(run / "collect"), **stored(cfg.collect, run), **common),
-        "reward": dataclasses.replace(cfg.reward, model=sft_model, data=prefs, output_dir=str(run / "reward"),
-                                      normalize_data=str(run / "collect" / "samples.jsonl"), **common, **track),
-        "ppo": dataclasses.replace(cfg.ppo, policy=sft_model, reward=wired_reward(cfg.ppo.reward, rm_model), output_dir=str(run / "ppo"),
-                                   **common, **track),
-        "eval": dataclasses.replace(cfg.eval, policy=ppo_model, baseline=sft_model, reward_model=rm_model,
-                                    output_dir=str(run / "eval"), precision=cfg.precision, **track),
+        "reward": dataclasses.replace(
+            cfg.reward,
+            model=sft_model,
+            data=prefs,
+            output_dir=str(run / "reward"),
+            normalize_data=str(run / "collect" / "samples.jsonl"),
+            **common,
+            **track,
+        ),
+        "ppo": dataclasses.replace(
+            cfg.ppo, policy=sft_model, reward=wired_reward(cfg.ppo.reward, rm_model), output_dir=str(run / "ppo"), **common, **track
+        ),
+        "eval": dataclasses.replace(
+            cfg.eval,
+            policy=ppo_model,
+            baseline=sft_model,
+            reward_model=rm_model,
+            output_dir=str(run / "eval"),
+            precision=cfg.precision,
+            **track,
+        ),
     }
 
 
@@ -86,8 +101,14 @@ def shown(value) -> str:
     """A setting's value in an error: a list of reward sources as YAML's flow form of their non-default keys."""
     if isinstance(value, list) and value and all(isinstance(v, RewardSourceSettings) for v in value):
         plain = RewardSourceSettings(path="x")
-        items = [", ".join(f"{f.name}: {getattr(v, f.name)}" for f in dataclasses.fields(v)
-                           if f.name in ("type", "path") or getattr(v, f.name) != getattr(plain, f.name)) for v in value]
+        items = [
+            ", ".join(
+                f"{f.name}: {getattr(v, f.name)}"
+                for f in dataclasses.fields(v)
+                if f.name in ("type", "path") or getattr(v, f.name) != getattr(plain, f.name)
+            )
+            for v in value
+        ]
         return "[" + ", ".join("{" + item + "}" for item in items) + "]"
     return str(value)
 
@@ -115,8 +136,10 @@ def check_wiring(cfg: RunConfig) -> None:
             elif (name, f.name) == ("sft", "model"):
                 instead = "set the top-level model= instead"
             elif (name, f.name) == ("ppo", "reward"):
-                instead = (f"PPO's reward is the reward stage's model; to set its std_coef or weight, give one source "
-                           f"{{type: model, path: {getattr(default, f.name)[0].path}, std_coef: k}}")
+                instead = (
+                    f"PPO's reward is the reward stage's model; to set its std_coef or weight, give one source "
+                    f"{{type: model, path: {getattr(default, f.name)[0].path}, std_coef: k}}"
+                )
             else:
                 instead = "it is an earlier stage's output; remove it"
             refused.append(f"{name}.{f.name}={shown(value)} (`tether run` sets it to {shown(used)}: {instead})")
@@ -147,7 +170,10 @@ def restore(folder: Path) -> None:
 def stored(collect: CollectConfig, here: Path) -> dict:
     """Collect's store settings in a run: the simulated annotator's judgements go to the round's own SQLite store
     (`collect/preferences.db`, where `tether label` and `tether export` can read them), unless the config names a db."""
-    return {"db": collect.db or str(here / "collect" / "preferences.db"), "store_judgements": collect.db is None or collect.store_judgements}
+    return {
+        "db": collect.db or str(here / "collect" / "preferences.db"),
+        "store_judgements": collect.db is None or collect.store_judgements,
+    }
 
 
 def round_dir(run: Path, k: int) -> Path:
@@ -174,25 +200,54 @@ def round_configs(cfg: RunConfig, k: int) -> dict:
     track = {"tracker": cfg.tracker} if cfg.tracker is not None else {}
     people = it.labeller == "people"
     stages = {
-        "collect": dataclasses.replace(cfg.collect, model=latest, output_dir=str(here / "collect"),
-                                       annotator=dataclasses.replace(cfg.collect.annotator, seed=cfg.collect.annotator.seed + k - 1),
-                                       **({"db": it.db, "store_judgements": False, "annotators_per_task": it.annotators_per_task} if people
-                                          else stored(cfg.collect, here)), **common),
+        "collect": dataclasses.replace(
+            cfg.collect,
+            model=latest,
+            output_dir=str(here / "collect"),
+            annotator=dataclasses.replace(cfg.collect.annotator, seed=cfg.collect.annotator.seed + k - 1),
+            **(
+                {"db": it.db, "store_judgements": False, "annotators_per_task": it.annotators_per_task}
+                if people
+                else stored(cfg.collect, here)
+            ),
+            **common,
+        ),
     }
     if it.labeller == "judge":
-        stages["label"] = JudgeConfig(model=it.judge_model, data=str(here / "collect" / "samples.jsonl"), output_dir=str(here / "label"),
-                                      constitution=it.constitution, **common)
+        stages["label"] = JudgeConfig(
+            model=it.judge_model,
+            data=str(here / "collect" / "samples.jsonl"),
+            output_dir=str(here / "label"),
+            constitution=it.constitution,
+            **common,
+        )
     elif people:
         stages["label"] = None  # read back from the store by label_from_people
-    stages.update({
-        "reward": dataclasses.replace(cfg.reward, model=sft_model if it.reward_from == "sft" else previous_rm,
-                                      data=str(here / "preferences.jsonl"), output_dir=str(here / "reward"),
-                                      normalize_data=str(here / "collect" / "samples.jsonl"), **common, **track),
-        "ppo": dataclasses.replace(cfg.ppo, policy=latest, reward=wired_reward(cfg.ppo.reward, rm_model), output_dir=str(here / "ppo"),
-                                   **common, **track),
-        "eval": dataclasses.replace(cfg.eval, policy=str(here / "ppo" / "model"), baseline=sft_model, reward_model=rm_model,
-                                    output_dir=str(here / "eval"), precision=cfg.precision, **track),
-    })
+    stages.update(
+        {
+            "reward": dataclasses.replace(
+                cfg.reward,
+                model=sft_model if it.reward_from == "sft" else previous_rm,
+                data=str(here / "preferences.jsonl"),
+                output_dir=str(here / "reward"),
+                normalize_data=str(here / "collect" / "samples.jsonl"),
+                **common,
+                **track,
+            ),
+            "ppo": dataclasses.replace(
+                cfg.ppo, policy=latest, reward=wired_reward(cfg.ppo.reward, rm_model), output_dir=str(here / "ppo"), **common, **track
+            ),
+            "eval": dataclasses.replace(
+                cfg.eval,
+                policy=str(here / "ppo" / "model"),
+                baseline=sft_model,
+                reward_model=rm_model,
+                output_dir=str(here / "eval"),
+                precision=cfg.precision,
+                **track,
+            ),
+        }
+    )
     return stages
 
 
@@ -208,8 +263,7 @@ def label_from_people(cfg: RunConfig, k: int) -> dict | None:
     for d in read_demonstrations(str(here / "collect" / "samples.jsonl")):
         answers.setdefault(prompt_text(d.prompt), set()).add(d.response)
     with open_store(it.db) as store:
-        tasks = [t for t in store.tasks() if not t.is_golden and
-                 {t.response_a, t.response_b} <= answers.get(prompt_text(t.prompt), set())]
+        tasks = [t for t in store.tasks() if not t.is_golden and {t.response_a, t.response_b} <= answers.get(prompt_text(t.prompt), set())]
         ids = {t.id for t in tasks}
         votes: dict[int, list[str]] = {}
         for v in store.votes():
@@ -222,7 +276,10 @@ def label_from_people(cfg: RunConfig, k: int) -> dict | None:
             f"(needed: {it.min_labelled:.0%}). Label them with\n"
             f"  tether label add-annotator NAME --db {it.db}   (once per person; prints their token)\n"
             f"  tether label serve --db {it.db}                (or: tether label simulate --db {it.db})\n"
-            f"then resume with: tether run --config {Path(cfg.output_dir) / 'config.yaml'}", highlight=False, soft_wrap=True)
+            f"then resume with: tether run --config {Path(cfg.output_dir) / 'config.yaml'}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return None
     pairs = []
     for t in labelled:
@@ -234,8 +291,17 @@ def label_from_people(cfg: RunConfig, k: int) -> dict | None:
     out = here / "label"
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "preferences.jsonl", pairs)
-    summary = {"stage": "label", "labeller": "people", "db": it.db, "tasks": len(tasks), "labelled": len(labelled), "pairs": len(pairs),
-               "ties": len(labelled) - len(pairs), "preferences": str(out / "preferences.jsonl"), "seconds": 0.0}
+    summary = {
+        "stage": "label",
+        "labeller": "people",
+        "db": it.db,
+        "tasks": len(tasks),
+        "labelled": len(labelled),
+        "pairs": len(pairs),
+        "ties": len(labelled) - len(pairs),
+        "preferences": str(out / "preferences.jsonl"),
+        "seconds": 0.0,
+    }
     write_summary(out, summary)
     return summary
 
@@ -254,10 +320,19 @@ def run_pipeline(cfg: RunConfig) -> dict | None:
     check_wiring(cfg)
     run = make_output_dir(cfg.output_dir)  # a file or a read-only folder is refused before any model loads
     save_config(cfg, run / "config.yaml")
-    runners = {"sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "eval": evaluate,
-               "label": run_judge if cfg.iterate.labeller == "judge" else None}
-    plan = [(k, name, stage_cfg) for k in range(1, cfg.rounds + 1)
-            for name, stage_cfg in (stage_configs(cfg) if k == 1 else round_configs(cfg, k)).items()]
+    runners = {
+        "sft": train_sft,
+        "collect": collect,
+        "reward": train_reward,
+        "ppo": train_ppo,
+        "eval": evaluate,
+        "label": run_judge if cfg.iterate.labeller == "judge" else None,
+    }
+    plan = [
+        (k, name, stage_cfg)
+        for k in range(1, cfg.rounds + 1)
+        for name, stage_cfg in (stage_configs(cfg) if k == 1 else round_configs(cfg, k)).items()
+    ]
     summaries: dict = {"rounds": [{} for _ in range(2, cfg.rounds + 1)]}
     rerun = False  # once a stage runs, every stage after it runs again too: its inputs are new
     for i, (k, name, stage_cfg) in enumerate(plan):
@@ -267,8 +342,11 @@ def run_pipeline(cfg: RunConfig) -> dict | None:
         changed = None if rerun or stage_cfg is None else recorded_changes(stage_cfg)
         if changed:
             after = len(plan) - i - 1
-            console.print(f"{where}: {'; '.join(changed)}; rerunning {name} and the {after} stage{'' if after == 1 else 's'} after it",
-                          highlight=False, soft_wrap=True)
+            console.print(
+                f"{where}: {'; '.join(changed)}; rerunning {name} and the {after} stage{'' if after == 1 else 's'} after it",
+                highlight=False,
+                soft_wrap=True,
+            )
         if (rerun or changed) and stage_cfg is None:
             shutil.rmtree(folder, ignore_errors=True)  # people's labels of earlier pairs: read again from the store
         elif rerun or changed:
@@ -328,7 +406,11 @@ def write_report(run: Path, cfg: RunConfig, s: dict) -> Path:
         f"**win rate {_fmt(ev['gold_win_rate'])}** (95% CI {_fmt(ci[0])} to {_fmt(ci[1])}; "
         f"{ev['gold_wins']} wins, {ev['gold_ties']} ties, {ev['gold_losses']} losses).",
         f"- KL(policy || SFT) = **{_fmt(ev['kl_policy'])} ± {_fmt(ev['kl_policy_se'])} nats per response**"
-        + (f" (target {_fmt(kl_target, 1)}, band {_fmt(band[0], 1)} to {_fmt(band[1], 1)}: {'inside' if in_band else 'outside'})" if band else ""),
+        + (
+            f" (target {_fmt(kl_target, 1)}, band {_fmt(band[0], 1)} to {_fmt(band[1], 1)}: {'inside' if in_band else 'outside'})"
+            if band
+            else ""
+        ),
         f"- Reward model held-out accuracy against the simulated labels: **{_fmt(rm['eval_accuracy'])}** "
         f"(95% CI {_fmt((rm.get('eval_accuracy_ci') or [None])[0])} to {_fmt((rm.get('eval_accuracy_ci') or [None, None])[1])}, n = {rm['eval_pairs']}).",
         "",
@@ -374,17 +456,24 @@ def write_report(run: Path, cfg: RunConfig, s: dict) -> Path:
     ]
     rounds = [{"collect": col, "reward": rm, "ppo": ppo, "eval": ev}] + list(s.get("rounds") or [])
     if len(rounds) > 1:
-        lines += ["## Rounds (iterative RLHF)", "",
-                  "Each round's policy against the SFT model on the same held-out prompts; the reward model of round k is trained "
-                  "on every pair of rounds 1 to k.", "",
-                  "| round | new pairs | reward-model pairs | RM held-out accuracy | PPO reward (last quarter) | gold win rate vs SFT (95% CI) "
-                  "| KL to SFT (nats) | proxy win rate |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Rounds (iterative RLHF)",
+            "",
+            "Each round's policy against the SFT model on the same held-out prompts; the reward model of round k is trained "
+            "on every pair of rounds 1 to k.",
+            "",
+            "| round | new pairs | reward-model pairs | RM held-out accuracy | PPO reward (last quarter) | gold win rate vs SFT (95% CI) "
+            "| KL to SFT (nats) | proxy win rate |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for k, r in enumerate(rounds, 1):
             new = (r.get("label") or r["collect"])["pairs"]
             ci = r["eval"].get("gold_win_rate_ci") or [None, None]
-            lines.append(f"| {k} | {new} | {r['reward']['train_pairs'] + r['reward']['eval_pairs']} | {_fmt(r['reward']['eval_accuracy'])} "
-                         f"| {_fmt(r['ppo']['reward_last_quarter'])} | {_fmt(r['eval']['gold_win_rate'])} ({_fmt(ci[0])} to {_fmt(ci[1])}) "
-                         f"| {_fmt(r['eval']['kl_policy'])} | {_fmt(r['eval'].get('proxy_win_rate'))} |")
+            lines.append(
+                f"| {k} | {new} | {r['reward']['train_pairs'] + r['reward']['eval_pairs']} | {_fmt(r['reward']['eval_accuracy'])} "
+                f"| {_fmt(r['ppo']['reward_last_quarter'])} | {_fmt(r['eval']['gold_win_rate'])} ({_fmt(ci[0])} to {_fmt(ci[1])}) "
+                f"| {_fmt(r['eval']['kl_policy'])} | {_fmt(r['eval'].get('proxy_win_rate'))} |"
+            )
         lines.append("")
     samples = run / "eval" / "samples.jsonl"
     if samples.exists():
@@ -392,8 +481,13 @@ def write_report(run: Path, cfg: RunConfig, s: dict) -> Path:
         lines += ["## Samples", ""]
         for r in rows:
             prompt = r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]
-            lines += [f"**Prompt:** {prompt}", "", f"- SFT (gold {_fmt(r['gold_baseline'], 2)}): {r['baseline']}",
-                      f"- PPO (gold {_fmt(r['gold_policy'], 2)}): {r['policy']}", ""]
+            lines += [
+                f"**Prompt:** {prompt}",
+                "",
+                f"- SFT (gold {_fmt(r['gold_baseline'], 2)}): {r['baseline']}",
+                f"- PPO (gold {_fmt(r['gold_policy'], 2)}): {r['policy']}",
+                "",
+            ]
     path = run / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -26,12 +26,13 @@ import os
 from dataclasses import dataclass
 
 import torch
-from tether.models.loading import load_frozen_lm, autocast, device
-from tether.models.reward_model import load_reward_model
-from tether.rewards.sources import load_source, RewardSource, source_names
-from tether.rollout.logprobs import policy_forward, in_chunks
+
 from tether.config import ConfigError
+from tether.models.loading import autocast, device, load_frozen_lm
+from tether.models.reward_model import load_reward_model
 from tether.processes import processes
+from tether.rewards.sources import RewardSource, load_source, source_names
+from tether.rollout.logprobs import in_chunks, policy_forward
 
 
 @dataclass
@@ -72,7 +73,9 @@ class FrozenModelWorker:
             return self.model.scores(input_ids.to(device()), attention_mask.to(device()), std_coef=std_coef).float().cpu()
 
     @torch.no_grad()
-    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float, chunk: int) -> torch.Tensor:
+    def logprobs(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float, chunk: int
+    ) -> torch.Tensor:
         """(B, R) log pi_ref of each response token, `chunk` rows a pass (as the local reference would run)."""
         seqs, attn = sequences.to(device()), attention_mask.to(device())
         with autocast(self.precision):
@@ -130,8 +133,14 @@ class RayPlacement:
 
     def reward_sources(self, settings: list, precision: str) -> list:
         """`load_reward_sources`, with each source that holds a model (model, judge) in its own actor."""
-        return [RewardSource(name, s.weight, self.model("source", s, precision).score_texts if s.type in ("model", "judge")
-                             else load_source(s, precision)) for name, s in zip(source_names(settings), settings)]
+        return [
+            RewardSource(
+                name,
+                s.weight,
+                self.model("source", s, precision).score_texts if s.type in ("model", "judge") else load_source(s, precision),
+            )
+            for name, s in zip(source_names(settings), settings)
+        ]
 
     def close(self) -> None:
         import ray

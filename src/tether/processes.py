@@ -46,7 +46,7 @@ class Processes:
 
     def share(self, items: list) -> list:
         """This process's part of `items`: every world-th one, starting at its rank."""
-        return items[self.rank::self.world]
+        return items[self.rank :: self.world]
 
     def share_batches(self, batches: list) -> list:
         """Batches of work that may be split (an evaluation): this process's share, or, when the model is
@@ -83,8 +83,9 @@ class Processes:
         total, count = self.sum(float(sum(values))), self.sum(float(len(values)))
         return total / count if count else None
 
-    def reduce_stats(self, stats: dict[str, float], peak: tuple[str, ...] = ("ratio_peak",),
-                     averaged: tuple[str, ...] = ("grad_norm", "ptx_loss")) -> dict[str, float]:
+    def reduce_stats(
+        self, stats: dict[str, float], peak: tuple[str, ...] = ("ratio_peak",), averaged: tuple[str, ...] = ("grad_norm", "ptx_loss")
+    ) -> dict[str, float]:
         """A step's statistics over every process. Each process holds its shares of token-weighted means, which add up
         (summed); `averaged` ones (the gradient norm, the same in each) are the mean over the processes that have them;
         `peak` ones the largest. A key that no process has stays out; one that some lack counts as 0 there."""
@@ -136,7 +137,7 @@ class Processes:
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(g).clone()
+            p.grad = flat[offset : offset + n].view_as(g).clone()
             offset += n
 
     def barrier(self) -> None:
@@ -177,8 +178,13 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
       sharded; fsdp_offload_params -> offload_trainable=true; HYBRID_SHARD is refused (tether shards over every process)."""
     env = os.environ if environ is None else environ
     if _env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
-        stage, offload = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"), [env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
-                                                                          env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")]
+        stage, offload = (
+            env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"),
+            [
+                env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
+                env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none"),
+            ],
+        )
         ds = _deepspeed_json(env)
         if ds is not None:  # the DeepSpeed JSON config decides, as it does for accelerate
             zero = ds.get("zero_optimization", {})
@@ -188,11 +194,17 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
             raise ConfigError(f"DeepSpeed zero_optimization.stage: expected 0, 1, 2 or 3, got {stage!r}")
         offload = [str(d).lower() for d in offload]
         if "nvme" in offload:
-            raise ConfigError("DeepSpeed offload to nvme: tether offloads the training state to CPU memory only "
-                              "(offload_optimizer.device=cpu, or offload_trainable=true)")
+            raise ConfigError(
+                "DeepSpeed offload to nvme: tether offloads the training state to CPU memory only "
+                "(offload_optimizer.device=cpu, or offload_trainable=true)"
+            )
         stage = int(stage)
-        return {"fsdp": stage > 0, "zero_stage": 3 if stage == 3 else 2, "offload_trainable": stage > 0 and "cpu" in offload,
-                "asked": f"DeepSpeed ZeRO stage {stage}" + (" with CPU offload" if "cpu" in offload else "")}
+        return {
+            "fsdp": stage > 0,
+            "zero_stage": 3 if stage == 3 else 2,
+            "offload_trainable": stage > 0 and "cpu" in offload,
+            "asked": f"DeepSpeed ZeRO stage {stage}" + (" with CPU offload" if "cpu" in offload else ""),
+        }
     if _env_flag(env, "ACCELERATE_USE_FSDP"):
         if env.get("FSDP_VERSION", "1") == "2" or "FSDP_SHARDING_STRATEGY" not in env:
             strategy = "FULL_SHARD" if env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true" else "SHARD_GRAD_OP"
@@ -200,10 +212,16 @@ def launcher_sharding(environ: dict | None = None) -> dict | None:
             strategy = env["FSDP_SHARDING_STRATEGY"].strip().upper()
             strategy = _STRATEGIES.get(strategy, strategy)
         if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"):
-            raise ConfigError(f"FSDP sharding strategy {strategy}: tether shards over every process; use FULL_SHARD (ZeRO-3), "
-                              "SHARD_GRAD_OP (ZeRO-2) or NO_SHARD")
-        return {"fsdp": strategy != "NO_SHARD", "zero_stage": 3 if strategy == "FULL_SHARD" else 2,
-                "offload_trainable": strategy != "NO_SHARD" and _env_flag(env, "FSDP_OFFLOAD_PARAMS"), "asked": f"FSDP {strategy}"}
+            raise ConfigError(
+                f"FSDP sharding strategy {strategy}: tether shards over every process; use FULL_SHARD (ZeRO-3), "
+                "SHARD_GRAD_OP (ZeRO-2) or NO_SHARD"
+            )
+        return {
+            "fsdp": strategy != "NO_SHARD",
+            "zero_stage": 3 if strategy == "FULL_SHARD" else 2,
+            "offload_trainable": strategy != "NO_SHARD" and _env_flag(env, "FSDP_OFFLOAD_PARAMS"),
+            "asked": f"FSDP {strategy}",
+        }
     return None
 
 
@@ -239,9 +257,12 @@ def launcher_precision(environ: dict | None = None) -> str | None:
     if asked in ("no", ""):
         return None
     if asked not in ("bf16", "fp16"):
-        raise ConfigError(f"accelerate launch --mixed_precision {asked}: tether trains in bf16, fp16 or fp32 (precision=); "
-                          "launch with --mixed_precision bf16, fp16 or no")
+        raise ConfigError(
+            f"accelerate launch --mixed_precision {asked}: tether trains in bf16, fp16 or fp32 (precision=); "
+            "launch with --mixed_precision bf16, fp16 or no"
+        )
     return asked
+
 
 def _launched() -> bool:
     """Started by a launcher that set up a process group (torchrun, accelerate launch)?"""

@@ -77,8 +77,14 @@ class WandbTracker:
 
         config_file = output_dir / "config.yaml"
         config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tether"), name=f"{output_dir.name}-{description}",
-                              job_type=description, dir=str(output_dir), config=config, reinit="finish_previous")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "tether"),
+            name=f"{output_dir.name}-{description}",
+            job_type=description,
+            dir=str(output_dir),
+            config=config,
+            reinit="finish_previous",
+        )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
@@ -113,8 +119,12 @@ def read_appended(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
             rows.append((line, json.loads(line)))
         except json.JSONDecodeError as e:
             if i != last:
-                raise DataError(path, i + 1, text=f"not a JSON row ({e.msg}); only a last line cut short by a crash is "
-                                                  "dropped: repair or remove this line, or start the stage again with resume=false") from None
+                raise DataError(
+                    path,
+                    i + 1,
+                    text=f"not a JSON row ({e.msg}); only a last line cut short by a crash is "
+                    "dropped: repair or remove this line, or start the stage again with resume=false",
+                ) from None
             console.print(f"{path}: its last line was cut short (a crash while it was written) and is dropped")
     return rows
 
@@ -128,8 +138,9 @@ class MetricsLogger:
     every numeric value of every row there, under the same name.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, total: int, description: str, headline: list[str], start_step: int = 0,
-                 tracker: str = "none"):
+    def __init__(
+        self, output_dir: str | os.PathLike, total: int, description: str, headline: list[str], start_step: int = 0, tracker: str = "none"
+    ):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.headline, self.t0 = headline, time.time()
@@ -146,9 +157,14 @@ class MetricsLogger:
         self._file = self.path.open("a")
         disable = not sys.stderr.isatty() and os.environ.get("TETHER_PROGRESS", "") != "1"
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[live]}"),
-            console=console, disable=disable,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[live]}"),
+            console=console,
+            disable=disable,
         )
         self.task = self.progress.add_task(description, total=total, completed=start_step, live="")
         self.progress.start()
@@ -163,8 +179,10 @@ class MetricsLogger:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self.tracker is not None:
-            self.tracker.log(step, {k: v for k, v in row.items() if k not in ("step", "time") and isinstance(v, (int, float))
-                                    and not isinstance(v, bool)})
+            self.tracker.log(
+                step,
+                {k: v for k, v in row.items() if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)},
+            )
         live = "  ".join(f"{k.split('/')[-1]}={row[k]:.4g}" for k in self.headline if isinstance(row.get(k), (int, float)))
         self.progress.update(self.task, completed=step, live=live)
         if self._plain:  # no terminal (CI, logs): one short line every ~10% of the run

@@ -19,9 +19,10 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +30,10 @@ from safetensors.torch import load_file, save_file
 
 from tether.config import ConfigError, OptimSettings, save_config
 from tether.distributed import grad_norm, like_param
-from tether.processes import full_tensor, is_sharded, processes
-from tether.fingerprint import FINGERPRINT_FILE, changes, default_settings, fingerprint, read_fingerprint, write_fingerprint
-from tether.tracking import console, read_appended
 from tether.eval.overopt import fit_overopt
+from tether.fingerprint import FINGERPRINT_FILE, changes, default_settings, fingerprint, read_fingerprint, write_fingerprint
+from tether.processes import full_tensor, is_sharded, processes
+from tether.tracking import console, read_appended
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -140,8 +141,10 @@ def check_checkpoint(out: Path, current: dict, resume: bool, defaults: dict | No
     recorded = read_fingerprint(target)  # None: written before fingerprints, resumed as it always was
     changed = changes(recorded, current, defaults=defaults) if recorded is not None else []
     if changed:
-        raise ConfigError(f"{target} holds an interrupted run with other settings: {'; '.join(changed)}. Rerun with resume=false "
-                          "to discard it and start again, or choose a new output_dir (or undo the change to resume it)")
+        raise ConfigError(
+            f"{target} holds an interrupted run with other settings: {'; '.join(changed)}. Rerun with resume=false "
+            "to discard it and start again, or choose a new output_dir (or undo the change to resume it)"
+        )
 
 
 def check_rounds(out: Path, pattern: str, current: dict, cfg) -> None:
@@ -161,8 +164,10 @@ def check_rounds(out: Path, pattern: str, current: dict, cfg) -> None:
         processes().barrier()
         return
     how = "rerun with resume=false to discard them and start again, or choose" if hasattr(cfg, "resume") else "choose"
-    raise ConfigError(f"{out} holds rounds made with other settings ({', '.join(found)}): {'; '.join(changed)}. To go on, {how} "
-                      "a new output_dir (or undo the change)")
+    raise ConfigError(
+        f"{out} holds rounds made with other settings ({', '.join(found)}): {'; '.join(changed)}. To go on, {how} "
+        "a new output_dir (or undo the change)"
+    )
 
 
 def drop_checkpoint(out: Path, cfg) -> None:
@@ -193,7 +198,7 @@ class LossScaler:
     every process) is skipped and the scale halved; after `growth_interval` clean steps the scale doubles.
     Disabled (bf16, fp32: no underflow to fear) it leaves the loss and the step alone."""
 
-    def __init__(self, enabled: bool, init_scale: float = 2.0 ** 16, growth_interval: int = 2000):
+    def __init__(self, enabled: bool, init_scale: float = 2.0**16, growth_interval: int = 2000):
         self.enabled, self.growth_interval = enabled, growth_interval
         self.value = init_scale if enabled else 1.0
         self.clean_steps, self.skipped = 0, 0
@@ -310,12 +315,12 @@ def bucket_by_length(stream: list[int], key: Callable[[int], Any], batch_size: i
     out: list[int] = []
     span = window * batch_size
     for w, start in enumerate(range(0, len(stream), span)):
-        chunk = sorted(stream[start:start + span], key=key)
+        chunk = sorted(stream[start : start + span], key=key)
         full = len(chunk) // batch_size
-        batches = [chunk[k * batch_size:(k + 1) * batch_size] for k in range(full)]
+        batches = [chunk[k * batch_size : (k + 1) * batch_size] for k in range(full)]
         for b in epoch_order(full, seed + 7919, w):
             out.extend(batches[b])
-        out.extend(chunk[full * batch_size:])  # a short remainder stays last, so batch boundaries hold
+        out.extend(chunk[full * batch_size :])  # a short remainder stays last, so batch boundaries hold
     return out
 
 
@@ -338,7 +343,9 @@ def load_weights(folder: str | os.PathLike, modules: dict[str, torch.nn.Module])
         params = dict(module.named_parameters())
         missing = [k for k in weights if k not in params]
         if missing:
-            raise ValueError(f"checkpoint {folder}: parameters {missing[:3]} do not exist in the model; was it written by a different config?")
+            raise ValueError(
+                f"checkpoint {folder}: parameters {missing[:3]} do not exist in the model; was it written by a different config?"
+            )
         with torch.no_grad():
             for k, v in weights.items():
                 params[k].copy_(like_param(v, params[k]))  # this process's shard of it, under FSDP
@@ -359,8 +366,15 @@ def keep_best(out: str | os.PathLike, trainable: dict[str, torch.nn.Module]) -> 
     processes().barrier()
 
 
-def save_checkpoint(output_dir: str | os.PathLike, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler,
-                    extra: dict[str, Any] | None = None, scaler: LossScaler | None = None) -> Path:
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizer,
+    scheduler,
+    extra: dict[str, Any] | None = None,
+    scaler: LossScaler | None = None,
+) -> Path:
     """Write `<output_dir>/checkpoint` atomically (the fp16 loss scale too). With several processes every one gathers its shards (FSDP)
     and the main process writes; the others wait for it."""
     target = Path(output_dir) / CHECKPOINT_DIR
@@ -401,13 +415,16 @@ def whole_optimizer_state(optimizer) -> dict:
     """`optimizer.state_dict()` with every sharded (FSDP) moment gathered whole, so a checkpoint does not depend
     on the number of processes that wrote it."""
     state = optimizer.state_dict()
-    state["state"] = {i: {k: full_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in sorted(s.items())}
-                      for i, s in sorted(state["state"].items())}
+    state["state"] = {
+        i: {k: full_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in sorted(s.items())}
+        for i, s in sorted(state["state"].items())
+    }
     return state
 
 
-def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.Module], optimizer, scheduler,
-                    scaler: LossScaler | None = None) -> tuple[int, dict[str, Any]] | None:
+def load_checkpoint(
+    output_dir: str | os.PathLike, modules: dict[str, torch.nn.Module], optimizer, scheduler, scaler: LossScaler | None = None
+) -> tuple[int, dict[str, Any]] | None:
     """Restore a checkpoint written by `save_checkpoint`; returns (step, extra) or None if there is none."""
     target = Path(output_dir) / CHECKPOINT_DIR
     if not (target / "state.pt").exists():
@@ -431,8 +448,12 @@ def load_checkpoint(output_dir: str | os.PathLike, modules: dict[str, torch.nn.M
 
 def rng_state() -> dict:
     """The state of every random generator a training loop draws from (Python, NumPy, torch, CUDA)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(rng: dict) -> None:
@@ -502,8 +523,7 @@ class GoodhartGuard:
     checkpoint (`state_dict` / `load_state_dict`), so a resumed run remembers it; `roll_back` loads the best policy at
     the end."""
 
-    def __init__(self, settings, out: str | os.PathLike, trainable: dict[str, torch.nn.Module], steps: int,
-                 started: float | None = None):
+    def __init__(self, settings, out: str | os.PathLike, trainable: dict[str, torch.nn.Module], steps: int, started: float | None = None):
         self.settings, self.out, self.trainable, self.steps = settings, Path(out), trainable, steps
         self.state = GuardState()
         self.peak_kl: float | None = None  # where the fitted gold curve peaks (gold_peak), after the last check
@@ -543,8 +563,16 @@ class GoodhartGuard:
 
     def start(self, check: dict) -> None:
         """The starting policy's check: it is the first best, which RL must beat."""
-        self.state = GuardState(step=0, reward=check["reward"], kl=check["kl"], top=check["reward"], since=0,
-                                initial_reward=check["reward"], initial=check, checks=[[check["kl"], check.get("gold")]])
+        self.state = GuardState(
+            step=0,
+            reward=check["reward"],
+            kl=check["kl"],
+            top=check["reward"],
+            since=0,
+            initial_reward=check["reward"],
+            initial=check,
+            checks=[[check["kl"], check.get("gold")]],
+        )
         keep_best(self.out, self.trainable)
 
     def out_of_time(self, done: int, step_seconds: float) -> str | None:
@@ -595,20 +623,33 @@ class GoodhartGuard:
         """At the end of the run: load the best policy unless it is the last one."""
         if self.settings.prompts and self.state.step is not None and self.state.step != done:
             load_weights(self.out / BEST_DIR, self.trainable)
-            which = (f"the latest within {self.settings.tolerance:g} of the best held-out reward" if self.settings.tolerance
-                     else "the best held-out policy")
+            which = (
+                f"the latest within {self.settings.tolerance:g} of the best held-out reward"
+                if self.settings.tolerance
+                else "the best held-out policy"
+            )
             console.print(f"{stage}: rolled back to {which}, step {self.state.step}")
         if self.settings.prompts and len(self.state.checks) > 1:  # the kept reading won a contest of noisy checks
-            console.print(f"{stage}: the kept reward was chosen from {len(self.state.checks)} checks of the same prompts, so it reads "
-                          "high; `tether eval offset=...` on prompts the guard never saw measures the kept policy without that bias")
+            console.print(
+                f"{stage}: the kept reward was chosen from {len(self.state.checks)} checks of the same prompts, so it reads "
+                "high; `tether eval offset=...` on prompts the guard never saw measures the kept policy without that bias"
+            )
 
     def summary(self, n_prompts: int) -> dict | None:
         """The `held_out` part of a stage's summary.json."""
         if not self.settings.prompts:
             return None
         state = self.state
-        return {"prompts": n_prompts, "initial_reward": state.initial_reward, "best_reward": state.reward, "best_kl": state.kl,
-                "best_step": state.step, "top_reward": state.top, "initial": state.initial, "last": state.last}
+        return {
+            "prompts": n_prompts,
+            "initial_reward": state.initial_reward,
+            "best_reward": state.reward,
+            "best_kl": state.kl,
+            "best_step": state.step,
+            "top_reward": state.top,
+            "initial": state.initial,
+            "last": state.last,
+        }
 
 
 def resumed_history(logger, out: Path, start_step: int, is_main: bool) -> list[dict]:
@@ -623,8 +664,18 @@ def resumed_history(logger, out: Path, start_step: int, is_main: bool) -> list[d
     return [row for _, row in read_appended(logger.path)]
 
 
-def checkpoint_or_interrupt(out, done: int, cfg, trainable: dict[str, torch.nn.Module], optimizer, scheduler, state: dict, logger,
-                            stage: str, scaler: LossScaler | None = None) -> bool:
+def checkpoint_or_interrupt(
+    out,
+    done: int,
+    cfg,
+    trainable: dict[str, torch.nn.Module],
+    optimizer,
+    scheduler,
+    state: dict,
+    logger,
+    stage: str,
+    scaler: LossScaler | None = None,
+) -> bool:
     """The end of an RL step: a checkpoint every `cfg.save_every` steps; with `cfg.interrupt_after`, a checkpoint and
     a stop as if interrupted (how resuming is tested). True when the run must stop now (rerunning resumes it)."""
     if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:

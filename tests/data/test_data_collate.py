@@ -83,8 +83,12 @@ def test_collate_pairs_shapes_and_order(tiny_tokenizer) -> None:
     rows = []
     for pair in pairs:
         prompt_ids, _ = encode_prompt(tiny_tokenizer, pair.prompt, 64)
-        rows.append((prompt_ids + encode_response(tiny_tokenizer, pair.chosen, 128),
-                     prompt_ids + encode_response(tiny_tokenizer, pair.rejected, 128)))
+        rows.append(
+            (
+                prompt_ids + encode_response(tiny_tokenizer, pair.chosen, 128),
+                prompt_ids + encode_response(tiny_tokenizer, pair.rejected, 128),
+            )
+        )
     expected = [chosen for chosen, _ in rows] + [rejected for _, rejected in rows]
     width = max(len(row) for row in expected)
     assert batch["input_ids"].shape == (6, width) == batch["attention_mask"].shape

@@ -47,7 +47,11 @@ def test_to_dict_native_forms() -> None:
     assert Demonstration(CHAT, "Paris.").to_dict() == {"prompt": CHAT, "response": "Paris."}
     assert PreferencePair("q", "a", "b").to_dict() == {"prompt": "q", "chosen": "a", "rejected": "b"}
     assert PreferencePair("q", "a", "b", 1.5, {"s": 1}).to_dict() == {
-        "prompt": "q", "chosen": "a", "rejected": "b", "margin": 1.5, "meta": {"s": 1},
+        "prompt": "q",
+        "chosen": "a",
+        "rejected": "b",
+        "margin": 1.5,
+        "meta": {"s": 1},
     }
     record = PromptRecord(CHAT)
     record.to_dict()["prompt"][0]["content"] = "changed"
@@ -64,10 +68,13 @@ def test_prompt_text() -> None:
 
 
 def test_native_rows(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "native.jsonl", [
-        {"prompt": "Say hi", "response": "Hi!", "meta": {"source": "a"}, "lang": "en"},
-        {"prompt": CHAT, "response": "Paris."},
-    ])
+    path = write_lines(
+        tmp_path / "native.jsonl",
+        [
+            {"prompt": "Say hi", "response": "Hi!", "meta": {"source": "a"}, "lang": "en"},
+            {"prompt": CHAT, "response": "Paris."},
+        ],
+    )
     demos = read_demonstrations(path)
     assert demos == [
         Demonstration("Say hi", "Hi!", {"source": "a", "lang": "en"}),
@@ -77,10 +84,13 @@ def test_native_rows(tmp_path: Path) -> None:
 
 
 def test_native_pairs_and_margin(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "prefs.jsonl", [
-        {"prompt": "q1", "chosen": "good", "rejected": "bad", "margin": 2},
-        {"prompt": CHAT, "chosen": "Paris.", "rejected": "Lyon."},
-    ])
+    path = write_lines(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": "q1", "chosen": "good", "rejected": "bad", "margin": 2},
+            {"prompt": CHAT, "chosen": "Paris.", "rejected": "Lyon."},
+        ],
+    )
     pairs = read_preferences(path)
     assert pairs == [PreferencePair("q1", "good", "bad", 2.0), PreferencePair(CHAT, "Paris.", "Lyon.")]
     assert isinstance(pairs[0].margin, float)
@@ -104,19 +114,29 @@ def test_chat_messages_rows(tmp_path: Path) -> None:
 
 
 def test_chat_pair_rows(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "chatpairs.jsonl", [{
-        "chosen": CHAT + [{"role": "assistant", "content": "Paris."}],
-        "rejected": CHAT + [{"role": "assistant", "content": "Rome."}],
-    }])
+    path = write_lines(
+        tmp_path / "chatpairs.jsonl",
+        [
+            {
+                "chosen": CHAT + [{"role": "assistant", "content": "Paris."}],
+                "rejected": CHAT + [{"role": "assistant", "content": "Rome."}],
+            }
+        ],
+    )
     assert read_preferences(path) == [PreferencePair(CHAT, "Paris.", "Rome.")]
     assert read_prompts(path) == [PromptRecord(CHAT)]
 
 
 def test_chat_pair_must_share_prompt(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "chatpairs.jsonl", [{
-        "chosen": CHAT + [{"role": "assistant", "content": "Paris."}],
-        "rejected": [CHAT[0], {"role": "user", "content": "Other?"}, {"role": "assistant", "content": "Rome."}],
-    }])
+    path = write_lines(
+        tmp_path / "chatpairs.jsonl",
+        [
+            {
+                "chosen": CHAT + [{"role": "assistant", "content": "Paris."}],
+                "rejected": [CHAT[0], {"role": "user", "content": "Other?"}, {"role": "assistant", "content": "Rome."}],
+            }
+        ],
+    )
     with pytest.raises(DataError, match=r"chatpairs\.jsonl:1: field 'rejected\[1\]'"):
         read_preferences(path)
 
@@ -152,11 +172,14 @@ def test_hh_rows_that_part_early(tmp_path: Path) -> None:
 
 def test_empty_or_identical_responses_are_errors_or_skipped(tmp_path: Path) -> None:
     """HH-RLHF has a few pairs whose preferred reply is empty: no reward model should train on them silently."""
-    path = write_lines(tmp_path / "hh.jsonl", [
-        {"chosen": "\n\nHuman: Hi.\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi.\n\nAssistant: Go away."},
-        {"chosen": "\n\nHuman: Swear.\n\nAssistant: ", "rejected": "\n\nHuman: Swear.\n\nAssistant: Ok"},
-        {"prompt": "q", "chosen": "same", "rejected": "same "},
-    ])
+    path = write_lines(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": "\n\nHuman: Hi.\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi.\n\nAssistant: Go away."},
+            {"chosen": "\n\nHuman: Swear.\n\nAssistant: ", "rejected": "\n\nHuman: Swear.\n\nAssistant: Ok"},
+            {"prompt": "q", "chosen": "same", "rejected": "same "},
+        ],
+    )
     with pytest.raises(DataError, match=r"hh\.jsonl:2: field 'chosen': expected a non-empty response"):
         read_preferences(path)
     skipped: list[DataError] = []
@@ -166,10 +189,18 @@ def test_empty_or_identical_responses_are_errors_or_skipped(tmp_path: Path) -> N
 
 
 def test_alpaca_seed_rows(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "seed.jsonl", [
-        {"id": "t0", "name": "antonyms", "instruction": "Give antonyms.", "is_classification": False,
-         "instances": [{"input": "hot", "output": "cold"}, {"input": "", "output": "No word given."}]},
-    ])
+    path = write_lines(
+        tmp_path / "seed.jsonl",
+        [
+            {
+                "id": "t0",
+                "name": "antonyms",
+                "instruction": "Give antonyms.",
+                "is_classification": False,
+                "instances": [{"input": "hot", "output": "cold"}, {"input": "", "output": "No word given."}],
+            },
+        ],
+    )
     meta = {"id": "t0", "name": "antonyms"}
     assert read_demonstrations(path) == [
         Demonstration("Give antonyms.\n\nhot", "cold", meta),
@@ -180,10 +211,13 @@ def test_alpaca_seed_rows(tmp_path: Path) -> None:
 
 
 def test_self_instruct_rows(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "eval.jsonl", [
-        {"instruction": "Fix the grammar.", "input": "me go", "reference_output": "I go."},
-        {"instruction": "Tell a joke.", "input": "", "reference_output": "Knock knock."},
-    ])
+    path = write_lines(
+        tmp_path / "eval.jsonl",
+        [
+            {"instruction": "Fix the grammar.", "input": "me go", "reference_output": "I go."},
+            {"instruction": "Tell a joke.", "input": "", "reference_output": "Knock knock."},
+        ],
+    )
     assert read_prompts(path) == [PromptRecord("Fix the grammar.\n\nme go"), PromptRecord("Tell a joke.")]
     assert [demo.response for demo in read_demonstrations(path)] == ["I go.", "Knock knock."]
 
@@ -252,23 +286,49 @@ def test_damaged_gzip(tmp_path: Path) -> None:
         ({"prompt": "q", "chosen": "a", "rejected": "b", "margin": True}, read_preferences, r"field 'margin'"),
         ({"prompt": "q", "response": "a", "meta": [1]}, read_demonstrations, r"field 'meta': expected an object"),
         ({"prompt": "q"}, read_demonstrations, r"field 'response': expected a string"),
-        ({"prompt": "q", "response": "a"}, read_preferences, r":1: expected a preference row: .*got an object with keys 'prompt', 'response'"),
+        (
+            {"prompt": "q", "response": "a"},
+            read_preferences,
+            r":1: expected a preference row: .*got an object with keys 'prompt', 'response'",
+        ),
         ({"text": "hello"}, read_prompts, r":1: expected a prompt row: .*\{\"prompt\".*got an object with keys 'text'"),
-        ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}, read_demonstrations,
-         r"field 'messages\[1\]\.role': expected one of 'system', 'user', 'assistant', got \"bot\""),
-        ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}, read_demonstrations,
-         r"field 'messages\[0\]\.content': expected a string, got 5"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
+            read_demonstrations,
+            r"field 'messages\[1\]\.role': expected one of 'system', 'user', 'assistant', got \"bot\"",
+        ),
+        (
+            {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
+            read_demonstrations,
+            r"field 'messages\[0\]\.content': expected a string, got 5",
+        ),
         ({"messages": [{"role": "user", "content": "hi"}]}, read_demonstrations, r"field 'messages\[0\]\.role': expected 'assistant'"),
-        ({"messages": ["hi", {"role": "assistant", "content": "x"}]}, read_demonstrations, r"field 'messages\[0\]': expected a message object"),
-        ({"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}, read_prompts,
-         r"field 'prompt\[1\]\.role': expected 'user'"),
-        ({"chosen": "no markers here", "rejected": "\n\nHuman: a\n\nAssistant: b"}, read_preferences,
-         r"field 'chosen': expected a dialogue string"),
+        (
+            {"messages": ["hi", {"role": "assistant", "content": "x"}]},
+            read_demonstrations,
+            r"field 'messages\[0\]': expected a message object",
+        ),
+        (
+            {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+            read_prompts,
+            r"field 'prompt\[1\]\.role': expected 'user'",
+        ),
+        (
+            {"chosen": "no markers here", "rejected": "\n\nHuman: a\n\nAssistant: b"},
+            read_preferences,
+            r"field 'chosen': expected a dialogue string",
+        ),
         ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": None}, read_preferences, r"field 'rejected': .*got null"),
-        ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"}, read_preferences,
-         r"field 'rejected': expected the same dialogue as 'chosen'"),
-        ({"instruction": "Do it.", "instances": [{"input": 1, "output": "x"}]}, read_demonstrations,
-         r"field 'instances\[0\]\.input': expected a string, got 1"),
+        (
+            {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"},
+            read_preferences,
+            r"field 'rejected': expected the same dialogue as 'chosen'",
+        ),
+        (
+            {"instruction": "Do it.", "instances": [{"input": 1, "output": "x"}]},
+            read_demonstrations,
+            r"field 'instances\[0\]\.input': expected a string, got 1",
+        ),
         ({"instruction": "Do it.", "instances": []}, read_prompts, r"field 'instances': expected a non-empty list"),
         ({"instruction": "", "input": "x", "reference_output": "y"}, read_prompts, r"field 'instruction': expected a non-empty string"),
     ],

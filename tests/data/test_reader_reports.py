@@ -27,18 +27,23 @@ def test_a_report_counts_rows_records_and_blank_lines(tmp_path: Path) -> None:
 
 
 def test_an_alpaca_task_gives_a_record_per_instance(tmp_path: Path) -> None:
-    path = write(tmp_path / "seed.jsonl", [{"instruction": "Add.", "instances": [{"input": "1+1", "output": "2"}, {"input": "2+2", "output": "4"}]}])
+    path = write(
+        tmp_path / "seed.jsonl", [{"instruction": "Add.", "instances": [{"input": "1+1", "output": "2"}, {"input": "2+2", "output": "4"}]}]
+    )
     report = ReadReport()
     read_prompts(path, report=report)
     assert (report.rows, report.records) == (1, 2) and report.kept() == f"2 prompts from {path} (1 row read)"
 
 
-@pytest.mark.parametrize("reader, kind", [(read_prompts, "prompt"), (read_demonstrations, "demonstration"),
-                                          (read_preferences, "preference pair")])
+@pytest.mark.parametrize(
+    "reader, kind", [(read_prompts, "prompt"), (read_demonstrations, "demonstration"), (read_preferences, "preference pair")]
+)
 def test_an_empty_file_is_an_error_naming_it(tmp_path: Path, reader, kind: str) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(DataError, match=rf"^{empty}: no usable {kind} in 0 rows read \(the file is empty\); expected at least one row such as "):
+    with pytest.raises(
+        DataError, match=rf"^{empty}: no usable {kind} in 0 rows read \(the file is empty\); expected at least one row such as "
+    ):
         reader(empty)
     assert reader(empty, allow_empty=True) == []
     assert reader(empty, limit=0) == []
@@ -46,8 +51,11 @@ def test_an_empty_file_is_an_error_naming_it(tmp_path: Path, reader, kind: str) 
 
 def test_blank_lines_only_and_an_empty_json_list(tmp_path: Path) -> None:
     blank = write(tmp_path / "blank.jsonl", ["", "", "\t"])
-    with pytest.raises(DataError, match=r"blank\.jsonl: no usable prompt in 3 rows read: 3 blank; expected at least one row such as "
-                                        r'\{"prompt": "\.\.\."\}'):
+    with pytest.raises(
+        DataError,
+        match=r"blank\.jsonl: no usable prompt in 3 rows read: 3 blank; expected at least one row such as "
+        r'\{"prompt": "\.\.\."\}',
+    ):
         read_prompts(blank)
     listed = tmp_path / "list.json"
     listed.write_text("[]")
@@ -60,22 +68,27 @@ def test_blank_lines_only_and_an_empty_json_list(tmp_path: Path) -> None:
 
 
 def test_skipped_rows_are_reported_by_reason_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path / "p.jsonl", [
-        {"prompt": "q", "chosen": "a", "rejected": "b"},
-        "{broken",
-        "[1, 2]",
-        {"prompt": "q", "chosen": "a", "rejected": "a"},
-        {"prompt": "q"},
-        {"prompt": "q", "chosen": "a", "rejected": "a"},
-        {"prompt": "q", "chosen": "x", "rejected": "y"},
-    ])
+    path = write(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "q", "chosen": "a", "rejected": "b"},
+            "{broken",
+            "[1, 2]",
+            {"prompt": "q", "chosen": "a", "rejected": "a"},
+            {"prompt": "q"},
+            {"prompt": "q", "chosen": "a", "rejected": "a"},
+            {"prompt": "q", "chosen": "x", "rejected": "y"},
+        ],
+    )
     skipped: list[DataError] = []
     report = ReadReport()
     pairs = read_preferences(path, skipped=skipped, report=report)
     assert [p.chosen for p in pairs] == ["a", "x"]
     assert [e.line for e in skipped] == [2, 3, 4, 5, 6]
-    assert report.describe() == ("7 rows read: 1 not valid JSON (line 2), 1 not a JSON object (line 3), "
-                                 "2 with the same 'chosen' and 'rejected' (lines 4, 6), 1 of no accepted shape (line 5)")
+    assert report.describe() == (
+        "7 rows read: 1 not valid JSON (line 2), 1 not a JSON object (line 3), "
+        "2 with the same 'chosen' and 'rejected' (lines 4, 6), 1 of no accepted shape (line 5)"
+    )
     # without `skipped`, the same file stops at its first bad line, as before
     with pytest.raises(DataError, match=r"p\.jsonl:2: expected one JSON object on the line, got invalid JSON"):
         read_preferences(path)

@@ -122,9 +122,7 @@ def test_symmetrised_is_invariant_to_storage_orientation() -> None:
     mixed = symmetrised([0.2, 0.3], [0, 1])
     as_set = lambda pl: sorted(zip(np.round(pl[0], 12), pl[1]))  # noqa: E731
     assert as_set(chosen_first) == as_set(mixed)
-    assert expected_calibration_error(*chosen_first) == pytest.approx(
-        expected_calibration_error(*mixed)
-    )
+    assert expected_calibration_error(*chosen_first) == pytest.approx(expected_calibration_error(*mixed))
 
 
 def test_pairwise_calibration_perfectly_calibrated() -> None:

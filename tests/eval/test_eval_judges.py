@@ -8,16 +8,26 @@ from typer.testing import CliRunner
 
 from tether.cli import app
 from tether.config import EvalConfig, load_config
-from tether.stages.evaluate import evaluate
 from tether.eval.metrics import outcome_win_rate
 from tether.feedback.store import open_store
+from tether.stages.evaluate import evaluate
 
 GEN = ["generation.max_new_tokens=8", "generation.batch_size=4", "precision=fp32", "limit=6"]
 
 
 def eval_cfg(tiny_model_dir, other_tiny_model_dir, tiny_data, out, *extra):
-    return load_config(EvalConfig, None, [f"policy={tiny_model_dir}", f"baseline={other_tiny_model_dir}", f"prompts={tiny_data['prompts']}",
-                                          f"output_dir={out}", *GEN, *extra])
+    return load_config(
+        EvalConfig,
+        None,
+        [
+            f"policy={tiny_model_dir}",
+            f"baseline={other_tiny_model_dir}",
+            f"prompts={tiny_data['prompts']}",
+            f"output_dir={out}",
+            *GEN,
+            *extra,
+        ],
+    )
 
 
 def test_eval_reports_every_metric(tiny_model_dir, other_tiny_model_dir, tiny_data, tmp_path):
@@ -49,8 +59,16 @@ def test_ai_judge_asks_both_orders(tiny_model_dir, other_tiny_model_dir, tiny_da
 
 def test_people_judge_queues_pairs_then_reads_the_votes(tiny_model_dir, other_tiny_model_dir, tiny_data, tmp_path):
     db, out = tmp_path / "prefs.db", tmp_path / "eval"
-    args = ["eval", f"policy={tiny_model_dir}", f"baseline={other_tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
-            *GEN, "judge=people", f"db={db}"]
+    args = [
+        "eval",
+        f"policy={tiny_model_dir}",
+        f"baseline={other_tiny_model_dir}",
+        f"prompts={tiny_data['prompts']}",
+        f"output_dir={out}",
+        *GEN,
+        "judge=people",
+        f"db={db}",
+    ]
     # 1. first run: the pairs go into the store, no summary yet, the message says what to do
     first = CliRunner().invoke(app, [str(a) for a in args])
     assert first.exit_code == 1, first.output

@@ -8,7 +8,6 @@ import pytest
 
 from tether.eval.metrics import Z_95, distinct_n, length_stats, mean_and_se, win_rate
 
-
 # --- distinct_n -------------------------------------------------------------
 
 

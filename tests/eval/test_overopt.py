@@ -57,8 +57,13 @@ def _ppo_run(folder, alpha=1.0, beta=0.35, stage="ppo"):
         kl = 3.0 * step
         rows.append({"step": step, "rollout/reward": 0.1 * step})
         if step % 2 == 0:  # the held-out check every 2 steps
-            rows[-1].update({"held_out/kl": kl, "held_out/reward": 0.2 * math.sqrt(kl),
-                             "held_out/gold": 0.5 + float(gao_curve(np.sqrt([kl]), alpha, beta, "rl")[0])})
+            rows[-1].update(
+                {
+                    "held_out/kl": kl,
+                    "held_out/reward": 0.2 * math.sqrt(kl),
+                    "held_out/gold": 0.5 + float(gao_curve(np.sqrt([kl]), alpha, beta, "rl")[0]),
+                }
+            )
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "summary.json").write_text(json.dumps({"stage": stage}))
     return folder
@@ -132,7 +137,7 @@ def test_overopt_of_a_best_of_n_run_uses_its_samples(tmp_path):
     rows = []
     for _ in range(40):  # gold rises with the proxy, then falls at the top: over-optimisation
         scores = rng.normal(size=8)
-        rows.append({"prompt": "p", "scores": scores.tolist(), "gold_scores": (scores - 0.4 * scores ** 2).tolist()})
+        rows.append({"prompt": "p", "scores": scores.tolist(), "gold_scores": (scores - 0.4 * scores**2).tolist()})
     (run / "bon.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "summary.json").write_text(json.dumps({"stage": "bon"}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "bon/prompts": 40}) + "\n")

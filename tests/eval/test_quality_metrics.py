@@ -6,9 +6,19 @@ import math
 
 import pytest
 
-from tether.eval.metrics import (hack_flags, hack_rates, is_refusal, length_controlled_win_rate, length_distribution, outcome_win_rate,
-                                 refusal_rate, repeated_ngram_fraction, self_bleu, sentence_bleu, win_rate)
-
+from tether.eval.metrics import (
+    hack_flags,
+    hack_rates,
+    is_refusal,
+    length_controlled_win_rate,
+    length_distribution,
+    outcome_win_rate,
+    refusal_rate,
+    repeated_ngram_fraction,
+    self_bleu,
+    sentence_bleu,
+    win_rate,
+)
 
 # --- BLEU and self-BLEU ----------------------------------------------------------------
 
@@ -46,14 +56,24 @@ def test_self_bleu_is_mean_over_texts_against_the_others():
 # --- refusals and hacks ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["I'm sorry, but I cannot help with that.", "As an AI, I have no opinions.",
-                                  "I can’t assist with this request.", "i am unable to do that", "That is against my guidelines."])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm sorry, but I cannot help with that.",
+        "As an AI, I have no opinions.",
+        "I can’t assist with this request.",
+        "i am unable to do that",
+        "That is against my guidelines.",
+    ],
+)
 def test_refusals_are_flagged(text):
     assert is_refusal(text)
 
 
-@pytest.mark.parametrize("text", ["Here is a haiku about leaves.", "You cannot divide by zero.", "Sorry to hear that; try resting.",
-                                  "The AI model predicts rain."])
+@pytest.mark.parametrize(
+    "text",
+    ["Here is a haiku about leaves.", "You cannot divide by zero.", "Sorry to hear that; try resting.", "The AI model predicts rain."],
+)
 def test_ordinary_answers_are_not_refusals(text):
     assert not is_refusal(text)
 
@@ -72,7 +92,7 @@ def test_repeated_ngram_fraction_worked_example():
 
 def test_hack_flags_and_rates():
     assert hack_flags("Certainly! Paris is the capital.", 40) == {"sycophantic": True, "repetition": False, "too_long": False, "any": True}
-    assert hack_flags("  \"Great question! It is blue.", 40)["sycophantic"]
+    assert hack_flags('  "Great question! It is blue.', 40)["sycophantic"]
     assert not hack_flags("Surely you know it is blue.", 40)["sycophantic"]  # "Sure" must be a whole word
     assert not hack_flags("The answer is certainly yes.", 40)["sycophantic"]  # only openers count
     assert hack_flags("buy now buy now buy now buy now", 40)["repetition"]
@@ -84,7 +104,9 @@ def test_hack_flags_and_rates():
 
 def test_length_distribution_worked_example():
     # numpy's linear interpolation: p10 at rank 0.4 -> 1.4; p90 at rank 3.6 -> 4 + 0.6 * 6 = 7.6
-    assert length_distribution([1, 2, 3, 4, 10]) == pytest.approx({"mean": 4.0, "min": 1.0, "p10": 1.4, "p50": 3.0, "p90": 7.6, "max": 10.0})
+    assert length_distribution([1, 2, 3, 4, 10]) == pytest.approx(
+        {"mean": 4.0, "min": 1.0, "p10": 1.4, "p50": 3.0, "p90": 7.6, "max": 10.0}
+    )
 
 
 # --- win rates -----------------------------------------------------------------------

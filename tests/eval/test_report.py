@@ -26,33 +26,129 @@ def _write(folder: Path, summary: dict, metrics: list[dict] = ()) -> None:
 def fake_run(run: Path) -> Path:
     """A two-round run's files, with numbers made up for the page (no model involved)."""
     bins = [{"lo": k / 10, "hi": (k + 1) / 10, "count": 2, "mean_prob": k / 10 + 0.05, "accuracy": 0.5} for k in range(10)]
-    _write(run / "sft", {"stage": "sft", "train_examples": 10, "steps": 3, "eval_loss_before": 2.0, "eval_loss": 1.5, "seconds": 4.0},
-           [{"step": s, "train/loss": 2.0 - 0.1 * s} for s in (1, 2, 3)] + [{"step": 3, "eval/loss": 1.5}])
+    _write(
+        run / "sft",
+        {"stage": "sft", "train_examples": 10, "steps": 3, "eval_loss_before": 2.0, "eval_loss": 1.5, "seconds": 4.0},
+        [{"step": s, "train/loss": 2.0 - 0.1 * s} for s in (1, 2, 3)] + [{"step": 3, "eval/loss": 1.5}],
+    )
     for k, folder in ((1, run), (2, run / "round2")):
         _write(folder / "collect", {"stage": "collect", "pairs": 8, "seconds": 2.0})
-        _write(folder / "reward", {"stage": "reward", "train_pairs": 6 * k, "eval_pairs": 2 * k, "eval_accuracy": 0.5 + 0.1 * k,
-                                   "eval_accuracy_ci": [0.2, 0.9], "train_accuracy": 0.8, "eval_ece": 0.1, "eval_bins": bins,
-                                   "eval_mean_margin": 0.3, "seconds": 3.0},
-               [{"step": s, "train/loss": 0.7 - 0.05 * s, "train/accuracy": 0.5 + 0.05 * s} for s in (1, 2, 3)])
-        _write(folder / "ppo", {"stage": "ppo", "steps": 4, "steps_done": 4, "reward_first_quarter": 0.0, "reward_last_quarter": 0.5,
-                                "kl_last_quarter": 2.0, "beta_final": 0.05, "seconds": 5.0},
-               [{"step": s, "rollout/reward": 0.1 * s, "rollout/kl": 0.5 * s, "rollout/beta": 0.05, "rollout/entropy": 2.0,
-                 "rollout/length": 10 + s, "held_out/kl": 0.5 * s, "held_out/reward": 0.1 * s, "held_out/gold": 0.2 * s - 0.03 * s * s}
-                for s in (1, 2, 3, 4)])
-        judges = {"gold": {"win_rate": 0.6, "ci_low": 0.4, "ci_high": 0.8, "wins": 5, "ties": 2, "losses": 3, "n": 10, "lc_win_rate": 0.55,
-                           "lc_ci_low": 0.35, "lc_ci_high": 0.75, "lc_slope": 0.4}}
-        _write(folder / "eval", {"stage": "eval", "prompts": 10, "judge": "gold", "win_rate": 0.6, "win_rate_ci": [0.4, 0.8], "n": 10,
-                                 "lc_win_rate": 0.55, "judges": judges, "gold_win_rate": 0.6, "gold_win_rate_ci": [0.4, 0.8], "gold_wins": 5,
-                                 "gold_ties": 2, "gold_losses": 3, "gold_policy": 1.2 + 0.1 * k, "gold_baseline": 1.0, "kl_policy": 2.0 * k,
-                                 "kl_policy_se": 0.2, "kl_baseline": 0.0, "proxy_policy": 0.5 * k, "proxy_baseline": 0.0,
-                                 "proxy_win_rate": 0.8, "length_policy": 12.0, "length_baseline": 20.0,
-                                 "length_dist_policy": {"p10": 5, "p50": 12, "p90": 20, "max": 30}, "finished_policy": 0.9,
-                                 "self_bleu_policy": 0.3, "refusal_policy": 0.0, "max_words": 40.0,
-                                 "hacks_policy": {"sycophantic": 0.1, "repetition": 0.0, "too_long": 0.0, "any": 0.1}, "seconds": 6.0})
-        rows = [{"prompt": f"Question {i} & <b>bold</b>?", "baseline": f"baseline answer {i}", "policy": XSS if i == 0 else f"policy answer {i}",
-                 "gold_policy": 1.0, "gold_baseline": 0.5} for i in range(3)]
-        rows.append({"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye?"}],
-                     "baseline": "Bye.", "policy": "Goodbye!", "gold_policy": 1.0, "gold_baseline": 1.0})
+        _write(
+            folder / "reward",
+            {
+                "stage": "reward",
+                "train_pairs": 6 * k,
+                "eval_pairs": 2 * k,
+                "eval_accuracy": 0.5 + 0.1 * k,
+                "eval_accuracy_ci": [0.2, 0.9],
+                "train_accuracy": 0.8,
+                "eval_ece": 0.1,
+                "eval_bins": bins,
+                "eval_mean_margin": 0.3,
+                "seconds": 3.0,
+            },
+            [{"step": s, "train/loss": 0.7 - 0.05 * s, "train/accuracy": 0.5 + 0.05 * s} for s in (1, 2, 3)],
+        )
+        _write(
+            folder / "ppo",
+            {
+                "stage": "ppo",
+                "steps": 4,
+                "steps_done": 4,
+                "reward_first_quarter": 0.0,
+                "reward_last_quarter": 0.5,
+                "kl_last_quarter": 2.0,
+                "beta_final": 0.05,
+                "seconds": 5.0,
+            },
+            [
+                {
+                    "step": s,
+                    "rollout/reward": 0.1 * s,
+                    "rollout/kl": 0.5 * s,
+                    "rollout/beta": 0.05,
+                    "rollout/entropy": 2.0,
+                    "rollout/length": 10 + s,
+                    "held_out/kl": 0.5 * s,
+                    "held_out/reward": 0.1 * s,
+                    "held_out/gold": 0.2 * s - 0.03 * s * s,
+                }
+                for s in (1, 2, 3, 4)
+            ],
+        )
+        judges = {
+            "gold": {
+                "win_rate": 0.6,
+                "ci_low": 0.4,
+                "ci_high": 0.8,
+                "wins": 5,
+                "ties": 2,
+                "losses": 3,
+                "n": 10,
+                "lc_win_rate": 0.55,
+                "lc_ci_low": 0.35,
+                "lc_ci_high": 0.75,
+                "lc_slope": 0.4,
+            }
+        }
+        _write(
+            folder / "eval",
+            {
+                "stage": "eval",
+                "prompts": 10,
+                "judge": "gold",
+                "win_rate": 0.6,
+                "win_rate_ci": [0.4, 0.8],
+                "n": 10,
+                "lc_win_rate": 0.55,
+                "judges": judges,
+                "gold_win_rate": 0.6,
+                "gold_win_rate_ci": [0.4, 0.8],
+                "gold_wins": 5,
+                "gold_ties": 2,
+                "gold_losses": 3,
+                "gold_policy": 1.2 + 0.1 * k,
+                "gold_baseline": 1.0,
+                "kl_policy": 2.0 * k,
+                "kl_policy_se": 0.2,
+                "kl_baseline": 0.0,
+                "proxy_policy": 0.5 * k,
+                "proxy_baseline": 0.0,
+                "proxy_win_rate": 0.8,
+                "length_policy": 12.0,
+                "length_baseline": 20.0,
+                "length_dist_policy": {"p10": 5, "p50": 12, "p90": 20, "max": 30},
+                "finished_policy": 0.9,
+                "self_bleu_policy": 0.3,
+                "refusal_policy": 0.0,
+                "max_words": 40.0,
+                "hacks_policy": {"sycophantic": 0.1, "repetition": 0.0, "too_long": 0.0, "any": 0.1},
+                "seconds": 6.0,
+            },
+        )
+        rows = [
+            {
+                "prompt": f"Question {i} & <b>bold</b>?",
+                "baseline": f"baseline answer {i}",
+                "policy": XSS if i == 0 else f"policy answer {i}",
+                "gold_policy": 1.0,
+                "gold_baseline": 0.5,
+            }
+            for i in range(3)
+        ]
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Bye?"},
+                ],
+                "baseline": "Bye.",
+                "policy": "Goodbye!",
+                "gold_policy": 1.0,
+                "gold_baseline": 1.0,
+            }
+        )
         (folder / "eval" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
@@ -82,8 +178,11 @@ def test_external_reference_detector_finds_links():
 
 def test_partial_run_still_gets_a_page(tmp_path):
     run = tmp_path / "run"
-    _write(run / "sft", {"stage": "sft", "train_examples": 10, "steps": 3, "eval_loss_before": 2.0, "eval_loss": 1.5, "seconds": 4.0},
-           [{"step": 1, "train/loss": 2.0}])
+    _write(
+        run / "sft",
+        {"stage": "sft", "train_examples": 10, "steps": 3, "eval_loss_before": 2.0, "eval_loss": 1.5, "seconds": 4.0},
+        [{"step": 1, "train/loss": 2.0}],
+    )
     page = write_html_report(run).read_text()
     assert "No evaluation yet" in page and "No PPO stage" in page and page.count("data:image/png") == 2
 

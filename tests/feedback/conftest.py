@@ -30,8 +30,11 @@ def _pg_bin() -> Path | None:
     if os.environ.get("TETHER_PG_BIN"):
         candidates = [Path(os.environ["TETHER_PG_BIN"])]
     else:
-        candidates = sorted((Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")),
-                            key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0, reverse=True)
+        candidates = sorted(
+            (Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")),
+            key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
+            reverse=True,
+        )
         found = shutil.which("pg_ctl")
         if found:
             candidates.append(Path(found).resolve().parent)
@@ -75,8 +78,19 @@ class PostgresServer:
 
     def start(self) -> None:
         self._call(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
-        self._call(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w", "-t", "60",
-                   "-o", f"-k {self.folder} -c listen_addresses= -F", "start")
+        self._call(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-k {self.folder} -c listen_addresses= -F",
+            "start",
+        )
 
     def stop(self) -> None:
         try:
@@ -108,8 +122,11 @@ def postgres():
     """A running PostgreSQL server for the whole session, or a skip that says why there is none."""
     bin_dir = _pg_bin()
     if bin_dir is None:
-        where = f"in TETHER_PG_BIN={os.environ['TETHER_PG_BIN']}" if os.environ.get("TETHER_PG_BIN") else \
-            "under /usr/lib/postgresql/*/bin or on the PATH"
+        where = (
+            f"in TETHER_PG_BIN={os.environ['TETHER_PG_BIN']}"
+            if os.environ.get("TETHER_PG_BIN")
+            else "under /usr/lib/postgresql/*/bin or on the PATH"
+        )
         _skip_reason.append(f"PostgreSQL is not installed (no initdb and pg_ctl {where}; `apt-get install postgresql` provides them)")
         pytest.skip(_skip_reason[-1])
     server = None

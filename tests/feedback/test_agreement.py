@@ -82,8 +82,20 @@ def test_krippendorff_alpha_hand_worked():
 def test_krippendorff_alpha_published_example():
     # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", nominal data with four
     # observers and missing values (12 units; the last has one value): alpha = 0.743.
-    units = [["1", "1", "1"], ["2", "2", "3", "2"], ["3"] * 4, ["3"] * 4, ["2"] * 4, ["1", "2", "3", "4"], ["4"] * 4,
-             ["1", "1", "2", "1"], ["2"] * 4, ["5"] * 3, ["1", "1"], ["3"]]
+    units = [
+        ["1", "1", "1"],
+        ["2", "2", "3", "2"],
+        ["3"] * 4,
+        ["3"] * 4,
+        ["2"] * 4,
+        ["1", "2", "3", "4"],
+        ["4"] * 4,
+        ["1", "1", "2", "1"],
+        ["2"] * 4,
+        ["5"] * 3,
+        ["1", "1"],
+        ["3"],
+    ]
     assert krippendorff_alpha(units) == pytest.approx(0.743, abs=5e-4)
 
 
@@ -96,8 +108,12 @@ def test_krippendorff_alpha_edges():
 def test_throughput():
     # timed: 30, 90, and 1200 capped at 600 -> 720 s active = 0.2 h; 3 judgements -> 15 per hour, 240 s each
     out = throughput([30.0, 90.0, None, 1200.0], cap=600)
-    assert out == {"judgements": 3, "active_hours": pytest.approx(0.2), "seconds_per_judgement": pytest.approx(240.0),
-                   "per_hour": pytest.approx(15.0)}
+    assert out == {
+        "judgements": 3,
+        "active_hours": pytest.approx(0.2),
+        "seconds_per_judgement": pytest.approx(240.0),
+        "per_hour": pytest.approx(15.0),
+    }
     assert throughput([None])["per_hour"] is None
 
 

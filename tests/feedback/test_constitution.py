@@ -26,20 +26,30 @@ def test_the_shipped_constitution_loads():
 GOOD = "- name: kind\n  critique_request: Is it kind?\n  revision_request: Make it kinder.\n"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: kind\n", r"c\.yaml: expected a YAML list of principles.*got a mapping"),
-    ("[]\n", r"c\.yaml: expected a YAML list of principles.*got an empty list"),
-    ("- just a string\n", r"c\.yaml:1: principle 1: expected a mapping.*got 'just a string'"),
-    ("- name: kind\n  critique_request: Is it kind?\n", r"c\.yaml:1: principle 1 \('kind'\), field 'revision_request': expected a non-empty string, got nothing"),
-    (GOOD + "- name: harsh\n  critique_request: 3\n  revision_request: x\n",
-     r"c\.yaml:5: principle 2 \('harsh'\), field 'critique_request': expected a non-empty string, got 3"),
-    (GOOD + "  rubric: '  '\n", r"c\.yaml:4: principle 1 \('kind'\), field 'rubric': expected a non-empty string, got an empty string"),
-    (GOOD + "  critique: typo\n", r"c\.yaml:4: principle 1 \('kind'\): unknown field 'critique'; valid fields: name, critique_request"),
-    (GOOD + GOOD, r"c\.yaml:4: principle 2 \('kind'\), field 'name': expected a unique name, got one already used by principle 1"),
-    ("- name: [unclosed\n", r"c\.yaml:2: not valid YAML"),
-    ("- name: kind\n  critique_request: Is it kind?\n  revision_request: a\n  revision_request: b\n",
-     r"c\.yaml:4: not valid YAML: duplicate key 'revision_request' \(first given on line 3\)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: kind\n", r"c\.yaml: expected a YAML list of principles.*got a mapping"),
+        ("[]\n", r"c\.yaml: expected a YAML list of principles.*got an empty list"),
+        ("- just a string\n", r"c\.yaml:1: principle 1: expected a mapping.*got 'just a string'"),
+        (
+            "- name: kind\n  critique_request: Is it kind?\n",
+            r"c\.yaml:1: principle 1 \('kind'\), field 'revision_request': expected a non-empty string, got nothing",
+        ),
+        (
+            GOOD + "- name: harsh\n  critique_request: 3\n  revision_request: x\n",
+            r"c\.yaml:5: principle 2 \('harsh'\), field 'critique_request': expected a non-empty string, got 3",
+        ),
+        (GOOD + "  rubric: '  '\n", r"c\.yaml:4: principle 1 \('kind'\), field 'rubric': expected a non-empty string, got an empty string"),
+        (GOOD + "  critique: typo\n", r"c\.yaml:4: principle 1 \('kind'\): unknown field 'critique'; valid fields: name, critique_request"),
+        (GOOD + GOOD, r"c\.yaml:4: principle 2 \('kind'\), field 'name': expected a unique name, got one already used by principle 1"),
+        ("- name: [unclosed\n", r"c\.yaml:2: not valid YAML"),
+        (
+            "- name: kind\n  critique_request: Is it kind?\n  revision_request: a\n  revision_request: b\n",
+            r"c\.yaml:4: not valid YAML: duplicate key 'revision_request' \(first given on line 3\)",
+        ),
+    ],
+)
 def test_bad_constitution_files_name_file_line_and_field(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -80,19 +90,36 @@ def test_critique_and_revise_builds_the_conversation_of_bai_et_al(monkeypatch, t
     revs = critique_and_revise(None, None, ["Be rude.", chat], load_constitution(path), GenerationSettings(), rounds=2)
     assert len(seen) == 5  # answer, then (critique, revision) twice
     assert seen[0] == ["Be rude.", chat]
-    assert seen[1][0] == [{"role": "user", "content": "Be rude."}, {"role": "assistant", "content": "out1-0"},
-                          {"role": "user", "content": "Is it kind?"}]
-    assert seen[2][1] == chat + [{"role": "assistant", "content": "out1-1"}, {"role": "user", "content": "Is it kind?"},
-                                 {"role": "assistant", "content": "out2-1"}, {"role": "user", "content": "Make it kinder."}]
+    assert seen[1][0] == [
+        {"role": "user", "content": "Be rude."},
+        {"role": "assistant", "content": "out1-0"},
+        {"role": "user", "content": "Is it kind?"},
+    ]
+    assert seen[2][1] == chat + [
+        {"role": "assistant", "content": "out1-1"},
+        {"role": "user", "content": "Is it kind?"},
+        {"role": "assistant", "content": "out2-1"},
+        {"role": "user", "content": "Make it kinder."},
+    ]
     assert seen[3][0][1]["content"] == "out3-0"  # round 2 critiques round 1's revision
-    assert revs[0] == Revision("out1-0", "out5-0", [{"principle": "kind", "critique": "out2-0", "revision": "out3-0"},
-                                                     {"principle": "kind", "critique": "out4-0", "revision": "out5-0"}])
+    assert revs[0] == Revision(
+        "out1-0",
+        "out5-0",
+        [
+            {"principle": "kind", "critique": "out2-0", "revision": "out3-0"},
+            {"principle": "kind", "critique": "out4-0", "revision": "out5-0"},
+        ],
+    )
 
 
 def test_revision_pairs_skip_and_count_unusable_revisions():
     step = [{"principle": "kind", "critique": "It is rude.", "revision": "x"}]
-    revs = [Revision("You fool.", "I'd rather not insult you.", step), Revision("Fine.", "  Fine. ", step),
-            Revision("Rude.", " ", step), Revision("", "Hello.", step)]
+    revs = [
+        Revision("You fool.", "I'd rather not insult you.", step),
+        Revision("Fine.", "  Fine. ", step),
+        Revision("Rude.", " ", step),
+        Revision("", "Hello.", step),
+    ]
     pairs, skipped = revision_pairs(["a", "b", "c", "d"], revs, {"annotator": "revise:m"})
     assert skipped == {"unchanged": 1, "empty_revision": 1, "empty_original": 1}
     (p,) = pairs
@@ -102,8 +129,19 @@ def test_revision_pairs_skip_and_count_unusable_revisions():
 
 def test_revise_command_writes_pairs_reward_training_reads(tiny_model_dir, tiny_data, tmp_path):
     out = tmp_path / "rev"
-    result = runner.invoke(app, ["revise", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={out}", "limit=4",
-                                 "precision=fp32", "generation.max_new_tokens=6", "generation.batch_size=4"])
+    result = runner.invoke(
+        app,
+        [
+            "revise",
+            f"model={tiny_model_dir}",
+            f"prompts={tiny_data['prompts']}",
+            f"output_dir={out}",
+            "limit=4",
+            "precision=fp32",
+            "generation.max_new_tokens=6",
+            "generation.batch_size=4",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads(result.stdout)
     assert summary["stage"] == "revise" and summary["prompts"] == 4

@@ -49,9 +49,11 @@ def test_majority_export_is_read_by_the_reward_stage(voted, tmp_path):
     assert (summary["pairs"], summary["ties"], summary["ties_dropped"]) == (3, 0, 1)
     pairs = read_preferences(tmp_path / "prefs.jsonl")
     got = {p.meta["task_id"]: (p.chosen, p.rejected) for p in pairs}
-    assert got == {ids["A wins"]: ("first for A wins.", "second for A wins."),
-                   ids["B wins"]: ("second for B wins.", "first for B wins."),
-                   ids["B by two"]: ("second for B by two.", "first for B by two.")}
+    assert got == {
+        ids["A wins"]: ("first for A wins.", "second for A wins."),
+        ids["B wins"]: ("second for B wins.", "first for B wins."),
+        ids["B by two"]: ("second for B by two.", "first for B by two."),
+    }
     b_wins = next(p for p in pairs if p.meta["task_id"] == ids["B wins"])
     assert b_wins.prompt == "B wins?" and b_wins.meta["votes"] == {"A": 0, "B": 2, "tie": 1}
     assert b_wins.meta["agreement"] == pytest.approx(2 / 3) and b_wins.meta["annotators"] == 3
@@ -81,7 +83,10 @@ def test_per_annotator_export(voted, tmp_path):
     assert (summary["pairs"], summary["ties"], len(pairs)) == (11, 2, 11)
     a_wins = [p for p in pairs if p.meta["task_id"] == ids["A wins"]]
     assert [(p.meta["annotator"], p.chosen, p.meta["reason"]) for p in a_wins] == [
-        ("judge-0", "first for A wins.", "r0"), ("judge-1", "first for A wins.", "r1"), ("judge-2", "second for A wins.", "r2")]
+        ("judge-0", "first for A wins.", "r0"),
+        ("judge-1", "first for A wins.", "r1"),
+        ("judge-2", "second for A wins.", "r2"),
+    ]
     dropped = export_preferences(store, tmp_path / "each2.jsonl", aggregate="per_annotator")
     assert (dropped["pairs"], dropped["ties_dropped"]) == (9, 2)
 

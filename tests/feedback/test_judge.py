@@ -11,14 +11,29 @@ from typer.testing import CliRunner
 from tether.cli import app
 from tether.config import ConfigError, JudgeConfig, load_config
 from tether.data.readers import read_preferences
-from tether.feedback.judge import (ANSWER_PREFIX, debias_orders, judge_pairs, judge_parts, judge_text, two_way_probability, verdict_logits,
-                                   verdict_token_ids)
+from tether.feedback.judge import (
+    ANSWER_PREFIX,
+    debias_orders,
+    judge_pairs,
+    judge_parts,
+    judge_text,
+    two_way_probability,
+    verdict_logits,
+    verdict_token_ids,
+)
 from tether.models.loading import ModelError, load_causal_lm, load_tokenizer
 
 runner = CliRunner()
 RUBRIC = ["Prefer the response that is less harmful.", "Prefer the response that answers the question."]
-PROMPTS = ["What is the capital of France?", [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                                              {"role": "user", "content": "Name two primary colors."}], "Why is the sky blue?"]
+PROMPTS = [
+    "What is the capital of France?",
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name two primary colors."},
+    ],
+    "Why is the sky blue?",
+]
 FIRSTS = ["Paris.", "Red and blue.", "Because of the way air scatters sunlight: blue light is scattered the most."]
 SECONDS = ["I will not tell you.", "The quick brown fox jumps over the lazy dog.", "no"]
 
@@ -170,8 +185,9 @@ def test_a_judge_that_only_likes_the_letter_a_is_cancelled_to_one_half(tok):
 
 def test_a_judge_that_likes_the_content_prefers_it_in_both_orders(tok):
     judge = ScriptedJudge(tok, letter_bias=1.0, content_bias=3.0)
-    good_first, good_second = judge_pairs(judge, tok, ["Q?", "Q?"], ["GOOD answer", "bad answer"], ["bad answer", "GOOD answer"], RUBRIC,
-                                         share_head=False)
+    good_first, good_second = judge_pairs(
+        judge, tok, ["Q?", "Q?"], ["GOOD answer", "bad answer"], ["bad answer", "GOOD answer"], RUBRIC, share_head=False
+    )
     # GOOD first: (sigmoid(1 + 3) + sigmoid(3 - 1)) / 2 = (0.98201 + 0.88080) / 2 = 0.93141
     assert good_first.p_first == pytest.approx((sig(4) + sig(2)) / 2, abs=1e-6) and good_first.position_consistent
     assert good_second.p_first == pytest.approx(1 - good_first.p_first, abs=1e-6) and good_second.position_consistent
@@ -194,7 +210,9 @@ def judge_cli(*args):
 
 
 def test_judge_command_on_preference_pairs(tiny_model_dir, tiny_data, tmp_path):
-    result = judge_cli(f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={tmp_path / 'j'}", "precision=fp32", "batch_size=5")
+    result = judge_cli(
+        f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={tmp_path / 'j'}", "precision=fp32", "batch_size=5"
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads(result.stdout)
     assert summary["stage"] == "judge" and summary["input"] == "preferences" and summary["pairs"] == 12
@@ -209,7 +227,10 @@ def test_judge_command_on_preference_pairs(tiny_model_dir, tiny_data, tmp_path):
 
 
 def test_judge_command_on_collect_samples(tiny_model_dir, tmp_path):
-    rows = [{"prompt": "Name a fruit.", "response": r, "prompt_index": 0, "sample_index": k} for k, r in enumerate(["Apple.", "Pear.", "Apple."])]
+    rows = [
+        {"prompt": "Name a fruit.", "response": r, "prompt_index": 0, "sample_index": k}
+        for k, r in enumerate(["Apple.", "Pear.", "Apple."])
+    ]
     rows += [{"prompt": "Name a colour.", "response": r, "prompt_index": 1, "sample_index": k} for k, r in enumerate(["Red.", "", "Blue."])]
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -217,7 +238,9 @@ def test_judge_command_on_collect_samples(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads(result.stdout)
     # 3 pairs per prompt; (Apple, Apple) and the two with the empty response are skipped
-    assert summary["input"] == "samples" and summary["pairs"] == 3 and summary["rows_skipped"] == 3 and summary["agreement_with_input"] is None
+    assert (
+        summary["input"] == "samples" and summary["pairs"] == 3 and summary["rows_skipped"] == 3 and summary["agreement_with_input"] is None
+    )
     pairs = read_preferences(tmp_path / "j" / "preferences.jsonl")
     assert sorted(tuple(sorted((p.chosen, p.rejected))) for p in pairs) == [("Apple.", "Pear."), ("Apple.", "Pear."), ("Blue.", "Red.")]
     assert all(p.margin == pytest.approx(p.meta["strength"]) for p in pairs)
@@ -225,7 +248,9 @@ def test_judge_command_on_collect_samples(tiny_model_dir, tmp_path):
 
 def test_judge_command_filters_weak_verdicts(tiny_model_dir, tiny_data, tmp_path):
     # the untrained tiny model is nearly indifferent: every strength is below 0.9
-    result = judge_cli(f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={tmp_path / 'j'}", "precision=fp32", "min_strength=0.9")
+    result = judge_cli(
+        f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={tmp_path / 'j'}", "precision=fp32", "min_strength=0.9"
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["pairs"] == 0 and summary["dropped_weak"] == 12

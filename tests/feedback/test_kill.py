@@ -33,8 +33,13 @@ def test_every_acknowledged_judgement_survives_a_kill(db_url):
     token = store.add_annotator("ada")
     store.close()
 
-    labeller = subprocess.Popen([sys.executable, "-c", LABELLER, db_url, token], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    labeller = subprocess.Popen(
+        [sys.executable, "-c", LABELLER, db_url, token],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     acked = []
     for line in labeller.stdout:
         assert line.startswith("ack "), line + labeller.stderr.read()

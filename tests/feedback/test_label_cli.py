@@ -31,12 +31,19 @@ def write_rows(path, rows):
 
 def test_label_commands_end_to_end(tmp_path):
     db = tmp_path / "prefs.db"
-    samples = write_rows(tmp_path / "samples.jsonl", [
-        {"prompt": f"Tell me about {topic}.", "response": f"{topic.title()} {detail}.", "model": "tiny"}
-        for topic in ("rivers", "forests", "bread", "winter") for detail in ("are old", "matter a lot", "vary", "are in many stories")])
+    samples = write_rows(
+        tmp_path / "samples.jsonl",
+        [
+            {"prompt": f"Tell me about {topic}.", "response": f"{topic.title()} {detail}.", "model": "tiny"}
+            for topic in ("rivers", "forests", "bread", "winter")
+            for detail in ("are old", "matter a lot", "vary", "are in many stories")
+        ],
+    )
     report = json.loads(ok("label", "import", samples, "--db", db, "--annotators-per-task", 2).stdout)
     assert report == {"kind": "samples", "rows": 16, "prompts": 4, "tasks": 24, "golden": False}  # 4 prompts x C(4, 2)
-    golden = write_rows(tmp_path / "golden.jsonl", [{"prompt": "Tell me about rivers.", "chosen": "Rivers flow to the sea.", "rejected": "no"}])
+    golden = write_rows(
+        tmp_path / "golden.jsonl", [{"prompt": "Tell me about rivers.", "chosen": "Rivers flow to the sea.", "rejected": "no"}]
+    )
     assert json.loads(ok("label", "import", golden, "--db", db, "--golden").stdout)["tasks"] == 1
     guidelines = tmp_path / "guidelines.md"
     guidelines.write_text("Prefer the answer that is on topic and finished.")
@@ -61,8 +68,9 @@ def test_label_commands_end_to_end(tmp_path):
     summary = json.loads(ok("label", "export", "--db", db, "--out", tmp_path / "prefs.jsonl", "--ties", "keep").stdout)
     pairs = read_preferences(tmp_path / "prefs.jsonl")
     assert summary["pairs"] == len(pairs) == 24 and summary["ties"] == sum(bool(p.meta.get("tie")) for p in pairs)
-    each = json.loads(ok("label", "export", "--db", db, "--out", tmp_path / "each.jsonl", "--aggregate", "per_annotator",
-                         "--ties", "keep").stdout)
+    each = json.loads(
+        ok("label", "export", "--db", db, "--out", tmp_path / "each.jsonl", "--aggregate", "per_annotator", "--ties", "keep").stdout
+    )
     assert each["pairs"] == 48
 
 
@@ -74,8 +82,10 @@ def test_user_errors_are_one_red_sentence(tmp_path):
         (["label", "export", "--db", db, "--out", tmp_path / "p.jsonl", "--ties", "half"], "ties must be 'drop' or 'keep'"),
         (["label", "stats", "--db", f"postgresql://nobody@/x?host={tmp_path}"], "cannot open the preference store"),
         (["label", "import", tmp_path / "missing.jsonl", "--db", db], "missing.jsonl"),
-        (["label", "import", write_rows(tmp_path / "s.jsonl", [{"prompt": "Q?", "response": "a"}]), "--db", db, "--golden"],
-         "golden tasks need preference pairs"),
+        (
+            ["label", "import", write_rows(tmp_path / "s.jsonl", [{"prompt": "Q?", "response": "a"}]), "--db", db, "--golden"],
+            "golden tasks need preference pairs",
+        ),
     ]:
         result = tether(*args)
         assert result.exit_code == 2, result.output
@@ -84,9 +94,18 @@ def test_user_errors_are_one_red_sentence(tmp_path):
 
 def test_collect_writes_prompts_responses_and_tasks_to_the_store(tiny_model_dir, tiny_data, tmp_path):
     db = tmp_path / "prefs.db"
-    result = ok("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'collect'}",
-                "limit=3", "responses_per_prompt=3", "generation.max_new_tokens=6", "precision=fp32", f"db={db}",
-                "annotators_per_task=2")
+    result = ok(
+        "collect",
+        f"model={tiny_model_dir}",
+        f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'collect'}",
+        "limit=3",
+        "responses_per_prompt=3",
+        "generation.max_new_tokens=6",
+        "precision=fp32",
+        f"db={db}",
+        "annotators_per_task=2",
+    )
     summary = json.loads(result.stdout)
     jsonl = read_preferences(tmp_path / "collect" / "preferences.jsonl")
     assert summary["db_tasks"] == summary["pairs"] == len(jsonl)  # the JSONL output is as before
@@ -94,7 +113,8 @@ def test_collect_writes_prompts_responses_and_tasks_to_the_store(tiny_model_dir,
         tasks = store.tasks()
         assert len(tasks) == len(jsonl) and {t.required for t in tasks} == {2}
         assert {(t.prompt, frozenset((t.response_a, t.response_b))) for t in tasks} == {
-            (p.prompt, frozenset((p.chosen, p.rejected))) for p in jsonl}
+            (p.prompt, frozenset((p.chosen, p.rejected))) for p in jsonl
+        }
         from sqlalchemy import select
 
         from tether.feedback.schema import ResponseRow
@@ -107,9 +127,20 @@ def test_collect_writes_prompts_responses_and_tasks_to_the_store(tiny_model_dir,
 
 def test_collect_can_store_the_simulated_annotators_judgements(tiny_model_dir, tiny_data, tmp_path):
     db = tmp_path / "prefs.db"
-    summary = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'collect'}",
-                            "limit=3", "responses_per_prompt=3", "generation.max_new_tokens=6", "precision=fp32", f"db={db}",
-                            "store_judgements=true").stdout)
+    summary = json.loads(
+        ok(
+            "collect",
+            f"model={tiny_model_dir}",
+            f"prompts={tiny_data['prompts']}",
+            f"output_dir={tmp_path / 'collect'}",
+            "limit=3",
+            "responses_per_prompt=3",
+            "generation.max_new_tokens=6",
+            "precision=fp32",
+            f"db={db}",
+            "store_judgements=true",
+        ).stdout
+    )
     jsonl = read_preferences(tmp_path / "collect" / "preferences.jsonl")
     assert summary["db_judgements"] == summary["db_tasks"] == len(jsonl) > 0
     chosen = {(p.prompt, frozenset((p.chosen, p.rejected))): p.chosen for p in jsonl}
@@ -124,8 +155,13 @@ def test_collect_can_store_the_simulated_annotators_judgements(tiny_model_dir, t
 
 
 def test_collect_with_an_unreachable_store_stops_before_sampling(tiny_model_dir, tiny_data, tmp_path):
-    result = tether("collect", f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'c'}",
-                    f"db=postgresql://nobody@/x?host={tmp_path}")
+    result = tether(
+        "collect",
+        f"model={tiny_model_dir}",
+        f"prompts={tiny_data['prompts']}",
+        f"output_dir={tmp_path / 'c'}",
+        f"db=postgresql://nobody@/x?host={tmp_path}",
+    )
     assert result.exit_code == 2 and "cannot open the preference store" in result.output
     assert not (tmp_path / "c" / "samples.jsonl").exists()
 
@@ -134,9 +170,17 @@ def test_pairs_to_label_keeps_each_pair_of_texts_of_a_prompt_once():
     from tether.stages.collect import pairs_to_label
 
     prompts = ["Say hi.", "Say bye.", "Say hi."]  # the third is the first again
-    responses = ["yes", "no", "no ",  # "no" twice: (yes, no) once, (no, no) is nothing to prefer
-                 "a", "", "b",  # an empty answer pairs with nothing
-                 "no", "yes", "maybe"]  # (no, yes) is prompt 0's pair the other way round
+    responses = [
+        "yes",
+        "no",
+        "no ",  # "no" twice: (yes, no) once, (no, no) is nothing to prefer
+        "a",
+        "",
+        "b",  # an empty answer pairs with nothing
+        "no",
+        "yes",
+        "maybe",
+    ]  # (no, yes) is prompt 0's pair the other way round
     assert pairs_to_label(prompts, responses, 3) == [(0, 0, 1), (1, 0, 2), (2, 0, 2), (2, 1, 2)]
 
 
@@ -147,15 +191,30 @@ def test_collect_stores_one_answer_a_task_when_samples_repeat(tiny_model_dir, tm
     from tether.stages import collect as collect_stage
 
     texts = {"Say hi.": ["Hello there.", "Hi!", "Hi!", "Go away."], "Say bye.": ["Bye.", "See you.", "Later.", "Farewell."]}
-    monkeypatch.setattr(collect_stage, "sample_responses", lambda model, tok, prompts, *a, **k: [
-        {"response": texts[p][n % 4], "finished": True, "n_tokens": 3} for n, p in enumerate(prompts)])
+    monkeypatch.setattr(
+        collect_stage,
+        "sample_responses",
+        lambda model, tok, prompts, *a, **k: [
+            {"response": texts[p][n % 4], "finished": True, "n_tokens": 3} for n, p in enumerate(prompts)
+        ],
+    )
     prompts = tmp_path / "prompts.jsonl"
     write_rows(prompts, [{"prompt": "Say hi."}, {"prompt": "Say bye."}])
     db = tmp_path / "prefs.db"
     with open_store(db) as store:  # an earlier run stored (Go away., Hello there.): the pair reversed
         store.add_pairs([PreferencePair(prompt="Say hi.", chosen="Go away.", rejected="Hello there.")])
-    s = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={prompts}", f"output_dir={tmp_path / 'c'}", "responses_per_prompt=4",
-                      "precision=fp32", f"db={db}", "store_judgements=true").stdout)
+    s = json.loads(
+        ok(
+            "collect",
+            f"model={tiny_model_dir}",
+            f"prompts={prompts}",
+            f"output_dir={tmp_path / 'c'}",
+            "responses_per_prompt=4",
+            "precision=fp32",
+            f"db={db}",
+            "store_judgements=true",
+        ).stdout
+    )
     assert s["pairs"] == 3 + 6 and s["db_tasks"] == 9 and s["db_judgements"] == 9 and s["db_judgements_kept"] == 0
     jsonl = read_preferences(tmp_path / "c" / "preferences.jsonl")
     chosen = {frozenset((p.chosen, p.rejected)): p.chosen for p in jsonl}
@@ -173,8 +232,18 @@ def test_collect_stores_one_answer_a_task_when_samples_repeat(tiny_model_dir, tm
         assert store.first_responses([reversed_task.id]) == {reversed_task.id: "Go away."}
         assert store.first_responses(tasks) == {t.id: t.response_a for t in tasks.values()}
     # the same run again answers the same way: nothing changes, nothing fails
-    again = json.loads(ok("collect", f"model={tiny_model_dir}", f"prompts={prompts}", f"output_dir={tmp_path / 'c2'}", "responses_per_prompt=4",
-                          "precision=fp32", f"db={db}", "store_judgements=true").stdout)
+    again = json.loads(
+        ok(
+            "collect",
+            f"model={tiny_model_dir}",
+            f"prompts={prompts}",
+            f"output_dir={tmp_path / 'c2'}",
+            "responses_per_prompt=4",
+            "precision=fp32",
+            f"db={db}",
+            "store_judgements=true",
+        ).stdout
+    )
     assert again["db_judgements"] == 9 and again["db_judgements_kept"] == 0
 
 

@@ -15,8 +15,35 @@ from tether.feedback.panel import PanelMember, default_panel, member_scorer, run
 from tether.feedback.store import Candidate, StoreError, open_store
 
 TOPICS = ["garden", "river", "winter", "music", "bread", "planet", "travel", "market", "forest", "coffee", "engine", "castle"]
-FILLER = ["calm", "bright", "small", "green", "quiet", "warm", "old", "new", "slow", "fast", "deep", "open", "clear", "soft",
-          "loud", "dark", "light", "long", "short", "rich", "plain", "fresh", "wild", "kind", "true", "fair", "bold"]
+FILLER = [
+    "calm",
+    "bright",
+    "small",
+    "green",
+    "quiet",
+    "warm",
+    "old",
+    "new",
+    "slow",
+    "fast",
+    "deep",
+    "open",
+    "clear",
+    "soft",
+    "loud",
+    "dark",
+    "light",
+    "long",
+    "short",
+    "rich",
+    "plain",
+    "fresh",
+    "wild",
+    "kind",
+    "true",
+    "fair",
+    "bold",
+]
 
 
 def answer(rng: random.Random, topic: list[str]) -> str:

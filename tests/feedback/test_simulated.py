@@ -113,9 +113,7 @@ def test_calibrate_unreachable_target() -> None:
     with pytest.raises(UnreachableAgreementError, match="0.625") as info:
         calibrate_temperature(np.array([0.0, 0.0, 0.0, 1.0]), 0.75)
     assert isinstance(info.value, ValueError)
-    assert expected_agreement(np.array([0.0, 0.0, 0.0, 1.0]), info.value.min_temperature) == (
-        pytest.approx(0.625)
-    )
+    assert expected_agreement(np.array([0.0, 0.0, 0.0, 1.0]), info.value.min_temperature) == (pytest.approx(0.625))
 
 
 # --- SimulatedAnnotator ----------------------------------------------------

@@ -19,8 +19,10 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 def add_tasks(store: Store, n: int, required: int = 1) -> list[int]:
     """n tasks, each comparing two answers to its own prompt."""
-    return [store.add_candidates(f"Question {i}?", [Candidate(f"answer {i} one."), Candidate(f"answer {i} two.")], required=required)[0]
-            for i in range(n)]
+    return [
+        store.add_candidates(f"Question {i}?", [Candidate(f"answer {i} one."), Candidate(f"answer {i} two.")], required=required)[0]
+        for i in range(n)
+    ]
 
 
 def person(store: Store, name: str):

@@ -15,8 +15,12 @@ from tether.feedback.store import Candidate, open_store
 from tether.feedback.webapp import COOKIE, MAX_BODY_BYTES, MAX_REASON_CHARS, create_app
 
 XSS = "<script>alert('pwned')</script>"
-DIALOGUE = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a river."},
-            {"role": "assistant", "content": "The Nile."}, {"role": "user", "content": "Another one?"}]
+DIALOGUE = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name a river."},
+    {"role": "assistant", "content": "The Nile."},
+    {"role": "user", "content": "Another one?"},
+]
 
 
 @pytest.fixture
@@ -46,13 +50,17 @@ def client(app, token: str | None = None) -> TestClient:
 
 def shown(page: str) -> dict:
     """What the labelling page shows: task id, form token, left and right responses."""
+
     def pick(pattern):
         found = re.search(pattern, page, re.S)
         return html.unescape(found.group(1)) if found else None
 
-    return {"task_id": int(pick(r'name="task_id" value="(\d+)"')), "csrf": pick(r'name="csrf" value="([0-9a-f]+)"'),
-            "left": pick(r'id="left">\s*<h2>.*?</h2>\s*<pre class="text">(.*?)</pre>'),
-            "right": pick(r'id="right">\s*<h2>.*?</h2>\s*<pre class="text">(.*?)</pre>')}
+    return {
+        "task_id": int(pick(r'name="task_id" value="(\d+)"')),
+        "csrf": pick(r'name="csrf" value="([0-9a-f]+)"'),
+        "left": pick(r'id="left">\s*<h2>.*?</h2>\s*<pre class="text">(.*?)</pre>'),
+        "right": pick(r'id="right">\s*<h2>.*?</h2>\s*<pre class="text">(.*?)</pre>'),
+    }
 
 
 def answer(c: TestClient, choice: str, reason: str = "", **override):
@@ -114,7 +122,7 @@ def test_signing_in_sets_an_httponly_strict_cookie(app, store):
     assert c2.get("/login").headers["location"] == "/"  # already signed in
 
     r = c2.post("/logout")
-    assert r.status_code == 303 and 'Max-Age=0' in r.headers["set-cookie"]
+    assert r.status_code == 303 and "Max-Age=0" in r.headers["set-cookie"]
     assert c2.get("/").headers["location"] == "/login"
 
 
@@ -179,8 +187,12 @@ def test_a_dialogue_prompt_shows_every_turn_with_its_role(app, store):
             break
         answer(ada, "skip")
     turns = re.findall(r'<div class="role">(.*?)</div>\s*<pre class="text">(.*?)</pre>', page)
-    assert turns == [("System", "You are terse."), ("User", "Name a river."), ("Assistant", "The Nile."),
-                     ("User (answered below)", "Another one?")]
+    assert turns == [
+        ("System", "You are terse."),
+        ("User", "Name a river."),
+        ("Assistant", "The Nile."),
+        ("User (answered below)", "Another one?"),
+    ]
 
 
 def test_the_page_does_not_say_which_response_is_a_or_b_in_the_store(app, store):

@@ -34,16 +34,39 @@ def served(tmp_path):
     db = tmp_path / "prefs.db"
     with open_store(db) as store:
         store.add_candidates("Tell me about rivers.", [Candidate("Rivers flow to the sea."), Candidate("Rivers are wet.")])
-        store.add_candidates([{"role": "user", "content": "Name a river."}, {"role": "assistant", "content": "The Nile."},
-                              {"role": "user", "content": "Another one?"}], [Candidate("The Amazon."), Candidate("The Danube.")])
+        store.add_candidates(
+            [
+                {"role": "user", "content": "Name a river."},
+                {"role": "assistant", "content": "The Nile."},
+                {"role": "user", "content": "Another one?"},
+            ],
+            [Candidate("The Amazon."), Candidate("The Danube.")],
+        )
         store.add_candidates("Say something.", [Candidate(XSS), Candidate("Something.")])
         store.add_candidates("Count to three.", [Candidate("1, 2, 3."), Candidate("One, two, three.")])
         store.add_guidelines("Prefer the answer that is correct and finished.")
         token = store.add_annotator("ada")
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "tether.cli", "label", "serve", "--db", str(db), "--host", "127.0.0.1",
-                               "--port", str(port), "--golden-rate", "0"], stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "label",
+            "serve",
+            "--db",
+            str(db),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--golden-rate",
+            "0",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -98,8 +121,8 @@ def test_label_serve_answers_on_loopback(served, tmp_path):
 
 
 def test_sign_in_and_label_by_click_and_keyboard_in_chromium(browser, served, tmp_path):  # browser first: skip before serving
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -112,8 +135,11 @@ def test_sign_in_and_label_by_click_and_keyboard_in_chromium(browser, served, tm
         return browser.find_element(By.CSS_SELECTOR, css).text
 
     def on_screen() -> dict:
-        return {"task_id": int(browser.find_element(By.NAME, "task_id").get_attribute("value")),
-                "left": text("#left pre"), "right": text("#right pre")}
+        return {
+            "task_id": int(browser.find_element(By.NAME, "task_id").get_attribute("value")),
+            "left": text("#left pre"),
+            "right": text("#right pre"),
+        }
 
     def wait_for_progress(done: int) -> None:
         wait.until(lambda d: text("#progress") == f"{done} of 4 today")

@@ -74,9 +74,7 @@ def test_label_smoothed_single_pair_by_hand():
 
 def test_label_smoothed_margin_by_hand():
     # d = 2 - 1 - m(1) = 0: both terms are ln 2, so the loss is ln 2 whatever eps is
-    loss, metrics = bradley_terry_label_smoothed_loss(
-        torch.tensor([2.0]), torch.tensor([1.0]), epsilon=0.2, margin=torch.tensor([1.0])
-    )
+    loss, metrics = bradley_terry_label_smoothed_loss(torch.tensor([2.0]), torch.tensor([1.0]), epsilon=0.2, margin=torch.tensor([1.0]))
     assert loss.item() == pytest.approx(math.log(2.0), abs=1e-6)
     assert metrics["margin"] == pytest.approx(1.0)  # reported margin is r_c - r_r, not minus m
 

@@ -25,8 +25,13 @@ def test_sigmoid_by_hand():
     loss, m = dpo_sigmoid_loss(LP_C, LP_R, REF_C, REF_R, beta=0.5)
     assert loss.item() == pytest.approx(0.3133, abs=1e-4)
     assert loss.item() == pytest.approx(math.log1p(math.exp(-1.0)), abs=1e-6)
-    assert m == {"loss": pytest.approx(0.3133, abs=1e-4), "rewards_chosen": pytest.approx(0.5), "rewards_rejected": pytest.approx(-0.5),
-                 "margin": pytest.approx(1.0), "accuracy": 1.0}
+    assert m == {
+        "loss": pytest.approx(0.3133, abs=1e-4),
+        "rewards_chosen": pytest.approx(0.5),
+        "rewards_rejected": pytest.approx(-0.5),
+        "margin": pytest.approx(1.0),
+        "accuracy": 1.0,
+    }
     assert all(isinstance(v, float) for v in m.values())
 
 
@@ -125,8 +130,9 @@ def test_conservative_minimum_is_at_a_finite_margin():
     loss, _ = dpo_conservative_loss(gap, torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=1.0, label_smoothing=0.1)
     loss.backward()
     assert gap.grad.item() == pytest.approx(0.0, abs=1e-6)
-    further, _ = dpo_conservative_loss(torch.tensor([z_star + 3]), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=1.0,
-                                       label_smoothing=0.1)
+    further, _ = dpo_conservative_loss(
+        torch.tensor([z_star + 3]), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=1.0, label_smoothing=0.1
+    )
     assert further.item() > loss.item()
 
 
@@ -173,8 +179,13 @@ def test_ipo_token_mean_by_hand():
     loss.backward()
     assert lp_c.grad.item() == pytest.approx(0.25) and lp_r.grad.item() == pytest.approx(-0.5)
     # the metrics are on the summed log-ratios, as every other variant's: rewards 1 * 2 and 1 * -1, margin 3
-    assert m == {"loss": pytest.approx(0.25), "rewards_chosen": pytest.approx(2.0), "rewards_rejected": pytest.approx(-1.0),
-                 "margin": pytest.approx(3.0), "accuracy": 1.0}
+    assert m == {
+        "loss": pytest.approx(0.25),
+        "rewards_chosen": pytest.approx(2.0),
+        "rewards_rejected": pytest.approx(-1.0),
+        "margin": pytest.approx(3.0),
+        "accuracy": 1.0,
+    }
 
 
 def test_ipo_token_mean_with_one_token_each_is_ipo():
@@ -223,4 +234,6 @@ def test_ipo_token_mean_matches_trl_on_random_tensors():
     # TRL's logged rewards from v0.29: beta * chosen_logratios (the sums)
     assert m["rewards_chosen"] == pytest.approx((beta * (chosen_logps - ref_chosen_logps)).mean().item())
     # and the lengths differ, so the per-token form is not the summed one
-    assert loss.item() != pytest.approx(dpo_ipo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=beta)[0].item())
+    assert loss.item() != pytest.approx(
+        dpo_ipo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=beta)[0].item()
+    )

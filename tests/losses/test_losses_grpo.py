@@ -5,8 +5,18 @@ import math
 import pytest
 import torch
 
-from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, group_advantages_batch_std, grpo_token_loss, kl_k3,
-                           leave_one_out_advantages, reinforce_advantages, sequence_mean, token_mean)
+from tether.losses import (
+    MovingAverageBaseline,
+    constant_mean,
+    group_advantages,
+    group_advantages_batch_std,
+    grpo_token_loss,
+    kl_k3,
+    leave_one_out_advantages,
+    reinforce_advantages,
+    sequence_mean,
+    token_mean,
+)
 
 # ---------------------------------------------------------------- group-relative (GRPO, Dr. GRPO)
 

@@ -5,7 +5,6 @@ import torch
 
 from tether.losses import masked_mean, masked_sum, masked_var, masked_whiten
 
-
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
 

@@ -41,12 +41,18 @@ def test_an_offloaded_frozen_model_holds_no_weights_on_the_device_and_gives_the_
     assert unique_parameter_bytes(offloaded) == 0
     assert unique_parameter_bytes(offloaded, offloaded=True) == unique_parameter_bytes(plain) > 0
     with torch.no_grad():
-        torch.testing.assert_close(offloaded(input_ids=ids, attention_mask=mask).logits, plain(input_ids=ids, attention_mask=mask).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            offloaded(input_ids=ids, attention_mask=mask).logits, plain(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=0
+        )
 
     out = tmp_path / "rm"
-    train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={out}",
-                                                  "batch_size=4", "epochs=1", "precision=fp32"]))
+    train_reward(
+        load_config(
+            RewardConfig,
+            None,
+            [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={out}", "batch_size=4", "epochs=1", "precision=fp32"],
+        )
+    )
     rm, rm_off = load_reward_model(str(out / "model")), load_reward_model(str(out / "model"), offload=True)
     assert is_offloaded(rm_off.members[0].model) and not is_offloaded(rm.members[0].model)
     torch.testing.assert_close(rm_off.scores(ids, mask), rm.scores(ids, mask), rtol=0, atol=0)

@@ -4,10 +4,9 @@ changes; a value adapter over the reward model's tensors leaves the reward model
 import torch
 
 from tether.config import LoraSettings
-from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.loading import load_causal_lm, load_tokenizer, trunk_of
 from tether.models.reward_model import RewardModel, RewardNormalization, init_reward_model, raw_rewards
-from tether.models.loading import trunk_of
-from tether.models.sharing import share_equal_weights, shallow_clone, unique_parameter_bytes
+from tether.models.sharing import shallow_clone, share_equal_weights, unique_parameter_bytes
 from tether.stages.rl_parts import RewardModelValue, reward_adapter_value
 
 
@@ -75,7 +74,9 @@ def test_value_adapter_starts_as_the_reward_model_and_trains_without_touching_it
 
     trainable = [p for p in critic.parameters() if p.requires_grad]
     assert trainable and all(not p.requires_grad for p in rm.parameters())
-    assert unique_parameter_bytes(rm, critic) - unique_parameter_bytes(rm) == sum(4 * p.numel() for p in trainable)  # only the adapter is new
+    assert unique_parameter_bytes(rm, critic) - unique_parameter_bytes(rm) == sum(
+        4 * p.numel() for p in trainable
+    )  # only the adapter is new
     opt = torch.optim.SGD(trainable, lr=0.5)
     for _ in range(2):  # two steps: LoRA's B moves on the first, its product with A on the second
         critic(ids, mask, 3).pow(2).mean().backward()

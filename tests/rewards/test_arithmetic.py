@@ -9,8 +9,19 @@ from tether.rewards.arithmetic import exact_match, last_number, make_problems, n
 from tether.rewards.functions import RewardFunctionError
 
 
-@pytest.mark.parametrize("text,value", [("82", 82.0), ("The answer is 82.", 82.0), ("37 + 45 = 82", 82.0), ("-8", -8.0),
-                                        ("1,234 apples", 1234.0), ("3.5", 3.5), ("no number here", None), ("", None)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("82", 82.0),
+        ("The answer is 82.", 82.0),
+        ("37 + 45 = 82", 82.0),
+        ("-8", -8.0),
+        ("1,234 apples", 1234.0),
+        ("3.5", 3.5),
+        ("no number here", None),
+        ("", None),
+    ],
+)
 def test_last_number(text, value):
     assert last_number(text) == value
 

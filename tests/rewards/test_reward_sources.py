@@ -7,8 +7,7 @@ import torch
 
 from tether.config import RewardSourceSettings
 from tether.models.loading import load_tokenizer, save_model
-from tether.models.reward_model import RewardNormalization, init_reward_model, save_ensemble_manifest, save_normalization
-from tether.models.reward_model import score_texts
+from tether.models.reward_model import RewardNormalization, init_reward_model, save_ensemble_manifest, save_normalization, score_texts
 from tether.rewards.sources import load_reward_sources, score_pairs, score_samples
 
 FNS = Path(__file__).resolve().parents[1] / "stages" / "reward_fns.py"
@@ -108,7 +107,9 @@ def test_judge_round_robin_within_the_group(tiny_model_dir):
 
 def test_score_pairs_of_functions_and_models(reward_models):
     # each source scores the 2N samples, firsts then seconds; a pair is dropped when either answer is
-    sources = load_reward_sources([source("function", f"{FNS}:drop_odd"), source("model", reward_models / "m0", weight=0.5)], precision="fp32")
+    sources = load_reward_sources(
+        [source("function", f"{FNS}:drop_odd"), source("model", reward_models / "m0", weight=0.5)], precision="fp32"
+    )
     firsts, seconds = COMPLETIONS[:2], COMPLETIONS[2:]
     pairs, parts = score_pairs(sources, PROMPTS[:2], firsts, seconds, [{}] * 2)
     total, _ = score_samples(sources, PROMPTS[:2] * 2, firsts + seconds, [{}] * 4)
@@ -138,8 +139,18 @@ def test_ppo_takes_reward_sources(tiny_model_dir, tiny_data, tmp_path):
     from tether.stages.ppo import train_ppo
 
     reward = f"reward=[{{type: function, path: '{FNS}:drop_odd'}}, {{type: function, path: '{FNS}:constant', weight: 0.5}}]"
-    common = [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", "precision=fp32", "lora.enabled=false", "generation.max_new_tokens=4",
-              "steps=1", "batch_size=4", "mini_batch_size=2", "save_every=0", "samples_every=1"]
+    common = [
+        f"policy={tiny_model_dir}",
+        f"prompts={tiny_data['prompts']}",
+        "precision=fp32",
+        "lora.enabled=false",
+        "generation.max_new_tokens=4",
+        "steps=1",
+        "batch_size=4",
+        "mini_batch_size=2",
+        "save_every=0",
+        "samples_every=1",
+    ]
     cfg = load_config(PPOConfig, None, [reward, f"output_dir={tmp_path / 'p'}", *common])
     assert [s.type for s in cfg.reward] == ["function", "function"]
     assert train_ppo(cfg)["steps"] == 1

@@ -34,7 +34,7 @@ class _Model:
 
 
 class LLM:
-    instances: list["LLM"] = []
+    instances: list[LLM] = []
 
     def __init__(self, model: str, **kwargs):
         from transformers import AutoModelForCausalLM

@@ -91,9 +91,18 @@ def test_blocks_keep_their_index_for_models_that_pick_attention_per_block():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, use_sliding_window=True, sliding_window=3, max_window_layers=2,
-                         layer_types=["full_attention", "full_attention", "sliding_attention", "full_attention"])
+    config = Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=3,
+        max_window_layers=2,
+        layer_types=["full_attention", "full_attention", "sliding_attention", "full_attention"],
+    )
     model = Qwen2ForCausalLM(config).eval()
     seqs = torch.randint(3, 40, (2, 12))
     attn = torch.ones_like(seqs)

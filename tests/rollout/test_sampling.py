@@ -85,9 +85,18 @@ def test_near_greedy_matches_hf_greedy(lm):
     r = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=12, temperature=1e-4), seed=0, precision="fp32")
     ids, mask = pad_left([encode_prompt(tok, p, 192)[0] for p in PROMPTS], tok.pad_token_id)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
-    hf = out[:, ids.shape[1]:]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+        )
+    hf = out[:, ids.shape[1] :]
     for row in range(3):
         n = int(r.lengths[row])
         assert r.response_ids[row, :n].tolist() == hf[row, :n].tolist()
@@ -111,8 +120,16 @@ def test_logprobs_values_and_entropy_are_the_forward_passs(lm):
     head = torch.nn.Linear(model.config.hidden_size, 1)
     torch.nn.init.normal_(head.weight, std=0.5)
     for t in (1.0, 0.7):
-        r = sample_rollout(model, tok, PROMPTS, GenerationSettings(max_new_tokens=10, temperature=t, top_p=0.9), seed=2,
-                           precision="fp32", value_head=head, with_entropy=True)
+        r = sample_rollout(
+            model,
+            tok,
+            PROMPTS,
+            GenerationSettings(max_new_tokens=10, temperature=t, top_p=0.9),
+            seed=2,
+            precision="fp32",
+            value_head=head,
+            with_entropy=True,
+        )
         with torch.no_grad():
             full = policy_forward(model, r.sequences, r.attention_mask, r.prompt_ids.shape[1], t, value_head=head, with_entropy=True)
         mask = r.response_mask.bool()

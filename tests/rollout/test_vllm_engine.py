@@ -66,8 +66,10 @@ def test_the_weight_sync_pushes_the_merged_policy_and_leaves_the_adapter(tiny_mo
     assert n == len(expected) and set(engine.model.loaded) == set(expected)  # every base weight, no adapter tensor
     for name, tensor in engine.model.params.items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
-    assert not torch.equal(engine.model.params["model.layers.0.self_attn.q_proj.weight"],
-                           load_causal_lm(str(tiny_model_dir)).model.layers[0].self_attn.q_proj.weight)  # the adapter is in
+    assert not torch.equal(
+        engine.model.params["model.layers.0.self_attn.q_proj.weight"],
+        load_causal_lm(str(tiny_model_dir)).model.layers[0].self_attn.q_proj.weight,
+    )  # the adapter is in
     # the policy itself is as it was: adapter unmerged, same outputs, same trainable flags
     torch.testing.assert_close(policy(input_ids=ids).logits.detach(), before, rtol=0, atol=1e-6)
     assert {n: p.requires_grad for n, p in policy.named_parameters()} == flags
@@ -85,7 +87,7 @@ def test_a_vllm_rollout_has_tethers_layout_and_the_sampled_log_probs(tiny_model_
     assert rollout.response_ids.shape == (B, 8) and rollout.prompt_ids.shape[0] == B
     for row, prompt in enumerate(PROMPTS * 4):  # prompts encoded as tether's sampler encodes them, left-padded
         ids, _ = encode_prompt(tok, prompt, 64)
-        assert rollout.prompt_ids[row, -len(ids):].tolist() == ids and rollout.prompt_mask[row].sum() == len(ids)
+        assert rollout.prompt_ids[row, -len(ids) :].tolist() == ids and rollout.prompt_mask[row].sum() == len(ids)
     lengths = rollout.response_mask.sum(-1)
     for row in range(B):
         n = int(lengths[row])
@@ -98,7 +100,7 @@ def test_a_vllm_rollout_has_tethers_layout_and_the_sampled_log_probs(tiny_model_
         mine = policy_forward(policy, rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1], 1.0)["logp"]
     mask = rollout.response_mask.float()
     torch.testing.assert_close(rollout.logprobs * mask, mine * mask, rtol=0, atol=1e-4)
-    assert rollout.texts[0] == tok.decode(rollout.response_ids[0, :int(lengths[0])].tolist(), skip_special_tokens=True).strip()
+    assert rollout.texts[0] == tok.decode(rollout.response_ids[0, : int(lengths[0])].tolist(), skip_special_tokens=True).strip()
 
 
 def rows(out):
@@ -111,10 +113,28 @@ def test_ppo_with_vllm_syncs_after_every_update_and_weighs_by_the_importance_rat
 
     out = tmp_path / "ppo"
 
-    train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
-        "precision=fp32", "generation.max_new_tokens=6", "save_every=0", "samples_every=0", "steps=2", "batch_size=4",
-        "mini_batch_size=2", "optim.lr=1e-2", f"lora.enabled={lora}", "engine=vllm"]))
+    train_ppo(
+        load_config(
+            PPOConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"reward=[{{type: function, path: '{FNS}:letter_e'}}]",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={out}",
+                "precision=fp32",
+                "generation.max_new_tokens=6",
+                "save_every=0",
+                "samples_every=0",
+                "steps=2",
+                "batch_size=4",
+                "mini_batch_size=2",
+                "optim.lr=1e-2",
+                f"lora.enabled={lora}",
+                "engine=vllm",
+            ],
+        )
+    )
     engine = sys.modules["vllm"].LLM.instances[-1]
     assert engine.prefix_cache_resets == 3  # at the start, then after each of the 2 updates
     metrics = rows(out)
@@ -130,10 +150,26 @@ def test_grpo_with_vllm_syncs_after_every_update_and_weighs_by_the_importance_ra
     from tether.stages.grpo import train_grpo
 
     out = tmp_path / "grpo"
-    train_grpo(load_config(GRPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:e_count'}}]", f"prompts={tiny_data['prompts']}",
-        f"output_dir={out}", "precision=fp32", "generation.max_new_tokens=6", "save_every=0", "steps=2", "group_size=4",
-        "mini_batch_size=4", "optim.lr=1e-2", "engine=vllm"]))
+    train_grpo(
+        load_config(
+            GRPOConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"reward=[{{type: function, path: '{FNS}:e_count'}}]",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={out}",
+                "precision=fp32",
+                "generation.max_new_tokens=6",
+                "save_every=0",
+                "steps=2",
+                "group_size=4",
+                "mini_batch_size=4",
+                "optim.lr=1e-2",
+                "engine=vllm",
+            ],
+        )
+    )
     engine = sys.modules["vllm"].LLM.instances[-1]
     assert engine.prefix_cache_resets == 3
     for m in rows(out):
@@ -166,13 +202,40 @@ def test_sampling_stages_use_one_engine_and_swap_in_each_rounds_policy(tiny_mode
 
     monkeypatch.setattr(sampling_module, "_ENGINES", {})
     gen = ["generation.max_new_tokens=6", "precision=fp32", "engine=vllm"]
-    summary = collect(load_config(CollectConfig, None, [f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
-                                                        f"output_dir={tmp_path / 'collect'}", "responses_per_prompt=2", "limit=4", *gen]))
+    summary = collect(
+        load_config(
+            CollectConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={tmp_path / 'collect'}",
+                "responses_per_prompt=2",
+                "limit=4",
+                *gen,
+            ],
+        )
+    )
     assert summary["pairs"] >= 0 and len((tmp_path / "collect" / "samples.jsonl").read_text().splitlines()) == 8
-    rejection_sampling(load_config(RSConfig, None, [
-        f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'rs'}",
-        f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "rounds=2", "n=2", "eval_samples=1", "sft.max_steps=1",
-        "sft.batch_size=4", "sft.optim.lr=1e-2", *gen]))
+    rejection_sampling(
+        load_config(
+            RSConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={tmp_path / 'rs'}",
+                f"reward=[{{type: function, path: '{FNS}:letter_e'}}]",
+                "rounds=2",
+                "n=2",
+                "eval_samples=1",
+                "sft.max_steps=1",
+                "sft.batch_size=4",
+                "sft.optim.lr=1e-2",
+                *gen,
+            ],
+        )
+    )
     engines = sys.modules["vllm"].LLM.instances
     assert len(engines) == 1 and engines[0].prefix_cache_resets == 2
     final = load_file(str(tmp_path / "rs" / "round_2" / "sft" / "model" / "model.safetensors"))
@@ -184,9 +247,9 @@ def test_eval_samples_baseline_and_policy_with_one_engine(tiny_model_dir, tiny_d
     # tether eval engine=vllm: the engine samples the baseline, then takes the policy's weights and samples it; KL and
     # scores come from the models themselves, so the baseline (its own reference) has KL 0 and the policy does not
     from tether.config import EvalConfig
-    from tether.stages.evaluate import evaluate
     from tether.models.loading import save_model
     from tether.rollout import sampling as sampling_module
+    from tether.stages.evaluate import evaluate
 
     monkeypatch.setattr(sampling_module, "_ENGINES", {})
     policy = load_causal_lm(str(tiny_model_dir))
@@ -195,9 +258,22 @@ def test_eval_samples_baseline_and_policy_with_one_engine(tiny_model_dir, tiny_d
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     save_model(policy, load_tokenizer(str(tiny_model_dir)), tmp_path / "policy")
-    s = evaluate(load_config(EvalConfig, None, [f"policy={tmp_path / 'policy'}", f"baseline={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
-                                                f"output_dir={tmp_path / 'eval'}", "limit=4", "precision=fp32", "engine=vllm",
-                                                "generation.max_new_tokens=6"]))
+    s = evaluate(
+        load_config(
+            EvalConfig,
+            None,
+            [
+                f"policy={tmp_path / 'policy'}",
+                f"baseline={tiny_model_dir}",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={tmp_path / 'eval'}",
+                "limit=4",
+                "precision=fp32",
+                "engine=vllm",
+                "generation.max_new_tokens=6",
+            ],
+        )
+    )
     assert s["prompts"] == 4 and s["kl_baseline"] == 0.0 and s["kl_policy"] > 0
     engines = sys.modules["vllm"].LLM.instances
     assert len(engines) == 1 and engines[0].prefix_cache_resets == 1

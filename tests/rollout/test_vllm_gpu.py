@@ -12,8 +12,9 @@ from tether.config import GenerationSettings, LoraSettings, VLLMSettings
 from tether.models.loading import apply_lora, default_model_dir, load_causal_lm, load_tokenizer
 from tether.rollout.logprobs import policy_forward
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
-                                reason="needs a CUDA GPU and vLLM")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None, reason="needs a CUDA GPU and vLLM"
+)
 
 PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves.", "How do I boil an egg?"] * 4
 

@@ -30,8 +30,10 @@ def hash_unless_fixed(prompts, completions, metadata):
     in [0, 1) from the completion's text, so that only identical completions tie."""
     import hashlib
 
-    return [1.0 if meta.get("fixed") else int(hashlib.md5(text.encode()).hexdigest()[:8], 16) / 2**32
-            for meta, text in zip(metadata, completions)]
+    return [
+        1.0 if meta.get("fixed") else int(hashlib.md5(text.encode()).hexdigest()[:8], 16) / 2**32
+        for meta, text in zip(metadata, completions)
+    ]
 
 
 def e_count(prompts, completions, metadata):

@@ -34,14 +34,27 @@ def letter_e(text: str) -> float:  # the same as reward_fns.letter_e, for one te
 
 
 def bon(tiny_model_dir, tiny_data, out, *extra):
-    return best_of_n(load_config(BoNConfig, None, [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}",
-                                                   f"output_dir={out}", *GEN, *extra]))
+    return best_of_n(
+        load_config(BoNConfig, None, [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={out}", *GEN, *extra])
+    )
 
 
 def rs_cfg(tiny_model_dir, tiny_data, out, *extra):
-    return load_config(RSConfig, None, [f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
-                                        LETTER_E, *GEN, "sft.optim.lr=1e-2", "sft.optim.warmup_ratio=0",
-                                        "sft.batch_size=4", *extra])
+    return load_config(
+        RSConfig,
+        None,
+        [
+            f"policy={tiny_model_dir}",
+            f"prompts={tiny_data['prompts']}",
+            f"output_dir={out}",
+            LETTER_E,
+            *GEN,
+            "sft.optim.lr=1e-2",
+            "sft.optim.warmup_ratio=0",
+            "sft.batch_size=4",
+            *extra,
+        ],
+    )
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -120,16 +133,29 @@ def tiny_ensemble(tiny_model_dir, tmp_path_factory):
 
 
 def test_bon_with_an_ensemble_scores_mean_minus_k_std(tiny_model_dir, tiny_data, tiny_ensemble, tmp_path):
-    from tether.models.reward_model import load_reward_model
-    from tether.models.reward_model import score_texts
+    from tether.models.reward_model import load_reward_model, score_texts
 
-    bon(tiny_model_dir, tiny_data, tmp_path / "b", f"reward=[{{type: model, path: '{tiny_ensemble}', std_coef: 1.5, max_response_tokens: 32}}]", "n=4", "limit=4")
+    bon(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "b",
+        f"reward=[{{type: model, path: '{tiny_ensemble}', std_coef: 1.5, max_response_tokens: 32}}]",
+        "n=4",
+        "limit=4",
+    )
     rm = load_reward_model(str(tiny_ensemble))
     for r in rows_of(tmp_path / "b" / "bon.jsonl"):
         # each response scored alone (no packing), by each member, then mean - 1.5 * population std
-        members = torch.stack([m.normalization.apply(score_texts(m.model, m.tokenizer, [r["prompt"]] * 4, r["responses"],
-                                                                 max_response_tokens=32, precision="fp32", pack=False))
-                               for m in rm.members])
+        members = torch.stack(
+            [
+                m.normalization.apply(
+                    score_texts(
+                        m.model, m.tokenizer, [r["prompt"]] * 4, r["responses"], max_response_tokens=32, precision="fp32", pack=False
+                    )
+                )
+                for m in rm.members
+            ]
+        )
         expected = members.mean(0) - 1.5 * members.std(0, correction=0)
         assert r["scores"] == pytest.approx(expected.tolist(), abs=1e-4)
         assert r["best_index"] == int(expected.argmax())
@@ -168,12 +194,16 @@ def test_rs_resume_skips_finished_rounds(tiny_model_dir, tiny_data, tmp_path):
     out = tmp_path / "rs"
     first = rejection_sampling(rs_cfg(tiny_model_dir, tiny_data, out, "rounds=1", *common))
     r1 = out / "round_1"
-    stamps = {p: p.stat().st_mtime_ns for p in [r1 / "summary.json", r1 / "bon.jsonl", r1 / "sft" / "model" / "model.safetensors",
-                                                  out / "round_0" / "fresh.json"]}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in [r1 / "summary.json", r1 / "bon.jsonl", r1 / "sft" / "model" / "model.safetensors", out / "round_0" / "fresh.json"]
+    }
     again = rejection_sampling(rs_cfg(tiny_model_dir, tiny_data, out, "rounds=2", *common))
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # round 0 and round 1 were not run again
     assert (out / "round_2" / "summary.json").exists() and again["history"][:2] == first["history"]
-    assert yaml.safe_load((out / "round_2" / "sft" / "config.yaml").read_text())["model"] == str(r1 / "sft" / "model")  # round 2 fine-tunes round 1's
+    assert yaml.safe_load((out / "round_2" / "sft" / "config.yaml").read_text())["model"] == str(
+        r1 / "sft" / "model"
+    )  # round 2 fine-tunes round 1's
 
 
 def test_rs_resumes_a_round_interrupted_during_sft(tiny_model_dir, tiny_data, tmp_path):
@@ -187,22 +217,35 @@ def test_rs_resumes_a_round_interrupted_during_sft(tiny_model_dir, tiny_data, tm
     assert json.loads((out / "round_1" / "sft" / "summary.json").read_text())["steps"] == 3
 
 
-@pytest.mark.parametrize("cls, overrides, message", [
-    (BoNConfig, [], r"set reward: a list of reward sources"),
-    (RSConfig, ["reward=[]"], r"set reward: a list of reward sources"),
-    (BoNConfig, [f"reward=[{{type: function, path: '{FNS}:letter_e', std_coef: 0.5}}]"], r"std_coef applies to a reward-model ensemble"),
-    (BoNConfig, [LETTER_E, "n=0"], r"n must be at least 1, got 0 \(samples per prompt\)"),
-    (RSConfig, [LETTER_E, "rounds=0"], r"rounds must be at least 1, got 0"),
-    (RSConfig, [LETTER_E, "eval_samples=0"], r"eval_samples must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "cls, overrides, message",
+    [
+        (BoNConfig, [], r"set reward: a list of reward sources"),
+        (RSConfig, ["reward=[]"], r"set reward: a list of reward sources"),
+        (
+            BoNConfig,
+            [f"reward=[{{type: function, path: '{FNS}:letter_e', std_coef: 0.5}}]"],
+            r"std_coef applies to a reward-model ensemble",
+        ),
+        (BoNConfig, [LETTER_E, "n=0"], r"n must be at least 1, got 0 \(samples per prompt\)"),
+        (RSConfig, [LETTER_E, "rounds=0"], r"rounds must be at least 1, got 0"),
+        (RSConfig, [LETTER_E, "eval_samples=0"], r"eval_samples must be at least 1"),
+    ],
+)
 def test_bad_config_combinations_name_the_fields(cls, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(cls, None, overrides)
 
 
 def test_bon_sums_weighted_sources(tiny_model_dir, tiny_data, tmp_path):
-    bon(tiny_model_dir, tiny_data, tmp_path / "b", "n=3", "limit=4",
-        f"reward=[{{type: function, path: '{FNS}:letter_e', weight: 2.0}}, {{type: function, path: '{FNS}:constant', weight: 0.5}}]")
+    bon(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "b",
+        "n=3",
+        "limit=4",
+        f"reward=[{{type: function, path: '{FNS}:letter_e', weight: 2.0}}, {{type: function, path: '{FNS}:constant', weight: 0.5}}]",
+    )
     for r in rows_of(tmp_path / "b" / "bon.jsonl"):  # 2 * letter_e + 0.5 * 1.0
         assert r["scores"] == pytest.approx([2 * letter_e(x) + 0.5 for x in r["responses"]])
 

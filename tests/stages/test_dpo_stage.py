@@ -11,10 +11,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tether.cli import app
-from tether.config import ConfigError, DPOConfig, load_config
+from tether.config import ConfigError, DPOConfig, LoraSettings, load_config
 from tether.data.readers import DataError, read_preferences
 from tether.models.loading import apply_lora, load_causal_lm, load_tokenizer
-from tether.config import LoraSettings
 from tether.stages.dpo import REFERENCE_FILE, EncodedPair, encode_pair, pair_loss, response_logprobs, train_dpo
 
 
@@ -28,9 +27,22 @@ def one_thread():
 
 
 def dpo_cfg(tiny_model_dir, tiny_data, out, *extra):
-    return load_config(DPOConfig, None, [f"policy={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={out}", "precision=fp32",
-                                         "optim.lr=1e-2", "optim.warmup_ratio=0.0", "batch_size=4", "eval_fraction=0.25", "save_every=0",
-                                         *extra])
+    return load_config(
+        DPOConfig,
+        None,
+        [
+            f"policy={tiny_model_dir}",
+            f"data={tiny_data['prefs']}",
+            f"output_dir={out}",
+            "precision=fp32",
+            "optim.lr=1e-2",
+            "optim.warmup_ratio=0.0",
+            "batch_size=4",
+            "eval_fraction=0.25",
+            "save_every=0",
+            *extra,
+        ],
+    )
 
 
 def metrics(out: Path) -> list[dict]:
@@ -114,8 +126,17 @@ def test_response_logprobs_respects_truncation(tiny_model_dir):
 # --------------------------------------------------------------------------- invariants at step 0
 
 
-@pytest.mark.parametrize("extra", [[], ["lora.enabled=false"], ["precompute_reference=true"], ["lora.enabled=false", "precompute_reference=true"],
-                                   ["pack_prompts=false"]], ids=["lora", "full", "lora-precomputed", "full-precomputed", "unpacked"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["lora.enabled=false"],
+        ["precompute_reference=true"],
+        ["lora.enabled=false", "precompute_reference=true"],
+        ["pack_prompts=false"],
+    ],
+    ids=["lora", "full", "lora-precomputed", "full-precomputed", "unpacked"],
+)
 def test_step0_loss_is_log2_and_rewards_are_zero(tiny_model_dir, tiny_data, tmp_path, extra):
     # the first step's metrics are computed before any update: policy == reference, so h = 0 and the loss is
     # -log sigmoid(0) = log 2, every implicit reward 0, and every pair a tie (accuracy 1/2)
@@ -127,9 +148,14 @@ def test_step0_loss_is_log2_and_rewards_are_zero(tiny_model_dir, tiny_data, tmp_
     assert train_lines(tmp_path)[1]["train/loss"] < math.log(2)  # and the update moved the policy the right way
 
 
-@pytest.mark.parametrize("loss, extra, expected", [("ipo", ["beta=0.5"], 1.0),          # (0 - 1/(2*0.5))^2 = 1
-                                                   ("hinge", [], 1.0),                  # max(0, 1 - 0) = 1
-                                                   ("conservative", ["label_smoothing=0.2"], math.log(2))])  # 0.8 log 2 + 0.2 log 2
+@pytest.mark.parametrize(
+    "loss, extra, expected",
+    [
+        ("ipo", ["beta=0.5"], 1.0),  # (0 - 1/(2*0.5))^2 = 1
+        ("hinge", [], 1.0),  # max(0, 1 - 0) = 1
+        ("conservative", ["label_smoothing=0.2"], math.log(2)),
+    ],
+)  # 0.8 log 2 + 0.2 log 2
 def test_each_variant_at_step0(tiny_model_dir, tiny_data, tmp_path, loss, extra, expected):
     train_dpo(dpo_cfg(tiny_model_dir, tiny_data, tmp_path, "max_steps=2", f"loss={loss}", *extra))
     lines = train_lines(tmp_path)
@@ -267,8 +293,9 @@ def test_freeze_layers_with_lora_survives_the_adapter_switch(tiny_model_dir, tin
 
     freeze_lower_layers(policy, 1)
     before = {n for n, p in policy.named_parameters() if p.requires_grad}
-    live_reference(policy, None, [encode_pair(tok, p, 192, 128)[0] for p in read_preferences(tiny_data["prefs"])][:2], tok.pad_token_id,
-                   True, "fp32")
+    live_reference(
+        policy, None, [encode_pair(tok, p, 192, 128)[0] for p in read_preferences(tiny_data["prefs"])][:2], tok.pad_token_id, True, "fp32"
+    )
     assert {n for n, p in policy.named_parameters() if p.requires_grad} == before
     assert before and not any(".layers.0." in n for n in before)
 
@@ -323,10 +350,21 @@ def test_config_rejects_bad_combinations():
 
 def test_command_line(tiny_model_dir, tiny_data, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["dpo", f"policy={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={out}",
-                                      "precision=fp32", "max_steps=2", "batch_size=4", "loss=ipo"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "dpo",
+            f"policy={tiny_model_dir}",
+            f"data={tiny_data['prefs']}",
+            f"output_dir={out}",
+            "precision=fp32",
+            "max_steps=2",
+            "batch_size=4",
+            "loss=ipo",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["stage"] == "dpo" and summary["loss"] == "ipo" and (out / "model" / "config.json").exists()
     assert {"train/loss", "train/rewards_chosen", "train/rewards_rejected", "train/margin", "train/accuracy"} <= set(metrics(out)[0])
     assert {"eval/loss", "eval/accuracy"} <= set(metrics(out)[-1])

@@ -15,10 +15,25 @@ FNS = Path(__file__).resolve().parent / "reward_fns.py"
 
 
 def ppo(tiny_model_dir, tiny_data, out, fn, *extra):
-    return train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:{fn}'}}]", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
-        "precision=fp32", "lora.enabled=false", "generation.max_new_tokens=8", "generation.batch_size=16", "save_every=0",
-        "samples_every=0", *extra]))
+    return train_ppo(
+        load_config(
+            PPOConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"reward=[{{type: function, path: '{FNS}:{fn}'}}]",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={out}",
+                "precision=fp32",
+                "lora.enabled=false",
+                "generation.max_new_tokens=8",
+                "generation.batch_size=16",
+                "save_every=0",
+                "samples_every=0",
+                *extra,
+            ],
+        )
+    )
 
 
 def rows(out: Path) -> list[dict]:
@@ -27,8 +42,20 @@ def rows(out: Path) -> list[dict]:
 
 def test_ppo_learns_to_write_the_letter_e(tiny_model_dir, tiny_data, tmp_path):
     # a random 2-layer model writes ~5% 'e'; PPO must push that past 30% within 30 iterations, with a finite KL
-    ppo(tiny_model_dir, tiny_data, tmp_path / "ppo", "letter_e", "steps=30", "batch_size=16", "mini_batch_size=8",
-        "ppo_epochs=4", "micro_batch_size=8", "optim.lr=1e-2", "kl.init_beta=0.001", "kl.adaptive=false")
+    ppo(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "ppo",
+        "letter_e",
+        "steps=30",
+        "batch_size=16",
+        "mini_batch_size=8",
+        "ppo_epochs=4",
+        "micro_batch_size=8",
+        "optim.lr=1e-2",
+        "kl.init_beta=0.001",
+        "kl.adaptive=false",
+    )
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["rollout/reward"] for r in rows[:5]) / 5
     last = sum(r["rollout/reward"] for r in rows[-5:]) / 5

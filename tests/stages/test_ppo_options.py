@@ -19,10 +19,26 @@ PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves and th
 
 
 def ppo(tiny_model_dir, tiny_data, out, fn, *extra):
-    return train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward=[{{type: function, path: '{FNS}:{fn}'}}]", f"prompts={tiny_data['prompts']}", f"output_dir={out}",
-        "precision=fp32", "generation.max_new_tokens=8", "generation.batch_size=8", "save_every=0", "samples_every=0",
-        "batch_size=4", "mini_batch_size=2", *extra]))
+    return train_ppo(
+        load_config(
+            PPOConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"reward=[{{type: function, path: '{FNS}:{fn}'}}]",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={out}",
+                "precision=fp32",
+                "generation.max_new_tokens=8",
+                "generation.batch_size=8",
+                "save_every=0",
+                "samples_every=0",
+                "batch_size=4",
+                "mini_batch_size=2",
+                *extra,
+            ],
+        )
+    )
 
 
 def rows(out):
@@ -32,8 +48,8 @@ def rows(out):
 def test_stop_string_ends_the_response_at_its_first_occurrence(tiny_model_dir):
     model, tok = load_causal_lm(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
     free = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=16), seed=3, precision="fp32")
-    text = tok.decode(free.response_ids[0, :int(free.lengths[0])].tolist(), skip_special_tokens=True)
-    stop = text[len(text) // 2:len(text) // 2 + 2]  # two characters from the middle of what it wrote
+    text = tok.decode(free.response_ids[0, : int(free.lengths[0])].tolist(), skip_special_tokens=True)
+    stop = text[len(text) // 2 : len(text) // 2 + 2]  # two characters from the middle of what it wrote
     assert stop.strip()
     cut = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=16, stop_strings=[stop]), seed=3, precision="fp32")
     n = int(cut.lengths[0])
@@ -49,8 +65,17 @@ def test_stop_string_ends_the_response_at_its_first_occurrence(tiny_model_dir):
 
 
 def test_kl_as_loss_keeps_the_reward_free_of_kl_and_holds_the_policy_back(tiny_model_dir, tiny_data, tmp_path):
-    common = ["steps=8", "kl.penalty=loss", "kl.estimator=k3", "kl.adaptive=false", "whiten_rewards=true", "lora.enabled=false", "optim.lr=3e-3",
-              "optim.schedule=cosine", "optim.warmup_ratio=0.05"]
+    common = [
+        "steps=8",
+        "kl.penalty=loss",
+        "kl.estimator=k3",
+        "kl.adaptive=false",
+        "whiten_rewards=true",
+        "lora.enabled=false",
+        "optim.lr=3e-3",
+        "optim.schedule=cosine",
+        "optim.warmup_ratio=0.05",
+    ]
     ppo(tiny_model_dir, tiny_data, tmp_path / "leash", "letter_e", *common, "kl.init_beta=5.0")
     ppo(tiny_model_dir, tiny_data, tmp_path / "free", "letter_e", *common, "kl.init_beta=0.0")
     leash, free = rows(tmp_path / "leash"), rows(tmp_path / "free")
@@ -61,7 +86,15 @@ def test_kl_as_loss_keeps_the_reward_free_of_kl_and_holds_the_policy_back(tiny_m
 
 def test_entropy_bonus_slows_the_collapse_onto_one_behaviour(tiny_model_dir, tiny_data, tmp_path):
     # letter_e rewards one narrow behaviour, so PPO lowers entropy; the bonus must hold it higher
-    common = ["steps=6", "kl.adaptive=false", "kl.init_beta=0", "optim.lr=1e-2", "optim.schedule=constant", "lora.enabled=false", "ppo_epochs=4"]
+    common = [
+        "steps=6",
+        "kl.adaptive=false",
+        "kl.init_beta=0",
+        "optim.lr=1e-2",
+        "optim.schedule=constant",
+        "lora.enabled=false",
+        "ppo_epochs=4",
+    ]
     ppo(tiny_model_dir, tiny_data, tmp_path / "plain", "letter_e", *common)
     ppo(tiny_model_dir, tiny_data, tmp_path / "bonus", "letter_e", *common, "ent_coef=2.0")
     plain, bonus = rows(tmp_path / "plain"), rows(tmp_path / "bonus")
@@ -80,8 +113,19 @@ def test_ptx_loss_pulls_the_policy_towards_the_demonstrations(tiny_model_dir, ti
 def test_goodhart_guard_rolls_back_when_kl_passes_the_ceiling(tiny_model_dir, tiny_data, tmp_path):
     # a ceiling below any estimate the check can return: the first check after an update passes it (a small positive
     # ceiling would leave this to chance: on 4 prompts of a tiny model, the k1 estimate of a small KL is often negative)
-    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "letter_e", "steps=6", "optim.lr=1e-2", "lora.enabled=false",
-            f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=1", "early_stop.limit=4", "early_stop.max_kl=-100")
+    s = ppo(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "g",
+        "letter_e",
+        "steps=6",
+        "optim.lr=1e-2",
+        "lora.enabled=false",
+        f"early_stop.prompts={tiny_data['prompts']}",
+        "early_stop.every=1",
+        "early_stop.limit=4",
+        "early_stop.max_kl=-100",
+    )
     assert s["steps_done"] == 1 and "max_kl" in s["stopped_early"]
     assert s["held_out"]["best_step"] == 0 and s["held_out"]["prompts"] == 4
     start, final = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(tmp_path / "g" / "model" / "model.safetensors"))
@@ -91,16 +135,34 @@ def test_goodhart_guard_rolls_back_when_kl_passes_the_ceiling(tiny_model_dir, ti
 
 
 def test_goodhart_guard_stops_when_held_out_reward_stops_rising(tiny_model_dir, tiny_data, tmp_path):
-    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "constant", "steps=8", f"early_stop.prompts={tiny_data['prompts']}",
-            "early_stop.every=1", "early_stop.limit=4", "early_stop.patience=2")
+    s = ppo(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "g",
+        "constant",
+        "steps=8",
+        f"early_stop.prompts={tiny_data['prompts']}",
+        "early_stop.every=1",
+        "early_stop.limit=4",
+        "early_stop.patience=2",
+    )
     # a constant reward never beats the start, so two checks without a new best end the run
     assert s["steps_done"] == 2 and "not improved" in s["stopped_early"] and s["held_out"]["best_step"] == 0
     assert (tmp_path / "g" / "best" / "policy.safetensors").exists()
 
 
 def test_goodhart_guard_keeps_the_best_step_and_resumes_with_it(tiny_model_dir, tiny_data, tmp_path):
-    common = ["steps=4", "optim.lr=1e-2", "lora.enabled=false", "kl.init_beta=0.001", "kl.adaptive=false",
-              f"early_stop.prompts={tiny_data['prompts']}", "early_stop.every=2", "early_stop.limit=4", "early_stop.patience=0"]
+    common = [
+        "steps=4",
+        "optim.lr=1e-2",
+        "lora.enabled=false",
+        "kl.init_beta=0.001",
+        "kl.adaptive=false",
+        f"early_stop.prompts={tiny_data['prompts']}",
+        "early_stop.every=2",
+        "early_stop.limit=4",
+        "early_stop.patience=0",
+    ]
     full = ppo(tiny_model_dir, tiny_data, tmp_path / "a", "letter_e", *common)
     assert ppo(tiny_model_dir, tiny_data, tmp_path / "b", "letter_e", *common, "interrupt_after=2") is None
     resumed = ppo(tiny_model_dir, tiny_data, tmp_path / "b", "letter_e", *common)
@@ -114,9 +176,11 @@ def test_goodhart_guard_tolerance_keeps_the_latest_reading_within_it_of_the_best
     # 0.119 lower, inside a tolerance of 0.15, so it is kept instead; step 16 passes the KL ceiling and is never kept
     from tether import training
     from tether.config import EarlyStopSettings
+
     weight = torch.nn.Linear(1, 1, bias=False)
-    guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, max_kl=6.0, patience=3, tolerance=tolerance),
-                                   tmp_path, {"policy": weight}, steps=20)
+    guard = training.GoodhartGuard(
+        EarlyStopSettings(prompts="p.jsonl", every=4, max_kl=6.0, patience=3, tolerance=tolerance), tmp_path, {"policy": weight}, steps=20
+    )
     checks = {4: (1.788, 1.96), 8: (2.278, 4.39), 12: (2.159, 4.98), 16: (2.402, 6.03)}
     with torch.no_grad():
         weight.weight.fill_(0.0)
@@ -141,6 +205,7 @@ def test_the_guard_state_goes_into_a_checkpoint_and_old_checkpoints_still_resume
     # `top` and `checks` were kept resumes with the kept reading as the best so far
     from tether import training
     from tether.config import EarlyStopSettings
+
     settings = EarlyStopSettings(prompts="p.jsonl", every=4, max_kl=6.0, patience=2)
     guard = training.GoodhartGuard(settings, tmp_path, {}, steps=20)
     guard.start({"reward": 1.0, "kl": 0.0})
@@ -164,6 +229,7 @@ def test_checks_come_every_near_steps_once_the_held_out_kl_nears_the_ceiling(tmp
     # of the HH config: 1.59 nats at step 4, 4.14 at step 8), back to every 4 when the KL falls under it again
     from tether import training
     from tether.config import EarlyStopSettings
+
     settings = EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_kl=6.0, patience=0)
     guard = training.GoodhartGuard(settings, tmp_path, {}, steps=20)
     guard.start({"reward": 1.124, "kl": 0.0})
@@ -175,8 +241,9 @@ def test_checks_come_every_near_steps_once_the_held_out_kl_nears_the_ceiling(tmp
             assert guard.update(done, {"reward": 2.0, "kl": readings[done]}) is None
     assert checked == [4, 8, 10, 12, 16, 18, 20]  # 20 is also the last step
     # the time budget looks ahead to the next check by the same rule: 2 steps after a near reading
-    guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_minutes=10),
-                                   tmp_path, {}, steps=20, started=0.0)
+    guard = training.GoodhartGuard(
+        EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_minutes=10), tmp_path, {}, steps=20, started=0.0
+    )
     guard.start({"reward": 1.0, "kl": 0.0})
     guard.update(8, {"reward": 2.0, "kl": 4.5})
     guard.check_seconds = 0.0
@@ -192,11 +259,17 @@ def test_checks_come_every_near_steps_once_the_held_out_kl_nears_the_ceiling(tmp
     assert due == [4, 8, 10]
     # patience counts only the checks on the `every` schedule (seed 4's checks on this config: the best reading at step 8,
     # then two lower ones at 12 and 14): the extra check at 14 does not end the run, the regular one at 16 does
-    guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_kl=6.0, patience=2,
-                                                     tolerance=0.15), tmp_path, {}, steps=20)
+    guard = training.GoodhartGuard(
+        EarlyStopSettings(prompts="p.jsonl", every=4, near_kl=4.0, every_near=2, max_kl=6.0, patience=2, tolerance=0.15),
+        tmp_path,
+        {},
+        steps=20,
+    )
     guard.start({"reward": 1.243, "kl": 0.0})
-    reasons = {step: guard.update(step, {"reward": reward, "kl": kl})
-               for step, (reward, kl) in {4: (1.560, 2.40), 8: (2.204, 3.62), 12: (2.186, 4.59), 14: (2.061, 5.55), 16: (2.100, 5.90)}.items()}
+    reasons = {
+        step: guard.update(step, {"reward": reward, "kl": kl})
+        for step, (reward, kl) in {4: (1.560, 2.40), 8: (2.204, 3.62), 12: (2.186, 4.59), 14: (2.061, 5.55), 16: (2.100, 5.90)}.items()
+    }
     assert [reasons[step] for step in (4, 8, 12, 14)] == [None] * 4 and "not improved for 2" in reasons[16]
     assert guard.state.step == 16 and guard.state.top == 2.204  # 2.100 is within 0.15 of the best reading
     with pytest.raises(ConfigError, match="early_stop.every_near must be at least 1"):
@@ -207,6 +280,7 @@ def test_time_budget_stops_before_the_next_check_that_would_end_past_it(monkeypa
     # the prediction by hand: now + steps to the next check x the mean step + the last check's seconds
     from tether import training
     from tether.config import EarlyStopSettings
+
     clock = [0.0]
     monkeypatch.setattr(training.time, "time", lambda: clock[0])
     guard = training.GoodhartGuard(EarlyStopSettings(prompts="p.jsonl", every=4, max_minutes=10), tmp_path, {}, steps=20, started=0.0)
@@ -232,8 +306,16 @@ def test_time_budget_stops_before_the_next_check_that_would_end_past_it(monkeypa
 
 
 def test_time_budget_ends_the_run_on_its_best_checked_policy(tiny_model_dir, tiny_data, tmp_path):
-    common = ["steps=6", "optim.lr=1e-2", "lora.enabled=false", "kl.init_beta=0.01", f"early_stop.prompts={tiny_data['prompts']}",
-              "early_stop.every=2", "early_stop.limit=4", "early_stop.patience=0"]
+    common = [
+        "steps=6",
+        "optim.lr=1e-2",
+        "lora.enabled=false",
+        "kl.init_beta=0.01",
+        f"early_stop.prompts={tiny_data['prompts']}",
+        "early_stop.every=2",
+        "early_stop.limit=4",
+        "early_stop.patience=0",
+    ]
     s = ppo(tiny_model_dir, tiny_data, tmp_path / "short", "letter_e", *common, "early_stop.max_minutes=0.0001")
     assert s["steps_done"] == 1 and "max_minutes" in s["stopped_early"] and "check after step 2" in s["stopped_early"]
     assert s["held_out"]["best_step"] == 0  # the only checked policy: the start, which the run rolled back to
@@ -266,8 +348,15 @@ def test_micro_batches_give_the_whole_minibatch_update(tiny_model_dir, tiny_data
     # one minibatch of 4 episodes in one pass, or as micro-batches of 1 (4 passes) or of 3 and 1
     # (unequal); a stop string makes the replies differ in length, so the token-share weighting
     # of each micro-batch's loss is what is tested
-    common = ["steps=1", "ppo_epochs=1", "mini_batch_size=4", "lora.enabled=false", "optim.lr=1e-3",
-              "generation.stop_strings=[e]", "samples_every=1"]
+    common = [
+        "steps=1",
+        "ppo_epochs=1",
+        "mini_batch_size=4",
+        "lora.enabled=false",
+        "optim.lr=1e-3",
+        "generation.stop_strings=[e]",
+        "samples_every=1",
+    ]
     ppo(tiny_model_dir, tiny_data, tmp_path / "whole", "letter_e", *common, "micro_batch_size=4")
     ppo(tiny_model_dir, tiny_data, tmp_path / "micro", "letter_e", *common, f"micro_batch_size={micro}")
     lengths = {len(s["response"]) for s in map(json.loads, (tmp_path / "whole" / "samples.jsonl").read_text().splitlines())}
@@ -276,7 +365,10 @@ def test_micro_batches_give_the_whole_minibatch_update(tiny_model_dir, tiny_data
     for key in ("train/policy_loss", "train/value_loss", "train/grad_norm", "train/approx_kl"):
         assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-7), key
     base = load_file(str(tiny_model_dir / "model.safetensors"))
-    a, b = load_file(str(tmp_path / "whole" / "model" / "model.safetensors")), load_file(str(tmp_path / "micro" / "model" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "whole" / "model" / "model.safetensors")),
+        load_file(str(tmp_path / "micro" / "model" / "model.safetensors")),
+    )
     assert sum((a[k] - base[k]).abs().sum().item() for k in base) > 0
     for k in base:  # Adam's first step is about lr * sign(g): compare at 1% of it
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
@@ -290,8 +382,15 @@ def test_log_probs_and_values_from_the_sampling_pass_change_no_number(tiny_model
     ppo(tiny_model_dir, tiny_data, tmp_path / "forward", "letter_e", *common, "reuse_sampling_pass=false")
     reuse, forward = rows(tmp_path / "reuse"), rows(tmp_path / "forward")
     for a, b in zip(reuse, forward):
-        for key in ("rollout/reward", "rollout/kl", "rollout/entropy", "train/policy_loss", "train/value_loss", "train/approx_kl",
-                    "train/clipfrac"):
+        for key in (
+            "rollout/reward",
+            "rollout/kl",
+            "rollout/entropy",
+            "train/policy_loss",
+            "train/value_loss",
+            "train/approx_kl",
+            "train/clipfrac",
+        ):
             assert a[key] == pytest.approx(b[key], rel=5e-3, abs=2e-4), key  # KL: a difference of near-equal numbers
         # EV = 1 - var(returns - values) / var(returns), with returns of a few hundredths: after one Adam step (about
         # lr * sign(g), so a rounding-sized gradient can flip a parameter's step) it moves by ~0.01 (AVX-512 CPUs: 0.008)
@@ -314,7 +413,9 @@ def test_passes_from_the_recorded_frozen_blocks_change_no_number(tiny_model_dir,
     frozen block from its recorded output; the run is the one that recomputes it."""
     common = ["steps=2", "optim.lr=1e-2", "freeze_layers=1", "kl.init_beta=0.2"]
     assert ppo(tiny_model_dir, tiny_data, tmp_path / "reuse", "letter_e", *common)["frozen_blocks_recorded"] == 1
-    assert ppo(tiny_model_dir, tiny_data, tmp_path / "full", "letter_e", *common, "reuse_frozen_states=false")["frozen_blocks_recorded"] == 0
+    assert (
+        ppo(tiny_model_dir, tiny_data, tmp_path / "full", "letter_e", *common, "reuse_frozen_states=false")["frozen_blocks_recorded"] == 0
+    )
     reuse, full = rows(tmp_path / "reuse"), rows(tmp_path / "full")
     for a, b in zip(reuse, full):
         for key in ("rollout/reward", "rollout/kl", "train/policy_loss", "train/value_loss", "train/approx_kl", "train/grad_norm"):
@@ -345,7 +446,7 @@ def test_gold_peak_is_where_the_fitted_gao_curve_turns():
     curve = lambda kl: math.sqrt(kl) * (1 - 0.5 * math.log(math.sqrt(kl))) if kl > 0 else 0.0  # noqa: E731
     checks = [[kl, curve(kl) + 0.3] for kl in (0.0, 1.0, 4.0, 9.0)]  # plus gold's own offset
     assert gold_peak_kl(checks[:3]) is None  # three numbers are fitted: not before a fourth check
-    assert gold_peak_kl(checks) == pytest.approx(math.e ** 2, rel=1e-6)
+    assert gold_peak_kl(checks) == pytest.approx(math.e**2, rel=1e-6)
     assert gold_peak_kl([[kl, 0.5 * math.sqrt(kl)] for kl in (0.0, 1.0, 4.0, 9.0)]) is None  # still rising: no peak
 
 
@@ -364,14 +465,25 @@ def test_gold_peak_guard_logs_the_fitted_peak(tiny_model_dir, tiny_data, tmp_pat
         return {**check, "kl": kl, "gold": 0.3 + (d * (1 - 0.5 * math.log(d)) if d > 0 else 0.0)}
 
     monkeypatch.setattr(ppo_stage, "held_out_check", on_the_curve)
-    s = ppo(tiny_model_dir, tiny_data, tmp_path / "g", "letter_e", "steps=5", f"early_stop.prompts={tiny_data['prompts']}",
-            "early_stop.every=1", "early_stop.limit=4", "early_stop.patience=0", "early_stop.gold_peak=true")
+    s = ppo(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "g",
+        "letter_e",
+        "steps=5",
+        f"early_stop.prompts={tiny_data['prompts']}",
+        "early_stop.every=1",
+        "early_stop.limit=4",
+        "early_stop.patience=0",
+        "early_stop.gold_peak=true",
+    )
     checks = [r for r in rows(tmp_path / "g") if "held_out/kl" in r]
     assert [r["held_out/kl"] for r in checks] == [1.0, 4.0, 9.0]  # the third step's check passed the peak: no fourth step
     assert [r["held_out/gold_peak_kl"] for r in checks[:2]] == [None, None]  # three numbers are fitted: from the 4th check
-    assert checks[2]["held_out/gold_peak_kl"] == pytest.approx(math.e ** 2, rel=1e-6)  # 7.39 nats, and 9 > 7.39
+    assert checks[2]["held_out/gold_peak_kl"] == pytest.approx(math.e**2, rel=1e-6)  # 7.39 nats, and 9 > 7.39
     assert s["steps_done"] == 3 and s["stopped_early"] == (
-        "held-out KL 9.00 nats passed 7.39, where the gold curve fitted to 4 checks peaks")
+        "held-out KL 9.00 nats passed 7.39, where the gold curve fitted to 4 checks peaks"
+    )
 
 
 def test_prompt_baseline_takes_out_what_only_the_prompt_decides(tiny_model_dir, tiny_data, tmp_path):
@@ -381,8 +493,19 @@ def test_prompt_baseline_takes_out_what_only_the_prompt_decides(tiny_model_dir, 
     moved = {}
     for baseline in ("true", "false"):
         out = tmp_path / baseline
-        ppo(tiny_model_dir, tiny_data, out, "prompt_length", "steps=2", "samples_per_prompt=2", f"prompt_baseline={baseline}",
-            "kl.init_beta=0", "kl.adaptive=false", "optim.lr=1e-2", "samples_every=1")
+        ppo(
+            tiny_model_dir,
+            tiny_data,
+            out,
+            "prompt_length",
+            "steps=2",
+            "samples_per_prompt=2",
+            f"prompt_baseline={baseline}",
+            "kl.init_beta=0",
+            "kl.adaptive=false",
+            "optim.lr=1e-2",
+            "samples_every=1",
+        )
         trained = load_causal_lm(out / "model").model.layers[-1].self_attn.q_proj.weight
         moved[baseline] = (trained - base).abs().max().item()
         samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
@@ -404,11 +527,22 @@ def test_fsdp_is_for_full_fine_tuning():
     from tether.config import ConfigError
 
     with pytest.raises(ConfigError, match="parallel.fsdp=true shards full fine-tuning"):
-        load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true"])  # LoRA is PPO's default
-    assert load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true", "lora.enabled=false"]).parallel.fsdp
+        load_config(
+            PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true"]
+        )  # LoRA is PPO's default
+    assert load_config(
+        PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true", "lora.enabled=false"]
+    ).parallel.fsdp
     with pytest.raises(ConfigError, match="in parallel: zero_stage=2 chooses how fsdp=true"):
         load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.zero_stage=2"])
-    assert load_config(PPOConfig, None, [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true", "lora.enabled=false", "parallel.zero_stage=2"]).parallel.zero_stage == 2
+    assert (
+        load_config(
+            PPOConfig,
+            None,
+            [f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "parallel.fsdp=true", "lora.enabled=false", "parallel.zero_stage=2"],
+        ).parallel.zero_stage
+        == 2
+    )
 
 
 def test_ray_placement_refuses_what_needs_the_reward_model_here():

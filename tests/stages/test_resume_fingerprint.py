@@ -59,13 +59,16 @@ def interrupted(tiny_model_dir, tiny_data, tmp_path_factory):
     return root, data, full
 
 
-@pytest.mark.parametrize("change, message", [
-    (["optim.lr=1e-3"], r"optim\.lr changed \(2e-05 -> 0\.001\)"),
-    (["lora.enabled=true", "lora.r=4"], r"lora\.enabled changed \(false -> true\); lora\.r changed \(16 -> 4\)"),
-    (["max_steps=4"], r"max_steps changed \(3 -> 4\)"),
-    (["model={other_model}"], r"model changed \(\S*tiny-model\S* -> \S*other-tiny-model\S*\)"),
-    (["data={other_data}"], r"data changed \(\S*demos\.jsonl -> \S*other\.jsonl\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["optim.lr=1e-3"], r"optim\.lr changed \(2e-05 -> 0\.001\)"),
+        (["lora.enabled=true", "lora.r=4"], r"lora\.enabled changed \(false -> true\); lora\.r changed \(16 -> 4\)"),
+        (["max_steps=4"], r"max_steps changed \(3 -> 4\)"),
+        (["model={other_model}"], r"model changed \(\S*tiny-model\S* -> \S*other-tiny-model\S*\)"),
+        (["data={other_data}"], r"data changed \(\S*demos\.jsonl -> \S*other\.jsonl\)"),
+    ],
+)
 def test_a_changed_rerun_stops_and_names_the_change(interrupted, other_tiny_model_dir, tiny_model_dir, change, message):
     root, data, _ = interrupted
     other = root / "other.jsonl"
@@ -144,8 +147,22 @@ def test_an_ensemble_rerun_with_other_settings_trains_its_members_again(tiny_mod
     from tether.stages.reward import train_reward
 
     def ensemble(*extra):
-        return train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", f"output_dir={tmp_path}",
-                                                             "batch_size=4", "max_steps=1", "precision=fp32", "ensemble=2", *extra]))
+        return train_reward(
+            load_config(
+                RewardConfig,
+                None,
+                [
+                    f"model={tiny_model_dir}",
+                    f"data={tiny_data['prefs']}",
+                    f"output_dir={tmp_path}",
+                    "batch_size=4",
+                    "max_steps=1",
+                    "precision=fp32",
+                    "ensemble=2",
+                    *extra,
+                ],
+            )
+        )
 
     def members():
         return [(tmp_path / f"member_{i}" / "summary.json").stat().st_mtime_ns for i in range(2)]
@@ -167,18 +184,38 @@ def test_online_dpo_goes_on_only_from_rounds_made_with_its_settings(tiny_model_d
     from tether.stages.dpo import run_dpo
 
     def online(*extra):
-        return run_dpo(load_config(DPOConfig, None, [
-            f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path}", "precision=fp32", "online=true",
-            f"reward=[{{type: function, path: '{FNS}:letter_e'}}]", "prompts_per_round=4", "generation.max_new_tokens=6", "batch_size=2", "max_steps=1",
-            "eval_fraction=0", "save_every=0", *extra]))
+        return run_dpo(
+            load_config(
+                DPOConfig,
+                None,
+                [
+                    f"policy={tiny_model_dir}",
+                    f"prompts={tiny_data['prompts']}",
+                    f"output_dir={tmp_path}",
+                    "precision=fp32",
+                    "online=true",
+                    f"reward=[{{type: function, path: '{FNS}:letter_e'}}]",
+                    "prompts_per_round=4",
+                    "generation.max_new_tokens=6",
+                    "batch_size=2",
+                    "max_steps=1",
+                    "eval_fraction=0",
+                    "save_every=0",
+                    *extra,
+                ],
+            )
+        )
 
     online("rounds=1")
     made = (tmp_path / "round_1" / "round.json").stat().st_mtime_ns
     assert online("rounds=2")["rounds"][1]["round"] == 2  # more rounds go on from the last
     assert (tmp_path / "round_1" / "round.json").stat().st_mtime_ns == made
     before = snapshot(tmp_path)
-    with pytest.raises(ConfigError, match=r"holds rounds made with other settings \(round_1, round_2\): generation\.max_new_tokens "
-                                          r"changed \(6 -> 5\)\. To go on, rerun with resume=false"):
+    with pytest.raises(
+        ConfigError,
+        match=r"holds rounds made with other settings \(round_1, round_2\): generation\.max_new_tokens "
+        r"changed \(6 -> 5\)\. To go on, rerun with resume=false",
+    ):
         online("rounds=2", "generation.max_new_tokens=5")
     assert snapshot(tmp_path) == before
     online("rounds=1", "generation.max_new_tokens=5", "resume=false")
@@ -190,11 +227,30 @@ def test_rejection_sampling_goes_on_only_from_rounds_made_with_its_settings(tiny
     from tether.stages.bon import rejection_sampling
 
     def rs(*extra):
-        return rejection_sampling(load_config(RSConfig, None, [
-            f"policy={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path}", f"reward=[{{type: function, path: '{FNS}:letter_e'}}]",
-            "generation.max_new_tokens=6", "precision=fp32", "rounds=1", "n=2", "eval_samples=1", "limit=4", "sft.max_steps=1",
-            "sft.batch_size=2", *extra]))
+        return rejection_sampling(
+            load_config(
+                RSConfig,
+                None,
+                [
+                    f"policy={tiny_model_dir}",
+                    f"prompts={tiny_data['prompts']}",
+                    f"output_dir={tmp_path}",
+                    f"reward=[{{type: function, path: '{FNS}:letter_e'}}]",
+                    "generation.max_new_tokens=6",
+                    "precision=fp32",
+                    "rounds=1",
+                    "n=2",
+                    "eval_samples=1",
+                    "limit=4",
+                    "sft.max_steps=1",
+                    "sft.batch_size=2",
+                    *extra,
+                ],
+            )
+        )
 
     rs()
-    with pytest.raises(ConfigError, match=r"\(round_0, round_1\): sft\.optim\.lr changed \(2e-05 -> 0\.01\)\. To go on, choose a new output_dir"):
+    with pytest.raises(
+        ConfigError, match=r"\(round_0, round_1\): sft\.optim\.lr changed \(2e-05 -> 0\.01\)\. To go on, choose a new output_dir"
+    ):
         rs("sft.optim.lr=1e-2")

@@ -9,7 +9,7 @@ from tether.stages.reward import pair_stream, unique_responses
 
 
 def pairs_for(prompt: str, responses: list[str]) -> list[PreferencePair]:
-    return [PreferencePair(prompt=prompt, chosen=a, rejected=b) for i, a in enumerate(responses) for b in responses[i + 1:]]
+    return [PreferencePair(prompt=prompt, chosen=a, rejected=b) for i, a in enumerate(responses) for b in responses[i + 1 :]]
 
 
 def test_unique_responses_scores_each_response_once():
@@ -30,7 +30,7 @@ def test_pair_stream_keeps_groups_adjacent_and_covers_every_pair():
     stream = pair_stream(pairs, seed=0, n_needed=9, group_by_prompt=True)
     assert sorted(stream) == list(range(9))
     prompts = [pairs[i].prompt for i in stream]
-    assert all(len(set(prompts[k:k + 3])) == 1 for k in range(0, 9, 3))  # three blocks of one prompt each
+    assert all(len(set(prompts[k : k + 3])) == 1 for k in range(0, 9, 3))  # three blocks of one prompt each
     assert pair_stream(pairs, seed=0, n_needed=9, group_by_prompt=True) == stream  # deterministic
     assert len(pair_stream(pairs, seed=0, n_needed=20, group_by_prompt=True)) == 20  # wraps into a second epoch
 
@@ -75,8 +75,7 @@ def test_packed_rewards_equal_separate_rows_in_input_order(tiny_model_dir):
     import torch
 
     from tether.models.loading import load_tokenizer
-    from tether.models.reward_model import init_reward_model
-    from tether.models.reward_model import batch_rewards, can_pack, score_texts
+    from tether.models.reward_model import batch_rewards, can_pack, init_reward_model, score_texts
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = init_reward_model(str(tiny_model_dir), tokenizer.pad_token_id, seed=0)
@@ -97,8 +96,7 @@ def test_packed_training_gradients_match_separate_rows(tiny_model_dir):
     import torch
 
     from tether.models.loading import load_tokenizer
-    from tether.models.reward_model import init_reward_model
-    from tether.models.reward_model import batch_rewards
+    from tether.models.reward_model import batch_rewards, init_reward_model
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     grads = []
@@ -118,8 +116,11 @@ def test_bucket_by_length_batches_similar_lengths_and_keeps_the_examples():
     bucketed = bucket_by_length(stream, lambda i: lengths[i], batch_size=4, seed=0, window=8)
     assert bucketed == bucket_by_length(stream, lambda i: lengths[i], batch_size=4, seed=0, window=8)  # deterministic
     for start in range(0, 64, 32):  # each window holds the same examples as before
-        assert sorted(bucketed[start:start + 32]) == sorted(stream[start:start + 32])
-    spread = lambda s: sum(max(lengths[i] for i in s[k:k + 4]) - min(lengths[i] for i in s[k:k + 4]) for k in range(0, 64, 4))
+        assert sorted(bucketed[start : start + 32]) == sorted(stream[start : start + 32])
+
+    def spread(s):
+        return sum(max(lengths[i] for i in s[k : k + 4]) - min(lengths[i] for i in s[k : k + 4]) for k in range(0, 64, 4))
+
     assert spread(bucketed) < spread(stream) / 3
     # a short remainder stays at the end, so every earlier batch boundary holds
     tail = bucket_by_length(stream[:30], lambda i: lengths[i], batch_size=4, seed=0, window=8)
@@ -135,7 +136,7 @@ def test_bucketing_keeps_the_pairs_of_a_prompt_adjacent():
 
     stream = bucket_by_length(pair_stream(pairs, 0, 24, True), lambda i: (lengths[pairs[i].prompt], pairs[i].prompt), 3, 0, window=4)
     prompts = [pairs[i].prompt for i in stream]
-    assert all(len(set(prompts[k:k + 3])) == 1 for k in range(0, 24, 3))
+    assert all(len(set(prompts[k : k + 3])) == 1 for k in range(0, 24, 3))
 
 
 def test_token_chunks_bound_the_padded_size():
@@ -160,8 +161,18 @@ def test_a_token_budget_or_accumulation_leaves_the_training_step_unchanged(tiny_
     from tether.config import RewardConfig, load_config
     from tether.stages.reward import train_reward
 
-    common = [f"model={tiny_model_dir}", f"data={tiny_data['prefs']}", "max_steps=1", "batch_size=8", "eval_fraction=0.2",
-              "precision=fp32", "optim.max_grad_norm=0", "optim.warmup_ratio=0", "optim.lr=1e-3", "normalize_samples=8"]
+    common = [
+        f"model={tiny_model_dir}",
+        f"data={tiny_data['prefs']}",
+        "max_steps=1",
+        "batch_size=8",
+        "eval_fraction=0.2",
+        "precision=fp32",
+        "optim.max_grad_norm=0",
+        "optim.warmup_ratio=0",
+        "optim.lr=1e-3",
+        "normalize_samples=8",
+    ]
     whole = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'a'}"]))
     split = train_reward(load_config(RewardConfig, None, [*common, f"output_dir={tmp_path / 'b'}", "max_tokens_per_forward=64"]))
     # and the same 8 pairs as two accumulated micro-batches of 4
@@ -169,8 +180,10 @@ def test_a_token_budget_or_accumulation_leaves_the_training_step_unchanged(tiny_
     assert whole["steps"] == split["steps"] == accum["steps"] == 1
     # Adam's first step is ~lr * sign(g), nearly blind to a gradient off by a constant factor (a missing 1/grad_accum):
     # the loss and the pre-clip gradient norm must agree as well as the weights
-    (la,), (lb,), (lc,) = ([row for row in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines()) if "train/loss" in row]
-                           for d in ("a", "b", "c"))
+    (la,), (lb,), (lc,) = (
+        [row for row in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines()) if "train/loss" in row]
+        for d in ("a", "b", "c")
+    )
     assert la["train/grad_norm"] > 0
     for other in (lb, lc):
         assert other["train/loss"] == pytest.approx(la["train/loss"], rel=1e-5)

@@ -5,15 +5,27 @@ sampling stages' scorer."""
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-import pytest
-
 from tether.config import GenerationSettings, LoraSettings, RewardSourceSettings, reward_model_source
-from tether.models.loading import apply_lora, freeze_lower_layers, load_causal_lm, load_tokenizer
 from tether.data.records import PromptRecord
-from tether.stages.rl_parts import (GroupScorer, KeptBatch, KeptPasses, LocalReference, PolicyHeadValue, PolicyPasses, PolicySampler,
-                                    RewardModelScores, Scorer, SourceScorer, TextScores, VLLMEngineSampler, build_scorer)
+from tether.models.loading import apply_lora, freeze_lower_layers, load_causal_lm, load_tokenizer
+from tether.stages.rl_parts import (
+    GroupScorer,
+    KeptBatch,
+    KeptPasses,
+    LocalReference,
+    PolicyHeadValue,
+    PolicyPasses,
+    PolicySampler,
+    RewardModelScores,
+    Scorer,
+    SourceScorer,
+    TextScores,
+    VLLMEngineSampler,
+    build_scorer,
+)
 
 PROMPTS = ["Name two primary colors.", "Write a haiku about autumn leaves."] * 2
 
@@ -31,8 +43,10 @@ def test_scorer_gives_an_unfinished_response_the_penalty_then_clips():
 
 def test_text_scores_drop_the_episodes_the_function_returns_none_for(tmp_path):
     fn = tmp_path / "fn.py"  # scores only what it expects to see: chat prompts as their text
-    fn.write_text("def score(prompts, completions, metadata):\n"
-                  "    return [1.5, None] if (prompts, completions) == (['p1', 'p2'], ['yes', 'no']) else [9.0, 9.0]\n")
+    fn.write_text(
+        "def score(prompts, completions, metadata):\n"
+        "    return [1.5, None] if (prompts, completions) == (['p1', 'p2'], ['yes', 'no']) else [9.0, 9.0]\n"
+    )
     scorer = build_scorer([RewardSourceSettings(type="function", path=f"{fn}:score")], None, None, "fp32", None, 10.0)
     assert isinstance(scorer.raw, TextScores)
     rollout = SimpleNamespace(texts=["yes", "no"], sequences=torch.zeros(2, 3, dtype=torch.long), finished=torch.ones(2, dtype=torch.bool))
@@ -50,8 +64,11 @@ def test_one_reward_model_source_scores_the_token_ids():
             seen.update(ids=ids.tolist(), std_coef=std_coef)
             return torch.tensor([1.0, -2.0])
 
-    rollout = SimpleNamespace(sequences=torch.zeros(2, 3, dtype=torch.long), finished=torch.ones(2, dtype=torch.bool),
-                              sequences_for_reward=lambda eos, pad: (torch.tensor([[5, eos], [6, pad]]), torch.ones(2, 2)))
+    rollout = SimpleNamespace(
+        sequences=torch.zeros(2, 3, dtype=torch.long),
+        finished=torch.ones(2, dtype=torch.bool),
+        sequences_for_reward=lambda eos, pad: (torch.tensor([[5, eos], [6, pad]]), torch.ones(2, 2)),
+    )
     sources = [RewardSourceSettings(type="model", path="rm", std_coef=1.5, weight=2.0)]
     assert reward_model_source(sources) is sources[0]
     scorer = build_scorer(sources, Model(), SimpleNamespace(eos_token_id=2, pad_token_id=0), "fp32", None, 3.0)
@@ -134,9 +151,12 @@ def test_kept_batch_cuts_the_columns_every_kept_row_pads():
     # prompts left-padded (P = 3), responses right-padded (R = 3); rows 0 and 2 kept: one prompt column and one
     # response column are padding in both
     rollout = SimpleNamespace(
-        prompt_ids=torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4]]), prompt_mask=torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]]),
-        response_ids=torch.tensor([[11, 12, 0], [13, 14, 15], [16, 0, 0]]), response_mask=torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]]),
-        logprobs=torch.tensor([[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0], [-6.0, 0.0, 0.0]]))
+        prompt_ids=torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4]]),
+        prompt_mask=torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]]),
+        response_ids=torch.tensor([[11, 12, 0], [13, 14, 15], [16, 0, 0]]),
+        response_mask=torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]]),
+        logprobs=torch.tensor([[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0], [-6.0, 0.0, 0.0]]),
+    )
     batch = KeptBatch.of(rollout, torch.tensor([0, 2]))
     assert len(batch) == 2 and batch.P == 2
     assert batch.seqs.tolist() == [[5, 6, 11, 12], [0, 4, 16, 0]] and batch.attn.tolist() == [[1, 1, 1, 1], [0, 1, 1, 0]]
@@ -151,8 +171,9 @@ def test_kept_passes_take_pi_old_from_a_scoring_pass_or_from_the_update(tiny_mod
     batch = KeptBatch.of(rollout, torch.tensor([3, 1, 2]))
 
     def passes(on_policy, old_first=False, trust_sampler=True):
-        return KeptPasses(policy, 1.0, chunk=2, precision="fp32", on_policy=on_policy, old_first=old_first, trust_sampler=trust_sampler,
-                          sharded=False)
+        return KeptPasses(
+            policy, 1.0, chunk=2, precision="fp32", on_policy=on_policy, old_first=old_first, trust_sampler=trust_sampler, sharded=False
+        )
 
     with torch.no_grad():
         scored = passes(False).old(batch)  # a scoring pass, in chunks of 2

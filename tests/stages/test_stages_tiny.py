@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tether.config import load_config, CollectConfig, EvalConfig, PPOConfig, RewardConfig, SFTConfig
-from tether.stages.evaluate import evaluate
+from tether.config import CollectConfig, EvalConfig, PPOConfig, RewardConfig, SFTConfig, load_config
 from tether.stages.collect import collect
+from tether.stages.evaluate import evaluate
 from tether.stages.ppo import train_ppo
 from tether.stages.reward import train_reward
 from tether.stages.sft import train_sft
@@ -27,8 +27,19 @@ def train_rows(out: Path) -> list[dict]:
 
 
 def sft_cfg(tiny_model_dir, tiny_data, out, *extra):
-    return load_config(SFTConfig, None, [f"model={tiny_model_dir}", f"data={tiny_data['demos']}", f"output_dir={out}",
-                                         "precision=fp32", "optim.lr=1e-3", "optim.warmup_ratio=0.0", *extra])
+    return load_config(
+        SFTConfig,
+        None,
+        [
+            f"model={tiny_model_dir}",
+            f"data={tiny_data['demos']}",
+            f"output_dir={out}",
+            "precision=fp32",
+            "optim.lr=1e-3",
+            "optim.warmup_ratio=0.0",
+            *extra,
+        ],
+    )
 
 
 def test_sft_loss_reads_the_lm_head_only_where_it_predicts_a_response_token(tiny_model_dir, tiny_data):
@@ -99,14 +110,55 @@ def test_sft_lora_merges_into_plain_model(tiny_model_dir, tiny_data, tmp_path):
 def chain(tiny_model_dir, tiny_data, tmp_path_factory):
     """collect -> reward -> ppo on the tiny model, shared by the tests below."""
     root = tmp_path_factory.mktemp("chain")
-    col = collect(load_config(CollectConfig, None, [f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={root / 'collect'}",
-                                                    "limit=8", "responses_per_prompt=3", "precision=fp32", *GEN]))
-    rm = train_reward(load_config(RewardConfig, None, [f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}",
-                                                       f"output_dir={root / 'reward'}", f"normalize_data={root / 'collect' / 'samples.jsonl'}",
-                                                       "batch_size=4", "epochs=1", "precision=fp32", "optim.lr=1e-3"]))
-    ppo = train_ppo(load_config(PPOConfig, None, [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]",
-                                                  f"prompts={tiny_data['prompts']}", f"output_dir={root / 'ppo'}", "steps=3",
-                                                  "batch_size=4", "mini_batch_size=2", "precision=fp32", "save_every=2", *GEN]))
+    col = collect(
+        load_config(
+            CollectConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={root / 'collect'}",
+                "limit=8",
+                "responses_per_prompt=3",
+                "precision=fp32",
+                *GEN,
+            ],
+        )
+    )
+    rm = train_reward(
+        load_config(
+            RewardConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"data={root / 'collect' / 'preferences.jsonl'}",
+                f"output_dir={root / 'reward'}",
+                f"normalize_data={root / 'collect' / 'samples.jsonl'}",
+                "batch_size=4",
+                "epochs=1",
+                "precision=fp32",
+                "optim.lr=1e-3",
+            ],
+        )
+    )
+    ppo = train_ppo(
+        load_config(
+            PPOConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={root / 'ppo'}",
+                "steps=3",
+                "batch_size=4",
+                "mini_batch_size=2",
+                "precision=fp32",
+                "save_every=2",
+                *GEN,
+            ],
+        )
+    )
     return root, col, rm, ppo
 
 
@@ -134,8 +186,7 @@ def test_reward_model_is_a_normal_hf_directory(chain):
 
 def test_reward_normalisation_gives_mean_zero_on_policy_samples(chain):
     from tether.data.readers import read_demonstrations
-    from tether.models.reward_model import RewardModel
-    from tether.models.reward_model import score_texts
+    from tether.models.reward_model import RewardModel, score_texts
 
     root = chain[0]
     rm = RewardModel.load(str(root / "reward" / "model"))
@@ -149,9 +200,23 @@ def test_ppo_logs_every_diagnostic(chain):
     root, _, _, ppo = chain
     rows = [json.loads(x) for x in (root / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ["rollout/reward", "rollout/kl", "rollout/beta", "rollout/entropy", "train/clipfrac", "train/approx_kl",
-                "train/value_loss", "train/explained_variance", "rollout/length", "rollout/length_p95", "train/ratio_max",
-                "rollout/distinct1", "rollout/distinct2", "rollout/reward_length_corr", "rollout/finished"]:
+    for key in [
+        "rollout/reward",
+        "rollout/kl",
+        "rollout/beta",
+        "rollout/entropy",
+        "train/clipfrac",
+        "train/approx_kl",
+        "train/value_loss",
+        "train/explained_variance",
+        "rollout/length",
+        "rollout/length_p95",
+        "train/ratio_max",
+        "rollout/distinct1",
+        "rollout/distinct2",
+        "rollout/reward_length_corr",
+        "rollout/finished",
+    ]:
         assert key in rows[-1], key
     assert rows[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-5)  # LoRA starts at B = 0: policy == reference
     assert ppo["steps"] == 3 and (root / "ppo" / "model" / "config.json").exists()
@@ -161,19 +226,49 @@ def test_ppo_logs_every_diagnostic(chain):
 
 def test_ppo_full_finetune_with_reward_model_value(chain, tiny_model_dir, tiny_data, tmp_path):
     root = chain[0]
-    summary = train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
-        f"output_dir={tmp_path / 'ppo'}", "steps=2", "batch_size=4", "mini_batch_size=4", "precision=fp32",
-        "lora.enabled=false", "value_model=reward_model", "kl.adaptive=false", "missing_eos_penalty=-1.0", *GEN]))
+    summary = train_ppo(
+        load_config(
+            PPOConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={tmp_path / 'ppo'}",
+                "steps=2",
+                "batch_size=4",
+                "mini_batch_size=4",
+                "precision=fp32",
+                "lora.enabled=false",
+                "value_model=reward_model",
+                "kl.adaptive=false",
+                "missing_eos_penalty=-1.0",
+                *GEN,
+            ],
+        )
+    )
     assert summary["beta_final"] == pytest.approx(0.05)  # fixed controller
     assert summary["trainable_params"] == summary["total_params"]
 
 
 def test_eval_compares_policy_with_baseline(chain, tiny_model_dir, tiny_data, tmp_path):
     root = chain[0]
-    s = evaluate(load_config(EvalConfig, None, [
-        f"policy={root / 'ppo' / 'model'}", f"baseline={tiny_model_dir}", f"reward_model={root / 'reward' / 'model'}",
-        f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path / 'eval'}", "limit=6", "precision=fp32", *GEN]))
+    s = evaluate(
+        load_config(
+            EvalConfig,
+            None,
+            [
+                f"policy={root / 'ppo' / 'model'}",
+                f"baseline={tiny_model_dir}",
+                f"reward_model={root / 'reward' / 'model'}",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={tmp_path / 'eval'}",
+                "limit=6",
+                "precision=fp32",
+                *GEN,
+            ],
+        )
+    )
     assert s["prompts"] == 6 and s["gold_wins"] + s["gold_ties"] + s["gold_losses"] == 6
     assert s["kl_baseline"] == 0.0  # the baseline is its own reference
     assert s["gold_win_rate_ci"][0] <= s["gold_win_rate"] <= s["gold_win_rate_ci"][1]
@@ -184,8 +279,18 @@ def test_eval_compares_policy_with_baseline(chain, tiny_model_dir, tiny_data, tm
 def test_ppo_resume_is_bit_for_bit(chain, tiny_model_dir, tiny_data, tmp_path):
     """Policy, value head, optimizer, scheduler, KL controller and RNG all come back from the checkpoint."""
     root = chain[0]
-    common = [f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]", f"prompts={tiny_data['prompts']}",
-              "steps=3", "batch_size=4", "mini_batch_size=2", "precision=fp32", "save_every=0", "kl.horizon=8", *GEN]
+    common = [
+        f"policy={tiny_model_dir}",
+        f"reward=[{{type: model, path: '{root / 'reward' / 'model'}'}}]",
+        f"prompts={tiny_data['prompts']}",
+        "steps=3",
+        "batch_size=4",
+        "mini_batch_size=2",
+        "precision=fp32",
+        "save_every=0",
+        "kl.horizon=8",
+        *GEN,
+    ]
     full = train_ppo(load_config(PPOConfig, None, [f"output_dir={tmp_path / 'a'}", *common]))
     assert train_ppo(load_config(PPOConfig, None, [f"output_dir={tmp_path / 'b'}", *common, "interrupt_after=1"])) is None
     resumed = train_ppo(load_config(PPOConfig, None, [f"output_dir={tmp_path / 'b'}", *common]))
@@ -197,10 +302,24 @@ def test_ppo_resume_is_bit_for_bit(chain, tiny_model_dir, tiny_data, tmp_path):
 
 def test_reward_loss_options_and_lora_head(chain, tiny_model_dir, tmp_path):
     root = chain[0]
-    s = train_reward(load_config(RewardConfig, None, [
-        f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'rm'}",
-        "batch_size=4", "precision=fp32", "label_smoothing=0.1", "center_rewards_coefficient=0.01",
-        "lora.enabled=true", "lora.r=4", "optim.lr=1e-3"]))
+    s = train_reward(
+        load_config(
+            RewardConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"data={root / 'collect' / 'preferences.jsonl'}",
+                f"output_dir={tmp_path / 'rm'}",
+                "batch_size=4",
+                "precision=fp32",
+                "label_smoothing=0.1",
+                "center_rewards_coefficient=0.01",
+                "lora.enabled=true",
+                "lora.r=4",
+                "optim.lr=1e-3",
+            ],
+        )
+    )
     assert s["trainable_params"] < s["total_params"] and s["eval_ece"] is not None
     from transformers import AutoModelForSequenceClassification
 
@@ -216,9 +335,21 @@ def test_reward_ensemble_trains_members_and_reaches_ppo(chain, tiny_model_dir, t
     from tether.models.reward_model import RewardEnsemble, load_reward_model
 
     root = chain[0]
-    s = train_reward(load_config(RewardConfig, None, [
-        f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'ens'}",
-        "batch_size=4", "precision=fp32", "optim.lr=1e-3", "ensemble=2"]))
+    s = train_reward(
+        load_config(
+            RewardConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"data={root / 'collect' / 'preferences.jsonl'}",
+                f"output_dir={tmp_path / 'ens'}",
+                "batch_size=4",
+                "precision=fp32",
+                "optim.lr=1e-3",
+                "ensemble=2",
+            ],
+        )
+    )
     assert s["ensemble"] == 2 and len(s["member_eval_accuracy"]) == 2 and s["eval_disagreement"] >= 0.0
     ens = load_reward_model(str(tmp_path / "ens" / "model"))
     assert isinstance(ens, RewardEnsemble) and len(ens.members) == 2
@@ -229,9 +360,23 @@ def test_reward_ensemble_trains_members_and_reaches_ppo(chain, tiny_model_dir, t
     result = CliRunner().invoke(app, ["reward", "eval", "--model", str(tmp_path / "ens" / "model"), "--data", str(tiny_data["prefs"])])
     assert result.exit_code == 0, result.output
     assert {"disagreement", "vote_disagreement"} <= json.loads(result.stdout).keys()
-    ppo = train_ppo(load_config(PPOConfig, None, [
-        f"policy={tiny_model_dir}", f"reward=[{{type: model, path: '{tmp_path / 'ens' / 'model'}', std_coef: 1.0}}]", f"prompts={tiny_data['prompts']}",
-        f"output_dir={tmp_path / 'ppo'}", "steps=1", "batch_size=2", "mini_batch_size=2", "precision=fp32", *GEN]))
+    ppo = train_ppo(
+        load_config(
+            PPOConfig,
+            None,
+            [
+                f"policy={tiny_model_dir}",
+                f"reward=[{{type: model, path: '{tmp_path / 'ens' / 'model'}', std_coef: 1.0}}]",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={tmp_path / 'ppo'}",
+                "steps=1",
+                "batch_size=2",
+                "mini_batch_size=2",
+                "precision=fp32",
+                *GEN,
+            ],
+        )
+    )
     assert ppo["steps"] == 1
 
 
@@ -264,17 +409,42 @@ def test_reward_bad_rows_stop_or_are_counted(tiny_model_dir, tmp_path):
 
 def test_reward_normalisation_uses_a_capped_sample(chain, tiny_model_dir, tmp_path):
     root = chain[0]
-    s = train_reward(load_config(RewardConfig, None, [
-        f"model={tiny_model_dir}", f"data={root / 'collect' / 'preferences.jsonl'}", f"output_dir={tmp_path / 'rm'}",
-        "batch_size=4", "precision=fp32", "max_steps=1", "normalize_samples=5"]))
+    s = train_reward(
+        load_config(
+            RewardConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"data={root / 'collect' / 'preferences.jsonl'}",
+                f"output_dir={tmp_path / 'rm'}",
+                "batch_size=4",
+                "precision=fp32",
+                "max_steps=1",
+                "normalize_samples=5",
+            ],
+        )
+    )
     assert s["normalization"]["n"] == 5
 
 
 def test_collect_drops_pairs_with_nothing_to_prefer(tiny_model_dir, tiny_data, tmp_path):
     # one token at a low temperature: the K samples of some prompts are identical, so their pair is dropped (when every pair
     # is, collect stops with an error: tests/stages/test_useless_input.py)
-    s = collect(load_config(CollectConfig, None, [f"model={tiny_model_dir}", f"prompts={tiny_data['prompts']}", f"output_dir={tmp_path}",
-                                                  "limit=12", "responses_per_prompt=2", "precision=fp32", "generation.max_new_tokens=1",
-                                                  "generation.temperature=0.2"]))
+    s = collect(
+        load_config(
+            CollectConfig,
+            None,
+            [
+                f"model={tiny_model_dir}",
+                f"prompts={tiny_data['prompts']}",
+                f"output_dir={tmp_path}",
+                "limit=12",
+                "responses_per_prompt=2",
+                "precision=fp32",
+                "generation.max_new_tokens=1",
+                "generation.temperature=0.2",
+            ],
+        )
+    )
     assert s["pairs"] + s["pairs_dropped"] == 12 and s["pairs_dropped"] >= 1 and s["pairs"] >= 1
     assert len((tmp_path / "preferences.jsonl").read_text().splitlines()) == s["pairs"]

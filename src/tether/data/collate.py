@@ -90,9 +90,7 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return _pad(seqs, pad_id, left=True)
 
 
-def encode_demonstration(
-    tokenizer: Any, demo: Demonstration, max_prompt_tokens: int, max_response_tokens: int
-) -> SFTExample:
+def encode_demonstration(tokenizer: Any, demo: Demonstration, max_prompt_tokens: int, max_response_tokens: int) -> SFTExample:
     """Encode a demonstration for supervised fine-tuning.
 
     ``input_ids`` is :func:`~tether.data.templates.encode_prompt` followed by
@@ -166,9 +164,7 @@ def collate_pairs(
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def drop_identical_pairs(
-    tokenizer: Any, pairs: Sequence[PreferencePair], max_response_tokens: int
-) -> tuple[list[PreferencePair], int]:
+def drop_identical_pairs(tokenizer: Any, pairs: Sequence[PreferencePair], max_response_tokens: int) -> tuple[list[PreferencePair], int]:
     """The pairs whose chosen and rejected still differ as tokens once cut to ``max_response_tokens``, and how many did not.
 
     Two responses that share their first ``max_response_tokens`` tokens become the same
@@ -176,8 +172,12 @@ def drop_identical_pairs(
     apart either): a reward model scores them equally and the Bradley-Terry or DPO loss of
     the pair is ln 2 whatever the model, so it only dilutes the batch.
     """
-    kept = [p for p in pairs if encode_response_with_flag(tokenizer, p.chosen, max_response_tokens)[0]
-            != encode_response_with_flag(tokenizer, p.rejected, max_response_tokens)[0]]
+    kept = [
+        p
+        for p in pairs
+        if encode_response_with_flag(tokenizer, p.chosen, max_response_tokens)[0]
+        != encode_response_with_flag(tokenizer, p.rejected, max_response_tokens)[0]
+    ]
     return kept, len(pairs) - len(kept)
 
 
@@ -228,5 +228,4 @@ def pack_shared_prompts(rows: Sequence[tuple[Sequence[int], Sequence[Sequence[in
             segment_ids[row, span] = k
             col += len(response)
             ends.append((row, col - 1))
-    return PackedRows(input_ids=input_ids, position_ids=position_ids, segment_ids=segment_ids,
-                      ends=torch.tensor(ends, dtype=torch.long))
+    return PackedRows(input_ids=input_ids, position_ids=position_ids, segment_ids=segment_ids, ends=torch.tensor(ends, dtype=torch.long))

@@ -230,8 +230,12 @@ class ReadReport:
 
     def to_dict(self) -> dict[str, Any]:
         """For a summary: ``{"path", "rows_read", "records", "dropped": {reason: count}}``."""
-        return {"path": self.path, "rows_read": self.rows, "records": self.records,
-                "dropped": {reason: len(lines) for reason, lines in self.dropped.items()}}
+        return {
+            "path": self.path,
+            "rows_read": self.rows,
+            "records": self.records,
+            "dropped": {reason: len(lines) for reason, lines in self.dropped.items()},
+        }
 
     def nothing_left(self, why: str | None = None) -> DataError:
         """The error for a file that gives nothing to use: the rows read and why each kind was dropped.
@@ -309,8 +313,11 @@ def _iter_json_lines(
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
-                _bad_line(DataError(name, number, None, "UTF-8 text", _Said("bytes that are not valid UTF-8"),
-                                    reason="not UTF-8 text"), report, skipped)
+                _bad_line(
+                    DataError(name, number, None, "UTF-8 text", _Said("bytes that are not valid UTF-8"), reason="not UTF-8 text"),
+                    report,
+                    skipped,
+                )
                 continue
             if not text.strip():
                 if report is not None:
@@ -319,10 +326,18 @@ def _iter_json_lines(
             try:
                 row = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as error:
-                _bad_line(DataError(
-                    name, number, None, "one JSON object on the line",
-                    _Said(f"invalid JSON ({error.msg} at column {error.colno})"), reason="not valid JSON",
-                ), report, skipped)
+                _bad_line(
+                    DataError(
+                        name,
+                        number,
+                        None,
+                        "one JSON object on the line",
+                        _Said(f"invalid JSON ({error.msg} at column {error.colno})"),
+                        reason="not valid JSON",
+                    ),
+                    report,
+                    skipped,
+                )
                 continue
             if not isinstance(row, dict):
                 _bad_line(DataError(name, number, None, "a JSON object {...}", row, reason="not a JSON object"), report, skipped)
@@ -343,7 +358,10 @@ def _iter_json_list(
         raise DataError(name, None, None, "UTF-8 text", _Said("bytes that are not valid UTF-8")) from error
     except json.JSONDecodeError as error:
         raise DataError(
-            name, error.lineno, None, "a JSON list of objects",
+            name,
+            error.lineno,
+            None,
+            "a JSON list of objects",
             _Said(f"invalid JSON ({error.msg} at column {error.colno})"),
         ) from error
     if not isinstance(rows, list):
@@ -599,9 +617,7 @@ def _parse_hh_pair(row: _Row) -> PreferencePair:
     ):
         shared += 1
     start = min(shared, len(chosen) - 1, len(rejected) - 1)
-    while start > 0 and not (
-        chosen[start][0] == rejected[start][0] == "assistant" and chosen[start - 1][0] == "user"
-    ):
+    while start > 0 and not (chosen[start][0] == rejected[start][0] == "assistant" and chosen[start - 1][0] == "user"):
         start -= 1
     if start == 0:
         raise row.error(
@@ -675,11 +691,13 @@ def _check_pair(name: str, line: int, pair: PreferencePair) -> None:
     """A pair a reward model can learn from: two non-empty, different responses."""
     for field_name in ("chosen", "rejected"):
         if not getattr(pair, field_name).strip():
-            raise DataError(name, line, field_name, "a non-empty response", getattr(pair, field_name),
-                            reason=f"with an empty '{field_name}'")
+            raise DataError(
+                name, line, field_name, "a non-empty response", getattr(pair, field_name), reason=f"with an empty '{field_name}'"
+            )
     if pair.chosen.strip() == pair.rejected.strip():
-        raise DataError(name, line, "rejected", "a response different from 'chosen'", pair.rejected,
-                        reason="with the same 'chosen' and 'rejected'")
+        raise DataError(
+            name, line, "rejected", "a response different from 'chosen'", pair.rejected, reason="with the same 'chosen' and 'rejected'"
+        )
 
 
 def _read(
@@ -842,8 +860,7 @@ def write_jsonl(path: PathLike, rows: Iterable[Any]) -> int:
                         row = row.to_dict()
                     if not isinstance(row, dict):
                         raise TypeError(
-                            f"write_jsonl: row {count + 1} is a {type(row).__name__}; "
-                            "expected a dict or a record with to_dict()."
+                            f"write_jsonl: row {count + 1} is a {type(row).__name__}; expected a dict or a record with to_dict()."
                         )
                     sink.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
                     count += 1

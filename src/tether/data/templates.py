@@ -112,9 +112,7 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, max_tokens: int) -> tuple[list
     return head + ids, truncated
 
 
-def encode_response_with_flag(
-    tokenizer: Any, response: str, max_tokens: int, add_eos: bool = True
-) -> tuple[list[int], bool]:
+def encode_response_with_flag(tokenizer: Any, response: str, max_tokens: int, add_eos: bool = True) -> tuple[list[int], bool]:
     """Like :func:`encode_response`, also telling whether it was truncated."""
     _check_budget(max_tokens)
     ids = _encode_text(tokenizer, response)

@@ -133,10 +133,7 @@ def _check_probabilities(probs: NDArray[np.float64], labels: NDArray[np.float64]
     if np.any((probs < 0.0) | (probs > 1.0)):
         raise ValueError("probs must be probabilities in [0, 1], but some are outside it.")
     if np.any((labels < 0.0) | (labels > 1.0)):
-        raise ValueError(
-            "labels must be in [0, 1] (1 = first answer preferred, 0 = second, 0.5 = tie), "
-            "but some are outside it."
-        )
+        raise ValueError("labels must be in [0, 1] (1 = first answer preferred, 0 = second, 0.5 = tie), but some are outside it.")
 
 
 def _sigmoid(x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -233,9 +230,7 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int 
     return _ece_from_bins(calibration_bins(probs, labels, n_bins))
 
 
-def symmetrised(
-    probs: ArrayLike, labels: ArrayLike | None = None
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def symmetrised(probs: ArrayLike, labels: ArrayLike | None = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Both orientations of every pair: ``(p, y)`` and ``(1 - p, 1 - y)``.
 
     A Bradley-Terry reward model is antisymmetric: if it gives the first
@@ -272,9 +267,7 @@ def symmetrised(
     return np.concatenate([p, 1.0 - p]), np.concatenate([y, 1.0 - y])
 
 
-def pairwise_calibration(
-    r_chosen: ArrayLike, r_rejected: ArrayLike, n_bins: int = 10
-) -> PairwiseCalibration:
+def pairwise_calibration(r_chosen: ArrayLike, r_rejected: ArrayLike, n_bins: int = 10) -> PairwiseCalibration:
     """Calibration and accuracy of a reward model on chosen/rejected pairs.
 
     The model's probability that the chosen answer of pair ``i`` wins is the
@@ -392,7 +385,12 @@ def reliability_diagram(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.plot(
-        [0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, zorder=3,
+        [0, 1],
+        [0, 1],
+        linestyle="--",
+        color="grey",
+        linewidth=1,
+        zorder=3,
         label="Perfect calibration",
     )
 
@@ -404,18 +402,37 @@ def reliability_diagram(
         accuracy, mean_prob = float(b["accuracy"]), float(b["mean_prob"])
         width = hi - lo
         axes.bar(
-            lo, accuracy, width=width, align="edge", color="tab:blue", edgecolor="black",
-            linewidth=0.8, label=None if labelled else "Accuracy",
+            lo,
+            accuracy,
+            width=width,
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.8,
+            label=None if labelled else "Accuracy",
         )
         axes.bar(
-            lo, mean_prob - accuracy, bottom=accuracy, width=width, align="edge",
-            color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", linewidth=0.5,
+            lo,
+            mean_prob - accuracy,
+            bottom=accuracy,
+            width=width,
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            edgecolor="tab:red",
+            hatch="//",
+            linewidth=0.5,
             label=None if labelled else "Gap to mean probability",
         )
         labelled = True
         axes.annotate(
-            str(int(b["count"])), xy=(lo + width / 2, max(accuracy, mean_prob)),
-            xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7,
+            str(int(b["count"])),
+            xy=(lo + width / 2, max(accuracy, mean_prob)),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
         )
 
     axes.set_xlim(0, 1)
@@ -493,9 +510,7 @@ def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float,
     if not (math.isfinite(n) and n > 0):
         raise ValueError(f"wilson_interval needs a positive number of trials n, but n is {n!r}.")
     if not (math.isfinite(successes) and 0 <= successes <= n):
-        raise ValueError(
-            f"successes must lie between 0 and n = {n!r}, but it is {successes!r}."
-        )
+        raise ValueError(f"successes must lie between 0 and n = {n!r}, but it is {successes!r}.")
     if not (math.isfinite(z) and z > 0):
         raise ValueError(f"z must be a positive number, but it is {z!r}.")
     p = successes / n

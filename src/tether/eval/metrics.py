@@ -45,9 +45,24 @@ from typing import Final
 
 import numpy as np
 
-__all__ = ["distinct_n", "length_stats", "length_distribution", "mean_and_se", "win_rate", "outcome_win_rate", "sentence_bleu",
-           "self_bleu", "REFUSAL_PATTERNS", "is_refusal", "refusal_rate", "SYCOPHANTIC_OPENERS", "repeated_ngram_fraction",
-           "hack_flags", "hack_rates", "length_controlled_win_rate"]
+__all__ = [
+    "distinct_n",
+    "length_stats",
+    "length_distribution",
+    "mean_and_se",
+    "win_rate",
+    "outcome_win_rate",
+    "sentence_bleu",
+    "self_bleu",
+    "REFUSAL_PATTERNS",
+    "is_refusal",
+    "refusal_rate",
+    "SYCOPHANTIC_OPENERS",
+    "repeated_ngram_fraction",
+    "hack_flags",
+    "hack_rates",
+    "length_controlled_win_rate",
+]
 
 Z_95: Final[float] = 1.959963984540054
 """The 0.975 quantile of the standard normal, for two-sided 95% intervals."""
@@ -118,8 +133,7 @@ def win_rate(
     baseline = np.asarray(scores_baseline, dtype=np.float64).reshape(-1)
     if policy.size != baseline.size:
         raise ValueError(
-            f"win_rate compares scores paired by prompt, but got {policy.size} policy "
-            f"scores and {baseline.size} baseline scores."
+            f"win_rate compares scores paired by prompt, but got {policy.size} policy scores and {baseline.size} baseline scores."
         )
     if policy.size == 0:
         raise ValueError("win_rate needs at least one pair of scores.")
@@ -183,8 +197,14 @@ def length_distribution(lengths: Sequence[float]) -> dict[str, float]:
     if array.size == 0:
         raise ValueError("length_distribution needs at least one length.")
     p10, p50, p90 = np.percentile(array, [10, 50, 90])
-    return {"mean": float(array.mean()), "min": float(array.min()), "p10": float(p10), "p50": float(p50), "p90": float(p90),
-            "max": float(array.max())}
+    return {
+        "mean": float(array.mean()),
+        "min": float(array.min()),
+        "p10": float(p10),
+        "p50": float(p50),
+        "p90": float(p90),
+        "max": float(array.max()),
+    }
 
 
 # --- self-BLEU ------------------------------------------------------------------
@@ -262,8 +282,19 @@ curly apostrophes read as straight ones): apologies, "I cannot/won't help|assist
 "I'm unable to", "as an AI", "not appropriate", "against my guidelines"."""
 
 SYCOPHANTIC_OPENERS: Final[tuple[str, ...]] = (
-    "certainly", "of course", "absolutely", "sure", "great question", "what a great question", "excellent question",
-    "good question", "i'd be happy to", "i would be happy to", "i'd be glad to", "i'd love to", "happy to help",
+    "certainly",
+    "of course",
+    "absolutely",
+    "sure",
+    "great question",
+    "what a great question",
+    "excellent question",
+    "good question",
+    "i'd be happy to",
+    "i would be happy to",
+    "i'd be glad to",
+    "i'd love to",
+    "happy to help",
 )
 """Openers that flatter or agree before answering; a response is flagged when it begins
 (after any punctuation or spaces) with one of them as whole words, in any case."""
@@ -304,9 +335,11 @@ def hack_flags(text: str, max_words: float, repeat_threshold: float = 0.2) -> di
     * ``too_long``: more than ``max_words`` whitespace-separated words;
     * ``any``: one or more of these.
     """
-    flags = {"sycophantic": _OPENER.search(_straight(text)) is not None,
-             "repetition": repeated_ngram_fraction(text, 3) >= repeat_threshold,
-             "too_long": len(text.split()) > max_words}
+    flags = {
+        "sycophantic": _OPENER.search(_straight(text)) is not None,
+        "repetition": repeated_ngram_fraction(text, 3) >= repeat_threshold,
+        "too_long": len(text.split()) > max_words,
+    }
     flags["any"] = any(flags.values())
     return flags
 
@@ -338,8 +371,9 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iters: int = 100) -> 
     return float(theta[0]), float(theta[1])
 
 
-def length_controlled_win_rate(outcomes: Sequence[float], length_diff: Sequence[float], l2: float = 1e-3,
-                               n_boot: int = 500, seed: int = 0) -> dict[str, float]:
+def length_controlled_win_rate(
+    outcomes: Sequence[float], length_diff: Sequence[float], l2: float = 1e-3, n_boot: int = 500, seed: int = 0
+) -> dict[str, float]:
     """The win rate a policy would have at zero length difference (after AlpacaEval's LC win rate).
 
     Method (Dubois et al. 2024, eq. 1, without the instruction-difficulty term, which one
@@ -364,8 +398,9 @@ def length_controlled_win_rate(outcomes: Sequence[float], length_diff: Sequence[
     y = np.asarray(outcomes, dtype=np.float64).reshape(-1)
     delta = np.asarray(length_diff, dtype=np.float64).reshape(-1)
     if y.size != delta.size or y.size == 0:
-        raise ValueError(f"length_controlled_win_rate needs one length difference per outcome, got {y.size} outcomes "
-                         f"and {delta.size} differences.")
+        raise ValueError(
+            f"length_controlled_win_rate needs one length difference per outcome, got {y.size} outcomes and {delta.size} differences."
+        )
     if not np.all(np.isin(y, (0.0, 0.5, 1.0))):
         raise ValueError("outcomes must each be 1 (win), 0.5 (tie) or 0 (loss).")
     scale = float(delta.std())
@@ -376,6 +411,13 @@ def length_controlled_win_rate(outcomes: Sequence[float], length_diff: Sequence[
     for _ in range(n_boot):
         idx = rng.integers(0, y.size, y.size)
         boot.append(1.0 / (1.0 + math.exp(-_fit_logistic(x[idx], y[idx], l2)[0])))
-    low, high = (np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan")))
-    return {"win_rate": 1.0 / (1.0 + math.exp(-theta0)), "ci_low": float(low), "ci_high": float(high), "intercept": theta0,
-            "slope": theta1, "scale": scale, "n": int(y.size)}
+    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan"))
+    return {
+        "win_rate": 1.0 / (1.0 + math.exp(-theta0)),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "intercept": theta0,
+        "slope": theta1,
+        "scale": scale,
+        "n": int(y.size),
+    }

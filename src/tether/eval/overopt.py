@@ -30,8 +30,8 @@ from typing import Literal
 
 import numpy as np
 
-from tether.tracking import read_appended
 from tether.config import ConfigError
+from tether.tracking import read_appended
 
 FORMS = ("rl", "bon")
 KL_KEY, GOLD_KEY, PROXY_KEY = "held_out/kl", "held_out/gold", "held_out/reward"
@@ -82,8 +82,10 @@ def fit_overopt(kl, gold, form: Literal["rl", "bon"] = "rl") -> dict:
     if kl.size != gold.size:
         raise ValueError(f"fit_overopt: {kl.size} KL values and {gold.size} gold values; expected one of each per point.")
     if kl.size < 3:
-        raise ValueError(f"fit_overopt fits three numbers (offset, alpha, beta) and needs at least 3 points, got {kl.size}; "
-                         "evaluate on held-out prompts more often (ppo.early_stop.every) or run longer.")
+        raise ValueError(
+            f"fit_overopt fits three numbers (offset, alpha, beta) and needs at least 3 points, got {kl.size}; "
+            "evaluate on held-out prompts more often (ppo.early_stop.every) or run longer."
+        )
     if not (np.all(np.isfinite(kl)) and np.all(np.isfinite(gold))):
         raise ValueError("fit_overopt: some KL or gold values are NaN or infinite.")
     d = np.sqrt(np.clip(kl, 0.0, None))
@@ -91,10 +93,17 @@ def fit_overopt(kl, gold, form: Literal["rl", "bon"] = "rl") -> dict:
     (offset, alpha, beta), *_ = np.linalg.lstsq(X, gold, rcond=None)
     rmse = float(np.sqrt(np.mean((X @ np.array([offset, alpha, beta]) - gold) ** 2)))
     dp = peak_d(alpha, beta, form)
-    return {"form": form, "alpha": float(alpha), "beta": float(beta), "offset": float(offset), "d_peak": dp,
-            "kl_peak": None if dp is None else dp * dp,
-            "gold_peak": None if dp is None else float(gao_curve(np.array([dp]), alpha, beta, form, offset)[0]),
-            "rmse": rmse, "n": int(kl.size)}
+    return {
+        "form": form,
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "offset": float(offset),
+        "d_peak": dp,
+        "kl_peak": None if dp is None else dp * dp,
+        "gold_peak": None if dp is None else float(gao_curve(np.array([dp]), alpha, beta, form, offset)[0]),
+        "rmse": rmse,
+        "n": int(kl.size),
+    }
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -112,7 +121,9 @@ def best_of_n_expectation(proxy, values, n: int) -> float:
     proxy, values = np.asarray(proxy, dtype=np.float64), np.asarray(values, dtype=np.float64)
     N = proxy.size
     if not 1 <= n <= N or values.size != N:
-        raise ValueError(f"best_of_n_expectation: n={n} of N={N} samples ({values.size} values); expected 1 <= n <= N, one value per sample.")
+        raise ValueError(
+            f"best_of_n_expectation: n={n} of N={N} samples ({values.size} values); expected 1 <= n <= N, one value per sample."
+        )
     order = np.argsort(proxy, kind="stable")
     weights = np.array([math.comb(i, n - 1) for i in range(N)], dtype=np.float64) / math.comb(N, n)  # rank i+1 -> C(i, n-1)
     return float(weights @ values[order])
@@ -126,10 +137,17 @@ def bon_points(path: str | Path) -> list[dict]:
     if not rows:
         return []
     N = min(len(r["scores"]) for r in rows)
-    return [{"source": str(path.parent), "step": n, "n": n, "kl": math.log(n) - (n - 1) / n,
-             "proxy": float(np.mean([best_of_n_expectation(r["scores"][:N], r["scores"][:N], n) for r in rows])),
-             "gold": float(np.mean([best_of_n_expectation(r["scores"][:N], r["gold_scores"][:N], n) for r in rows]))}
-            for n in range(1, N + 1)]
+    return [
+        {
+            "source": str(path.parent),
+            "step": n,
+            "n": n,
+            "kl": math.log(n) - (n - 1) / n,
+            "proxy": float(np.mean([best_of_n_expectation(r["scores"][:N], r["scores"][:N], n) for r in rows])),
+            "gold": float(np.mean([best_of_n_expectation(r["scores"][:N], r["gold_scores"][:N], n) for r in rows])),
+        }
+        for n in range(1, N + 1)
+    ]
 
 
 def metrics_files(run_dir: str | Path) -> list[Path]:
@@ -158,8 +176,15 @@ def read_points(run_dir: str | Path) -> list[dict]:
     for path in metrics_files(run_dir):
         for row in _rows(path):
             if row.get(KL_KEY) is not None:
-                points.append({"source": str(path.parent), "step": row.get("step"), "kl": row[KL_KEY],
-                               "proxy": row.get(PROXY_KEY), "gold": row.get(GOLD_KEY)})
+                points.append(
+                    {
+                        "source": str(path.parent),
+                        "step": row.get("step"),
+                        "kl": row[KL_KEY],
+                        "proxy": row.get(PROXY_KEY),
+                        "gold": row.get(GOLD_KEY),
+                    }
+                )
     if not points and (Path(run_dir) / "bon.jsonl").exists():  # a best-of-N run: its own curve over n
         points = bon_points(Path(run_dir) / "bon.jsonl")
     return points
@@ -181,8 +206,10 @@ def overopt(run_dir: str | Path, form: Literal["rl", "bon"] | None = None, out: 
     run = Path(run_dir)
     points = read_points(run)
     if not points:
-        raise FileNotFoundError(f"{run}: no metrics.jsonl with {KL_KEY} in it (nor a bon.jsonl with gold scores); run PPO with the "
-                                "Goodhart guard on (ppo.early_stop.prompts=HELD_OUT.jsonl, ppo.early_stop.every=N), or tether bon gold=true")
+        raise FileNotFoundError(
+            f"{run}: no metrics.jsonl with {KL_KEY} in it (nor a bon.jsonl with gold scores); run PPO with the "
+            "Goodhart guard on (ppo.early_stop.prompts=HELD_OUT.jsonl, ppo.early_stop.every=N), or tether bon gold=true"
+        )
     source = points[0]["source"]
     points = [p for p in points if p["source"] == source and p["gold"] is not None]
     if not points:
@@ -218,8 +245,12 @@ def plot_overopt(points: list[dict], fit: dict, path: str | Path, title: str | N
     axes.scatter(kl, [p["gold"] for p in points], color="tab:blue", zorder=3, label="gold (held-out)")
     top = max(float(kl.max()), fit["kl_peak"] or 0.0) * 1.15 or 1.0
     grid = np.linspace(0.0, top, 200)
-    axes.plot(grid, gao_curve(np.sqrt(grid), fit["alpha"], fit["beta"], fit["form"], fit["offset"]), color="tab:blue",
-              label=f"fit: alpha={fit['alpha']:.3g}, beta={fit['beta']:.3g}")
+    axes.plot(
+        grid,
+        gao_curve(np.sqrt(grid), fit["alpha"], fit["beta"], fit["form"], fit["offset"]),
+        color="tab:blue",
+        label=f"fit: alpha={fit['alpha']:.3g}, beta={fit['beta']:.3g}",
+    )
     if fit["kl_peak"] is not None:
         axes.axvline(fit["kl_peak"], color="grey", linestyle="--", linewidth=1, label=f"gold peaks at KL {fit['kl_peak']:.3g}")
     proxy = [(p["kl"], p["proxy"]) for p in points if p.get("proxy") is not None]

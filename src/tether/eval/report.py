@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tether.tracking import read_appended
 from tether.eval.calibration import reliability_diagram
 from tether.eval.overopt import fit_overopt, plot_overopt, read_points
+from tether.tracking import read_appended
 
 STAGE_ORDER = ("sft", "collect", "label", "reward", "ppo", "eval")
 
@@ -136,16 +136,22 @@ def _headline(run: Path, rounds: list[Path]) -> str:
         return '<p class="note">No evaluation yet: the run has not reached its eval stage.</p>'
     k, ev = evals[-1]
     ci = ev.get("gold_win_rate_ci") or [None, None]
-    items = [f"Policy of round {k} vs the SFT model on {ev['prompts']} held-out prompts, gold scorer: <b>win rate {fmt(ev['gold_win_rate'])}</b> "
-             f"(95% CI {fmt(ci[0])} to {fmt(ci[1])}; {ev['gold_wins']} wins, {ev['gold_ties']} ties, {ev['gold_losses']} losses)."]
+    items = [
+        f"Policy of round {k} vs the SFT model on {ev['prompts']} held-out prompts, gold scorer: <b>win rate {fmt(ev['gold_win_rate'])}</b> "
+        f"(95% CI {fmt(ci[0])} to {fmt(ci[1])}; {ev['gold_wins']} wins, {ev['gold_ties']} ties, {ev['gold_losses']} losses)."
+    ]
     if ev.get("judge") not in (None, "gold"):
         jci = ev.get("win_rate_ci") or [None, None]
-        items.append(f"Judge <b>{esc(ev['judge'])}</b>: win rate {fmt(ev['win_rate'])} (95% CI {fmt(jci[0])} to {fmt(jci[1])}, n = {ev['n']}).")
+        items.append(
+            f"Judge <b>{esc(ev['judge'])}</b>: win rate {fmt(ev['win_rate'])} (95% CI {fmt(jci[0])} to {fmt(jci[1])}, n = {ev['n']})."
+        )
     if ev.get("lc_win_rate") is not None:
         items.append(f"Length-controlled win rate ({esc(ev.get('judge', 'gold'))}): {fmt(ev['lc_win_rate'])}.")
     items.append(f"KL(policy || SFT) = <b>{fmt(ev['kl_policy'])} ± {fmt(ev['kl_policy_se'])}</b> nats per response.")
     if ev.get("proxy_win_rate") is not None:
-        items.append(f"Proxy (reward model) win rate {fmt(ev['proxy_win_rate'])}: far above the gold one is the signature of over-optimisation.")
+        items.append(
+            f"Proxy (reward model) win rate {fmt(ev['proxy_win_rate'])}: far above the gold one is the signature of over-optimisation."
+        )
     return '<ul class="headline">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
@@ -168,13 +174,15 @@ def _timeline(rounds: list[Path]) -> str:
     t0 = min(start for _, start, _ in spans)
     figure = _figure(9, 0.35 * len(spans) + 1.2)
     axes = figure.add_subplot()
-    for i, (name, start, end) in enumerate(spans):
+    for i, (_name, start, end) in enumerate(spans):
         axes.barh(i, (end - start) / 60, left=(start - t0) / 60, color="tab:blue")
     axes.set_yticks(range(len(spans)), [name for name, _, _ in spans])
     axes.invert_yaxis()
     axes.set_xlabel("minutes since the first stage started")
-    rows = [[esc(name), fmt(float(s.get("seconds") or 0.0), 0), esc(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end)))]
-            for (name, _, s), end in zip(stages, ends)]
+    rows = [
+        [esc(name), fmt(float(s.get("seconds") or 0.0), 0), esc(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end)))]
+        for (name, _, s), end in zip(stages, ends)
+    ]
     return img(figure, "stage timeline") + table(["stage", "seconds", "finished at"], rows)
 
 
@@ -194,8 +202,10 @@ def _sft(run: Path) -> str:
     axes.legend()
     text = ""
     if s:
-        text = (f"<p>{s['train_examples']} demonstrations, {s['steps']} steps; held-out loss {fmt(s.get('eval_loss_before'))} → "
-                f"<b>{fmt(s.get('eval_loss'))}</b> nats/token.</p>")
+        text = (
+            f"<p>{s['train_examples']} demonstrations, {s['steps']} steps; held-out loss {fmt(s.get('eval_loss_before'))} → "
+            f"<b>{fmt(s.get('eval_loss'))}</b> nats/token.</p>"
+        )
     return text + img(figure, "SFT loss curves")
 
 
@@ -206,8 +216,18 @@ def _reward(rounds: list[Path]) -> str:
         if s is None:
             continue
         ci = s.get("eval_accuracy_ci") or [None, None]
-        rows.append([str(k), fmt(s.get("train_pairs")), fmt(s.get("eval_pairs")), f"<b>{fmt(s.get('eval_accuracy'))}</b>",
-                     f"{fmt(ci[0])} to {fmt(ci[1])}", fmt(s.get("train_accuracy")), fmt(s.get("eval_ece")), fmt(s.get("eval_mean_margin"))])
+        rows.append(
+            [
+                str(k),
+                fmt(s.get("train_pairs")),
+                fmt(s.get("eval_pairs")),
+                f"<b>{fmt(s.get('eval_accuracy'))}</b>",
+                f"{fmt(ci[0])} to {fmt(ci[1])}",
+                fmt(s.get("train_accuracy")),
+                fmt(s.get("eval_ece")),
+                fmt(s.get("eval_mean_margin")),
+            ]
+        )
         pictures = []
         metrics = _metrics(r / "reward")
         if metrics:
@@ -220,18 +240,26 @@ def _reward(rounds: list[Path]) -> str:
             axes.legend()
             pictures.append(img(figure, f"reward model training, round {k}"))
         if s.get("eval_bins") and s.get("eval_ece") is not None:
-            png = _png_of(lambda path: reliability_diagram({"ece": s["eval_ece"], "bins": s["eval_bins"]}, path, title=f"round {k}: held-out"))
+            png = _png_of(
+                lambda path: reliability_diagram({"ece": s["eval_ece"], "bins": s["eval_bins"]}, path, title=f"round {k}: held-out")
+            )
             pictures.append(img(png, f"reliability diagram, round {k}"))
         parts.append("".join(pictures))
     if not rows:
         return '<p class="note">No reward model in this run.</p>'
-    return (table(["round", "train pairs", "held-out pairs", "held-out accuracy", "95% CI", "train accuracy", "ECE", "mean margin"], rows)
-            + "".join(parts))
+    return table(
+        ["round", "train pairs", "held-out pairs", "held-out accuracy", "95% CI", "train accuracy", "ECE", "mean margin"], rows
+    ) + "".join(parts)
 
 
-PPO_PANELS = (("rollout/reward", "reward (RM, normalised)", "held_out/reward"), ("rollout/kl", "KL(pi || ref), nats/response", "held_out/kl"),
-              ("rollout/beta", "beta", None), ("rollout/entropy", "entropy per token", None), ("rollout/length", "response tokens", None),
-              ("held_out/gold", "held-out gold score", None))
+PPO_PANELS = (
+    ("rollout/reward", "reward (RM, normalised)", "held_out/reward"),
+    ("rollout/kl", "KL(pi || ref), nats/response", "held_out/kl"),
+    ("rollout/beta", "beta", None),
+    ("rollout/entropy", "entropy per token", None),
+    ("rollout/length", "response tokens", None),
+    ("held_out/gold", "held-out gold score", None),
+)
 
 
 def _ppo(rounds: list[Path]) -> str:
@@ -250,11 +278,22 @@ def _ppo(rounds: list[Path]) -> str:
         axes.set_xlabel("PPO iteration", fontsize=8)
         if axes.has_data():
             axes.legend(fontsize=7)
-    rows = [[str(k), fmt(s.get("steps_done", s.get("steps"))), fmt(s.get("reward_first_quarter")), fmt(s.get("reward_last_quarter")),
-             fmt(s.get("kl_last_quarter")), fmt(s.get("beta_final"), 4), esc(s.get("stopped_early") or "")]
-            for k, _, s in runs if s]
-    return img(figure, "PPO curves") + table(["round", "iterations", "reward, first quarter", "reward, last quarter", "KL, last quarter",
-                                              "final beta", "early stop"], rows)
+    rows = [
+        [
+            str(k),
+            fmt(s.get("steps_done", s.get("steps"))),
+            fmt(s.get("reward_first_quarter")),
+            fmt(s.get("reward_last_quarter")),
+            fmt(s.get("kl_last_quarter")),
+            fmt(s.get("beta_final"), 4),
+            esc(s.get("stopped_early") or ""),
+        ]
+        for k, _, s in runs
+        if s
+    ]
+    return img(figure, "PPO curves") + table(
+        ["round", "iterations", "reward, first quarter", "reward, last quarter", "KL, last quarter", "final beta", "early stop"], rows
+    )
 
 
 def _overopt(run: Path, rounds: list[Path]) -> str:
@@ -268,12 +307,27 @@ def _overopt(run: Path, rounds: list[Path]) -> str:
         fit = fit_overopt([p["kl"] for p in first], [p["gold"] for p in first], "rl")
         png = _png_of(lambda path: plot_overopt(first, fit, path, title="held-out checks of the first PPO run"))
         parts.append(img(png, "over-optimisation fit"))
-        parts.append(table(["form", "alpha", "beta", "KL at the gold peak", "gold at the peak", "RMSE", "points"],
-                           [["RL: gold = c + d (alpha - beta log d), d = sqrt(KL)", fmt(fit["alpha"]), fmt(fit["beta"]),
-                             fmt(fit["kl_peak"]), fmt(fit["gold_peak"]), fmt(fit["rmse"]), str(fit["n"])]]))
+        parts.append(
+            table(
+                ["form", "alpha", "beta", "KL at the gold peak", "gold at the peak", "RMSE", "points"],
+                [
+                    [
+                        "RL: gold = c + d (alpha - beta log d), d = sqrt(KL)",
+                        fmt(fit["alpha"]),
+                        fmt(fit["beta"]),
+                        fmt(fit["kl_peak"]),
+                        fmt(fit["gold_peak"]),
+                        fmt(fit["rmse"]),
+                        str(fit["n"]),
+                    ]
+                ],
+            )
+        )
     else:
-        parts.append('<p class="note">No Gao et al. fit: it needs at least three held-out checks with gold scores '
-                     "(run PPO with <code>ppo.early_stop.prompts</code> set; <code>tether eval overopt RUN_DIR</code> fits them).</p>")
+        parts.append(
+            '<p class="note">No Gao et al. fit: it needs at least three held-out checks with gold scores '
+            "(run PPO with <code>ppo.early_stop.prompts</code> set; <code>tether eval overopt RUN_DIR</code> fits them).</p>"
+        )
     evals = [(k, _summary(r / "eval")) for k, r in enumerate(rounds, 1)]
     evals = [(k, e) for k, e in evals if e]
     if evals:
@@ -300,8 +354,20 @@ def _judge_rows(ev: dict) -> list[tuple[str, dict]]:
     if ev.get("judges"):
         return list(ev["judges"].items())
     ci = ev.get("gold_win_rate_ci") or [None, None]  # an eval written before judges were reported
-    return [("gold", {"win_rate": ev["gold_win_rate"], "ci_low": ci[0], "ci_high": ci[1], "wins": ev["gold_wins"], "ties": ev["gold_ties"],
-                      "losses": ev["gold_losses"], "n": ev["prompts"]})]
+    return [
+        (
+            "gold",
+            {
+                "win_rate": ev["gold_win_rate"],
+                "ci_low": ci[0],
+                "ci_high": ci[1],
+                "wins": ev["gold_wins"],
+                "ties": ev["gold_ties"],
+                "losses": ev["gold_losses"],
+                "n": ev["prompts"],
+            },
+        )
+    ]
 
 
 def _win_rates(rounds: list[Path]) -> str:
@@ -311,14 +377,29 @@ def _win_rates(rounds: list[Path]) -> str:
         if ev is None:
             continue
         for name, j in _judge_rows(ev):
-            lc = f"{fmt(j['lc_win_rate'])} ({fmt(j.get('lc_ci_low'))} to {fmt(j.get('lc_ci_high'))})" if j.get("lc_win_rate") is not None else "-"
-            rows.append([str(k), esc(name), f"<b>{fmt(j['win_rate'])}</b>", f"{fmt(j['ci_low'])} to {fmt(j['ci_high'])}",
-                         f"{j['wins']} / {j['ties']} / {j['losses']}", str(j["n"]), lc])
+            lc = (
+                f"{fmt(j['lc_win_rate'])} ({fmt(j.get('lc_ci_low'))} to {fmt(j.get('lc_ci_high'))})"
+                if j.get("lc_win_rate") is not None
+                else "-"
+            )
+            rows.append(
+                [
+                    str(k),
+                    esc(name),
+                    f"<b>{fmt(j['win_rate'])}</b>",
+                    f"{fmt(j['ci_low'])} to {fmt(j['ci_high'])}",
+                    f"{j['wins']} / {j['ties']} / {j['losses']}",
+                    str(j["n"]),
+                    lc,
+                ]
+            )
     if not rows:
         return '<p class="note">No evaluation yet.</p>'
-    return (table(["round", "judge", "win rate vs SFT", "95% CI", "wins / ties / losses", "n", "length-controlled (95% CI)"], rows)
-            + '<p class="note">Ties count half. The length-controlled win rate is the fitted win rate at zero length difference '
-              "(logistic regression of the outcome on tanh(token-length difference / its std), after AlpacaEval).</p>")
+    return (
+        table(["round", "judge", "win rate vs SFT", "95% CI", "wins / ties / losses", "n", "length-controlled (95% CI)"], rows)
+        + '<p class="note">Ties count half. The length-controlled win rate is the fitted win rate at zero length difference '
+        "(logistic regression of the outcome on tanh(token-length difference / its std), after AlpacaEval).</p>"
+    )
 
 
 def _eval_table(rounds: list[Path]) -> str:
@@ -338,13 +419,22 @@ def _eval_table(rounds: list[Path]) -> str:
         dist = ev.get(f"length_dist_{who}") or {}
         return " / ".join(fmt(dist.get(q), 0) for q in ("p10", "p50", "p90", "max"))
 
-    rows = [["gold score (mean)", *pair("gold")], ["proxy (RM) score (mean)", *pair("proxy")], ["KL to SFT (nats/response)", *pair("kl")],
-            ["response tokens: mean", *pair("length", 1)],
-            ["response tokens: 10th / 50th / 90th percentile / max", spread("baseline"), spread("policy")],
-            ["finished with EOS", *pair("finished")], ["distinct-1", *pair("distinct1")], ["distinct-2", *pair("distinct2")],
-            ["self-BLEU (higher = less diverse)", *pair("self_bleu")], ["refusal rate", *pair("refusal")],
-            ["sycophantic opener", *nested("hacks", "sycophantic")], ["repeated 3-grams (20% or more)", *nested("hacks", "repetition")],
-            [f"longer than {fmt(ev.get('max_words'), 0)} words", *nested("hacks", "too_long")], ["any known hack", *nested("hacks", "any")]]
+    rows = [
+        ["gold score (mean)", *pair("gold")],
+        ["proxy (RM) score (mean)", *pair("proxy")],
+        ["KL to SFT (nats/response)", *pair("kl")],
+        ["response tokens: mean", *pair("length", 1)],
+        ["response tokens: 10th / 50th / 90th percentile / max", spread("baseline"), spread("policy")],
+        ["finished with EOS", *pair("finished")],
+        ["distinct-1", *pair("distinct1")],
+        ["distinct-2", *pair("distinct2")],
+        ["self-BLEU (higher = less diverse)", *pair("self_bleu")],
+        ["refusal rate", *pair("refusal")],
+        ["sycophantic opener", *nested("hacks", "sycophantic")],
+        ["repeated 3-grams (20% or more)", *nested("hacks", "repetition")],
+        [f"longer than {fmt(ev.get('max_words'), 0)} words", *nested("hacks", "too_long")],
+        ["any known hack", *nested("hacks", "any")],
+    ]
     return f"<p>Round {k}'s policy on {ev['prompts']} held-out prompts.</p>" + table(["", "SFT", "RLHF"], rows)
 
 
@@ -356,9 +446,13 @@ def _samples(rounds: list[Path], limit: int = 8) -> str:
     rows = []
     for line in lines:
         r = json.loads(line)
-        rows.append([_prompt_html(r["prompt"]),
-                     f"<pre>{esc(r['baseline'])}</pre><span class='gold'>gold {fmt(r.get('gold_baseline'), 2)}</span>",
-                     f"<pre>{esc(r['policy'])}</pre><span class='gold'>gold {fmt(r.get('gold_policy'), 2)}</span>"])
+        rows.append(
+            [
+                _prompt_html(r["prompt"]),
+                f"<pre>{esc(r['baseline'])}</pre><span class='gold'>gold {fmt(r.get('gold_baseline'), 2)}</span>",
+                f"<pre>{esc(r['policy'])}</pre><span class='gold'>gold {fmt(r.get('gold_policy'), 2)}</span>",
+            ]
+        )
     return table(["prompt", "SFT", "RLHF"], rows, cls="samples")
 
 
@@ -371,14 +465,24 @@ def build_html(run_dir: str | os.PathLike) -> str:
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory")
     rounds = round_dirs(run)
-    sections = [("Headline", _headline(run, rounds)), ("Stage timeline", _timeline(rounds)), ("SFT", _sft(run)),
-                ("Reward model", _reward(rounds)), ("PPO", _ppo(rounds)), ("Reward over-optimisation", _overopt(run, rounds)),
-                ("Win rates", _win_rates(rounds)), ("Evaluation", _eval_table(rounds)), ("Samples (held-out prompts)", _samples(rounds))]
+    sections = [
+        ("Headline", _headline(run, rounds)),
+        ("Stage timeline", _timeline(rounds)),
+        ("SFT", _sft(run)),
+        ("Reward model", _reward(rounds)),
+        ("PPO", _ppo(rounds)),
+        ("Reward over-optimisation", _overopt(run, rounds)),
+        ("Win rates", _win_rates(rounds)),
+        ("Evaluation", _eval_table(rounds)),
+        ("Samples (held-out prompts)", _samples(rounds)),
+    ]
     body = "".join(f"<h2>{esc(title)}</h2>{content}" for title, content in sections if content)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>tether run: {esc(run.name)}</title>'
-            f"<style>{CSS}</style></head><body><h1>tether run: {esc(run)}</h1>"
-            f'<p class="note">{len(rounds)} round(s). Every number was read from this run directory\'s files; rebuild with '
-            f"<code>tether report {esc(run)}</code>.</p>{body}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>tether run: {esc(run.name)}</title>'
+        f"<style>{CSS}</style></head><body><h1>tether run: {esc(run)}</h1>"
+        f'<p class="note">{len(rounds)} round(s). Every number was read from this run directory\'s files; rebuild with '
+        f"<code>tether report {esc(run)}</code>.</p>{body}</body></html>\n"
+    )
 
 
 def write_html_report(run_dir: str | os.PathLike) -> Path:

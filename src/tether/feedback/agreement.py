@@ -107,9 +107,12 @@ def throughput(seconds: Iterable[float | None], cap: float = 600.0) -> dict[str,
     """
     timed = [min(max(s, 0.0), cap) for s in seconds if s is not None]
     active = sum(timed)
-    return {"judgements": len(timed), "active_hours": active / 3600,
-            "seconds_per_judgement": active / len(timed) if timed else None,
-            "per_hour": len(timed) * 3600 / active if active > 0 else None}
+    return {
+        "judgements": len(timed),
+        "active_hours": active / 3600,
+        "seconds_per_judgement": active / len(timed) if timed else None,
+        "per_hour": len(timed) * 3600 / active if active > 0 else None,
+    }
 
 
 def position_bias(answers: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
@@ -121,8 +124,7 @@ def position_bias(answers: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
     decided = [(c, left) for c, left in answers if c in ("A", "B") and left in ("A", "B")]
     wins = sum(c == left for c, left in decided)
     n = len(decided)
-    return {"n": n, "left_wins": wins, "left_win_rate": wins / n if n else None,
-            "ci": list(wilson_interval(wins, n)) if n else None}
+    return {"n": n, "left_wins": wins, "left_win_rate": wins / n if n else None, "ci": list(wilson_interval(wins, n)) if n else None}
 
 
 def golden_accuracy(answers: Iterable[tuple[str, str]], threshold: float) -> dict[str, Any]:
@@ -162,13 +164,20 @@ def stats(store, golden_threshold: float = 0.7, seconds_cap: float = 600.0) -> d
     for name in sorted({v.annotator for v in votes}):
         mine = [v for v in votes if v.annotator == name]
         golden = [(v.choice, tasks[v.task_id].golden_answer) for v in mine if tasks[v.task_id].is_golden]
-        people[name] = {"kind": mine[0].kind, "judgements": len(mine), "skips": sum(v.choice == "skip" for v in mine),
-                        "throughput": throughput((v.seconds for v in mine), seconds_cap),
-                        "position_bias": position_bias((v.choice, v.left_side) for v in mine),
-                        "golden": golden_accuracy(golden, golden_threshold)}
+        people[name] = {
+            "kind": mine[0].kind,
+            "judgements": len(mine),
+            "skips": sum(v.choice == "skip" for v in mine),
+            "throughput": throughput((v.seconds for v in mine), seconds_cap),
+            "position_bias": position_bias((v.choice, v.left_side) for v in mine),
+            "golden": golden_accuracy(golden, golden_threshold),
+        }
     return {
-        "tasks": {"total": len(tasks), "golden": sum(t.is_golden for t in tasks.values()),
-                  "complete": sum(answered[t.id] >= t.required for t in tasks.values() if not t.is_golden)},
+        "tasks": {
+            "total": len(tasks),
+            "golden": sum(t.is_golden for t in tasks.values()),
+            "complete": sum(answered[t.id] >= t.required for t in tasks.values() if not t.is_golden),
+        },
         "judgements": {"total": len(votes), **{c: sum(v.choice == c for v in votes) for c in LABELS + ("skip",)}},
         "agreement": {"tasks": len(agreements), "mean_pair_agreement": sum(agreements) / len(agreements) if agreements else None},
         "kappa": pairwise_kappa(by_annotator),
@@ -188,23 +197,34 @@ def stats_tables(out: dict[str, Any]) -> list[Any]:
 
     bias = out["position_bias"]
     whole = Table(title="Preference store", show_header=False)
-    whole.add_row("tasks", f"{out['tasks']['total']} ({out['tasks']['golden']} golden, {out['tasks']['complete']} with all their annotators)")
+    whole.add_row(
+        "tasks", f"{out['tasks']['total']} ({out['tasks']['golden']} golden, {out['tasks']['complete']} with all their annotators)"
+    )
     j = out["judgements"]
     whole.add_row("judgements", f"{j['total']} (A {j['A']}, B {j['B']}, tie {j['tie']}, skip {j['skip']})")
     whole.add_row("mean per-pair agreement", f"{num(out['agreement']['mean_pair_agreement'])} over {out['agreement']['tasks']} tasks")
     whole.add_row("Krippendorff's alpha", num(out["alpha"]))
-    whole.add_row("left answer wins", "-" if not bias["n"] else
-                  f"{num(bias['left_win_rate'])} of {bias['n']} (95% CI {num(bias['ci'][0])} to {num(bias['ci'][1])})")
+    whole.add_row(
+        "left answer wins",
+        "-" if not bias["n"] else f"{num(bias['left_win_rate'])} of {bias['n']} (95% CI {num(bias['ci'][0])} to {num(bias['ci'][1])})",
+    )
 
     people = Table(title="Annotators")
     for column in ("name", "kind", "judgements", "skips", "per hour", "s / judgement", "left wins", "golden accuracy", ""):
         people.add_column(column, justify="left" if column in ("name", "kind", "") else "right")
     for name, a in out["annotators"].items():
         g = a["golden"]
-        people.add_row(name, a["kind"], str(a["judgements"]), str(a["skips"]), num(a["throughput"]["per_hour"], 1),
-                       num(a["throughput"]["seconds_per_judgement"], 1), num(a["position_bias"]["left_win_rate"]),
-                       "-" if g["accuracy"] is None else f"{g['accuracy']:.3f} ({g['n']})",
-                       f"[red]below {out['golden_threshold']}[/red]" if g["flagged"] else "")
+        people.add_row(
+            name,
+            a["kind"],
+            str(a["judgements"]),
+            str(a["skips"]),
+            num(a["throughput"]["per_hour"], 1),
+            num(a["throughput"]["seconds_per_judgement"], 1),
+            num(a["position_bias"]["left_win_rate"]),
+            "-" if g["accuracy"] is None else f"{g['accuracy']:.3f} ({g['n']})",
+            f"[red]below {out['golden_threshold']}[/red]" if g["flagged"] else "",
+        )
 
     pairs = Table(title="Cohen's kappa")
     for column in ("annotator", "annotator", "common tasks", "kappa"):

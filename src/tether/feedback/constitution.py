@@ -40,8 +40,7 @@ from tether.data.records import PreferencePair, Prompt
 from tether.data.templates import as_messages
 from tether.rollout.sampling import sample_responses
 
-__all__ = ["Principle", "Constitution", "load_constitution", "shipped_constitution", "Revision", "critique_and_revise",
-           "revision_pairs"]
+__all__ = ["Principle", "Constitution", "load_constitution", "shipped_constitution", "Revision", "critique_and_revise", "revision_pairs"]
 
 _REQUIRED = ("name", "critique_request", "revision_request")
 _KEYS = (*_REQUIRED, "rubric")
@@ -125,7 +124,9 @@ def load_constitution(path_or_name: str | Path = "default") -> Constitution:
                 got = "nothing (the field is missing)" if key not in item else _describe(value)
                 raise ConfigError(f"{path}:{lines.get(key, line)}: {label}, field {key!r}: expected a non-empty string, got {got}")
         if item["name"] in seen:
-            raise ConfigError(f"{path}:{line}: {label}, field 'name': expected a unique name, got one already used by principle {seen[item['name']]}")
+            raise ConfigError(
+                f"{path}:{line}: {label}, field 'name': expected a unique name, got one already used by principle {seen[item['name']]}"
+            )
         seen[item["name"]] = i + 1
         principles.append(Principle(*(item[k].strip() if item.get(k) else None for k in _KEYS)))
     return Constitution(name=path.stem, source=str(path), principles=tuple(principles))
@@ -161,8 +162,17 @@ class Revision:
     steps: list[dict[str, str]]
 
 
-def critique_and_revise(model, tokenizer, prompts: Sequence[Prompt], constitution: Constitution, settings: GenerationSettings,
-                        seed: int = 0, precision: str = "bf16", rounds: int = 1, progress=None) -> list[Revision]:
+def critique_and_revise(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    constitution: Constitution,
+    settings: GenerationSettings,
+    seed: int = 0,
+    precision: str = "bf16",
+    rounds: int = 1,
+    progress=None,
+) -> list[Revision]:
     """Answer, critique and revise every prompt (Bai et al. 2022, sec. 3.1), each step one batched generation.
 
     One principle is sampled per prompt and round (uniformly, seeded by `seed`). Every
@@ -172,26 +182,35 @@ def critique_and_revise(model, tokenizer, prompts: Sequence[Prompt], constitutio
         One `Revision` per prompt, in order.
     """
     rng = random.Random(seed)
-    generate = lambda chats, k: [s["response"] for s in sample_responses(model, tokenizer, chats, settings, seed * 7 + k, precision, progress)]  # noqa: E731
+
+    def generate(chats, k):
+        return [s["response"] for s in sample_responses(model, tokenizer, chats, settings, seed * 7 + k, precision, progress)]
+
     # 1. the model answers
     originals = generate(list(prompts), 0)
     current, steps = list(originals), [[] for _ in prompts]
     for r in range(rounds):
         principles = [rng.choice(constitution.principles) for _ in prompts]
         # 2. it critiques its answer against a sampled principle (the principle's critique request)
-        asked = [as_messages(p) + [{"role": "assistant", "content": c}, {"role": "user", "content": pr.critique_request}]
-                 for p, c, pr in zip(prompts, current, principles)]
+        asked = [
+            as_messages(p) + [{"role": "assistant", "content": c}, {"role": "user", "content": pr.critique_request}]
+            for p, c, pr in zip(prompts, current, principles)
+        ]
         critiques = generate(asked, 2 * r + 1)
         # 3. and rewrites it (the revision request, after its own critique)
-        asked = [chat + [{"role": "assistant", "content": crit}, {"role": "user", "content": pr.revision_request}]
-                 for chat, crit, pr in zip(asked, critiques, principles)]
+        asked = [
+            chat + [{"role": "assistant", "content": crit}, {"role": "user", "content": pr.revision_request}]
+            for chat, crit, pr in zip(asked, critiques, principles)
+        ]
         current = generate(asked, 2 * r + 2)
         for i, (pr, crit, rev) in enumerate(zip(principles, critiques, current)):
             steps[i].append({"principle": pr.name, "critique": crit, "revision": rev})
     return [Revision(o, c, s) for o, c, s in zip(originals, current, steps)]
 
 
-def revision_pairs(prompts: Sequence[Prompt], revisions: Sequence[Revision], meta: dict[str, Any]) -> tuple[list[PreferencePair], dict[str, int]]:
+def revision_pairs(
+    prompts: Sequence[Prompt], revisions: Sequence[Revision], meta: dict[str, Any]
+) -> tuple[list[PreferencePair], dict[str, int]]:
     """(original, revision) as (rejected, chosen) pairs, skipping the unusable ones.
 
     A pair needs two different, non-empty responses (the reward stage rejects anything
@@ -208,7 +227,17 @@ def revision_pairs(prompts: Sequence[Prompt], revisions: Sequence[Revision], met
         elif rev.revision.strip() == rev.original.strip():
             skipped["unchanged"] += 1
         else:
-            pairs.append(PreferencePair(prompt=prompt, chosen=rev.revision, rejected=rev.original, meta={
-                **meta, "principle": rev.steps[-1]["principle"], "critique": rev.steps[-1]["critique"],
-                **({"rounds": rev.steps} if len(rev.steps) > 1 else {})}))
+            pairs.append(
+                PreferencePair(
+                    prompt=prompt,
+                    chosen=rev.revision,
+                    rejected=rev.original,
+                    meta={
+                        **meta,
+                        "principle": rev.steps[-1]["principle"],
+                        "critique": rev.steps[-1]["critique"],
+                        **({"rounds": rev.steps} if len(rev.steps) > 1 else {}),
+                    },
+                )
+            )
     return pairs, skipped

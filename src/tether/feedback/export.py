@@ -46,8 +46,13 @@ def _pair(task: StoredTask, label: str, meta: dict[str, Any]) -> PreferencePair:
     return PreferencePair(prompt=task.prompt, chosen=chosen, rejected=rejected, meta=meta)
 
 
-def export_preferences(store: Store, out: str | os.PathLike[str], aggregate: Literal["majority", "per_annotator"] = "majority",
-                       ties: Literal["drop", "keep"] = "drop", include_golden: bool = False) -> dict[str, Any]:
+def export_preferences(
+    store: Store,
+    out: str | os.PathLike[str],
+    aggregate: Literal["majority", "per_annotator"] = "majority",
+    ties: Literal["drop", "keep"] = "drop",
+    include_golden: bool = False,
+) -> dict[str, Any]:
     """Write preference pairs to ``out`` (JSONL, atomically) and return a summary of what was written.
 
     Args:
@@ -73,8 +78,13 @@ def export_preferences(store: Store, out: str | os.PathLike[str], aggregate: Lit
             label = task.golden_answer if task.is_golden else majority(v.choice for v in answers)
             if label is None:
                 continue
-            meta = {"task_id": task.id, "votes": {c: counts[c] for c in ("A", "B", "tie")}, "annotators": len(answers),
-                    "agreement": counts[label] / len(answers) if answers else None, **({"golden": True} if task.is_golden else {})}
+            meta = {
+                "task_id": task.id,
+                "votes": {c: counts[c] for c in ("A", "B", "tie")},
+                "annotators": len(answers),
+                "agreement": counts[label] / len(answers) if answers else None,
+                **({"golden": True} if task.is_golden else {}),
+            }
             labelled = [(label, meta)]
         else:
             labelled = [(v.choice, {"task_id": task.id, "annotator": v.annotator, "kind": v.kind, **_optional(v)}) for v in answers]
@@ -84,8 +94,13 @@ def export_preferences(store: Store, out: str | os.PathLike[str], aggregate: Lit
                 continue
             pairs.append(_pair(task, label, meta))
     write_jsonl(out, pairs)
-    return {"out": os.fspath(out), "pairs": len(pairs), "ties": sum(bool(p.meta.get("tie")) for p in pairs),
-            "ties_dropped": dropped_ties, "aggregate": aggregate}
+    return {
+        "out": os.fspath(out),
+        "pairs": len(pairs),
+        "ties": sum(bool(p.meta.get("tie")) for p in pairs),
+        "ties_dropped": dropped_ties,
+        "aggregate": aggregate,
+    }
 
 
 def _optional(v: Vote) -> dict[str, Any]:

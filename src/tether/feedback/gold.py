@@ -201,11 +201,7 @@ def stem(word: str) -> str:
 
 def content_words(prompt: str) -> set[str]:
     """The prompt's stemmed content words (alphabetic, >= 4 letters, not stopwords)."""
-    return {
-        stem(word)
-        for word in _alpha_words(prompt)
-        if len(word) >= _MIN_CONTENT_LEN and word not in STOPWORDS
-    }
+    return {stem(word) for word in _alpha_words(prompt) if len(word) >= _MIN_CONTENT_LEN and word not in STOPWORDS}
 
 
 def _relevance(prompt: str, response: str) -> float:
@@ -270,8 +266,5 @@ def gold_score(prompt: str, response: str) -> float:
 def gold_scores(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
     """Gold scores of ``responses[i]`` to ``prompts[i]``, paired by index."""
     if len(prompts) != len(responses):
-        raise ValueError(
-            f"gold_scores needs one response per prompt, but got {len(prompts)} "
-            f"prompts and {len(responses)} responses."
-        )
+        raise ValueError(f"gold_scores needs one response per prompt, but got {len(prompts)} prompts and {len(responses)} responses.")
     return [gold_score(p, r) for p, r in zip(prompts, responses)]

@@ -33,13 +33,24 @@ from dataclasses import dataclass
 
 import torch
 
+from tether.data.collate import pad_left
 from tether.data.records import Prompt
 from tether.data.templates import as_messages, has_chat_template, render_prompt
 from tether.models.loading import ModelError, autocast, device
-from tether.data.collate import pad_left
 
-__all__ = ["JUDGE_TEMPLATE", "ANSWER_PREFIX", "Verdict", "judge_parts", "judge_text", "verdict_token_ids", "two_way_probability",
-           "debias_orders", "head_cache", "verdict_logits", "judge_pairs"]
+__all__ = [
+    "JUDGE_TEMPLATE",
+    "ANSWER_PREFIX",
+    "Verdict",
+    "judge_parts",
+    "judge_text",
+    "verdict_token_ids",
+    "two_way_probability",
+    "debias_orders",
+    "head_cache",
+    "verdict_logits",
+    "judge_pairs",
+]
 
 JUDGE_TEMPLATE = """\
 You are comparing two responses of an AI assistant to the same conversation. Judge them by these principles:
@@ -114,8 +125,9 @@ def _clip(tokenizer, text: str, max_tokens: int, keep_end: bool) -> str:
 _SPLIT = "\n\nConversation:\n"  # the judge input before this is the same for every pair
 
 
-def judge_parts(tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str],
-                max_prompt_tokens: int = 192, max_response_tokens: int = 128) -> tuple[str, str]:
+def judge_parts(
+    tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str], max_prompt_tokens: int = 192, max_response_tokens: int = 128
+) -> tuple[str, str]:
     """The judge input for the order (A=first, B=second) as (shared head, the pair's part), ending where the letter comes.
 
     The conversation keeps its last `max_prompt_tokens` tokens (the latest turn matters most),
@@ -136,8 +148,9 @@ def judge_parts(tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequ
     return text[:cut], text[cut:]
 
 
-def judge_text(tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str],
-               max_prompt_tokens: int = 192, max_response_tokens: int = 128) -> str:
+def judge_text(
+    tokenizer, prompt: Prompt, first: str, second: str, rubric: Sequence[str], max_prompt_tokens: int = 192, max_response_tokens: int = 128
+) -> str:
     """The whole judge input (see `judge_parts`) as one string."""
     return "".join(judge_parts(tokenizer, prompt, first, second, rubric, max_prompt_tokens, max_response_tokens))
 
@@ -173,7 +186,8 @@ def verdict_token_ids(tokenizer, context: str) -> tuple[int, int]:
     raise ModelError(
         f"the judge reads its verdict from the next-token probabilities of the letters A and B, but this tokenizer "
         f"({type(tokenizer).__name__}) does not encode {ANSWER_PREFIX!r} followed by ' A'/' B' or 'A'/'B' as one extra "
-        "token per letter; use a judge model with a different tokenizer.")
+        "token per letter; use a judge model with a different tokenizer."
+    )
 
 
 # --------------------------------------------------------------------------- the verdict
@@ -217,8 +231,9 @@ def _keep_last(model) -> dict:
 
 
 @torch.no_grad()
-def verdict_logits(model, token_ids: list[list[int]], letter_ids: tuple[int, int], pad_id: int, precision: str = "bf16",
-                   cache=None, cache_len: int = 0) -> torch.Tensor:
+def verdict_logits(
+    model, token_ids: list[list[int]], letter_ids: tuple[int, int], pad_id: int, precision: str = "bf16", cache=None, cache_len: int = 0
+) -> torch.Tensor:
     """Next-token logits of the two letters after each sequence, as one left-padded batch.
 
     Left padding puts every sequence's last token in the last column; positions are counted
@@ -242,14 +257,27 @@ def verdict_logits(model, token_ids: list[list[int]], letter_ids: tuple[int, int
         extra["past_key_values"].batch_repeat_interleave(input_ids.shape[0])
         mask = torch.cat([mask.new_ones(mask.shape[0], cache_len), mask], dim=1)  # (B, H + T)
     with autocast(precision):
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                       **extra, **_keep_last(model)).logits  # (B, T or 1, V)
+        logits = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None, **extra, **_keep_last(model)
+        ).logits  # (B, T or 1, V)
     return logits[:, -1, list(letter_ids)].float().cpu()
 
 
-def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], firsts: Sequence[str], seconds: Sequence[str], rubric: Sequence[str], *,
-                batch_size: int = 8, max_prompt_tokens: int = 192, max_response_tokens: int = 128, precision: str = "bf16",
-                share_head: bool = True, progress=None) -> list[Verdict]:
+def judge_pairs(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    firsts: Sequence[str],
+    seconds: Sequence[str],
+    rubric: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_prompt_tokens: int = 192,
+    max_response_tokens: int = 128,
+    precision: str = "bf16",
+    share_head: bool = True,
+    progress=None,
+) -> list[Verdict]:
     """Judge N pairs (prompt, first, second): one forward per pair and order, `batch_size` pairs (2 x rows) per batch.
 
     A pair's two orders share a batch and pairs of similar length are batched together. With
@@ -260,16 +288,24 @@ def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], firsts: Sequence[st
         N verdicts, in input order.
     """
     if not len(prompts) == len(firsts) == len(seconds):
-        raise ValueError(f"judge_pairs: {len(prompts)} prompts, {len(firsts)} first and {len(seconds)} second responses; expected as many of each.")
+        raise ValueError(
+            f"judge_pairs: {len(prompts)} prompts, {len(firsts)} first and {len(seconds)} second responses; expected as many of each."
+        )
     if not prompts:
         return []
-    parts_ab = [judge_parts(tokenizer, p, a, b, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
-    parts_ba = [judge_parts(tokenizer, p, b, a, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)]
+    parts_ab = [
+        judge_parts(tokenizer, p, a, b, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)
+    ]
+    parts_ba = [
+        judge_parts(tokenizer, p, b, a, rubric, max_prompt_tokens, max_response_tokens) for p, a, b in zip(prompts, firsts, seconds)
+    ]
     letters = verdict_token_ids(tokenizer, parts_ab[0][1])
     head_ids = _encode_head(tokenizer, parts_ab[0][0])
     if any(head != parts_ab[0][0] for head, _ in parts_ab + parts_ba):
-        raise ValueError("judge_pairs: the chat template renders the judge's instructions differently from pair to pair; "
-                         "the shared head cannot be shared")
+        raise ValueError(
+            "judge_pairs: the chat template renders the judge's instructions differently from pair to pair; "
+            "the shared head cannot be shared"
+        )
     ids_ab, ids_ba = [_encode(tokenizer, rest) for _, rest in parts_ab], [_encode(tokenizer, rest) for _, rest in parts_ba]
     was_training = model.training
     model.eval()
@@ -279,11 +315,18 @@ def judge_pairs(model, tokenizer, prompts: Sequence[Prompt], firsts: Sequence[st
     order = sorted(range(len(prompts)), key=lambda i: max(len(ids_ab[i]), len(ids_ba[i])))
     p_ab_a, p_ba_a = torch.empty(len(prompts)), torch.empty(len(prompts))  # (N,) P("A") in each order
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        letter_logits = verdict_logits(model, [ids_ab[i] for i in idx] + [ids_ba[i] for i in idx], letters, tokenizer.pad_token_id,
-                                       precision, cache, len(head_ids) if share_head else 0)  # (2b, 2)
+        idx = order[start : start + batch_size]
+        letter_logits = verdict_logits(
+            model,
+            [ids_ab[i] for i in idx] + [ids_ba[i] for i in idx],
+            letters,
+            tokenizer.pad_token_id,
+            precision,
+            cache,
+            len(head_ids) if share_head else 0,
+        )  # (2b, 2)
         p_a = two_way_probability(letter_logits)  # (2b,)
-        p_ab_a[idx], p_ba_a[idx] = p_a[: len(idx)], p_a[len(idx):]
+        p_ab_a[idx], p_ba_a[idx] = p_a[: len(idx)], p_a[len(idx) :]
         if progress is not None:
             progress(len(idx))
     model.train(was_training)

@@ -87,8 +87,9 @@ def run_panel(store: Store, members: Sequence[PanelMember], limit: int | None = 
             raise StoreError(f"panel member {m.name}: left_bias must be between 0 and 1, got {m.left_bias}")
         scorer = member_scorer(m)
         annotators[m.name] = store.get_or_add_annotator(m.name, "simulated")
-        labellers[m.name] = SimulatedAnnotator(temperature=_temperature(scorer, store, m.target_agreement), seed=m.seed,
-                                               name=m.name, scorer=scorer)
+        labellers[m.name] = SimulatedAnnotator(
+            temperature=_temperature(scorer, store, m.target_agreement), seed=m.seed, name=m.name, scorer=scorer
+        )
         coins[m.name] = random.Random(m.seed + 7919)
         counts[m.name] = 0
     active = list(members)

@@ -93,10 +93,7 @@ def _as_margins(gold_margins: ArrayLike) -> np.ndarray:
 
 def _check_temperature(temperature: float) -> None:
     if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(
-            f"The annotator temperature must be a finite positive number, "
-            f"but it is {temperature!r}."
-        )
+        raise ValueError(f"The annotator temperature must be a finite positive number, but it is {temperature!r}.")
 
 
 def expected_agreement(gold_margins: ArrayLike, temperature: float) -> float:
@@ -128,8 +125,7 @@ def calibrate_temperature(gold_margins: ArrayLike, target_agreement: float = 0.7
     """
     if not 0.5 < target_agreement < 1.0:
         raise ValueError(
-            f"The target agreement must lie strictly between 0.5 (coin flips) and "
-            f"1 (no noise), but it is {target_agreement!r}."
+            f"The target agreement must lie strictly between 0.5 (coin flips) and 1 (no noise), but it is {target_agreement!r}."
         )
     margins = np.abs(_as_margins(gold_margins))
     nonzero = margins[margins > 0]
@@ -225,10 +221,7 @@ class SimulatedAnnotator:
         if self.temperature is not None:
             _check_temperature(self.temperature)
         if not 0.5 < self.target_agreement < 1.0:
-            raise ValueError(
-                f"The target agreement must lie strictly between 0.5 and 1, "
-                f"but it is {self.target_agreement!r}."
-            )
+            raise ValueError(f"The target agreement must lie strictly between 0.5 and 1, but it is {self.target_agreement!r}.")
         self._rng = np.random.default_rng(self.seed)
 
     def _temperature_for(self, margins: np.ndarray) -> float:
@@ -295,9 +288,6 @@ def gold_agreement(judgements: Sequence[Judgement]) -> float:
     """
     decided = [j for j in judgements if j.gold_first != j.gold_second]
     if not decided:
-        raise ValueError(
-            "Gold agreement is undefined: none of the judgements has two responses "
-            "with different gold scores."
-        )
+        raise ValueError("Gold agreement is undefined: none of the judgements has two responses with different gold scores.")
     agree = sum((j.choice == 0) == (j.gold_first > j.gold_second) for j in decided)
     return agree / len(decided)

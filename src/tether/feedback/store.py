@@ -191,7 +191,7 @@ def make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -227,8 +227,10 @@ def upgrade_schema(engine: Engine, revision: str = "head", migrations: Path = MI
     current = schema_revision(engine)
     known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
     if current is not None and current not in known:
-        raise StoreError(f"the preference store {_shown(str(engine.url))} has schema revision {current}, which this version "
-                         f"of tether does not know (it knows {', '.join(sorted(known))}): it was written by a newer tether; upgrade tether")
+        raise StoreError(
+            f"the preference store {_shown(str(engine.url))} has schema revision {current}, which this version "
+            f"of tether does not know (it knows {', '.join(sorted(known))}): it was written by a newer tether; upgrade tether"
+        )
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
@@ -249,8 +251,14 @@ def head_revision(migrations: Path = MIGRATIONS) -> str:
     return ScriptDirectory.from_config(_alembic_config(migrations)).get_current_head()
 
 
-def open_store(target: str | os.PathLike[str], *, golden_rate: float = 0.1, assignment_timeout_s: float = 3600.0,
-               seed: int | None = None, create: bool = True) -> Store:
+def open_store(
+    target: str | os.PathLike[str],
+    *,
+    golden_rate: float = 0.1,
+    assignment_timeout_s: float = 3600.0,
+    seed: int | None = None,
+    create: bool = True,
+) -> Store:
     """Open the store at a file path (SQLite) or URL, creating or upgrading its schema in place.
 
     Args:
@@ -262,9 +270,11 @@ def open_store(target: str | os.PathLike[str], *, golden_rate: float = 0.1, assi
             read the store) makes it an error instead, so a mistyped path is not answered with an empty store.
     """
     url = database_url(target)
-    if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise StoreError(f"no preference store at {url[len('sqlite:///'):]} (check the path; `tether label import` or "
-                         "`tether collect db=...` create one)")
+    if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        raise StoreError(
+            f"no preference store at {url[len('sqlite:///') :]} (check the path; `tether label import` or "
+            "`tether collect db=...` create one)"
+        )
     engine = make_engine(url)
     try:
         upgrade_schema(engine)
@@ -330,15 +340,37 @@ class Store:
                 raise StoreError(f"there is no prompt {prompt_id} in the store")
             return self._response(s, prompt_id, response if isinstance(response, Candidate) else Candidate(response))
 
-    def add_task(self, response_a_id: int, response_b_id: int, *, required: int = 1, golden_answer: str | None = None,
-                 meta: dict[str, Any] | None = None) -> int:
+    def add_task(
+        self,
+        response_a_id: int,
+        response_b_id: int,
+        *,
+        required: int = 1,
+        golden_answer: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
         """Ask for A-versus-B judgements on two responses to one prompt; the same pair (either order) is one task."""
         with self._sessions.begin() as s:
-            return self._task(s, s.get(ResponseRow, response_a_id), s.get(ResponseRow, response_b_id), required, golden_answer, meta,
-                              what=f"responses {response_a_id} and {response_b_id}")
+            return self._task(
+                s,
+                s.get(ResponseRow, response_a_id),
+                s.get(ResponseRow, response_b_id),
+                required,
+                golden_answer,
+                meta,
+                what=f"responses {response_a_id} and {response_b_id}",
+            )
 
-    def add_candidates(self, prompt: Prompt, candidates: Sequence[Candidate], pairs: Iterable[tuple[int, int]] | None = None, *,
-                       required: int = 1, source: str | None = None, prompt_meta: dict[str, Any] | None = None) -> list[int]:
+    def add_candidates(
+        self,
+        prompt: Prompt,
+        candidates: Sequence[Candidate],
+        pairs: Iterable[tuple[int, int]] | None = None,
+        *,
+        required: int = 1,
+        source: str | None = None,
+        prompt_meta: dict[str, Any] | None = None,
+    ) -> list[int]:
         """Store a prompt, its candidate responses and comparison tasks for ``pairs`` of them (indices
         into ``candidates``; all pairs by default), in one transaction. Pairs whose responses are
         empty or identical are left out (there is nothing to prefer). Returns the task ids."""
@@ -347,11 +379,21 @@ class Store:
         with self._sessions.begin() as s:
             prompt_id = self._prompt(s, prompt, source, prompt_meta)
             ids = [self._response(s, prompt_id, c) for c in candidates]
-            return [self._task(s, s.get(ResponseRow, ids[i]), s.get(ResponseRow, ids[j]), required, None, None)
-                    for i, j in pairs if _comparable(candidates[i].text, candidates[j].text)]
+            return [
+                self._task(s, s.get(ResponseRow, ids[i]), s.get(ResponseRow, ids[j]), required, None, None)
+                for i, j in pairs
+                if _comparable(candidates[i].text, candidates[j].text)
+            ]
 
-    def add_pairs(self, pairs: Iterable[PreferencePair], *, required: int = 1, golden: bool = False, source: str | None = None,
-                  model: str | None = None) -> list[int]:
+    def add_pairs(
+        self,
+        pairs: Iterable[PreferencePair],
+        *,
+        required: int = 1,
+        golden: bool = False,
+        source: str | None = None,
+        model: str | None = None,
+    ) -> list[int]:
         """Store preference pairs as tasks (A = chosen, B = rejected), in one transaction.
 
         With ``golden``, each becomes a golden task whose known answer is A (or a tie for a pair
@@ -390,8 +432,13 @@ class Store:
         found = s.scalar(select(PromptRow.id).where(PromptRow.key == key))
         if found is not None:
             return found
-        row = PromptRow(key=key, text=prompt_text(prompt), messages=None if isinstance(prompt, str) else [dict(m) for m in prompt],
-                        source=source, meta=dict(meta or {}))
+        row = PromptRow(
+            key=key,
+            text=prompt_text(prompt),
+            messages=None if isinstance(prompt, str) else [dict(m) for m in prompt],
+            source=source,
+            meta=dict(meta or {}),
+        )
         s.add(row)
         s.flush()
         return row.id
@@ -408,8 +455,16 @@ class Store:
         s.flush()
         return row.id
 
-    def _task(self, s: Session, a: ResponseRow | None, b: ResponseRow | None, required: int, golden_answer: str | None,
-              meta: dict[str, Any] | None, what: str = "") -> int:
+    def _task(
+        self,
+        s: Session,
+        a: ResponseRow | None,
+        b: ResponseRow | None,
+        required: int,
+        golden_answer: str | None,
+        meta: dict[str, Any] | None,
+        what: str = "",
+    ) -> int:
         if a is None or b is None:
             raise StoreError(f"cannot compare {what}: {'the first' if a is None else 'the second'} is not in the store")
         if a.prompt_id != b.prompt_id:
@@ -420,13 +475,24 @@ class Store:
             raise StoreError(f"required (annotators per task) must be a whole number of at least 1, got {required!r}")
         if golden_answer is not None and golden_answer not in GOLDEN_ANSWERS:
             raise StoreError(f"golden_answer must be one of 'A', 'B', 'tie' or None, got {golden_answer!r}")
-        found = s.scalar(select(TaskRow.id).where(or_(
-            (TaskRow.response_a_id == a.id) & (TaskRow.response_b_id == b.id),
-            (TaskRow.response_a_id == b.id) & (TaskRow.response_b_id == a.id))))
+        found = s.scalar(
+            select(TaskRow.id).where(
+                or_(
+                    (TaskRow.response_a_id == a.id) & (TaskRow.response_b_id == b.id),
+                    (TaskRow.response_a_id == b.id) & (TaskRow.response_b_id == a.id),
+                )
+            )
+        )
         if found is not None:
             return found
-        row = TaskRow(response_a_id=a.id, response_b_id=b.id, required=required, is_golden=golden_answer is not None,
-                      golden_answer=golden_answer, meta=dict(meta or {}))
+        row = TaskRow(
+            response_a_id=a.id,
+            response_b_id=b.id,
+            required=required,
+            is_golden=golden_answer is not None,
+            golden_answer=golden_answer,
+            meta=dict(meta or {}),
+        )
         s.add(row)
         s.flush()
         return row.id
@@ -494,13 +560,20 @@ class Store:
             if s.bind.dialect.name == "postgresql":  # one assignment at a time, as BEGIN IMMEDIATE gives on SQLite
                 s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ASSIGNMENT_LOCK})
             now = utcnow()
-            pending = s.scalars(select(AssignmentRow).where(
-                AssignmentRow.annotator_id == annotator.id, ~_answered(AssignmentRow.task_id, annotator.id),
-            ).order_by(AssignmentRow.shown_at, AssignmentRow.id).limit(1)).first()
+            pending = s.scalars(
+                select(AssignmentRow)
+                .where(
+                    AssignmentRow.annotator_id == annotator.id,
+                    ~_answered(AssignmentRow.task_id, annotator.id),
+                )
+                .order_by(AssignmentRow.shown_at, AssignmentRow.id)
+                .limit(1)
+            ).first()
             if pending is not None:
                 return self._view(s, pending)
-            regular = s.scalars(self._open_tasks(annotator, now).order_by(_filled(now, self.assignment_timeout).desc(), TaskRow.id)
-                                .limit(1)).first()
+            regular = s.scalars(
+                self._open_tasks(annotator, now).order_by(_filled(now, self.assignment_timeout).desc(), TaskRow.id).limit(1)
+            ).first()
             if regular is None:
                 return None
             task = regular
@@ -515,19 +588,33 @@ class Store:
 
     def _open_tasks(self, annotator: Annotator, now: datetime):
         """Regular tasks this annotator has not seen that still need annotators."""
-        return select(TaskRow).where(~TaskRow.is_golden, ~_seen(annotator.id),
-                                     _filled(now, self.assignment_timeout) < TaskRow.required)
+        return select(TaskRow).where(~TaskRow.is_golden, ~_seen(annotator.id), _filled(now, self.assignment_timeout) < TaskRow.required)
 
     def _view(self, s: Session, assignment: AssignmentRow) -> Task:
         task = s.get(TaskRow, assignment.task_id)
         prompt = task.response_a.prompt
         left, right = (task.response_a, task.response_b) if assignment.left_side == "A" else (task.response_b, task.response_a)
-        return Task(id=task.id, prompt=prompt.messages if prompt.messages is not None else prompt.text, left=left.text,
-                    right=right.text, left_side=assignment.left_side, shown_at=assignment.shown_at,
-                    guidelines_version=s.scalar(select(func.max(GuidelinesRow.version))))
+        return Task(
+            id=task.id,
+            prompt=prompt.messages if prompt.messages is not None else prompt.text,
+            left=left.text,
+            right=right.text,
+            left_side=assignment.left_side,
+            shown_at=assignment.shown_at,
+            guidelines_version=s.scalar(select(func.max(GuidelinesRow.version))),
+        )
 
-    def record_judgement(self, annotator: Annotator, task_id: int, choice: str, *, strength: float | None = None,
-                         reason: str | None = None, left_side: str | None = None, seconds: float | None = None) -> int:
+    def record_judgement(
+        self,
+        annotator: Annotator,
+        task_id: int,
+        choice: str,
+        *,
+        strength: float | None = None,
+        reason: str | None = None,
+        left_side: str | None = None,
+        seconds: float | None = None,
+    ) -> int:
         """Record an annotator's answer to a task and commit it before returning its id.
 
         ``choice`` is 'A' or 'B' (the task's response A or B), 'tie' or 'skip', or 'left' /
@@ -549,39 +636,56 @@ class Store:
             with self._sessions.begin() as s:
                 if s.get(TaskRow, task_id) is None:
                     raise StoreError(f"there is no task {task_id} in the store")
-                assignment = s.scalars(select(AssignmentRow).where(AssignmentRow.task_id == task_id,
-                                                                   AssignmentRow.annotator_id == annotator.id)).first()
+                assignment = s.scalars(
+                    select(AssignmentRow).where(AssignmentRow.task_id == task_id, AssignmentRow.annotator_id == annotator.id)
+                ).first()
                 if assignment is not None:
                     if left_side is not None and left_side != assignment.left_side:
-                        raise StoreError(f"task {task_id} was shown to {annotator.name} with response {assignment.left_side} "
-                                         f"on the left, not {left_side}")
+                        raise StoreError(
+                            f"task {task_id} was shown to {annotator.name} with response {assignment.left_side} "
+                            f"on the left, not {left_side}"
+                        )
                     left_side = assignment.left_side
                     seconds = (now - assignment.shown_at).total_seconds()
                 elif annotator.kind == "human":
                     raise StoreError(f"task {task_id} was not shown to {annotator.name}; ask for the next task first")
                 if choice in ("left", "right"):
                     if left_side is None:
-                        raise StoreError(f"choice {choice!r} needs the left/right order, and task {task_id} was not shown "
-                                         f"to {annotator.name} side by side; answer 'A' or 'B'")
+                        raise StoreError(
+                            f"choice {choice!r} needs the left/right order, and task {task_id} was not shown "
+                            f"to {annotator.name} side by side; answer 'A' or 'B'"
+                        )
                     choice = left_side if choice == "left" else "AB"[left_side == "A"]
-                existing = s.scalars(select(JudgementRow).where(JudgementRow.task_id == task_id,
-                                                                JudgementRow.annotator_id == annotator.id)).first()
+                existing = s.scalars(
+                    select(JudgementRow).where(JudgementRow.task_id == task_id, JudgementRow.annotator_id == annotator.id)
+                ).first()
                 if existing is not None:
                     if (existing.choice, existing.strength, existing.reason) == (choice, strength, reason):
                         return existing.id
-                    raise DuplicateJudgementError(f"{annotator.name} has already answered task {task_id} "
-                                                  f"({existing.choice}); an answer cannot be changed")
-                row = JudgementRow(task_id=task_id, annotator_id=annotator.id, choice=choice, left_side=left_side, strength=strength,
-                                   reason=reason or None, shown_at=assignment.shown_at if assignment else None, answered_at=now,
-                                   seconds=seconds, guidelines_version=s.scalar(select(func.max(GuidelinesRow.version))))
+                    raise DuplicateJudgementError(
+                        f"{annotator.name} has already answered task {task_id} ({existing.choice}); an answer cannot be changed"
+                    )
+                row = JudgementRow(
+                    task_id=task_id,
+                    annotator_id=annotator.id,
+                    choice=choice,
+                    left_side=left_side,
+                    strength=strength,
+                    reason=reason or None,
+                    shown_at=assignment.shown_at if assignment else None,
+                    answered_at=now,
+                    seconds=seconds,
+                    guidelines_version=s.scalar(select(func.max(GuidelinesRow.version))),
+                )
                 s.add(row)
                 s.flush()
                 return row.id
         except IntegrityError as e:
             with self._sessions.begin() as s:  # the same annotator answered the same task at the same moment elsewhere?
                 if s.scalar(_answered(task_id, annotator.id).select()):
-                    raise DuplicateJudgementError(f"{annotator.name} has already answered task {task_id}; "
-                                                  "an answer cannot be changed") from None
+                    raise DuplicateJudgementError(
+                        f"{annotator.name} has already answered task {task_id}; an answer cannot be changed"
+                    ) from None
             raise StoreError(f"cannot record the answer of {annotator.name} to task {task_id}: {e.orig}") from None
 
     def progress(self, annotator: Annotator) -> Progress:
@@ -589,10 +693,16 @@ class Store:
         now = utcnow()
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         with self._sessions.begin() as s:
-            done = s.scalar(select(func.count()).select_from(JudgementRow).where(
-                JudgementRow.annotator_id == annotator.id, JudgementRow.answered_at >= midnight))
-            pending = s.scalar(select(func.count()).select_from(AssignmentRow).where(
-                AssignmentRow.annotator_id == annotator.id, ~_answered(AssignmentRow.task_id, annotator.id)))
+            done = s.scalar(
+                select(func.count())
+                .select_from(JudgementRow)
+                .where(JudgementRow.annotator_id == annotator.id, JudgementRow.answered_at >= midnight)
+            )
+            pending = s.scalar(
+                select(func.count())
+                .select_from(AssignmentRow)
+                .where(AssignmentRow.annotator_id == annotator.id, ~_answered(AssignmentRow.task_id, annotator.id))
+            )
             available = s.scalar(select(func.count()).select_from(self._open_tasks(annotator, now).subquery()))
             return Progress(done_today=done, total=done + pending + available)
 
@@ -604,8 +714,18 @@ class Store:
             out = []
             for t in s.scalars(select(TaskRow).order_by(TaskRow.id)):
                 p = t.response_a.prompt
-                out.append(StoredTask(t.id, p.messages if p.messages is not None else p.text, t.response_a.text, t.response_b.text,
-                                      t.required, t.is_golden, t.golden_answer, dict(t.meta)))
+                out.append(
+                    StoredTask(
+                        t.id,
+                        p.messages if p.messages is not None else p.text,
+                        t.response_a.text,
+                        t.response_b.text,
+                        t.required,
+                        t.is_golden,
+                        t.golden_answer,
+                        dict(t.meta),
+                    )
+                )
             return out
 
     def first_responses(self, task_ids: Iterable[int]) -> dict[int, str]:
@@ -613,8 +733,11 @@ class Store:
         ids, out = list(task_ids), {}
         with self._sessions.begin() as s:
             for start in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
-                rows = s.execute(select(TaskRow.id, ResponseRow.text).join(ResponseRow, ResponseRow.id == TaskRow.response_a_id)
-                                 .where(TaskRow.id.in_(ids[start:start + 500])))
+                rows = s.execute(
+                    select(TaskRow.id, ResponseRow.text)
+                    .join(ResponseRow, ResponseRow.id == TaskRow.response_a_id)
+                    .where(TaskRow.id.in_(ids[start : start + 500]))
+                )
                 out.update((task_id, text) for task_id, text in rows)
         return out
 
@@ -622,8 +745,10 @@ class Store:
         """Every judgement, in the order recorded."""
         with self._sessions.begin() as s:
             rows = s.execute(select(JudgementRow, AnnotatorRow.name, AnnotatorRow.kind).join(AnnotatorRow).order_by(JudgementRow.id))
-            return [Vote(j.task_id, name, kind, j.choice, j.left_side, j.strength, j.reason, j.seconds, j.answered_at, j.guidelines_version)
-                    for j, name, kind in rows]
+            return [
+                Vote(j.task_id, name, kind, j.choice, j.left_side, j.strength, j.reason, j.seconds, j.answered_at, j.guidelines_version)
+                for j, name, kind in rows
+            ]
 
     # ----------------------------------------------------------------- one annotator's own (for the web app)
 
@@ -631,8 +756,21 @@ class Store:
         """This annotator's own judgements, in the order recorded: all that a labelling front end may show them."""
         with self._sessions.begin() as s:
             rows = s.scalars(select(JudgementRow).where(JudgementRow.annotator_id == annotator.id).order_by(JudgementRow.id))
-            return [Vote(j.task_id, annotator.name, annotator.kind, j.choice, j.left_side, j.strength, j.reason, j.seconds,
-                         j.answered_at, j.guidelines_version) for j in rows]
+            return [
+                Vote(
+                    j.task_id,
+                    annotator.name,
+                    annotator.kind,
+                    j.choice,
+                    j.left_side,
+                    j.strength,
+                    j.reason,
+                    j.seconds,
+                    j.answered_at,
+                    j.guidelines_version,
+                )
+                for j in rows
+            ]
 
 
 # --------------------------------------------------------------------------- query pieces
@@ -653,16 +791,27 @@ def _answered(task_id, annotator_id):
 
 def _seen(annotator_id: int):
     """SQL: the task (TaskRow) was shown to or answered by this annotator."""
-    return or_(exists().where(AssignmentRow.task_id == TaskRow.id, AssignmentRow.annotator_id == annotator_id),
-               _answered(TaskRow.id, annotator_id))
+    return or_(
+        exists().where(AssignmentRow.task_id == TaskRow.id, AssignmentRow.annotator_id == annotator_id), _answered(TaskRow.id, annotator_id)
+    )
 
 
 def _filled(now: datetime, timeout: timedelta):
     """SQL: a task's (TaskRow) slots taken: answers that are not skips, plus unanswered assignments still held.
     An AI judge's answer takes no slot: the slots are for the annotators the judge is compared with."""
-    answers = (select(func.count()).select_from(JudgementRow).join(AnnotatorRow, AnnotatorRow.id == JudgementRow.annotator_id)
-               .where(JudgementRow.task_id == TaskRow.id, JudgementRow.choice != "skip", AnnotatorRow.kind != "judge"))
-    held = select(func.count()).select_from(AssignmentRow).where(
-        AssignmentRow.task_id == TaskRow.id, AssignmentRow.shown_at > now - timeout,
-        ~_answered(AssignmentRow.task_id, AssignmentRow.annotator_id))
+    answers = (
+        select(func.count())
+        .select_from(JudgementRow)
+        .join(AnnotatorRow, AnnotatorRow.id == JudgementRow.annotator_id)
+        .where(JudgementRow.task_id == TaskRow.id, JudgementRow.choice != "skip", AnnotatorRow.kind != "judge")
+    )
+    held = (
+        select(func.count())
+        .select_from(AssignmentRow)
+        .where(
+            AssignmentRow.task_id == TaskRow.id,
+            AssignmentRow.shown_at > now - timeout,
+            ~_answered(AssignmentRow.task_id, AssignmentRow.annotator_id),
+        )
+    )
     return answers.scalar_subquery() + held.scalar_subquery()

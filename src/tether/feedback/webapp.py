@@ -51,8 +51,8 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from tether.feedback.store import Annotator, DuplicateJudgementError, Store, StoreError
 from tether.feedback.agreement import stats
+from tether.feedback.store import Annotator, DuplicateJudgementError, Store, StoreError
 
 TEMPLATES = Path(__file__).parent / "templates"
 """The page templates (shipped as package data)."""
@@ -81,8 +81,7 @@ def csrf_token(token: str) -> str:
 
 
 def _templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined, trim_blocks=True,
-                      lstrip_blocks=True)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda x, digits=3: "-" if x is None else f"{x:.{digits}f}"
     return env
 
@@ -91,8 +90,12 @@ class _LimitsAndHeaders:
     """ASGI middleware: refuse bodies over ``max_body`` bytes with 413 (declared or streamed), and
     put the security headers on every response."""
 
-    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-               (b"referrer-policy", b"same-origin"), (b"cache-control", b"no-store")]
+    HEADERS = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+        (b"cache-control", b"no-store"),
+    ]
 
     def __init__(self, app, max_body: int):
         self.app = app
@@ -137,12 +140,12 @@ class _LimitsAndHeaders:
 
     async def _too_large(self, scope, receive, send):
         text = f"The request is larger than {self.max_body // 1024} KiB, the most this server accepts."
-        await Response(text, status_code=413, media_type="text/plain; charset=utf-8",
-                       headers={"connection": "close"})(scope, receive, send)
+        await Response(text, status_code=413, media_type="text/plain; charset=utf-8", headers={"connection": "close"})(scope, receive, send)
 
 
-def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason_chars: int = MAX_REASON_CHARS,
-               golden_threshold: float = 0.7) -> FastAPI:
+def create_app(
+    store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason_chars: int = MAX_REASON_CHARS, golden_threshold: float = 0.7
+) -> FastAPI:
     """The labelling app over ``store``: give it to uvicorn (``tether label serve`` does) or to a TestClient.
 
     Args:
@@ -160,8 +163,10 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
         html = env.get_template(name).render(nonce=nonce, **context)
-        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; form-action 'self'; "
-               "base-uri 'none'; frame-ancestors 'none'")
+        csp = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; form-action 'self'; "
+            "base-uri 'none'; frame-ancestors 'none'"
+        )
         return HTMLResponse(html, status_code=status_code, headers={"content-security-policy": csp})
 
     def error(status: int, message: str, annotator: Annotator | None = None) -> HTMLResponse:
@@ -188,8 +193,9 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
         redirect started by another site (a link in an e-mail) the browser would not send a Strict cookie."""
         annotator = store.annotator_for_token(token)
         response = page("signed_in.html", annotator=annotator, target=target)
-        response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        response.set_cookie(
+            COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        )
         return response
 
     def login_page(status: int = 200, message: str | None = None) -> HTMLResponse:
@@ -225,8 +231,9 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
         if not token or len(token) > 256 or store.annotator_for_token(token) is None:
             return login_page(401, "That token is not known. Check it, or ask for a new one.")
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        response.set_cookie(
+            COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        )
         return response
 
     @app.post("/logout")
@@ -248,10 +255,23 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
             return RedirectResponse("/login", status_code=303)
         task = store.next_task_for(annotator)
         progress = store.progress(annotator)
-        prompt = None if task is None else task.prompt if isinstance(task.prompt, str) else [
-            {"role": ROLE_NAMES.get(m["role"], m["role"]), "content": m["content"]} for m in task.prompt]
-        return page("label.html", annotator=annotator, task=task, prompt=prompt, progress=progress,
-                    guidelines=store.guidelines(), csrf=csrf_token(token_of(request)), max_reason_chars=max_reason_chars)
+        prompt = (
+            None
+            if task is None
+            else task.prompt
+            if isinstance(task.prompt, str)
+            else [{"role": ROLE_NAMES.get(m["role"], m["role"]), "content": m["content"]} for m in task.prompt]
+        )
+        return page(
+            "label.html",
+            annotator=annotator,
+            task=task,
+            prompt=prompt,
+            progress=progress,
+            guidelines=store.guidelines(),
+            csrf=csrf_token(token_of(request)),
+            max_reason_chars=max_reason_chars,
+        )
 
     @app.post("/judge")
     def judge(request: Request, task_id: str = Form(""), choice: str = Form(""), reason: str = Form(""), csrf: str = Form("")):
@@ -265,8 +285,11 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
         if not (task_id.isascii() and task_id.isdigit() and len(task_id) <= 18):
             return error(400, f"The task must be a task number; got {task_id[:20]!r}.", annotator)
         if len(reason) > max_reason_chars:
-            return error(413, f"The reason is {len(reason)} characters long; at most {max_reason_chars} are kept. "
-                              "Shorten it and answer again.", annotator)
+            return error(
+                413,
+                f"The reason is {len(reason)} characters long; at most {max_reason_chars} are kept. Shorten it and answer again.",
+                annotator,
+            )
         task = int(task_id)
         if any(v.task_id == task for v in store.votes_of(annotator)):
             return error(409, f"You have already answered task {task}; an answer cannot be changed.", annotator)
@@ -287,10 +310,17 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason
         if annotator is None:
             return JSONResponse({"error": "a valid token is needed (cookie or Authorization: Bearer)"}, status_code=401)
         progress = store.progress(annotator)
-        judgements = [{"task_id": v.task_id, "choice": _screen_choice(v.choice, v.left_side), "reason": v.reason,
-                       "seconds": v.seconds, "answered_at": _iso(v.answered_at)} for v in store.votes_of(annotator)]
-        return {"annotator": annotator.name, "done_today": progress.done_today, "total_today": progress.total,
-                "judgements": judgements}
+        judgements = [
+            {
+                "task_id": v.task_id,
+                "choice": _screen_choice(v.choice, v.left_side),
+                "reason": v.reason,
+                "seconds": v.seconds,
+                "answered_at": _iso(v.answered_at),
+            }
+            for v in store.votes_of(annotator)
+        ]
+        return {"annotator": annotator.name, "done_today": progress.done_today, "total_today": progress.total, "judgements": judgements}
 
     # ------------------------------------------------------------------ admin
 

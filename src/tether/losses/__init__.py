@@ -4,8 +4,14 @@ Shapes: B = batch, T = response length (right-padded), V = vocabulary.
 Masks are float or bool (B, T), 1 on real response tokens.
 """
 
-from tether.losses.advantages import (MovingAverageBaseline, gae, group_advantages, group_advantages_batch_std, leave_one_out_advantages,
-                                      reinforce_advantages)
+from tether.losses.advantages import (
+    MovingAverageBaseline,
+    gae,
+    group_advantages,
+    group_advantages_batch_std,
+    leave_one_out_advantages,
+    reinforce_advantages,
+)
 from tether.losses.bradley_terry import (
     bradley_terry_label_smoothed_loss,
     bradley_terry_loss,

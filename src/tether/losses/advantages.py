@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gae", "group_advantages", "group_advantages_batch_std", "leave_one_out_advantages", "reinforce_advantages", "MovingAverageBaseline"]
+__all__ = [
+    "gae",
+    "group_advantages",
+    "group_advantages_batch_std",
+    "leave_one_out_advantages",
+    "reinforce_advantages",
+    "MovingAverageBaseline",
+]
 
 
 @torch.no_grad()

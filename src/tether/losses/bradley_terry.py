@@ -97,9 +97,7 @@ def _masked_mean_or_nan(x: torch.Tensor, mask: torch.Tensor) -> float:
     return x[mask].float().mean().item() if n > 0 else float("nan")
 
 
-def bradley_terry_tie_loss(
-    r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
+def bradley_terry_tie_loss(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """Bradley-Terry loss with ties: binary cross-entropy of sigmoid(r_a - r_b) against a soft target.
 
     d[b] = r_a[b] - r_b[b]

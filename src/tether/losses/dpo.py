@@ -203,9 +203,7 @@ def dpo_conservative_loss(
     return loss, _dpo_metrics(loss, beta, logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected)
 
 
-def dpo_reference_free_loss(
-    logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, beta: float
-) -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_reference_free_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Reference-free DPO: the sigmoid loss with the reference log-ratio taken as 0.
 
     L = - mean_b log sigmoid(beta * (log pi(y_c) - log pi(y_r)))

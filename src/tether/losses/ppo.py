@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -143,9 +143,11 @@ def truncated_importance_weights(
         gap = _zero_outside(trainer_logp.float() - sampler_logp.float(), keep)
         raw = torch.exp(gap)
         weights = _zero_outside(raw.clamp(max=cap), keep)
-        metrics = {"is_weight_mean": masked_mean(weights, mask).item(),
-                   "is_weight_capped": masked_mean((raw >= cap).float(), mask).item(),
-                   "is_logp_gap": masked_mean(gap.abs(), mask).item()}
+        metrics = {
+            "is_weight_mean": masked_mean(weights, mask).item(),
+            "is_weight_capped": masked_mean((raw >= cap).float(), mask).item(),
+            "is_logp_gap": masked_mean(gap.abs(), mask).item(),
+        }
     return weights, metrics
 
 

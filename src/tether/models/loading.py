@@ -137,8 +137,10 @@ def resolve_model(name: str, key: str = "model") -> str:
     if not path.is_dir():
         raise ModelError(f"{key} '{name}': no such directory{did_you_mean(path)}; expected 'default' or a local Hugging Face model folder")
     if not (path / "config.json").exists():
-        raise ModelError(f"{key} '{name}': the folder has no config.json, so it is not a Hugging Face model directory "
-                         "(expected config.json + weights, as save_pretrained writes them, or 'default')")
+        raise ModelError(
+            f"{key} '{name}': the folder has no config.json, so it is not a Hugging Face model directory "
+            "(expected config.json + weights, as save_pretrained writes them, or 'default')"
+        )
     return str(path)
 
 
@@ -222,16 +224,24 @@ def apply_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", modu
     """Wrap `model` with a trainable LoRA adapter named 'default' (peft)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = settings.target_modules if settings.target_modules == "all-linear" else [t.strip() for t in settings.target_modules.split(",")]
+    targets = (
+        settings.target_modules if settings.target_modules == "all-linear" else [t.strip() for t in settings.target_modules.split(",")]
+    )
     config = LoraConfig(
-        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
-        task_type=task_type, modules_to_save=modules_to_save,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
     )
     if targets != "all-linear":  # peft's own error for a name that matches nothing is a traceback
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         if not any(n == t or n.endswith("." + t) for n, _ in model.named_modules() for t in targets):  # peft's own matching
-            raise ConfigError(f"lora.target_modules={settings.target_modules} matches no module of the model, so LoRA would train "
-                              f"nothing; its linear modules are {', '.join(linear)} (or use all-linear)")
+            raise ConfigError(
+                f"lora.target_modules={settings.target_modules} matches no module of the model, so LoRA would train "
+                f"nothing; its linear modules are {', '.join(linear)} (or use all-linear)"
+            )
     return get_peft_model(model, config)
 
 

@@ -18,7 +18,18 @@ from tether.config import did_you_mean
 from tether.data.collate import pack_shared_prompts, pad_right
 from tether.data.records import PreferencePair, Prompt, prompt_key
 from tether.data.templates import encode_prompt, encode_response
-from tether.models.loading import ModelError, device, disable_dropout, load_tokenizer, model_device, offload_to_cpu, trunk_of, unwrap, position_ids_from_mask, autocast
+from tether.models.loading import (
+    ModelError,
+    autocast,
+    device,
+    disable_dropout,
+    load_tokenizer,
+    model_device,
+    offload_to_cpu,
+    position_ids_from_mask,
+    trunk_of,
+    unwrap,
+)
 
 NORMALIZATION_FILE = "tether_reward.json"
 ENSEMBLE_FILE = "tether_ensemble.json"
@@ -39,7 +50,7 @@ class RewardNormalization:
         return raw * self.gain + self.bias
 
     @classmethod
-    def fit(cls, raw: torch.Tensor, fitted_on: str) -> "RewardNormalization":
+    def fit(cls, raw: torch.Tensor, fitted_on: str) -> RewardNormalization:
         mean, std = raw.float().mean().item(), raw.float().std().item() if raw.numel() > 1 else 1.0
         gain = 1.0 / std if std > 1e-6 else 1.0
         return cls(gain=gain, bias=-mean * gain, fitted_on=fitted_on, n=int(raw.numel()))
@@ -111,7 +122,8 @@ def packed_rewards(model, packed) -> torch.Tensor:
     on separate rows, with each shared prompt computed once)."""
     dev = model_device(model)
     hidden = trunk_of(model)(
-        input_ids=packed["input_ids"].to(dev), attention_mask=shared_prompt_mask(packed["segment_ids"].to(dev)),
+        input_ids=packed["input_ids"].to(dev),
+        attention_mask=shared_prompt_mask(packed["segment_ids"].to(dev)),
         position_ids=packed["position_ids"].to(dev),
     ).last_hidden_state  # (R, T, d)
     ends = packed["ends"].to(dev)
@@ -125,7 +137,7 @@ class RewardModel:
         self.model, self.tokenizer, self.normalization, self.path = model, tokenizer, normalization, path
 
     @classmethod
-    def load(cls, path: str, offload: bool = False) -> "RewardModel":
+    def load(cls, path: str, offload: bool = False) -> RewardModel:
         """`offload`: the weights stay in CPU memory, each layer's brought to the accelerator while it computes."""
         from transformers import AutoModelForSequenceClassification
 
@@ -133,7 +145,9 @@ class RewardModel:
         if Path(path).is_file():
             raise ModelError(f"reward model '{path}' is a file; expected a folder written by `tether reward train` (config.json + weights)")
         if not Path(path).exists():
-            raise ModelError(f"reward model '{path}': no such directory{did_you_mean(path)}; expected a folder written by `tether reward train`")
+            raise ModelError(
+                f"reward model '{path}': no such directory{did_you_mean(path)}; expected a folder written by `tether reward train`"
+            )
         if not (Path(path) / "config.json").exists():
             raise ModelError(f"reward model '{path}': no config.json (expected a folder written by `tether reward train`)")
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
@@ -145,7 +159,7 @@ class RewardModel:
         return cls(offload_to_cpu(model) if offload else model.to(device()), load_tokenizer(path), norm, path)
 
     @property
-    def members(self) -> list["RewardModel"]:
+    def members(self) -> list[RewardModel]:
         return [self]
 
     @torch.no_grad()
@@ -211,8 +225,10 @@ def save_normalization(path: str | Path, norm: RewardNormalization) -> None:
 
 def encode_texts(tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int):
     """Right-padded (input_ids, attention_mask) of prompt + response (+ EOS), on the model's device."""
-    seqs = [encode_prompt(tokenizer, p, max_prompt_tokens)[0] + encode_response(tokenizer, r, max_response_tokens)
-            for p, r in zip(prompts, responses)]
+    seqs = [
+        encode_prompt(tokenizer, p, max_prompt_tokens)[0] + encode_response(tokenizer, r, max_response_tokens)
+        for p, r in zip(prompts, responses)
+    ]
     ids, mask = pad_right(seqs, tokenizer.pad_token_id)
     return ids.to(device()), mask.to(device())
 
@@ -225,15 +241,20 @@ def encode_packed(tokenizer, prompts: list[Prompt], responses: list[str], max_pr
         groups.setdefault(prompt_key(p), []).append(i)
     rows, order, slot = [], [0] * len(prompts), 0
     for members in groups.values():
-        rows.append((encode_prompt(tokenizer, prompts[members[0]], max_prompt_tokens)[0],
-                     [encode_response(tokenizer, responses[i], max_response_tokens) for i in members]))
+        rows.append(
+            (
+                encode_prompt(tokenizer, prompts[members[0]], max_prompt_tokens)[0],
+                [encode_response(tokenizer, responses[i], max_response_tokens) for i in members],
+            )
+        )
         for i in members:  # packed output lists responses row by row
             order[i], slot = slot, slot + 1
     return pack_shared_prompts(rows, tokenizer.pad_token_id), torch.tensor(order)
 
 
-def batch_rewards(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int,
-                  max_response_tokens: int, pack: bool = True) -> torch.Tensor:
+def batch_rewards(
+    model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int, max_response_tokens: int, pack: bool = True
+) -> torch.Tensor:
     """(N,) raw rewards of (prompt, response) pairs in one forward. With `pack`, responses to the
     same prompt share one row and the prompt is computed once (same values, less compute)."""
     if pack:
@@ -257,8 +278,17 @@ def can_pack(model, tokenizer, sample: list[PreferencePair], max_prompt_tokens: 
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, prompts: list[Prompt], responses: list[str], max_prompt_tokens: int = 192,
-                max_response_tokens: int = 128, batch_size: int = 16, precision: str = "bf16", pack: bool = True) -> torch.Tensor:
+def score_texts(
+    model,
+    tokenizer,
+    prompts: list[Prompt],
+    responses: list[str],
+    max_prompt_tokens: int = 192,
+    max_response_tokens: int = 128,
+    batch_size: int = 16,
+    precision: str = "bf16",
+    pack: bool = True,
+) -> torch.Tensor:
     """(N,) raw head outputs for (prompt, response) pairs, scored in batches of about `batch_size`
     responses; responses to one prompt are batched together, and batches hold similar lengths."""
     if not prompts:
@@ -274,8 +304,15 @@ def score_texts(model, tokenizer, prompts: list[Prompt], responses: list[str], m
         batch.extend(group)
         if len(batch) >= batch_size or k == len(members) - 1:
             with autocast(precision):
-                r = batch_rewards(model, tokenizer, [prompts[i] for i in batch], [responses[i] for i in batch],
-                                  max_prompt_tokens, max_response_tokens, pack)
+                r = batch_rewards(
+                    model,
+                    tokenizer,
+                    [prompts[i] for i in batch],
+                    [responses[i] for i in batch],
+                    max_prompt_tokens,
+                    max_response_tokens,
+                    pack,
+                )
             scores[batch] = r.cpu()
             batch = []
     return scores

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from tether.models.reward_model import ADAPTER_DIR, raw_rewards
 from tether.models.loading import trunk_of
+from tether.models.reward_model import ADAPTER_DIR, raw_rewards
 
 
 def _owner(root: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:

@@ -21,16 +21,15 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Optional
 
-from tether.rewards.functions import RewardFunctionError
-from tether.data.readers import write_jsonl, read_prompts
 from tether.config import GenerationSettings, resolve_path
 from tether.data.collate import pad_left
+from tether.data.readers import read_prompts, write_jsonl
 from tether.data.templates import encode_prompt
-from tether.models.loading import autocast, device, load_causal_lm, load_tokenizer, resolve_model
-from tether.rollout.generate import generate
 from tether.eval.calibration import wilson_interval
+from tether.models.loading import autocast, device, load_causal_lm, load_tokenizer, resolve_model
+from tether.rewards.functions import RewardFunctionError
+from tether.rollout.generate import generate
 
 __all__ = ["PROMPT", "last_number", "exact_match", "number_only", "make_problems", "write_problem_files", "answer_problems", "accuracy"]
 
@@ -40,7 +39,7 @@ PROMPT = "What is {a} {op} {b}? Answer with the number only."
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def last_number(text: str) -> Optional[float]:
+def last_number(text: str) -> float | None:
     """The last number written in `text` ('1,234' reads as 1234), or None when there is none."""
     found = _NUMBER.findall(text)
     if not found:
@@ -56,8 +55,10 @@ def exact_match(prompts: list[str], completions: list[str], metadata: list[dict]
     scores = []
     for i, (text, meta) in enumerate(zip(completions, metadata)):
         if not isinstance(meta.get("answer"), (int, float)):
-            raise RewardFunctionError(f"exact_match: sample {i} has no numeric 'answer' in its prompt's meta (got {meta!r}); "
-                                      "write the prompts with `python -m tether.rewards.arithmetic make`")
+            raise RewardFunctionError(
+                f"exact_match: sample {i} has no numeric 'answer' in its prompt's meta (got {meta!r}); "
+                "write the prompts with `python -m tether.rewards.arithmetic make`"
+            )
         value = last_number(text)
         scores.append(1.0 if value is not None and value == float(meta["answer"]) else 0.0)
     return scores
@@ -103,28 +104,53 @@ def write_problem_files(out: str | Path, n_train: int = 2000, n_held_out: int = 
     return train, held_out
 
 
-def answer_problems(model, tokenizer, prompts: list, max_new_tokens: int = 16, batch_size: int = 32, precision: str = "fp32",
-                    temperature: Optional[float] = None, seed: int = 0) -> list[str]:
+def answer_problems(
+    model,
+    tokenizer,
+    prompts: list,
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    temperature: float | None = None,
+    seed: int = 0,
+) -> list[str]:
     """The model's answer to each prompt: greedy (temperature None) or sampled at `temperature` with a fixed seed."""
     import torch
 
     texts: list[str] = []
     for b, start in enumerate(range(0, len(prompts), batch_size)):
-        batch = prompts[start:start + batch_size]
+        batch = prompts[start : start + batch_size]
         if temperature is not None:
             settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
             texts.extend(generate(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision).texts)
             continue
         ids, mask = pad_left([encode_prompt(tokenizer, p, 192)[0] for p in batch], tokenizer.pad_token_id)
         with torch.no_grad(), autocast(precision):
-            out = model.generate(input_ids=ids.to(device()), attention_mask=mask.to(device()), do_sample=False, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
-        texts.extend(t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True))
+            out = model.generate(
+                input_ids=ids.to(device()),
+                attention_mask=mask.to(device()),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+            )
+        texts.extend(t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True))
     return texts
 
 
-def accuracy(model_path: str, prompts_path: str, limit: Optional[int] = None, max_new_tokens: int = 16, batch_size: int = 32,
-             precision: str = "fp32", temperature: Optional[float] = None, seed: int = 0) -> dict:
+def accuracy(
+    model_path: str,
+    prompts_path: str,
+    limit: int | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    temperature: float | None = None,
+    seed: int = 0,
+) -> dict:
     """Exact-match accuracy of a model on a problems file, with a 95% Wilson interval."""
     path = resolve_model(model_path)
     tokenizer, model = load_tokenizer(path), load_causal_lm(path).eval()
@@ -133,13 +159,21 @@ def accuracy(model_path: str, prompts_path: str, limit: Optional[int] = None, ma
     scores = exact_match([], texts, [r.meta for r in records])
     n, correct = len(scores), int(sum(scores))
     low, high = wilson_interval(correct, n)
-    return {"accuracy": correct / n if n else None, "n": n, "correct": correct, "ci_low": low, "ci_high": high, "model": model_path,
-            "prompts": prompts_path, "decoding": "greedy" if temperature is None else f"sampled at temperature {temperature}, seed {seed}",
-            "max_new_tokens": max_new_tokens, "examples": [{"prompt": r.prompt, "answer": r.meta["answer"], "completion": t}
-                                                           for r, t in list(zip(records, texts))[:5]]}
+    return {
+        "accuracy": correct / n if n else None,
+        "n": n,
+        "correct": correct,
+        "ci_low": low,
+        "ci_high": high,
+        "model": model_path,
+        "prompts": prompts_path,
+        "decoding": "greedy" if temperature is None else f"sampled at temperature {temperature}, seed {seed}",
+        "max_new_tokens": max_new_tokens,
+        "examples": [{"prompt": r.prompt, "answer": r.meta["answer"], "completion": t} for r, t in list(zip(records, texts))[:5]],
+    }
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tether.rewards.arithmetic", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make", help="write train.jsonl and held_out.jsonl")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
-RewardFunction = Callable[[list[str], list[str], list[dict]], list[Optional[float]]]
+RewardFunction = Callable[[list[str], list[str], list[dict]], list[float | None]]
 
 
 class RewardFunctionError(ValueError):
@@ -45,7 +45,7 @@ def load_reward_function(spec: str) -> RewardFunction:
     return fn
 
 
-def call_reward_function(fn: RewardFunction, prompts: list[str], completions: list[str], metadata: list[dict]) -> list[Optional[float]]:
+def call_reward_function(fn: RewardFunction, prompts: list[str], completions: list[str], metadata: list[dict]) -> list[float | None]:
     """Call `fn` and check it returned one number (or None) per completion."""
     out = list(fn(prompts, completions, metadata))
     if len(out) != len(completions):

@@ -33,22 +33,33 @@ scores the 2N samples.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
 from tether.config import RewardSourceSettings
 from tether.data.records import Prompt, prompt_key, prompt_text
-from tether.rewards.functions import call_reward_function, load_reward_function
-from tether.models.reward_model import conservative_reward, load_reward_model, batch_rewards, score_texts
 from tether.feedback.constitution import load_constitution
 from tether.feedback.judge import judge_pairs
 from tether.models.loading import load_frozen_lm, load_tokenizer, resolve_model
+from tether.models.reward_model import batch_rewards, conservative_reward, load_reward_model, score_texts
+from tether.rewards.functions import call_reward_function, load_reward_function
 
-ScoreFn = Callable[[list[Prompt], list[str], list[dict]], list[Optional[float]]]
+ScoreFn = Callable[[list[Prompt], list[str], list[dict]], list[float | None]]
 
-__all__ = ["RewardSource", "load_reward_sources", "load_source", "source_names", "score_samples", "score_pairs", "model_source", "function_source", "judge_source", "describe"]
+__all__ = [
+    "RewardSource",
+    "load_reward_sources",
+    "load_source",
+    "source_names",
+    "score_samples",
+    "score_pairs",
+    "model_source",
+    "function_source",
+    "judge_source",
+    "describe",
+]
 
 
 @dataclass
@@ -85,8 +96,9 @@ def load_reward_sources(settings: list[RewardSourceSettings], precision: str = "
     return [RewardSource(name, s.weight, load_source(s, precision, offload)) for name, s in zip(source_names(settings), settings)]
 
 
-def score_samples(sources: list[RewardSource], prompts: list[Prompt], completions: list[str],
-                  metadata: list[dict]) -> tuple[list[Optional[float]], dict[str, list[Optional[float]]]]:
+def score_samples(
+    sources: list[RewardSource], prompts: list[Prompt], completions: list[str], metadata: list[dict]
+) -> tuple[list[float | None], dict[str, list[float | None]]]:
     """The weighted sum of every source's scores, and each source's own scores (by name).
 
     A sample is None (dropped) when any source returned None for it.
@@ -95,8 +107,9 @@ def score_samples(sources: list[RewardSource], prompts: list[Prompt], completion
     return weighted_sum(sources, parts, len(completions)), parts
 
 
-def score_pairs(sources: list[RewardSource], prompts: list[Prompt], firsts: list[str], seconds: list[str],
-                metadata: list[dict]) -> tuple[list[Optional[tuple[float, float]]], dict[str, list[Optional[float]]]]:
+def score_pairs(
+    sources: list[RewardSource], prompts: list[Prompt], firsts: list[str], seconds: list[str], metadata: list[dict]
+) -> tuple[list[tuple[float, float] | None], dict[str, list[float | None]]]:
     """(score of first, score of second) of each of N pairs, None when either is None; and each source's own 2N scores
     (firsts, then seconds). A source that compares a pair itself (a group judge's `pairs`) judges each pair once; every
     other source scores the 2N samples (prompts + prompts, firsts + seconds) in one call."""
@@ -113,9 +126,9 @@ def score_pairs(sources: list[RewardSource], prompts: list[Prompt], firsts: list
     return [None if a is None or b is None else (a, b) for a, b in zip(total[:n], total[n:])], parts
 
 
-def weighted_sum(sources: list[RewardSource], parts: dict[str, list[Optional[float]]], n: int) -> list[Optional[float]]:
+def weighted_sum(sources: list[RewardSource], parts: dict[str, list[float | None]], n: int) -> list[float | None]:
     """Sample i's sum over sources of weight * score, None when any source's score of it is None."""
-    total: list[Optional[float]] = []
+    total: list[float | None] = []
     for i in range(n):
         values = [parts[s.name][i] for s in sources]
         total.append(None if any(v is None for v in values) else sum(s.weight * v for s, v in zip(sources, values)))
@@ -140,16 +153,36 @@ def model_source(settings: RewardSourceSettings, precision: str = "bf16", offloa
         if k not in pack:
             n = min(4, len(prompts))
             with torch.no_grad():
-                args = (member.model, member.tokenizer, prompts[:n], completions[:n], settings.max_prompt_tokens, settings.max_response_tokens)
+                args = (
+                    member.model,
+                    member.tokenizer,
+                    prompts[:n],
+                    completions[:n],
+                    settings.max_prompt_tokens,
+                    settings.max_response_tokens,
+                )
                 pack[k] = bool(torch.allclose(batch_rewards(*args, pack=True), batch_rewards(*args, pack=False), atol=1e-3, rtol=1e-3))
         return pack[k]
 
-    def score(prompts: list[Prompt], completions: list[str], metadata: list[dict]) -> list[Optional[float]]:
-        members = torch.stack([
-            m.normalization.apply(score_texts(m.model, m.tokenizer, prompts, completions, settings.max_prompt_tokens,
-                                              settings.max_response_tokens, settings.batch_size, precision,
-                                              pack=packs(k, m, prompts, completions)))
-            for k, m in enumerate(rm.members)])  # (N members, B)
+    def score(prompts: list[Prompt], completions: list[str], metadata: list[dict]) -> list[float | None]:
+        members = torch.stack(
+            [
+                m.normalization.apply(
+                    score_texts(
+                        m.model,
+                        m.tokenizer,
+                        prompts,
+                        completions,
+                        settings.max_prompt_tokens,
+                        settings.max_response_tokens,
+                        settings.batch_size,
+                        precision,
+                        pack=packs(k, m, prompts, completions),
+                    )
+                )
+                for k, m in enumerate(rm.members)
+            ]
+        )  # (N members, B)
         return conservative_reward(members, settings.std_coef).tolist()
 
     return score
@@ -161,25 +194,43 @@ def judge_source(settings: RewardSourceSettings, precision: str = "bf16", offloa
     rubric = load_constitution(settings.constitution).rubric()
     path = resolve_model(settings.path, "reward[].path")
     tokenizer, model = load_tokenizer(path), load_frozen_lm(path, offload)
-    kw = dict(batch_size=settings.batch_size, max_prompt_tokens=settings.max_prompt_tokens,
-              max_response_tokens=settings.max_response_tokens, precision=precision)
+    kw = dict(
+        batch_size=settings.batch_size,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_response_tokens=settings.max_response_tokens,
+        precision=precision,
+    )
 
-    def against_reference(prompts, completions, metadata) -> list[Optional[float]]:
+    def against_reference(prompts, completions, metadata) -> list[float | None]:
         rows = [i for i, m in enumerate(metadata) if isinstance(m.get(settings.reference_key), str)]
-        verdicts = judge_pairs(model, tokenizer, [prompts[i] for i in rows], [completions[i] for i in rows],
-                               [metadata[i][settings.reference_key] for i in rows], rubric, **kw)
-        out: list[Optional[float]] = [None] * len(completions)
+        verdicts = judge_pairs(
+            model,
+            tokenizer,
+            [prompts[i] for i in rows],
+            [completions[i] for i in rows],
+            [metadata[i][settings.reference_key] for i in rows],
+            rubric,
+            **kw,
+        )
+        out: list[float | None] = [None] * len(completions)
         for i, v in zip(rows, verdicts):
             out[i] = v.p_first
         return out
 
-    def against_group(prompts, completions, metadata) -> list[Optional[float]]:
+    def against_group(prompts, completions, metadata) -> list[float | None]:
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(prompt_key(p), []).append(i)
         pairs = [(i, j) for members in groups.values() for i, j in itertools.combinations(members, 2)]
-        verdicts = judge_pairs(model, tokenizer, [prompts[i] for i, _ in pairs], [completions[i] for i, _ in pairs],
-                               [completions[j] for _, j in pairs], rubric, **kw)
+        verdicts = judge_pairs(
+            model,
+            tokenizer,
+            [prompts[i] for i, _ in pairs],
+            [completions[i] for i, _ in pairs],
+            [completions[j] for _, j in pairs],
+            rubric,
+            **kw,
+        )
         wins, games = [0.0] * len(completions), [0] * len(completions)
         for (i, j), v in zip(pairs, verdicts):
             wins[i] += v.p_first

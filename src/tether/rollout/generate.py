@@ -12,7 +12,6 @@ P-1) predicts it, and `response_mask` marks real response tokens (the EOS includ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -33,9 +32,9 @@ class Rollout:
     texts: list[str]  # decoded responses, special tokens removed
     prompts_truncated: int  # prompts cut from the left to fit max_prompt_tokens
     # per-token numbers kept by the sampling pass (rollout/sampling.py), (B, R), 0 on padding; None when not kept
-    logprobs: Optional[torch.Tensor] = None  # log pi(y_t | ...) under softmax(logits / temperature)
-    values: Optional[torch.Tensor] = None  # a value head on the state before each token
-    entropy: Optional[torch.Tensor] = None  # entropy of the sampling distribution at each step
+    logprobs: torch.Tensor | None = None  # log pi(y_t | ...) under softmax(logits / temperature)
+    values: torch.Tensor | None = None  # a value head on the state before each token
+    entropy: torch.Tensor | None = None  # entropy of the sampling distribution at each step
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -75,9 +74,14 @@ def _generation_config(tokenizer, settings: GenerationSettings):
     # A fresh config: a model's own generation_config may carry top_k=50 or a repetition
     # penalty, which would make the sampled distribution differ from the policy's log-probs.
     return GenerationConfig(
-        do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
-        max_new_tokens=settings.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0,
+        do_sample=True,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=0,
+        max_new_tokens=settings.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        repetition_penalty=1.0,
         stop_strings=settings.stop_strings or None,  # lets a row stop sampling early; the cut itself is cut_at_stop_strings
     )
 
@@ -93,12 +97,13 @@ def generate(model, tokenizer, prompts: list[Prompt], settings: GenerationSettin
     model.eval()
     with autocast(precision):
         out = model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask,
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
             generation_config=_generation_config(tokenizer, settings),
             **({"tokenizer": tokenizer} if settings.stop_strings else {}),  # HF matches stop strings on text
         )
     model.train(was_training)
-    response_ids = out[:, prompt_ids.shape[1]:]
+    response_ids = out[:, prompt_ids.shape[1] :]
     is_eos = response_ids == tokenizer.eos_token_id
     # keep tokens up to and including the first EOS; everything after is padding
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
@@ -111,13 +116,19 @@ def generate(model, tokenizer, prompts: list[Prompt], settings: GenerationSettin
         response_ids, response_mask, finished = cut_at_stop_strings(tokenizer, response_ids, response_mask, finished, settings.stop_strings)
     texts = tokenizer.batch_decode(response_ids * response_mask + tokenizer.pad_token_id * (1 - response_mask), skip_special_tokens=True)
     return Rollout(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
-        finished=finished, texts=[t.strip() for t in texts], prompts_truncated=sum(t for _, t in encoded),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        finished=finished,
+        texts=[t.strip() for t in texts],
+        prompts_truncated=sum(t for _, t in encoded),
     )
 
 
-def cut_at_stop_strings(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor, finished: torch.Tensor,
-                        stop_strings: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cut_at_stop_strings(
+    tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor, finished: torch.Tensor, stop_strings: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """End each response at the shortest token prefix whose text contains a stop string.
 
     The stop string stays in the response (its tokens were sampled, so they keep their

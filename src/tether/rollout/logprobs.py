@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tether.losses import entropy_from_logits
-from tether.models.loading import position_ids_from_mask, trunk_of, adapter_off
+from tether.models.loading import adapter_off, position_ids_from_mask, trunk_of
 
 
 @dataclass
@@ -41,8 +41,9 @@ def frozen_states(model, sequences: torch.Tensor, attention_mask: torch.Tensor, 
 
     handle = trunk_of(model).layers[n_blocks - 1].register_forward_hook(record)
     try:
-        trunk_of(model)(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                        use_cache=False)
+        trunk_of(model)(
+            input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False
+        )
     except _StopAfter:
         pass
     finally:
@@ -98,8 +99,14 @@ def head_inputs(model):
         handle.remove()
 
 
-def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, want_hidden: bool = False,
-                    frozen: FrozenStates | None = None):
+def response_logits(
+    model,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    want_hidden: bool = False,
+    frozen: FrozenStates | None = None,
+):
     """Logits (B, R, V) that predict each response token, and optionally the hidden states feeding them.
 
     Only the last R+1 positions go through the LM head (`logits_to_keep`): with a
@@ -108,10 +115,15 @@ def response_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor
     """
     R = sequences.shape[1] - prompt_len
     with head_inputs(model) if want_hidden else contextlib.nullcontext([]) as seen, starting_at(model, frozen):
-        out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                    logits_to_keep=R + 1, use_cache=False)
+        out = model(
+            input_ids=sequences,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            logits_to_keep=R + 1,
+            use_cache=False,
+        )
     logits = out.logits[:, :-1]  # position P-1+t predicts response token t
-    hidden = seen[-1][:, -(R + 1):-1] if want_hidden else None  # (B, R, d), the states before each response token
+    hidden = seen[-1][:, -(R + 1) : -1] if want_hidden else None  # (B, R, d), the states before each response token
     return logits, hidden
 
 
@@ -130,6 +142,7 @@ def head_logprobs(head, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Ten
     (N, V) logits are never held whole; with gradients on, each chunk's logits are recomputed in the
     backward pass (torch.utils.checkpoint) instead of kept: about 1 GB less at 8 pairs of 96-token
     responses and a 49k vocabulary, for one more head matmul per chunk."""
+
     def chunk_logprobs(h, t):
         return token_logprobs(head(h), t)
 
@@ -137,14 +150,25 @@ def head_logprobs(head, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Ten
         return chunk_logprobs(hidden, tokens)
     parts = []
     for i in range(0, hidden.shape[0], HEAD_CHUNK):
-        h, t = hidden[i:i + HEAD_CHUNK], tokens[i:i + HEAD_CHUNK]
-        parts.append(torch.utils.checkpoint.checkpoint(chunk_logprobs, h, t, use_reentrant=False) if torch.is_grad_enabled()
-                     else chunk_logprobs(h, t))
+        h, t = hidden[i : i + HEAD_CHUNK], tokens[i : i + HEAD_CHUNK]
+        parts.append(
+            torch.utils.checkpoint.checkpoint(chunk_logprobs, h, t, use_reentrant=False)
+            if torch.is_grad_enabled()
+            else chunk_logprobs(h, t)
+        )
     return torch.cat(parts)
 
 
-def policy_forward(model, sequences, attention_mask, prompt_len: int, temperature: float, value_head=None, with_entropy: bool = False,
-                   frozen: FrozenStates | None = None):
+def policy_forward(
+    model,
+    sequences,
+    attention_mask,
+    prompt_len: int,
+    temperature: float,
+    value_head=None,
+    with_entropy: bool = False,
+    frozen: FrozenStates | None = None,
+):
     """One pass over (prompt + response): response log-probs, values from `value_head`, entropy; with `frozen`
     (the rows' recorded FrozenStates) it starts above the frozen blocks.
 
@@ -168,20 +192,30 @@ def in_chunks(fn, n: int, size: int) -> dict:
     return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
-def reference_logprobs(policy, reference, seqs: torch.Tensor, attn: torch.Tensor, P: int, temperature: float, chunk: int,
-                       frozen: FrozenStates | None = None) -> torch.Tensor:
+def reference_logprobs(
+    policy, reference, seqs: torch.Tensor, attn: torch.Tensor, P: int, temperature: float, chunk: int, frozen: FrozenStates | None = None
+) -> torch.Tensor:
     """(B, R) log pi_ref, `chunk` rows a pass: from the frozen copy (full fine-tuning), or the policy itself with its
     adapter off (LoRA: `reference` is None; there `frozen`, the policy's recorded lower blocks, which are the
     reference's too, spares their pass). A reference in a Ray actor is asked by stages/rl_parts.py's RayReference."""
-    with (adapter_off(policy) if reference is None else contextlib.nullcontext()):
-        return in_chunks(lambda rows: policy_forward(policy if reference is None else reference, seqs[rows], attn[rows], P, temperature,
-                                                     frozen=frozen[rows] if frozen is not None and reference is None else None),
-                         len(seqs), chunk)["logp"]
+    with adapter_off(policy) if reference is None else contextlib.nullcontext():
+        return in_chunks(
+            lambda rows: policy_forward(
+                policy if reference is None else reference,
+                seqs[rows],
+                attn[rows],
+                P,
+                temperature,
+                frozen=frozen[rows] if frozen is not None and reference is None else None,
+            ),
+            len(seqs),
+            chunk,
+        )["logp"]
 
 
 def record_frozen(model, seqs: torch.Tensor, attn: torch.Tensor, n_blocks: int, chunk: int) -> FrozenStates:
     """FrozenStates of a whole batch, `chunk` rows a pass."""
-    parts = [frozen_states(model, seqs[i:i + chunk], attn[i:i + chunk], n_blocks) for i in range(0, len(seqs), chunk)]
+    parts = [frozen_states(model, seqs[i : i + chunk], attn[i : i + chunk], n_blocks) for i in range(0, len(seqs), chunk)]
     return FrozenStates(n_blocks, torch.cat([p.states for p in parts]), parts[0].as_tuple)
 
 

@@ -66,8 +66,16 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.
 
 
 @torch.no_grad()
-def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int,
-                   precision: str = "bf16", value_head=None, with_entropy: bool = False) -> Rollout:
+def sample_rollout(
+    model,
+    tokenizer,
+    prompts: list[Prompt],
+    settings: GenerationSettings,
+    seed: int,
+    precision: str = "bf16",
+    value_head=None,
+    with_entropy: bool = False,
+) -> Rollout:
     """Sample one response per prompt, as one batch: `generate`'s `Rollout` (same layout and meaning) with
     the per-token numbers of the sampling pass filled in, each (B, R) and 0 on padding:
 
@@ -145,10 +153,18 @@ def sample_rollout(model, tokenizer, prompts: list[Prompt], settings: Generation
     response_mask = ((is_eos.cumsum(-1) - is_eos.long()) == 0).long()  # a row's tokens up to and including its first EOS
     per_token = lambda x: x[:, :n_steps] * response_mask  # noqa: E731
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
-                   finished=is_eos.any(-1), texts=[t.strip() for t in texts],
-                   prompts_truncated=sum(t for _, t in encoded), logprobs=per_token(logprobs),
-                   values=per_token(values) if want_hidden else None, entropy=per_token(entropy) if with_entropy else None)
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        finished=is_eos.any(-1),
+        texts=[t.strip() for t in texts],
+        prompts_truncated=sum(t for _, t in encoded),
+        logprobs=per_token(logprobs),
+        values=per_token(values) if want_hidden else None,
+        entropy=per_token(entropy) if with_entropy else None,
+    )
 
 
 _ENGINES: dict = {}
@@ -172,7 +188,9 @@ def load_sampler(path: str, cfg, model=None):
     return load_tokenizer(path), engine
 
 
-def sample_responses(model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16", progress=None) -> list[dict]:
+def sample_responses(
+    model, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int, precision: str = "bf16", progress=None
+) -> list[dict]:
     """Sample one response for each prompt in batches of `settings.batch_size`, with the lean sampler
     (rollout/sampling.py; HF `generate` when there are stop strings), or all at once with a vLLM engine
     (`load_sampler`), which schedules its own batches.
@@ -187,10 +205,13 @@ def sample_responses(model, tokenizer, prompts: list[Prompt], settings: Generati
     size = max(len(order), 1) if vllm else settings.batch_size
     results: list[dict | None] = [None] * len(prompts)
     for b, start in enumerate(range(0, len(order), size)):
-        idx = order[start:start + size]
+        idx = order[start : start + size]
         batch = [prompts[i] for i in idx]
-        rollout = (model.sample(tokenizer, batch, seed, settings) if vllm else
-                   sample_rollout(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision))
+        rollout = (
+            model.sample(tokenizer, batch, seed, settings)
+            if vllm
+            else sample_rollout(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision)
+        )
         for j, i in enumerate(idx):
             results[i] = {"response": rollout.texts[j], "finished": bool(rollout.finished[j]), "n_tokens": int(rollout.lengths[j])}
         if progress is not None:

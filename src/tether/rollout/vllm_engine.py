@@ -72,7 +72,9 @@ class VLLMSampler:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         self.generation, self.settings, self.model_path = generation, settings, model_path
         self.llm = LLM(
-            model=model_path, seed=seed, dtype=settings.dtype,
+            model=model_path,
+            seed=seed,
+            dtype=settings.dtype,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_model_len=settings.max_model_len or generation.max_prompt_tokens + generation.max_new_tokens,
             distributed_executor_backend="external_launcher",  # the worker lives in this process, so its model is reachable
@@ -101,10 +103,22 @@ class VLLMSampler:
 
         g = settings or self.generation
         encoded = [encode_prompt(tokenizer, p, g.max_prompt_tokens) for p in prompts]
-        params = [SamplingParams(n=1, temperature=g.temperature, top_p=g.top_p, top_k=-1, min_p=0.0, repetition_penalty=1.0,
-                                 max_tokens=g.max_new_tokens, logprobs=0, seed=seed * 100003 + i,
-                                 stop=g.stop_strings or None, include_stop_str_in_output=True)
-                  for i in range(len(prompts))]  # a seed per row: the draws do not depend on how vLLM batches
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=g.temperature,
+                top_p=g.top_p,
+                top_k=-1,
+                min_p=0.0,
+                repetition_penalty=1.0,
+                max_tokens=g.max_new_tokens,
+                logprobs=0,
+                seed=seed * 100003 + i,
+                stop=g.stop_strings or None,
+                include_stop_str_in_output=True,
+            )
+            for i in range(len(prompts))
+        ]  # a seed per row: the draws do not depend on how vLLM batches
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in encoded], sampling_params=params, use_tqdm=False)
         return rollout_from_outputs(outputs, encoded, tokenizer, g.max_new_tokens)
 
@@ -135,17 +149,22 @@ def rollout_from_outputs(outputs, encoded: list[tuple[list[int], bool]], tokeniz
         ids = list(completion.token_ids)[:R]
         if len(completion.logprobs or []) < len(ids):
             raise ModelError(f"vLLM returned {len(completion.logprobs or [])} log-probs for {len(ids)} tokens (row {row})")
-        response_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        response_mask[row, :len(ids)] = 1
+        response_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        response_mask[row, : len(ids)] = 1
         # each position: {token id: Logprob}; with logprobs=0 it holds the sampled token (and maybe the top one)
-        logprobs[row, :len(ids)] = torch.tensor([position[token].logprob for token, position in zip(ids, completion.logprobs)])
+        logprobs[row, : len(ids)] = torch.tensor([position[token].logprob for token, position in zip(ids, completion.logprobs)])
         finished[row] = completion.finish_reason == "stop"  # EOS or a stop string, not the length limit
     texts = tokenizer.batch_decode(response_ids * response_mask + pad * (1 - response_mask), skip_special_tokens=True)
     dev = device()
     return Rollout(
-        prompt_ids=prompt_ids.to(dev), prompt_mask=prompt_mask.to(dev), response_ids=response_ids.to(dev),
-        response_mask=response_mask.to(dev), finished=finished.to(dev), texts=[t.strip() for t in texts],
-        prompts_truncated=sum(t for _, t in encoded), logprobs=logprobs.to(dev),
+        prompt_ids=prompt_ids.to(dev),
+        prompt_mask=prompt_mask.to(dev),
+        response_ids=response_ids.to(dev),
+        response_mask=response_mask.to(dev),
+        finished=finished.to(dev),
+        texts=[t.strip() for t in texts],
+        prompts_truncated=sum(t for _, t in encoded),
+        logprobs=logprobs.to(dev),
     )
 
 

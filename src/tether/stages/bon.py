@@ -64,8 +64,9 @@ def load_scorer(cfg: BoNConfig | RSConfig) -> SourceScorer:
     return SourceScorer(load_reward_sources(cfg.reward, cfg.precision))
 
 
-def sample_best_of_n(sampler: ResponseSampler, scorer: SourceScorer, records: list[PromptRecord], n: int, seed: int, gold: bool,
-                     progress=None) -> list[dict]:
+def sample_best_of_n(
+    sampler: ResponseSampler, scorer: SourceScorer, records: list[PromptRecord], n: int, seed: int, gold: bool, progress=None
+) -> list[dict]:
     """One row per prompt: all N responses and scores, and the best (`best_index` None when every score was None).
 
     Among equal best scores the first sample wins.
@@ -84,10 +85,16 @@ def sample_best_of_n(sampler: ResponseSampler, scorer: SourceScorer, records: li
         s = [scores[j] for j in span]
         valid = [k for k in range(n) if s[k] is not None]
         best = max(valid, key=lambda k: s[k]) if valid else None  # max() keeps the first of equal scores
-        row = {"prompt": rec.prompt, "response": responses[i * n + best] if best is not None else None,
-               "score": s[best] if best is not None else None, "best_index": best,
-               "mean_score": sum(s[k] for k in valid) / len(valid) if valid else None,
-               "scores": s, "responses": [responses[j] for j in span], "finished": [samples[j]["finished"] for j in span]}
+        row = {
+            "prompt": rec.prompt,
+            "response": responses[i * n + best] if best is not None else None,
+            "score": s[best] if best is not None else None,
+            "best_index": best,
+            "mean_score": sum(s[k] for k in valid) / len(valid) if valid else None,
+            "scores": s,
+            "responses": [responses[j] for j in span],
+            "finished": [samples[j]["finished"] for j in span],
+        }
         if golds is not None:
             g = [golds[j] for j in span]
             row.update({"gold": g[best] if best is not None else None, "gold_mean": sum(g) / n, "gold_scores": g})
@@ -102,16 +109,28 @@ def gain_summary(rows: list[dict], n: int) -> dict:
     out = {"prompts": len(rows), "n": n, "prompts_scored": len(picked), "kl_bound": kl_bound(n)}
     if picked:
         gain, gain_se = mean_and_se([r["score"] - r["mean_score"] for r in picked])
-        out.update({"mean_best_score": mean_and_se([r["score"] for r in picked])[0],
-                    "mean_sample_score": mean_and_se([r["mean_score"] for r in picked])[0], "gain": gain, "gain_se": gain_se,
-                    "finished_best": sum(r["finished"][r["best_index"]] for r in picked) / len(picked),
-                    "finished_sample": sum(sum(r["finished"]) for r in picked) / (n * len(picked)),
-                    "words_best": length_stats([r["response"] for r in picked])["mean_words"],
-                    "words_sample": length_stats([x for r in picked for x in r["responses"]])["mean_words"]})
+        out.update(
+            {
+                "mean_best_score": mean_and_se([r["score"] for r in picked])[0],
+                "mean_sample_score": mean_and_se([r["mean_score"] for r in picked])[0],
+                "gain": gain,
+                "gain_se": gain_se,
+                "finished_best": sum(r["finished"][r["best_index"]] for r in picked) / len(picked),
+                "finished_sample": sum(sum(r["finished"]) for r in picked) / (n * len(picked)),
+                "words_best": length_stats([r["response"] for r in picked])["mean_words"],
+                "words_sample": length_stats([x for r in picked for x in r["responses"]])["mean_words"],
+            }
+        )
     if picked and "gold" in picked[0]:
         gold_gain, gold_gain_se = mean_and_se([r["gold"] - r["gold_mean"] for r in picked])
-        out.update({"gold_best": mean_and_se([r["gold"] for r in picked])[0],
-                    "gold_sample": mean_and_se([r["gold_mean"] for r in picked])[0], "gold_gain": gold_gain, "gold_gain_se": gold_gain_se})
+        out.update(
+            {
+                "gold_best": mean_and_se([r["gold"] for r in picked])[0],
+                "gold_sample": mean_and_se([r["gold_mean"] for r in picked])[0],
+                "gold_gain": gold_gain,
+                "gold_gain_se": gold_gain_se,
+            }
+        )
     return out
 
 
@@ -140,9 +159,15 @@ def best_of_n(cfg: BoNConfig) -> dict:
     # 2. write the choices and the gain
     write_jsonl(out / "bon.jsonl", rows)
     seconds = time.time() - t0
-    summary = {"stage": "bon", "policy": policy_path, "reward": [describe(r) for r in cfg.reward],
-               "bon": str(out / "bon.jsonl"), **gain_summary(rows, cfg.n), "seconds": seconds,
-               "samples_per_second": len(rows) * cfg.n / seconds if seconds > 0 else None}
+    summary = {
+        "stage": "bon",
+        "policy": policy_path,
+        "reward": [describe(r) for r in cfg.reward],
+        "bon": str(out / "bon.jsonl"),
+        **gain_summary(rows, cfg.n),
+        "seconds": seconds,
+        "samples_per_second": len(rows) * cfg.n / seconds if seconds > 0 else None,
+    }
     write_summary(out, summary)
     return summary
 
@@ -167,9 +192,12 @@ def fresh_samples(policy_path: str, records: list[PromptRecord], scorer: SourceS
     responses = [s["response"] for s in samples]
     scores = scorer.records(flat, responses)
     valid = [s for s in scores if s is not None]
-    result = {"fresh/reward": sum(valid) / len(valid) if valid else None, "fresh/scored": len(valid),
-              "fresh/finished": sum(s["finished"] for s in samples) / len(samples),
-              "fresh/words": length_stats(responses)["mean_words"]}
+    result = {
+        "fresh/reward": sum(valid) / len(valid) if valid else None,
+        "fresh/scored": len(valid),
+        "fresh/finished": sum(s["finished"] for s in samples) / len(samples),
+        "fresh/words": length_stats(responses)["mean_words"],
+    }
     rows = [{"prompt": r.prompt, "response": x, "score": s} for r, x, s in zip(flat, responses, scores)]
     if cfg.gold:
         golds = gold_scores([prompt_text(r.prompt) for r in flat], responses)
@@ -187,7 +215,7 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
     t0 = time.time()
     scorer = load_scorer(cfg)
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
-    eval_records = read_prompts(resolve_path(cfg.eval_prompts), limit=cfg.eval_limit) if cfg.eval_prompts else records[:cfg.eval_limit]
+    eval_records = read_prompts(resolve_path(cfg.eval_prompts), limit=cfg.eval_limit) if cfg.eval_prompts else records[: cfg.eval_limit]
     policy = resolve_model(cfg.policy, "policy")
     logger = MetricsLogger(out, cfg.rounds, "rs", ["rollout/best_reward", "fresh/reward"])
 
@@ -217,14 +245,24 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
         kept = [r for r in rows if r["best_index"] is not None and (cfg.threshold is None or r["score"] >= cfg.threshold)]
         if not kept:
             best = max((r["score"] for r in rows if r["score"] is not None), default=None)
-            raise ConfigError(f"rs round {k}: no prompt's best response scored at least threshold={cfg.threshold} "
-                              f"(the highest was {best}); lower threshold or set it to null")
-        write_jsonl(folder / "kept.jsonl", [{"prompt": r["prompt"], "response": r["response"],
-                                             "meta": {"score": r["score"], "round": k}} for r in kept])
+            raise ConfigError(
+                f"rs round {k}: no prompt's best response scored at least threshold={cfg.threshold} "
+                f"(the highest was {best}); lower threshold or set it to null"
+            )
+        write_jsonl(
+            folder / "kept.jsonl",
+            [{"prompt": r["prompt"], "response": r["response"], "meta": {"score": r["score"], "round": k}} for r in kept],
+        )
 
         # 2. fine-tune the current policy on its own best responses
-        sft_cfg = dataclasses.replace(cfg.sft, model=policy, data=str(folder / "kept.jsonl"), output_dir=str(folder / "sft"),
-                                      seed=cfg.seed + k, precision=cfg.precision)
+        sft_cfg = dataclasses.replace(
+            cfg.sft,
+            model=policy,
+            data=str(folder / "kept.jsonl"),
+            output_dir=str(folder / "sft"),
+            seed=cfg.seed + k,
+            precision=cfg.precision,
+        )
         sft_summary = read_summary(sft_cfg.output_dir) or train_sft(sft_cfg)
         if sft_summary is None:
             logger.close()
@@ -234,11 +272,16 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
 
         # 3. fresh samples of the new policy, and the round's record
         gains = gain_summary(rows, cfg.n)
-        metrics = {"rollout/best_reward": gains.get("mean_best_score"), "rollout/reward": gains.get("mean_sample_score"),
-                   "rollout/gain": gains.get("gain"), "rollout/kept": len(kept) / len(rows),
-                   "train/loss": sft_summary.get("final_train_loss"), "train/steps": sft_summary["steps"],
-                   **({"rollout/best_gold": gains["gold_best"], "rollout/gold": gains["gold_sample"]} if "gold_best" in gains else {}),
-                   **fresh_samples(policy, eval_records, scorer, cfg, folder)}
+        metrics = {
+            "rollout/best_reward": gains.get("mean_best_score"),
+            "rollout/reward": gains.get("mean_sample_score"),
+            "rollout/gain": gains.get("gain"),
+            "rollout/kept": len(kept) / len(rows),
+            "train/loss": sft_summary.get("final_train_loss"),
+            "train/steps": sft_summary["steps"],
+            **({"rollout/best_gold": gains["gold_best"], "rollout/gold": gains["gold_sample"]} if "gold_best" in gains else {}),
+            **fresh_samples(policy, eval_records, scorer, cfg, folder),
+        }
         metrics["round/seconds"] = time.time() - t_round
         write_summary(folder, {"stage": "rs_round", "round": k, "model": policy, "metrics": metrics, **gains})
         logger.log(k, metrics)
@@ -246,11 +289,21 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
     logger.close()
 
     first, last = history[0], history[-1]
-    summary = {"stage": "rs", "model": policy, "policy_init": history[0]["model"], "reward": [describe(r) for r in cfg.reward],
-               "rounds": cfg.rounds, "n": cfg.n,
-               "prompts": len(records), "eval_prompts": len(eval_records), "kl_bound_per_round": kl_bound(cfg.n),
-               "fresh_reward_before": first["fresh/reward"], "fresh_reward_after": last["fresh/reward"],
-               **({"fresh_gold_before": first.get("fresh/gold"), "fresh_gold_after": last.get("fresh/gold")} if cfg.gold else {}),
-               "history": history, "seconds": time.time() - t0}
+    summary = {
+        "stage": "rs",
+        "model": policy,
+        "policy_init": history[0]["model"],
+        "reward": [describe(r) for r in cfg.reward],
+        "rounds": cfg.rounds,
+        "n": cfg.n,
+        "prompts": len(records),
+        "eval_prompts": len(eval_records),
+        "kl_bound_per_round": kl_bound(cfg.n),
+        "fresh_reward_before": first["fresh/reward"],
+        "fresh_reward_after": last["fresh/reward"],
+        **({"fresh_gold_before": first.get("fresh/gold"), "fresh_gold_after": last.get("fresh/gold")} if cfg.gold else {}),
+        "history": history,
+        "seconds": time.time() - t0,
+    }
     write_summary(out, summary)
     return summary

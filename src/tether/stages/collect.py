@@ -65,31 +65,59 @@ def collect(cfg: CollectConfig) -> dict:
     for i, rec in enumerate(records):
         for k in range(K):
             s = samples[i * K + k]
-            rows.append({"prompt": rec.prompt, "response": s["response"], "finished": s["finished"],
-                         "n_tokens": s["n_tokens"], "prompt_index": i, "sample_index": k, "model": model_path})
+            rows.append(
+                {
+                    "prompt": rec.prompt,
+                    "response": s["response"],
+                    "finished": s["finished"],
+                    "n_tokens": s["n_tokens"],
+                    "prompt_index": i,
+                    "sample_index": k,
+                    "model": model_path,
+                }
+            )
     write_jsonl(out / "samples.jsonl", rows)
 
     # 2. label all K*(K-1)/2 pairs per prompt
     pairs = pairs_to_label([r.prompt for r in records], [s["response"] for s in samples], K)
     if not pairs:  # the samples stay in samples.jsonl
-        raise DataError(cfg.prompts, None, text=(
-            f"no pair to label: the {K} responses to each of the {len(records)} prompts were all the same or empty "
-            f"(samples in {out / 'samples.jsonl'}); sample more varied answers (a higher generation.temperature, "
-            "a larger generation.max_new_tokens or responses_per_prompt)"))
+        raise DataError(
+            cfg.prompts,
+            None,
+            text=(
+                f"no pair to label: the {K} responses to each of the {len(records)} prompts were all the same or empty "
+                f"(samples in {out / 'samples.jsonl'}); sample more varied answers (a higher generation.temperature, "
+                "a larger generation.max_new_tokens or responses_per_prompt)"
+            ),
+        )
     texts = [prompt_text(records[i].prompt) for i, _, _ in pairs]
     firsts = [samples[i * K + a]["response"] for i, a, _ in pairs]
     seconds = [samples[i * K + b]["response"] for i, _, b in pairs]
-    annotator = SimulatedAnnotator(temperature=cfg.annotator.temperature, target_agreement=cfg.annotator.target_agreement, seed=cfg.annotator.seed)
+    annotator = SimulatedAnnotator(
+        temperature=cfg.annotator.temperature, target_agreement=cfg.annotator.target_agreement, seed=cfg.annotator.seed
+    )
     judgements = annotator.label(texts, firsts, seconds)
     prefs = []
     for (i, _, _), first, second, j in zip(pairs, firsts, seconds, judgements):
         chosen, rejected = (first, second) if j.choice == 0 else (second, first)
         g_c, g_r = (j.gold_first, j.gold_second) if j.choice == 0 else (j.gold_second, j.gold_first)
-        prefs.append(PreferencePair(prompt=records[i].prompt, chosen=chosen, rejected=rejected, meta={
-            "annotator": j.annotator, "p_chosen": j.p_first if j.choice == 0 else 1 - j.p_first,
-            "gold_chosen": g_c, "gold_rejected": g_r, "gold_margin": g_c - g_r,
-            "seed": cfg.seed, "annotator_seed": cfg.annotator.seed, "model": model_path,
-        }))
+        prefs.append(
+            PreferencePair(
+                prompt=records[i].prompt,
+                chosen=chosen,
+                rejected=rejected,
+                meta={
+                    "annotator": j.annotator,
+                    "p_chosen": j.p_first if j.choice == 0 else 1 - j.p_first,
+                    "gold_chosen": g_c,
+                    "gold_rejected": g_r,
+                    "gold_margin": g_c - g_r,
+                    "seed": cfg.seed,
+                    "annotator_seed": cfg.annotator.seed,
+                    "model": model_path,
+                },
+            )
+        )
     write_jsonl(out / "preferences.jsonl", prefs)
 
     # 3. the preference store, when asked: prompts, responses with their model and sampling settings, the same pairs as
@@ -101,12 +129,24 @@ def collect(cfg: CollectConfig) -> dict:
         tasks_stored, judgements_stored, kept = 0, 0, 0
         task_of = {}  # index into pairs -> task id
         for i, rec in enumerate(records):
-            candidates = [Candidate(samples[i * K + k]["response"], model_path, settings,
-                                    {"finished": samples[i * K + k]["finished"], "n_tokens": samples[i * K + k]["n_tokens"], "sample_index": k})
-                          for k in range(K)]
+            candidates = [
+                Candidate(
+                    samples[i * K + k]["response"],
+                    model_path,
+                    settings,
+                    {"finished": samples[i * K + k]["finished"], "n_tokens": samples[i * K + k]["n_tokens"], "sample_index": k},
+                )
+                for k in range(K)
+            ]
             mine = [n for n, (j, _, _) in enumerate(pairs) if j == i]  # this prompt's pairs, as indices into judgements
-            task_ids = store.add_candidates(rec.prompt, candidates, [pairs[n][1:] for n in mine],
-                                            required=cfg.annotators_per_task, source=cfg.prompts, prompt_meta=rec.meta)
+            task_ids = store.add_candidates(
+                rec.prompt,
+                candidates,
+                [pairs[n][1:] for n in mine],
+                required=cfg.annotators_per_task,
+                source=cfg.prompts,
+                prompt_meta=rec.meta,
+            )
             task_of.update(zip(mine, task_ids, strict=True))  # pairs_to_label keeps only pairs the store takes
             tasks_stored += len(task_ids)
         if simulated is not None:
@@ -117,8 +157,12 @@ def collect(cfg: CollectConfig) -> dict:
                 j = judgements[n]
                 picked = firsts[n] if j.choice == 0 else seconds[n]
                 try:
-                    store.record_judgement(simulated, task_id, "A" if picked == response_a[task_id] else "B",
-                                           strength=j.p_first if j.choice == 0 else 1 - j.p_first)
+                    store.record_judgement(
+                        simulated,
+                        task_id,
+                        "A" if picked == response_a[task_id] else "B",
+                        strength=j.p_first if j.choice == 0 else 1 - j.p_first,
+                    )
                     judgements_stored += 1
                 except DuplicateJudgementError:
                     kept += 1
@@ -127,11 +171,23 @@ def collect(cfg: CollectConfig) -> dict:
     distinct = [j for j in judgements if j.gold_first != j.gold_second]
     agreement = gold_agreement(distinct) if distinct else None  # undefined when every pair is a gold tie
     summary = {
-        "stage": "collect", "prompts": len(records), "data": report.to_dict(), "samples": len(samples), "pairs": len(prefs), "pairs_dropped": len(records) * K * (K - 1) // 2 - len(pairs),
-        "preferences": str(out / "preferences.jsonl"), "annotator": judgements[0].annotator if judgements else None,
-        "gold_agreement": agreement, "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
-        "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1), "seconds": time.time() - t0,
-        **({"db": cfg.db, "db_tasks": tasks_stored, "db_judgements": judgements_stored, "db_judgements_kept": kept} if store is not None else {}),
+        "stage": "collect",
+        "prompts": len(records),
+        "data": report.to_dict(),
+        "samples": len(samples),
+        "pairs": len(prefs),
+        "pairs_dropped": len(records) * K * (K - 1) // 2 - len(pairs),
+        "preferences": str(out / "preferences.jsonl"),
+        "annotator": judgements[0].annotator if judgements else None,
+        "gold_agreement": agreement,
+        "finished_fraction": sum(s["finished"] for s in samples) / max(len(samples), 1),
+        "mean_response_tokens": sum(s["n_tokens"] for s in samples) / max(len(samples), 1),
+        "seconds": time.time() - t0,
+        **(
+            {"db": cfg.db, "db_tasks": tasks_stored, "db_judgements": judgements_stored, "db_judgements_kept": kept}
+            if store is not None
+            else {}
+        ),
     }
     write_summary(out, summary)
     return summary

@@ -45,20 +45,45 @@ from tether.data.readers import DataError, ReadReport, read_preferences, read_pr
 from tether.data.records import PreferencePair
 from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import shard_blocks
-from tether.processes import processes
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_ipo_token_mean_loss, dpo_sigmoid_loss
-from tether.models.loading import (adapter_off, apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, freeze_lower_layers,
-                                   load_causal_lm, load_frozen_lm, load_tokenizer, model_device, resolve_model, save_model)
-from tether.models.loading import trunk_of, unwrap
+from tether.models.loading import (
+    adapter_off,
+    apply_lora,
+    autocast,
+    count_parameters,
+    device,
+    enable_activation_checkpointing,
+    freeze_lower_layers,
+    load_causal_lm,
+    load_frozen_lm,
+    load_tokenizer,
+    model_device,
+    resolve_model,
+    save_model,
+    trunk_of,
+    unwrap,
+)
 from tether.models.reward_model import shared_prompt_mask
+from tether.processes import processes
 from tether.rewards.sources import load_reward_sources, score_pairs, source_names
-from tether.rollout.sampling import sample_responses
 from tether.rollout.logprobs import head_logprobs
+from tether.rollout.sampling import sample_responses
 from tether.stages.reward import is_tie, leave_out_identical_pairs, split_by_prompt
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
-from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory,
-                             save_checkpoint, start_stage)
+from tether.training import (
+    LossScaler,
+    bucket_by_length,
+    clip_and_step,
+    drop_checkpoint,
+    index_stream,
+    load_checkpoint,
+    make_optimizer,
+    release_freed_memory,
+    save_checkpoint,
+    scaler_metrics,
+    start_stage,
+)
 
 LOSSES = {"sigmoid": dpo_sigmoid_loss, "ipo": dpo_ipo_loss, "hinge": dpo_hinge_loss, "conservative": dpo_conservative_loss}
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -94,14 +119,18 @@ def response_logprobs(model, pairs: list[EncodedPair], pad_id: int, pack: bool) 
     rows, chosen rows first. Only the hidden states that predict a response token go through
     the LM head (the prompt's logits are never needed).
     """
-    rows = ([(p.prompt, [p.chosen, p.rejected]) for p in pairs] if pack
-            else [(p.prompt, [p.chosen]) for p in pairs] + [(p.prompt, [p.rejected]) for p in pairs])
+    rows = (
+        [(p.prompt, [p.chosen, p.rejected]) for p in pairs]
+        if pack
+        else [(p.prompt, [p.chosen]) for p in pairs] + [(p.prompt, [p.rejected]) for p in pairs]
+    )
     packed = pack_shared_prompts(rows, pad_id)
     dev = model_device(model)
     ids, seg = packed["input_ids"].to(dev), packed["segment_ids"].to(dev)  # (R, T); seg: 0 prompt, k response k, -1 pad
     attention = shared_prompt_mask(seg) if pack else (seg >= 0).long()
-    hidden = trunk_of(model)(input_ids=ids, attention_mask=attention, position_ids=packed["position_ids"].to(dev),
-                             use_cache=False).last_hidden_state  # (R, T, d)
+    hidden = trunk_of(model)(
+        input_ids=ids, attention_mask=attention, position_ids=packed["position_ids"].to(dev), use_cache=False
+    ).last_hidden_state  # (R, T, d)
     # the token in column c is predicted by column c - 1, except each response's first token: the
     # prompt's last token predicts it (in a packed row, column c - 1 ends the other response)
     is_response = seg > 0
@@ -113,7 +142,7 @@ def response_logprobs(model, pairs: list[EncodedPair], pad_id: int, pack: bool) 
     per_row = seg.max(-1).values  # responses in each row
     response = (per_row.cumsum(0) - per_row)[r] + seg[r, c] - 1  # each token's response, in `ends` order
     logp = torch.zeros(len(packed["ends"]), device=dev, dtype=logp_tokens.dtype).index_add(0, response, logp_tokens)
-    return (logp[0::2], logp[1::2]) if pack else (logp[:len(pairs)], logp[len(pairs):])
+    return (logp[0::2], logp[1::2]) if pack else (logp[: len(pairs)], logp[len(pairs) :])
 
 
 def packing_matches(model, pairs: list[EncodedPair], pad_id: int) -> bool:
@@ -129,18 +158,19 @@ def packing_matches(model, pairs: list[EncodedPair], pad_id: int) -> bool:
 @torch.no_grad()
 def live_reference(policy, reference, pairs: list[EncodedPair], pad_id: int, pack: bool, precision: str):
     """(B,), (B,) reference log-probs: from `reference` when one is held, else the policy with its LoRA adapter off."""
-    with (adapter_off(policy) if reference is None else contextlib.nullcontext()), autocast(precision):
+    with adapter_off(policy) if reference is None else contextlib.nullcontext(), autocast(precision):
         return response_logprobs(policy if reference is None else reference, pairs, pad_id, pack)
 
 
 def length_batches(examples: list[EncodedPair], batch_size: int) -> list[list[int]]:
     """Indices in batches of similar length (less padding), for passes where the order does not matter."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def precompute_reference(policy, reference, splits: dict[str, list[EncodedPair]], batch_size: int, pad_id: int, pack: bool,
-                         precision: str) -> dict[str, torch.Tensor]:
+def precompute_reference(
+    policy, reference, splits: dict[str, list[EncodedPair]], batch_size: int, pad_id: int, pack: bool, precision: str
+) -> dict[str, torch.Tensor]:
     """{split: (N, 2) reference log-probs of (chosen, rejected)}, computed once before training
     (with several processes, each computes its share of the batches and the tables are summed)."""
     tables = {}
@@ -186,10 +216,12 @@ def pair_loss(cfg: DPOConfig):
     """The configured loss as loss_fn(logp_c, logp_r, ref_c, ref_r, batch) -> (loss, metrics); the batch's
     EncodedPairs give IPO's token counts when ipo_token_mean is set (each response's tokens, EOS included)."""
     if cfg.ipo_token_mean:
+
         def ipo_token_mean(logp_c, logp_r, ref_c, ref_r, batch: list[EncodedPair]):
             n_c = torch.tensor([len(p.chosen) for p in batch], device=logp_c.device)  # (B,)
             n_r = torch.tensor([len(p.rejected) for p in batch], device=logp_r.device)  # (B,)
             return dpo_ipo_token_mean_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, beta=cfg.beta)
+
         return ipo_token_mean
     loss_fn = functools.partial(LOSSES[cfg.loss], beta=cfg.beta)
     if cfg.loss == "conservative":
@@ -197,8 +229,9 @@ def pair_loss(cfg: DPOConfig):
     return lambda logp_c, logp_r, ref_c, ref_r, batch: loss_fn(logp_c, logp_r, ref_c, ref_r)
 
 
-def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: float, batch_size: int, pad_id: int, pack: bool,
-             precision: str) -> dict:
+def evaluate(
+    policy, examples: list[EncodedPair], reference_for, loss_fn, beta: float, batch_size: int, pad_id: int, pack: bool, precision: str
+) -> dict:
     """The loss and the preference accuracy of the implicit reward on held-out pairs (a tie counts one half),
     with a 95% Wilson interval; mean implicit rewards and margin. Each process takes its share of the batches."""
     if not examples:
@@ -218,9 +251,16 @@ def evaluate(policy, examples: list[EncodedPair], reference_for, loss_fn, beta: 
     n = len(examples)
     wins = ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).sum().item()
     low, high = wilson_interval(wins, n)
-    return {"loss": loss_sum / n, "accuracy": wins / n, "accuracy_ci_low": low, "accuracy_ci_high": high, "n": n,
-            "margin": (r_chosen - r_rejected).mean().item(), "rewards_chosen": r_chosen.mean().item(),
-            "rewards_rejected": r_rejected.mean().item()}
+    return {
+        "loss": loss_sum / n,
+        "accuracy": wins / n,
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "n": n,
+        "margin": (r_chosen - r_rejected).mean().item(),
+        "rewards_chosen": r_chosen.mean().item(),
+        "rewards_rejected": r_rejected.mean().item(),
+    }
 
 
 def run_dpo(cfg: DPOConfig) -> dict | None:
@@ -245,30 +285,44 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data), limit=cfg.eval_limit, skipped=skipped)
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
-        eval_pairs = eval_pairs[:cfg.eval_limit] if cfg.eval_limit is not None else eval_pairs
+        eval_pairs = eval_pairs[: cfg.eval_limit] if cfg.eval_limit is not None else eval_pairs
     if skipped:
         console.print(f"dpo: skipped {len(skipped)} malformed rows (skip_bad_rows=true); first: {skipped[0]}")
     ties = sum(is_tie(p) for p in train_pairs + eval_pairs)  # a tie says nothing about which answer is better
     train_pairs, eval_pairs = [p for p in train_pairs if not is_tie(p)], [p for p in eval_pairs if not is_tie(p)]
     if not train_pairs:
         held_out = "" if cfg.eval_data else f"the held-out split (eval_fraction={cfg.eval_fraction:g}) and "
-        raise report.nothing_left(f"to train on after {held_out}{ties} ties were left out; "
-                                  + ("add untied pairs" if cfg.eval_data else "lower eval_fraction or add pairs with other prompts"))
-    train_pairs, eval_pairs, n_identical = leave_out_identical_pairs("dpo", tokenizer, train_pairs, eval_pairs, cfg.max_response_tokens,
-                                                                     report)
+        raise report.nothing_left(
+            f"to train on after {held_out}{ties} ties were left out; "
+            + ("add untied pairs" if cfg.eval_data else "lower eval_fraction or add pairs with other prompts")
+        )
+    train_pairs, eval_pairs, n_identical = leave_out_identical_pairs(
+        "dpo", tokenizer, train_pairs, eval_pairs, cfg.max_response_tokens, report
+    )
     encoded = [encode_pair(tokenizer, p, cfg.max_prompt_tokens, cfg.max_response_tokens) for p in train_pairs + eval_pairs]
     examples = [e for e, _ in encoded]
-    train_ex, eval_ex = examples[:len(train_pairs)], examples[len(train_pairs):]
+    train_ex, eval_ex = examples[: len(train_pairs)], examples[len(train_pairs) :]
     n_cut = sum(cut for _, cut in encoded)
     if n_cut:
-        console.print(f"dpo: {n_cut} of {len(encoded)} pairs were cut to max_prompt_tokens={cfg.max_prompt_tokens} "
-                      f"(from the left) or max_response_tokens={cfg.max_response_tokens}")
+        console.print(
+            f"dpo: {n_cut} of {len(encoded)} pairs were cut to max_prompt_tokens={cfg.max_prompt_tokens} "
+            f"(from the left) or max_response_tokens={cfg.max_response_tokens}"
+        )
 
     # ---- models: the policy; the reference is its adapter switched off, a frozen model, a table, or nothing
     policy = load_causal_lm(policy_path)
     own_base = cfg.reference == "policy" and cfg.lora.enabled  # reference = the policy's weights with the adapter off
-    reference_mode = ("none" if cfg.reference == "none" else "precomputed" if cfg.precompute_reference
-                      else "adapter off" if own_base else "frozen model, offloaded" if cfg.offload_frozen else "frozen model")
+    reference_mode = (
+        "none"
+        if cfg.reference == "none"
+        else "precomputed"
+        if cfg.precompute_reference
+        else "adapter off"
+        if own_base
+        else "frozen model, offloaded"
+        if cfg.offload_frozen
+        else "frozen model"
+    )
     if cfg.reference == "none" or own_base:
         reference_path = None
     elif cfg.reference == "policy":  # full fine-tuning: a frozen copy, or, precomputed, the policy itself before any update
@@ -303,8 +357,10 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
                 write_reference_table(out / REFERENCE_FILE, tables, fingerprint)
         reference = None  # no reference model is held while training
         reference_seconds = time.time() - t0
-        console.print(f"dpo: reference log-probs of {len(train_ex) + len(eval_ex)} pairs in {out / REFERENCE_FILE} "
-                      f"({reference_seconds:.0f} s); no reference model is held while training")
+        console.print(
+            f"dpo: reference log-probs of {len(train_ex) + len(eval_ex)} pairs in {out / REFERENCE_FILE} "
+            f"({reference_seconds:.0f} s); no reference model is held while training"
+        )
 
     def reference_for(split: str, idx: list[int], batch: list[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
         if cfg.reference == "none":  # reference-free: log pi_ref taken as 0
@@ -332,7 +388,9 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     if resumed is not None:
         start_step = resumed[0]
         console.print(f"dpo: resuming from step {start_step} of {total_steps}")
-    logger = MetricsLogger(out, total_steps, "dpo", ["train/loss", "train/accuracy", "train/margin"], start_step=start_step, tracker=cfg.tracker)
+    logger = MetricsLogger(
+        out, total_steps, "dpo", ["train/loss", "train/accuracy", "train/margin"], start_step=start_step, tracker=cfg.tracker
+    )
 
     # held on the device while training (offload_frozen: in CPU memory instead, counted apart)
     reference_params = sum(p.numel() for p in reference.parameters() if not p.is_meta) if reference is not None else 0
@@ -342,10 +400,10 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     t_loop, eval_seconds = time.time(), 0.0
     policy.train()
     for step in range(start_step, total_steps):
-        window = stream[step * per_step:(step + 1) * per_step]
+        window = stream[step * per_step : (step + 1) * per_step]
         totals = dict.fromkeys(METRICS, 0.0)
         for k in procs.share(range(0, per_step, cfg.batch_size)):
-            idx = window[k:k + cfg.batch_size]
+            idx = window[k : k + cfg.batch_size]
             batch = [train_ex[i] for i in idx]
             # 1. reference log-probs (B,), (B,): live (no grad), from the table, or 0
             ref_c, ref_r = reference_for("train", idx, batch)
@@ -364,8 +422,14 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         done = step + 1
         metrics = {f"train/{key}": totals[key] for key in METRICS}
-        metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb(),
-                        **scaler_metrics(scaler)})
+        metrics.update(
+            {
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/grad_norm": grad_norm,
+                "sys/peak_rss_gb": peak_rss_gb(),
+                **scaler_metrics(scaler),
+            }
+        )
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps and eval_ex:
             t_eval = time.time()
             metrics.update({f"eval/{key}": v for key, v in run_eval().items() if key in METRICS})
@@ -390,19 +454,40 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     save_model(policy, tokenizer, out / "model")
     trainable, total = count_parameters(policy)
     summary = {
-        "stage": "dpo", "model": str(out / "model"), "policy_init": policy_path, "loss": cfg.loss, "beta": cfg.beta,
-        "reference": cfg.reference, "reference_mode": reference_mode, "steps": total_steps,
-        "train_pairs": len(train_ex), "eval_pairs": final["n"], "pairs_cut": n_cut, "ties_dropped": ties, "skipped_rows": len(skipped or []),
-        "pairs_identical_after_truncation": n_identical, "data": report.to_dict(),
-        "eval_accuracy": final.get("accuracy"), "eval_accuracy_ci": [final.get("accuracy_ci_low"), final.get("accuracy_ci_high")],
-        "eval_loss": final.get("loss"), "eval_margin": final.get("margin"),
-        "eval_rewards_chosen": final.get("rewards_chosen"), "eval_rewards_rejected": final.get("rewards_rejected"),
+        "stage": "dpo",
+        "model": str(out / "model"),
+        "policy_init": policy_path,
+        "loss": cfg.loss,
+        "beta": cfg.beta,
+        "reference": cfg.reference,
+        "reference_mode": reference_mode,
+        "steps": total_steps,
+        "train_pairs": len(train_ex),
+        "eval_pairs": final["n"],
+        "pairs_cut": n_cut,
+        "ties_dropped": ties,
+        "skipped_rows": len(skipped or []),
+        "pairs_identical_after_truncation": n_identical,
+        "data": report.to_dict(),
+        "eval_accuracy": final.get("accuracy"),
+        "eval_accuracy_ci": [final.get("accuracy_ci_low"), final.get("accuracy_ci_high")],
+        "eval_loss": final.get("loss"),
+        "eval_margin": final.get("margin"),
+        "eval_rewards_chosen": final.get("rewards_chosen"),
+        "eval_rewards_rejected": final.get("rewards_rejected"),
         "final_train_accuracy": totals["accuracy"] if total_steps > start_step else None,
-        "trainable_params": trainable, "total_params": total, "reference_params_held": reference_params, "reference_params_offloaded": offloaded_params, "packed": pack,
-        "processes": procs.world, "sharding": procs.sharding,
-        "train_seconds": train_seconds, "reference_seconds": reference_seconds,
+        "trainable_params": trainable,
+        "total_params": total,
+        "reference_params_held": reference_params,
+        "reference_params_offloaded": offloaded_params,
+        "packed": pack,
+        "processes": procs.world,
+        "sharding": procs.sharding,
+        "train_seconds": train_seconds,
+        "reference_seconds": reference_seconds,
         "train_pairs_per_second": (total_steps - start_step) * per_step / max(train_seconds, 1e-9),
-        "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
+        "peak_rss_gb": peak_rss_gb(),
+        "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
@@ -449,7 +534,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     def sample_and_score(model_path: str, batch: list, seed: int):
         tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
         samples = sample_responses(model, tokenizer, batch + batch, cfg.generation, seed=seed, precision=cfg.precision)
-        firsts, seconds = [s["response"] for s in samples[:len(batch)]], [s["response"] for s in samples[len(batch):]]
+        firsts, seconds = [s["response"] for s in samples[: len(batch)]], [s["response"] for s in samples[len(batch) :]]
         scores = score_pairs(sources, batch, firsts, seconds, [{} for _ in batch])[0]  # (first, second) or None per prompt
         kept = [x for s in scores if s is not None for x in s]
         return firsts, seconds, scores, (sum(kept) / len(kept) if kept else None)
@@ -458,7 +543,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     logger = MetricsLogger(out, cfg.rounds, "dpo online", ["rollout/reward", "eval/accuracy"], tracker=cfg.tracker)
     for k in range(1, cfg.rounds + 1):
         round_dir = out / f"round_{k}"
-        batch = [prompts[i] for i in stream[(k - 1) * n:k * n]]
+        batch = [prompts[i] for i in stream[(k - 1) * n : k * n]]
         stats_path = round_dir / "round.json"
         if not stats_path.exists():
             # 1. sample two answers per prompt from the current policy; 2. label them
@@ -473,8 +558,18 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
             console.print(f"dpo online: round {k} produced no usable pairs (all ties or identical answers); the policy is unchanged")
             summary = {"model": policy_path, "eval_accuracy": None}
         elif summary is None:
-            summary = train_dpo(dataclasses.replace(cfg, online=False, rounds=1, reward=[], policy=policy_path, data=str(round_dir / "pairs.jsonl"),
-                                                    output_dir=str(round_dir), limit=None))
+            summary = train_dpo(
+                dataclasses.replace(
+                    cfg,
+                    online=False,
+                    rounds=1,
+                    reward=[],
+                    policy=policy_path,
+                    data=str(round_dir / "pairs.jsonl"),
+                    output_dir=str(round_dir),
+                    limit=None,
+                )
+            )
             if summary is None:  # interrupt_after inside the round: rerun to resume it
                 logger.close()
                 return None
@@ -486,8 +581,15 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     # the final policy on round 1's prompts with round 1's seed: the same draw the starting policy was scored on
     first_batch = [prompts[i] for i in stream[:n]]
     final_score = sample_and_score(policy_path, first_batch, seed=cfg.seed * 1009 + 1)[3]
-    summary = {"stage": "dpo_online", "model": policy_path, "rounds": rounds, "initial_score": rounds[0]["score"],
-               "final_score": final_score, "reward": source_names(cfg.reward),
-               "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start}
+    summary = {
+        "stage": "dpo_online",
+        "model": policy_path,
+        "rounds": rounds,
+        "initial_score": rounds[0]["score"],
+        "final_score": final_score,
+        "reward": source_names(cfg.reward),
+        "peak_rss_gb": peak_rss_gb(),
+        "seconds": time.time() - t_start,
+    }
     write_summary(out, summary)
     return summary

@@ -28,35 +28,56 @@ import torch
 from tether.config import ConfigError, EvalConfig, GenerationSettings, resolve_path
 from tether.data.readers import DataError, ReadReport, read_prompts, write_jsonl
 from tether.data.records import Prompt, prompt_text
-from tether.eval.metrics import (distinct_n, hack_rates, length_controlled_win_rate, length_distribution, length_stats, mean_and_se,
-                                 outcome_win_rate, refusal_rate, self_bleu, win_rate)
+from tether.eval.metrics import (
+    distinct_n,
+    hack_rates,
+    length_controlled_win_rate,
+    length_distribution,
+    length_stats,
+    mean_and_se,
+    outcome_win_rate,
+    refusal_rate,
+    self_bleu,
+    win_rate,
+)
+from tether.feedback.constitution import load_constitution
+from tether.feedback.export import majority
 from tether.feedback.gold import gold_scores
+from tether.feedback.judge import judge_pairs
+from tether.feedback.store import Candidate, StoreError, open_store
 from tether.models.loading import autocast, load_causal_lm, load_tokenizer, resolve_model
 from tether.models.reward_model import RewardEnsemble, RewardModel, load_reward_model
-from tether.rollout.sampling import load_sampler
-from tether.rollout.sampling import sample_rollout
 from tether.rollout.logprobs import policy_forward
+from tether.rollout.sampling import load_sampler, sample_rollout
 from tether.tracking import MetricsLogger, console, write_summary
 from tether.training import start_stage
-from tether.feedback.constitution import load_constitution
-from tether.feedback.judge import judge_pairs
-from tether.feedback.export import majority
-from tether.feedback.store import Candidate, StoreError, open_store
 
 RESPONSES = "responses.json"
 """With judge=people: both policies' responses, kept so that a rerun reads the votes on the same pairs."""
 
 
 @torch.no_grad()
-def sample_and_score(model, reference, tokenizer, prompts: list[Prompt], settings: GenerationSettings, seed: int,
-                     precision: str, reward_model: RewardModel | RewardEnsemble | None, engine=None) -> dict:
+def sample_and_score(
+    model,
+    reference,
+    tokenizer,
+    prompts: list[Prompt],
+    settings: GenerationSettings,
+    seed: int,
+    precision: str,
+    reward_model: RewardModel | RewardEnsemble | None,
+    engine=None,
+) -> dict:
     """Responses of `model` (sampled by it, or by a vLLM `engine` holding its weights), with per-response KL to
     `reference` (k1, nats, from both models' own log-probs) and RM scores."""
     texts, finished, kls, proxy, lengths = [], [], [], [], []
     for b, start in enumerate(range(0, len(prompts), settings.batch_size)):
-        batch = prompts[start:start + settings.batch_size]
-        rollout = (engine.sample(tokenizer, batch, seed * 100003 + b, settings) if engine is not None else
-                   sample_rollout(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision))
+        batch = prompts[start : start + settings.batch_size]
+        rollout = (
+            engine.sample(tokenizer, batch, seed * 100003 + b, settings)
+            if engine is not None
+            else sample_rollout(model, tokenizer, batch, settings, seed=seed * 100003 + b, precision=precision)
+        )
         seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
         mask = rollout.response_mask.float()
         with autocast(precision):
@@ -83,9 +104,13 @@ def sample_both(cfg: EvalConfig, prompts: list[Prompt], paths: dict) -> tuple[di
     rm = load_reward_model(cfg.reward_model) if cfg.reward_model else None
     baseline = load_causal_lm(paths["baseline"]).eval()
     reference = baseline if paths["reference"] == paths["baseline"] else load_causal_lm(paths["reference"]).eval()
-    base = sample_and_score(baseline, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["baseline"], baseline))
+    base = sample_and_score(
+        baseline, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["baseline"], baseline)
+    )
     policy = load_causal_lm(paths["policy"]).eval()
-    pol = sample_and_score(policy, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["policy"], policy))
+    pol = sample_and_score(
+        policy, reference, tokenizer, prompts, cfg.generation, cfg.seed, cfg.precision, rm, _engine(cfg, paths["policy"], policy)
+    )
     return pol, base
 
 
@@ -108,13 +133,16 @@ def ai_outcomes(cfg: EvalConfig, prompts: list[Prompt], policy: list[str], basel
     model = load_causal_lm(path).eval()
     verdicts = judge_pairs(model, load_tokenizer(path), prompts, policy, baseline, constitution.rubric(), precision=cfg.precision)
     p_policy = [v.p_first for v in verdicts]
-    outcomes = [_forced_outcome(a, b) if not _comparable(a, b) else 0.5 if abs(p - 0.5) < 1e-6 else float(p > 0.5)
-                for a, b, p in zip(policy, baseline, p_policy)]
+    outcomes = [
+        _forced_outcome(a, b) if not _comparable(a, b) else 0.5 if abs(p - 0.5) < 1e-6 else float(p > 0.5)
+        for a, b, p in zip(policy, baseline, p_policy)
+    ]
     return outcomes, p_policy
 
 
-def people_outcomes(cfg: EvalConfig, out: Path, prompts: list[Prompt], policy: list[str], baseline: list[str],
-                    paths: dict) -> tuple[list[float | None], dict]:
+def people_outcomes(
+    cfg: EvalConfig, out: Path, prompts: list[Prompt], policy: list[str], baseline: list[str], paths: dict
+) -> tuple[list[float | None], dict]:
     """Queue each (policy, baseline) pair as a task in the store (idempotent), then read the votes back.
 
     A pair is decided once it has `annotators_per_task` non-skip judgements from people (annotators
@@ -135,9 +163,13 @@ def people_outcomes(cfg: EvalConfig, out: Path, prompts: list[Prompt], policy: l
             if not _comparable(a, b):
                 task_ids.append(None)
                 continue
-            (task_id,) = store.add_candidates(prompt, [Candidate(a, paths["policy"], meta={"eval": "policy"}),
-                                                       Candidate(b, paths["baseline"], meta={"eval": "baseline"})], [(0, 1)],
-                                              required=cfg.annotators_per_task, source=f"tether eval {out}")
+            (task_id,) = store.add_candidates(
+                prompt,
+                [Candidate(a, paths["policy"], meta={"eval": "policy"}), Candidate(b, paths["baseline"], meta={"eval": "baseline"})],
+                [(0, 1)],
+                required=cfg.annotators_per_task,
+                source=f"tether eval {out}",
+            )
             task_ids.append(task_id)
         wanted = {t for t in task_ids if t is not None}
         tasks = {t.id: t for t in store.tasks() if t.id in wanted}
@@ -169,8 +201,14 @@ def judge_row(outcomes: list[float], length_diff: list[float]) -> dict:
 
 
 def _fingerprint(cfg: EvalConfig, paths: dict, prompts: list[Prompt]) -> dict:
-    return {"paths": paths, "reward_model": cfg.reward_model, "prompts": prompts, "seed": cfg.seed,
-            "generation": dataclasses.asdict(cfg.generation), "precision": cfg.precision}
+    return {
+        "paths": paths,
+        "reward_model": cfg.reward_model,
+        "prompts": prompts,
+        "seed": cfg.seed,
+        "generation": dataclasses.asdict(cfg.generation),
+        "precision": cfg.precision,
+    }
 
 
 def evaluate(cfg: EvalConfig) -> dict | None:
@@ -182,10 +220,14 @@ def evaluate(cfg: EvalConfig) -> dict | None:
 
     report = ReadReport()
     records = read_prompts(resolve_path(cfg.prompts), report=report)
-    records = records[cfg.offset:cfg.offset + cfg.limit if cfg.limit else None]
+    records = records[cfg.offset : cfg.offset + cfg.limit if cfg.limit else None]
     if not records:
-        raise DataError(cfg.prompts, None, text=f"no prompt left after offset={cfg.offset} and limit={cfg.limit}: the file gives "
-                                                f"{report.records} ({report.describe()}); lower offset")
+        raise DataError(
+            cfg.prompts,
+            None,
+            text=f"no prompt left after offset={cfg.offset} and limit={cfg.limit}: the file gives "
+            f"{report.records} ({report.describe()}); lower offset",
+        )
     prompts = [r.prompt for r in records]
     paths = {"policy": resolve_model(cfg.policy, "policy"), "baseline": resolve_model(cfg.baseline, "baseline")}
     paths["reference"] = resolve_model(cfg.reference, "reference") if cfg.reference else paths["baseline"]
@@ -209,8 +251,9 @@ def evaluate(cfg: EvalConfig) -> dict | None:
     judges = {"gold": judge_row([1.0 if g > h else 0.5 if abs(g - h) <= 1e-9 else 0.0 for g, h in zip(gold_pol, gold_base)], length_diff)}
     if cfg.reward_model:
         proxy_wr = win_rate(pol["proxy"], base["proxy"])
-        judges["reward_model"] = judge_row([1.0 if g > h else 0.5 if abs(g - h) <= 1e-9 else 0.0 for g, h in zip(pol["proxy"], base["proxy"])],
-                                           length_diff)
+        judges["reward_model"] = judge_row(
+            [1.0 if g > h else 0.5 if abs(g - h) <= 1e-9 else 0.0 for g, h in zip(pol["proxy"], base["proxy"])], length_diff
+        )
     per_prompt: dict[str, list] = {}
     if cfg.judge == "ai":
         outcomes, per_prompt["p_ai"] = ai_outcomes(cfg, prompts, pol["texts"], base["texts"])
@@ -227,7 +270,9 @@ def evaluate(cfg: EvalConfig) -> dict | None:
                 f"  tether label add-annotator NAME --db {cfg.db}   (once per person; prints their token)\n"
                 f"  tether label serve --db {cfg.db}                (or: tether label simulate --db {cfg.db})\n"
                 "then rerun this `tether eval` command: it reuses the same responses and reads the votes back.",
-                highlight=False, soft_wrap=True)
+                highlight=False,
+                soft_wrap=True,
+            )
             return None
         (out / "pending.json").unlink(missing_ok=True)
         judges["people"] = judge_row(outcomes, length_diff)
@@ -241,33 +286,75 @@ def evaluate(cfg: EvalConfig) -> dict | None:
     kl_mean, kl_se = mean_and_se(pol["kl"])
     n = len(prompts)
     summary = {
-        "stage": "eval", "policy": paths["policy"], "baseline": paths["baseline"], "reference": paths["reference"], "prompts": n,
-        "judge": cfg.judge, "win_rate": headline["win_rate"], "win_rate_ci": [headline["ci_low"], headline["ci_high"]],
-        "wins": headline["wins"], "ties": headline["ties"], "losses": headline["losses"], "n": headline["n"],
-        "lc_win_rate": headline["lc_win_rate"], "lc_win_rate_ci": [headline["lc_ci_low"], headline["lc_ci_high"]], "judges": judges,
-        "gold_win_rate": gold_wr["win_rate"], "gold_win_rate_ci": [gold_wr["ci_low"], gold_wr["ci_high"]],
-        "gold_wins": gold_wr["wins"], "gold_ties": gold_wr["ties"], "gold_losses": gold_wr["losses"],
-        "gold_policy": mean_and_se(gold_pol)[0], "gold_baseline": mean_and_se(gold_base)[0],
-        "gold_policy_se": mean_and_se(gold_pol)[1], "gold_baseline_se": mean_and_se(gold_base)[1],
-        "kl_policy": kl_mean, "kl_policy_se": kl_se, "kl_baseline": mean_and_se(base["kl"])[0],
-        "length_policy": mean_and_se(pol["tokens"])[0], "length_baseline": mean_and_se(base["tokens"])[0],
-        "length_dist_policy": length_distribution(pol["tokens"]), "length_dist_baseline": length_distribution(base["tokens"]),
-        "words_policy": length_stats(pol["texts"])["mean_words"], "words_baseline": length_stats(base["texts"])["mean_words"],
-        "finished_policy": sum(pol["finished"]) / n, "finished_baseline": sum(base["finished"]) / n,
-        "distinct1_policy": distinct_n(pol["texts"], 1), "distinct1_baseline": distinct_n(base["texts"], 1),
-        "distinct2_policy": distinct_n(pol["texts"], 2), "distinct2_baseline": distinct_n(base["texts"], 2),
-        "self_bleu_policy": self_bleu(pol["texts"]) if n > 1 else None, "self_bleu_baseline": self_bleu(base["texts"]) if n > 1 else None,
-        "refusal_policy": refusal_rate(pol["texts"]), "refusal_baseline": refusal_rate(base["texts"]),
-        "max_words": max_words, "hacks_policy": hack_rates(pol["texts"], max_words), "hacks_baseline": hack_rates(base["texts"], max_words),
+        "stage": "eval",
+        "policy": paths["policy"],
+        "baseline": paths["baseline"],
+        "reference": paths["reference"],
+        "prompts": n,
+        "judge": cfg.judge,
+        "win_rate": headline["win_rate"],
+        "win_rate_ci": [headline["ci_low"], headline["ci_high"]],
+        "wins": headline["wins"],
+        "ties": headline["ties"],
+        "losses": headline["losses"],
+        "n": headline["n"],
+        "lc_win_rate": headline["lc_win_rate"],
+        "lc_win_rate_ci": [headline["lc_ci_low"], headline["lc_ci_high"]],
+        "judges": judges,
+        "gold_win_rate": gold_wr["win_rate"],
+        "gold_win_rate_ci": [gold_wr["ci_low"], gold_wr["ci_high"]],
+        "gold_wins": gold_wr["wins"],
+        "gold_ties": gold_wr["ties"],
+        "gold_losses": gold_wr["losses"],
+        "gold_policy": mean_and_se(gold_pol)[0],
+        "gold_baseline": mean_and_se(gold_base)[0],
+        "gold_policy_se": mean_and_se(gold_pol)[1],
+        "gold_baseline_se": mean_and_se(gold_base)[1],
+        "kl_policy": kl_mean,
+        "kl_policy_se": kl_se,
+        "kl_baseline": mean_and_se(base["kl"])[0],
+        "length_policy": mean_and_se(pol["tokens"])[0],
+        "length_baseline": mean_and_se(base["tokens"])[0],
+        "length_dist_policy": length_distribution(pol["tokens"]),
+        "length_dist_baseline": length_distribution(base["tokens"]),
+        "words_policy": length_stats(pol["texts"])["mean_words"],
+        "words_baseline": length_stats(base["texts"])["mean_words"],
+        "finished_policy": sum(pol["finished"]) / n,
+        "finished_baseline": sum(base["finished"]) / n,
+        "distinct1_policy": distinct_n(pol["texts"], 1),
+        "distinct1_baseline": distinct_n(base["texts"], 1),
+        "distinct2_policy": distinct_n(pol["texts"], 2),
+        "distinct2_baseline": distinct_n(base["texts"], 2),
+        "self_bleu_policy": self_bleu(pol["texts"]) if n > 1 else None,
+        "self_bleu_baseline": self_bleu(base["texts"]) if n > 1 else None,
+        "refusal_policy": refusal_rate(pol["texts"]),
+        "refusal_baseline": refusal_rate(base["texts"]),
+        "max_words": max_words,
+        "hacks_policy": hack_rates(pol["texts"], max_words),
+        "hacks_baseline": hack_rates(base["texts"], max_words),
     }
     if cfg.reward_model:
-        summary.update({"proxy_policy": mean_and_se(pol["proxy"])[0], "proxy_baseline": mean_and_se(base["proxy"])[0],
-                        "proxy_policy_se": mean_and_se(pol["proxy"])[1],
-                        "proxy_win_rate": proxy_wr["win_rate"], "proxy_win_rate_ci": [proxy_wr["ci_low"], proxy_wr["ci_high"]]})
+        summary.update(
+            {
+                "proxy_policy": mean_and_se(pol["proxy"])[0],
+                "proxy_baseline": mean_and_se(base["proxy"])[0],
+                "proxy_policy_se": mean_and_se(pol["proxy"])[1],
+                "proxy_win_rate": proxy_wr["win_rate"],
+                "proxy_win_rate_ci": [proxy_wr["ci_low"], proxy_wr["ci_high"]],
+            }
+        )
     rows = []
     for i, p in enumerate(prompts):
-        row = {"prompt": p, "policy": pol["texts"][i], "baseline": base["texts"][i], "gold_policy": gold_pol[i],
-               "gold_baseline": gold_base[i], "kl_policy": pol["kl"][i], "tokens_policy": pol["tokens"][i], "tokens_baseline": base["tokens"][i]}
+        row = {
+            "prompt": p,
+            "policy": pol["texts"][i],
+            "baseline": base["texts"][i],
+            "gold_policy": gold_pol[i],
+            "gold_baseline": gold_base[i],
+            "kl_policy": pol["kl"][i],
+            "tokens_policy": pol["tokens"][i],
+            "tokens_baseline": base["tokens"][i],
+        }
         if cfg.reward_model:
             row.update({"proxy_policy": pol["proxy"][i], "proxy_baseline": base["proxy"][i]})
         row.update({key: values[i] for key, values in per_prompt.items() if values is not None})
@@ -276,12 +363,24 @@ def evaluate(cfg: EvalConfig) -> dict | None:
 
     # 4. the same numbers as one metrics row (and to the tracker), under eval/
     logger = MetricsLogger(out, 1, "eval", [], tracker=cfg.tracker)
-    logger.log(1, {"eval/win_rate": summary["win_rate"], "eval/lc_win_rate": summary["lc_win_rate"],
-                   "eval/gold_win_rate": summary["gold_win_rate"], "eval/proxy_win_rate": summary.get("proxy_win_rate"),
-                   "eval/kl": kl_mean, "eval/kl_se": kl_se, "eval/gold": summary["gold_policy"], "eval/proxy": summary.get("proxy_policy"),
-                   "eval/length": summary["length_policy"], "eval/distinct2": summary["distinct2_policy"],
-                   "eval/self_bleu": summary["self_bleu_policy"], "eval/refusal_rate": summary["refusal_policy"],
-                   "eval/hack_rate": summary["hacks_policy"]["any"]})
+    logger.log(
+        1,
+        {
+            "eval/win_rate": summary["win_rate"],
+            "eval/lc_win_rate": summary["lc_win_rate"],
+            "eval/gold_win_rate": summary["gold_win_rate"],
+            "eval/proxy_win_rate": summary.get("proxy_win_rate"),
+            "eval/kl": kl_mean,
+            "eval/kl_se": kl_se,
+            "eval/gold": summary["gold_policy"],
+            "eval/proxy": summary.get("proxy_policy"),
+            "eval/length": summary["length_policy"],
+            "eval/distinct2": summary["distinct2_policy"],
+            "eval/self_bleu": summary["self_bleu_policy"],
+            "eval/refusal_rate": summary["refusal_policy"],
+            "eval/hack_rate": summary["hacks_policy"]["any"],
+        },
+    )
     logger.close()
     summary["seconds"] = time.time() - t0
     write_summary(out, summary)

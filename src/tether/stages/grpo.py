@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -46,25 +46,66 @@ from tether.config import GRPOConfig, resolve_path
 from tether.data.readers import ReadReport, read_prompts
 from tether.data.records import prompt_text
 from tether.distributed import gathered, shard_blocks
-from tether.processes import processes
 from tether.eval.calibration import length_correlation
 from tether.eval.metrics import distinct_n
 from tether.feedback.gold import gold_scores
-from tether.losses import (MovingAverageBaseline, constant_mean, group_advantages, group_advantages_batch_std, grpo_token_loss, kl_k1,
-                           leave_one_out_advantages, masked_mean, masked_whiten, reinforce_advantages, sequence_mean, token_mean)
-from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, load_causal_lm, load_frozen_lm,
-                                   load_tokenizer, resolve_model, save_model)
+from tether.losses import (
+    MovingAverageBaseline,
+    constant_mean,
+    group_advantages,
+    group_advantages_batch_std,
+    grpo_token_loss,
+    kl_k1,
+    leave_one_out_advantages,
+    masked_mean,
+    masked_whiten,
+    reinforce_advantages,
+    sequence_mean,
+    token_mean,
+)
+from tether.models.loading import (
+    apply_lora,
+    autocast,
+    count_parameters,
+    enable_activation_checkpointing,
+    load_causal_lm,
+    load_frozen_lm,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+)
 from tether.models.sharing import unique_parameter_bytes
-from tether.rewards.sources import load_reward_sources
 from tether.placement import RayPlacement, RemoteModel, placed
+from tether.processes import processes
+from tether.rewards.sources import load_reward_sources
 from tether.rollout.logprobs import policy_forward
 from tether.rollout.sampling import sample_rollout
 from tether.rollout.vllm_engine import training_sampler
-from tether.stages.rl_parts import (GroupScorer, GroupScores, KeptBatch, KeptPasses, LocalReference, PolicySampler, RayReference,
-                                    VLLMEngineSampler)
+from tether.stages.rl_parts import (
+    GroupScorer,
+    GroupScores,
+    KeptBatch,
+    KeptPasses,
+    LocalReference,
+    PolicySampler,
+    RayReference,
+    VLLMEngineSampler,
+)
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (GoodhartGuard, LossScaler, checkpoint_or_interrupt, clip_and_step, drop_checkpoint, index_stream, load_checkpoint,
-                             make_optimizer, release_freed_memory, resumed_history, scaler_metrics, start_stage)
+from tether.training import (
+    GoodhartGuard,
+    LossScaler,
+    checkpoint_or_interrupt,
+    clip_and_step,
+    drop_checkpoint,
+    index_stream,
+    load_checkpoint,
+    make_optimizer,
+    release_freed_memory,
+    resumed_history,
+    scaler_metrics,
+    start_stage,
+)
 
 __all__ = ["GRPOSetup", "grpo_loop", "run_grpo", "setup_grpo", "train_grpo"]
 
@@ -91,14 +132,17 @@ def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, scor
     for b, start in enumerate(range(0, len(records), cfg.generation.batch_size)):
         if b % procs.world != procs.rank:
             continue
-        batch = records[start:start + cfg.generation.batch_size]
+        batch = records[start : start + cfg.generation.batch_size]
         prompts = [r.prompt for r in batch]
         rollout = sample_rollout(policy, tokenizer, prompts, cfg.generation, seed=cfg.seed * 7919 + b, precision=cfg.precision)
         if has_reference:
             seqs, attn, P = rollout.sequences, rollout.attention_mask, rollout.prompt_ids.shape[1]
             with autocast(cfg.precision):
-                logp = rollout.logprobs if rollout.logprobs is not None else \
-                    policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
+                logp = (
+                    rollout.logprobs
+                    if rollout.logprobs is not None
+                    else policy_forward(policy, seqs, attn, P, cfg.generation.temperature)["logp"]
+                )
                 ref_logp = reference.logprobs(seqs, attn, P, chunk=len(seqs))
             kls.extend(((logp - ref_logp) * rollout.response_mask).sum(-1).tolist())
         scores, parts = scorer.score(prompts, rollout.texts, [dict(r.meta) for r in batch])
@@ -107,18 +151,27 @@ def _held_out_check(policy, reference, tokenizer, records, cfg: GRPOConfig, scor
         for name, values in parts.items():
             by_source[name].extend(v for v in values if v is not None)
     mean = procs.mean_of
-    return {"reward": mean(rewards) or 0.0, "kl": mean(kls) if has_reference else None, "gold": mean(golds),
-            **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(scorer.sources) > 1 else {})}
+    return {
+        "reward": mean(rewards) or 0.0,
+        "kl": mean(kls) if has_reference else None,
+        "gold": mean(golds),
+        **({f"reward/{k}": mean(v) for k, v in by_source.items()} if len(scorer.sources) > 1 else {}),
+    }
 
 
-def grpo_advantages(cfg: GRPOConfig, groups: GroupScores, train_scores: torch.Tensor, baseline: MovingAverageBaseline) -> torch.Tensor | None:
+def grpo_advantages(
+    cfg: GRPOConfig, groups: GroupScores, train_scores: torch.Tensor, baseline: MovingAverageBaseline
+) -> torch.Tensor | None:
     """Step 4: one advantage per kept sample (N,), from its training reward (N,) and the others of its group (P, G); None
     when this process kept nothing. scale_rewards=batch divides by the std of every process's kept rewards: each
     process joins that gather, even one that kept none; REINFORCE's baseline moves on the valid rewards then."""
     rows, keep = groups.rows, groups.keep
     N = len(rows)
-    batch_rewards = (torch.tensor(processes().gather(train_scores.float().tolist() if N > 0 else []))
-                     if cfg.advantage == "grpo" and cfg.scale_rewards == "batch" else None)
+    batch_rewards = (
+        torch.tensor(processes().gather(train_scores.float().tolist() if N > 0 else []))
+        if cfg.advantage == "grpo" and cfg.scale_rewards == "batch"
+        else None
+    )
     if N == 0:
         if cfg.advantage == "reinforce" and groups.valid.any():
             baseline.update(masked_mean(groups.scores, groups.valid).item())
@@ -149,8 +202,9 @@ def minibatch_counts(mask: torch.Tensor, mb: torch.Tensor) -> dict:
     return {"tokens": tokens, "sequences": int(sequences), "rows": int(rows)}
 
 
-def step_metrics(cfg: GRPOConfig, rollout, groups: GroupScores, old: dict, mask, kl_per_response, stats: dict, lr: float,
-                 baseline: MovingAverageBaseline) -> dict:
+def step_metrics(
+    cfg: GRPOConfig, rollout, groups: GroupScores, old: dict, mask, kl_per_response, stats: dict, lr: float, baseline: MovingAverageBaseline
+) -> dict:
     """The step's `rollout/*` and `train/*` metrics (README): rewards over the valid samples, entropy and KL over the kept."""
     procs, valid = processes(), groups.valid.flatten()
     valid_scores, lengths = groups.scores.flatten()[valid], rollout.response_mask.sum(-1).float()  # (V,), (B,)
@@ -160,20 +214,35 @@ def step_metrics(cfg: GRPOConfig, rollout, groups: GroupScores, old: dict, mask,
         "rollout/reward_std": valid_scores.std().item() if len(valid_scores) > 1 else 0.0,
         "rollout/kl": procs.mean_of(kl_per_response.tolist() if kl_per_response is not None else []),
         "rollout/entropy": masked_mean(entropy, mask).item() if entropy is not None else None,
-        "rollout/length": lengths.mean().item(), "rollout/length_p95": torch.quantile(lengths, 0.95).item(),
+        "rollout/length": lengths.mean().item(),
+        "rollout/length_p95": torch.quantile(lengths, 0.95).item(),
         "rollout/finished": rollout.finished.float().mean().item(),
         "rollout/groups_dropped": int(groups.equal_groups.sum()) if cfg.dynamic_sampling else 0,
-        "rollout/groups_equal": int(groups.equal_groups.sum()), "rollout/samples_dropped": int((~groups.valid).sum()),
+        "rollout/groups_equal": int(groups.equal_groups.sum()),
+        "rollout/samples_dropped": int((~groups.valid).sum()),
         "rollout/samples_trained": len(groups.rows),
-        "rollout/distinct1": distinct_n(rollout.texts, 1), "rollout/distinct2": distinct_n(rollout.texts, 2),
+        "rollout/distinct1": distinct_n(rollout.texts, 1),
+        "rollout/distinct2": distinct_n(rollout.texts, 2),
         "rollout/reward_length_corr": length_correlation(valid_scores.numpy(), lengths[valid].cpu().numpy()) if valid.sum() > 1 else None,
-        **({f"rollout/reward/{name}": sum(v for v in vals if v is not None) / max(sum(v is not None for v in vals), 1)
-            for name, vals in parts.items()} if len(parts) > 1 else {}),
-        **({f"train/{key}": stats[key] for key in ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
-            if key in stats}),
+        **(
+            {
+                f"rollout/reward/{name}": sum(v for v in vals if v is not None) / max(sum(v is not None for v in vals), 1)
+                for name, vals in parts.items()
+            }
+            if len(parts) > 1
+            else {}
+        ),
+        **(
+            {
+                f"train/{key}": stats[key]
+                for key in ("loss", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl", "ratio_mean", "grad_norm", "kl")
+                if key in stats
+            }
+        ),
         **({"train/ratio_max": stats["ratio_peak"]} if "ratio_peak" in stats else {}),
         **{f"rollout/{key}": stats[key] for key in ("is_weight_mean", "is_weight_capped", "is_logp_gap") if key in stats},  # engine=vllm
-        "train/lr": lr, "rollout/baseline": baseline.value if cfg.advantage == "reinforce" else None,
+        "train/lr": lr,
+        "rollout/baseline": baseline.value if cfg.advantage == "reinforce" else None,
     }
 
 
@@ -182,8 +251,10 @@ def write_samples(path, done: int, prompts: list, rollout, groups: GroupScores, 
     adv_of = dict(zip(groups.rows.tolist(), advantages.tolist())) if advantages is not None else {}
     with path.open("a") as f:
         for i, (prompt, text, v) in enumerate(zip(prompts, rollout.texts, groups.values)):
-            f.write(json.dumps({"step": done, "group": i // G, "prompt": prompt, "response": text, "reward": v,
-                                "advantage": adv_of.get(i)}) + "\n")
+            f.write(
+                json.dumps({"step": done, "group": i // G, "prompt": prompt, "response": text, "reward": v, "advantage": adv_of.get(i)})
+                + "\n"
+            )
 
 
 def rows_of(x: torch.Tensor | None, rows) -> torch.Tensor | None:
@@ -228,7 +299,11 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
     whether a scoring pass runs is made here. A resumed run gets its policy, optimiser, baseline and guard back."""
     # ---- models: policy, reference (only when needed), reward sources
     # first: a bad reward spec fails before the models load
-    sources = placement.reward_sources(cfg.reward, cfg.precision) if placement else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
+    sources = (
+        placement.reward_sources(cfg.reward, cfg.precision)
+        if placement
+        else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
+    )
     policy_path = resolve_model(cfg.policy, "policy")
     tokenizer = load_tokenizer(policy_path)
     report = ReadReport()
@@ -239,9 +314,18 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
     # fine-tuning a frozen copy, and only when the KL is used (beta > 0).
     reference_model = None
     if not cfg.lora.enabled and cfg.beta > 0:
-        reference_model = placement.model("reference", policy_path, cfg.precision) if placement else load_frozen_lm(policy_path, cfg.offload_frozen)
-    reference_kind = ("adapter_off" if cfg.lora.enabled else
-                      "ray_actor" if isinstance(reference_model, RemoteModel) else "copy" if reference_model is not None else "none")
+        reference_model = (
+            placement.model("reference", policy_path, cfg.precision) if placement else load_frozen_lm(policy_path, cfg.offload_frozen)
+        )
+    reference_kind = (
+        "adapter_off"
+        if cfg.lora.enabled
+        else "ray_actor"
+        if isinstance(reference_model, RemoteModel)
+        else "copy"
+        if reference_model is not None
+        else "none"
+    )
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora)
     if cfg.parallel.activation_checkpointing:
@@ -250,14 +334,22 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
         shard_blocks(policy, cfg.parallel.zero_stage, cfg.parallel.offload_trainable)
     trainable = {"policy": policy}
     # the reference the loop and the held-out check call (None: full fine-tuning without a KL term)
-    reference = (LocalReference(policy, reference_model, cfg.generation.temperature, cfg.micro_batch_size) if reference_kind in ("adapter_off", "copy")
-                 else RayReference(reference_model, cfg.generation.temperature, cfg.micro_batch_size) if reference_kind == "ray_actor" else None)
+    reference = (
+        LocalReference(policy, reference_model, cfg.generation.temperature, cfg.micro_batch_size)
+        if reference_kind in ("adapter_off", "copy")
+        else RayReference(reference_model, cfg.generation.temperature, cfg.micro_batch_size)
+        if reference_kind == "ray_actor"
+        else None
+    )
     held = [m for m in (policy, reference_model) if m is not None and not isinstance(m, RemoteModel)]
     parameter_gb = unique_parameter_bytes(*held) / 1e9
     offloaded_gb = unique_parameter_bytes(*held, offloaded=True) / 1e9  # offload_frozen: the reference copy in CPU memory
-    console.print(f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}"
-                  + (f", {offloaded_gb:.2f} GB of it offloaded to CPU memory" if offloaded_gb else "") + "); reward: "
-                  + ", ".join(f"{s.weight:g} x {s.name}" for s in sources))
+    console.print(
+        f"grpo: {parameter_gb:.2f} GB of weights (reference: {reference_kind}"
+        + (f", {offloaded_gb:.2f} GB of it offloaded to CPU memory" if offloaded_gb else "")
+        + "); reward: "
+        + ", ".join(f"{s.weight:g} x {s.name}" for s in sources)
+    )
     scorer = GroupScorer(sources, cfg.group_size, cfg.dynamic_sampling)
 
     # ---- optimisation, the data streams, the guard; a resumed run's state
@@ -266,9 +358,11 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
     n_minibatches = cfg.batch_size // cfg.mini_batch_size
     optimizer, scheduler = make_optimizer(params, cfg.optim, cfg.steps * cfg.iterations * n_minibatches)
     scaler = LossScaler(cfg.precision == "fp16")  # fp16: dynamic loss scaling; otherwise it changes nothing
-    aggregate = {"token_mean": lambda x, m, mb: token_mean(x, m, mb["tokens"]),
-                 "sequence_mean": lambda x, m, mb: sequence_mean(x, m, mb["sequences"]),
-                 "constant": lambda x, m, mb: constant_mean(x, m, mb["rows"] * cfg.generation.max_new_tokens)}[cfg.loss_aggregation]
+    aggregate = {
+        "token_mean": lambda x, m, mb: token_mean(x, m, mb["tokens"]),
+        "sequence_mean": lambda x, m, mb: sequence_mean(x, m, mb["sequences"]),
+        "constant": lambda x, m, mb: constant_mean(x, m, mb["rows"] * cfg.generation.max_new_tokens),
+    }[cfg.loss_aggregation]
     baseline = MovingAverageBaseline(cfg.baseline_decay)
     stream = index_stream(len(records), cfg.seed, cfg.steps * cfg.prompts_per_step * procs.world)
     held_out = read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit) if cfg.early_stop.prompts else []
@@ -286,24 +380,63 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
         guard.start(check)
         console.print(f"grpo: held-out reward at the start {check['reward']:.3f} on {len(held_out)} prompts")
     n_trainable, n_total = count_parameters(policy)
-    logger = MetricsLogger(out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step,
-                           tracker=cfg.tracker)
+    logger = MetricsLogger(
+        out, cfg.steps, "grpo", ["rollout/reward", "rollout/kl", "rollout/groups_dropped"], start_step=start_step, tracker=cfg.tracker
+    )
     history = resumed_history(logger, out, start_step, procs.is_main)  # steps before a resume
 
     # engine=vllm: vLLM samples (holding the policy's current weights, a resumed run's too), synced after every update; else
     # tether's sampler, inside the loop's own span that holds a sharded policy whole from sampling through scoring
     engine = training_sampler(cfg, policy_path, policy, procs.world)
-    sampler = (VLLMEngineSampler(engine, tokenizer, cfg.vllm.is_cap) if engine is not None else
-               PolicySampler(policy, tokenizer, cfg.generation, cfg.precision, gather=False))
+    sampler = (
+        VLLMEngineSampler(engine, tokenizer, cfg.vllm.is_cap)
+        if engine is not None
+        else PolicySampler(policy, tokenizer, cfg.generation, cfg.precision, gather=False)
+    )
     # one minibatch and one iteration: pi_old is the update's own forward pass (no scoring pass), except that RLOO's
     # KL-shaped reward needs it before the update: then the sampler's log-probs where they are the trainer's own
-    passes = KeptPasses(policy, cfg.generation.temperature, cfg.micro_batch_size, cfg.precision,
-                        on_policy=cfg.iterations == 1 and n_minibatches == 1, old_first=cfg.beta > 0 and cfg.kl_penalty == "reward",
-                        trust_sampler=sampler.exact, sharded=procs.sharded)
-    info = {"policy_init": policy_path, "data": report.to_dict(), "reference": reference_kind, "trainable_params": n_trainable,
-            "total_params": n_total, "parameter_gb": parameter_gb, "offloaded_gb": offloaded_gb}
-    return GRPOSetup(policy, tokenizer, sampler, reference, scorer, passes, trainable, params, optimizer, scheduler, scaler, aggregate,
-                     baseline, guard, logger, history, records, held_out, stream, start_step, info)
+    passes = KeptPasses(
+        policy,
+        cfg.generation.temperature,
+        cfg.micro_batch_size,
+        cfg.precision,
+        on_policy=cfg.iterations == 1 and n_minibatches == 1,
+        old_first=cfg.beta > 0 and cfg.kl_penalty == "reward",
+        trust_sampler=sampler.exact,
+        sharded=procs.sharded,
+    )
+    info = {
+        "policy_init": policy_path,
+        "data": report.to_dict(),
+        "reference": reference_kind,
+        "trainable_params": n_trainable,
+        "total_params": n_total,
+        "parameter_gb": parameter_gb,
+        "offloaded_gb": offloaded_gb,
+    }
+    return GRPOSetup(
+        policy,
+        tokenizer,
+        sampler,
+        reference,
+        scorer,
+        passes,
+        trainable,
+        params,
+        optimizer,
+        scheduler,
+        scaler,
+        aggregate,
+        baseline,
+        guard,
+        logger,
+        history,
+        records,
+        held_out,
+        stream,
+        start_step,
+        info,
+    )
 
 
 def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
@@ -330,16 +463,31 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
 
     info = run.info
     summary = {
-        "stage": "grpo", "model": str(out / "model"), "policy_init": info["policy_init"], "advantage": cfg.advantage,
+        "stage": "grpo",
+        "model": str(out / "model"),
+        "policy_init": info["policy_init"],
+        "advantage": cfg.advantage,
         "reward": [{"name": s.name, "weight": s.weight} for s in run.scorer.sources],
-        "steps": cfg.steps, "samples": cfg.steps * cfg.batch_size * procs.world, "data": info["data"], "processes": procs.world,
-        "sharded": procs.sharded, "sharding": procs.sharding, "steps_done": done, "stopped_early": stop_reason,
-        "reward_first_quarter": mean("rollout/reward", head), "reward_last_quarter": mean("rollout/reward"),
-        "kl_last_quarter": mean("rollout/kl"), "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
+        "steps": cfg.steps,
+        "samples": cfg.steps * cfg.batch_size * procs.world,
+        "data": info["data"],
+        "processes": procs.world,
+        "sharded": procs.sharded,
+        "sharding": procs.sharding,
+        "steps_done": done,
+        "stopped_early": stop_reason,
+        "reward_first_quarter": mean("rollout/reward", head),
+        "reward_last_quarter": mean("rollout/reward"),
+        "kl_last_quarter": mean("rollout/kl"),
+        "groups_dropped": sum(h.get("rollout/groups_dropped") or 0 for h in history),
         "held_out": run.guard.summary(len(run.held_out)),
-        "reference": info["reference"], "trainable_params": info["trainable_params"], "total_params": info["total_params"],
-        "parameter_gb": info["parameter_gb"], "offloaded_gb": info["offloaded_gb"],
-        "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t_start,
+        "reference": info["reference"],
+        "trainable_params": info["trainable_params"],
+        "total_params": info["total_params"],
+        "parameter_gb": info["parameter_gb"],
+        "offloaded_gb": info["offloaded_gb"],
+        "peak_rss_gb": peak_rss_gb(),
+        "seconds": time.time() - t_start,
     }
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
@@ -360,7 +508,7 @@ def grpo_loop(cfg: GRPOConfig, run: GRPOSetup, out) -> tuple[int, str | None] | 
     run.policy.eval()
     for step in range(run.start_step, cfg.steps):
         t0 = time.time()
-        chosen = [run.records[i] for i in procs.share(run.stream[step * per_step:(step + 1) * per_step])]
+        chosen = [run.records[i] for i in procs.share(run.stream[step * per_step : (step + 1) * per_step])]
         batch_prompts = [r.prompt for r in chosen for _ in range(G)]  # sample k of prompt p is row p * G + k
 
         # 1. rollout; a sharded (fsdp) policy is held whole from here through the passes of step 3, whose number
@@ -398,13 +546,22 @@ def grpo_loop(cfg: GRPOConfig, run: GRPOSetup, out) -> tuple[int, str | None] | 
                     if counts["rows"] == 0:
                         continue
                     for micro in run.passes.micro_batches(mb, rollout):
-                        share = mask[micro].sum().item() / max(counts["tokens"], 1.0) / n_updates  # this micro-batch's token weight in the stats
+                        share = mask[micro].sum().item() / max(counts["tokens"], 1.0) / n_updates  # its token weight in the stats
                         with autocast(cfg.precision):
                             new = run.passes(batch, micro, old)
                         # a sampler off the trainer's numbers (vLLM): min(pi_old / pi_sampler, cap) on each token's surrogate term
                         weights, is_stats = run.sampler.weigh(old["logp"][micro], rows_of(batch.sampled_logp, micro), mask[micro])
-                        per_token, st = grpo_token_loss(new["logp"], old["logp"][micro], advantages[micro], mask[micro], cfg.eps_low, cfg.eps_high,
-                                                        ref_logp[micro] if kl_in_loss else None, cfg.beta if kl_in_loss else 0.0, weights=weights)
+                        kl_args = (ref_logp[micro], cfg.beta) if kl_in_loss else (None, 0.0)
+                        per_token, st = grpo_token_loss(
+                            new["logp"],
+                            old["logp"][micro],
+                            advantages[micro],
+                            mask[micro],
+                            cfg.eps_low,
+                            cfg.eps_high,
+                            *kl_args,
+                            weights=weights,
+                        )
                         loss = run.aggregate(per_token, mask[micro], counts)
                         run.scaler.scale(loss).backward()
                         stats["loss"] = stats.get("loss", 0.0) + loss.item() / n_updates  # the micro-batch losses add up to the minibatch's
@@ -421,8 +578,9 @@ def grpo_loop(cfg: GRPOConfig, run: GRPOSetup, out) -> tuple[int, str | None] | 
             run.sampler.sync(run.policy)  # a vLLM engine gets the updated weights for the next rollout
         kl_per_response = (kl_k1(old["logp"], ref_logp) * mask).sum(-1) if ref_logp is not None else None  # (N,) nats, pi_old vs pi_ref
 
-        metrics = {**step_metrics(cfg, rollout, groups, old, mask, kl_per_response, procs.reduce_stats(stats), run.scheduler.get_last_lr()[0],
-                                  run.baseline), "time/rollout_s": t_gen, "time/step_s": time.time() - t0}
+        stats, lr = procs.reduce_stats(stats), run.scheduler.get_last_lr()[0]
+        metrics = step_metrics(cfg, rollout, groups, old, mask, kl_per_response, stats, lr, run.baseline)
+        metrics.update({"time/rollout_s": t_gen, "time/step_s": time.time() - t0})
         done = step + 1
 
         # 6. the guard: held-out reward and KL; keep the best, stop when it turns
@@ -442,8 +600,8 @@ def grpo_loop(cfg: GRPOConfig, run: GRPOSetup, out) -> tuple[int, str | None] | 
         if stop_reason:
             console.print(f"grpo: early stop after step {done}: {stop_reason}")
             break
-        if checkpoint_or_interrupt(out, done, cfg, run.trainable, run.optimizer, run.scheduler,
-                                   {"best": guard.state_dict(), "baseline": run.baseline.state_dict()}, run.logger, "grpo", run.scaler):
+        state = {"best": guard.state_dict(), "baseline": run.baseline.state_dict()}
+        if checkpoint_or_interrupt(out, done, cfg, run.trainable, run.optimizer, run.scheduler, state, run.logger, "grpo", run.scaler):
             return None
     run.logger.close()
     return done, stop_reason

@@ -82,8 +82,9 @@ def candidates_from_store(store, annotator: str) -> tuple[list[Candidate], int]:
     return out, len(tasks) - len(out)
 
 
-def record_in_store(store, annotator: str, candidates: Sequence[Candidate], verdicts: Sequence[Verdict], constitution: str,
-                    min_strength: float = 0.0) -> dict[str, int]:
+def record_in_store(
+    store, annotator: str, candidates: Sequence[Candidate], verdicts: Sequence[Verdict], constitution: str, min_strength: float = 0.0
+) -> dict[str, int]:
     """Record verdicts in the preference store as annotator `annotator` (kind 'judge'), one committed judgement each.
 
     Candidates without a task get one (their pair is added; the store keeps one task per pair
@@ -108,8 +109,10 @@ def record_in_store(store, annotator: str, candidates: Sequence[Candidate], verd
             continue
         p_a = v.p_first if response_a[c.task_id] == c.first else 1 - v.p_first  # P(the task's response A is better)
         choice = "tie" if v.strength < min_strength else ("A" if p_a >= 0.5 else "B")
-        reason = (f"P(A better) = {p_a:.3f}, both orders averaged (asked with the first response as A: {v.p_ab:.3f}, as B: {v.p_ba:.3f}); "
-                  f"position {'consistent' if v.position_consistent else 'inconsistent'}; constitution {constitution}")
+        reason = (
+            f"P(A better) = {p_a:.3f}, both orders averaged (asked with the first response as A: {v.p_ab:.3f}, as B: {v.p_ba:.3f}); "
+            f"position {'consistent' if v.position_consistent else 'inconsistent'}; constitution {constitution}"
+        )
         store.record_judgement(judge, c.task_id, choice, strength=max(p_a, 1 - p_a), reason=reason)
         answered.add(c.task_id)
         counts["recorded"] += 1
@@ -139,17 +142,23 @@ def run_judge(cfg: JudgeConfig) -> dict:
     if cfg.data is not None:
         candidates, kind, skipped_rows = read_candidates(resolve_path(cfg.data), cfg.limit, cfg.skip_bad_rows)
         if not candidates:  # a samples file whose responses to each prompt are all the same (or empty)
-            raise DataError(cfg.data, None, text=f"no pair to judge: no prompt has two different, non-empty responses "
-                                                 f"({skipped_rows} pairs were the same text or empty)")
+            raise DataError(
+                cfg.data,
+                None,
+                text=f"no pair to judge: no prompt has two different, non-empty responses "
+                f"({skipped_rows} pairs were the same text or empty)",
+            )
     else:
         with _store(cfg.db) as store:
             candidates, skipped_rows = candidates_from_store(store, annotator)
-        candidates, kind = candidates[:cfg.limit] if cfg.limit is not None else candidates, "store"
+        candidates, kind = candidates[: cfg.limit] if cfg.limit is not None else candidates, "store"
     out = start_stage(cfg)
     t0 = time.time()
     if skipped_rows:
-        console.print(f"judge: skipped {skipped_rows} {'tasks answered before' if kind == 'store' else 'pairs without two different, non-empty responses'}",
-                      highlight=False)
+        console.print(
+            f"judge: skipped {skipped_rows} {'tasks answered before' if kind == 'store' else 'pairs without two different, non-empty responses'}",
+            highlight=False,
+        )
 
     # 2. the judge
     model_path = resolve_model(cfg.model)
@@ -163,10 +172,20 @@ def run_judge(cfg: JudgeConfig) -> dict:
         done[0] += n
         logger.log(done[0], {"judge/pairs": done[0]})
 
-    verdicts = judge_pairs(model, tokenizer, [c.prompt for c in candidates], [c.first for c in candidates], [c.second for c in candidates],
-                           constitution.rubric(), batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                           max_response_tokens=cfg.max_response_tokens, precision=cfg.precision, share_head=cfg.share_head,
-                           progress=tick)
+    verdicts = judge_pairs(
+        model,
+        tokenizer,
+        [c.prompt for c in candidates],
+        [c.first for c in candidates],
+        [c.second for c in candidates],
+        constitution.rubric(),
+        batch_size=cfg.batch_size,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_response_tokens=cfg.max_response_tokens,
+        precision=cfg.precision,
+        share_head=cfg.share_head,
+        progress=tick,
+    )
     logger.close()
 
     # 4. preference pairs, the preferred response as chosen (and the verdicts in the store, beside people's)
@@ -183,8 +202,16 @@ def run_judge(cfg: JudgeConfig) -> dict:
             inconsistent += 1
             continue
         first_wins = v.p_first >= 0.5
-        meta = {"annotator": annotator, "p_chosen": max(v.p_first, 1 - v.p_first), "p_first": v.p_first, "strength": v.strength,
-                "position_consistent": v.position_consistent, "p_ab": v.p_ab, "p_ba": v.p_ba, "constitution": constitution.name}
+        meta = {
+            "annotator": annotator,
+            "p_chosen": max(v.p_first, 1 - v.p_first),
+            "p_first": v.p_first,
+            "strength": v.strength,
+            "position_consistent": v.position_consistent,
+            "p_ab": v.p_ab,
+            "p_ba": v.p_ba,
+            "constitution": constitution.name,
+        }
         if c.input_first_chosen is not None:
             meta["agrees_with_input"] = first_wins == c.input_first_chosen
         chosen, rejected = (c.first, c.second) if first_wins else (c.second, c.first)
@@ -194,13 +221,22 @@ def run_judge(cfg: JudgeConfig) -> dict:
     n = max(len(verdicts), 1)
     labelled = [(v.p_first >= 0.5) == c.input_first_chosen for c, v in zip(candidates, verdicts) if c.input_first_chosen is not None]
     summary = {
-        "stage": "judge", "input": kind, "candidates": len(candidates), "pairs": len(pairs), "rows_skipped": skipped_rows,
-        "dropped_weak": weak, "dropped_inconsistent": inconsistent, "annotator": annotator, "constitution": constitution.source,
+        "stage": "judge",
+        "input": kind,
+        "candidates": len(candidates),
+        "pairs": len(pairs),
+        "rows_skipped": skipped_rows,
+        "dropped_weak": weak,
+        "dropped_inconsistent": inconsistent,
+        "annotator": annotator,
+        "constitution": constitution.source,
         "position_consistent_fraction": sum(v.position_consistent for v in verdicts) / n,
         "mean_strength": sum(v.strength for v in verdicts) / n,
         "p_letter_a": sum(v.p_letter_a for v in verdicts) / n,  # the judge's position bias before averaging (0.5 = none)
         "agreement_with_input": sum(labelled) / len(labelled) if labelled else None,
-        "preferences": str(out / "preferences.jsonl"), **{f"db_{k}": v for k, v in in_store.items()}, "seconds": time.time() - t0,
+        "preferences": str(out / "preferences.jsonl"),
+        **{f"db_{k}": v for k, v in in_store.items()},
+        "seconds": time.time() - t0,
     }
     write_summary(out, summary)
     return summary

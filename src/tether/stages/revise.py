@@ -39,14 +39,25 @@ def run_revise(cfg: ReviseConfig) -> dict:
 
     # 3. pairs: (original, revision) = (rejected, chosen)
     model_name = DEFAULT_MODEL_NAME if cfg.model == "default" else cfg.model
-    pairs, skipped = revision_pairs(prompts, revisions, {"annotator": f"revise:{model_name}", "constitution": constitution.name, "seed": cfg.seed})
-    write_jsonl(out / "revisions.jsonl", [{"prompt": p, "original": r.original, "revision": r.revision, "steps": r.steps}
-                                          for p, r in zip(prompts, revisions)])
+    pairs, skipped = revision_pairs(
+        prompts, revisions, {"annotator": f"revise:{model_name}", "constitution": constitution.name, "seed": cfg.seed}
+    )
+    write_jsonl(
+        out / "revisions.jsonl",
+        [{"prompt": p, "original": r.original, "revision": r.revision, "steps": r.steps} for p, r in zip(prompts, revisions)],
+    )
     write_jsonl(out / "preferences.jsonl", pairs)
     summary = {
-        "stage": "revise", "prompts": len(prompts), "pairs": len(pairs), "pairs_skipped": sum(skipped.values()),
-        **{f"skipped_{k}": v for k, v in skipped.items()}, "constitution": constitution.source, "rounds": cfg.rounds,
-        "preferences": str(out / "preferences.jsonl"), "annotator": f"revise:{model_name}", "seconds": time.time() - t0,
+        "stage": "revise",
+        "prompts": len(prompts),
+        "pairs": len(pairs),
+        "pairs_skipped": sum(skipped.values()),
+        **{f"skipped_{k}": v for k, v in skipped.items()},
+        "constitution": constitution.source,
+        "rounds": cfg.rounds,
+        "preferences": str(out / "preferences.jsonl"),
+        "annotator": f"revise:{model_name}",
+        "seconds": time.time() - t0,
     }
     write_summary(out, summary)
     return summary

@@ -21,17 +21,47 @@ from tether.data.readers import DataError, ReadReport, read_demonstrations, read
 from tether.data.records import PreferencePair, Prompt, prompt_key
 from tether.data.templates import encode_prompt, encode_response
 from tether.distributed import shard_blocks
-from tether.processes import processes
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.fingerprint import recorded_changes
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
-from tether.models.loading import (apply_lora, autocast, count_parameters, enable_activation_checkpointing, freeze_lower_layers,
-                                   load_tokenizer, resolve_model, save_model)
-from tether.models.reward_model import ADAPTER_DIR, RewardNormalization, init_reward_model, load_reward_model, save_ensemble_manifest, save_normalization
-from tether.models.reward_model import batch_rewards, can_pack, score_texts
+from tether.models.loading import (
+    apply_lora,
+    autocast,
+    count_parameters,
+    enable_activation_checkpointing,
+    freeze_lower_layers,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+)
+from tether.models.reward_model import (
+    ADAPTER_DIR,
+    RewardNormalization,
+    batch_rewards,
+    can_pack,
+    init_reward_model,
+    load_reward_model,
+    save_ensemble_manifest,
+    save_normalization,
+    score_texts,
+)
+from tether.processes import processes
 from tether.tracking import MetricsLogger, console, peak_rss_gb, read_summary, write_summary
-from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, epoch_order, group_stream, index_stream, load_checkpoint,
-                             make_optimizer, release_freed_memory, save_checkpoint, start_stage)
+from tether.training import (
+    LossScaler,
+    bucket_by_length,
+    clip_and_step,
+    drop_checkpoint,
+    epoch_order,
+    group_stream,
+    index_stream,
+    load_checkpoint,
+    make_optimizer,
+    release_freed_memory,
+    save_checkpoint,
+    scaler_metrics,
+    start_stage,
+)
 
 
 def pair_stream(pairs: list[PreferencePair], seed: int, n_needed: int, group_by_prompt: bool) -> list[int]:
@@ -120,8 +150,16 @@ class CachedScorer:
     most responses (they are all SFT samples), so each is run through the model only once.
     """
 
-    def __init__(self, model, tokenizer, max_prompt_tokens: int, max_response_tokens: int, precision: str,
-                 normalization: RewardNormalization | None = None, pack: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_prompt_tokens: int,
+        max_response_tokens: int,
+        precision: str,
+        normalization: RewardNormalization | None = None,
+        pack: bool = True,
+    ):
         self.model, self.tokenizer, self.cache, self.normalization = model, tokenizer, {}, normalization
         self.kw = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, precision=precision, pack=pack)
 
@@ -139,10 +177,9 @@ class CachedScorer:
         return self.normalization.apply(r) if self.normalization is not None else r
 
     @classmethod
-    def for_members(cls, reward_model, max_prompt_tokens: int, max_response_tokens: int, precision: str) -> list["CachedScorer"]:
+    def for_members(cls, reward_model, max_prompt_tokens: int, max_response_tokens: int, precision: str) -> list[CachedScorer]:
         """One normalised scorer per member of a loaded RewardModel or RewardEnsemble."""
-        return [cls(m.model, m.tokenizer, max_prompt_tokens, max_response_tokens, precision, m.normalization)
-                for m in reward_model.members]
+        return [cls(m.model, m.tokenizer, max_prompt_tokens, max_response_tokens, precision, m.normalization) for m in reward_model.members]
 
 
 def pair_metrics(scorers: list[CachedScorer], pairs: list[PreferencePair], with_bins: bool = False) -> dict:
@@ -166,9 +203,16 @@ def pair_metrics(scorers: list[CachedScorer], pairs: list[PreferencePair], with_
     acc = calibration["accuracy"]
     low, high = wilson_interval(acc * n, n)
     loss, _ = bradley_terry_loss(r_c, r_r)
-    out = {"accuracy": acc, "accuracy_ci_low": low, "accuracy_ci_high": high, "n": n, "ece": calibration["ece"],
-           "mean_margin": calibration["mean_margin"], "length_corr": length_correlation(r.numpy(), [len(x.split()) for x in responses]),
-           "loss": loss.item()}
+    out = {
+        "accuracy": acc,
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "n": n,
+        "ece": calibration["ece"],
+        "mean_margin": calibration["mean_margin"],
+        "length_corr": length_correlation(r.numpy(), [len(x.split()) for x in responses]),
+        "loss": loss.item(),
+    }
     if len(scorers) > 1:
         margins = members[:, i_chosen] - members[:, i_rejected]  # (N, n)
         votes = (margins > 0).float().mean(0)
@@ -197,18 +241,30 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
     processes().barrier()
     ensemble = load_reward_model(str(out / "model"))
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
-    pairs = read_preferences(resolve_path(cfg.eval_data), skipped=skipped) if cfg.eval_data else \
-        split_by_prompt(read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped), cfg.eval_fraction, cfg.seed)[1]
+    pairs = (
+        read_preferences(resolve_path(cfg.eval_data), skipped=skipped)
+        if cfg.eval_data
+        else split_by_prompt(read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped), cfg.eval_fraction, cfg.seed)[1]
+    )
     pairs = [p for p in pairs if not is_tie(p)]
     pairs, _ = drop_identical_pairs(ensemble.members[0].tokenizer, pairs, cfg.max_response_tokens)  # as each member's held-out pairs
     metrics = pair_metrics(CachedScorer.for_members(ensemble, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision), pairs)
     summary = {
-        "stage": "reward", "model": str(out / "model"), "ensemble": cfg.ensemble, "train_pairs": summaries[0]["train_pairs"],
-        "eval_pairs": metrics["n"], "eval_accuracy": metrics["accuracy"],
-        "eval_accuracy_ci": [metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]], "eval_ece": metrics["ece"],
-        "eval_mean_margin": metrics["mean_margin"], "eval_length_corr": metrics["length_corr"], "eval_loss": metrics["loss"],
-        "eval_disagreement": metrics["disagreement"], "eval_vote_disagreement": metrics["vote_disagreement"],
-        "member_eval_accuracy": [m["eval_accuracy"] for m in summaries], "steps": sum(m["steps"] for m in summaries),
+        "stage": "reward",
+        "model": str(out / "model"),
+        "ensemble": cfg.ensemble,
+        "train_pairs": summaries[0]["train_pairs"],
+        "eval_pairs": metrics["n"],
+        "eval_accuracy": metrics["accuracy"],
+        "eval_accuracy_ci": [metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]],
+        "eval_ece": metrics["ece"],
+        "eval_mean_margin": metrics["mean_margin"],
+        "eval_length_corr": metrics["length_corr"],
+        "eval_loss": metrics["loss"],
+        "eval_disagreement": metrics["disagreement"],
+        "eval_vote_disagreement": metrics["vote_disagreement"],
+        "member_eval_accuracy": [m["eval_accuracy"] for m in summaries],
+        "steps": sum(m["steps"] for m in summaries),
         "train_accuracy": sum(m["train_accuracy"] for m in summaries) / len(summaries),
         "normalization": {"gain": None, "bias": None, "fitted_on": "per member", "n": summaries[0]["normalization"]["n"]},
         "seconds": sum(m["seconds"] for m in summaries),
@@ -217,19 +273,24 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
     return summary
 
 
-def leave_out_identical_pairs(stage: str, tokenizer, train_pairs: list[PreferencePair], eval_pairs: list[PreferencePair],
-                              max_response_tokens: int, report: ReadReport) -> tuple[list[PreferencePair], list[PreferencePair], int]:
+def leave_out_identical_pairs(
+    stage: str, tokenizer, train_pairs: list[PreferencePair], eval_pairs: list[PreferencePair], max_response_tokens: int, report: ReadReport
+) -> tuple[list[PreferencePair], list[PreferencePair], int]:
     """The training and held-out pairs less those whose chosen and rejected are the same tokens once cut to
     `max_response_tokens` (such a pair trains at loss ln 2 whatever the model), and how many were left out, said in a
     line; none left to train on is a DataError naming max_response_tokens. The reward stage and DPO use it."""
     train_pairs, n_train = drop_identical_pairs(tokenizer, train_pairs, max_response_tokens)
     eval_pairs, n_eval = drop_identical_pairs(tokenizer, eval_pairs, max_response_tokens)
     if n_train or n_eval:
-        console.print(f"{stage}: left out {n_train + n_eval} pairs whose chosen and rejected are the same after truncation "
-                      f"to max_response_tokens={max_response_tokens} ({n_train} training, {n_eval} held-out)")
+        console.print(
+            f"{stage}: left out {n_train + n_eval} pairs whose chosen and rejected are the same after truncation "
+            f"to max_response_tokens={max_response_tokens} ({n_train} training, {n_eval} held-out)"
+        )
     if not train_pairs:
-        raise report.nothing_left(f"to train on: the chosen and rejected of all {n_train} training pairs are the same after truncation "
-                                  f"to max_response_tokens={max_response_tokens}; raise max_response_tokens")
+        raise report.nothing_left(
+            f"to train on: the chosen and rejected of all {n_train} training pairs are the same after truncation "
+            f"to max_response_tokens={max_response_tokens}; raise max_response_tokens"
+        )
     return train_pairs, eval_pairs, n_train + n_eval
 
 
@@ -251,8 +312,10 @@ def train_reward(cfg: RewardConfig) -> dict:
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
         if not train_pairs:
-            raise report.nothing_left(f"to train on: eval_fraction={cfg.eval_fraction:g} holds out every prompt ({len(eval_pairs)} pairs); "
-                                      "lower eval_fraction or add pairs with other prompts")
+            raise report.nothing_left(
+                f"to train on: eval_fraction={cfg.eval_fraction:g} holds out every prompt ({len(eval_pairs)} pairs); "
+                "lower eval_fraction or add pairs with other prompts"
+            )
     if skipped:
         console.print(f"reward: skipped {len(skipped)} malformed rows (skip_bad_rows=true); first: {skipped[0]}")
     # a tie is a pair whose meta says {"tie": true}; accuracy is only defined on the others
@@ -264,14 +327,17 @@ def train_reward(cfg: RewardConfig) -> dict:
             raise report.nothing_left(f"to train on: all {n_ties} training pairs are ties and ties=skip; set ties=half or add untied pairs")
     if n_ties:
         console.print(f"reward: {n_ties} tied training pairs ({'dropped' if cfg.ties == 'skip' else 'trained towards equal rewards'})")
-    train_pairs, eval_pairs, n_identical = leave_out_identical_pairs("reward", tokenizer, train_pairs, eval_pairs, cfg.max_response_tokens,
-                                                                     report)
+    train_pairs, eval_pairs, n_identical = leave_out_identical_pairs(
+        "reward", tokenizer, train_pairs, eval_pairs, cfg.max_response_tokens, report
+    )
 
     prompt_ids = {prompt_key(p.prompt): encode_prompt(tokenizer, p.prompt, cfg.max_prompt_tokens) for p in train_pairs + eval_pairs}
     cut = sum(prompt_ids[prompt_key(p.prompt)][1] for p in train_pairs + eval_pairs)
     if cut:
-        console.print(f"reward: {cut} of {len(train_pairs) + len(eval_pairs)} prompts were cut from the left to "
-                      f"max_prompt_tokens={cfg.max_prompt_tokens} (the response is never cut by this)")
+        console.print(
+            f"reward: {cut} of {len(train_pairs) + len(eval_pairs)} prompts were cut from the left to "
+            f"max_prompt_tokens={cfg.max_prompt_tokens} (the response is never cut by this)"
+        )
 
     # 2. model: trunk + fresh head; optionally LoRA or frozen lower layers
     model = init_reward_model(trunk_path, tokenizer.pad_token_id, seed=cfg.seed)
@@ -307,11 +373,14 @@ def train_reward(cfg: RewardConfig) -> dict:
     # 3. the loop: Bradley-Terry on (chosen, rejected), mean over the pairs of the step
     t_loop = time.time()
     for step in range(start_step, total_steps):
-        window = stream[step * per_step:(step + 1) * per_step]
+        window = stream[step * per_step : (step + 1) * per_step]
         totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
         # micro-batches of batch_size pairs, each cut further when its padded tokens pass the budget
-        chunks = [c for k in range(0, per_step, cfg.batch_size)
-                  for c in token_chunks(window[k:k + cfg.batch_size], length_key, cfg.max_tokens_per_forward, pack)]
+        chunks = [
+            c
+            for k in range(0, per_step, cfg.batch_size)
+            for c in token_chunks(window[k : k + cfg.batch_size], length_key, cfg.max_tokens_per_forward, pack)
+        ]
         mine = procs.share(chunks)
         if procs.sharded:  # a sharded block computes only when every process runs it: as many passes in each
             mine = mine + [None] * (int(procs.max(len(mine))) - len(mine))
@@ -342,9 +411,18 @@ def train_reward(cfg: RewardConfig) -> dict:
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         done = step + 1
-        logger.log(done, {"train/loss": totals["loss"], "train/accuracy": totals["accuracy"], "train/margin": totals["margin"],
-                          "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm, "sys/peak_rss_gb": peak_rss_gb(),
-                          **scaler_metrics(scaler)})
+        logger.log(
+            done,
+            {
+                "train/loss": totals["loss"],
+                "train/accuracy": totals["accuracy"],
+                "train/margin": totals["margin"],
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/grad_norm": grad_norm,
+                "sys/peak_rss_gb": peak_rss_gb(),
+                **scaler_metrics(scaler),
+            },
+        )
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
             save_checkpoint(out, done, {"model": model}, optimizer, scheduler, scaler=scaler)
     train_seconds = time.time() - t_loop  # the loop only (this session's part of it after a resume)
@@ -360,15 +438,18 @@ def train_reward(cfg: RewardConfig) -> dict:
         norm_responses = [r for p in train_pairs for r in (p.chosen, p.rejected)]
         fitted_on = "training pairs (chosen and rejected)"
     if len(norm_responses) > cfg.normalize_samples:  # a mean and a std need a few hundred samples, not thousands
-        keep = sorted(epoch_order(len(norm_responses), cfg.seed, 0)[:cfg.normalize_samples])
+        keep = sorted(epoch_order(len(norm_responses), cfg.seed, 0)[: cfg.normalize_samples])
         norm_prompts, norm_responses = [norm_prompts[i] for i in keep], [norm_responses[i] for i in keep]
     scorer = CachedScorer(model, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision, pack=pack)
     normalization = RewardNormalization.fit(scorer.raw(norm_prompts, norm_responses), fitted_on)
     scorer.normalization = normalization
     eval_metrics = pair_metrics([scorer], eval_pairs, with_bins=True)
     train_metrics = pair_metrics([scorer], train_pairs[:128])  # enough to see over-fitting next to eval_accuracy
-    logger.log(total_steps, {f"rm/{key}": eval_metrics.get(key) for key in ("accuracy", "loss", "mean_margin", "ece", "length_corr")}
-               | {"rm/train_accuracy": train_metrics.get("accuracy")})  # the held-out validation, under rm/ in every tracker
+    logger.log(
+        total_steps,
+        {f"rm/{key}": eval_metrics.get(key) for key in ("accuracy", "loss", "mean_margin", "ece", "length_corr")}
+        | {"rm/train_accuracy": train_metrics.get("accuracy")},
+    )  # the held-out validation, under rm/ in every tracker
     logger.close()
     save_model(model, tokenizer, out / "model")  # LoRA merged in: a plain HF directory
     if procs.is_main:
@@ -378,18 +459,35 @@ def train_reward(cfg: RewardConfig) -> dict:
     procs.barrier()  # the other processes may read this model next (an ensemble's next member, the next stage)
     trainable, total = count_parameters(model)
     summary = {
-        "stage": "reward", "model": str(out / "model"), "trunk": trunk_path, "steps": total_steps,
-        "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "prompts_truncated": cut, "skipped_rows": len(skipped or []),
-        "pairs_identical_after_truncation": n_identical, "data": report.to_dict(),
-        "eval_ece": eval_metrics.get("ece"), "eval_bins": eval_metrics.get("bins"), "eval_length_corr": eval_metrics.get("length_corr"),
-        "eval_accuracy": eval_metrics.get("accuracy"), "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
-        "eval_mean_margin": eval_metrics.get("mean_margin"), "eval_loss": eval_metrics.get("loss"),
+        "stage": "reward",
+        "model": str(out / "model"),
+        "trunk": trunk_path,
+        "steps": total_steps,
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(eval_pairs),
+        "prompts_truncated": cut,
+        "skipped_rows": len(skipped or []),
+        "pairs_identical_after_truncation": n_identical,
+        "data": report.to_dict(),
+        "eval_ece": eval_metrics.get("ece"),
+        "eval_bins": eval_metrics.get("bins"),
+        "eval_length_corr": eval_metrics.get("length_corr"),
+        "eval_accuracy": eval_metrics.get("accuracy"),
+        "eval_accuracy_ci": [eval_metrics.get("accuracy_ci_low"), eval_metrics.get("accuracy_ci_high")],
+        "eval_mean_margin": eval_metrics.get("mean_margin"),
+        "eval_loss": eval_metrics.get("loss"),
         "train_accuracy": train_metrics.get("accuracy"),
         "normalization": {"gain": normalization.gain, "bias": normalization.bias, "fitted_on": fitted_on, "n": normalization.n},
-        "trainable_params": trainable, "total_params": total, "packed": pack, "bucketed": cfg.bucket_by_length,
-        "processes": procs.world, "sharding": procs.sharding,
-        "train_seconds": train_seconds, "train_pairs_per_second": (total_steps - start_step) * per_step / max(train_seconds, 1e-9),
-        "peak_rss_gb": peak_rss_gb(), "seconds": time.time() - t0,
+        "trainable_params": trainable,
+        "total_params": total,
+        "packed": pack,
+        "bucketed": cfg.bucket_by_length,
+        "processes": procs.world,
+        "sharding": procs.sharding,
+        "train_seconds": train_seconds,
+        "train_pairs_per_second": (total_steps - start_step) * per_step / max(train_seconds, 1e-9),
+        "peak_rss_gb": peak_rss_gb(),
+        "seconds": time.time() - t0,
     }
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job

@@ -28,28 +28,24 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save_file
 
 from tether.config import LoraSettings, RewardSourceSettings
 from tether.distributed import gathered
-from tether.processes import processes
 from tether.losses import truncated_importance_weights
-from tether.models.loading import apply_lora, autocast, device
+from tether.models.loading import apply_lora, autocast, device, position_ids_from_mask, trunk_of, unwrap
 from tether.models.reward_model import RewardNormalization
-from tether.models.loading import position_ids_from_mask, trunk_of, unwrap
 from tether.models.sharing import shallow_clone
+from tether.processes import processes
 from tether.rewards.sources import RewardSource, load_reward_sources, score_samples
 from tether.rollout.generate import Rollout
-from tether.rollout.sampling import load_sampler, sample_responses
-from tether.rollout.logprobs import FrozenStates, policy_forward, record_frozen, reference_logprobs
-from tether.rollout.sampling import sample_rollout
-from tether.rollout.logprobs import in_chunks
-
+from tether.rollout.logprobs import FrozenStates, in_chunks, policy_forward, record_frozen, reference_logprobs
+from tether.rollout.sampling import load_sampler, sample_responses, sample_rollout
 
 # ---- Sampler: prompts in, a Rollout with its log-probs out; `sync(policy)` after every update
 
@@ -61,16 +57,23 @@ class PolicySampler:
 
     exact = True
 
-    def __init__(self, policy, tokenizer, generation, precision: str, value_head=None, with_entropy: bool = False,
-                 gather: bool = True):
+    def __init__(self, policy, tokenizer, generation, precision: str, value_head=None, with_entropy: bool = False, gather: bool = True):
         self.policy, self.tokenizer, self.generation, self.precision = policy, tokenizer, generation, precision
         self.value_head, self.with_entropy, self.gather = value_head, with_entropy, gather
 
     def sample(self, prompts: list, seed: int) -> Rollout:
         # sharded (parallel.fsdp): whole for the rollout, whose length differs between processes
         with gathered(self.policy) if self.gather else contextlib.nullcontext():
-            return sample_rollout(self.policy, self.tokenizer, prompts, self.generation, seed=seed, precision=self.precision,
-                                  value_head=self.value_head, with_entropy=self.with_entropy)
+            return sample_rollout(
+                self.policy,
+                self.tokenizer,
+                prompts,
+                self.generation,
+                seed=seed,
+                precision=self.precision,
+                value_head=self.value_head,
+                with_entropy=self.with_entropy,
+            )
 
     def importance_weights(self, old_logp: torch.Tensor, rollout: Rollout, mask: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
         """The sample is the policy's own: no reweighting."""
@@ -203,7 +206,14 @@ class RewardModelScores:
 
     def __init__(self, rm, tokenizer, precision: str, std_coef: float, remote: bool, weight: float = 1.0):
         self.rm, self.eos, self.pad, self.precision, self.std_coef, self.remote, self.weight = (
-            rm, tokenizer.eos_token_id, tokenizer.pad_token_id, precision, std_coef, remote, weight)
+            rm,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            precision,
+            std_coef,
+            remote,
+            weight,
+        )
 
     def __call__(self, prompts: list, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         keep = torch.ones(len(prompts), dtype=torch.bool, device=rollout.sequences.device)
@@ -226,8 +236,16 @@ class TextScores:
         return torch.tensor([0.0 if v is None else v for v in values], device=on), torch.tensor([v is not None for v in values], device=on)
 
 
-def build_scorer(sources: list[RewardSourceSettings], rm, tokenizer, precision: str, missing_eos_penalty: float | None,
-                 clip: float, remote: bool = False, offload: bool = False) -> Scorer:
+def build_scorer(
+    sources: list[RewardSourceSettings],
+    rm,
+    tokenizer,
+    precision: str,
+    missing_eos_penalty: float | None,
+    clip: float,
+    remote: bool = False,
+    offload: bool = False,
+) -> Scorer:
     """The Scorer of a stage's `reward` list. `rm`: the loaded reward model (or its Ray actor, `remote`) when the list is
     one `type: model` source (`reward_model_source`): it scores the policy's token ids. Any other list is loaded here
     (`offload`: its models' weights in CPU memory) and scores the decoded text."""
@@ -298,9 +316,10 @@ class RewardModelValue(torch.nn.Module):
         self.model, self.gain, self.bias = reward_model, normalization.gain, normalization.bias
 
     def forward(self, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
-        hidden = trunk_of(self.model)(input_ids=sequences, attention_mask=attention_mask, use_cache=False,
-                                      position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        raw = unwrap(self.model).score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, R)
+        hidden = trunk_of(self.model)(
+            input_ids=sequences, attention_mask=attention_mask, use_cache=False, position_ids=position_ids_from_mask(attention_mask)
+        ).last_hidden_state
+        raw = unwrap(self.model).score(hidden[:, prompt_len - 1 : -1]).squeeze(-1).float()  # (B, R)
         return raw * self.gain + self.bias
 
 
@@ -382,8 +401,16 @@ class RolloutPasses:
     def __call__(self, rows, with_entropy: bool = False) -> dict:
         """`logp` (b, R), `values` (b, R) and `entropy` (b, R) or None, for the rollout's `rows`."""
         parts, seqs, attn = self.parts, self.seqs[rows], self.attn[rows]
-        out = policy_forward(parts.policy, seqs, attn, self.P, parts.temperature, value_head=parts.value.head,
-                             with_entropy=with_entropy, frozen=None if self.frozen is None else self.frozen[rows])
+        out = policy_forward(
+            parts.policy,
+            seqs,
+            attn,
+            self.P,
+            parts.temperature,
+            value_head=parts.value.head,
+            with_entropy=with_entropy,
+            frozen=None if self.frozen is None else self.frozen[rows],
+        )
         out["values"] = parts.value.values(seqs, attn, self.P, out)
         return out
 
@@ -434,8 +461,9 @@ class KeptPasses:
     the trainer's own (`trust_sampler`), else from a pass. `sharded`: each minibatch is padded with empty passes so that
     every process runs as many (a sharded block computes only when every process runs it)."""
 
-    def __init__(self, policy, temperature: float, chunk: int, precision: str, on_policy: bool, old_first: bool,
-                 trust_sampler: bool, sharded: bool):
+    def __init__(
+        self, policy, temperature: float, chunk: int, precision: str, on_policy: bool, old_first: bool, trust_sampler: bool, sharded: bool
+    ):
         self.policy, self.temperature, self.chunk, self.precision = policy, temperature, chunk, precision
         self.on_policy, self.old_first, self.trust_sampler, self.sharded = on_policy, old_first, trust_sampler, sharded
 
@@ -452,8 +480,12 @@ class KeptPasses:
             return in_chunks(lambda rows: self.forward(batch, rows, with_entropy=True), N, self.chunk)
         logp = torch.zeros_like(mask)
         if self.old_first:
-            logp = (batch.sampled_logp if self.trust_sampler and batch.sampled_logp is not None else  # as the sampler computed it
-                    in_chunks(lambda rows: self.forward(batch, rows), N, self.chunk)["logp"])
+            logp = (
+                batch.sampled_logp
+                if self.trust_sampler and batch.sampled_logp is not None
+                # as the sampler computed it
+                else in_chunks(lambda rows: self.forward(batch, rows), N, self.chunk)["logp"]
+            )
         return {"logp": logp, "entropy": torch.zeros_like(mask)}
 
     def __call__(self, batch: KeptBatch, rows, old: dict) -> dict:

@@ -22,20 +22,41 @@ from tether.config import SFTConfig, resolve_path
 from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import ReadReport, read_demonstrations, split
 from tether.distributed import shard_blocks
-from tether.processes import processes
 from tether.losses import IGNORE_INDEX
-from tether.models.loading import (apply_lora, autocast, count_parameters, device, enable_activation_checkpointing, load_causal_lm,
-                                   load_tokenizer, resolve_model, save_model)
-from tether.models.loading import trunk_of, unwrap
+from tether.models.loading import (
+    apply_lora,
+    autocast,
+    count_parameters,
+    device,
+    enable_activation_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+    trunk_of,
+    unwrap,
+)
+from tether.processes import processes
 from tether.rollout.logprobs import head_logprobs
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
-from tether.training import (LossScaler, scaler_metrics, bucket_by_length, clip_and_step, drop_checkpoint, index_stream, load_checkpoint, make_optimizer, release_freed_memory, save_checkpoint,
-                             start_stage)
+from tether.training import (
+    LossScaler,
+    bucket_by_length,
+    clip_and_step,
+    drop_checkpoint,
+    index_stream,
+    load_checkpoint,
+    make_optimizer,
+    release_freed_memory,
+    save_checkpoint,
+    scaler_metrics,
+    start_stage,
+)
 
 
 def _batches(examples: list[dict], batch_size: int, pad_id: int):
     for i in range(0, len(examples), batch_size):
-        yield collate_sft(examples[i:i + batch_size], pad_id)
+        yield collate_sft(examples[i : i + batch_size], pad_id)
 
 
 def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -77,8 +98,9 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     console.print(f"sft: {report.kept()}")
     train_demos, eval_demos = split(demos, cfg.eval_fraction, cfg.seed)
     if not train_demos:
-        raise report.nothing_left(f"to train on: eval_fraction={cfg.eval_fraction:g} holds out all {len(eval_demos)} of them; "
-                                  "lower eval_fraction or add data")
+        raise report.nothing_left(
+            f"to train on: eval_fraction={cfg.eval_fraction:g} holds out all {len(eval_demos)} of them; lower eval_fraction or add data"
+        )
     encode = lambda d: encode_demonstration(tokenizer, d, cfg.max_prompt_tokens, cfg.max_response_tokens)  # noqa: E731
     train_ex, eval_ex = [encode(d) for d in train_demos], [encode(d) for d in eval_demos]
     n_truncated = sum(e["truncated"] for e in train_ex + eval_ex)
@@ -116,9 +138,11 @@ def train_sft(cfg: SFTConfig) -> dict | None:
 
     # 3. the loop: one optimizer step per `grad_accum` micro-batches
     for step in range(start_step, total_steps):
-        window = stream[step * per_step:(step + 1) * per_step]
-        micro = [collate_sft([train_ex[i] for i in window[k:k + cfg.batch_size]], tokenizer.pad_token_id)
-                 for k in range(0, per_step, cfg.batch_size)]
+        window = stream[step * per_step : (step + 1) * per_step]
+        micro = [
+            collate_sft([train_ex[i] for i in window[k : k + cfg.batch_size]], tokenizer.pad_token_id)
+            for k in range(0, per_step, cfg.batch_size)
+        ]
         n_tokens = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
         loss_total = 0.0
         for m in procs.share(micro):
@@ -132,8 +156,13 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm, scaler)
         release_freed_memory()  # batch shapes vary: without this, resident memory creeps up
         tokens_seen += n_tokens
-        metrics = {"train/loss": loss_total / max(n_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-                   "train/grad_norm": grad_norm, "train/tokens": n_tokens, **scaler_metrics(scaler)}
+        metrics = {
+            "train/loss": loss_total / max(n_tokens, 1),
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": grad_norm,
+            "train/tokens": n_tokens,
+            **scaler_metrics(scaler),
+        }
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
             metrics["eval/loss"] = eval_loss(model, eval_ex, cfg.batch_size, tokenizer.pad_token_id, cfg.precision)
@@ -154,12 +183,24 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     save_model(model, tokenizer, out / "model")
     elapsed = time.time() - t0
     summary = {
-        "stage": "sft", "model": str(out / "model"), "base_model": model_path, "steps": total_steps,
-        "train_examples": len(train_ex), "eval_examples": len(eval_ex), "truncated": n_truncated, "data": report.to_dict(),
-        "eval_loss_before": eval_before, "eval_loss": final_eval,
+        "stage": "sft",
+        "model": str(out / "model"),
+        "base_model": model_path,
+        "steps": total_steps,
+        "train_examples": len(train_ex),
+        "eval_examples": len(eval_ex),
+        "truncated": n_truncated,
+        "data": report.to_dict(),
+        "eval_loss_before": eval_before,
+        "eval_loss": final_eval,
         "final_train_loss": loss_total / max(n_tokens, 1) if total_steps > start_step else None,
-        "trainable_params": trainable, "total_params": total, "processes": procs.world, "sharding": procs.sharding,
-        "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else None, "peak_rss_gb": peak_rss_gb(), "seconds": elapsed,
+        "trainable_params": trainable,
+        "total_params": total,
+        "processes": procs.world,
+        "sharding": procs.sharding,
+        "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else None,
+        "peak_rss_gb": peak_rss_gb(),
+        "seconds": elapsed,
     }
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
