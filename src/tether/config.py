@@ -343,6 +343,61 @@ class OptimSettings:
         check_fields(self)
 
 
+@dataclass
+class ColumnNames:
+    """Which of your columns holds each field tether reads (`dataset.columns`), e.g. {prompt: question, chosen: good,
+    rejected: bad}; {text: content} is TRL's dataset_text_field. A column left unset is read under its own name."""
+
+    text: str | None = None
+    """Plain language-modelling text (TRL's 'text')."""
+    messages: str | None = None
+    """A conversation: a list of {role, content} messages (TRL's 'messages')."""
+    prompt: str | None = None
+    """The prompt: text or messages."""
+    completion: str | None = None
+    """The reply to imitate (TRL's prompt-completion and unpaired preference rows)."""
+    response: str | None = None
+    """The reply to imitate (tether's own demonstration rows)."""
+    chosen: str | None = None
+    """The preferred reply (or the whole preferred exchange when there is no prompt column)."""
+    rejected: str | None = None
+    """The other reply (or exchange)."""
+    label: str | None = None
+    """Whether the completion is good (TRL's unpaired preference rows)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        named = [value for value in vars(self).values() if value is not None]
+        for key, value in vars(self).items():
+            if value is not None and (not value.strip() or named.count(value) > 1):
+                raise ConfigError(f"must be a column name that no other field uses, got {value!r}", key=key)
+
+
+@dataclass
+class DatasetSettings:
+    """How a stage reads its data (`dataset:` in sft, reward, dpo, ppo and grpo): the split and subset of a Hugging Face
+    dataset (a hub id 'org/name' in the local cache, a dataset folder or a save_to_disk folder) and the names of the
+    columns. JSON Lines, JSON, CSV, parquet and arrow files have one split and no subset."""
+
+    split: str | None = None
+    """The split of the training data (None = 'train', or the only split there is)."""
+    eval_split: str | None = None
+    """The split of the held-out data (eval_data, early_stop.prompts) when it is a dataset with splits (None = 'test',
+    or the only split there is)."""
+    subset: str | None = None
+    """The subset (configuration) of a hub dataset, load_dataset's `name`, e.g. 'harmless-base' (None = its default)."""
+    columns: ColumnNames = field(default_factory=ColumnNames)
+    """Your column names for the fields tether reads."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def read_args(self, held_out: bool = False) -> dict[str, Any]:
+        """The keyword arguments of tether.data's readers: split (eval_split or 'test' when `held_out`), subset, columns."""
+        columns = {key: value for key, value in vars(self.columns).items() if value is not None}
+        return {"split": (self.eval_split or "test") if held_out else self.split, "subset": self.subset, "columns": columns}
+
+
 # --------------------------------------------------------------------------- stages
 
 
