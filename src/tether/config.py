@@ -408,7 +408,10 @@ class SFTConfig:
     model: str = "default"
     """Base model: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face directory."""
     data: str = "shared:alpaca_seed_tasks.jsonl"
-    """Demonstrations (JSONL/JSONL.gz; native, chat, Alpaca or HH format). 'shared:' = ../shared/data."""
+    """Demonstrations: a JSONL/JSON(.gz), CSV, parquet or arrow file, a dataset folder or a cached hub id org/name, in TRL's
+    language-modeling or prompt-completion format, tether's, Alpaca's or Self-Instruct's (tether.data.readers). 'shared:' = ../shared/data."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data` and its demonstrations are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/sft"
     """Where checkpoints, metrics.jsonl, summary.json and the final model go."""
     limit: int | None = None
@@ -533,9 +536,12 @@ class RewardConfig:
     model: str = "default"
     """Trunk to start from (the SFT model in the pipeline)."""
     data: str = "runs/collect/preferences.jsonl"
-    """Preference pairs (native, chat or HH format)."""
+    """Preference pairs: a file, dataset folder or cached hub id, in TRL's preference formats (explicit or implicit prompt,
+    plain or conversational) or HH-RLHF's."""
     eval_data: str | None = None
     """Held-out pairs; None = split eval_fraction off `data`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data` and `eval_data` (dataset.eval_split) are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/reward"
     """Writes the reward model (HF directory + tether_reward.json), metrics, summary."""
     limit: int | None = None
@@ -710,7 +716,9 @@ class PPOConfig:
     reward_function: InitVar[str | None] = None  # refused: reward: [{type: function, path: X}]
     reward_std_coef: InitVar[float | None] = None  # refused: the model source's std_coef
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
-    """Training prompts."""
+    """Training prompts: any row with a prompt, from a file, dataset folder or cached hub id."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` and early_stop.prompts (dataset.eval_split) are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/ppo"
     """Writes checkpoints, metrics.jsonl, summary.json and the final policy."""
     limit: int | None = None
@@ -878,9 +886,12 @@ class DPOConfig:
     precompute_reference: bool = False
     """Compute the reference log-probs of every pair once before training (kept in the run dir) and hold no reference model while training."""
     data: str = "runs/collect/preferences.jsonl"
-    """Preference pairs (native, chat or HH format)."""
+    """Preference pairs: a file, dataset folder or cached hub id, in TRL's preference formats (explicit or implicit prompt,
+    plain or conversational) or HH-RLHF's."""
     eval_data: str | None = None
     """Held-out pairs for eval/accuracy and eval/loss; None = split eval_fraction of the prompts off `data`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data`, `eval_data` (dataset.eval_split) and online `prompts` are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/dpo"
     """Writes checkpoints, metrics.jsonl, summary.json and the final policy (model/)."""
     limit: int | None = None
@@ -1084,7 +1095,10 @@ class GRPOConfig:
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: function, path: my.py:score}, {type: model, path: runs/reward/model}]."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
-    """Training prompts; a row's meta reaches reward functions as their `metadata`."""
+    """Training prompts: any row with a prompt, from a file, dataset folder or cached hub id; a row's meta (its other
+    columns) reaches reward functions as their `metadata`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` and early_stop.prompts (dataset.eval_split) are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/grpo"
     """Writes checkpoints, metrics.jsonl, samples.jsonl, summary.json and the final policy."""
     limit: int | None = None
