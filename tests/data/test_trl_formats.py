@@ -170,9 +170,9 @@ def test_columns_rename_your_columns(tmp_path: Path) -> None:
 
 def test_splits_of_a_saved_dataset_dict(tmp_path: Path) -> None:
     path = tmp_path / "saved"
-    datasets.DatasetDict(
-        {"train": datasets.Dataset.from_list(PREFERENCE), "test": datasets.Dataset.from_list(PREFERENCE_CHAT)}
-    ).save_to_disk(str(path))
+    both = datasets.DatasetDict({"train": datasets.Dataset.from_list(PREFERENCE), "test": datasets.Dataset.from_list(PREFERENCE_CHAT)})
+    both.save_to_disk(str(path))
+    assert read_preferences(both, split="test") == read_preferences(path, split="test")  # the same in memory
     assert read_preferences(path)[0].prompt == "The sky is"
     assert read_preferences(path, split="test")[0].prompt == USER
     with pytest.raises(DataError, match=r"saved: field 'split': expected one of 'train', 'test' \(set dataset\.split\), got \"dev\""):
@@ -188,7 +188,8 @@ def test_a_list_of_rows_and_a_csv_file(tmp_path: Path) -> None:
         read_preferences(COMPLETION)
 
 
-def test_a_hub_id_not_in_the_cache_is_named(tmp_path: Path) -> None:
+def test_a_hub_id_not_in_the_cache_is_named(monkeypatch) -> None:
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # also when datasets was imported before this module
     with pytest.raises(DataError) as caught:
         read_preferences("nobody-here/no-such-dataset", subset="harmless")
     message = str(caught.value)

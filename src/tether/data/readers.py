@@ -67,7 +67,7 @@ import random
 import re
 import secrets
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -449,6 +449,8 @@ def iter_rows(
         DataError: the source is missing, unreadable, not cached (a hub id), or a row is not
             a mapping (unless ``skipped`` is given).
     """
+    if isinstance(source, Mapping) and source and all(hasattr(part, "column_names") for part in source.values()):
+        source = _one_split(source_name(source), source, split)  # a DatasetDict in memory
     if not isinstance(source, (str, os.PathLike)):
         yield from _iter_memory(source, report, skipped)
         return
@@ -472,9 +474,8 @@ def _iter_memory(
     column in every row), so those keys are left out.
     """
     name = name or source_name(rows)
-    if hasattr(rows, "keys") and not hasattr(rows, "column_names") or isinstance(rows, (str, bytes)):
-        choose = f" (pick a split, e.g. dataset[{next(iter(rows.keys()), 'train')!r}])" if hasattr(rows, "keys") else ""
-        raise DataError(name, None, None, "rows: a datasets.Dataset or a list of dicts", _Said(f"a {type(rows).__name__}{choose}"))
+    if isinstance(rows, (Mapping, str, bytes)):
+        raise DataError(name, None, None, "rows: a datasets.Dataset or a list of dicts", _Said(f"a {type(rows).__name__}"))
     try:
         iterator = iter(rows)
     except TypeError as error:
