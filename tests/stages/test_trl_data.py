@@ -107,3 +107,11 @@ def test_grpo_prompts_from_parquet_with_another_column_name(tiny_model_dir, tiny
     parquet = tmp_path / "prompts.parquet"
     datasets.Dataset.from_list([{"question": r["prompt"]} for r in native(tiny_data["prompts"])]).to_parquet(str(parquet))
     assert run(GRPOConfig, train_grpo, tmp_path / "parquet", f"prompts={parquet}", "dataset.columns.prompt=question", *common) == expected
+
+
+def test_a_hub_id_not_in_the_cache_stops_the_stage_naming_it(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network here
+    with pytest.raises(
+        DataError, match=r"^nobody-here/no-pairs: no such file or folder, and the Hugging Face dataset 'nobody-here/no-pairs'"
+    ):
+        run(RewardConfig, train_reward, tmp_path / "r", f"model={tiny_model_dir}", "data=nobody-here/no-pairs", "max_steps=1")
