@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,31 @@ def test_a_hub_id_not_in_the_cache_is_named(monkeypatch) -> None:
     message = str(caught.value)
     assert message.startswith("nobody-here/no-such-dataset: no such file or folder, and the Hugging Face dataset")
     assert "'nobody-here/no-such-dataset' (subset 'harmless') could not be loaded: it is not in the local cache" in message
+
+
+def _cache_as_hub(cache: Path, repo: str, rows: list[dict]) -> None:
+    """Put ``rows`` in the datasets cache ``cache`` as if ``load_dataset(repo)`` had downloaded them (subset 'default')."""
+    source = cache.parent / "rows.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(source))
+    datasets.load_dataset("parquet", data_files={"train": str(source)}, cache_dir=str(cache))
+    (prepared,) = (cache / "parquet").glob("default-*/0.0.0/*/")
+    target = cache / repo.replace("/", "___") / "default" / "0.0.0" / prepared.name
+    shutil.copytree(prepared, target)
+    for arrow in target.glob("parquet-*.arrow"):
+        arrow.rename(arrow.with_name(arrow.name.replace("parquet-", repo.split("/")[1] + "-")))
+
+
+def test_a_hub_id_in_the_cache_is_read_offline(tmp_path: Path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    _cache_as_hub(cache, "tether-tests/tiny-prefs", PREFERENCE_CHAT)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    assert read_preferences("tether-tests/tiny-prefs") == [PreferencePair(USER, "It is blue.", "It is green.")]
+    assert read_preferences("tether-tests/tiny-prefs", split="train", subset="default") == read_preferences("tether-tests/tiny-prefs")
+    with pytest.raises(DataError, match=r"^tether-tests/tiny-prefs: field 'split': expected one of 'train'"):
+        read_preferences("tether-tests/tiny-prefs", split="test")
+    with pytest.raises(DataError, match=r"the Hugging Face dataset 'tether-tests/tiny-prefs' \(subset 'other'\) could not be loaded"):
+        read_preferences("tether-tests/tiny-prefs", subset="other")
 
 
 def test_native_files_read_the_same_through_datasets(tmp_path: Path) -> None:
