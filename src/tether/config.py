@@ -382,8 +382,8 @@ class DatasetSettings:
     split: str | None = None
     """The split of the training data (None = 'train', or the only split there is)."""
     eval_split: str | None = None
-    """The split of the held-out data (eval_data, early_stop.prompts) when it is a dataset with splits (None = 'test',
-    or the only split there is)."""
+    """The split of the held-out data (reward's and dpo's eval_data, ppo's and grpo's early_stop.prompts) when it is a
+    dataset with splits (None = 'test'); a file has one split, read whatever this says."""
     subset: str | None = None
     """The subset (configuration) of a hub dataset, load_dataset's `name`, e.g. 'harmless-base' (None = its default)."""
     columns: ColumnNames = field(default_factory=ColumnNames)
