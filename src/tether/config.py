@@ -343,6 +343,61 @@ class OptimSettings:
         check_fields(self)
 
 
+@dataclass
+class ColumnNames:
+    """Which of your columns holds each field tether reads (`dataset.columns`), e.g. {prompt: question, chosen: good,
+    rejected: bad}; {text: content} is TRL's dataset_text_field. A column left unset is read under its own name."""
+
+    text: str | None = None
+    """Plain language-modelling text (TRL's 'text')."""
+    messages: str | None = None
+    """A conversation: a list of {role, content} messages (TRL's 'messages')."""
+    prompt: str | None = None
+    """The prompt: text or messages."""
+    completion: str | None = None
+    """The reply to imitate (TRL's prompt-completion and unpaired preference rows)."""
+    response: str | None = None
+    """The reply to imitate (tether's own demonstration rows)."""
+    chosen: str | None = None
+    """The preferred reply (or the whole preferred exchange when there is no prompt column)."""
+    rejected: str | None = None
+    """The other reply (or exchange)."""
+    label: str | None = None
+    """Whether the completion is good (TRL's unpaired preference rows)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        named = [value for value in vars(self).values() if value is not None]
+        for key, value in vars(self).items():
+            if value is not None and (not value.strip() or named.count(value) > 1):
+                raise ConfigError(f"must be a column name that no other field uses, got {value!r}", key=key)
+
+
+@dataclass
+class DatasetSettings:
+    """How a stage reads its data (`dataset:` in sft, reward, dpo, ppo and grpo): the split and subset of a Hugging Face
+    dataset (a hub id 'org/name' in the local cache, a dataset folder or a save_to_disk folder) and the names of the
+    columns. JSON Lines, JSON, CSV, parquet and arrow files have one split and no subset."""
+
+    split: str | None = None
+    """The split of the training data (None = 'train', or the only split there is)."""
+    eval_split: str | None = None
+    """The split of the held-out data (reward's and dpo's eval_data, ppo's and grpo's early_stop.prompts) when it is a
+    dataset with splits (None = 'test'); a file has one split, read whatever this says."""
+    subset: str | None = None
+    """The subset (configuration) of a hub dataset, load_dataset's `name`, e.g. 'harmless-base' (None = its default)."""
+    columns: ColumnNames = field(default_factory=ColumnNames)
+    """Your column names for the fields tether reads."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def read_args(self, held_out: bool = False) -> dict[str, Any]:
+        """The keyword arguments of tether.data's readers: split (eval_split or 'test' when `held_out`), subset, columns."""
+        columns = {key: value for key, value in vars(self.columns).items() if value is not None}
+        return {"split": (self.eval_split or "test") if held_out else self.split, "subset": self.subset, "columns": columns}
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -353,7 +408,10 @@ class SFTConfig:
     model: str = "default"
     """Base model: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face directory."""
     data: str = "shared:alpaca_seed_tasks.jsonl"
-    """Demonstrations (JSONL/JSONL.gz; native, chat, Alpaca or HH format). 'shared:' = ../shared/data."""
+    """Demonstrations: a JSONL/JSON(.gz), CSV, parquet or arrow file, a dataset folder or a cached hub id org/name, in TRL's
+    language-modeling or prompt-completion format, tether's, Alpaca's or Self-Instruct's (tether.data.readers). 'shared:' = ../shared/data."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data` and its demonstrations are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/sft"
     """Where checkpoints, metrics.jsonl, summary.json and the final model go."""
     limit: int | None = None
@@ -478,9 +536,12 @@ class RewardConfig:
     model: str = "default"
     """Trunk to start from (the SFT model in the pipeline)."""
     data: str = "runs/collect/preferences.jsonl"
-    """Preference pairs (native, chat or HH format)."""
+    """Preference pairs: a file, dataset folder or cached hub id, in TRL's preference formats (explicit or implicit prompt,
+    plain or conversational) or HH-RLHF's."""
     eval_data: str | None = None
     """Held-out pairs; None = split eval_fraction off `data`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data` and `eval_data` (dataset.eval_split) are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/reward"
     """Writes the reward model (HF directory + tether_reward.json), metrics, summary."""
     limit: int | None = None
@@ -655,7 +716,9 @@ class PPOConfig:
     reward_function: InitVar[str | None] = None  # refused: reward: [{type: function, path: X}]
     reward_std_coef: InitVar[float | None] = None  # refused: the model source's std_coef
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
-    """Training prompts."""
+    """Training prompts: any row with a prompt, from a file, dataset folder or cached hub id."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` and early_stop.prompts (dataset.eval_split) are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/ppo"
     """Writes checkpoints, metrics.jsonl, summary.json and the final policy."""
     limit: int | None = None
@@ -823,9 +886,12 @@ class DPOConfig:
     precompute_reference: bool = False
     """Compute the reference log-probs of every pair once before training (kept in the run dir) and hold no reference model while training."""
     data: str = "runs/collect/preferences.jsonl"
-    """Preference pairs (native, chat or HH format)."""
+    """Preference pairs: a file, dataset folder or cached hub id, in TRL's preference formats (explicit or implicit prompt,
+    plain or conversational) or HH-RLHF's."""
     eval_data: str | None = None
     """Held-out pairs for eval/accuracy and eval/loss; None = split eval_fraction of the prompts off `data`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data`, `eval_data` (dataset.eval_split) and online `prompts` are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/dpo"
     """Writes checkpoints, metrics.jsonl, summary.json and the final policy (model/)."""
     limit: int | None = None
@@ -1029,7 +1095,10 @@ class GRPOConfig:
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: function, path: my.py:score}, {type: model, path: runs/reward/model}]."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
-    """Training prompts; a row's meta reaches reward functions as their `metadata`."""
+    """Training prompts: any row with a prompt, from a file, dataset folder or cached hub id; a row's meta (its other
+    columns) reaches reward functions as their `metadata`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` and early_stop.prompts (dataset.eval_split) are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/grpo"
     """Writes checkpoints, metrics.jsonl, samples.jsonl, summary.json and the final policy."""
     limit: int | None = None

@@ -94,8 +94,9 @@ def test_native_pairs_and_margin(tmp_path: Path) -> None:
     pairs = read_preferences(path)
     assert pairs == [PreferencePair("q1", "good", "bad", 2.0), PreferencePair(CHAT, "Paris.", "Lyon.")]
     assert isinstance(pairs[0].margin, float)
-    # A preference file read as demonstrations gives the chosen reply.
-    assert [demo.response for demo in read_demonstrations(path)] == ["good", "Paris."]
+    # A preference file is not SFT data: it is refused, saying what it is.
+    with pytest.raises(DataError, match=r"prefs\.jsonl:1: found a preference row .*explicit prompt\), but SFT needs demonstrations"):
+        read_demonstrations(path)
 
 
 def test_prompt_only_rows(tmp_path: Path) -> None:
@@ -155,7 +156,8 @@ def test_hh_rows(tmp_path: Path) -> None:
     ]
     assert (pair.chosen, pair.rejected) == ("Paris.", "No idea.")
     assert read_prompts(path) == [PromptRecord(pair.prompt)]
-    assert read_demonstrations(path) == [Demonstration(pair.prompt, "Paris.")]
+    with pytest.raises(DataError, match=r"hh\.jsonl:1: found a preference row .*implicit prompt\), but SFT needs demonstrations"):
+        read_demonstrations(path)
 
 
 def test_hh_rows_that_part_early(tmp_path: Path) -> None:
@@ -289,9 +291,10 @@ def test_damaged_gzip(tmp_path: Path) -> None:
         (
             {"prompt": "q", "response": "a"},
             read_preferences,
-            r":1: expected a preference row: .*got an object with keys 'prompt', 'response'",
+            r":1: found a demonstration row \{\"prompt\", \"response\"\} .*, but reward models and DPO need preference pairs",
         ),
-        ({"text": "hello"}, read_prompts, r":1: expected a prompt row: .*\{\"prompt\".*got an object with keys 'text'"),
+        ({"text": "hello"}, read_prompts, r":1: found a language-modeling row \{\"text\"\} .*a language-modeling text has none"),
+        ({"hello": "world"}, read_prompts, r":1: expected a prompt row: .*\{\"prompt\".*got an object with keys 'hello'"),
         (
             {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
             read_demonstrations,

@@ -87,7 +87,7 @@ def test_skipped_rows_are_reported_by_reason_and_line(tmp_path: Path) -> None:
     assert [e.line for e in skipped] == [2, 3, 4, 5, 6]
     assert report.describe() == (
         "7 rows read: 1 not valid JSON (line 2), 1 not a JSON object (line 3), "
-        "2 with the same 'chosen' and 'rejected' (lines 4, 6), 1 of no accepted shape (line 5)"
+        "2 with the same 'chosen' and 'rejected' (lines 4, 6), 1 of type prompt-only (line 5)"
     )
     # without `skipped`, the same file stops at its first bad line, as before
     with pytest.raises(DataError, match=r"p\.jsonl:2: expected one JSON object on the line, got invalid JSON"):

@@ -125,7 +125,7 @@ def test_blank_and_skipped_rows_are_counted_by_reason(tiny_model_dir, tmp_path):
     )
     assert (
         f"{bad}: no usable preference pair in 5 rows read: 1 with the same 'chosen' and 'rejected' (line 1), "
-        "1 not valid JSON (line 2), 1 blank, 1 with an empty 'chosen' (line 4), 1 of no accepted shape (line 5)"
+        "1 not valid JSON (line 2), 1 blank, 1 with an empty 'chosen' (line 4), 1 of type demonstration (line 5)"
     ) in message
 
 

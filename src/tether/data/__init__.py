@@ -4,7 +4,10 @@ The submodules:
 
 * :mod:`tether.data.records` -- ``PromptRecord``, ``Demonstration``, ``PreferencePair``.
 * :mod:`tether.data.readers` -- ``read_prompts`` / ``read_demonstrations`` /
-  ``read_preferences`` (native, chat, HH-RLHF, Alpaca and Self-Instruct rows),
+  ``read_preferences`` (every TRL dataset format, plain and conversational, and
+  tether's, HH-RLHF, Alpaca and Self-Instruct rows; from JSONL/JSON files, from
+  CSV, parquet, arrow, dataset folders and cached hub ids through Hugging Face
+  ``datasets``, or from a ``datasets.Dataset`` in memory),
   ``write_jsonl`` (atomic), ``split``, ``DataError`` and ``ReadReport``.
 * :mod:`tether.data.templates` -- rendering and encoding prompts and responses.
 * :mod:`tether.data.collate` -- padding and batches for SFT and reward models.
@@ -14,7 +17,9 @@ from tether.data.collate import IGNORE_INDEX, SFTExample, collate_pairs, collate
 from tether.data.readers import (
     DataError,
     ReadReport,
+    Source,
     iter_jsonl,
+    iter_rows,
     read_demonstrations,
     read_preferences,
     read_prompts,
@@ -33,6 +38,7 @@ __all__ = [
     "PromptRecord",
     "ReadReport",
     "SFTExample",
+    "Source",
     "as_messages",
     "collate_pairs",
     "collate_sft",
@@ -40,6 +46,7 @@ __all__ = [
     "encode_prompt",
     "encode_response",
     "iter_jsonl",
+    "iter_rows",
     "pad_left",
     "pad_right",
     "prompt_text",

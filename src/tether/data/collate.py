@@ -95,9 +95,15 @@ def encode_demonstration(tokenizer: Any, demo: Demonstration, max_prompt_tokens:
 
     ``input_ids`` is :func:`~tether.data.templates.encode_prompt` followed by
     :func:`~tether.data.templates.encode_response` (with EOS); ``labels``
-    repeat the ids with the prompt part set to ``IGNORE_INDEX``.
+    repeat the ids with the prompt part set to ``IGNORE_INDEX``. A demonstration with no
+    prompt (``""``: a language-modeling text) is the text alone, after the tokenizer's BOS
+    when it has one, so every token of it is trained on (the first one too, given a BOS).
     """
-    prompt_ids, prompt_cut = encode_prompt(tokenizer, demo.prompt, max_prompt_tokens)
+    if demo.prompt == "":
+        bos = getattr(tokenizer, "bos_token_id", None)
+        prompt_ids, prompt_cut = ([bos] if bos is not None else []), False
+    else:
+        prompt_ids, prompt_cut = encode_prompt(tokenizer, demo.prompt, max_prompt_tokens)
     response_ids, response_cut = encode_response_with_flag(tokenizer, demo.response, max_response_tokens)
     return SFTExample(
         input_ids=prompt_ids + response_ids,

@@ -1,23 +1,52 @@
-"""Read and write record files: JSON Lines (optionally gzipped) or a JSON list.
+"""Read and write record files and datasets, in tether's formats and in every format TRL documents.
 
-Every reader detects each row's format on its own, so one file may mix them:
+A reader takes a path, a Hugging Face hub id or rows already in memory:
 
-* **native** -- ``{"prompt": text | messages, "response": str}``,
-  ``{"prompt", "chosen", "rejected"[, "margin": number]}`` or ``{"prompt"}``;
-  any other keys (and a ``"meta"`` object) are kept in the record's ``meta``.
-* **chat** -- ``{"messages": [...]}`` (the final assistant message is the
-  response, the messages before it the prompt) and
-  ``{"chosen": [messages], "rejected": [messages]}`` (the two lists share all
-  but their final assistant message).
-* **HH-RLHF** -- ``{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}``:
-  the turns before the final Assistant turn become the prompt messages, the
-  final Assistant turn of each dialogue its response.
+* ``.jsonl`` / ``.jsonl.gz`` (one JSON object a line) and ``.json`` / ``.json.gz``
+  (one JSON list of objects) are read here, so an error names the file and line;
+* ``.csv``, ``.parquet`` and ``.arrow`` files, dataset folders (``save_to_disk``
+  or a folder of data files) and hub ids ``org/name`` (from the local Hugging
+  Face cache; ``split`` and ``subset`` choose the part) are loaded with
+  Hugging Face ``datasets``, and an error names the row (1-based) instead;
+* a ``datasets.Dataset`` or any iterable of dict rows is read as it is.
+
+``columns`` renames your columns to the names below first (e.g.
+``{"prompt": "question"}``). Every row's type is then told from its keys, so one
+file may mix them; TRL's names for the types, plain (text) and
+conversational (lists of ``{"role", "content"}`` messages):
+
+* **language modeling** -- ``{"text"}``, or ``{"messages": [...]}``. A ``text`` row
+  is a demonstration with no prompt: SFT trains on every token of the text (and
+  its EOS), as TRL does. For ``messages`` the final assistant message is the
+  response and the messages before it are the prompt (only the last turn is
+  trained on); a conversation ending with a user message is a prompt.
+* **prompt-only** -- ``{"prompt"}``.
+* **prompt-completion** -- ``{"prompt", "completion"}``; conversational rows hold
+  a prompt ending with a user message and a completion of one assistant message.
+  tether's own ``{"prompt", "response"}`` rows are the same.
+* **preference** (explicit prompt) -- ``{"prompt", "chosen", "rejected"[, "margin"]}``;
+  conversational rows hold one assistant message in each of chosen and rejected.
+* **preference with an implicit prompt** -- ``{"chosen", "rejected"}`` each holding the
+  whole exchange: message lists that share all but their final assistant message;
+  HH-RLHF dialogues ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` (the turns before the final
+  Assistant turn become the prompt messages, the final Assistant turn of each
+  dialogue its response); or plain texts, whose common beginning is the prompt
+  (TRL's ``extract_prompt``).
+* **unpaired preference** -- ``{"prompt", "completion", "label"}``: no tether stage
+  trains on single labelled replies, so only their prompts are read.
 * **Alpaca seed tasks** -- ``{"instruction", "instances": [{"input", "output"}]}``:
   one record per instance; the prompt is the instruction, followed by a blank
   line and the input when the input is not empty.
 * **Self-Instruct evaluation** -- ``{"instruction", "input", "reference_output"}``
   (``"output"`` is accepted too): the prompt as for Alpaca, the response is
   the reference output.
+
+Detection is strict: :func:`read_demonstrations` (SFT) takes language-modeling,
+prompt-completion, Alpaca and Self-Instruct rows; :func:`read_preferences` (reward
+models, DPO) the two preference types; :func:`read_prompts` (rollouts) any row with
+a prompt. A row of another type is refused with a :class:`DataError` that names the
+type found and the types wanted. Keys that a type does not read (and a ``"meta"``
+object) are kept in the record's ``meta``.
 
 Prompts must be non-empty; responses must be strings but may be empty (an
 empty reply is something a policy can produce, and HH-RLHF holds a few pairs
@@ -35,9 +64,10 @@ import json
 import math
 import os
 import random
+import re
 import secrets
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -54,7 +84,11 @@ from tether.data.records import (
 __all__ = [
     "DataError",
     "ReadReport",
+    "Source",
     "iter_jsonl",
+    "iter_rows",
+    "row_type",
+    "source_name",
     "read_prompts",
     "read_demonstrations",
     "read_preferences",
@@ -276,7 +310,7 @@ def iter_jsonl(
     name = os.fspath(path)
     file = Path(name)
     if not file.exists():
-        raise DataError(name, None, None, text=f"no such file{did_you_mean(file)}; expected a .jsonl, .jsonl.gz or .json data file")
+        raise DataError(name, None, None, text=f"no such file{did_you_mean(file)}; expected {_WANTED_SOURCE}")
     if not file.is_file():
         raise DataError(name, None, None, "a .jsonl, .jsonl.gz or .json data file", _Said("a directory"))
     compressed = name.endswith(".gz")
@@ -376,24 +410,158 @@ def _iter_json_list(
 
 
 # --------------------------------------------------------------------------
+# Rows from Hugging Face datasets and from memory
+
+Source = PathLike | Iterable[dict[str, Any]]
+"""What a reader reads: a path or hub id (see the module docstring), or rows in memory (a ``datasets.Dataset``, a list of dicts)."""
+
+_DATASETS_FILES = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_JSON_NAMES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".gz")
+_WANTED_SOURCE = (
+    "a .jsonl, .jsonl.gz, .json, .csv, .parquet or .arrow file, a dataset folder (save_to_disk) or a Hugging Face hub id org/name"
+)
+
+
+def source_name(source: Source) -> str:
+    """How errors and reports name ``source``: the path or hub id as given, or e.g. ``<Dataset>`` for rows in memory."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return f"<{type(source).__name__}>"
+
+
+def iter_rows(
+    source: Source,
+    report: ReadReport | None = None,
+    skipped: list[DataError] | None = None,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_or_row_number, row)`` for each row of ``source`` (see the module docstring).
+
+    JSON Lines and JSON files go through :func:`iter_jsonl` (line numbers); everything else
+    through Hugging Face ``datasets`` or as given (row numbers, from 1). ``split`` and
+    ``subset`` choose the part of a dataset folder or hub dataset (``split`` None: 'train',
+    or the only split there is); a single file has one split.
+
+    Raises:
+        DataError: the source is missing, unreadable, not cached (a hub id), or a row is not
+            a mapping (unless ``skipped`` is given).
+    """
+    if isinstance(source, Mapping) and source and all(hasattr(part, "column_names") for part in source.values()):
+        source = _one_split(source_name(source), source, split)  # a DatasetDict in memory
+    if not isinstance(source, (str, os.PathLike)):
+        yield from _iter_memory(source, report, skipped)
+        return
+    name = os.fspath(source)
+    file = Path(name)
+    suffix = file.suffix.lower()
+    if file.is_dir() or (file.is_file() and suffix in _DATASETS_FILES):
+        yield from _iter_memory(_load_local(name, file, split), report, skipped, name)
+    elif not file.exists() and _HUB_ID.fullmatch(name) and suffix not in _DATASETS_FILES and not name.endswith(_JSON_NAMES):
+        yield from _iter_memory(_load_hub(name, split, subset), report, skipped, name)
+    else:
+        yield from iter_jsonl(name, report, skipped)
+
+
+def _iter_memory(
+    rows: Any, report: ReadReport | None, skipped: list[DataError] | None, name: str | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a ``datasets.Dataset`` (or any iterable of mappings), numbered from 1.
+
+    A ``None`` value stands for a missing field (a column store has a value for every
+    column in every row), so those keys are left out.
+    """
+    name = name or source_name(rows)
+    if isinstance(rows, (Mapping, str, bytes)):
+        raise DataError(name, None, None, "rows: a datasets.Dataset or a list of dicts", _Said(f"a {type(rows).__name__}"))
+    try:
+        iterator = iter(rows)
+    except TypeError as error:
+        raise DataError(name, None, None, f"{_WANTED_SOURCE}, or rows in memory", _Said(f"a {type(rows).__name__}")) from error
+    for number, row in enumerate(iterator, start=1):
+        if report is not None:
+            report.rows += 1
+        if not isinstance(row, dict):
+            _bad_line(DataError(name, number, None, "a row mapping {...}", row, reason="not a JSON object"), report, skipped)
+            continue
+        yield number, {key: value for key, value in row.items() if value is not None}
+
+
+def _datasets(name: str) -> Any:
+    """The ``datasets`` package, imported where a source needs it (it is slow to import)."""
+    try:
+        import datasets  # heavy: only for the sources it reads
+    except ImportError as error:  # pragma: no cover - a dependency of tether
+        raise DataError(name, None, text="reading this source needs Hugging Face datasets: pip install datasets") from error
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _one_split(name: str, loaded: Any, split: str | None) -> Any:
+    """The split ``split`` of a DatasetDict (None: 'train', or its only split)."""
+    if not hasattr(loaded, "keys"):
+        return loaded
+    splits = list(loaded.keys())
+    wanted = split or ("train" if "train" in splits or len(splits) != 1 else splits[0])
+    if wanted not in splits:
+        raise DataError(name, None, "split", f"one of {', '.join(map(repr, splits))} (set dataset.split)", wanted)
+    return loaded[wanted]
+
+
+def _load_local(name: str, file: Path, split: str | None) -> Any:
+    """A local .csv / .parquet / .arrow file, a save_to_disk folder or a folder of data files, through ``datasets``."""
+    datasets = _datasets(name)
+    try:
+        if file.is_file():
+            return datasets.load_dataset(_DATASETS_FILES[file.suffix.lower()], data_files=name, split="train")
+        if any((file / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            return _one_split(name, datasets.load_from_disk(name), split)
+        return _one_split(name, datasets.load_dataset(name), split)
+    except DataError:
+        raise
+    except Exception as error:  # datasets raises many kinds; the user needs the file and the reason
+        raise DataError(name, None, text=f"Hugging Face datasets could not read it: {type(error).__name__}: {error}") from error
+
+
+def _load_hub(name: str, split: str | None, subset: str | None) -> Any:
+    """A hub dataset ``org/name`` from the local Hugging Face cache (or the hub, when online and allowed)."""
+    datasets = _datasets(name)
+    try:
+        loaded = datasets.load_dataset(name, subset)
+    except Exception as error:
+        part = f" (subset {subset!r})" if subset else ""
+        raise DataError(
+            name,
+            None,
+            text=(
+                f"no such file or folder, and the Hugging Face dataset {name!r}{part} could not be loaded: it is not in the local "
+                f"cache ({datasets.config.HF_DATASETS_CACHE}) and could not be fetched ({type(error).__name__}: {error}); "
+                f"download it where there is a network (datasets.load_dataset({name!r})), or give {_WANTED_SOURCE}"
+            ),
+        ) from error
+    return _one_split(name, loaded, split)
+
+
+# --------------------------------------------------------------------------
 # Interpreting rows
 
 _SHAPES: dict[_Want, str] = {
     "prompt": (
-        'a prompt row: {"prompt": text or messages}, {"messages": [...]}, a preference pair '
-        '{"chosen", "rejected"} (message lists or HH-RLHF dialogues), an Alpaca seed task '
-        '{"instruction", "instances"} or a Self-Instruct row {"instruction", "input"}'
+        'a prompt row: {"prompt": text or messages} (any row with a prompt: prompt-completion, preference, ...), '
+        '{"messages": [...]}, a preference pair {"chosen", "rejected"} (message lists, HH-RLHF dialogues or texts), '
+        'an Alpaca seed task {"instruction", "instances"} or a Self-Instruct row {"instruction", "input"}'
     ),
     "demonstration": (
-        'a demonstration row: {"prompt", "response"}, {"messages": [..., assistant message]}, '
-        'a preference pair {"chosen", "rejected"} (chosen is taken as the response), an Alpaca '
-        'seed task {"instruction", "instances": [{"input", "output"}]} or a Self-Instruct row '
-        '{"instruction", "input", "reference_output"}'
+        'a demonstration row: {"text"}, {"messages": [..., assistant message]}, {"prompt", "completion"}, '
+        '{"prompt", "response"}, an Alpaca seed task {"instruction", "instances": [{"input", "output"}]} or a '
+        'Self-Instruct row {"instruction", "input", "reference_output"}'
     ),
     "preference": (
-        'a preference row: {"prompt", "chosen", "rejected"[, "margin"]}, '
-        '{"chosen": [messages], "rejected": [messages]} or HH-RLHF dialogues '
-        '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}'
+        'a preference row: {"prompt", "chosen", "rejected"[, "margin"]} (texts, or messages with one assistant message '
+        'in chosen and rejected), {"chosen": [messages], "rejected": [messages]}, HH-RLHF dialogues '
+        '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."} or texts that share their beginning'
     ),
 }
 
@@ -468,57 +636,158 @@ class _Row:
         """The error for a row that fits none of the accepted shapes."""
         return self.error(None, _SHAPES[want], self.row)
 
+    def wrong_type(self, kind: str, want: _Want) -> DataError:
+        """The error for a row of a known type that this reader does not take: what it is and what is needed."""
+        text = f"found {_TYPES[kind]}, but {_NEEDS[want]}"
+        return DataError(self.path, self.line, text=text, reason=f"of type {kind}")
+
+
+_TYPES: dict[str, str] = {
+    "text": 'a language-modeling row {"text"} (TRL\'s language modeling type)',
+    "messages": 'a conversational language-modeling row {"messages"} (TRL\'s language modeling type)',
+    "prompt-only": 'a prompt-only row {"prompt"} (TRL\'s prompt-only type)',
+    "prompt-completion": 'a prompt-completion row {"prompt", "completion"} (TRL\'s prompt-completion type)',
+    "demonstration": 'a demonstration row {"prompt", "response"} (TRL\'s prompt-completion type)',
+    "preference": 'a preference row {"prompt", "chosen", "rejected"} (TRL\'s preference type, explicit prompt)',
+    "implicit preference": 'a preference row {"chosen", "rejected"} (TRL\'s preference type, implicit prompt)',
+    "unpaired preference": 'an unpaired preference row {"prompt", "completion", "label"} (TRL\'s unpaired preference type)',
+    "alpaca": 'an Alpaca seed task {"instruction", "instances"}',
+    "self-instruct": 'a Self-Instruct row {"instruction", "input"}',
+}
+"""Each row type tether tells apart, as an error names it."""
+
+_TAKES: dict[_Want, frozenset[str]] = {
+    "prompt": frozenset(_TYPES) - {"text"},
+    "demonstration": frozenset({"text", "messages", "prompt-completion", "demonstration", "alpaca", "self-instruct"}),
+    "preference": frozenset({"preference", "implicit preference"}),
+}
+"""The row types each reader takes."""
+
+_NEEDS: dict[_Want, str] = {
+    "prompt": "prompts (for rollouts and evaluation) come from rows with a prompt, and a language-modeling text has none",
+    "demonstration": (
+        'SFT needs demonstrations: language-modeling rows {"text"} or {"messages"}, prompt-completion rows '
+        '{"prompt", "completion"} (or "response"), Alpaca or Self-Instruct rows (preference pairs train reward models and DPO)'
+    ),
+    "preference": (
+        'reward models and DPO need preference pairs: {"prompt", "chosen", "rejected"} or, with an implicit prompt, '
+        '{"chosen", "rejected"} (message lists, HH-RLHF dialogues or texts)'
+    ),
+}
+"""What each reader needs, after "but" in the error for a row of another type."""
+
+
+def row_type(data: dict[str, Any]) -> str | None:
+    """The type of a row, told from its keys (a key of :data:`_TYPES`), or None for no known type."""
+    if "prompt" in data:
+        if "completion" in data:
+            return "unpaired preference" if "label" in data else "prompt-completion"
+        if "chosen" in data or "rejected" in data:
+            return "preference"
+        return "demonstration" if "response" in data else "prompt-only"
+    if "messages" in data:
+        return "messages"
+    if "chosen" in data or "rejected" in data:
+        return "implicit preference"
+    if "instruction" in data:
+        return "alpaca" if "instances" in data else "self-instruct"
+    if "text" in data:
+        return "text"
+    return None
+
 
 def _parse_row(row: _Row, want: _Want) -> list[PromptRecord] | list[Demonstration] | list[PreferencePair]:
     """Turn one row into the records ``want`` asks for (an Alpaca task may give several)."""
-    data = row.row
-    if "prompt" in data:
+    kind = row_type(row.row)
+    if kind is None:
+        raise row.wrong_shape(want)
+    if kind not in _TAKES[want]:
+        if kind == "prompt-only" and want == "demonstration":  # a demonstration without its reply, most likely
+            raise row.error("response", "a string (the response to imitate)", MISSING)
+        raise row.wrong_type(kind, want)
+    if kind in ("prompt-only", "demonstration", "preference"):
         return [_parse_native(row, want)]
-    if "messages" in data:
+    if kind in ("prompt-completion", "unpaired preference"):
+        return [_parse_completion(row, want)]
+    if kind == "messages":
         return [_parse_chat(row, want)]
-    if "chosen" in data or "rejected" in data:
-        if isinstance(data.get("chosen"), list) or isinstance(data.get("rejected"), list):
+    if kind == "text":
+        return [Demonstration("", row.text("text"), row.meta(_NATIVE_KEYS | {"text"}))]
+    if kind == "implicit preference":
+        chosen, rejected = row.row.get("chosen"), row.row.get("rejected")
+        if isinstance(chosen, list) or isinstance(rejected, list):
             pair = _parse_chat_pair(row)
+        elif isinstance(chosen, str) and isinstance(rejected, str) and not any(_is_hh(text) for text in (chosen, rejected)):
+            pair = _parse_text_pair(row)
         else:
             pair = _parse_hh_pair(row)
         return [_from_pair(pair, want)]
-    if "instruction" in data:
-        if "instances" in data:
-            return _parse_alpaca(row, want)
-        return [_parse_self_instruct(row, want)]
-    raise row.wrong_shape(want)
+    if kind == "alpaca":
+        return _parse_alpaca(row, want)
+    return [_parse_self_instruct(row, want)]
 
 
 def _from_pair(pair: PreferencePair, want: _Want) -> Any:
-    """A pair as the record kind ``want`` asks for (chosen is the demonstration)."""
+    """A pair as the record kind ``want`` asks for: itself, or its prompt."""
     if want == "preference":
         return pair
-    if want == "demonstration":
-        return Demonstration(pair.prompt, pair.chosen, pair.meta)
     return PromptRecord(pair.prompt, pair.meta)
 
 
+def _reply(row: _Row, key: str) -> str:
+    """A reply under ``key``: a string, or (conversational) a list of one assistant message."""
+    value = row.row.get(key, MISSING)
+    if isinstance(value, list):
+        row.check_messages(value, key, last_role="assistant")
+        if len(value) != 1:
+            raise row.error(key, "a list of one assistant message (the reply)", value)
+        return value[0]["content"]
+    return row.text(key, non_empty=False)
+
+
 def _parse_native(row: _Row, want: _Want) -> Any:
-    """``{"prompt", ...}`` rows in tether's own format."""
+    """``{"prompt"[, "response"]}`` and ``{"prompt", "chosen", "rejected"}`` rows (TRL's conversational ones too)."""
     prompt = row.prompt("prompt")
-    data = row.row
     if want == "prompt":
         return PromptRecord(prompt, row.meta())
     if want == "demonstration":
-        if "response" in data:
-            return Demonstration(prompt, row.text("response", non_empty=False), row.meta())
-        if "chosen" in data:
-            return Demonstration(prompt, row.text("chosen", non_empty=False), row.meta())
-        raise row.error("response", "a string (the response to imitate)", MISSING)
-    if "chosen" not in data and "rejected" not in data:
-        raise row.wrong_shape(want)
-    return PreferencePair(
-        prompt,
-        row.text("chosen", non_empty=False),
-        row.text("rejected", non_empty=False),
-        row.margin(),
-        row.meta(),
-    )
+        return Demonstration(prompt, row.text("response", non_empty=False), row.meta())
+    return PreferencePair(prompt, _reply(row, "chosen"), _reply(row, "rejected"), row.margin(), row.meta())
+
+
+def _parse_completion(row: _Row, want: _Want) -> Any:
+    """TRL's ``{"prompt", "completion"}`` rows (and their prompts from ``{"prompt", "completion", "label"}`` rows)."""
+    prompt = row.prompt("prompt")
+    known = _NATIVE_KEYS | {"completion", "label"}
+    if want == "prompt":
+        return PromptRecord(prompt, row.meta(known))
+    return Demonstration(prompt, _reply(row, "completion"), row.meta(known))
+
+
+def _is_hh(text: str) -> bool:
+    """Whether ``text`` reads as an HH-RLHF dialogue (it has a Human or Assistant turn marker)."""
+    return text.startswith(("Human:", "Assistant:")) or any(marker in text for marker in _HH_MARKERS)
+
+
+def _parse_text_pair(row: _Row) -> PreferencePair:
+    """TRL's plain implicit-prompt rows ``{"chosen": text, "rejected": text}``: the common beginning is the prompt.
+
+    As TRL's ``extract_prompt``: the texts part at their first different character, and a
+    space just before it goes with the responses ("The sky is" + " blue." / " green.").
+    """
+    chosen, rejected = row.text("chosen"), row.text("rejected")
+    cut = 0
+    while cut < min(len(chosen), len(rejected)) and chosen[cut] == rejected[cut]:
+        cut += 1
+    if cut and chosen[cut - 1] == " ":
+        cut -= 1
+    if not chosen[:cut].strip():
+        raise row.error(
+            "rejected",
+            "a text that begins as 'chosen' does (the shared beginning is the prompt), or an explicit \"prompt\"",
+            _Said("texts with nothing in common at the start"),
+        )
+    return PreferencePair(chosen[:cut], chosen[cut:], rejected[cut:], row.margin(), row.meta())
 
 
 def _parse_chat(row: _Row, want: _Want) -> Any:
@@ -700,15 +969,27 @@ def _check_pair(name: str, line: int, pair: PreferencePair) -> None:
         )
 
 
+def _renamed(name: str, line: int, row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """``row`` with each column ``columns[field]`` renamed to ``field`` (``{"prompt": "question"}``: question -> prompt)."""
+    for field_name, column in columns.items():
+        if column not in row:
+            raise DataError(name, line, column, f"the column given as dataset.columns.{field_name}", MISSING)
+    values = {field_name: row[column] for field_name, column in columns.items()}
+    return {**{key: value for key, value in row.items() if key not in columns.values()}, **values}
+
+
 def _read(
-    path: PathLike,
+    path: Source,
     want: _Want,
     limit: int | None,
     skipped: list[DataError] | None = None,
     report: ReadReport | None = None,
     allow_empty: bool = False,
+    split: str | None = None,
+    subset: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> list[Any]:
-    """Read up to ``limit`` records of kind ``want`` from ``path``.
+    """Read up to ``limit`` records of kind ``want`` from ``path`` (any :data:`Source`).
 
     With ``skipped`` (a list), a malformed row is appended to it as its DataError and
     skipped instead of stopping the read (``skip_bad_rows``); a missing or unreadable
@@ -719,17 +1000,19 @@ def _read(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or a whole number >= 0, got {limit!r}.")
-    name = os.fspath(path)
+    name = source_name(path)
     if report is None:
         report = ReadReport()
     report.path, report.kind = name, want
     records: list[Any] = []
-    rows = iter_jsonl(name, report, skipped)
+    rows = iter_rows(path, report, skipped, split=split, subset=subset)
     if limit == 0:
         next(rows, None)  # still report a missing or unreadable file
         return records
     for line, data in rows:
         try:
+            if columns:
+                data = _renamed(name, line, data, columns)
             parsed = _parse_row(_Row(name, line, data), want)
             if want == "preference":
                 for pair in parsed:
@@ -751,81 +1034,106 @@ def _read(
 
 
 def read_prompts(
-    path: PathLike,
+    path: Source,
     limit: int | None = None,
     skipped: list[DataError] | None = None,
     report: ReadReport | None = None,
     allow_empty: bool = False,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> list[PromptRecord]:
     """Read prompts from any supported file (see the module docstring).
 
-    Demonstration and preference files give their prompts; an Alpaca seed
-    task gives one prompt per instance.
+    Every row with a prompt gives it (prompt-only, prompt-completion, preference,
+    unpaired preference, conversations); an Alpaca seed task gives one prompt per
+    instance. A language-modeling ``text`` row has no prompt and is refused.
 
     Args:
-        path: a ``.jsonl``, ``.jsonl.gz`` or ``.json`` file.
+        path: a file, dataset folder or hub id, or rows in memory (a ``datasets.Dataset``, a list of dicts): see the module docstring.
         limit: stop after this many records (None: read all).
         skipped: when given, malformed rows are appended here as DataErrors and skipped.
         report: when given, filled in with the rows read, kept and dropped (see :class:`ReadReport`).
         allow_empty: return ``[]`` for a file with no usable row instead of raising.
+        split: the split of a dataset folder or hub dataset (None: 'train', or the only one).
+        subset: the subset (configuration) of a hub dataset (None: its default).
+        columns: your column for each field read, e.g. ``{"prompt": "question"}`` (None: the fields' own names).
 
     Raises:
         DataError: the file is missing, a row is malformed (and ``skipped`` is None),
             or no row gives a record (and not ``allow_empty``).
     """
-    return _read(path, "prompt", limit, skipped, report, allow_empty)
+    return _read(path, "prompt", limit, skipped, report, allow_empty, split, subset, columns)
 
 
 def read_demonstrations(
-    path: PathLike,
+    path: Source,
     limit: int | None = None,
     skipped: list[DataError] | None = None,
     report: ReadReport | None = None,
     allow_empty: bool = False,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> list[Demonstration]:
-    """Read demonstrations (prompt and response) from any supported file.
+    """Read demonstrations (prompt and response) for SFT from any supported source.
 
-    Preference files give their prompt with the chosen reply as the response;
-    an Alpaca seed task gives one demonstration per instance.
+    Language-modeling rows (a ``text`` row is a response to no prompt, ``""``), prompt-completion,
+    Alpaca and Self-Instruct rows; an Alpaca seed task gives one demonstration per instance.
+    A preference row is refused (train a reward model or DPO on it, or give its chosen
+    replies as prompt-completion rows).
 
     Args:
-        path: a ``.jsonl``, ``.jsonl.gz`` or ``.json`` file.
+        path: a file, dataset folder or hub id, or rows in memory (a ``datasets.Dataset``, a list of dicts): see the module docstring.
         limit: stop after this many records (None: read all).
         skipped: when given, malformed rows are appended here as DataErrors and skipped.
         report: when given, filled in with the rows read, kept and dropped (see :class:`ReadReport`).
         allow_empty: return ``[]`` for a file with no usable row instead of raising.
+        split: the split of a dataset folder or hub dataset (None: 'train', or the only one).
+        subset: the subset (configuration) of a hub dataset (None: its default).
+        columns: your column for each field read, e.g. ``{"prompt": "question"}`` (None: the fields' own names).
 
     Raises:
         DataError: the file is missing, a row is malformed (and ``skipped`` is None),
             or no row gives a record (and not ``allow_empty``).
     """
-    return _read(path, "demonstration", limit, skipped, report, allow_empty)
+    return _read(path, "demonstration", limit, skipped, report, allow_empty, split, subset, columns)
 
 
 def read_preferences(
-    path: PathLike,
+    path: Source,
     limit: int | None = None,
     skipped: list[DataError] | None = None,
     report: ReadReport | None = None,
     allow_empty: bool = False,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> list[PreferencePair]:
-    """Read preference pairs: native, chat-message or HH-RLHF rows.
+    """Read preference pairs: TRL's preference rows with an explicit or implicit prompt (texts,
+    messages or HH-RLHF dialogues).
 
     A pair must hold two non-empty, different responses: training on anything else is
     training on garbage.
 
     Args:
-        path: a ``.jsonl``, ``.jsonl.gz`` or ``.json`` file.
+        path: a file, dataset folder or hub id, or rows in memory (a ``datasets.Dataset``, a list of dicts): see the module docstring.
         limit: stop after this many records (None: read all).
         skipped: when given, malformed rows are appended here as DataErrors and skipped.
         report: when given, filled in with the rows read, kept and dropped (see :class:`ReadReport`).
         allow_empty: return ``[]`` for a file with no usable row instead of raising.
+        split: the split of a dataset folder or hub dataset (None: 'train', or the only one).
+        subset: the subset (configuration) of a hub dataset (None: its default).
+        columns: your column for each field read, e.g. ``{"prompt": "question"}`` (None: the fields' own names).
 
     Raises:
         DataError: the file is missing, a row is malformed (and ``skipped`` is None),
             or no row gives a pair (and not ``allow_empty``).
     """
-    return _read(path, "preference", limit, skipped, report, allow_empty)
+    return _read(path, "preference", limit, skipped, report, allow_empty, split, subset, columns)
 
 
 # --------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 A prompt (:data:`Prompt`) is either plain text or a list of chat messages
 ``{"role": "system" | "user" | "assistant", "content": str}`` that ends with a
 user message. Responses are always plain text: the assistant's next turn.
+A demonstration may have the empty prompt ``""``: a language-modeling text (TRL's
+``{"text"}`` rows), trained on as a whole.
 """
 
 from __future__ import annotations
@@ -121,8 +123,8 @@ class Demonstration:
     """A prompt and the response to imitate (supervised fine-tuning).
 
     Attributes:
-        prompt: plain text or chat messages ending with a user message.
-        response: the assistant's reply, plain text.
+        prompt: plain text or chat messages ending with a user message; ``""`` for a language-modeling text.
+        response: the assistant's reply, plain text (the whole text when there is no prompt).
         meta: free-form information carried along.
     """
 

@@ -279,10 +279,13 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
     pad_id = tokenizer.pad_token_id
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     report = ReadReport()
-    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report)
+    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report, **cfg.dataset.read_args())
     console.print(f"dpo: {report.kept()}")
     if cfg.eval_data:
-        train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data), limit=cfg.eval_limit, skipped=skipped)
+        train_pairs, eval_pairs = (
+            pairs,
+            read_preferences(resolve_path(cfg.eval_data), limit=cfg.eval_limit, skipped=skipped, **cfg.dataset.read_args(held_out=True)),
+        )
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
         eval_pairs = eval_pairs[: cfg.eval_limit] if cfg.eval_limit is not None else eval_pairs
@@ -525,7 +528,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     """
     out = start_stage(cfg, rounds="round_*")  # rounds made with other settings are not gone on from
     t_start = time.time()
-    prompts = [r.prompt for r in read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)]
+    prompts = [r.prompt for r in read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, **cfg.dataset.read_args())]
     n = min(cfg.prompts_per_round, len(prompts))
     stream = index_stream(len(prompts), cfg.seed, cfg.rounds * n)
     sources = load_reward_sources(cfg.reward, cfg.precision)  # models and judges loaded once, for every round

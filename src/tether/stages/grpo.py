@@ -307,7 +307,7 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
     policy_path = resolve_model(cfg.policy, "policy")
     tokenizer = load_tokenizer(policy_path)
     report = ReadReport()
-    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report, **cfg.dataset.read_args())
     console.print(f"grpo: {report.kept()}")
     policy = load_causal_lm(policy_path)
     # With LoRA the reference is the base weights with the adapter off (nothing loaded); with full
@@ -365,7 +365,11 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
     }[cfg.loss_aggregation]
     baseline = MovingAverageBaseline(cfg.baseline_decay)
     stream = index_stream(len(records), cfg.seed, cfg.steps * cfg.prompts_per_step * procs.world)
-    held_out = read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit) if cfg.early_stop.prompts else []
+    held_out = (
+        read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit, **cfg.dataset.read_args(held_out=True))
+        if cfg.early_stop.prompts
+        else []
+    )
     guard = GoodhartGuard(cfg.early_stop, out, trainable, cfg.steps, started=t_start)
 
     start_step = 0

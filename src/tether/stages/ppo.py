@@ -299,7 +299,7 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     policy_path = resolve_model(cfg.policy, "policy")
     tokenizer = load_tokenizer(policy_path)
     report = ReadReport()
-    prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
+    prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report, **cfg.dataset.read_args())
     console.print(f"ppo: {report.kept()}")
     # the reward: one reward model alone scores the policy's token ids (placement=ray: in its own actor); any other list of
     # sources (rewards/sources.py) is loaded by build_scorer and reads the decoded text
@@ -403,7 +403,11 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     per_step = cfg.batch_size * procs.world  # episodes a step over all processes
     stream = index_stream(len(prompts), cfg.seed, cfg.steps * (per_step // cfg.samples_per_prompt))
     ptx = PtxLoss(policy, tokenizer, cfg, n_updates) if cfg.ptx_coef > 0 else None  # PPO-ptx: demonstrations' SFT loss mixed in
-    held_out = read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit) if cfg.early_stop.prompts else []
+    held_out = (
+        read_prompts(resolve_path(cfg.early_stop.prompts), limit=cfg.early_stop.limit, **cfg.dataset.read_args(held_out=True))
+        if cfg.early_stop.prompts
+        else []
+    )
     guard = GoodhartGuard(cfg.early_stop, out, trainable, cfg.steps, started=t_start)
 
     start_step = 0

@@ -242,9 +242,13 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
     ensemble = load_reward_model(str(out / "model"))
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     pairs = (
-        read_preferences(resolve_path(cfg.eval_data), skipped=skipped)
+        read_preferences(resolve_path(cfg.eval_data), skipped=skipped, **cfg.dataset.read_args(held_out=True))
         if cfg.eval_data
-        else split_by_prompt(read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped), cfg.eval_fraction, cfg.seed)[1]
+        else split_by_prompt(
+            read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, **cfg.dataset.read_args()),
+            cfg.eval_fraction,
+            cfg.seed,
+        )[1]
     )
     pairs = [p for p in pairs if not is_tie(p)]
     pairs, _ = drop_identical_pairs(ensemble.members[0].tokenizer, pairs, cfg.max_response_tokens)  # as each member's held-out pairs
@@ -305,10 +309,13 @@ def train_reward(cfg: RewardConfig) -> dict:
     tokenizer = load_tokenizer(trunk_path)
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     report = ReadReport()
-    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report)
+    pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report, **cfg.dataset.read_args())
     console.print(f"reward: {report.kept()}")
     if cfg.eval_data:
-        train_pairs, eval_pairs = pairs, read_preferences(resolve_path(cfg.eval_data), skipped=skipped)
+        train_pairs, eval_pairs = (
+            pairs,
+            read_preferences(resolve_path(cfg.eval_data), skipped=skipped, **cfg.dataset.read_args(held_out=True)),
+        )
     else:
         train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
         if not train_pairs:

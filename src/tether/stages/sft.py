@@ -94,7 +94,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
     report = ReadReport()
-    demos = read_demonstrations(resolve_path(cfg.data), limit=cfg.limit, report=report)
+    demos = read_demonstrations(resolve_path(cfg.data), limit=cfg.limit, report=report, **cfg.dataset.read_args())
     console.print(f"sft: {report.kept()}")
     train_demos, eval_demos = split(demos, cfg.eval_fraction, cfg.seed)
     if not train_demos:
