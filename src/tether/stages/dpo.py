@@ -47,6 +47,7 @@ from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import shard_blocks
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_ipo_token_mean_loss, dpo_sigmoid_loss
+from tether.models.card import write_model_card
 from tether.models.loading import (
     adapter_off,
     apply_lora,
@@ -489,6 +490,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": time.time() - t_start,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.policy, data=[cfg.data, cfg.eval_data])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

@@ -63,6 +63,7 @@ from tether.losses import (
     sequence_mean,
     token_mean,
 )
+from tether.models.card import write_model_card
 from tether.models.loading import (
     apply_lora,
     autocast,
@@ -489,6 +490,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": time.time() - t_start,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.policy, data=[cfg.prompts])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

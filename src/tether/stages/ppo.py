@@ -65,6 +65,7 @@ from tether.losses import (
     ppo_value_loss,
     sft_loss,
 )
+from tether.models.card import write_model_card
 from tether.models.loading import (
     ModelError,
     apply_lora,
@@ -522,6 +523,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": time.time() - t_start,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.policy, data=[cfg.prompts, cfg.ptx_data])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

@@ -23,6 +23,7 @@ from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import ReadReport, read_demonstrations, split
 from tether.distributed import shard_blocks
 from tether.losses import IGNORE_INDEX
+from tether.models.card import write_model_card
 from tether.models.loading import (
     apply_lora,
     autocast,
@@ -202,6 +203,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": elapsed,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.model, data=[cfg.data])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary
