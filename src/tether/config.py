@@ -151,7 +151,8 @@ RANGES: dict[str, str | tuple[str, str]] = {
 def check_fields(cfg) -> None:
     """Check every field of config dataclass `cfg` against its type hint (as a YAML value is: an int becomes a float in
     a float field) and its range in RANGES. Every config class calls it first in __post_init__, so a config built in
-    Python is checked as one read from a file. Raises ConfigError naming the field, its value and what was expected."""
+    Python is checked as one read from a file; a stage's `chat_template`, when set, must name a file. Raises ConfigError
+    naming the field, its value and what was expected."""
     cls = type(cfg)
     for name, tp in _field_types(cls).items():
         value = _coerce(tp, getattr(cfg, name), name, "")
@@ -166,6 +167,12 @@ def check_fields(cfg) -> None:
         elif _inside(value, interval):
             continue
         raise ConfigError(f"must be {expected}, got {value!r}" + (f" ({hint})" if hint else ""), key=name)
+    template = getattr(cfg, "chat_template", None)  # the stages that load a tokenizer: a file the run can read
+    if template is not None and not Path(resolve_path(template)).is_file():
+        raise ConfigError(
+            f"{template}: no such file{did_you_mean(resolve_path(template))}; expected a Jinja chat template file (null = the model's own)",
+            key="chat_template",
+        )
 
 
 @functools.cache
@@ -351,7 +358,9 @@ class SFTConfig:
     """`tether sft`: next-token cross-entropy on response tokens."""
 
     model: str = "default"
-    """Base model: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face directory."""
+    """Base model: 'default' (SmolLM2-135M-Instruct), a local Hugging Face directory or a hub id org/name in the local Hugging Face cache."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     data: str = "shared:alpaca_seed_tasks.jsonl"
     """Demonstrations (JSONL/JSONL.gz; native, chat, Alpaca or HH format). 'shared:' = ../shared/data."""
     output_dir: str = "runs/sft"
@@ -439,6 +448,8 @@ class CollectConfig:
 
     model: str = "default"
     """Model that samples the responses (the SFT model in the pipeline)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Prompts file (any format `tether` reads)."""
     output_dir: str = "runs/collect"
@@ -477,6 +488,8 @@ class RewardConfig:
 
     model: str = "default"
     """Trunk to start from (the SFT model in the pipeline)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     data: str = "runs/collect/preferences.jsonl"
     """Preference pairs (native, chat or HH format)."""
     eval_data: str | None = None
@@ -645,6 +658,8 @@ class PPOConfig:
 
     policy: str = "default"
     """Policy start and reference (the SFT model)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reward: list[RewardSourceSettings] = field(default_factory=lambda: [RewardSourceSettings(type="model", path="runs/reward/model")])
     """Reward sources summed with their weights (rewards/sources.py; metadata is {} in PPO): a reward model or ensemble
     ([{type: model, path: runs/reward/model}], std_coef: k for an ensemble's mean - k * std), a Python function
@@ -817,6 +832,8 @@ class DPOConfig:
 
     policy: str = "default"
     """Model to train (the SFT model); by default also the reference."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reference: str = "policy"
     """The frozen reference: 'policy' (the policy's starting weights: with LoRA the same weights with the adapter off, else a
     frozen copy), a model directory, or 'none' (reference-free: the reference log-ratio is taken as 0)."""
@@ -1026,6 +1043,8 @@ class GRPOConfig:
 
     policy: str = "default"
     """Policy start and reference (the SFT model)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: function, path: my.py:score}, {type: model, path: runs/reward/model}]."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
@@ -1217,6 +1236,8 @@ class GenerateConfig:
 
     model: str = "default"
     """Model to sample from."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     prompts: str = "shared:self_instruct_user_eval.jsonl"
     """Prompts file."""
     output: str = "runs/generate/samples.jsonl"
@@ -1328,6 +1349,8 @@ class BoNConfig:
 
     policy: str = "default"
     """Model that samples the N responses (the SFT model, or any policy)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: model, path: runs/reward/model}] (an ensemble takes std_coef)
     or [{type: function, path: my.py:score}]; a sample scored None is never picked."""
@@ -1363,6 +1386,8 @@ class RSConfig:
 
     policy: str = "default"
     """Policy of round 1 (the SFT model); each round's fine-tuned model samples the next round."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: model, path: runs/reward/model}] (an ensemble takes std_coef)
     or [{type: function, path: my.py:score}]; a sample scored None is never picked."""

@@ -75,6 +75,7 @@ INPUTS = frozenset(
         "normalize_data",
         "ptx_data",
         "constitution",
+        "chat_template",
     }
 )
 """Keys (at any depth) that name a file or a model folder whose content the stage reads."""

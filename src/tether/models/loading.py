@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tether.config import ConfigError, LoraSettings, did_you_mean
+from tether.config import ConfigError, LoraSettings, did_you_mean, resolve_path
 from tether.processes import full_tensor, is_fsdp, processes
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -204,11 +204,15 @@ def _set_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, chat_template: str | None = None):
+    """The model's tokenizer, with a padding token; `chat_template`: a Jinja file whose template replaces the model's
+    own (a stage's `chat_template` setting; save_pretrained then writes it with the model, so later stages use it)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     _set_pad_token(tokenizer)
+    if chat_template is not None:
+        tokenizer.chat_template = Path(resolve_path(chat_template)).read_text()
     return tokenizer
 
 

@@ -276,7 +276,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
 
     # ---- data: preference pairs -> token ids; held-out pairs
     policy_path = resolve_model(cfg.policy, "policy")
-    tokenizer = load_tokenizer(policy_path)
+    tokenizer = load_tokenizer(policy_path, cfg.chat_template)
     pad_id = tokenizer.pad_token_id
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     report = ReadReport()
@@ -534,7 +534,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     policy_path = resolve_model(cfg.policy, "policy")
 
     def sample_and_score(model_path: str, batch: list, seed: int):
-        tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
+        tokenizer, model = load_tokenizer(model_path, cfg.chat_template), load_causal_lm(model_path).eval()
         samples = sample_responses(model, tokenizer, batch + batch, cfg.generation, seed=seed, precision=cfg.precision)
         firsts, seconds = [s["response"] for s in samples[: len(batch)]], [s["response"] for s in samples[len(batch) :]]
         scores = score_pairs(sources, batch, firsts, seconds, [{} for _ in batch])[0]  # (first, second) or None per prompt

@@ -306,7 +306,7 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
         else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
     )
     policy_path = resolve_model(cfg.policy, "policy")
-    tokenizer = load_tokenizer(policy_path)
+    tokenizer = load_tokenizer(policy_path, cfg.chat_template)
     report = ReadReport()
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
     console.print(f"grpo: {report.kept()}")

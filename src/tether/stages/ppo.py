@@ -298,7 +298,7 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     made here. A resumed run gets its models, optimiser, KL controller and guard back from the checkpoint."""
     # ---- models: policy (+ value), reference, reward model (placement=ray: the frozen ones in Ray actors)
     policy_path = resolve_model(cfg.policy, "policy")
-    tokenizer = load_tokenizer(policy_path)
+    tokenizer = load_tokenizer(policy_path, cfg.chat_template)
     report = ReadReport()
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
     console.print(f"ppo: {report.kept()}")

@@ -305,7 +305,7 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     # 1. data: preference pairs, held-out split
     trunk_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(trunk_path)
+    tokenizer = load_tokenizer(trunk_path, cfg.chat_template)
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     report = ReadReport()
     pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report)

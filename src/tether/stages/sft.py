@@ -93,7 +93,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
 
     # 1. data: demonstrations -> token ids with the prompt masked out of the labels
     model_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cfg.chat_template)
     report = ReadReport()
     demos = read_demonstrations(resolve_path(cfg.data), limit=cfg.limit, report=report)
     console.print(f"sft: {report.kept()}")
