@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from tether.cli import app
 from tether.config import DPOConfig, RewardConfig, SFTConfig, load_config
 from tether.fingerprint import content_id
 from tether.models.card import MODEL_CARD, read_card_metadata
@@ -40,17 +42,21 @@ def fake_hub_cache(home: Path, repo_id: str, model_dir: Path, revision: str = "0
 
 @pytest.fixture
 def hub_home(tmp_path, monkeypatch, tiny_model_dir):
-    """HF_HOME holding the tiny model as the hub model `tiny-org/tiny-llama`; no network (a connection is an error)."""
+    """HF_HOME holding the tiny model as the hub model `tiny-org/tiny-llama`; no network: a connection attempt is
+    refused and recorded, and the test fails if there was one (even one that a library caught)."""
     home = tmp_path / "hf-home"
     fake_hub_cache(home, "tiny-org/tiny-llama", tiny_model_dir)
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    attempts = []
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a network connection was attempted")
+    def refuse(sock, address):
+        attempts.append(address)
+        raise OSError("no network in this test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    return home
+    yield home
+    assert not attempts, f"network connections were attempted: {attempts}"
 
 
 def test_a_hub_id_resolves_from_the_local_cache_and_an_absent_one_is_named(hub_home, tmp_path, monkeypatch):
@@ -69,6 +75,9 @@ def test_a_hub_id_resolves_from_the_local_cache_and_an_absent_one_is_named(hub_h
             and "not in the local cache" in message
             and "hf download tiny-org/absent" in message
         )
+    result = CliRunner().invoke(app, ["generate", "model=tiny-org/absent", "limit=1"])  # one red sentence, exit code 2
+    assert result.exit_code == 2 and "model 'tiny-org/absent': no such local directory" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
     monkeypatch.chdir(tmp_path)
     Path("tiny-org/tiny-llama").mkdir(parents=True)  # a local folder of that name wins over the hub id
     with pytest.raises(ModelError, match="no config.json"):
