@@ -97,6 +97,7 @@ def test_a_saved_policy_has_a_card_and_loads_with_plain_transformers(hub_home, t
     assert "`sft` stage" in card and str(tiny_data["demos"]) in card and "AutoModelForCausalLM" in card
     assert f"| eval_loss | {summary['eval_loss']:.4g} |" in card and "max_steps: 2" in card  # the metrics and the config
 
+    exec(card.split("```python\n")[1].split("```")[0], {})  # the card's usage lines, run as written
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True

@@ -74,14 +74,26 @@ def _number(value: Any) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.4g}"
 
 
-def _usage_policy(name: str) -> str:
+def has_chat_template(folder: str | Path) -> bool:
+    """Whether the tokenizer saved in `folder` carries a chat template (chat_template.jinja, or in tokenizer_config.json)."""
+    config = Path(folder) / "tokenizer_config.json"
+    in_config = config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+    return (Path(folder) / "chat_template.jinja").is_file() or in_config
+
+
+def _usage_policy(name: str, chat: bool) -> str:
+    render = (
+        'messages = [{"role": "user", "content": "Give three tips for staying healthy."}]\n'
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)'
+        if chat  # without a template, tether's own rendering of a prompt (data/templates.py)
+        else 'inputs = tokenizer("User: Give three tips for staying healthy.\\n\\nAssistant:", return_tensors="pt")'
+    )
     return f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{name}")
 model = AutoModelForCausalLM.from_pretrained("{name}")
-messages = [{{"role": "user", "content": "Give three tips for staying healthy."}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+{render}
 output = model.generate(**inputs, max_new_tokens=64)
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```"""
@@ -159,8 +171,10 @@ def model_card(cfg, summary: dict[str, Any], base_model: str, data: list[str], n
     elif is_reward:
         lines.append(_usage_reward(name, summary.get("normalization") or {}) + "\n")
     else:
-        lines.append("The folder loads with plain transformers (the tokenizer carries the chat template it was trained with):\n")
-        lines.append(_usage_policy(name) + "\n")
+        chat = has_chat_template(name)
+        carries = "carries the chat template it was trained with" if chat else "has no chat template: prompts read `User: ...`"
+        lines.append(f"The folder loads with plain transformers (the tokenizer {carries}):\n")
+        lines.append(_usage_policy(name, chat) + "\n")
     lines.append("## Training data\n")
     lines.extend(f"- `{d}`" for d in data)
     lines.append("")
