@@ -359,8 +359,6 @@ class SFTConfig:
 
     model: str = "default"
     """Base model: 'default' (SmolLM2-135M-Instruct), a local Hugging Face directory or a hub id org/name in the local Hugging Face cache."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     data: str = "shared:alpaca_seed_tasks.jsonl"
     """Demonstrations (JSONL/JSONL.gz; native, chat, Alpaca or HH format). 'shared:' = ../shared/data."""
     output_dir: str = "runs/sft"
@@ -399,6 +397,8 @@ class SFTConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision: bf16 autocast keeps fp32 master weights and runs ~2x faster on modern CPUs; fp16, for GPUs
     without bf16 (V100, T4), adds dynamic loss scaling to every training stage (training.LossScaler)."""
@@ -448,8 +448,6 @@ class CollectConfig:
 
     model: str = "default"
     """Model that samples the responses (the SFT model in the pipeline)."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Prompts file (any format `tether` reads)."""
     output_dir: str = "runs/collect"
@@ -466,6 +464,8 @@ class CollectConfig:
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
     annotator: AnnotatorSettings = field(default_factory=AnnotatorSettings)
     """Who labels."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for generation."""
     seed: int = 0
@@ -488,8 +488,6 @@ class RewardConfig:
 
     model: str = "default"
     """Trunk to start from (the SFT model in the pipeline)."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     data: str = "runs/collect/preferences.jsonl"
     """Preference pairs (native, chat or HH format)."""
     eval_data: str | None = None
@@ -554,6 +552,8 @@ class RewardConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -658,8 +658,6 @@ class PPOConfig:
 
     policy: str = "default"
     """Policy start and reference (the SFT model)."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reward: list[RewardSourceSettings] = field(default_factory=lambda: [RewardSourceSettings(type="model", path="runs/reward/model")])
     """Reward sources summed with their weights (rewards/sources.py; metadata is {} in PPO): a reward model or ensemble
     ([{type: model, path: runs/reward/model}], std_coef: k for an ensemble's mean - k * std), a Python function
@@ -783,6 +781,8 @@ class PPOConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -832,8 +832,6 @@ class DPOConfig:
 
     policy: str = "default"
     """Model to train (the SFT model); by default also the reference."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reference: str = "policy"
     """The frozen reference: 'policy' (the policy's starting weights: with LoRA the same weights with the adapter off, else a
     frozen copy), a model directory, or 'none' (reference-free: the reference log-ratio is taken as 0)."""
@@ -902,6 +900,8 @@ class DPOConfig:
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
     skip_bad_rows: bool = False
     """Skip malformed pairs (counted in the log and summary) instead of stopping at the first with its file and line."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -1043,8 +1043,6 @@ class GRPOConfig:
 
     policy: str = "default"
     """Policy start and reference (the SFT model)."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: function, path: my.py:score}, {type: model, path: runs/reward/model}]."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
@@ -1129,6 +1127,8 @@ class GRPOConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -1236,8 +1236,6 @@ class GenerateConfig:
 
     model: str = "default"
     """Model to sample from."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     prompts: str = "shared:self_instruct_user_eval.jsonl"
     """Prompts file."""
     output: str = "runs/generate/samples.jsonl"
@@ -1250,6 +1248,8 @@ class GenerateConfig:
     """Who samples: 'tether' = tether's own sampler, on any device; 'vllm' = vLLM on a CUDA GPU (`vllm`; extra tether[vllm])."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -1349,8 +1349,6 @@ class BoNConfig:
 
     policy: str = "default"
     """Model that samples the N responses (the SFT model, or any policy)."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: model, path: runs/reward/model}] (an ensemble takes std_coef)
     or [{type: function, path: my.py:score}]; a sample scored None is never picked."""
@@ -1370,6 +1368,8 @@ class BoNConfig:
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
     gold: bool = False
     """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and report the gold gain."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for sampling and scoring."""
     seed: int = 0
@@ -1386,8 +1386,6 @@ class RSConfig:
 
     policy: str = "default"
     """Policy of round 1 (the SFT model); each round's fine-tuned model samples the next round."""
-    chat_template: str | None = None
-    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     reward: list[RewardSourceSettings] = field(default_factory=list)
     """Reward sources, summed with their weights, e.g. [{type: model, path: runs/reward/model}] (an ensemble takes std_coef)
     or [{type: function, path: my.py:score}]; a sample scored None is never picked."""
@@ -1419,6 +1417,8 @@ class RSConfig:
     """SFT of every round; its model, data, output_dir, seed and precision are filled in per round."""
     gold: bool = False
     """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and log gold means per round."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for sampling, scoring and SFT."""
     seed: int = 0
