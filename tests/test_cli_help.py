@@ -41,6 +41,7 @@ STAGES = {  # every function a command hands its config to
     "tether.stages.revise": ["run_revise"],
     "tether.pipeline": ["run_pipeline"],
     "tether.cli": ["_generate", "_reward_eval", "_reward_score"],
+    "tether.models.hub": ["push"],
 }
 
 

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 
 import tether.eval.overopt
 import tether.eval.report
+import tether.models.hub
 import tether.pipeline
 import tether.stages.bon
 import tether.stages.collect
@@ -680,6 +681,22 @@ def demo(
     report = Path(cfg.output_dir) / "report.md"
     if report.exists():
         print(report.read_text())
+
+
+@app.command()
+def push(
+    source: Path = typer.Argument(..., help="A saved model folder, or a run folder (its final model is pushed)."),
+    repo: str = typer.Option(..., "--repo", help="The hub repository, org/name (created when it does not exist)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private."),
+    revision: str | None = typer.Option(None, "--revision", help="The branch to push to (created from main when new); default main."),
+):
+    """Upload a model to the Hugging Face hub (huggingface_hub; the token of `hf auth login` or HF_TOKEN), its model card
+    naming the repository. A run folder means its final model: `model/` of a stage's run, the final policy of an
+    online-DPO or rejection-sampling run or of a `tether run` (the last round's ppo/model); the folder pushed is printed.
+
+    Example: `tether push runs/sft --repo my-org/my-sft-model --private`
+    """
+    _print_summary(_run(tether.models.hub.push, source, repo, private, revision))
 
 
 @app.command("config")

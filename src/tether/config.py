@@ -151,7 +151,8 @@ RANGES: dict[str, str | tuple[str, str]] = {
 def check_fields(cfg) -> None:
     """Check every field of config dataclass `cfg` against its type hint (as a YAML value is: an int becomes a float in
     a float field) and its range in RANGES. Every config class calls it first in __post_init__, so a config built in
-    Python is checked as one read from a file. Raises ConfigError naming the field, its value and what was expected."""
+    Python is checked as one read from a file; a stage's `chat_template`, when set, must name a file. Raises ConfigError
+    naming the field, its value and what was expected."""
     cls = type(cfg)
     for name, tp in _field_types(cls).items():
         value = _coerce(tp, getattr(cfg, name), name, "")
@@ -166,6 +167,12 @@ def check_fields(cfg) -> None:
         elif _inside(value, interval):
             continue
         raise ConfigError(f"must be {expected}, got {value!r}" + (f" ({hint})" if hint else ""), key=name)
+    template = getattr(cfg, "chat_template", None)  # the stages that load a tokenizer: a file the run can read
+    if template is not None and not Path(resolve_path(template)).is_file():
+        raise ConfigError(
+            f"{template}: no such file{did_you_mean(resolve_path(template))}; expected a Jinja chat template file (null = the model's own)",
+            key="chat_template",
+        )
 
 
 @functools.cache
@@ -406,7 +413,7 @@ class SFTConfig:
     """`tether sft`: next-token cross-entropy on response tokens."""
 
     model: str = "default"
-    """Base model: 'default' (SmolLM2-135M-Instruct) or a local Hugging Face directory."""
+    """Base model: 'default' (SmolLM2-135M-Instruct), a local Hugging Face directory or a hub id org/name in the local Hugging Face cache."""
     data: str = "shared:alpaca_seed_tasks.jsonl"
     """Demonstrations: a JSONL/JSON(.gz), CSV, parquet or arrow file, a dataset folder or a cached hub id org/name, in TRL's
     language-modeling or prompt-completion format, tether's, Alpaca's or Self-Instruct's (tether.data.readers). 'shared:' = ../shared/data."""
@@ -448,6 +455,8 @@ class SFTConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision: bf16 autocast keeps fp32 master weights and runs ~2x faster on modern CPUs; fp16, for GPUs
     without bf16 (V100, T4), adds dynamic loss scaling to every training stage (training.LossScaler)."""
@@ -513,6 +522,8 @@ class CollectConfig:
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
     annotator: AnnotatorSettings = field(default_factory=AnnotatorSettings)
     """Who labels."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for generation."""
     seed: int = 0
@@ -602,6 +613,8 @@ class RewardConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -831,6 +844,8 @@ class PPOConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -951,6 +966,8 @@ class DPOConfig:
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
     skip_bad_rows: bool = False
     """Skip malformed pairs (counted in the log and summary) instead of stopping at the first with its file and line."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -1179,6 +1196,8 @@ class GRPOConfig:
     """Resume from a checkpoint in output_dir (an interrupted run with the same settings and inputs); false = discard it and start again."""
     keep_checkpoint: bool = False
     """Keep output_dir/checkpoint after the final model is written (by default it is removed then)."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -1298,6 +1317,8 @@ class GenerateConfig:
     """Who samples: 'tether' = tether's own sampler, on any device; 'vllm' = vLLM on a CUDA GPU (`vllm`; extra tether[vllm])."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision."""
     seed: int = 0
@@ -1416,6 +1437,8 @@ class BoNConfig:
     """vLLM's share of GPU memory and dtype, for engine=vllm."""
     gold: bool = False
     """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and report the gold gain."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own)."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for sampling and scoring."""
     seed: int = 0
@@ -1463,6 +1486,8 @@ class RSConfig:
     """SFT of every round; its model, data, output_dir, seed and precision are filled in per round."""
     gold: bool = False
     """Also score every sample with the gold scorer (feedback/gold.py, the demo's simulated taste) and log gold means per round."""
+    chat_template: str | None = None
+    """Jinja file (a chat template) used in place of the model's own to render prompts (None = the model's own); the saved model keeps it."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Matmul precision for sampling, scoring and SFT."""
     seed: int = 0

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tether.config import MOVED_KEYS, resolve_path, to_dict
+from tether.models.card import MODEL_CARD
+from tether.models.loading import HUB_ID, cached_hub_model
 from tether.models.reward_model import ENSEMBLE_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -73,6 +75,7 @@ INPUTS = frozenset(
         "normalize_data",
         "ptx_data",
         "constitution",
+        "chat_template",
     }
 )
 """Keys (at any depth) that name a file or a model folder whose content the stage reads."""
@@ -95,12 +98,16 @@ def file_sha256(path: Path) -> str:
 
 def content_id(value: str) -> str | None:
     """The content of the input `value` names: a file's sha256, a folder's (every file in it, hidden ones left out, by
-    relative path), or None when it names no file or folder ('default', 'module:function', a path not made yet)."""
+    relative path; the README.md at its top left out: a model card, which records the run and feeds no stage), or None
+    when it names no file or folder ('default', 'module:function', a path not made yet); a hub id `org/name` in the local
+    Hugging Face cache is its snapshot folder."""
     if value == "default":
         return None
     path = Path(resolve_path(value))
     if not path.exists() and ":" in value:  # 'file.py:function'
         path = Path(resolve_path(value.rsplit(":", 1)[0]))
+    if not path.exists() and HUB_ID.fullmatch(value) and (snapshot := cached_hub_model(value)):  # a hub id in the local cache
+        path = Path(snapshot)
     if path.is_file():
         return file_sha256(path)
     if not path.is_dir():
@@ -108,7 +115,7 @@ def content_id(value: str) -> str | None:
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(f for f in files if not f.startswith(".")):
+        for name in sorted(f for f in files if not f.startswith(".") and not (Path(root) == path and f == MODEL_CARD)):
             file = Path(root) / name
             digest.update(f"{file.relative_to(path)}\0{file_sha256(file)}\n".encode())
     if (path / ENSEMBLE_FILE).is_file():  # a reward-model ensemble: its members live beside it

@@ -224,6 +224,19 @@ def test_ppo_logs_every_diagnostic(chain):
     assert {s["step"] for s in samples} == {1} and len(samples) == 4 and {"prompt", "response", "reward"} <= samples[0].keys()
 
 
+def test_the_ppo_policy_has_a_model_card_and_loads_with_plain_transformers(chain):
+    from transformers import AutoModelForCausalLM
+
+    from tether.models.card import read_card_metadata
+
+    root, _, _, ppo = chain
+    meta = read_card_metadata(root / "ppo" / "model" / "README.md")
+    assert meta["library_name"] == "tether" and {"rlhf", "ppo"} <= set(meta["tags"]) and "base_model" not in meta  # a local start
+    card = (root / "ppo" / "model" / "README.md").read_text()
+    assert "`ppo` stage" in card and f"| reward_last_quarter | {ppo['reward_last_quarter']:.4g} |" in card and "steps: 3" in card
+    assert AutoModelForCausalLM.from_pretrained(root / "ppo" / "model").config.num_hidden_layers == 2
+
+
 def test_ppo_full_finetune_with_reward_model_value(chain, tiny_model_dir, tiny_data, tmp_path):
     root = chain[0]
     summary = train_ppo(
@@ -353,6 +366,12 @@ def test_reward_ensemble_trains_members_and_reaches_ppo(chain, tiny_model_dir, t
     assert s["ensemble"] == 2 and len(s["member_eval_accuracy"]) == 2 and s["eval_disagreement"] >= 0.0
     ens = load_reward_model(str(tmp_path / "ens" / "model"))
     assert isinstance(ens, RewardEnsemble) and len(ens.members) == 2
+    card = (tmp_path / "ens" / "model" / "README.md").read_text()  # the ensemble's card names its members, each has its own
+    assert (
+        "ensemble" in card.split("---")[1]
+        and "../member_1/model" in card
+        and (tmp_path / "ens" / "member_1" / "model" / "README.md").exists()
+    )
     ids, mask = torch.tensor([[5, 6, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
     members = ens.member_scores(ids, mask)  # (2, 1): different seeds give different heads
     assert members.shape == (2, 1) and members[0, 0] != members[1, 0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tether.config import ConfigError, LoraSettings, did_you_mean
+from tether.config import ConfigError, LoraSettings, did_you_mean, resolve_path
 from tether.processes import full_tensor, is_fsdp, processes
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -126,16 +127,59 @@ def default_model_dir() -> Path:
     return target
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+"""A Hugging Face hub model id, `org/name` (one slash, no leading `.`, `/` or `~`)."""
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
+    (read at each call, so a changed environment is seen)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser() / "hub"
+
+
+def cached_hub_model(repo_id: str) -> str | None:
+    """The local snapshot folder of hub model `repo_id` (its `main` revision) in the Hugging Face cache, or None when it
+    is not there. Offline: the cache is read, the network never asked."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, cache_dir=hub_cache_dir(), local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        return None
+
+
+def from_hub_cache(name: str, key: str = "model") -> str:
+    """`name` itself when it is a local path (or no hub id); for a hub id `org/name` with no such local path, its snapshot
+    folder in the local Hugging Face cache, or a ModelError naming `key` and the id when the cache lacks it."""
+    path = Path(os.path.expanduser(name))
+    if path.exists() or not HUB_ID.fullmatch(name):
+        return name
+    snapshot = cached_hub_model(name)
+    if snapshot is None:
+        raise ModelError(
+            f"{key} '{name}': no such local directory{did_you_mean(path)}, and the Hugging Face model {name} is not in the "
+            f"local cache ({hub_cache_dir()}); tether does not download models: fetch it once with `hf download {name}` "
+            "(or set HF_HOME to the cache that holds it), or give a local model folder"
+        )
+    return snapshot
+
+
 def resolve_model(name: str, key: str = "model") -> str:
-    """'default' -> the converted default model; otherwise a local HF directory, checked. `key` is the setting that
-    named it (`policy`, `baseline`, ...), for the error."""
+    """'default' -> the converted default model; a local HF directory, checked; else a hub id `org/name`, read from the
+    local Hugging Face cache (never downloaded). `key` is the setting that named it (`policy`, `baseline`, ...), for the error."""
     if name in ("default", DEFAULT_MODEL_NAME):
         return str(default_model_dir())
-    path = Path(os.path.expanduser(name))
+    path = Path(from_hub_cache(name, key)).expanduser()
     if path.exists() and not path.is_dir():
         raise ModelError(f"{key} '{name}' is a file; expected a Hugging Face model directory (config.json + weights) or 'default'")
     if not path.is_dir():
-        raise ModelError(f"{key} '{name}': no such directory{did_you_mean(path)}; expected 'default' or a local Hugging Face model folder")
+        raise ModelError(
+            f"{key} '{name}': no such directory{did_you_mean(path)}; expected 'default', a local Hugging Face model folder "
+            "or a hub id org/name in the local Hugging Face cache"
+        )
     if not (path / "config.json").exists():
         raise ModelError(
             f"{key} '{name}': the folder has no config.json, so it is not a Hugging Face model directory "
@@ -160,11 +204,15 @@ def _set_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, chat_template: str | None = None):
+    """The model's tokenizer, with a padding token; `chat_template`: a Jinja file whose template replaces the model's
+    own (a stage's `chat_template` setting; save_pretrained then writes it with the model, so later stages use it)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     _set_pad_token(tokenizer)
+    if chat_template is not None:
+        tokenizer.chat_template = Path(resolve_path(chat_template)).read_text()
     return tokenizer
 
 

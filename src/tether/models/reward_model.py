@@ -23,6 +23,7 @@ from tether.models.loading import (
     autocast,
     device,
     disable_dropout,
+    from_hub_cache,
     load_tokenizer,
     model_device,
     offload_to_cpu,
@@ -203,7 +204,9 @@ def conservative_reward(member_scores: torch.Tensor, std_coef: float) -> torch.T
 
 
 def load_reward_model(path: str, offload: bool = False) -> RewardModel | RewardEnsemble:
-    """A reward model folder, or an ensemble folder holding tether_ensemble.json; `offload`: weights held in CPU memory."""
+    """A reward model folder (or a hub id `org/name` in the local Hugging Face cache), or an ensemble folder holding
+    tether_ensemble.json; `offload`: weights held in CPU memory."""
+    path = from_hub_cache(path, "reward model")
     manifest = Path(path) / ENSEMBLE_FILE
     if manifest.exists():
         members = json.loads(manifest.read_text())["members"]
@@ -316,3 +319,29 @@ def score_texts(
             scores[batch] = r.cpu()
             batch = []
     return scores
+
+
+@torch.no_grad()
+def normalized_reward(
+    model_dir: str,
+    prompts: list[Prompt],
+    responses: list[str],
+    max_prompt_tokens: int = 192,
+    max_response_tokens: int = 128,
+) -> torch.Tensor:
+    """(N,) normalised rewards of (prompt, response) pairs from a reward model folder, with plain transformers: the
+    folder loaded as `AutoModelForSequenceClassification`, each pair encoded as tether encodes it (the prompt through
+    the chat template, then the response and EOS, tokenized separately), the head read at the last token
+    (`logits[:, 0]`, raw), and the folder's tether_reward.json applied: r = gain * raw + bias. The model card's
+    snippet is this function for one pair; `RewardModel.load(model_dir).scores` gives the same numbers."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    norm_file = Path(model_dir) / NORMALIZATION_FILE
+    norm = RewardNormalization(**json.loads(norm_file.read_text())) if norm_file.exists() else RewardNormalization()
+    raw = []
+    for prompt, response in zip(prompts, responses):  # one row each: no padding for the head's last-token search to skip
+        ids = encode_prompt(tokenizer, prompt, max_prompt_tokens)[0] + encode_response(tokenizer, response, max_response_tokens)
+        raw.append(model(input_ids=torch.tensor([ids])).logits[0, 0].float())
+    return norm.apply(torch.stack(raw)) if raw else torch.zeros(0)

@@ -176,16 +176,16 @@ def load_sampler(path: str, cfg, model=None):
     """(tokenizer, sampler) for a sampling stage: the model itself for tether's sampler, or, with
     `cfg.engine == "vllm"`, a vLLM engine holding it (rollout/vllm_engine.py); `sample_responses` takes either.
     An engine already running in this process gets the weights of the model at `path` (same architecture),
-    taken from `model` when the caller has it loaded already."""
+    taken from `model` when the caller has it loaded already. The tokenizer takes `cfg.chat_template` where the stage has one."""
     if cfg.engine != "vllm":
-        return load_tokenizer(path), load_causal_lm(path).eval()
+        return load_tokenizer(path, getattr(cfg, "chat_template", None)), load_causal_lm(path).eval()
     engine = _ENGINES.get("vllm")
     if engine is None:
         engine = _ENGINES["vllm"] = VLLMSampler(path, cfg.generation, cfg.vllm, cfg.seed)
     elif engine.model_path != path:
         engine.sync(model if model is not None else load_causal_lm(path))
     engine.model_path = path
-    return load_tokenizer(path), engine
+    return load_tokenizer(path, getattr(cfg, "chat_template", None)), engine
 
 
 def sample_responses(

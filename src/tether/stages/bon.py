@@ -262,6 +262,7 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
             output_dir=str(folder / "sft"),
             seed=cfg.seed + k,
             precision=cfg.precision,
+            chat_template=cfg.chat_template or cfg.sft.chat_template,  # the template the round sampled with, kept by its model
         )
         sft_summary = read_summary(sft_cfg.output_dir) or train_sft(sft_cfg)
         if sft_summary is None:

@@ -47,6 +47,7 @@ from tether.data.templates import encode_prompt, encode_response_with_flag
 from tether.distributed import shard_blocks
 from tether.eval.calibration import wilson_interval
 from tether.losses import dpo_conservative_loss, dpo_hinge_loss, dpo_ipo_loss, dpo_ipo_token_mean_loss, dpo_sigmoid_loss
+from tether.models.card import write_model_card
 from tether.models.loading import (
     adapter_off,
     apply_lora,
@@ -275,7 +276,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
 
     # ---- data: preference pairs -> token ids; held-out pairs
     policy_path = resolve_model(cfg.policy, "policy")
-    tokenizer = load_tokenizer(policy_path)
+    tokenizer = load_tokenizer(policy_path, cfg.chat_template)
     pad_id = tokenizer.pad_token_id
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     report = ReadReport()
@@ -492,6 +493,7 @@ def train_dpo(cfg: DPOConfig) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": time.time() - t_start,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.policy, data=[cfg.data, cfg.eval_data])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary
@@ -535,7 +537,7 @@ def train_dpo_online(cfg: DPOConfig) -> dict:
     policy_path = resolve_model(cfg.policy, "policy")
 
     def sample_and_score(model_path: str, batch: list, seed: int):
-        tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
+        tokenizer, model = load_tokenizer(model_path, cfg.chat_template), load_causal_lm(model_path).eval()
         samples = sample_responses(model, tokenizer, batch + batch, cfg.generation, seed=seed, precision=cfg.precision)
         firsts, seconds = [s["response"] for s in samples[: len(batch)]], [s["response"] for s in samples[len(batch) :]]
         scores = score_pairs(sources, batch, firsts, seconds, [{} for _ in batch])[0]  # (first, second) or None per prompt

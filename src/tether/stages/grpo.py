@@ -63,6 +63,7 @@ from tether.losses import (
     sequence_mean,
     token_mean,
 )
+from tether.models.card import write_model_card
 from tether.models.loading import (
     apply_lora,
     autocast,
@@ -305,7 +306,7 @@ def setup_grpo(cfg: GRPOConfig, placement: RayPlacement | None, out, t_start: fl
         else load_reward_sources(cfg.reward, cfg.precision, cfg.offload_frozen)
     )
     policy_path = resolve_model(cfg.policy, "policy")
-    tokenizer = load_tokenizer(policy_path)
+    tokenizer = load_tokenizer(policy_path, cfg.chat_template)
     report = ReadReport()
     records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report, **cfg.dataset.read_args())
     console.print(f"grpo: {report.kept()}")
@@ -493,6 +494,7 @@ def run_grpo(cfg: GRPOConfig, placement: RayPlacement | None) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": time.time() - t_start,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.policy, data=[cfg.prompts])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

@@ -65,6 +65,7 @@ from tether.losses import (
     ppo_value_loss,
     sft_loss,
 )
+from tether.models.card import write_model_card
 from tether.models.loading import (
     ModelError,
     apply_lora,
@@ -297,7 +298,7 @@ def setup_ppo(cfg: PPOConfig, placement: RayPlacement | None, out, t_start: floa
     made here. A resumed run gets its models, optimiser, KL controller and guard back from the checkpoint."""
     # ---- models: policy (+ value), reference, reward model (placement=ray: the frozen ones in Ray actors)
     policy_path = resolve_model(cfg.policy, "policy")
-    tokenizer = load_tokenizer(policy_path)
+    tokenizer = load_tokenizer(policy_path, cfg.chat_template)
     report = ReadReport()
     prompts = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report, **cfg.dataset.read_args())
     console.print(f"ppo: {report.kept()}")
@@ -526,6 +527,7 @@ def run_ppo(cfg: PPOConfig, placement: RayPlacement | None) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": time.time() - t_start,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.policy, data=[cfg.prompts, cfg.ptx_data])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

@@ -24,6 +24,7 @@ from tether.distributed import shard_blocks
 from tether.eval.calibration import length_correlation, pairwise_calibration, wilson_interval
 from tether.fingerprint import recorded_changes
 from tether.losses import bradley_terry_label_smoothed_loss, bradley_terry_loss, bradley_terry_tie_loss, reward_centering_penalty
+from tether.models.card import write_model_card
 from tether.models.loading import (
     apply_lora,
     autocast,
@@ -273,6 +274,8 @@ def train_reward_ensemble(cfg: RewardConfig) -> dict:
         "normalization": {"gain": None, "bias": None, "fitted_on": "per member", "n": summaries[0]["normalization"]["n"]},
         "seconds": sum(m["seconds"] for m in summaries),
     }
+    members = [f"../member_{i}/model" for i in range(cfg.ensemble)]
+    write_model_card(out / "model", cfg, summary | {"members": members}, base_model=cfg.model, data=[cfg.data, cfg.eval_data])
     write_summary(out, summary)
     return summary
 
@@ -306,7 +309,7 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     # 1. data: preference pairs, held-out split
     trunk_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(trunk_path)
+    tokenizer = load_tokenizer(trunk_path, cfg.chat_template)
     skipped: list[DataError] | None = [] if cfg.skip_bad_rows else None
     report = ReadReport()
     pairs = read_preferences(resolve_path(cfg.data), limit=cfg.limit, skipped=skipped, report=report, **cfg.dataset.read_args())
@@ -496,6 +499,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": time.time() - t0,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.model, data=[cfg.data, cfg.eval_data, cfg.normalize_data])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary

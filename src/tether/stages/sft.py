@@ -23,6 +23,7 @@ from tether.data.collate import collate_sft, encode_demonstration
 from tether.data.readers import ReadReport, read_demonstrations, split
 from tether.distributed import shard_blocks
 from tether.losses import IGNORE_INDEX
+from tether.models.card import write_model_card
 from tether.models.loading import (
     apply_lora,
     autocast,
@@ -92,7 +93,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
 
     # 1. data: demonstrations -> token ids with the prompt masked out of the labels
     model_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cfg.chat_template)
     report = ReadReport()
     demos = read_demonstrations(resolve_path(cfg.data), limit=cfg.limit, report=report, **cfg.dataset.read_args())
     console.print(f"sft: {report.kept()}")
@@ -202,6 +203,7 @@ def train_sft(cfg: SFTConfig) -> dict | None:
         "peak_rss_gb": peak_rss_gb(),
         "seconds": elapsed,
     }
+    write_model_card(out / "model", cfg, summary, base_model=cfg.model, data=[cfg.data])
     write_summary(out, summary)
     drop_checkpoint(out, cfg)  # the final model and summary are written: the checkpoint has done its job
     return summary
