@@ -1,12 +1,15 @@
 # Two set-up commands, each of which creates and fills .venv itself:
 #   make demo   RLHF end to end on SmolLM2-135M-Instruct (SFT -> preferences -> reward model -> PPO -> eval)
 #   make test   the test suite (tiny models built in code; no downloads)
+# and two that build their own:
+#   make test-latest   the suite against the newest releases of transformers, peft, accelerate and datasets (.venv-latest)
+#   make test-oldest   the model-running tests against the lower bounds in pyproject.toml (.venv-oldest)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-trl-ppo-env bench-ppo-vs-trl venv clean
+.PHONY: demo test test-latest test-oldest bench bench-trl-ppo-env bench-ppo-vs-trl venv clean
 
 venv: $(STAMP)
 
@@ -28,8 +31,38 @@ test: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest
 
+# The suite against the newest releases of the Hugging Face packages users install next, so that a new release
+# that breaks tether shows here before users meet it. Its own virtualenv, .venv-latest, upgraded on every run
+# (pip install -U: needs PyPI); torch stays at the tested CPU wheel. The versions used are printed first.
+# The whole suite runs (as `make test`, minus lint and layers, which no package version changes): the same
+# time as `make test` plus the install, well inside CI's time, and every test that loads a model matters here.
+LATEST     := .venv-latest
+LATEST_HF  := transformers peft accelerate datasets
+
+test-latest:
+	[ -x $(LATEST)/bin/python ] || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q torch==2.13.0
+	$(LATEST)/bin/pip install -q -e ".[test]"
+	$(LATEST)/bin/pip install -q -U $(LATEST_HF) torch==2.13.0
+	$(LATEST)/bin/python -c "import importlib.metadata as m; print('test-latest:', ', '.join(f'{p} {m.version(p)}' for p in 'torch $(LATEST_HF)'.split()))"
+	$(LATEST)/bin/python -m pytest
+
+# The lower bounds of pyproject.toml, tested: those exact versions (keep OLDEST and pyproject.toml in step),
+# on the tests that run models through transformers, peft and accelerate (rollout, sampling and the cache,
+# the judge, model loading and sharing, every stage on the tiny models); the rest of the suite does not
+# touch them in ways a version changes.
+OLDEST     := .venv-oldest
+OLDEST_HF  := transformers==4.56.0 peft==0.13.0 accelerate==1.0.0
+OLDEST_TESTS := tests/rollout tests/models tests/feedback/test_judge.py tests/stages
+
+test-oldest:
+	[ -x $(OLDEST)/bin/python ] || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install -q torch==2.13.0
+	$(OLDEST)/bin/pip install -q -e ".[test]" $(OLDEST_HF)
+	$(OLDEST)/bin/python -m pytest $(OLDEST_TESTS)
+
 clean:
-	rm -rf $(VENV) runs tests/.tether-home
+	rm -rf $(VENV) $(LATEST) $(OLDEST) runs tests/.tether-home
 
 # Benchmarks (long: real data, the default model, about an hour on 2 CPU cores). TRL is
 # installed here only, as the yardstick; tether never imports it. Figures are printed and

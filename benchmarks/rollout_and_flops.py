@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from tether.models.loading import kv_cache_of, with_kv_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "runs" / "bench" / "rollout_and_flops.json"
 
@@ -129,7 +131,7 @@ def decode_floor(model, batch: int, context: int, steps: int = 8, tries: int = 5
 
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (batch, context))
-    cache = model(input_ids=ids, use_cache=True).past_key_values
+    cache = kv_cache_of(model(input_ids=ids, use_cache=True))
     token = torch.randint(0, vocab, (batch, 1))
     linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
@@ -139,7 +141,11 @@ def decode_floor(model, batch: int, context: int, steps: int = 8, tries: int = 5
         for k in range(steps):
             mask = torch.ones(batch, 1, 1, context + 1 + k, dtype=torch.bool)
             model(
-                input_ids=token, attention_mask=mask, position_ids=torch.full((batch, 1), context + k), past_key_values=past, use_cache=True
+                input_ids=token,
+                attention_mask=mask,
+                position_ids=torch.full((batch, 1), context + k),
+                use_cache=True,
+                **with_kv_cache(past),
             )
         return (time.perf_counter() - t0) / steps
 

@@ -27,6 +27,7 @@ each input) are computed once and reused through the key/value cache (`share_hea
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import torch
 from tether.data.collate import pad_left
 from tether.data.records import Prompt
 from tether.data.templates import as_messages, has_chat_template, render_prompt
-from tether.models.loading import ModelError, autocast, device
+from tether.models.loading import ModelError, autocast, device, kv_cache_of, with_kv_cache
 
 __all__ = [
     "JUDGE_TEMPLATE",
@@ -222,7 +223,7 @@ def head_cache(model, head_ids: list[int], precision: str = "bf16"):
     """The key/value cache of the shared head (one row), to start every batch from."""
     ids = torch.tensor([head_ids], device=device())  # (1, H)
     with autocast(precision):
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **_keep_last(model)).past_key_values
+        return kv_cache_of(model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **_keep_last(model)))
 
 
 def _keep_last(model) -> dict:
@@ -246,15 +247,14 @@ def verdict_logits(
     Returns:
         (B, 2) float32 logits of [A, B].
     """
-    import copy
-
     input_ids, mask = pad_left(token_ids, pad_id)  # (B, T) each
     input_ids, mask = input_ids.to(device()), mask.to(device())
     position_ids = cache_len + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T), continuing after the head
     extra = {}
     if cache is not None:
-        extra["past_key_values"] = copy.deepcopy(cache)
-        extra["past_key_values"].batch_repeat_interleave(input_ids.shape[0])
+        cache = copy.deepcopy(cache)  # the head's cache stays one row for the next batch
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        extra = with_kv_cache(cache)
         mask = torch.cat([mask.new_ones(mask.shape[0], cache_len), mask], dim=1)  # (B, H + T)
     with autocast(precision):
         logits = model(

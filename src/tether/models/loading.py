@@ -9,6 +9,7 @@ once as an ordinary safetensors directory under `$TETHER_HOME/models/`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import re
@@ -302,6 +303,25 @@ def trunk_of(model):
     """The transformer trunk (embeddings, blocks, final norm) under any head and peft wrapper."""
     base = unwrap(model)
     return getattr(base, base.base_model_prefix)
+
+
+@functools.cache
+def _kv_cache_name() -> str:
+    """What transformers calls the key/value cache in a forward's arguments and outputs: `cache` from 5.24 on
+    (where `past_key_values` still works until 5.40, with a deprecation warning), `past_key_values` before."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast  # heavy: imported when a model runs
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def with_kv_cache(cache) -> dict:
+    """Forward arguments continuing from `cache` (a transformers `Cache`): `model(..., **with_kv_cache(cache))`."""
+    return {_kv_cache_name(): cache}
+
+
+def kv_cache_of(out):
+    """The key/value cache a forward with use_cache=True returned (`out.cache`, `out.past_key_values` before 5.24)."""
+    return getattr(out, _kv_cache_name())
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

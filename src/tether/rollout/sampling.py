@@ -36,7 +36,7 @@ from tether.config import GenerationSettings
 from tether.data.collate import pad_left
 from tether.data.records import Prompt
 from tether.data.templates import encode_prompt
-from tether.models.loading import autocast, device, load_causal_lm, load_tokenizer
+from tether.models.loading import autocast, device, kv_cache_of, load_causal_lm, load_tokenizer, with_kv_cache
 from tether.rollout.generate import Rollout, generate
 from tether.rollout.logprobs import head_inputs
 from tether.rollout.vllm_engine import VLLMSampler
@@ -123,7 +123,7 @@ def sample_rollout(
     with autocast(precision), head_inputs(model) if want_hidden else contextlib.nullcontext([]) as seen:
         position = (distinct_mask.cumsum(-1) - 1).clamp(min=0)  # (B', P) positions over real tokens
         out = model(input_ids=distinct_ids, attention_mask=distinct_mask, position_ids=position, use_cache=True, logits_to_keep=1)
-        cache, logits, position = out.past_key_values, out.logits[:, -1][inverse], position[:, -1:][inverse]
+        cache, logits, position = kv_cache_of(out), out.logits[:, -1][inverse], position[:, -1:][inverse]
         if len(first) < B:
             cache.batch_select_indices(inverse)
         value_of(0, rows=inverse)
@@ -144,7 +144,7 @@ def sample_rollout(
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             position = position + 1
             attention = mask.bool()[:, None, None, :] if direct_mask else mask
-            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True)
+            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, use_cache=True, **with_kv_cache(cache))
             logits = out.logits[:, -1]
             value_of(t + 1)
     model.train(was_training)
