@@ -33,7 +33,7 @@ test: $(STAMP)
 
 # The suite against the newest releases of the Hugging Face packages users install next, so that a new release
 # that breaks tether shows here before users meet it. Its own virtualenv, .venv-latest, upgraded on every run
-# (pip install -U: needs PyPI); torch stays at the tested CPU wheel. The versions used are printed first.
+# (an upgrade from PyPI); the CPU wheel torch==2.13.0 stays. The versions used are printed first.
 # The whole suite runs (as `make test`, minus lint and layers, which no package version changes): the same
 # time as `make test` plus the install, well inside CI's time, and every test that loads a model matters here.
 LATEST     := .venv-latest

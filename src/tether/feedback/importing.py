@@ -13,11 +13,11 @@ Two kinds of file are accepted (any format `tether` reads; the first row decides
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from tether.data.readers import iter_jsonl, read_demonstrations, read_preferences
+from tether.data.records import prompt_key
 from tether.feedback.store import Candidate, Store, StoreError
 
 
@@ -45,7 +45,7 @@ def import_rows(store: Store, name: str, kind: str, rows: list, *, required: int
     for s in rows:
         meta = dict(s.meta)
         model = meta.pop("model", None)
-        key = json.dumps(s.prompt, sort_keys=True)
+        key = prompt_key(s.prompt)
         groups.setdefault(key, (s.prompt, []))[1].append(Candidate(s.response, model if isinstance(model, str) else None, {}, meta))
     tasks = [t for prompt, candidates in groups.values() for t in store.add_candidates(prompt, candidates, required=required, source=name)]
     return {"kind": "samples", "rows": len(rows), "prompts": len(groups), "tasks": len(set(tasks)), "golden": False}

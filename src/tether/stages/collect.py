@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import time
 
 from tether.config import CollectConfig, resolve_path
 from tether.data.readers import DataError, ReadReport, read_prompts, write_jsonl
-from tether.data.records import PreferencePair, prompt_text
+from tether.data.records import PreferencePair, prompt_key, prompt_text
 from tether.feedback.simulated import SimulatedAnnotator, gold_agreement
 from tether.feedback.store import Candidate, DuplicateJudgementError, open_store
 from tether.models.loading import resolve_model
@@ -32,7 +31,7 @@ def pairs_to_label(prompts: list, responses: list[str], K: int) -> list[tuple[in
     for i, prompt in enumerate(prompts):
         for a, b in itertools.combinations(range(K), 2):
             first, second = responses[i * K + a].strip(), responses[i * K + b].strip()
-            key = (json.dumps(prompt, sort_keys=True), frozenset((first, second)))
+            key = (prompt_key(prompt), frozenset((first, second)))
             if first and second and first != second and key not in seen:
                 seen.add(key)
                 pairs.append((i, a, b))

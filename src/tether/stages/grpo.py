@@ -91,6 +91,7 @@ from tether.stages.rl_parts import (
     PolicySampler,
     RayReference,
     VLLMEngineSampler,
+    rows_of,
 )
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (
@@ -256,10 +257,6 @@ def write_samples(path, done: int, prompts: list, rollout, groups: GroupScores, 
                 json.dumps({"step": done, "group": i // G, "prompt": prompt, "response": text, "reward": v, "advantage": adv_of.get(i)})
                 + "\n"
             )
-
-
-def rows_of(x: torch.Tensor | None, rows) -> torch.Tensor | None:
-    return None if x is None else x[rows]
 
 
 def train_grpo(cfg: GRPOConfig) -> dict | None:

@@ -100,6 +100,7 @@ from tether.stages.rl_parts import (
     VLLMEngineSampler,
     build_scorer,
     reward_adapter_value,
+    rows_of,
 )
 from tether.tracking import MetricsLogger, console, peak_rss_gb, write_summary
 from tether.training import (
@@ -189,10 +190,6 @@ class PtxLoss:
         with autocast(self.precision):
             logits = self.policy(input_ids=ptx["input_ids"].to(device()), attention_mask=ptx["attention_mask"].to(device())).logits
         return sft_loss(logits.float(), ptx["labels"].to(device()))[0]
-
-
-def rows_of(x: torch.Tensor | None, rows) -> torch.Tensor | None:
-    return None if x is None else x[rows]
 
 
 def ppo_loss(

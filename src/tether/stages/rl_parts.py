@@ -47,6 +47,12 @@ from tether.rollout.generate import Rollout
 from tether.rollout.logprobs import FrozenStates, in_chunks, policy_forward, record_frozen, reference_logprobs
 from tether.rollout.sampling import load_sampler, sample_responses, sample_rollout
 
+
+def rows_of(x: torch.Tensor | None, rows) -> torch.Tensor | None:
+    """`x[rows]`, or None for a per-token tensor a part does not keep (a sampler's log-probs, importance weights)."""
+    return None if x is None else x[rows]
+
+
 # ---- Sampler: prompts in, a Rollout with its log-probs out; `sync(policy)` after every update
 
 
