@@ -17,6 +17,7 @@ import functools
 import inspect
 import math
 import os
+import re
 import textwrap
 import types
 import typing
@@ -1998,6 +1999,10 @@ def did_you_mean(path: str | os.PathLike) -> str:
         return ""
     close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)
     return f" (did you mean {' or '.join(str(folder / c) for c in close)}?)" if close else ""
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+"""A Hugging Face hub id, `org/name` (one slash, no leading `.`, `/` or `~`): a model or a dataset in the local cache."""
 
 
 def resolve_path(path: str) -> str:

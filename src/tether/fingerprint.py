@@ -26,9 +26,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tether.config import MOVED_KEYS, resolve_path, to_dict
+from tether.config import HUB_ID, MOVED_KEYS, resolve_path, to_dict
 from tether.models.card import MODEL_CARD
-from tether.models.loading import HUB_ID, cached_hub_model
+from tether.models.loading import cached_hub_model
 from tether.models.reward_model import ENSEMBLE_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"

@@ -64,14 +64,13 @@ import json
 import math
 import os
 import random
-import re
 import secrets
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from tether.config import did_you_mean
+from tether.config import HUB_ID, did_you_mean
 from tether.data.records import (
     MISSING,
     Demonstration,
@@ -416,7 +415,6 @@ Source = PathLike | Iterable[dict[str, Any]]
 """What a reader reads: a path or hub id (see the module docstring), or rows in memory (a ``datasets.Dataset``, a list of dicts)."""
 
 _DATASETS_FILES = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _JSON_NAMES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".gz")
 _WANTED_SOURCE = (
     "a .jsonl, .jsonl.gz, .json, .csv, .parquet or .arrow file, a dataset folder (save_to_disk) or a Hugging Face hub id org/name"
@@ -459,7 +457,7 @@ def iter_rows(
     suffix = file.suffix.lower()
     if file.is_dir() or (file.is_file() and suffix in _DATASETS_FILES):
         yield from _iter_memory(_load_local(name, file, split), report, skipped, name)
-    elif not file.exists() and _HUB_ID.fullmatch(name) and suffix not in _DATASETS_FILES and not name.endswith(_JSON_NAMES):
+    elif not file.exists() and HUB_ID.fullmatch(name) and suffix not in _DATASETS_FILES and not name.endswith(_JSON_NAMES):
         yield from _iter_memory(_load_hub(name, split, subset), report, skipped, name)
     else:
         yield from iter_jsonl(name, report, skipped)

@@ -19,14 +19,13 @@ from typing import Any
 
 import yaml
 
-from tether.config import to_dict
+from tether.config import HUB_ID, to_dict
 from tether.processes import processes
 
 MODEL_CARD = "README.md"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The hub id of the embedded default model (`model=default`), named as the base model on the hub."""
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 HEADLINE: dict[str, tuple[str, ...]] = {
     "sft": ("eval_loss_before", "eval_loss", "final_train_loss", "steps", "train_examples"),
@@ -56,7 +55,7 @@ def hub_base_model(name: str) -> str | None:
     card = Path(name).expanduser() / MODEL_CARD
     if card.is_file():
         return read_card_metadata(card).get("base_model")
-    return name if _HUB_ID.fullmatch(name) and not Path(name).expanduser().exists() else None
+    return name if HUB_ID.fullmatch(name) and not Path(name).expanduser().exists() else None
 
 
 def read_card_metadata(path: str | Path) -> dict[str, Any]:
@@ -144,7 +143,7 @@ def model_card(cfg, summary: dict[str, Any], base_model: str, data: list[str], n
     stage = str(summary.get("stage", "model"))
     is_reward = stage == "reward"
     base_id = hub_base_model(base_model)
-    datasets = [d for d in data if _HUB_ID.fullmatch(d) and not Path(d).expanduser().exists()]
+    datasets = [d for d in data if HUB_ID.fullmatch(d) and not Path(d).expanduser().exists()]
     meta: dict[str, Any] = {}
     if base_id:
         meta["base_model"] = base_id

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import glob
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tether.config import ConfigError, LoraSettings, did_you_mean, resolve_path
+from tether.config import HUB_ID, ConfigError, LoraSettings, did_you_mean, resolve_path
 from tether.processes import full_tensor, is_fsdp, processes
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -126,10 +125,6 @@ def default_model_dir() -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     save_model(model, tokenizer, target)
     return target
-
-
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-"""A Hugging Face hub model id, `org/name` (one slash, no leading `.`, `/` or `~`)."""
 
 
 def hub_cache_dir() -> Path:
