@@ -52,8 +52,8 @@ test-latest:
 # the judge, model loading and sharing, every stage on the tiny models); the rest of the suite does not
 # touch them in ways a version changes.
 OLDEST     := .venv-oldest
-OLDEST_HF  := transformers==4.56.0 peft==0.13.0 accelerate==1.0.0
-OLDEST_TESTS := tests/rollout tests/models tests/feedback/test_judge.py tests/stages
+OLDEST_HF  := transformers==4.56.0 peft==0.13.0 accelerate==1.0.0 huggingface_hub==0.34.0 datasets==3.0.0
+OLDEST_TESTS := tests/rollout tests/models tests/feedback/test_judge.py tests/stages tests/data
 
 test-oldest:
 	[ -x $(OLDEST)/bin/python ] || $(PYTHON) -m venv $(OLDEST)

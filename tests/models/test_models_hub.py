@@ -1,5 +1,6 @@
-"""`tether push` against a stand-in of the Hugging Face hub's HTTP API: huggingface_hub's own HTTP client with a mock
-transport, so the real upload code runs (create_repo, create_branch, preupload, the commit) and nothing leaves the machine."""
+"""`tether push` against a stand-in of the Hugging Face hub's HTTP API: huggingface_hub's own HTTP client (httpx from
+huggingface_hub 1.0, requests before it) with a stand-in transport, so the real upload code runs (create_repo,
+create_branch, preupload, the commit) and nothing leaves the machine."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import importlib
 import json
 import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 import huggingface_hub
 import pytest
-from huggingface_hub.utils import get_session, set_client_factory
+import requests
 from typer.testing import CliRunner
 
 from tether.cli import app
@@ -32,42 +34,93 @@ class FakeHub:
         self.commits: list[dict] = []  # {"revision", "summary", "files": {path: bytes}}
         self.auth: set[str] = set()
 
-    def __call__(self, request):
-        http = importlib.import_module(type(request).__module__.split(".")[0])  # httpx or httpx2, as huggingface_hub uses
-        path, method = request.url.path, request.method
+    def __call__(self, method: str, path: str, headers, content: bytes) -> tuple[int, dict]:
         self.requests.append((method, path))
         if path != "/api/agent-harnesses":  # huggingface_hub's own registry lookup, asked without a token
-            self.auth.add(request.headers.get("authorization", ""))
+            self.auth.add(headers.get("authorization", ""))
         if (method, path) == ("POST", "/api/repos/create"):
-            body = json.loads(request.content)
-            self.created.append(body)
-            return http.Response(200, json={"url": f"https://huggingface.co/{body['organization']}/{body['name']}"})
+            body = json.loads(content)
+            private = body.pop("visibility", None) == "private" if "visibility" in body else body.pop("private", False)
+            self.created.append({**body, "private": private})  # 1.x says visibility, 0.x private
+            return 200, {"url": f"https://huggingface.co/{body['organization']}/{body['name']}"}
         if method == "POST" and "/branch/" in path:
             self.branches.append(path.rsplit("/branch/", 1)[1])
-            return http.Response(200, json={})
+            return 200, {}
+        if method == "GET" and "/revision/" in path:  # huggingface_hub 0.x asks whether the repo stores files with Xet
+            return 200, {"id": path.split("/api/models/", 1)[1].split("/revision/")[0], "xetEnabled": False}
         if (method, path) == ("POST", "/api/validate-yaml"):
-            return http.Response(200, json={"errors": [], "warnings": []})
+            return 200, {"errors": [], "warnings": []}
         if method == "POST" and "/preupload/" in path:
-            files = json.loads(request.content)["files"]
-            return http.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            files = json.loads(content)["files"]
+            return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
         if method == "POST" and "/commit/" in path:
-            lines = [json.loads(line) for line in request.content.decode().splitlines() if line.strip()]
+            lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
             header = next(x["value"] for x in lines if x["key"] == "header")
             files = {x["value"]["path"]: base64.b64decode(x["value"]["content"]) for x in lines if x["key"] == "file"}
             self.commits.append({"revision": path.rsplit("/commit/", 1)[1], "summary": header["summary"], "files": files})
-            return http.Response(200, json={"commitUrl": "https://huggingface.co/x/y/commit/0a1b", "commitOid": "0a1b" * 10})
-        return http.Response(404, json={"error": f"{method} {path}: not in the stand-in"})
+            return 200, {"commitUrl": "https://huggingface.co/x/y/commit/0a1b", "commitOid": "0a1b" * 10}
+        return 404, {"error": f"{method} {path}: not in the stand-in"}
+
+
+class _RequestsStandIn(requests.adapters.BaseAdapter):
+    """A requests transport answering from a handler (huggingface_hub before 1.0 talks through requests)."""
+
+    def __init__(self, handler):
+        super().__init__()
+        self.handler = handler
+
+    def send(self, request, **kwargs):
+        body = request.body or b""
+        body = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) else b"".join(body)  # commits stream
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        status, payload = self.handler(request.method, urlparse(request.url).path, headers, body)
+        response = requests.Response()
+        response.status_code, response.url, response.request = status, request.url, request
+        response._content, response.encoding = json.dumps(payload).encode(), "utf-8"
+        response.headers["content-type"] = "application/json"
+        return response
+
+    def close(self):
+        pass
+
+
+def serve(handler) -> None:
+    """Send every request huggingface_hub makes to `handler(method, path, headers, content) -> (status, json)`."""
+    utils = huggingface_hub.utils
+    if hasattr(utils, "set_client_factory"):  # huggingface_hub >= 1.0: httpx (or its successor) clients
+        http = importlib.import_module(type(utils.get_session()).__module__.split(".")[0])
+
+        def answer(request):
+            status, payload = handler(request.method, request.url.path, request.headers, request.content)
+            return http.Response(status, json=payload)
+
+        utils.set_client_factory(lambda: http.Client(transport=http.MockTransport(answer)))
+    else:  # huggingface_hub 0.x: requests sessions
+
+        def session():
+            s = requests.Session()
+            s.mount("https://", _RequestsStandIn(handler))
+            return s
+
+        utils.configure_http_backend(backend_factory=session)
+
+
+def stop_serving() -> None:
+    utils = huggingface_hub.utils
+    if hasattr(utils, "set_client_factory"):
+        utils.set_client_factory(utils._http.default_client_factory)
+    else:
+        utils.configure_http_backend()
 
 
 @pytest.fixture
 def hub(monkeypatch):
     fake = FakeHub()
-    http = importlib.import_module(type(get_session()).__module__.split(".")[0])
-    set_client_factory(lambda: http.Client(transport=http.MockTransport(fake)))
+    serve(fake)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     yield fake
-    set_client_factory(huggingface_hub.utils._http.default_client_factory)
+    stop_serving()
 
 
 @pytest.fixture
@@ -85,7 +138,7 @@ def test_push_uploads_a_runs_final_model_in_one_commit(hub, run_dir):
     assert result.exit_code == 0, result.output
     pushed = json.loads(result.stdout)
     assert pushed["folder"] == str(run_dir / "model") and "final model of the run" in pushed["why"] and pushed["revision"] == "v1"
-    assert hub.created == [{"name": "tiny-sft", "organization": "my-org", "visibility": "private", "type": "model"}]
+    assert hub.created == [{"name": "tiny-sft", "organization": "my-org", "private": True, "type": "model"}]
     assert hub.branches == ["v1"] and hub.auth == {"Bearer hf_test_token"}
     (commit,) = hub.commits
     local = {p.relative_to(run_dir / "model").as_posix(): p.read_bytes() for p in (run_dir / "model").rglob("*") if p.is_file()}
@@ -116,12 +169,7 @@ def test_push_names_what_is_wrong(hub, run_dir, tmp_path, monkeypatch):
 
 
 def test_a_refusal_by_the_hub_is_one_sentence(hub, run_dir):
-    def refuse(request):
-        http = importlib.import_module(type(request).__module__.split(".")[0])
-        return http.Response(403, json={"error": "You don't have the rights to create a model under the namespace my-org"})
-
-    http = importlib.import_module(type(get_session()).__module__.split(".")[0])
-    set_client_factory(lambda: http.Client(transport=http.MockTransport(refuse)))
+    serve(lambda *request: (403, {"error": "You don't have the rights to create a model under the namespace my-org"}))
     with pytest.raises(ModelError, match=r"push to my-org/tiny: the hub refused it: .*403.*rights to create"):
         push(run_dir, "my-org/tiny")
 
