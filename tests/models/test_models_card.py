@@ -102,7 +102,8 @@ def test_a_saved_policy_has_a_card_and_loads_with_plain_transformers(hub_home, t
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 3
+    output = model.generate(ids["input_ids"], attention_mask=ids["attention_mask"], max_new_tokens=3, do_sample=False)
+    assert output.shape[1] == ids["input_ids"].shape[1] + 3
 
     # the card is no part of the folder's fingerprint; a DPO policy trained from the SFT run has the SFT run's base
     before = content_id(str(model_dir))

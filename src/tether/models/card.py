@@ -93,7 +93,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 tokenizer = AutoTokenizer.from_pretrained("{name}")
 model = AutoModelForCausalLM.from_pretrained("{name}")
 {render}
-output = model.generate(**inputs, max_new_tokens=64)
+output = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=64)
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```"""
 
