@@ -256,7 +256,7 @@ def _reward_reading(cls, config: Path | None, overrides: list[str] | None, optio
 def _reward_eval(cfg: C.RewardEvalConfig) -> dict:
     """`tether reward eval`'s work: the metrics (and the plot, the JSON file)."""
     rm = load_reward_model(cfg.model)
-    pairs = read_preferences(C.resolve_path(cfg.data), limit=cfg.limit)
+    pairs = read_preferences(C.resolve_path(cfg.data), limit=cfg.limit, **cfg.dataset.read_args())
     scorers = CachedScorer.for_members(rm, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
     metrics = pair_metrics(scorers, pairs, with_bins=True)
     bins = metrics.pop("bins", None)
@@ -311,7 +311,7 @@ def _reward_score(cfg: C.RewardScoreConfig) -> dict:
     import torch
 
     rm = load_reward_model(cfg.model)
-    rows = read_demonstrations(C.resolve_path(cfg.data))
+    rows = read_demonstrations(C.resolve_path(cfg.data), **cfg.dataset.read_args())
     prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
     scorers = CachedScorer.for_members(rm, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.precision)
     members = torch.stack([s(prompts, responses) for s in scorers])
@@ -443,7 +443,7 @@ def _generate(cfg: C.GenerateConfig) -> None:
     """`tether generate`'s work: sample, write the JSONL file, print each row."""
     path = resolve_model(cfg.model)
     tokenizer, model = load_sampler(path, cfg)
-    records = read_prompts(C.resolve_path(cfg.prompts), limit=cfg.limit)
+    records = read_prompts(C.resolve_path(cfg.prompts), limit=cfg.limit, **cfg.dataset.read_args())
     samples = sample_responses(model, tokenizer, [r.prompt for r in records], cfg.generation, cfg.seed, cfg.precision)
     rows = [{"prompt": r.prompt, **s} for r, s in zip(records, samples)]
     write_jsonl(cfg.output, rows)

@@ -383,14 +383,14 @@ class ColumnNames:
 
 @dataclass
 class DatasetSettings:
-    """How a stage reads its data (`dataset:` in sft, reward, dpo, ppo and grpo): the split and subset of a Hugging Face
+    """How a stage reads its data (`dataset:` in every stage that reads data): the split and subset of a Hugging Face
     dataset (a hub id 'org/name' in the local cache, a dataset folder or a save_to_disk folder) and the names of the
     columns. JSON Lines, JSON, CSV, parquet and arrow files have one split and no subset."""
 
     split: str | None = None
     """The split of the training data (None = 'train', or the only split there is)."""
     eval_split: str | None = None
-    """The split of the held-out data (reward's and dpo's eval_data, ppo's and grpo's early_stop.prompts) when it is a
+    """The split of the held-out data (reward's and dpo's eval_data, ppo's and grpo's early_stop.prompts, rs's eval_prompts) when it is a
     dataset with splits (None = 'test'); a file has one split, read whatever this says."""
     subset: str | None = None
     """The subset (configuration) of a hub dataset, load_dataset's `name`, e.g. 'harmless-base' (None = its default)."""
@@ -509,6 +509,8 @@ class CollectConfig:
     """Model that samples the responses (the SFT model in the pipeline)."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Prompts file (any format `tether` reads)."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/collect"
     """Writes samples.jsonl, preferences.jsonl, summary.json."""
     limit: int | None = None
@@ -561,7 +563,8 @@ class RewardConfig:
     eval_fraction: float = 0.15
     """Held-out fraction when eval_data is None."""
     normalize_data: str | None = None
-    """Responses whose rewards define mean 0 / std 1 (policy samples); None = the pairs' responses."""
+    """Responses whose rewards define mean 0 / std 1 (policy samples, e.g. collect's samples.jsonl; read with their own
+    column names and default split, not `dataset`'s); None = the pairs' responses."""
     normalize_samples: int = 512
     """At most this many of those responses (a random subset) are scored to fit the normalisation."""
     max_prompt_tokens: int = 192
@@ -792,7 +795,8 @@ class PPOConfig:
     ent_coef: float = 0.0
     """Entropy bonus weight: loss -= ent_coef * mean token entropy (against mode collapse); 0 = off."""
     ptx_data: str | None = None
-    """Demonstrations for the pretraining/SFT loss mix (InstructGPT's PPO-ptx); None = off."""
+    """Demonstrations for the pretraining/SFT loss mix (InstructGPT's PPO-ptx; any format SFT reads, with its own column
+    names and default split, not `dataset`'s, which are the prompts'); None = off."""
     ptx_coef: float = 0.0
     """Weight of that SFT loss in every minibatch."""
     ptx_batch_size: int = 4
@@ -1261,6 +1265,8 @@ class EvalConfig:
     """Reward model for the proxy score (None = skip proxy)."""
     prompts: str = "shared:self_instruct_user_eval.jsonl"
     """Held-out prompts."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/eval"
     """Writes samples.jsonl and summary.json."""
     limit: int | None = 64
@@ -1308,6 +1314,8 @@ class GenerateConfig:
     """Model to sample from."""
     prompts: str = "shared:self_instruct_user_eval.jsonl"
     """Prompts file."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output: str = "runs/generate/samples.jsonl"
     """Output JSONL (prompt, response, finished)."""
     limit: int | None = 8
@@ -1338,6 +1346,8 @@ class JudgeConfig:
     data: str | None = "runs/collect/samples.jsonl"
     """Candidate pairs: preference pairs (prompt/chosen/rejected, chat or HH rows; their labels are only compared with)
     or collect's samples.jsonl (every pair of distinct responses to one prompt); null with `db`: the store's tasks."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     db: str | None = None
     """Preference store (SQLite file or postgresql:// URL): every verdict is also recorded there as annotator
     judge:<model>, beside people's judgements; with data=null the judge answers the store's tasks it has not answered."""
@@ -1382,6 +1392,8 @@ class ReviseConfig:
     """Model that answers, critiques its answer and revises it."""
     prompts: str = "shared:hh_rlhf_harmless/train.jsonl.gz"
     """Prompts file (any format `tether` reads; HH-RLHF pairs give their dialogues)."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/revise"
     """Writes revisions.jsonl (every step), preferences.jsonl (revision chosen over original), summary.json."""
     constitution: str = "default"
@@ -1424,6 +1436,8 @@ class BoNConfig:
     or [{type: function, path: my.py:score}]; a sample scored None is never picked."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Prompts file (any format `tether` reads); a row's meta reaches reward functions as their `metadata`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/bon"
     """Writes bon.jsonl (per prompt: the best response, its score, all N responses and scores), config.yaml, summary.json."""
     limit: int | None = None
@@ -1461,6 +1475,8 @@ class RSConfig:
     or [{type: function, path: my.py:score}]; a sample scored None is never picked."""
     prompts: str = "shared:alpaca_seed_tasks.jsonl"
     """Prompts sampled every round (any format `tether` reads); a row's meta reaches reward functions as their `metadata`."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `prompts` and `eval_prompts` (dataset.eval_split) are read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     output_dir: str = "runs/rs"
     """Writes round_<k>/ (bon.jsonl, kept.jsonl, sft/, fresh.jsonl, summary.json) per round, metrics.jsonl, summary.json."""
     limit: int | None = None
@@ -1518,6 +1534,8 @@ class RewardEvalConfig:
     """Reward model directory (written by `tether reward train`); the command's --model sets it too."""
     data: str = ""
     """Preference pairs (JSONL/JSONL.gz; native or HH format). 'shared:' = ../shared/data; --data sets it too."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     limit: int | None = None
     """Use only the first N pairs (None = all)."""
     out: str | None = None
@@ -1543,6 +1561,8 @@ class RewardScoreConfig:
     """Reward model directory (written by `tether reward train`); the command's --model sets it too."""
     data: str = ""
     """Prompt/response JSONL (any demonstration format). 'shared:' = ../shared/data; --data sets it too."""
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    """How `data` is read: the split and subset of a Hugging Face dataset, your column names (DatasetSettings)."""
     out: str | None = None
     """Output JSONL (None = DATA with .scored.jsonl)."""
     column: str = "reward"

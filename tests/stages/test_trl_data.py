@@ -115,3 +115,84 @@ def test_a_hub_id_not_in_the_cache_stops_the_stage_naming_it(tiny_model_dir, tmp
         DataError, match=r"^nobody-here/no-pairs: no such file or folder, and the Hugging Face dataset 'nobody-here/no-pairs'"
     ):
         run(RewardConfig, train_reward, tmp_path / "r", f"model={tiny_model_dir}", "data=nobody-here/no-pairs", "max_steps=1")
+
+
+# --------------------------------------------------------------------------- dataset: in the stages that only read data
+
+GEN = ["generation.max_new_tokens=4", "generation.batch_size=4", "precision=fp32"]
+RENAMED = ["dataset.split=validation", "dataset.columns.prompt=question"]
+OTHER_SPLIT = "A prompt of the train split, which no stage here should read."
+
+
+def cli(argv: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def renamed(tiny_data, tmp_path) -> dict[str, Path]:
+    """The tiny prompts and pairs as the 'validation' split of save_to_disk folders (whose 'train' split holds other rows),
+    under the user's column names."""
+    prompts, pairs = tmp_path / "prompts-ds", tmp_path / "pairs-ds"
+    rows = [{"question": r["prompt"]} for r in native(tiny_data["prompts"])]
+    other = datasets.Dataset.from_list([{"question": OTHER_SPLIT}] * 4)
+    datasets.DatasetDict({"train": other, "validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(prompts))
+    rows = [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in native(tiny_data["prefs"])]
+    other = datasets.Dataset.from_list([{"question": OTHER_SPLIT, "good": "a", "bad": "b"}] * 4)
+    datasets.DatasetDict({"train": other, "validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(pairs))
+    return {"prompts": prompts, "pairs": pairs, "first": native(tiny_data["prompts"])[0]["prompt"]}
+
+
+def wrote(folder: Path, text: str) -> bool:
+    """Whether the files the stage wrote under `folder` hold `text` (a prompt it read) and no row of the other split."""
+    texts = [p.read_text(errors="replace") for p in folder.rglob("*.jsonl")]
+    return any(text in t for t in texts) and not any(OTHER_SPLIT in t for t in texts)
+
+
+def test_the_reading_stages_take_a_split_and_column_names(tiny_model_dir, renamed, tmp_path):
+    m, p, out = str(tiny_model_dir), str(renamed["prompts"]), tmp_path / "runs"
+    fn = f"reward=[{{type: function, path: '{FNS}:letter_e'}}]"
+    runs = {
+        "collect": ["collect", f"model={m}", "limit=2", "responses_per_prompt=2", *GEN],
+        "eval": ["eval", f"policy={m}", f"baseline={m}", "limit=2", *GEN],
+        "bon": ["bon", f"policy={m}", fn, "n=2", "limit=2", *GEN],
+        "rs": ["rs", f"policy={m}", fn, "n=2", "rounds=1", "limit=2", "sft.max_steps=1", "sft.batch_size=2", *GEN],
+        "revise": ["revise", f"model={m}", "limit=2", *GEN],
+    }
+    for name, argv in runs.items():
+        cli([*argv, f"prompts={p}", f"output_dir={out / name}", *RENAMED])
+        assert wrote(out / name, renamed["first"]), name
+    cli(["generate", f"model={m}", f"prompts={p}", f"output={out / 'generate' / 'samples.jsonl'}", "limit=2", *GEN, *RENAMED])
+    assert wrote(out / "generate", renamed["first"])
+
+    pairs = [f"data={renamed['pairs']}", "dataset.split=validation", "dataset.columns.prompt=question"]
+    pairs += ["dataset.columns.chosen=good", "dataset.columns.rejected=bad"]
+    cli(["judge", f"model={m}", f"output_dir={out / 'judge'}", "limit=2", "precision=fp32", *pairs])
+    assert wrote(out / "judge", renamed["first"])
+    cli(["reward", "train", f"model={m}", f"output_dir={out / 'rm'}", "max_steps=1", "batch_size=2", "precision=fp32", *pairs])
+    evaluated = cli(["reward", "eval", f"model={out / 'rm' / 'model'}", "--precision", "fp32", *pairs])
+    assert '"n": 12' in evaluated, evaluated  # every pair of the 'validation' split, read under the user's names
+    demos = tmp_path / "demos-ds"
+    rows = [{"question": r["question"], "answer": r["good"]} for r in datasets.load_from_disk(str(renamed["pairs"]))["validation"]]
+    other = datasets.Dataset.from_list([{"question": OTHER_SPLIT, "answer": "a"}])
+    datasets.DatasetDict({"train": other, "validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(demos))
+    scored = out / "scored.jsonl"
+    cli(
+        [
+            "reward",
+            "score",
+            f"model={out / 'rm' / 'model'}",
+            f"data={demos}",
+            f"out={scored}",
+            "--precision",
+            "fp32",
+            *RENAMED,
+            "dataset.columns.response=answer",
+        ]
+    )
+    assert len(scored.read_text().splitlines()) == 12 and wrote(out, renamed["first"])

@@ -145,7 +145,7 @@ def best_of_n(cfg: BoNConfig) -> dict:
     # 1. sample N per prompt, score, keep the best
     policy_path = resolve_model(cfg.policy, "policy")
     sampler = ResponseSampler(policy_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
-    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, **cfg.dataset.read_args())
     logger = MetricsLogger(out, len(records) * cfg.n, "bon", [])
     done = [0]
 
@@ -214,8 +214,12 @@ def rejection_sampling(cfg: RSConfig) -> dict | None:
     out = start_stage(cfg, rounds="round_*")  # rounds made with other settings are not gone on from
     t0 = time.time()
     scorer = load_scorer(cfg)
-    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
-    eval_records = read_prompts(resolve_path(cfg.eval_prompts), limit=cfg.eval_limit) if cfg.eval_prompts else records[: cfg.eval_limit]
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, **cfg.dataset.read_args())
+    eval_records = (
+        read_prompts(resolve_path(cfg.eval_prompts), limit=cfg.eval_limit, **cfg.dataset.read_args(held_out=True))
+        if cfg.eval_prompts
+        else records[: cfg.eval_limit]
+    )
     policy = resolve_model(cfg.policy, "policy")
     logger = MetricsLogger(out, cfg.rounds, "rs", ["rollout/best_reward", "fresh/reward"])
 

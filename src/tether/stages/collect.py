@@ -47,7 +47,7 @@ def collect(cfg: CollectConfig) -> dict:
     model_path = resolve_model(cfg.model)
     tokenizer, model = load_sampler(model_path, cfg)  # the model, or a vLLM engine holding it (engine=vllm)
     report = ReadReport()
-    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report)
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, report=report, **cfg.dataset.read_args())
     console.print(f"collect: {report.kept()}")
     K = cfg.responses_per_prompt
     flat = [r.prompt for r in records for _ in range(K)]

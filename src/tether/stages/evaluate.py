@@ -219,7 +219,7 @@ def evaluate(cfg: EvalConfig) -> dict | None:
         raise ConfigError("judge=reward_model needs reward_model (a reward model directory)")
 
     report = ReadReport()
-    records = read_prompts(resolve_path(cfg.prompts), report=report)
+    records = read_prompts(resolve_path(cfg.prompts), report=report, **cfg.dataset.read_args())
     records = records[cfg.offset : cfg.offset + cfg.limit if cfg.limit else None]
     if not records:
         raise DataError(

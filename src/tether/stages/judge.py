@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tether.config import ConfigError, JudgeConfig, resolve_path
-from tether.data.readers import DataError, iter_jsonl, read_demonstrations, read_preferences, write_jsonl
+from tether.config import ConfigError, DatasetSettings, JudgeConfig, resolve_path
+from tether.data.readers import DataError, iter_rows, read_demonstrations, read_preferences, write_jsonl
 from tether.data.records import PreferencePair, Prompt, prompt_key
 from tether.feedback.constitution import load_constitution
 from tether.feedback.judge import Verdict, judge_pairs
@@ -38,7 +38,9 @@ class Candidate:
     task_id: int | None = None
 
 
-def read_candidates(path: str, limit: int | None = None, skip_bad_rows: bool = False) -> tuple[list[Candidate], str, int]:
+def read_candidates(
+    path: str, limit: int | None = None, skip_bad_rows: bool = False, dataset: DatasetSettings | None = None
+) -> tuple[list[Candidate], str, int]:
     """Pairs to judge from a preference file (prompt/chosen/rejected, chat or HH rows) or collect's samples.jsonl.
 
     A samples file (rows with a "response") gives every pair of distinct, non-empty responses
@@ -47,10 +49,12 @@ def read_candidates(path: str, limit: int | None = None, skip_bad_rows: bool = F
     Returns:
         (candidates, kind: "preferences" or "samples", rows skipped).
     """
-    first_row = next((row for _, row in iter_jsonl(path)), {})
-    if "response" in first_row and "chosen" not in first_row:
+    args = (dataset or DatasetSettings()).read_args()
+    first_row = next((row for _, row in iter_rows(path, split=args["split"], subset=args["subset"])), {})
+    column = {key: args["columns"].get(key, key) for key in ("response", "chosen")}  # the user's names for them
+    if column["response"] in first_row and column["chosen"] not in first_row:
         groups: dict[str, list] = {}
-        for d in read_demonstrations(path):
+        for d in read_demonstrations(path, **args):
             key = str(d.meta["prompt_index"]) if "prompt_index" in d.meta else prompt_key(d.prompt)
             groups.setdefault(key, []).append(d)
         out, skipped = [], 0
@@ -62,7 +66,7 @@ def read_candidates(path: str, limit: int | None = None, skip_bad_rows: bool = F
                 out.append(Candidate(a.prompt, a.response, b.response, None))
         return out[:limit] if limit is not None else out, "samples", skipped
     bad: list | None = [] if skip_bad_rows else None
-    pairs = read_preferences(path, limit=limit, skipped=bad)
+    pairs = read_preferences(path, limit=limit, skipped=bad, **args)
     return [Candidate(p.prompt, p.chosen, p.rejected, True) for p in pairs], "preferences", len(bad or [])
 
 
@@ -140,7 +144,7 @@ def run_judge(cfg: JudgeConfig) -> dict:
     annotator = f"judge:{DEFAULT_MODEL_NAME if cfg.model == 'default' else cfg.model}"
     # 1. the pairs: from a file, or the store's tasks this judge has not answered
     if cfg.data is not None:
-        candidates, kind, skipped_rows = read_candidates(resolve_path(cfg.data), cfg.limit, cfg.skip_bad_rows)
+        candidates, kind, skipped_rows = read_candidates(resolve_path(cfg.data), cfg.limit, cfg.skip_bad_rows, cfg.dataset)
         if not candidates:  # a samples file whose responses to each prompt are all the same (or empty)
             raise DataError(
                 cfg.data,

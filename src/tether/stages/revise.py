@@ -23,7 +23,7 @@ def run_revise(cfg: ReviseConfig) -> dict:
     # 1. model, prompts
     model_path = resolve_model(cfg.model)
     tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
-    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit)
+    records = read_prompts(resolve_path(cfg.prompts), limit=cfg.limit, **cfg.dataset.read_args())
     prompts = [r.prompt for r in records]
 
     # 2. answer, critique, revise (1 + 2 * rounds batched generations)
