@@ -29,8 +29,8 @@ demo: $(STAMP)
 # The layers (import-linter's contracts in pyproject.toml), lint and format (ruff), then the suite.
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools docs/hooks.py
+	$(BIN)/ruff format --check src tests benchmarks tools docs/hooks.py
 	$(BIN)/python -m pytest
 
 # The manual (docs/, mkdocs.yml) as a static site in site/; a warning (a broken link, a page missing from the nav) is an error.
