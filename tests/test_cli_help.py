@@ -149,7 +149,7 @@ HELP = help_examples()
 def test_the_examples_were_found():
     lines = [line for _, line in EXAMPLES]
     pages = {page for page, _ in EXAMPLES}
-    assert len(lines) >= 100 and any("--num-processes" in line for line in lines) and any("-m tether" in line for line in lines)
+    assert len(lines) >= 70 and any("--num-processes" in line for line in lines) and any("-m tether" in line for line in lines)
     assert {"README.md", "docs/guides/ppo.md", "docs/guides/data.md", "docs/reference/commands.md"} <= pages
     where = {w for w, _ in HELP}
     assert {"tether sft --help", "tether eval overopt --help", "tether reward eval --help", "tether demo --help"} <= where

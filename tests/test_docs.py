@@ -7,6 +7,7 @@ The site is built with MkDocs in --strict mode (mkdocs.yml), as `make docs` buil
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -94,3 +95,12 @@ def test_a_broken_link_fails_the_build(tmp_path, link, expect):
     result = build(tmp_path, tmp_path / "site")
     problems = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert result.returncode != 0 and len(problems) == 1 and expect in problems[0], problems
+
+
+def test_the_readme_links_resolve():
+    """The README is not part of the site, so its links into the manual are checked here."""
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / "README.md").read_text())
+    local = [t for t in targets if "://" not in t]
+    assert len(local) >= 20
+    missing = [t for t in local if not (REPO / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
