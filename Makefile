@@ -1,6 +1,8 @@
 # Two set-up commands, each of which creates and fills .venv itself:
 #   make demo   RLHF end to end on SmolLM2-135M-Instruct (SFT -> preferences -> reward model -> PPO -> eval)
 #   make test   the test suite (tiny models built in code; no downloads)
+# and the manual:
+#   make docs   builds docs/ into site/ with MkDocs (warnings are errors)
 # and two that build their own:
 #   make test-latest   the suite against the newest releases of transformers, peft, accelerate and datasets (.venv-latest)
 #   make test-oldest   the model-running tests against the lower bounds in pyproject.toml (.venv-oldest)
@@ -9,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-latest test-oldest bench bench-trl-ppo-env bench-ppo-vs-trl venv clean
+.PHONY: demo test docs test-latest test-oldest bench bench-trl-ppo-env bench-ppo-vs-trl venv clean
 
 venv: $(STAMP)
 
@@ -27,9 +29,14 @@ demo: $(STAMP)
 # The layers (import-linter's contracts in pyproject.toml), lint and format (ruff), then the suite.
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools docs/hooks.py
+	$(BIN)/ruff format --check src tests benchmarks tools docs/hooks.py
 	$(BIN)/python -m pytest
+
+# The manual (docs/, mkdocs.yml) as a static site in site/; a warning (a broken link, a page missing from the nav) is an error.
+docs: $(STAMP)
+	$(BIN)/pip install -q -e ".[docs]"
+	$(BIN)/mkdocs build --strict
 
 # The suite against the newest releases of the Hugging Face packages users install next, so that a new release
 # that breaks tether shows here before users meet it. Its own virtualenv, .venv-latest, upgraded on every run
@@ -62,7 +69,7 @@ test-oldest:
 	$(OLDEST)/bin/python -m pytest $(OLDEST_TESTS)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(OLDEST) runs tests/.tether-home
+	rm -rf $(VENV) $(LATEST) $(OLDEST) runs site tests/.tether-home
 
 # Benchmarks (long: real data, the default model, about an hour on 2 CPU cores). TRL is
 # installed here only, as the yardstick; tether never imports it. Figures are printed and

@@ -1,5 +1,6 @@
 """Smoke runs of every `tether` command on the tiny model, through the real CLI."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -298,3 +299,15 @@ def test_ctrl_c_outside_a_stage_also_exits_130(monkeypatch):
     monkeypatch.setattr(collect, "collect", lambda cfg: {})
     result = tether("collect", "limit=1")
     assert result.exit_code == 130 and result.output.strip() == "interrupted"
+
+
+def test_the_readme_figures_draw_from_a_run(run_dir, tmp_path):
+    """tools/readme_figures.py, which draws the README's pictures from a demo run, reads what `tether run` writes."""
+    spec = importlib.util.spec_from_file_location("readme_figures", Path(__file__).resolve().parents[1] / "tools" / "readme_figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    for draw in (figures.win_rates, figures.gold_vs_kl):
+        path = draw(run_dir, tmp_path / f"{draw.__name__}.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="no eval/summary.json"):
+        figures.win_rates(tmp_path, tmp_path / "none.png")

@@ -1,8 +1,12 @@
-"""Every example a user is shown runs as written: each command's help examples and every `tether` line of the README.
+"""Every example a user is shown runs as written: each command's help examples, and every shell line of the README and
+the manual (docs/, except the dated records in docs/experiments/ and the pages their authors test: python-api.md,
+labelling.md).
 
-Each example is parsed by the real CLI with the stages replaced by recorders ("dry"): its config file resolves and its
-config builds, exactly as the command builds it. The label commands run for real (they are cheap); the README's
-stage-by-stage walkthrough also runs for real on the tiny model, with only the model path and sizes substituted.
+Each `tether` line is parsed by the real CLI with the stages replaced by recorders ("dry"): its config file resolves and
+its config builds, exactly as the command builds it. The label commands run for real (they are cheap); the manual's
+stage-by-stage walkthrough and the first command of each stage's guide also run for real on the tiny model, with only
+the model path and sizes substituted. A `make` line names a target of the Makefile and says what tests it; any other
+shell line is one of a few commands of other tools (pip, ray, hf, the benchmarks). Every Python snippet runs.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -77,13 +82,57 @@ def help_examples() -> list[tuple[str, list[str]]]:
     return out
 
 
-def readme_blocks() -> list[list[str]]:
-    """The command lines that run tether in each of the README's fenced code blocks (continuations joined)."""
-    blocks = []
-    for block in re.findall(r"^```[a-z]*\n(.*?)^```", (REPO / "README.md").read_text(), re.S | re.M):
-        lines = [line.strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
-        blocks.append([line for line in lines if line.startswith("tether ") or " -m tether " in line])
-    return blocks
+DOCS = [REPO / "README.md"] + sorted(
+    p
+    for p in (REPO / "docs").rglob("*.md")
+    if "experiments" not in p.relative_to(REPO / "docs").parts and p.name not in ("python-api.md", "labelling.md")
+)
+"""The pages whose examples are tested here (docs/experiments/ are dated records; their authors test the other two)."""
+
+SHELL = ("bash", "sh", "shell", "console")
+"""The languages of the fenced blocks that hold shell lines."""
+
+MAKE_TARGETS = {
+    "demo": "the demo itself, on the default model (`tether demo`, whose config this file's tests build)",
+    "test": "the test suite, this file among it",
+    "docs": "tests/test_docs.py builds the site the same way",
+    "test-latest": "the suite in .venv-latest (CI)",
+    "test-oldest": "the model-running tests in .venv-oldest (CI)",
+    "bench": "the benchmarks (long, on the default model)",
+}
+"""Each `make` target a page names, and what runs it."""
+
+OTHER_TOOLS = ("pip install ", "ray start", "hf download ", "python benchmarks/")
+"""Shell lines of other tools a page may show (installing an extra, starting Ray, fetching a model, a benchmark)."""
+
+NEEDS = "# needs "
+"""The comment that marks a line needing more than the tiny models (a shipped recipe's default model and the models it
+builds, or GPUs): such a line runs dry here, and its recipe by hand (`make demo` runs the default model's)."""
+
+
+def code_blocks(page: Path) -> list[tuple[str, str]]:
+    """(language, text) of each fenced code block of `page`."""
+    return re.findall(r"^```([a-z]*)\n(.*?)^```", page.read_text(), re.S | re.M)
+
+
+def shell_lines(text: str) -> list[str]:
+    """The lines of a shell block (continuations joined), without blank and comment-only lines."""
+    lines = [line.strip() for line in re.sub(r"\\\n\s*", " ", text).splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def is_tether(line: str) -> bool:
+    return line.startswith("tether ") or " -m tether " in line
+
+
+def doc_blocks() -> list[tuple[str, list[str]]]:
+    """(page, the lines that run tether) for each shell block of every tested page."""
+    return [
+        (str(page.relative_to(REPO)), [line for line in shell_lines(text) if is_tether(line)])
+        for page in DOCS
+        for lang, text in code_blocks(page)
+        if lang in SHELL
+    ]
 
 
 def readme_argv(line: str) -> list[str]:
@@ -93,17 +142,71 @@ def readme_argv(line: str) -> list[str]:
     return argv[1:]
 
 
-README = [line for block in readme_blocks() for line in block]
+EXAMPLES = [(page, line) for page, block in doc_blocks() for line in block]
 HELP = help_examples()
 
 
 def test_the_examples_were_found():
-    assert len(README) >= 30 and any("--num-processes" in line for line in README) and any("-m tether" in line for line in README)
+    lines = [line for _, line in EXAMPLES]
+    pages = {page for page, _ in EXAMPLES}
+    assert len(lines) >= 70 and any("--num-processes" in line for line in lines) and any("-m tether" in line for line in lines)
+    assert {"README.md", "docs/guides/ppo.md", "docs/guides/data.md", "docs/reference/commands.md"} <= pages
     where = {w for w, _ in HELP}
     assert {"tether sft --help", "tether eval overopt --help", "tether reward eval --help", "tether demo --help"} <= where
-    assert not [line for line in README if "..." in readme_argv(line) or any(a.startswith("[") for a in readme_argv(line))], (
-        "a README command line holds a placeholder"
+    assert not [line for line in lines if "..." in readme_argv(line) or any(a.startswith("[") for a in readme_argv(line))], (
+        "a command line in the docs holds a placeholder"
     )
+
+
+def test_every_shell_line_of_the_docs_is_tested_or_accounted_for():
+    """A shell line is a tether command (run below), a Makefile target with what runs it, or another tool's command; a
+    tether command is never hidden in a block of another language, where it would go untested."""
+    makefile = (REPO / "Makefile").read_text()
+    for page in DOCS:
+        for lang, text in code_blocks(page):
+            where = page.relative_to(REPO)
+            if lang not in SHELL:
+                assert not [line for line in text.splitlines() if line.startswith("tether ")], f"{where}: a tether line in a {lang} block"
+                continue
+            for line in shell_lines(text):
+                config = re.search(r" --config (\S+)", line)
+                if (
+                    is_tether(line)
+                    and config
+                    and config.group(1) not in ("demo", "configs/demo.yaml")
+                    and not config.group(1).startswith("my_")
+                ):
+                    assert NEEDS in line, f"{where}: `{line}` runs a shipped recipe: say what it needs (`{NEEDS}...`)"
+                if is_tether(line) or line.startswith(OTHER_TOOLS):
+                    continue
+                target = line.split("#")[0].split()
+                assert target[0] == "make" and len(target) == 2, f"{where}: `{line}` is not a command the tests know"
+                assert target[1] in MAKE_TARGETS and re.search(rf"^{re.escape(target[1])}:", makefile, re.M), f"{where}: `{line}`"
+
+
+def test_python_snippets_run(tmp_path, monkeypatch):
+    """Every Python block of the tested pages runs; a block whose first line is `# NAME.py` is a file the commands name,
+    and its functions are called as tether calls them."""
+    monkeypatch.chdir(tmp_path)
+    snippets = [(page, text) for page in DOCS for lang, text in code_blocks(page) if lang == "python"]
+    assert snippets
+    for page, text in snippets:
+        namespace: dict = {}
+        exec(compile(text, str(page), "exec"), namespace)
+        if "score" in namespace:
+            scores = namespace["score"](["Say hi."], ["Hello there.", "word " * 80], [{}])
+            assert len(scores) == 2 and all(s is None or isinstance(s, float) for s in scores), f"{page}: {scores}"
+
+
+def python_files() -> dict[str, str]:
+    """The Python blocks that are files (first line `# NAME.py`), by name."""
+    out = {}
+    for page in DOCS:
+        for lang, text in code_blocks(page):
+            first = text.splitlines()[0]
+            if lang == "python" and re.fullmatch(r"# \w+\.py", first):
+                out[first[2:]] = text
+    return out
 
 
 # --------------------------------------------------------------------------- running them
@@ -133,8 +236,11 @@ def workspace(tmp_path, monkeypatch, tiny_data):
         Path(name).write_text(tiny_data["prompts"].read_text())
     for name in ["held_out_pairs.jsonl", "pairs.jsonl", "prefs.jsonl"]:
         Path(name).write_text(tiny_data["prefs"].read_text())
-    for name in ["my_sft.yaml", "my_dpo.yaml", "my_ppo.yaml"]:  # the README's "your own config"
+    for name in ["my_sft.yaml", "my_dpo.yaml", "my_ppo.yaml"]:  # the docs' "your own config"
         Path(name).write_text("seed: 0\n")
+    shutil.copy(SHIPPED_CONFIGS / "constitution" / "default.yaml", "my_constitution.yaml")
+    for name, text in python_files().items():  # my_rewards.py, ...
+        Path(name).write_text(text)
     Path("guidelines.md").write_text("Prefer the answer that is on topic.\n")
     Path("runs/collect").mkdir(parents=True)
     samples = [
@@ -161,14 +267,15 @@ def test_each_help_example_runs_as_written(where, argv, dry, workspace):
     _invoke(argv)
 
 
-@pytest.mark.parametrize("line", README, ids=README)
-def test_each_readme_command_line_runs_as_written(line, dry, workspace):
+@pytest.mark.parametrize("page,line", EXAMPLES, ids=[f"{page}: {line}" for page, line in EXAMPLES])
+def test_each_command_line_of_the_docs_runs_as_written(page, line, dry, workspace):
     _invoke(readme_argv(line))
 
 
-def test_the_readme_walkthrough_runs_for_real_on_the_tiny_model(tiny_model_dir, workspace):
-    """The README's stage-by-stage block, on the tiny model: only the model path and sizes are substituted."""
-    (block,) = [b for b in readme_blocks() if b and b[0].startswith("tether sft model=/path/to/model")]
+def test_the_walkthrough_runs_for_real_on_the_tiny_model(tiny_model_dir, workspace):
+    """The manual's stage-by-stage block (docs/guides/data.md), on the tiny model: only the model path and sizes are
+    substituted."""
+    (block,) = [b for page, b in doc_blocks() if page == "docs/guides/data.md" and b and b[0].startswith("tether sft model=/path/to")]
     assert [line.split()[1] for line in block] == ["sft", "collect", "reward", "reward", "ppo", "eval", "generate"]
     sizes = {
         "sft": ["max_steps=1"],
@@ -187,6 +294,37 @@ def test_the_readme_walkthrough_runs_for_real_on_the_tiny_model(tiny_model_dir, 
             argv += [*sizes[argv[0]], "precision=fp32", *(gen if argv[0] in ("collect", "ppo", "eval", "generate") else [])]
         _invoke(argv)
     assert Path("runs/ppo/model/config.json").exists() and json.loads(Path("runs/eval/summary.json").read_text())["stage"] == "eval"
+
+
+SAMPLE = ["generation.max_new_tokens=4", "generation.batch_size=4", "precision=fp32"]
+GUIDE_RUNS = {  # (page, the end of a command line in it): the sizes that make it a few seconds on the tiny model
+    ("docs/guides/grpo.md", "prompts=prompts.jsonl output_dir=runs/grpo"): [
+        "steps=1",
+        "prompts_per_step=2",
+        "group_size=2",
+        "mini_batch_size=4",
+        *SAMPLE,
+    ],
+    ("docs/guides/dpo.md", "policy=runs/sft/model data=prefs.jsonl output_dir=runs/dpo"): ["max_steps=1", "batch_size=2", "precision=fp32"],
+    ("docs/guides/best-of-n.md", "n=8 output_dir=runs/bon"): ["limit=2", *SAMPLE],
+    ("docs/guides/best-of-n.md", "rounds=2 output_dir=runs/rs"): ["limit=2", "n=2", "sft.max_steps=1", *SAMPLE],
+    ("docs/guides/ai-feedback.md", "model=/path/to/judge data=pairs.jsonl db=prefs.db"): ["limit=2", "precision=fp32"],
+    ("docs/guides/ai-feedback.md", "rounds=2 output_dir=runs/revise"): ["limit=2", *SAMPLE],
+}
+"""Commands of the guides run for real on the tiny model, on an SFT and a reward model made as the walkthrough makes them."""
+
+
+def test_the_guides_commands_run_for_real_on_the_tiny_model(tiny_model_dir, workspace):
+    """The walkthrough's SFT and reward model, then the guides' GRPO, DPO, best-of-N, rejection-sampling, judge and
+    revise commands on them, as written but for the model path and sizes."""
+    _invoke(["sft", f"model={tiny_model_dir}", "data=demos.jsonl", "output_dir=runs/sft", "max_steps=1", "precision=fp32"])
+    _invoke(["reward", "train", "model=runs/sft/model", "data=prefs.jsonl", "output_dir=runs/reward", "max_steps=1", "batch_size=2"])
+    for (page, end), sizes in GUIDE_RUNS.items():
+        (line,) = [line for p, line in EXAMPLES if p == page and line.endswith(end)]
+        argv = [a.replace("/path/to/judge", str(tiny_model_dir)) for a in readme_argv(line)]
+        _invoke([*argv, *sizes])
+    assert json.loads(Path("runs/grpo/summary.json").read_text())["stage"] == "grpo"
+    assert Path("runs/dpo/model/config.json").exists() and Path("runs/bon/bon.jsonl").exists()
 
 
 # --------------------------------------------------------------------------- help, version, --config
