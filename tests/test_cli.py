@@ -68,6 +68,8 @@ def test_run_writes_every_stage_and_report(run_dir):
         assert (run_dir / stage / "config.yaml").exists()
     report = (run_dir / "report.md").read_text()
     assert "win rate" in report and "KL(policy || SFT)" in report and "held-out accuracy" in report
+    seconds = {k: json.loads((run_dir / k / "summary.json").read_text())["seconds"] for k in ["sft", "collect", "reward", "ppo", "eval"]}
+    assert f"**{sum(seconds.values()) / 60:.1f} min** in the stages (sft {seconds['sft']:.0f} s, collect" in report  # what make demo took
 
 
 def test_run_again_skips_completed_stages(run_dir, tiny_model_dir, tiny_data):

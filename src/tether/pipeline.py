@@ -413,6 +413,11 @@ def write_report(run: Path, cfg: RunConfig, s: dict) -> Path:
         ),
         f"- Reward model held-out accuracy against the simulated labels: **{_fmt(rm['eval_accuracy'])}** "
         f"(95% CI {_fmt((rm.get('eval_accuracy_ci') or [None])[0])} to {_fmt((rm.get('eval_accuracy_ci') or [None, None])[1])}, n = {rm['eval_pairs']}).",
+        "- Time: "
+        + f"**{_fmt(sum(float(s[k].get('seconds') or 0.0) for k in STAGES) / 60, 1)} min** in the stages "
+        + "("
+        + ", ".join(f"{k} {_fmt(float(s[k].get('seconds') or 0.0), 0)} s" for k in STAGES)
+        + "; loading the default model and starting each stage come on top).",
         "",
         "## 1. SFT",
         "",
