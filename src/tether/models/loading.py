@@ -43,48 +43,15 @@ def device() -> torch.device:
     return processes().device
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The dtype `autocast(precision)` computes matmuls in here, or None where it is a no-op."""
-    if precision == "bf16" and (device().type == "cuda" or _cpu_has_bf16()):
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return None
-
-
 def autocast(precision: str):
     """bf16 or fp16 autocast for matmuls (weights stay fp32); a no-op for 'fp32', and for bf16 on a CPU without it.
     fp16 (GPUs without bf16, such as V100 and T4) needs loss scaling in training: training.LossScaler."""
-    dtype = autocast_dtype(precision)
-    return torch.autocast(device().type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def frozen_weights_cast(model: torch.nn.Module, precision: str):
-    """Inside the block, hold `model`'s frozen Linear weights (and biases) in the dtype `autocast(precision)` computes
-    in, cast once; after it, the fp32 tensors again. Autocast casts a weight at every call and keeps the cast only for
-    weights that require grad, so a frozen model (a LoRA policy's base) would be cast at every decode step. The numbers
-    are the same bit for bit (autocast computes these products in that dtype either way); the tied input embedding, the
-    norms and every trainable weight are left as they are. A no-op without autocast, for a sharded model and for weights
-    held elsewhere (offloaded)."""
-    dtype = autocast_dtype(precision)
-    if dtype is None or is_fsdp(model):
-        yield
-        return
-    embedding = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
-    held: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-    try:
-        for module in model.modules():
-            if not isinstance(module, torch.nn.Linear) or module.weight is embedding:
-                continue
-            for param in (module.weight, module.bias):
-                if param is not None and not param.requires_grad and param.dtype == torch.float32 and param.device.type != "meta":
-                    held.append((param, param.data))
-                    param.data = param.data.to(dtype)
-        yield
-    finally:
-        for param, data in held:
-            param.data = data
+    dev = device().type
+    if precision == "bf16" and (dev == "cuda" or _cpu_has_bf16()):
+        return torch.autocast(dev, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(dev, dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def _cpu_has_bf16() -> bool:

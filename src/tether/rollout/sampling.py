@@ -36,7 +36,7 @@ from tether.config import GenerationSettings
 from tether.data.collate import pad_left
 from tether.data.records import Prompt
 from tether.data.templates import encode_prompt
-from tether.models.loading import autocast, device, frozen_weights_cast, kv_cache_of, load_causal_lm, load_tokenizer, with_kv_cache
+from tether.models.loading import autocast, device, kv_cache_of, load_causal_lm, load_tokenizer, with_kv_cache
 from tether.rollout.generate import Rollout, generate
 from tether.rollout.logprobs import head_inputs
 from tether.rollout.vllm_engine import VLLMSampler
@@ -120,11 +120,7 @@ def sample_rollout(
             values[active, t] = v if rows is None else v[rows]
 
     n_steps = 0
-    with (
-        autocast(precision),
-        frozen_weights_cast(model, precision),
-        head_inputs(model) if want_hidden else contextlib.nullcontext([]) as seen,
-    ):
+    with autocast(precision), head_inputs(model) if want_hidden else contextlib.nullcontext([]) as seen:
         position = (distinct_mask.cumsum(-1) - 1).clamp(min=0)  # (B', P) positions over real tokens
         out = model(input_ids=distinct_ids, attention_mask=distinct_mask, position_ids=position, use_cache=True, logits_to_keep=1)
         cache, logits, position = kv_cache_of(out), out.logits[:, -1][inverse], position[:, -1:][inverse]
