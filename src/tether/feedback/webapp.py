@@ -291,10 +291,9 @@ def create_app(
                 annotator,
             )
         task = int(task_id)
-        if any(v.task_id == task for v in store.votes_of(annotator)):
+        if store.has_answered(annotator, task):
             return error(409, f"You have already answered task {task}; an answer cannot be changed.", annotator)
-        current = store.next_task_for(annotator)
-        if current is None or current.id != task:
+        if store.current_task_id(annotator) != task:
             return error(403, f"Task {task} is not the one assigned to you, so the answer was not recorded.", annotator)
         try:
             store.record_judgement(annotator, task, choice, reason=reason.strip() or None)
