@@ -225,11 +225,13 @@ def _shown(url: str) -> str:
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys, full sync, and BEGIN IMMEDIATE for every transaction
     but those of connections with the execution option ``READ_ONLY`` (plain, deferred BEGIN)."""
+    # room for every worker thread of a web server (anyio's 40) to hold a connection, so none waits out the pool's timeout
+    pool = {"pool_size": 10, "max_overflow": 40}
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **pool)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record) -> None:
