@@ -17,7 +17,7 @@ from sqlalchemy import event
 
 from tether.feedback.agreement import stats
 from tether.feedback.export import export_preferences
-from tether.feedback.store import PAGE, open_store
+from tether.feedback.store import PAGE, PROGRESS_CAP, Progress, open_store
 from tether.feedback.webapp import create_app
 
 
@@ -190,4 +190,17 @@ def test_stats_and_export_run_while_annotators_answer(db_url, bulk, tmp_path):
     export_preferences(store, tmp_path / "final.jsonl", aggregate="per_annotator")
     assert sum(1 for _ in (tmp_path / "final.jsonl").open()) == 90
     assert all(json.loads(line)["meta"]["annotator"].startswith("ann") for line in (tmp_path / "final.jsonl").open())
+    store.close()
+
+
+def test_progress_counts_at_most_the_cap_of_open_tasks(db_url, bulk):
+    store = open_store(db_url, seed=0, golden_rate=0.0)
+    bulk(store, PROGRESS_CAP + 20, required=1)
+    token = store.add_annotator("ada")
+    ada = store.annotator_for_token(token)
+    assert store.progress(ada) == Progress(done_today=0, total=PROGRESS_CAP, more=True)
+    page = TestClient(create_app(store, allowed_hosts=["testserver"]), headers={"Authorization": f"Bearer {token}"}).get("/")
+    assert f'id="progress">0 of {PROGRESS_CAP + 1}+ today<' in page.text  # the task shown, and the 500 counted
+    store.record_judgement(ada, store.next_task_for(ada).id, "A")
+    assert store.progress(ada) == Progress(done_today=1, total=1 + PROGRESS_CAP, more=True)
     store.close()
