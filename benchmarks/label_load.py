@@ -14,10 +14,12 @@ INSERTs on SQLite, COPY on PostgreSQL, which runs as a throwaway server from Deb
   once it is back: the connection errors are counted apart from 5xx).
 
 Printed (and written to runs/bench/label_load.json): build time, answers/s, p50/p99 latency of
-each route, the CLI stats and export runs (how many, median seconds), 5xx responses, other failed
+each route, the CLI stats and export runs (how many, median seconds), the server's CPU time per
+request (which machine load does not inflate, unlike latency), 5xx responses, other failed
 requests, and, read from the store after the run, acknowledged answers missing from it (lost),
 answers stored twice for one annotator and task (duplicated), and tasks holding more answers than
-they asked for (over-filled).
+they asked for (over-filled). Answers/s counts the time the server was up (the restart, mostly
+Python importing tether, is left out).
 
     python benchmarks/label_load.py                                    # 10,000 and 1,000,000 tasks, both backends, 60 s each
     python benchmarks/label_load.py --tasks 10000 --seconds 20         # the quick check
@@ -315,6 +317,12 @@ def cli_reader(url: str, folder: Path, load: Load, stop: threading.Event) -> Non
                 load.cli[name].append(time.perf_counter() - start)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -341,7 +349,9 @@ def run(backend: str, url: str, tasks: int, args, folder: Path) -> dict:
         t.start()
     killed_at = restarted_in = None
     time.sleep(args.seconds / 2)
+    server_cpu = 0.0
     if not args.no_kill:
+        server_cpu += cpu_seconds(server.pid)
         server.send_signal(signal.SIGKILL)  # mid-run: requests in flight die with it
         server.wait()
         killed_at = time.perf_counter() - start
@@ -350,6 +360,7 @@ def run(backend: str, url: str, tasks: int, args, folder: Path) -> dict:
     time.sleep(max(0.0, args.seconds - (time.perf_counter() - start)))
     stop.set()
     elapsed = time.perf_counter() - start
+    server_cpu += cpu_seconds(server.pid)
     for t in threads:
         t.join(120)
     server.terminate()
@@ -379,7 +390,9 @@ def run(backend: str, url: str, tasks: int, args, folder: Path) -> dict:
         "seconds": round(elapsed, 1),
         "build_s": round(built, 1),
         "answers": answers,
-        "answers_per_s": round(answers / elapsed, 1),
+        "answers_per_s": round(answers / (elapsed - (restarted_in or 0.0)), 1),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, sum(load.status.values())), 1),
+        "load_average_1min": os.getloadavg()[0],
         "routes": {
             route: {"n": len(v), "p50_ms": round(1000 * percentile(v, 0.5), 1), "p99_ms": round(1000 * percentile(v, 0.99), 1)}
             for route, v in sorted(load.latency.items())
@@ -404,7 +417,7 @@ def table(results: list[dict]) -> str:
     """The results as a Markdown table (what benchmarks/README.md shows)."""
     head = (
         "| backend | tasks | build | answers/s | GET / p50 / p99 | POST /judge p50 / p99 | GET /api/stats p50 / p99 "
-        "| CLI stats, export runs (median s) | 5xx | lost | duplicated | over-filled |"
+        "| CLI stats, export runs (median s) | server CPU / request | 5xx | lost | duplicated | over-filled |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -412,7 +425,8 @@ def table(results: list[dict]) -> str:
         cli = ", ".join(f"{v['runs']} ({v['median_s']:.1f})" for v in r["cli"].values()) or "-"
         lines.append(
             f"| {r['backend']} | {r['tasks']:,} | {r['build_s']:.0f} s | {r['answers_per_s']} | {route.get('GET /', '-')} "
-            f"| {route.get('POST /judge', '-')} | {route.get('GET /api/stats', '-')} | {cli} | {r['5xx']} | {r['lost']} "
+            f"| {route.get('POST /judge', '-')} | {route.get('GET /api/stats', '-')} | {cli} | {r['server_cpu_ms_per_request']} ms "
+            f"| {r['5xx']} | {r['lost']} "
             f"| {r['duplicated']} | {r['over_filled_tasks']} |"
         )
     return "\n".join(lines)
