@@ -87,6 +87,7 @@ bench: $(STAMP) bench-trl-ppo-env
 	$(BIN)/python benchmarks/dpo_vs_trl.py
 	$(BIN)/python benchmarks/rollout_and_flops.py
 	$(BIN)/python benchmarks/demo_work.py
+	$(BIN)/python benchmarks/label_load.py --seconds 60
 	$(BIN)/python benchmarks/summary.py
 
 # PPO side by side with TRL 1.10.0 (the last TRL with PPO), on the test suite's tiny model:

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -499,10 +500,15 @@ DbOpt = typer.Option(..., "--db", help="Preference store: a SQLite file (created
 ExistingDbOpt = typer.Option(..., "--db", help="Preference store: an existing SQLite file or a postgresql:// URL.")
 
 
-def _store(db: str, create: bool = True):
+TokenDaysOpt = typer.Option(90.0, "--token-days", help="Days the token signs in (0: until revoked).")
+
+
+def _store(db: str, create: bool = True, token_days: float = 90.0):
     """The store at `db`; `create=False` for the commands that only read or label what is there: a mistyped path is then an
-    error ("no preference store at ..."), not a new empty store."""
-    return open_store(db, create=create)
+    error ("no preference store at ..."), not a new empty store. `token_days`: the lifetime of the tokens it issues."""
+    if token_days < 0:
+        raise StoreError(f"--token-days must be 0 (tokens that never expire) or more, got {token_days}")
+    return open_store(db, create=create, token_lifetime=timedelta(days=token_days) if token_days else None)
 
 
 @label_app.command("add-annotator")
@@ -511,16 +517,54 @@ def label_add_annotator(
     db: str = DbOpt,
     admin: bool = typer.Option(False, "--admin", help="May open the admin pages."),
     kind: str = typer.Option("human", help="human, judge or simulated."),
+    token_days: float = TokenDaysOpt,
 ):
     """Register an annotator and print their token: it is shown this once (only its SHA-256 is stored)."""
 
     def go():
-        with _store(db) as store:
+        with _store(db, token_days=token_days) as store:
             return store.add_annotator(name, kind, admin=admin)
 
     token = _run(go)
     print(token)
     typer.echo(f"the token of {name}: give it to them now, it cannot be shown again", err=True)
+
+
+@label_app.command("rotate")
+def label_rotate(name: str = typer.Argument(..., help="The annotator's name."), db: str = ExistingDbOpt, token_days: float = TokenDaysOpt):
+    """Give an annotator a new token and print it (shown this once); the old one stops signing in at once."""
+
+    def go():
+        with _store(db, create=False, token_days=token_days) as store:
+            return store.rotate_token(name)
+
+    token = _run(go)
+    print(token)
+    typer.echo(f"the new token of {name}: give it to them now, it cannot be shown again; the old one no longer signs in", err=True)
+
+
+@label_app.command("revoke")
+def label_revoke(name: str = typer.Argument(..., help="The annotator's name."), db: str = ExistingDbOpt):
+    """Stop an annotator's token signing in (browsers signed in with it too); `tether label rotate` gives them a new one."""
+
+    def go():
+        with _store(db, create=False) as store:
+            store.revoke_token(name)
+            return {"annotator": name, "token": "revoked"}
+
+    _print_summary(_run(go))
+
+
+@label_app.command("remove")
+def label_remove(name: str = typer.Argument(..., help="The annotator's name."), db: str = ExistingDbOpt):
+    """Remove an annotator: they cannot sign in or get tasks any more, the tasks they held go to others, and every
+    judgement they gave stays (statistics and export keep them)."""
+
+    def go():
+        with _store(db, create=False) as store:
+            return {"annotator": name, "removed": True, "judgements_kept": store.remove_annotator(name)}
+
+    _print_summary(_run(go))
 
 
 @label_app.command("import")
@@ -534,9 +578,9 @@ def label_import(
 
     def go():
         source = C.resolve_path(file)
-        kind, rows = read_import(source, golden)  # a missing, empty or malformed file stops the command before any store is created
+        kind, rows, lines = read_import(source, golden)  # a missing, empty or malformed file stops the command before any store is created
         with _store(db) as store:
-            return import_rows(store, source, kind, rows, required=annotators_per_task, golden=golden)
+            return import_rows(store, source, kind, rows, required=annotators_per_task, golden=golden, lines=lines)
 
     _print_summary(_run(go))
 
@@ -615,6 +659,9 @@ def label_serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     golden_rate: float = typer.Option(0.1, help="Share of the pairs handed out that are golden (while any are left)."),
     golden_threshold: float = typer.Option(0.7, help="The statistics flag annotators whose golden-set accuracy is below this."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="A Host name the app answers for besides loopback and --host (the name behind a proxy); repeatable."
+    ),
 ):
     """The annotation web app: annotators sign in with their token and compare pairs in a browser."""
     import uvicorn
@@ -627,7 +674,7 @@ def label_serve(
         # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 only: behind a local TLS proxy (which must pass the
         # Host header on) the cookie is then marked Secure
         uvicorn.run(
-            create_app(store, golden_threshold=golden_threshold),
+            create_app(store, golden_threshold=golden_threshold, allowed_hosts=[host, *allowed_host]),
             host=host,
             port=port,
             log_level="info",

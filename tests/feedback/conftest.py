@@ -162,3 +162,66 @@ def store(db_url):
 def pytest_terminal_summary(terminalreporter):
     if _skip_reason:
         terminalreporter.write_line(f"tests/feedback: the PostgreSQL half of the store tests was skipped: {_skip_reason[0]}", yellow=True)
+
+
+@pytest.fixture
+def bulk():
+    """:func:`bulk_tasks`, for the tests that vary a store's size."""
+    return bulk_tasks
+
+
+@pytest.fixture
+def fresh_url(db_url, request, tmp_path):
+    """A maker of empty stores on the backend of ``db_url``: a new SQLite file, or the PostgreSQL database emptied
+    (close the previous store first)."""
+    made = iter(range(1_000_000))
+
+    def make() -> str:
+        if "://" not in db_url:
+            return str(tmp_path / f"store{next(made)}.db")
+        return request.getfixturevalue("postgres").fresh_database()
+
+    return make
+
+
+def bulk_tasks(store, n: int, required: int = 3) -> None:
+    """Fill ``store`` with ``n`` regular tasks (one prompt and two responses each) in a few bulk INSERTs: far quicker
+    than ``add_pairs`` for the stores whose size a test varies."""
+    from sqlalchemy import insert
+
+    from tether.feedback.schema import PromptRow, ResponseRow, TaskRow, utcnow
+
+    now = utcnow()
+    with store.engine.begin() as c:
+        base = (c.scalar(PromptRow.__table__.select().with_only_columns(PromptRow.id).order_by(PromptRow.id.desc()).limit(1)) or 0) + 1
+        prompts = [
+            {"id": base + i, "key": f"bulk{base + i}", "text": f"Question {base + i}?", "meta": {}, "created_at": now} for i in range(n)
+        ]
+        responses = [
+            {
+                "id": 2 * (base + i) + k,
+                "prompt_id": base + i,
+                "key": f"r{k}",
+                "text": f"Answer {k} to {base + i}.",
+                "settings": {},
+                "meta": {},
+                "created_at": now,
+            }
+            for i in range(n)
+            for k in (0, 1)
+        ]
+        tasks = [
+            {
+                "response_a_id": 2 * (base + i),
+                "response_b_id": 2 * (base + i) + 1,
+                "required": required,
+                "is_golden": False,
+                "meta": {},
+                "created_at": now,
+                "needed": required,
+            }
+            for i in range(n)
+        ]
+        for table, rows in ((PromptRow, prompts), (ResponseRow, responses), (TaskRow, tasks)):
+            for start in range(0, len(rows), 5000):
+                c.execute(insert(table), rows[start : start + 5000])

@@ -265,3 +265,90 @@ def test_guidelines_or_import_from_a_missing_file_create_no_store(tmp_path):
         result = tether("label", command, tmp_path / "nope.md", "--db", tmp_path / "prefs.db")
         assert result.exit_code == 2 and said.format(tmp_path / "nope.md") in " ".join(result.output.split())
         assert "Traceback" not in result.output and not (tmp_path / "prefs.db").exists()
+
+
+# --------------------------------------------------------------------------- annotators' tokens; import files no store keeps
+
+
+def test_rotate_revoke_and_remove_an_annotator(tmp_path):
+    db = tmp_path / "prefs.db"
+    write_rows(tmp_path / "pairs.jsonl", [{"prompt": f"Q{i}?", "chosen": f"yes {i}.", "rejected": f"no {i}."} for i in range(3)])
+    ok("label", "import", tmp_path / "pairs.jsonl", "--db", db, "--annotators-per-task", 1)
+    first = ok("label", "add-annotator", "ada", "--db", db, "--token-days", 30).stdout.strip()
+    with open_store(db) as store:
+        ada = store.annotator_for_token(first)
+        store.record_judgement(ada, store.next_task_for(ada).id, "A")
+    second = ok("label", "rotate", "ada", "--db", db).stdout.strip()
+    with open_store(db) as store:
+        assert store.annotator_for_token(first) is None and store.annotator_for_token(second).name == "ada"
+    assert json.loads(ok("label", "revoke", "ada", "--db", db).stdout) == {"annotator": "ada", "token": "revoked"}
+    with open_store(db) as store:
+        assert store.annotator_for_token(second) is None
+    third = ok("label", "rotate", "ada", "--db", db, "--token-days", 0).stdout.strip()  # 0: never expires
+    assert json.loads(ok("label", "remove", "ada", "--db", db).stdout) == {"annotator": "ada", "removed": True, "judgements_kept": 1}
+    with open_store(db) as store:
+        assert store.annotator_for_token(third) is None and [v.annotator for v in store.votes()] == ["ada"]
+    stats = json.loads(ok("label", "stats", "--db", db, "--json").stdout)
+    assert stats["annotators"]["ada"]["judgements"] == 1
+    for args, said in [
+        (("rotate", "nobody"), "there is no annotator named 'nobody'"),
+        (("rotate", "ada"), "was removed"),
+        (("add-annotator", "ada"), "already exists"),
+        (("add-annotator", "bob", "--token-days", -1), "--token-days must be 0"),
+    ]:
+        result = tether("label", *args, "--db", db)
+        assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output, result.output
+
+
+def test_import_names_the_line_of_text_no_store_keeps(db_url, tmp_path):
+    """NUL characters, lone surrogates and 100,000-deep nesting: one line naming file:line, on both backends, nothing stored."""
+    good = '{"prompt": "Q?", "chosen": "yes.", "rejected": "no."}\n'
+    cases = {
+        "nul.jsonl": (good + '{"prompt": "Q2?", "chosen": "a\\u0000b", "rejected": "no."}\n', ":2: a text holds a NUL character"),
+        "nul-key.jsonl": (good + '\n{"prompt": "Q2?", "chosen": "a", "rejected": "b", "m\\u0000": 1}\n', ":3: a text holds a NUL"),
+        "surrogate.jsonl": ('{"prompt": "\\ud800?", "chosen": "yes.", "rejected": "no."}\n', ":1: a text holds a lone surrogate"),
+        "deep.jsonl": (good + '{"prompt": "Q?", "chosen": ' + "[" * 100_000 + "]" * 100_000 + "}\n", ":2: the JSON is nested more than"),
+        "deep.json": ("[" + "[" * 100_000 + "]" * 100_000 + "]", "deep.json: the JSON is nested more than"),
+    }
+    for name, (text, said) in cases.items():
+        (tmp_path / name).write_text(text)
+        result = tether("label", "import", tmp_path / name, "--db", db_url)
+        assert result.exit_code == 2 and said in result.output, (name, result.output)
+        assert len(result.output.strip().splitlines()) <= 3 and "Traceback" not in result.output, result.output
+    with open_store(db_url) as store:
+        assert store.tasks() == []
+        ada = store.get_or_add_annotator("judge", "judge")
+        store.add_pairs([PreferencePair("Q?", "yes.", "no.")])
+        for reason in ("a\x00b", "\ud800"):
+            try:
+                store.record_judgement(ada, store.tasks()[0].id, "A", reason=reason)
+            except ValueError as e:
+                assert "NUL" in str(e) or "surrogate" in str(e)
+            else:
+                raise AssertionError(f"{reason!r} was stored")
+        assert store.votes() == []
+
+
+def test_a_reversed_golden_pair_that_contradicts_stops_the_import(db_url, tmp_path):
+    rows = [
+        {"prompt": "2 + 2?", "chosen": "4", "rejected": "5"},
+        {"prompt": "Sky?", "chosen": "Blue.", "rejected": "Green."},
+        {"prompt": "2 + 2?", "chosen": "5", "rejected": "4"},  # line 3 reverses line 1: the known answers contradict
+    ]
+    result = tether("label", "import", write_rows(tmp_path / "golden.jsonl", rows), "--db", db_url, "--golden")
+    assert result.exit_code == 2, result.output
+    assert "golden.jsonl:3: this pair is the pair of line 1 in the opposite order" in " ".join(result.output.split())
+    with open_store(db_url) as store:
+        assert store.tasks() == []  # one transaction: nothing half imported
+
+    # repeated the same way round, or reversed as a tie both times: one task, and the summary says so
+    rows[2] = {"prompt": "2 + 2?", "chosen": "4", "rejected": "5"}
+    report = json.loads(ok("label", "import", write_rows(tmp_path / "golden.jsonl", rows), "--db", db_url, "--golden").stdout)
+    assert (report["tasks"], report["duplicates"]) == (2, 1)
+    # a later file that reverses a stored golden pair is refused too, naming the stored task
+    later = write_rows(tmp_path / "later.jsonl", [{"prompt": "Sky?", "chosen": "Green.", "rejected": "Blue."}])
+    result = tether("label", "import", later, "--db", db_url, "--golden")
+    assert result.exit_code == 2 and "already in the store" in " ".join(result.output.split()), result.output
+    # as regular tasks (no known answer) a reversed pair is the same comparison: merged, and counted
+    report = json.loads(ok("label", "import", later, "--db", db_url).stdout)
+    assert (report["tasks"], report["duplicates"]) == (1, 0)

@@ -10,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tether.data.readers import read_preferences
+from tether.feedback.agreement import stats
 from tether.feedback.export import export_preferences
-from tether.feedback.store import Candidate, open_store
-from tether.feedback.webapp import COOKIE, MAX_BODY_BYTES, MAX_REASON_CHARS, create_app
+from tether.feedback.store import Candidate, StoreError, open_store
+from tether.feedback.webapp import COOKIE, LOGIN_COOKIE, MAX_BODY_BYTES, MAX_REASON_CHARS, HideTokens, create_app
 
 XSS = "<script>alert('pwned')</script>"
 DIALOGUE = [
@@ -36,14 +37,21 @@ def store(tmp_path):
 
 @pytest.fixture
 def app(store):
-    return create_app(store)
+    return create_app(store, allowed_hosts=["testserver"])  # TestClient's Host
+
+
+def sign_in(c: TestClient, token: str, **headers):
+    """Sign in as a person does: open the sign-in form, type the token, post the form (with its nonce)."""
+    form = c.get("/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
+    return c.post("/login", data={"token": token, "nonce": nonce.group(1) if nonce else ""}, headers=headers)
 
 
 def client(app, token: str | None = None) -> TestClient:
     """A browser of its own (own cookie jar), signed in with ``token`` when given."""
     c = TestClient(app, follow_redirects=False)
     if token is not None:
-        r = c.post("/login", data={"token": token})
+        r = sign_in(c, token)
         assert r.status_code == 303 and r.headers["location"] == "/", r.text
     return c
 
@@ -92,32 +100,27 @@ def test_without_a_token_pages_go_to_login_and_apis_answer_401(app, store):
 def test_a_bad_token_is_refused_everywhere(app, store):
     store.add_annotator("ada")
     c = client(app)
-    r = c.post("/login", data={"token": "not-a-token"})
+    r = sign_in(c, "not-a-token")
     assert r.status_code == 401 and "That token is not known" in r.text and not c.cookies.get(COOKIE)
-    assert c.get("/?token=not-a-token").status_code == 401
+    assert c.get("/?token=not-a-token").status_code == 400
     c.cookies.set(COOKIE, "not-a-token")
     assert (c.get("/").status_code, c.get("/").headers["location"]) == (303, "/login")
     assert c.post("/judge", data={"task_id": "1", "choice": "left"}).status_code == 401
     assert c.get("/api/me", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
-    assert c.post("/login", data={"token": "x" * 5000}).status_code == 401  # long: refused without a lookup
+    assert sign_in(c, "x" * 5000).status_code == 401  # long: refused without a lookup
     assert store.votes() == []
 
 
 def test_signing_in_sets_an_httponly_strict_cookie(app, store):
     token = store.add_annotator("ada")
     c = TestClient(app, follow_redirects=False)
-    r = c.post("/login", data={"token": token})
+    r = sign_in(c, token)
     cookie = r.headers["set-cookie"]
     assert r.status_code == 303 and cookie.startswith(f"{COOKIE}=")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     assert "ada" in c.get("/").text
 
-    # ?token= on the first visit: the cookie is set and the browser moves on to the page without the
-    # token in the address (a same-site meta refresh, so that a Strict cookie goes with it)
-    c2 = TestClient(app, follow_redirects=False)
-    r = c2.get(f"/?token={token}")
-    assert r.status_code == 200 and "HttpOnly" in r.headers["set-cookie"] and token not in r.text
-    assert '<meta http-equiv="refresh" content="0; url=/">' in r.text
+    c2 = client(app, token)
     assert c2.get("/").status_code == 200 and 'id="judge"' in c2.get("/").text
     assert c2.get("/login").headers["location"] == "/"  # already signed in
 
@@ -150,7 +153,7 @@ def test_golden_set_accuracy_flags_an_annotator_on_the_admin_pages(tmp_path):
     with open_store(tmp_path / "prefs.db", seed=0, golden_rate=1.0) as store:
         store.add_candidates("Tell me about rivers.", [Candidate("Rivers flow to the sea."), Candidate("Rivers are wet.")])
         store.add_pairs([PreferencePair("What is 2 + 2?", "4", "5")], golden=True)  # known answer: "4"
-        app = create_app(store)
+        app = create_app(store, allowed_hosts=["testserver"])
         ada = client(app, store.add_annotator("ada"))
         page = shown(ada.get("/").text)
         assert {page["left"], page["right"]} == {"4", "5"}  # the golden pair comes first at this rate
@@ -231,7 +234,7 @@ def test_posts_from_another_origin_or_without_the_form_token_are_refused(app, st
     assert ada.post("/judge", data={**form, "csrf": "0" * 64}).status_code == 403
     assert ada.post("/judge", data={**form, "csrf": "é" * 64}).status_code == 403
     assert ada.post("/judge", data={k: v for k, v in form.items() if k != "csrf"}).status_code == 403
-    assert client(app).post("/login", data={"token": token}, headers={"Origin": "https://evil.example"}).status_code == 403
+    assert sign_in(client(app), token, Origin="https://evil.example").status_code == 403
     assert store.votes() == []
     assert ada.post("/judge", data=form, headers={"Origin": "http://testserver"}).status_code == 303
     assert len(store.votes()) == 1
@@ -341,3 +344,130 @@ def test_the_guidelines_in_force_are_shown_collapsible(app, store):
     assert '<details class="card" id="guidelines">' in ada.get("/").text  # folded once work has started
     store.add_guidelines("Version two.")
     assert "Guidelines (version 2)" in ada.get("/").text and "Version two." in ada.get("/").text
+
+
+# --------------------------------------------------------------------------- signing in: login CSRF, revoked and expired tokens, hosts
+
+
+@pytest.mark.parametrize("query", ["token={t}", "%74oken={t}", "TOKEN={t}", "a=1&token={t}", "%2574oken={t}"])
+@pytest.mark.parametrize("path", ["/", "/login", "/admin/stats"])
+def test_a_token_in_the_address_signs_nobody_in(app, store, path, query):
+    """A link from anywhere (``/?token=<the attacker's token>``) would sign the victim in as the attacker: refused."""
+    token = store.add_annotator("mallory", admin=True)
+    c = TestClient(app, follow_redirects=False)
+    r = c.get(f"{path}?{query.format(t=token)}")
+    assert r.status_code == 400 and "does not sign in" in r.text and 'name="token"' in r.text
+    assert not c.cookies.get(COOKIE) and f"{COOKIE}=" not in r.headers.get("set-cookie", "")
+    assert c.get("/").headers["location"] == "/login"  # still signed out
+
+
+def test_signing_in_needs_the_forms_own_nonce(app, store):
+    """A form posted from another site (a login CSRF) has neither the nonce nor its Strict cookie."""
+    token = store.add_annotator("mallory")
+    c = TestClient(app, follow_redirects=False)
+    assert c.post("/login", data={"token": token}).status_code == 403  # no form opened: no nonce
+    c.get("/login")
+    assert c.cookies.get(LOGIN_COOKIE)
+    assert c.post("/login", data={"token": token, "nonce": "guessed"}).status_code == 403
+    other = TestClient(app, follow_redirects=False)  # a nonce of another browser's form does not match this one's cookie
+    nonce = re.search(r'name="nonce" value="([^"]+)"', other.get("/login").text).group(1)
+    assert c.post("/login", data={"token": token, "nonce": nonce}).status_code == 403
+    assert not c.cookies.get(COOKIE)
+    assert sign_in(c, token).status_code == 303 and c.cookies.get(COOKIE)
+
+
+def test_the_access_log_hides_a_token_however_it_is_spelled():
+    line = '127.0.0.1:5 - "GET /?%74oken=SECRET1&x=2&Token=SECRET2&a%255Ftoken=SECRET3;token=SECRET4 HTTP/1.1" 400'
+    hidden = HideTokens.hide(line)
+    assert "SECRET" not in hidden and "x=2" in hidden and "%74oken=[hidden]" in hidden
+
+
+def test_a_revoked_or_rotated_token_signs_in_no_more(app, store):
+    token = store.add_annotator("ada")
+    ada = client(app, token)
+    assert ada.get("/").status_code == 200
+    store.revoke_token("ada")
+    assert ada.get("/").headers["location"] == "/login"  # the signed-in browser is out too
+    assert sign_in(TestClient(app, follow_redirects=False), token).status_code == 401
+    new = store.rotate_token("ada")
+    assert sign_in(TestClient(app, follow_redirects=False), token).status_code == 401
+    assert client(app, new).get("/").status_code == 200
+    assert store.rotate_token("ada") != new and store.annotator_for_token(new) is None
+
+
+def test_a_token_expires_after_the_stores_lifetime(tmp_path):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from tether.feedback.schema import AnnotatorRow, utcnow
+
+    with open_store(tmp_path / "prefs.db", token_lifetime=timedelta(days=2)) as store:
+        token = store.add_annotator("ada")
+        assert store.annotator_for_token(token) is not None
+        with store.engine.begin() as c:  # two days and a second later
+            expires = c.scalar(AnnotatorRow.__table__.select().with_only_columns(AnnotatorRow.token_expires_at))
+            assert timedelta(days=2) - timedelta(minutes=1) < expires - utcnow() <= timedelta(days=2)
+            c.execute(update(AnnotatorRow).values(token_expires_at=utcnow() - timedelta(seconds=1)))
+        assert store.annotator_for_token(token) is None
+        r = sign_in(TestClient(create_app(store, allowed_hosts=["testserver"]), follow_redirects=False), token)
+        assert r.status_code == 401 and "has expired" in r.text
+    with open_store(tmp_path / "forever.db", token_lifetime=None) as store:
+        token = store.add_annotator("ada")
+        assert store.annotator_for_token(token) is not None
+    with pytest.raises(StoreError, match="token_lifetime must be positive"):
+        open_store(tmp_path / "x.db", token_lifetime=timedelta(0))
+
+
+def test_a_removed_annotator_keeps_their_judgements(app, store, tmp_path):
+    token = store.add_annotator("ada")
+    ada = client(app, token)
+    answer(ada, "left")
+    ada.get("/")  # holds the next task
+    assert store.remove_annotator("ada") == 1
+    assert ada.get("/").headers["location"] == "/login"
+    assert [(v.annotator, v.task_id) for v in store.votes()] == [("ada", store.votes()[0].task_id)]
+    assert stats(store)["annotators"]["ada"]["judgements"] == 1
+    assert export_preferences(store, tmp_path / "out.jsonl", aggregate="per_annotator")["pairs"] == 1
+    bob, got = store.annotator_for_token(store.add_annotator("bob")), []
+    while (task := store.next_task_for(bob)) is not None:
+        got.append(task.id)
+        store.record_judgement(bob, task.id, "A")
+    assert len(got) == 2  # the tasks ada did not answer, the one she held included: her hold was released
+    with pytest.raises(StoreError, match="already exists"):
+        store.add_annotator("ada")
+    with pytest.raises(StoreError, match="was removed"):
+        store.rotate_token("ada")
+
+
+def test_only_the_allowed_hosts_are_answered(store):
+    token = store.add_annotator("ada")
+    app = create_app(store, allowed_hosts=["labels.example.org"])
+    for host, status in [
+        ("127.0.0.1:8000", 200),
+        ("localhost", 200),
+        ("[::1]:8000", 200),
+        ("LABELS.example.org", 200),
+        ("evil.example", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("", 400),
+    ]:
+        r = TestClient(app, base_url="http://x").get("/login", headers={"Host": host})
+        assert r.status_code == status, (host, r.text)
+        if status == 400:
+            assert "does not answer for the host" in r.text and "--allowed-host" in r.text
+    default = create_app(store)
+    assert TestClient(default).get("/login").status_code == 400  # TestClient says Host: testserver
+    assert (
+        TestClient(default, base_url="http://127.0.0.1:8000").get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
+
+
+def test_a_nul_character_in_a_reason_is_refused_with_400(app, store):
+    ada = client(app, store.add_annotator("ada"))
+    _, r = answer(ada, "left", reason="fine\x00")
+    assert r.status_code == 400 and "NUL" in r.text
+    assert store.votes() == []
+    _, r = answer(ada, "left", reason="fine")
+    assert r.status_code == 303

@@ -8,6 +8,7 @@ test is skipped, and the reason is printed in the warnings summary at the end of
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -108,16 +109,24 @@ def test_label_serve_answers_on_loopback(served, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as e:
         opener.open(f"{url}/")
     assert (e.value.code, e.value.headers["location"]) == (303, "/login")
+    with opener.open(f"{url}/login") as form:  # the sign-in form: its nonce, in the page and in a Strict cookie
+        nonce = re.search(r'name="nonce" value="([^"]+)"', form.read().decode()).group(1)
+        login_cookie = form.headers["set-cookie"].split(";")[0]
     with pytest.raises(urllib.error.HTTPError) as e:
-        opener.open(urllib.request.Request(f"{url}/login", data=f"token={token}".encode()))
+        opener.open(urllib.request.Request(f"{url}/login", data=f"token={token}&nonce={nonce}".encode(), headers={"Cookie": login_cookie}))
     assert e.value.code == 303 and "HttpOnly" in e.value.headers["set-cookie"]
     cookie = e.value.headers["set-cookie"].split(";")[0]
     with opener.open(urllib.request.Request(f"{url}/", headers={"Cookie": cookie})) as page:
         assert page.status == 200 and b'id="progress">0 of 4 today<' in page.read()
-    with opener.open(f"{url}/?token={token}") as page:  # signs in from a link
-        assert page.status == 200 and "HttpOnly" in page.headers["set-cookie"]
+    for query in (f"token={token}", f"%74oken={token}"):  # a token in the address signs nobody in, and is not logged
+        with pytest.raises(urllib.error.HTTPError) as e:
+            opener.open(f"{url}/?{query}")
+        assert e.value.code == 400 and "tether_token=" not in (e.value.headers["set-cookie"] or "")
+    with pytest.raises(urllib.error.HTTPError) as e:  # a Host the app does not answer for (DNS rebinding)
+        opener.open(urllib.request.Request(f"{url}/login", headers={"Host": "evil.example"}))
+    assert e.value.code == 400
     log = (tmp_path / "server.log").read_text()
-    assert '"GET /?token=[hidden] HTTP/1.1" 200' in log and token not in log
+    assert '"GET /?token=[hidden] HTTP/1.1" 400' in log and '"GET /?%74oken=[hidden] HTTP/1.1" 400' in log and token not in log
 
 
 def test_sign_in_and_label_by_click_and_keyboard_in_chromium(browser, served, tmp_path):  # browser first: skip before serving

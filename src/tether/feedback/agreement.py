@@ -106,12 +106,16 @@ def throughput(seconds: Iterable[float | None], cap: float = 600.0) -> dict[str,
     ``per_hour`` (judgements per active hour); None where there is nothing to divide by.
     """
     timed = [min(max(s, 0.0), cap) for s in seconds if s is not None]
-    active = sum(timed)
+    return _throughput(len(timed), sum(timed))
+
+
+def _throughput(judgements: int, active: float) -> dict[str, Any]:
+    """:func:`throughput` from the number of timed judgements and their active seconds (capped)."""
     return {
-        "judgements": len(timed),
+        "judgements": judgements,
         "active_hours": active / 3600,
-        "seconds_per_judgement": active / len(timed) if timed else None,
-        "per_hour": len(timed) * 3600 / active if active > 0 else None,
+        "seconds_per_judgement": active / judgements if judgements else None,
+        "per_hour": judgements * 3600 / active if active > 0 else None,
     }
 
 
@@ -122,8 +126,11 @@ def position_bias(answers: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
     Returns ``n``, ``left_wins``, ``left_win_rate`` and its 95% Wilson interval ``ci``.
     """
     decided = [(c, left) for c, left in answers if c in ("A", "B") and left in ("A", "B")]
-    wins = sum(c == left for c, left in decided)
-    n = len(decided)
+    return _position_bias(sum(c == left for c, left in decided), len(decided))
+
+
+def _position_bias(wins: int, n: int) -> dict[str, Any]:
+    """:func:`position_bias` from the counts: ``wins`` left wins of ``n`` decided answers."""
     return {"n": n, "left_wins": wins, "left_win_rate": wins / n if n else None, "ci": list(wilson_interval(wins, n)) if n else None}
 
 
@@ -133,9 +140,13 @@ def golden_accuracy(answers: Iterable[tuple[str, str]], threshold: float) -> dic
     ``flagged`` is True when there is at least one answer and the accuracy is below ``threshold``.
     """
     graded = [(c, g) for c, g in answers if c != "skip"]
-    correct = sum(c == g for c, g in graded)
-    accuracy = correct / len(graded) if graded else None
-    return {"n": len(graded), "correct": correct, "accuracy": accuracy, "flagged": accuracy is not None and accuracy < threshold}
+    return _golden_accuracy(sum(c == g for c, g in graded), len(graded), threshold)
+
+
+def _golden_accuracy(correct: int, n: int, threshold: float) -> dict[str, Any]:
+    """:func:`golden_accuracy` from the counts: ``correct`` of ``n`` graded answers."""
+    accuracy = correct / n if n else None
+    return {"n": n, "correct": correct, "accuracy": accuracy, "flagged": accuracy is not None and accuracy < threshold}
 
 
 def stats(store, golden_threshold: float = 0.7, seconds_cap: float = 600.0) -> dict[str, Any]:
@@ -146,43 +157,36 @@ def stats(store, golden_threshold: float = 0.7, seconds_cap: float = 600.0) -> d
     ``agreement`` (mean per-pair agreement and the number of tasks with two or more labels),
     ``kappa`` (one entry per annotator pair), ``alpha``, ``position_bias`` (all annotators),
     ``annotators`` (per name: kind, judgements, skips, throughput, position bias, golden).
+
+    The store counts (``store.tallies``: a few GROUP BY queries in one snapshot that takes no
+    lock); the functions above turn the counts into statistics.
     """
-    tasks = {t.id: t for t in store.tasks()}
-    votes = store.votes()
-    labels = [v for v in votes if v.choice in LABELS]
-    regular = [v for v in labels if not tasks[v.task_id].is_golden]
-
-    units: dict[int, list[str]] = defaultdict(list)
-    by_annotator: dict[str, dict[int, str]] = defaultdict(dict)
-    for v in regular:
-        units[v.task_id].append(v.choice)
-        by_annotator[v.annotator][v.task_id] = v.choice
-    agreements = [a for a in map(pair_agreement, units.values()) if a is not None]
-    answered = Counter(v.task_id for v in labels)
-
-    people: dict[str, dict[str, Any]] = {}
-    for name in sorted({v.annotator for v in votes}):
-        mine = [v for v in votes if v.annotator == name]
-        golden = [(v.choice, tasks[v.task_id].golden_answer) for v in mine if tasks[v.task_id].is_golden]
-        people[name] = {
-            "kind": mine[0].kind,
-            "judgements": len(mine),
-            "skips": sum(v.choice == "skip" for v in mine),
-            "throughput": throughput((v.seconds for v in mine), seconds_cap),
-            "position_bias": position_bias((v.choice, v.left_side) for v in mine),
-            "golden": golden_accuracy(golden, golden_threshold),
+    t = store.tallies(seconds_cap)
+    units = [[label for label, n in counts.items() for _ in range(n)] for counts in t.units]
+    agreements = [a for a in map(pair_agreement, units) if a is not None]
+    kappa = []
+    for (a, b), table in t.pairs.items():
+        first = [x for (x, _), n in table.items() for _ in range(n)]
+        second = [y for (_, y), n in table.items() for _ in range(n)]
+        kappa.append({"a": a, "b": b, "n": len(first), "kappa": cohen_kappa(first, second)})
+    people = {
+        p.name: {
+            "kind": p.kind,
+            "judgements": p.judgements,
+            "skips": p.skips,
+            "throughput": _throughput(p.timed, p.active_seconds),
+            "position_bias": _position_bias(p.left_wins, p.decided),
+            "golden": _golden_accuracy(p.golden_correct, p.golden, golden_threshold),
         }
+        for p in sorted(t.annotators, key=lambda p: p.name)
+    }
     return {
-        "tasks": {
-            "total": len(tasks),
-            "golden": sum(t.is_golden for t in tasks.values()),
-            "complete": sum(answered[t.id] >= t.required for t in tasks.values() if not t.is_golden),
-        },
-        "judgements": {"total": len(votes), **{c: sum(v.choice == c for v in votes) for c in LABELS + ("skip",)}},
+        "tasks": {"total": t.tasks, "golden": t.golden, "complete": t.complete},
+        "judgements": {"total": sum(t.choices.values()), **{c: t.choices.get(c, 0) for c in LABELS + ("skip",)}},
         "agreement": {"tasks": len(agreements), "mean_pair_agreement": sum(agreements) / len(agreements) if agreements else None},
-        "kappa": pairwise_kappa(by_annotator),
-        "alpha": krippendorff_alpha(units.values()),
-        "position_bias": position_bias((v.choice, v.left_side) for v in votes),
+        "kappa": kappa,
+        "alpha": krippendorff_alpha(units),
+        "position_bias": _position_bias(sum(p.left_wins for p in t.annotators), sum(p.decided for p in t.annotators)),
         "annotators": people,
         "golden_threshold": golden_threshold,
     }

@@ -15,8 +15,8 @@ trains towards equal rewards (``ties=half``); ``ties="drop"`` leaves ties out of
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from tether.data.readers import write_jsonl
@@ -55,6 +55,9 @@ def export_preferences(
 ) -> dict[str, Any]:
     """Write preference pairs to ``out`` (JSONL, atomically) and return a summary of what was written.
 
+    The store is read in pages inside one snapshot (:meth:`Store.iter_answered`) and the pairs are
+    written as they come: memory stays flat and annotators keep answering while a large store exports.
+
     Args:
         aggregate: ``majority`` (one pair per task) or ``per_annotator`` (one pair per judgement).
         ties: ``drop`` leaves tied tasks/answers out; ``keep`` writes them with ``meta.tie = true``.
@@ -64,43 +67,37 @@ def export_preferences(
         raise StoreError(f"aggregate must be 'majority' or 'per_annotator', got {aggregate!r}")
     if ties not in ("drop", "keep"):
         raise StoreError(f"ties must be 'drop' or 'keep', got {ties!r}")
-    by_task: dict[int, list[Vote]] = defaultdict(list)
-    for v in store.votes():
-        by_task[v.task_id].append(v)
-    pairs: list[PreferencePair] = []
-    dropped_ties = 0
-    for task in store.tasks():
-        if task.is_golden and not include_golden:
-            continue
-        answers = [v for v in by_task[task.id] if v.choice != "skip"]
-        if aggregate == "majority":
-            counts = Counter(v.choice for v in answers)
-            label = task.golden_answer if task.is_golden else majority(v.choice for v in answers)
-            if label is None:
+    counts = Counter()
+
+    def pairs() -> Iterator[PreferencePair]:
+        for task, votes in store.iter_answered(include_golden):  # pages of tasks in one snapshot: nothing loaded whole
+            if task.is_golden and not include_golden:
                 continue
-            meta = {
-                "task_id": task.id,
-                "votes": {c: counts[c] for c in ("A", "B", "tie")},
-                "annotators": len(answers),
-                "agreement": counts[label] / len(answers) if answers else None,
-                **({"golden": True} if task.is_golden else {}),
-            }
-            labelled = [(label, meta)]
-        else:
-            labelled = [(v.choice, {"task_id": task.id, "annotator": v.annotator, "kind": v.kind, **_optional(v)}) for v in answers]
-        for label, meta in labelled:
-            if label == "tie" and ties == "drop":
-                dropped_ties += 1
-                continue
-            pairs.append(_pair(task, label, meta))
-    write_jsonl(out, pairs)
-    return {
-        "out": os.fspath(out),
-        "pairs": len(pairs),
-        "ties": sum(bool(p.meta.get("tie")) for p in pairs),
-        "ties_dropped": dropped_ties,
-        "aggregate": aggregate,
-    }
+            answers = [v for v in votes if v.choice != "skip"]
+            if aggregate == "majority":
+                tally = Counter(v.choice for v in answers)
+                label = task.golden_answer if task.is_golden else majority(v.choice for v in answers)
+                if label is None:
+                    continue
+                meta = {
+                    "task_id": task.id,
+                    "votes": {c: tally[c] for c in ("A", "B", "tie")},
+                    "annotators": len(answers),
+                    "agreement": tally[label] / len(answers) if answers else None,
+                    **({"golden": True} if task.is_golden else {}),
+                }
+                labelled = [(label, meta)]
+            else:
+                labelled = [(v.choice, {"task_id": task.id, "annotator": v.annotator, "kind": v.kind, **_optional(v)}) for v in answers]
+            for label, meta in labelled:
+                if label == "tie" and ties == "drop":
+                    counts["ties_dropped"] += 1
+                    continue
+                counts["ties"] += label == "tie"
+                yield _pair(task, label, meta)
+
+    written = write_jsonl(out, pairs())  # streamed to a temporary file, renamed over `out` once whole
+    return {"out": os.fspath(out), "pairs": written, "ties": counts["ties"], "ties_dropped": counts["ties_dropped"], "aggregate": aggregate}
 
 
 def _optional(v: Vote) -> dict[str, Any]:

@@ -8,11 +8,14 @@ and the migrations describe the same tables.
     prompts      one prompt: its text, its chat messages when it is a dialogue, where it came from
     responses    one answer to a prompt, with the model and sampling settings that produced it
     tasks        a comparison: response A against response B, how many distinct annotators it needs,
-                 and for a golden task the known answer
-    assignments  a task shown to an annotator: which response was on the left, and when
+                 how many slots are still open (``needed``, kept up to date so that assignment reads
+                 one index range instead of counting answers), and for a golden task the known answer
+    assignments  a task shown to an annotator: which response was on the left, and when; whether it
+                 was answered, and whether it still holds a slot of its task
     judgements   an annotator's answer to a task: A, B, tie or skip (A/B name the task's responses,
                  never screen sides), strength, reason, timings, guidelines version
-    annotators   people, AI judges and simulated annotators; a person's token is kept only as SHA-256
+    annotators   people, AI judges and simulated annotators; a person's token is kept only as SHA-256,
+                 with the time it expires; a removed annotator stays (their judgements keep their author)
     guidelines   the annotation guidelines, one row per version; the highest version is in force
 
 Times are naive UTC datetimes on both backends.
@@ -23,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 CHOICES: tuple[str, ...] = ("A", "B", "tie", "skip")
@@ -100,6 +103,8 @@ class TaskRow(Base):
         CheckConstraint("response_a_id <> response_b_id", name="ck_tasks_two_responses"),
         CheckConstraint("required >= 1", name="ck_tasks_required"),
         CheckConstraint("golden_answer IS NULL OR " + _one_of("golden_answer", GOLDEN_ANSWERS), name="ck_tasks_golden_answer"),
+        Index("ix_tasks_needed", "needed", "id"),
+        Index("ix_tasks_golden", "is_golden", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -112,6 +117,10 @@ class TaskRow(Base):
     """The known answer of a golden task: 'A', 'B' or 'tie'."""
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    needed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Slots still open: ``required`` less the answers that take a slot and the assignments that hold one (0 for a
+    golden task, which takes no slots; below 1 when full). The store keeps it up to date in the transaction that
+    changes either; the next task for an annotator is the first of the index (needed, id) above 0 they have not seen."""
 
     response_a: Mapped[ResponseRow] = relationship(foreign_keys=[response_a_id])
     response_b: Mapped[ResponseRow] = relationship(foreign_keys=[response_b_id])
@@ -129,6 +138,10 @@ class AnnotatorRow(Base):
     """SHA-256 (hex) of the annotator's token; the token itself is never stored."""
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    token_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    """When the token stops signing in (None: never, as for tokens issued before expiry existed)."""
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    """When the annotator was removed (None: active). A removed annotator cannot sign in; their judgements stay."""
 
 
 class AssignmentRow(Base):
@@ -136,6 +149,8 @@ class AssignmentRow(Base):
     __table_args__ = (
         UniqueConstraint("task_id", "annotator_id", name="uq_assignments_task_annotator"),
         CheckConstraint(_one_of("left_side", SIDES), name="ck_assignments_left_side"),
+        Index("ix_assignments_pending", "annotator_id", "answered", "shown_at"),
+        Index("ix_assignments_held", "held", "shown_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -144,6 +159,10 @@ class AssignmentRow(Base):
     left_side: Mapped[str] = mapped_column(String(1))
     """Which response was shown on the left: 'A' or 'B' (chosen at random when assigned)."""
     shown_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    answered: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """The annotator has answered the task."""
+    held: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """Unanswered and still holding a slot of the task (counted in ``tasks.needed``); released when answered or expired."""
 
 
 class JudgementRow(Base):

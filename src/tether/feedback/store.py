@@ -18,15 +18,28 @@ Assignment. Each task needs ``required`` distinct annotators whose answer is not
 shown to an annotator is held for them (an *assignment*, with the left/right order drawn
 then) for ``assignment_timeout_s``; after that the slot goes to someone else, though the
 annotator can still answer. Asking again before answering shows the same task in the same
-order. Nobody is shown a task twice. Tasks are assigned one at a time (SQLite's write lock,
-a PostgreSQL advisory lock), so concurrent annotators never over-fill a task. Golden tasks
-(known answer) are mixed in at ``golden_rate``, each at most once per annotator, and only
-while there is real work left.
+order. Nobody is shown a task twice. Each task keeps its open slots in ``tasks.needed``, updated in
+the transaction that takes or frees one, so the next task is the first entry of the index
+(needed, id) above 0 that this annotator has not seen: an assignment reads a bounded number of
+rows however large the store (the annotator's own open tasks, at most a few expired holds, one
+task), in a short write transaction (SQLite's write lock; on PostgreSQL the chosen task row is
+locked with ``FOR UPDATE SKIP LOCKED``, so concurrent annotators take different tasks and never
+over-fill one). Golden tasks (known answer) are mixed in at ``golden_rate``, each at most once
+per annotator, and only while there is real work left.
+
+Reads never hold the write lock. On SQLite (WAL mode) a read is a plain deferred transaction, a
+snapshot that writers do not wait for; only writes start with ``BEGIN IMMEDIATE``, so concurrent
+writers wait their turn (up to 30 s) instead of failing. Statistics and export read the store in a
+few set-based queries (:meth:`Store.tallies`, :meth:`Store.iter_answered`, pages of 500 tasks)
+inside one snapshot (PostgreSQL: REPEATABLE READ, read only), never one query per task.
 
 Durability. Every judgement is its own transaction, committed (and on SQLite synced to the
 WAL file, ``synchronous=FULL``) before ``record_judgement`` returns: an acknowledged judgement
-survives a crash or a kill of the process. SQLite transactions start with ``BEGIN IMMEDIATE``,
-so concurrent writers wait their turn (up to 30 s) instead of failing.
+survives a crash or a kill of the process.
+
+Annotators. A person's token expires (``token_lifetime``, 90 days by default); :meth:`Store.rotate_token`
+issues a new one, :meth:`Store.revoke_token` stops one, and :meth:`Store.remove_annotator` stops the
+annotator while keeping every judgement they gave.
 """
 
 from __future__ import annotations
@@ -36,16 +49,19 @@ import json
 import os
 import random
 import secrets
-from collections.abc import Iterable, Sequence
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exists, func, or_, select, text
+from sqlalchemy import Engine, and_, case, create_engine, event, exists, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from tether.data.records import PreferencePair, Prompt, messages_problem, prompt_text
 from tether.feedback.schema import (
@@ -66,8 +82,20 @@ from tether.feedback.schema import (
 MIGRATIONS = Path(__file__).parent / "migrations"
 """The Alembic migrations that create and change the schema."""
 
-_ASSIGNMENT_LOCK = 0x7E7E_0001
-"""PostgreSQL advisory lock held while a task is assigned, so two annotators never take the same last slot."""
+READ_ONLY = "tether_read_only"
+"""Execution option of the store's read sessions: on SQLite they begin a deferred transaction, not BEGIN IMMEDIATE."""
+
+TOKEN_LIFETIME = timedelta(days=90)
+"""How long a new token signs in, unless the store is opened with another ``token_lifetime``."""
+
+PAGE = 500
+"""Tasks read per query when exporting (and ids per IN list: SQLite caps the parameters of one statement)."""
+
+PROGRESS_CAP = 500
+"""Open tasks counted for an annotator's progress at most: beyond this the page says "500+", and counting stays bounded."""
+
+RELEASE_BATCH = 16
+"""Expired holds released per assignment at most (the rest on the next ones): bounded work per request."""
 
 
 class StoreError(ValueError):
@@ -76,6 +104,14 @@ class StoreError(ValueError):
 
 class DuplicateJudgementError(StoreError):
     """An annotator answered a task they had already answered differently."""
+
+
+class _Contradiction(StoreError):
+    """A golden pair given again (either order) with another known answer; :meth:`Store.add_pairs` names both rows."""
+
+    def __init__(self, task_id: int, said: str):
+        super().__init__(f"task {task_id}: {said}")
+        self.task_id, self.said = task_id, said
 
 
 @dataclass(frozen=True)
@@ -107,10 +143,12 @@ class Task:
 
 @dataclass(frozen=True)
 class Progress:
-    """``done_today`` answers since midnight UTC, out of ``total`` = done today + still available."""
+    """``done_today`` answers since midnight UTC, out of ``total`` = done today + still available; ``more``: there
+    are more available than the :data:`PROGRESS_CAP` counted (the total is then a lower bound)."""
 
     done_today: int
     total: int
+    more: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,12 +225,15 @@ def _shown(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys, full sync and BEGIN IMMEDIATE."""
+    """An engine for ``url``; SQLite gets WAL, foreign keys, full sync, and BEGIN IMMEDIATE for every transaction
+    but those of connections with the execution option ``READ_ONLY`` (plain, deferred BEGIN)."""
+    # room for every worker thread of a web server (anyio's 40) to hold a connection, so none waits out the pool's timeout
+    pool = {"pool_size": 10, "max_overflow": 40}
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **pool)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record) -> None:
@@ -205,7 +246,10 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock now: no deadlock on upgrade
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")  # deferred: a WAL snapshot that takes no lock writers wait for
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # a write takes the write lock now: no deadlock on upgrade
 
     return engine
 
@@ -231,6 +275,8 @@ def upgrade_schema(engine: Engine, revision: str = "head", migrations: Path = MI
             f"the preference store {_shown(str(engine.url))} has schema revision {current}, which this version "
             f"of tether does not know (it knows {', '.join(sorted(known))}): it was written by a newer tether; upgrade tether"
         )
+    if current is not None and revision == "head" and current == ScriptDirectory.from_config(config).get_current_head():
+        return  # nothing to do: no write transaction, so a command that only reads never waits for the write lock
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
@@ -240,7 +286,7 @@ def schema_revision(engine: Engine) -> str | None:
     """The migration the database is at (None: an empty database)."""
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as connection:
+    with engine.execution_options(**{READ_ONLY: True}).connect() as connection:
         return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
@@ -258,6 +304,7 @@ def open_store(
     assignment_timeout_s: float = 3600.0,
     seed: int | None = None,
     create: bool = True,
+    token_lifetime: timedelta | None = TOKEN_LIFETIME,
 ) -> Store:
     """Open the store at a file path (SQLite) or URL, creating or upgrading its schema in place.
 
@@ -268,6 +315,7 @@ def open_store(
         seed: seeds golden mixing and left/right order (None: fresh randomness).
         create: a SQLite file that does not exist yet is created (with its folders); False (commands that only
             read the store) makes it an error instead, so a mistyped path is not answered with an empty store.
+        token_lifetime: how long a token issued by this store signs in (None: until revoked).
     """
     url = database_url(target)
     if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
@@ -282,7 +330,7 @@ def open_store(
         engine.dispose()
         reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
         raise StoreError(f"cannot open the preference store {_shown(url)}: {reason}") from None
-    return Store(engine, golden_rate=golden_rate, assignment_timeout_s=assignment_timeout_s, seed=seed)
+    return Store(engine, golden_rate=golden_rate, assignment_timeout_s=assignment_timeout_s, seed=seed, token_lifetime=token_lifetime)
 
 
 # --------------------------------------------------------------------------- the store
@@ -290,6 +338,18 @@ def open_store(
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_text(value: Any, what: str) -> None:
+    """Refuse text no backend stores the same way: a NUL character (PostgreSQL's text cannot hold one) or a lone surrogate."""
+    texts = [value] if isinstance(value, str) else [str(m.get("content", "")) for m in value] if isinstance(value, list) else []
+    for t in texts:
+        if "\x00" in t:
+            raise StoreError(f"{what} holds a NUL character (\\u0000), which the store cannot keep; remove it")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StoreError(f"{what} holds a lone surrogate (half of a UTF-16 pair), which is not text; fix its encoding") from None
 
 
 def _check_prompt(prompt: Any) -> None:
@@ -306,19 +366,44 @@ def _check_prompt(prompt: Any) -> None:
 class Store:
     """The preference store over an engine whose schema is at the newest migration (see :func:`open_store`)."""
 
-    def __init__(self, engine: Engine, *, golden_rate: float = 0.1, assignment_timeout_s: float = 3600.0, seed: int | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        golden_rate: float = 0.1,
+        assignment_timeout_s: float = 3600.0,
+        seed: int | None = None,
+        token_lifetime: timedelta | None = TOKEN_LIFETIME,
+    ):
         if not 0 <= golden_rate <= 1:
             raise StoreError(f"golden_rate must be between 0 and 1, got {golden_rate}")
         if assignment_timeout_s <= 0:
             raise StoreError(f"assignment_timeout_s must be positive, got {assignment_timeout_s}")
+        if token_lifetime is not None and token_lifetime <= timedelta(0):
+            raise StoreError(f"token_lifetime must be positive (or None: tokens never expire), got {token_lifetime}")
         self.engine = engine
         self.golden_rate = golden_rate
         self.assignment_timeout = timedelta(seconds=assignment_timeout_s)
+        self.token_lifetime = token_lifetime
         self._rng = random.Random(seed)
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sessions = sessionmaker(engine, expire_on_commit=False)  # writes (through _write): BEGIN IMMEDIATE on SQLite
+        self._writer = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+        self._reads = sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        snapshot = {READ_ONLY: True}
+        if engine.dialect.name == "postgresql":  # one consistent view for a whole export or statistics, taking no locks
+            snapshot.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        self._snapshots = sessionmaker(engine.execution_options(**snapshot), expire_on_commit=False)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction. On SQLite the threads of this process first queue at a lock of their own, so that one
+        waits its turn instead of polling for SQLite's write lock, whose back-off sleeps (up to 100 ms at a time) let an
+        unlucky writer wait for seconds under load; other processes still meet the 30 s busy timeout."""
+        with self._writer, self._sessions.begin() as s:
+            yield s
 
     def __enter__(self) -> Store:
         return self
@@ -330,12 +415,12 @@ class Store:
 
     def add_prompt(self, prompt: Prompt, *, source: str | None = None, meta: dict[str, Any] | None = None) -> int:
         """Store a prompt (text or chat messages); the same prompt again returns the same id."""
-        with self._sessions.begin() as s:
+        with self._write() as s:
             return self._prompt(s, prompt, source, meta)
 
     def add_response(self, prompt_id: int, response: Candidate | str) -> int:
         """Store a response to a prompt; the same text for the same prompt returns the same id."""
-        with self._sessions.begin() as s:
+        with self._write() as s:
             if s.get(PromptRow, prompt_id) is None:
                 raise StoreError(f"there is no prompt {prompt_id} in the store")
             return self._response(s, prompt_id, response if isinstance(response, Candidate) else Candidate(response))
@@ -350,7 +435,7 @@ class Store:
         meta: dict[str, Any] | None = None,
     ) -> int:
         """Ask for A-versus-B judgements on two responses to one prompt; the same pair (either order) is one task."""
-        with self._sessions.begin() as s:
+        with self._write() as s:
             return self._task(
                 s,
                 s.get(ResponseRow, response_a_id),
@@ -376,7 +461,7 @@ class Store:
         empty or identical are left out (there is nothing to prefer). Returns the task ids."""
         if pairs is None:
             pairs = [(i, j) for i in range(len(candidates)) for j in range(i + 1, len(candidates))]
-        with self._sessions.begin() as s:
+        with self._write() as s:
             prompt_id = self._prompt(s, prompt, source, prompt_meta)
             ids = [self._response(s, prompt_id, c) for c in candidates]
             return [
@@ -393,41 +478,58 @@ class Store:
         golden: bool = False,
         source: str | None = None,
         model: str | None = None,
+        lines: Sequence[int] | None = None,
     ) -> list[int]:
         """Store preference pairs as tasks (A = chosen, B = rejected), in one transaction.
 
         With ``golden``, each becomes a golden task whose known answer is A (or a tie for a pair
         whose meta says ``tie: true``). Pairs with empty or identical responses raise StoreError.
+        The same pair twice (either order) is one task; a golden pair that contradicts the known
+        answer of the same pair (given earlier in the file, or already in the store) raises
+        StoreError naming both rows (``lines``: each pair's line in ``source``; else its row number).
         """
-        with self._sessions.begin() as s:
-            ids = []
+        with self._write() as s:
+            ids: list[int] = []
+            first: dict[int, int] = {}
             for n, pair in enumerate(pairs, 1):
+                where = f"{source + ':' if source else 'pair '}{lines[n - 1] if lines else n}"
                 if not _comparable(pair.chosen, pair.rejected):
-                    raise StoreError(f"pair {n}: 'chosen' and 'rejected' must be two different, non-empty responses")
+                    raise StoreError(f"{where}: 'chosen' and 'rejected' must be two different, non-empty responses")
                 prompt_id = self._prompt(s, pair.prompt, source, None)
                 a = self._response(s, prompt_id, Candidate(pair.chosen, model))
                 b = self._response(s, prompt_id, Candidate(pair.rejected, model))
                 answer = ("tie" if pair.meta.get("tie") else "A") if golden else None
-                ids.append(self._task(s, s.get(ResponseRow, a), s.get(ResponseRow, b), required, answer, dict(pair.meta)))
+                try:
+                    task = self._task(s, s.get(ResponseRow, a), s.get(ResponseRow, b), required, answer, dict(pair.meta))
+                except _Contradiction as e:
+                    earlier = first.get(e.task_id)
+                    said = f"line {lines[earlier - 1]}" if lines and earlier else f"row {earlier}" if earlier else f"task {e.task_id}"
+                    raise StoreError(
+                        f"{where}: this pair is the pair of {said}{'' if earlier else ' already in the store'} in the opposite "
+                        f"order, and their golden answers contradict each other ({e.said}); fix or remove one of them"
+                    ) from None
+                first.setdefault(task, n)
+                ids.append(task)
             return ids
 
     def add_guidelines(self, text: str) -> int:
         """Put a new version of the guidelines in force; returns its version number (1, 2, ...)."""
         if not text.strip():
             raise StoreError("the guidelines are empty; expected the text annotators should follow")
-        with self._sessions.begin() as s:
+        with self._write() as s:
             version = (s.scalar(select(func.max(GuidelinesRow.version))) or 0) + 1
             s.add(GuidelinesRow(version=version, text=text))
             return version
 
     def guidelines(self) -> Guidelines | None:
         """The guidelines in force (the newest version), or None when none were added."""
-        with self._sessions.begin() as s:
+        with self._reads.begin() as s:
             row = s.scalars(select(GuidelinesRow).order_by(GuidelinesRow.version.desc()).limit(1)).first()
             return Guidelines(row.version, row.text) if row else None
 
     def _prompt(self, s: Session, prompt: Prompt, source: str | None, meta: dict[str, Any] | None) -> int:
         _check_prompt(prompt)
+        _check_text(prompt, "a prompt")
         key = _sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False))
         found = s.scalar(select(PromptRow.id).where(PromptRow.key == key))
         if found is not None:
@@ -446,6 +548,7 @@ class Store:
     def _response(self, s: Session, prompt_id: int, c: Candidate) -> int:
         if not isinstance(c.text, str):
             raise StoreError(f"a response must be text, got {c.text!r}")
+        _check_text(c.text, "a response")
         key = _sha256(c.text)
         found = s.scalar(select(ResponseRow.id).where(ResponseRow.prompt_id == prompt_id, ResponseRow.key == key))
         if found is not None:
@@ -475,16 +578,21 @@ class Store:
             raise StoreError(f"required (annotators per task) must be a whole number of at least 1, got {required!r}")
         if golden_answer is not None and golden_answer not in GOLDEN_ANSWERS:
             raise StoreError(f"golden_answer must be one of 'A', 'B', 'tie' or None, got {golden_answer!r}")
-        found = s.scalar(
-            select(TaskRow.id).where(
+        found = s.execute(
+            select(TaskRow.id, TaskRow.response_a_id, TaskRow.golden_answer).where(
                 or_(
                     (TaskRow.response_a_id == a.id) & (TaskRow.response_b_id == b.id),
                     (TaskRow.response_a_id == b.id) & (TaskRow.response_b_id == a.id),
                 )
             )
-        )
+        ).first()
         if found is not None:
-            return found
+            if golden_answer is not None and found.golden_answer is not None:
+                ours = golden_answer if found.response_a_id == a.id else {"A": "B", "B": "A"}.get(golden_answer, golden_answer)
+                if ours != found.golden_answer:
+                    said = {"A": "the first response wins", "B": "the second response wins", "tie": "a tie"}
+                    raise _Contradiction(found.id, f"{said[found.golden_answer]} against {said[ours]}, in the stored order")
+            return found.id
         row = TaskRow(
             response_a_id=a.id,
             response_b_id=b.id,
@@ -492,6 +600,7 @@ class Store:
             is_golden=golden_answer is not None,
             golden_answer=golden_answer,
             meta=dict(meta or {}),
+            needed=0 if golden_answer is not None else required,
         )
         s.add(row)
         s.flush()
@@ -500,32 +609,74 @@ class Store:
     # ----------------------------------------------------------------- annotators
 
     def add_annotator(self, name: str, kind: str = "human", *, admin: bool = False) -> str:
-        """Register an annotator; returns their token, which is shown this once (only its SHA-256 is stored)."""
+        """Register an annotator; returns their token, which is shown this once (only its SHA-256 is stored).
+        The token signs in for the store's ``token_lifetime`` (:meth:`rotate_token` issues a new one)."""
         if not name.strip():
             raise StoreError("an annotator needs a non-empty name")
         if kind not in KINDS:
             raise StoreError(f"annotator kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+        _check_text(name, "an annotator's name")
         token = secrets.token_urlsafe(24)
+        taken = f"an annotator named {name!r} already exists (removed annotators keep their names); choose another name"
         try:
-            with self._sessions.begin() as s:
+            with self._write() as s:
                 if s.scalar(select(AnnotatorRow.id).where(AnnotatorRow.name == name)) is not None:
-                    raise StoreError(f"an annotator named {name!r} already exists; choose another name")
-                s.add(AnnotatorRow(name=name, kind=kind, token_hash=_sha256(token), is_admin=admin))
+                    raise StoreError(taken)
+                s.add(AnnotatorRow(name=name, kind=kind, token_hash=_sha256(token), is_admin=admin, token_expires_at=self._expiry()))
         except IntegrityError:
-            raise StoreError(f"an annotator named {name!r} already exists; choose another name") from None
+            raise StoreError(taken) from None
         return token
 
+    def rotate_token(self, name: str) -> str:
+        """A new token for this annotator, returned (shown once); the old one stops signing in at once."""
+        token = secrets.token_urlsafe(24)
+        with self._write() as s:
+            row = _named(s, name)
+            row.token_hash, row.token_expires_at = _sha256(token), self._expiry()
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        """Stop this annotator's token signing in (a browser signed in with it is signed out); their judgements stay,
+        and :meth:`rotate_token` gives them a new one."""
+        with self._write() as s:
+            row = _named(s, name, removed_ok=True)
+            row.token_hash = _sha256(secrets.token_urlsafe(32))  # a hash whose token nobody was ever given
+            row.token_expires_at = utcnow()
+
+    def remove_annotator(self, name: str) -> int:
+        """Remove an annotator: they can no longer sign in or be given tasks, and the tasks they held go to others.
+        Their judgements stay in the store, the statistics and the export. Returns how many judgements they keep."""
+        now = utcnow()
+        with self._write() as s:
+            row = _named(s, name)
+            row.removed_at = now
+            row.token_hash, row.token_expires_at = _sha256(secrets.token_urlsafe(32)), now
+            held = s.execute(
+                select(AssignmentRow.id, AssignmentRow.task_id).where(AssignmentRow.annotator_id == row.id, AssignmentRow.held)
+            ).all()
+            self._release(s, held)
+            return s.scalar(select(func.count()).select_from(JudgementRow).where(JudgementRow.annotator_id == row.id))
+
+    def _expiry(self) -> datetime | None:
+        return None if self.token_lifetime is None else utcnow() + self.token_lifetime
+
     def annotator_for_token(self, token: str) -> Annotator | None:
-        """The annotator whose token this is, or None for an unknown token."""
+        """The annotator whose token this is, or None for an unknown, expired or revoked token or a removed annotator."""
         if not token:
             return None
-        with self._sessions.begin() as s:
-            row = s.scalars(select(AnnotatorRow).where(AnnotatorRow.token_hash == _sha256(token))).first()
+        with self._reads.begin() as s:
+            row = s.scalars(
+                select(AnnotatorRow).where(
+                    AnnotatorRow.token_hash == _sha256(token),
+                    AnnotatorRow.removed_at.is_(None),
+                    or_(AnnotatorRow.token_expires_at.is_(None), AnnotatorRow.token_expires_at > utcnow()),
+                )
+            ).first()
             return _annotator(row) if row else None
 
     def find_annotator(self, name: str) -> Annotator | None:
-        """The annotator with this name, or None."""
-        with self._sessions.begin() as s:
+        """The annotator with this name (removed ones too), or None."""
+        with self._reads.begin() as s:
             row = s.scalars(select(AnnotatorRow).where(AnnotatorRow.name == name)).first()
             return _annotator(row) if row else None
 
@@ -543,7 +694,7 @@ class Store:
         return found
 
     def annotators(self) -> list[Annotator]:
-        with self._sessions.begin() as s:
+        with self._reads.begin() as s:
             return [_annotator(r) for r in s.scalars(select(AnnotatorRow).order_by(AnnotatorRow.id))]
 
     # ----------------------------------------------------------------- labelling
@@ -551,44 +702,71 @@ class Store:
     def next_task_for(self, annotator: Annotator) -> Task | None:
         """The task this annotator should answer next, or None when nothing is left for them.
 
-        A task they were shown and have not answered comes back, in the same order. Otherwise a
-        golden task they have not seen (at ``golden_rate``), else the regular task with the most
-        answers already that still needs annotators: tasks are finished before new ones start.
-        The left/right order is drawn here and recorded.
+        A task they were shown and have not answered comes back, in the same order (read without
+        the write lock). Otherwise, in one short write transaction: up to ``RELEASE_BATCH`` expired
+        holds free their slots, then a golden task they have not seen (at ``golden_rate``), else the
+        regular task with the fewest slots still open that they have not seen, first by id: tasks
+        are finished before new ones start. The left/right order is drawn here and recorded.
         """
-        with self._sessions.begin() as s:
-            if s.bind.dialect.name == "postgresql":  # one assignment at a time, as BEGIN IMMEDIATE gives on SQLite
-                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ASSIGNMENT_LOCK})
-            now = utcnow()
-            pending = s.scalars(
-                select(AssignmentRow)
-                .where(
-                    AssignmentRow.annotator_id == annotator.id,
-                    ~_answered(AssignmentRow.task_id, annotator.id),
-                )
-                .order_by(AssignmentRow.shown_at, AssignmentRow.id)
-                .limit(1)
-            ).first()
+        with self._reads.begin() as s:
+            pending = _pending(s, annotator.id)
             if pending is not None:
                 return self._view(s, pending)
-            regular = s.scalars(
-                self._open_tasks(annotator, now).order_by(_filled(now, self.assignment_timeout).desc(), TaskRow.id).limit(1)
-            ).first()
-            if regular is None:
-                return None
-            task = regular
-            if self.golden_rate > 0 and self._rng.random() < self.golden_rate:
-                golden = s.scalars(select(TaskRow).where(TaskRow.is_golden, ~_seen(annotator.id)).order_by(TaskRow.id)).all()
-                if golden:
-                    task = self._rng.choice(golden)
-            assignment = AssignmentRow(task_id=task.id, annotator_id=annotator.id, left_side=self._rng.choice("AB"), shown_at=now)
-            s.add(assignment)
-            s.flush()
-            return self._view(s, assignment)
+        for _ in range(3):
+            try:
+                with self._write() as s:
+                    return self._assign(s, annotator)
+            except IntegrityError:  # the same annotator's other request took this task at the same moment: ask again
+                continue
+        raise StoreError(f"could not assign a task to {annotator.name}: their requests keep colliding; ask again")
 
-    def _open_tasks(self, annotator: Annotator, now: datetime):
-        """Regular tasks this annotator has not seen that still need annotators."""
-        return select(TaskRow).where(~TaskRow.is_golden, ~_seen(annotator.id), _filled(now, self.assignment_timeout) < TaskRow.required)
+    def _assign(self, s: Session, annotator: Annotator) -> Task | None:
+        pending = _pending(s, annotator.id)  # asked twice at once: the other request has assigned one meanwhile
+        if pending is not None:
+            return self._view(s, pending)
+        now = utcnow()
+        postgres = s.bind.dialect.name == "postgresql"
+        expired = select(AssignmentRow.id, AssignmentRow.task_id).where(
+            AssignmentRow.held, AssignmentRow.shown_at < now - self.assignment_timeout
+        )
+        expired = expired.order_by(AssignmentRow.shown_at).limit(RELEASE_BATCH)
+        self._release(s, s.execute(expired.with_for_update(skip_locked=True) if postgres else expired).all())
+        regular = select(TaskRow.id).where(TaskRow.needed > 0, ~_seen(annotator.id)).order_by(TaskRow.needed, TaskRow.id).limit(1)
+        task_id = s.scalar(regular.with_for_update(of=TaskRow, skip_locked=True) if postgres else regular)
+        if task_id is None:
+            return None
+        golden = self.golden_rate > 0 and self._rng.random() < self.golden_rate and self._golden_for(s, annotator.id)
+        if golden:
+            task_id = golden
+        else:
+            s.execute(update(TaskRow).where(TaskRow.id == task_id).values(needed=TaskRow.needed - 1))
+        assignment = AssignmentRow(
+            task_id=task_id, annotator_id=annotator.id, left_side=self._rng.choice("AB"), shown_at=now, answered=False, held=not golden
+        )
+        s.add(assignment)
+        s.flush()
+        return self._view(s, assignment)
+
+    def _golden_for(self, s: Session, annotator_id: int) -> int | None:
+        """A golden task this annotator has not seen, drawn at random: the first unseen one from a random id on (then
+        from the start), read from the index (is_golden, id), so a large golden set is not loaded."""
+        ids = select(TaskRow.id).where(TaskRow.is_golden).limit(1)
+        low, high = s.scalar(ids.order_by(TaskRow.id)), s.scalar(ids.order_by(TaskRow.id.desc()))
+        if low is None:
+            return None
+        pivot = self._rng.randint(low, high)
+        unseen = select(TaskRow.id).where(TaskRow.is_golden, ~_seen(annotator_id)).limit(1)
+        return s.scalar(unseen.where(TaskRow.id >= pivot).order_by(TaskRow.id)) or s.scalar(
+            unseen.where(TaskRow.id < pivot).order_by(TaskRow.id.desc())
+        )
+
+    def _release(self, s: Session, held: Sequence[tuple[int, int]]) -> None:
+        """Free the slots of these (assignment id, task id) holds: the assignments stop holding, their tasks need one more."""
+        if not held:
+            return
+        s.execute(update(AssignmentRow).where(AssignmentRow.id.in_([a for a, _ in held])).values(held=False))
+        for task_id, n in sorted(Counter(t for _, t in held).items()):
+            s.execute(update(TaskRow).where(TaskRow.id == task_id, ~TaskRow.is_golden).values(needed=TaskRow.needed + n))
 
     def _view(self, s: Session, assignment: AssignmentRow) -> Task:
         task = s.get(TaskRow, assignment.task_id)
@@ -603,6 +781,16 @@ class Store:
             shown_at=assignment.shown_at,
             guidelines_version=s.scalar(select(func.max(GuidelinesRow.version))),
         )
+
+    def current_task_id(self, annotator: Annotator) -> int | None:
+        """The task shown to this annotator and not yet answered (the one they are answering), or None; read only."""
+        with self._reads.begin() as s:
+            pending = _pending(s, annotator.id)
+            return pending.task_id if pending is not None else None
+
+    def has_answered(self, annotator: Annotator, task_id: int) -> bool:
+        with self._reads.begin() as s:
+            return bool(s.scalar(_answered(task_id, annotator.id).select()))
 
     def record_judgement(
         self,
@@ -631,10 +819,13 @@ class Store:
             raise StoreError(f"choice must be one of {', '.join(map(repr, allowed))}, got {choice!r}")
         if left_side is not None and left_side not in ("A", "B"):
             raise StoreError(f"left_side must be 'A', 'B' or None, got {left_side!r}")
+        if reason is not None:
+            _check_text(reason, "the reason")
         now = utcnow()
         try:
-            with self._sessions.begin() as s:
-                if s.get(TaskRow, task_id) is None:
+            with self._write() as s:
+                task = s.get(TaskRow, task_id)
+                if task is None:
                     raise StoreError(f"there is no task {task_id} in the store")
                 assignment = s.scalars(
                     select(AssignmentRow).where(AssignmentRow.task_id == task_id, AssignmentRow.annotator_id == annotator.id)
@@ -678,10 +869,19 @@ class Store:
                     guidelines_version=s.scalar(select(func.max(GuidelinesRow.version))),
                 )
                 s.add(row)
+                # the task's open slots: an answer that counts takes one (unless its own hold had it already); a skip
+                # frees its hold. An AI judge's answer takes no slot: the slots are for the people it is compared with.
+                takes = choice != "skip" and annotator.kind != "judge"
+                held = assignment is not None and assignment.held
+                change = (0 if takes else 1) if held else (-1 if takes else 0)
+                if assignment is not None:
+                    assignment.answered, assignment.held = True, False
+                if change and not task.is_golden:
+                    s.execute(update(TaskRow).where(TaskRow.id == task_id).values(needed=TaskRow.needed + change))
                 s.flush()
                 return row.id
         except IntegrityError as e:
-            with self._sessions.begin() as s:  # the same annotator answered the same task at the same moment elsewhere?
+            with self._reads.begin() as s:  # the same annotator answered the same task at the same moment elsewhere?
                 if s.scalar(_answered(task_id, annotator.id).select()):
                     raise DuplicateJudgementError(
                         f"{annotator.name} has already answered task {task_id}; an answer cannot be changed"
@@ -689,88 +889,197 @@ class Store:
             raise StoreError(f"cannot record the answer of {annotator.name} to task {task_id}: {e.orig}") from None
 
     def progress(self, annotator: Annotator) -> Progress:
-        """Answers given since midnight UTC, out of that plus the tasks still available to this annotator."""
+        """Answers given since midnight UTC, out of that plus the tasks still available to this annotator (the open
+        ones counted up to ``PROGRESS_CAP``, so that a page view stays cheap on a large store)."""
         now = utcnow()
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        with self._sessions.begin() as s:
+        with self._reads.begin() as s:
             done = s.scalar(
                 select(func.count())
                 .select_from(JudgementRow)
                 .where(JudgementRow.annotator_id == annotator.id, JudgementRow.answered_at >= midnight)
             )
             pending = s.scalar(
-                select(func.count())
-                .select_from(AssignmentRow)
-                .where(AssignmentRow.annotator_id == annotator.id, ~_answered(AssignmentRow.task_id, annotator.id))
+                select(func.count()).select_from(AssignmentRow).where(AssignmentRow.annotator_id == annotator.id, ~AssignmentRow.answered)
             )
-            available = s.scalar(select(func.count()).select_from(self._open_tasks(annotator, now).subquery()))
-            return Progress(done_today=done, total=done + pending + available)
+            open_tasks = select(TaskRow.id).where(TaskRow.needed > 0, ~_seen(annotator.id)).limit(PROGRESS_CAP + 1)
+            available = s.scalar(select(func.count()).select_from(open_tasks.subquery()))
+            return Progress(done_today=done, total=done + pending + min(available, PROGRESS_CAP), more=available > PROGRESS_CAP)
 
     # ----------------------------------------------------------------- reading back
 
     def tasks(self) -> list[StoredTask]:
-        """Every task with its prompt and both responses, in id order."""
-        with self._sessions.begin() as s:
-            out = []
-            for t in s.scalars(select(TaskRow).order_by(TaskRow.id)):
-                p = t.response_a.prompt
-                out.append(
-                    StoredTask(
-                        t.id,
-                        p.messages if p.messages is not None else p.text,
-                        t.response_a.text,
-                        t.response_b.text,
-                        t.required,
-                        t.is_golden,
-                        t.golden_answer,
-                        dict(t.meta),
-                    )
-                )
-            return out
+        """Every task with its prompt and both responses, in id order (one query)."""
+        with self._reads.begin() as s:
+            return [_stored(row) for row in s.execute(_stored_tasks().order_by(TaskRow.id))]
 
     def first_responses(self, task_ids: Iterable[int]) -> dict[int, str]:
         """The text of each of these tasks' response A: which way round a stored task holds its pair."""
         ids, out = list(task_ids), {}
-        with self._sessions.begin() as s:
-            for start in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
+        with self._reads.begin() as s:
+            for start in range(0, len(ids), PAGE):
                 rows = s.execute(
                     select(TaskRow.id, ResponseRow.text)
                     .join(ResponseRow, ResponseRow.id == TaskRow.response_a_id)
-                    .where(TaskRow.id.in_(ids[start : start + 500]))
+                    .where(TaskRow.id.in_(ids[start : start + PAGE]))
                 )
                 out.update((task_id, text) for task_id, text in rows)
         return out
 
     def votes(self) -> list[Vote]:
         """Every judgement, in the order recorded."""
-        with self._sessions.begin() as s:
-            rows = s.execute(select(JudgementRow, AnnotatorRow.name, AnnotatorRow.kind).join(AnnotatorRow).order_by(JudgementRow.id))
-            return [
-                Vote(j.task_id, name, kind, j.choice, j.left_side, j.strength, j.reason, j.seconds, j.answered_at, j.guidelines_version)
-                for j, name, kind in rows
-            ]
+        with self._reads.begin() as s:
+            return [_vote(row) for row in s.execute(_votes().order_by(JudgementRow.id))]
+
+    def iter_answered(self, include_golden: bool = False) -> Iterator[tuple[StoredTask, list[Vote]]]:
+        """Each task that has a judgement (and each golden task, with ``include_golden``), in id order, with its
+        judgements in the order recorded: read in pages of ``PAGE`` tasks (three queries a page) inside one snapshot
+        that takes no lock, so an export of a large store neither loads it whole nor holds annotators up."""
+        with self._snapshots.begin() as s:
+            last = 0
+            while True:
+                ids = list(
+                    s.scalars(
+                        select(JudgementRow.task_id)
+                        .where(JudgementRow.task_id > last)
+                        .group_by(JudgementRow.task_id)
+                        .order_by(JudgementRow.task_id)
+                        .limit(PAGE)
+                    )
+                )
+                if include_golden:
+                    golden = s.scalars(select(TaskRow.id).where(TaskRow.is_golden, TaskRow.id > last).order_by(TaskRow.id).limit(PAGE))
+                    ids = sorted(set(ids) | set(golden))[:PAGE]
+                if not ids:
+                    return
+                last = ids[-1]
+                tasks = {row.id: _stored(row) for row in s.execute(_stored_tasks().where(TaskRow.id.in_(ids)))}
+                votes: dict[int, list[Vote]] = defaultdict(list)
+                for row in s.execute(_votes().where(JudgementRow.task_id.in_(ids)).order_by(JudgementRow.id)):
+                    votes[row.task_id].append(_vote(row))
+                for task_id in ids:
+                    yield tasks[task_id], votes[task_id]
+
+    def tallies(self, seconds_cap: float = 600.0) -> Tallies:
+        """The counts the agreement statistics are made of, in seven set-based queries (GROUP BY and joins) inside one
+        snapshot that takes no lock: see :class:`Tallies`."""
+        labels = ("A", "B", "tie")
+        regular = and_(~TaskRow.is_golden, JudgementRow.choice.in_(labels))
+        with self._snapshots.begin() as s:
+            total = s.scalar(select(func.count()).select_from(TaskRow))  # both counts read an index, not the table
+            golden = s.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.is_golden))
+            complete = (
+                select(TaskRow.id)
+                .join(JudgementRow, JudgementRow.task_id == TaskRow.id)
+                .where(~TaskRow.is_golden, JudgementRow.choice.in_(labels))
+                .group_by(TaskRow.id, TaskRow.required)
+                .having(func.count() >= TaskRow.required)
+            )
+            complete = s.scalar(select(func.count()).select_from(complete.subquery()))
+            choices = dict(s.execute(select(JudgementRow.choice, func.count()).group_by(JudgementRow.choice)).all())
+
+            def total_of(condition) -> Any:
+                return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+            capped = case((JudgementRow.seconds < 0, 0.0), (JudgementRow.seconds > seconds_cap, seconds_cap), else_=JudgementRow.seconds)
+            decided = and_(JudgementRow.choice.in_(("A", "B")), JudgementRow.left_side.in_(("A", "B")))
+            graded = and_(TaskRow.is_golden, JudgementRow.choice != "skip")
+            people = s.execute(
+                select(
+                    AnnotatorRow.name,
+                    AnnotatorRow.kind,
+                    func.count(),
+                    total_of(JudgementRow.choice == "skip"),
+                    func.count(JudgementRow.seconds),
+                    func.coalesce(func.sum(capped), 0.0),
+                    total_of(decided),
+                    total_of(and_(decided, JudgementRow.choice == JudgementRow.left_side)),
+                    total_of(graded),
+                    total_of(and_(graded, JudgementRow.choice == TaskRow.golden_answer)),
+                )
+                .select_from(JudgementRow)
+                .join(AnnotatorRow, AnnotatorRow.id == JudgementRow.annotator_id)
+                .join(TaskRow, TaskRow.id == JudgementRow.task_id)
+                .group_by(AnnotatorRow.id, AnnotatorRow.name, AnnotatorRow.kind)
+                .order_by(AnnotatorRow.name)
+            ).all()
+            units: dict[int, dict[str, int]] = defaultdict(dict)
+            for task_id, choice, n in s.execute(
+                select(JudgementRow.task_id, JudgementRow.choice, func.count())
+                .join(TaskRow, TaskRow.id == JudgementRow.task_id)
+                .where(regular)
+                .group_by(JudgementRow.task_id, JudgementRow.choice)
+            ):
+                units[task_id][choice] = n
+            other, first, second = aliased(JudgementRow), aliased(AnnotatorRow), aliased(AnnotatorRow)
+            pairs: dict[tuple[str, str], dict[tuple[str, str], int]] = defaultdict(dict)
+            for a, b, x, y, n in s.execute(
+                select(first.name, second.name, JudgementRow.choice, other.choice, func.count())
+                .select_from(JudgementRow)
+                .join(other, and_(other.task_id == JudgementRow.task_id, other.annotator_id > JudgementRow.annotator_id))
+                .join(TaskRow, TaskRow.id == JudgementRow.task_id)
+                .join(first, first.id == JudgementRow.annotator_id)
+                .join(second, second.id == other.annotator_id)
+                .where(regular, other.choice.in_(labels))
+                .group_by(first.name, second.name, JudgementRow.choice, other.choice)
+            ):
+                if a > b:
+                    a, b, x, y = b, a, y, x
+                pairs[a, b][x, y] = pairs[a, b].get((x, y), 0) + n
+        return Tallies(
+            tasks=int(total),
+            golden=int(golden),
+            complete=int(complete),
+            choices={c: int(n) for c, n in choices.items()},
+            annotators=[
+                AnnotatorTally(name, kind, *(int(v) for v in (n, skips, timed)), float(active), *(int(v) for v in (dec, wins, gn, gc)))
+                for name, kind, n, skips, timed, active, dec, wins, gn, gc in people
+            ],
+            units=list(units.values()),
+            pairs={k: pairs[k] for k in sorted(pairs)},
+        )
 
     # ----------------------------------------------------------------- one annotator's own (for the web app)
 
     def votes_of(self, annotator: Annotator) -> list[Vote]:
         """This annotator's own judgements, in the order recorded: all that a labelling front end may show them."""
-        with self._sessions.begin() as s:
-            rows = s.scalars(select(JudgementRow).where(JudgementRow.annotator_id == annotator.id).order_by(JudgementRow.id))
-            return [
-                Vote(
-                    j.task_id,
-                    annotator.name,
-                    annotator.kind,
-                    j.choice,
-                    j.left_side,
-                    j.strength,
-                    j.reason,
-                    j.seconds,
-                    j.answered_at,
-                    j.guidelines_version,
-                )
-                for j in rows
-            ]
+        with self._reads.begin() as s:
+            return [_vote(row) for row in s.execute(_votes().where(JudgementRow.annotator_id == annotator.id).order_by(JudgementRow.id))]
+
+
+@dataclass(frozen=True)
+class AnnotatorTally:
+    """One annotator's counts: judgements, skips, timed judgements and their active seconds (each capped), A/B answers
+    with a known screen order and how many of them went to the left, golden answers graded and correct."""
+
+    name: str
+    kind: str
+    judgements: int
+    skips: int
+    timed: int
+    active_seconds: float
+    decided: int
+    left_wins: int
+    golden: int
+    golden_correct: int
+
+
+@dataclass(frozen=True)
+class Tallies:
+    """What :func:`tether.feedback.agreement.stats` is computed from, counted by the database.
+
+    ``units``: for each regular task with a label, how many annotators gave each label ('A', 'B', 'tie').
+    ``pairs``: for each two annotators (by name, in order) with regular tasks in common, how many of those tasks
+    got each pair of labels (first annotator's, second's).
+    """
+
+    tasks: int
+    golden: int
+    complete: int
+    choices: dict[str, int]
+    annotators: list[AnnotatorTally]
+    units: list[dict[str, int]]
+    pairs: dict[tuple[str, str], dict[tuple[str, str], int]]
 
 
 # --------------------------------------------------------------------------- query pieces
@@ -778,6 +1087,71 @@ class Store:
 
 def _annotator(row: AnnotatorRow) -> Annotator:
     return Annotator(row.id, row.name, row.kind, row.is_admin)
+
+
+def _named(s: Session, name: str, removed_ok: bool = False) -> AnnotatorRow:
+    row = s.scalars(select(AnnotatorRow).where(AnnotatorRow.name == name)).first()
+    if row is None:
+        raise StoreError(f"there is no annotator named {name!r} in the store (`tether label add-annotator` registers one)")
+    if row.removed_at is not None and not removed_ok:
+        raise StoreError(f"annotator {name!r} was removed on {row.removed_at:%Y-%m-%d %H:%M} UTC; register a new name instead")
+    return row
+
+
+def _pending(s: Session, annotator_id: int) -> AssignmentRow | None:
+    """The annotator's oldest unanswered assignment (the index (annotator_id, answered, shown_at))."""
+    return s.scalars(
+        select(AssignmentRow)
+        .where(AssignmentRow.annotator_id == annotator_id, ~AssignmentRow.answered)
+        .order_by(AssignmentRow.shown_at, AssignmentRow.id)
+        .limit(1)
+    ).first()
+
+
+def _stored_tasks():
+    """SQL: tasks with their prompt and both responses' texts, one row each."""
+    a, b = aliased(ResponseRow), aliased(ResponseRow)
+    return (
+        select(
+            TaskRow.id,
+            PromptRow.text,
+            PromptRow.messages,
+            a.text.label("response_a"),
+            b.text.label("response_b"),
+            TaskRow.required,
+            TaskRow.is_golden,
+            TaskRow.golden_answer,
+            TaskRow.meta,
+        )
+        .join(a, a.id == TaskRow.response_a_id)
+        .join(b, b.id == TaskRow.response_b_id)
+        .join(PromptRow, PromptRow.id == a.prompt_id)
+    )
+
+
+def _stored(row) -> StoredTask:
+    prompt = row.messages if row.messages is not None else row.text
+    return StoredTask(row.id, prompt, row.response_a, row.response_b, row.required, row.is_golden, row.golden_answer, dict(row.meta))
+
+
+def _votes():
+    """SQL: judgements with their annotator's name and kind."""
+    return select(
+        JudgementRow.task_id,
+        AnnotatorRow.name,
+        AnnotatorRow.kind,
+        JudgementRow.choice,
+        JudgementRow.left_side,
+        JudgementRow.strength,
+        JudgementRow.reason,
+        JudgementRow.seconds,
+        JudgementRow.answered_at,
+        JudgementRow.guidelines_version,
+    ).join(AnnotatorRow, AnnotatorRow.id == JudgementRow.annotator_id)
+
+
+def _vote(row) -> Vote:
+    return Vote(*row)
 
 
 def _comparable(a: str, b: str) -> bool:
@@ -790,28 +1164,7 @@ def _answered(task_id, annotator_id):
 
 
 def _seen(annotator_id: int):
-    """SQL: the task (TaskRow) was shown to or answered by this annotator."""
+    """SQL: the task (TaskRow) was shown to or answered by this annotator (two unique-index lookups)."""
     return or_(
         exists().where(AssignmentRow.task_id == TaskRow.id, AssignmentRow.annotator_id == annotator_id), _answered(TaskRow.id, annotator_id)
     )
-
-
-def _filled(now: datetime, timeout: timedelta):
-    """SQL: a task's (TaskRow) slots taken: answers that are not skips, plus unanswered assignments still held.
-    An AI judge's answer takes no slot: the slots are for the annotators the judge is compared with."""
-    answers = (
-        select(func.count())
-        .select_from(JudgementRow)
-        .join(AnnotatorRow, AnnotatorRow.id == JudgementRow.annotator_id)
-        .where(JudgementRow.task_id == TaskRow.id, JudgementRow.choice != "skip", AnnotatorRow.kind != "judge")
-    )
-    held = (
-        select(func.count())
-        .select_from(AssignmentRow)
-        .where(
-            AssignmentRow.task_id == TaskRow.id,
-            AssignmentRow.shown_at > now - timeout,
-            ~_answered(AssignmentRow.task_id, AssignmentRow.annotator_id),
-        )
-    )
-    return answers.scalar_subquery() + held.scalar_subquery()

@@ -4,8 +4,8 @@ One FastAPI app over a :class:`~tether.feedback.store.Store`, pages rendered on 
 from the Jinja2 templates in ``feedback/templates`` (autoescaped: a model output holding
 ``<script>`` shows as text), a few lines of inline JavaScript for the keyboard and no build step.
 
-    GET  /login            the sign-in form (GET /login?token=... or /?token=... signs in directly)
-    POST /login            token -> HttpOnly, SameSite=Strict cookie; 303 to /
+    GET  /login            the sign-in form (a token in the address never signs in: see below)
+    POST /login            token and the form's own nonce -> HttpOnly, SameSite=Strict cookie; 303 to /
     POST /logout           forget the cookie
     GET  /                 the next pair for this annotator: guidelines, prompt, left | right, progress
     POST /judge            task_id, choice (left | right | tie | skip), reason -> the store; 303 to /
@@ -19,6 +19,12 @@ Security, each property tested in ``tests/feedback/test_webapp.py``:
   without one to /login, APIs and posts answer 401; admin pages answer 403 to non-admins.
   The cookie holds the token (the store keeps only its SHA-256), HttpOnly, SameSite=Strict,
   Secure when served over https. FastAPI's own /docs and /openapi.json are switched off.
+* Signing in takes a token only by POST from the sign-in form: the form carries a nonce that must match a
+  SameSite=Strict cookie set with the form (so another site cannot sign a visitor in as someone else, a
+  login CSRF), and a token in the address (``?token=``, however spelled or percent-encoded) signs nobody in
+  and is kept out of the access log. A revoked or expired token, or a removed annotator, signs in no more.
+* Requests whose ``Host`` header is not one of ``allowed_hosts`` (by default the loopback names and the
+  address served on) are answered 400: a DNS-rebinding page cannot talk to the app under its own name.
 * CSRF, three layers: the SameSite=Strict cookie is never sent with a request started by
   another site; every POST whose ``Origin`` header names another host is refused (403); and
   the judgement form carries a per-session token, HMAC-SHA256 of the annotator's token,
@@ -29,7 +35,7 @@ Security, each property tested in ``tests/feedback/test_webapp.py``:
   annotator's answers; the page never says which response is the task's A or B (for an
   imported golden pair that would give the known answer away).
 * Bodies over ``max_body_bytes`` (16 KiB) and reasons over ``max_reason_chars`` are refused
-  with 413 before anything is recorded.
+  with 413 before anything is recorded; a reason holding a NUL character with 400.
 * Every response carries a Content-Security-Policy that runs only the page's own inline
   script (a per-response nonce), forbids framing, and is not cached.
 """
@@ -42,10 +48,11 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -61,7 +68,13 @@ COOKIE = "tether_token"
 """The cookie that carries the annotator's token after signing in."""
 
 COOKIE_MAX_AGE = 14 * 24 * 3600
-"""How long a browser stays signed in (seconds)."""
+"""How long a browser stays signed in (seconds); the token's own expiry (the store's) still applies."""
+
+LOGIN_COOKIE = "tether_login"
+"""The cookie that holds the sign-in form's nonce, which the form posts back (double submit)."""
+
+LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+"""The Host names always answered: the app on loopback."""
 
 MAX_BODY_BYTES = 16 * 1024
 """Largest request body accepted; a larger one is answered 413."""
@@ -86,9 +99,17 @@ def _templates() -> Environment:
     return env
 
 
+def host_name(host: str) -> str:
+    """The name part of a Host header: ``[::1]:8000`` -> ``::1``, ``Example.org:80`` -> ``example.org``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class _LimitsAndHeaders:
-    """ASGI middleware: refuse bodies over ``max_body`` bytes with 413 (declared or streamed), and
-    put the security headers on every response."""
+    """ASGI middleware: refuse a Host not in ``allowed_hosts`` with 400 and bodies over ``max_body`` bytes with 413
+    (declared or streamed), and put the security headers on every response."""
 
     HEADERS = [
         (b"x-content-type-options", b"nosniff"),
@@ -97,9 +118,10 @@ class _LimitsAndHeaders:
         (b"cache-control", b"no-store"),
     ]
 
-    def __init__(self, app, max_body: int):
+    def __init__(self, app, max_body: int, allowed_hosts: frozenset[str]):
         self.app = app
         self.max_body = max_body
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -115,6 +137,13 @@ class _LimitsAndHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        if host_name(host) not in self.allowed_hosts:
+            text = (
+                f"This server does not answer for the host {host[:100]!r} (it answers for {', '.join(sorted(self.allowed_hosts))}); "
+                "an admin adds a name with `tether label serve --allowed-host NAME`."
+            )
+            return await Response(text, status_code=400, media_type="text/plain; charset=utf-8")(scope, receive, send_with_headers)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return await self._too_large(scope, receive, send_with_headers)
@@ -144,7 +173,12 @@ class _LimitsAndHeaders:
 
 
 def create_app(
-    store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, max_reason_chars: int = MAX_REASON_CHARS, golden_threshold: float = 0.7
+    store: Store,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_reason_chars: int = MAX_REASON_CHARS,
+    golden_threshold: float = 0.7,
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
     """The labelling app over ``store``: give it to uvicorn (``tether label serve`` does) or to a TestClient.
 
@@ -153,9 +187,11 @@ def create_app(
         max_body_bytes: largest request body accepted (413 above).
         max_reason_chars: longest reason accepted (413 above).
         golden_threshold: the statistics flag annotators whose golden-set accuracy is below this.
+        allowed_hosts: Host names answered besides the loopback ones (``tether label serve`` adds the address it binds).
     """
     app = FastAPI(title="tether label", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_LimitsAndHeaders, max_body=max_body_bytes)
+    hosts = frozenset(LOOPBACK_HOSTS) | {host_name(h) for h in allowed_hosts if h.strip()}
+    app.add_middleware(_LimitsAndHeaders, max_body=max_body_bytes, allowed_hosts=hosts)
     env = _templates()
 
     # ------------------------------------------------------------------ helpers
@@ -188,52 +224,50 @@ def create_app(
             return True
         return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower() != ""
 
-    def signed_in(request: Request, token: str, target: str) -> HTMLResponse:
-        """Set the cookie and go on to ``target`` through a same-site navigation (a meta refresh): after a
-        redirect started by another site (a link in an e-mail) the browser would not send a Strict cookie."""
-        annotator = store.annotator_for_token(token)
-        response = page("signed_in.html", annotator=annotator, target=target)
+    def login_page(request: Request, status: int = 200, message: str | None = None) -> HTMLResponse:
+        """The sign-in form, with a fresh nonce in the form and in a Strict cookie: only a POST from this form signs in."""
+        nonce = secrets.token_urlsafe(24)
+        response = page("login.html", status, message=message, annotator=None, login_nonce=nonce)
+        if status == 401:
+            response.delete_cookie(COOKIE, path="/")
         response.set_cookie(
-            COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+            LOGIN_COOKIE, nonce, max_age=3600, path="/login", httponly=True, samesite="strict", secure=request.url.scheme == "https"
         )
         return response
 
-    def login_page(status: int = 200, message: str | None = None) -> HTMLResponse:
-        response = page("login.html", status, message=message, annotator=None)
-        if status == 401:
-            response.delete_cookie(COOKIE, path="/")
-        return response
-
-    def token_in_query(request: Request) -> Response | None:
-        """``?token=`` on a page: sign in with it (and drop it from the address), or say it is not known."""
-        token = request.query_params.get("token")
-        if token is None:
+    def token_in_address(request: Request) -> Response | None:
+        """A token in the address signs nobody in (a link from anywhere could carry someone else's): the form again, 400."""
+        if not any("token" in key.lower() for key, _ in parse_qsl(unquote(request.url.query), keep_blank_values=True)):
             return None
-        if not token or len(token) > 256 or store.annotator_for_token(token) is None:
-            return login_page(401, "That token is not known. Check it, or ask for a new one.")
-        return signed_in(request, token, "/" if request.url.path == "/login" else request.url.path)
+        return login_page(
+            request, 400, "A token in the address does not sign in (anyone can send such a link). Paste your token here instead."
+        )
 
     # ------------------------------------------------------------------ signing in
 
     @app.get("/login")
     def login_form(request: Request):
-        if (response := token_in_query(request)) is not None:
+        if (response := token_in_address(request)) is not None:
             return response
         if who(request) is not None:
             return RedirectResponse("/", status_code=303)
-        return login_page()
+        return login_page(request)
 
     @app.post("/login")
-    def login(request: Request, token: str = Form("")):
-        if not same_origin(request):
-            return error(403, "This sign-in came from another site and was refused.")
+    def login(request: Request, token: str = Form(""), nonce: str = Form("")):
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not same_origin(request) or not expected or not hmac.compare_digest(nonce.encode("utf-8"), expected.encode("utf-8")):
+            return login_page(
+                request, 403, "Sign in from this page: that sign-in did not come from its form (or the form was old), and was refused."
+            )
         token = token.strip()
         if not token or len(token) > 256 or store.annotator_for_token(token) is None:
-            return login_page(401, "That token is not known. Check it, or ask for a new one.")
+            return login_page(request, 401, "That token is not known, has expired or was revoked. Check it, or ask for a new one.")
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
         )
+        response.delete_cookie(LOGIN_COOKIE, path="/login")
         return response
 
     @app.post("/logout")
@@ -248,7 +282,7 @@ def create_app(
 
     @app.get("/")
     def label_page(request: Request):
-        if (response := token_in_query(request)) is not None:
+        if (response := token_in_address(request)) is not None:
             return response
         annotator = who(request)
         if annotator is None:
@@ -284,6 +318,8 @@ def create_app(
             return error(400, f"The answer must be one of {', '.join(SCREEN_CHOICES)}; got {choice[:20]!r}.", annotator)
         if not (task_id.isascii() and task_id.isdigit() and len(task_id) <= 18):
             return error(400, f"The task must be a task number; got {task_id[:20]!r}.", annotator)
+        if "\x00" in reason:
+            return error(400, "The reason holds a NUL character, which cannot be stored; remove it and answer again.", annotator)
         if len(reason) > max_reason_chars:
             return error(
                 413,
@@ -291,10 +327,9 @@ def create_app(
                 annotator,
             )
         task = int(task_id)
-        if any(v.task_id == task for v in store.votes_of(annotator)):
+        if store.has_answered(annotator, task):
             return error(409, f"You have already answered task {task}; an answer cannot be changed.", annotator)
-        current = store.next_task_for(annotator)
-        if current is None or current.id != task:
+        if store.current_task_id(annotator) != task:
             return error(403, f"Task {task} is not the one assigned to you, so the answer was not recorded.", annotator)
         try:
             store.record_judgement(annotator, task, choice, reason=reason.strip() or None)
@@ -329,7 +364,7 @@ def create_app(
 
     @app.get("/admin/stats")
     def stats_page(request: Request):
-        if (response := token_in_query(request)) is not None:
+        if (response := token_in_address(request)) is not None:
             return response
         annotator = who(request)
         if annotator is None:
@@ -351,15 +386,20 @@ def create_app(
 
 
 class HideTokens(logging.Filter):
-    """Keeps a token given in the address (``?token=...``) out of the access log."""
+    """Keeps a token given in the address out of the access log: the value of every query parameter whose name, once
+    percent-decoded, holds "token" (``?token=``, ``?%74oken=``, ``?Token=``) is logged as ``[hidden]``."""
 
-    PATTERN = re.compile(r"(token=)[^&\s]*")
+    PARAMETER = re.compile(r"([?&;])([^=&;\s]*)=([^&;\s]*)")
+
+    @classmethod
+    def hide(cls, text: str) -> str:
+        return cls.PARAMETER.sub(lambda m: f"{m[1]}{m[2]}=[hidden]" if "token" in unquote(unquote(m[2])).lower() else m[0], text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(self.PATTERN.sub(r"\1[hidden]", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(self.hide(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.msg, str):
-            record.msg = self.PATTERN.sub(r"\1[hidden]", record.msg)
+            record.msg = self.hide(record.msg)
         return True
 
 
