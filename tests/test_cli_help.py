@@ -82,9 +82,7 @@ def help_examples() -> list[tuple[str, list[str]]]:
 
 
 DOCS = [REPO / "README.md"] + sorted(
-    p
-    for p in (REPO / "docs").rglob("*.md")
-    if "experiments" not in p.relative_to(REPO / "docs").parts and p.name != "python-api.md"
+    p for p in (REPO / "docs").rglob("*.md") if "experiments" not in p.relative_to(REPO / "docs").parts and p.name != "python-api.md"
 )
 """The pages whose examples are tested here (docs/experiments/ are dated records; their authors test the other two)."""
 

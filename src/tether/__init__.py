@@ -12,7 +12,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
+PUBLIC = [
     "BoNConfig",
     "CollectConfig",
     "ConfigError",
@@ -44,12 +44,15 @@ __all__ = [
 ]
 
 
+__all__ = [*PUBLIC, "__version__"]
+
+
 def __getattr__(name: str):
     """`tether.sft`, `from tether import SFTConfig`, ...: the names of tether.api, imported when first asked for."""
-    if name in __all__:
+    if name in PUBLIC:
         return getattr(importlib.import_module("tether.api"), name)
     raise AttributeError(f"module 'tether' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return sorted([*globals(), *PUBLIC])
