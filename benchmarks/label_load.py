@@ -7,7 +7,7 @@ INSERTs on SQLite, COPY on PostgreSQL, which runs as a throwaway server from Deb
 
 * ``--annotators`` (30) simulated people, one thread each with a keep-alive connection: GET /
   (the next pair), then POST /judge (left, right, tie or skip at random), as fast as the server
-  answers;
+  answers, or (``--think S``) after reading the pair for S seconds on average, as people do;
 * at the same time an admin reading ``GET /api/stats`` in a loop, and ``tether label stats --json``
   and ``tether label export`` run one after another, as processes of their own, for the whole run;
 * halfway, the server is killed with SIGKILL and started again (the annotators retry their request
@@ -273,7 +273,7 @@ def request(conn_box: list, port: int, method: str, path: str, load: Load, route
     return response.status, data
 
 
-def annotator(token: str, name: str, port_box: list, load: Load, stop: threading.Event, seed: int) -> None:
+def annotator(token: str, name: str, port_box: list, load: Load, stop: threading.Event, seed: int, think: float = 0.0) -> None:
     rng = random.Random(seed)
     conn: list = [None]
     auth = {"Authorization": f"Bearer {token}"}
@@ -286,6 +286,8 @@ def annotator(token: str, name: str, port_box: list, load: Load, stop: threading
         if task is None or csrf is None:  # nothing left for this annotator
             time.sleep(0.5)
             continue
+        if think > 0:  # a person reads the two answers before choosing: uniform in [think/2, 3 think/2] seconds
+            stop.wait(rng.uniform(0.5 * think, 1.5 * think))
         choice = rng.choice(["left", "right", "left", "right", "tie", "skip"])
         body = f"task_id={task[1]}&choice={choice}&reason=&csrf={csrf[1]}"
         headers = {**auth, "Content-Type": "application/x-www-form-urlencoded"}
@@ -339,7 +341,7 @@ def run(backend: str, url: str, tasks: int, args, folder: Path) -> dict:
     server = serve(url, port_box[0], log)
     load, stop = Load(), threading.Event()
     threads = [
-        threading.Thread(target=annotator, args=(t, f"annotator{i:02d}", port_box, load, stop, i), daemon=True)
+        threading.Thread(target=annotator, args=(t, f"annotator{i:02d}", port_box, load, stop, i, args.think), daemon=True)
         for i, t in enumerate(tokens)
     ]
     threads.append(threading.Thread(target=admin_reader, args=(admin, port_box, load, stop), daemon=True))
@@ -387,6 +389,7 @@ def run(backend: str, url: str, tasks: int, args, folder: Path) -> dict:
         "backend": backend,
         "tasks": tasks,
         "annotators": args.annotators,
+        "think_s": args.think,
         "seconds": round(elapsed, 1),
         "build_s": round(built, 1),
         "answers": answers,
@@ -416,7 +419,7 @@ def run(backend: str, url: str, tasks: int, args, folder: Path) -> dict:
 def table(results: list[dict]) -> str:
     """The results as a Markdown table (what benchmarks/README.md shows)."""
     head = (
-        "| backend | tasks | build | answers/s | GET / p50 / p99 | POST /judge p50 / p99 | GET /api/stats p50 / p99 "
+        "| backend | tasks | think | build | answers/s | GET / p50 / p99 | POST /judge p50 / p99 | GET /api/stats p50 / p99 "
         "| CLI stats, export runs (median s) | server CPU / request | 5xx | lost | duplicated | over-filled |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -424,7 +427,7 @@ def table(results: list[dict]) -> str:
         route = {k: f"{v['p50_ms']:.0f} / {v['p99_ms']:.0f} ms" for k, v in r["routes"].items()}
         cli = ", ".join(f"{v['runs']} ({v['median_s']:.1f})" for v in r["cli"].values()) or "-"
         lines.append(
-            f"| {r['backend']} | {r['tasks']:,} | {r['build_s']:.0f} s | {r['answers_per_s']} | {route.get('GET /', '-')} "
+            f"| {r['backend']} | {r['tasks']:,} | {r.get('think_s', 0):g} s | {r['build_s']:.0f} s | {r['answers_per_s']} | {route.get('GET /', '-')} "
             f"| {route.get('POST /judge', '-')} | {route.get('GET /api/stats', '-')} | {cli} | {r['server_cpu_ms_per_request']} ms "
             f"| {r['5xx']} | {r['lost']} "
             f"| {r['duplicated']} | {r['over_filled_tasks']} |"
@@ -440,6 +443,12 @@ def main(argv: list[str]) -> list[dict]:
     parser.add_argument("--annotators", type=int, default=30)
     parser.add_argument("--required", type=int, default=3, help="annotators per task")
     parser.add_argument("--no-kill", action="store_true", help="do not kill the server halfway")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="mean seconds an annotator reads a pair before answering (0: as fast as the server answers)",
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="tether-label-load-"))
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]

@@ -54,7 +54,6 @@ import tether.stages.ppo
 import tether.stages.revise
 import tether.stages.reward
 import tether.stages.sft
-from tether import PUBLIC
 from tether.config import (
     BoNConfig,
     CollectConfig,
@@ -69,11 +68,43 @@ from tether.config import (
     RSConfig,
     RunConfig,
     SFTConfig,
+    load_config,
 )
+from tether.data import DataError
 from tether.distributed import apply_launcher
+from tether.models.loading import ModelError
 from tether.training import keeping_record
 
-__all__ = PUBLIC  # the names `from tether import ...` gives (listed once, in tether/__init__.py)
+__all__ = [
+    "BoNConfig",
+    "CollectConfig",
+    "ConfigError",
+    "DPOConfig",
+    "DataError",
+    "EvalConfig",
+    "GRPOConfig",
+    "JudgeConfig",
+    "ModelError",
+    "PPOConfig",
+    "RSConfig",
+    "ReviseConfig",
+    "RewardConfig",
+    "RunConfig",
+    "SFTConfig",
+    "best_of_n",
+    "collect",
+    "dpo",
+    "evaluate",
+    "grpo",
+    "judge",
+    "load_config",
+    "ppo",
+    "rejection_sampling",
+    "reward",
+    "revise",
+    "run",
+    "sft",
+]
 
 INPUTS = "inputs"
 """The folder of a run's output_dir that holds the rows and models given in memory."""
