@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -313,3 +315,25 @@ def test_the_readme_figures_draw_from_a_run(run_dir, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="no eval/summary.json"):
         figures.win_rates(tmp_path, tmp_path / "none.png")
+
+
+def test_the_label_commands_start_without_torch(tmp_path):
+    """`tether label ...` loads cli_label alone (tether/entry.py): the processes a labelling team starts (stats, export, the
+    web app) import neither torch nor any stage; every other command gets the whole CLI."""
+    db = tmp_path / "prefs.db"
+    probe = (
+        "import sys\n"
+        "from tether.entry import main\n"
+        "sys.argv = ['tether', *{argv}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'tether.stages', 'tether.cli') if m in sys.modules))\n"
+    )
+
+    def modules(argv: list[str]) -> str:
+        done = subprocess.run([sys.executable, "-c", probe.replace("{argv}", repr(argv))], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert modules(["label", "add-annotator", "ada", "--db", str(db)]) == "[]"
+    assert modules(["label", "stats", "--db", str(db), "--json"]) == "[]"
+    assert modules(["--version"]) == "['tether.cli', 'tether.stages', 'torch']"

@@ -9,12 +9,16 @@ Those names load on first use, so that `import tether.config` (and the command l
 """
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """`tether.sft`, `from tether import SFTConfig`, ...: a name of tether.api's __all__, imported when first asked for."""
+    """`tether.sft`, `from tether import SFTConfig`, ...: a name of tether.api's __all__, imported when first asked for.
+    A submodule's name (`from tether import config`) is left to the import system, so it loads no more than itself."""
+    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
     api = importlib.import_module("tether.api")
     if name in api.__all__:
         return getattr(api, name)

@@ -1,5 +1,5 @@
 """`python -m tether` is the `tether` command (the way `--num-processes` starts its processes)."""
 
-from tether.cli import app
+from tether.entry import main
 
-app()
+main()

@@ -11,9 +11,13 @@ The submodules:
   ``write_jsonl`` (atomic), ``split``, ``DataError`` and ``ReadReport``.
 * :mod:`tether.data.templates` -- rendering and encoding prompts and responses.
 * :mod:`tether.data.collate` -- padding and batches for SFT and reward models.
+
+The collation names load on first use (they need torch), so that the records and readers, and what reads only them
+(the preference store, the `tether label` commands), start without torch.
 """
 
-from tether.data.collate import IGNORE_INDEX, SFTExample, collate_pairs, collate_sft, encode_demonstration, pad_left, pad_right
+import importlib
+
 from tether.data.readers import (
     DataError,
     ReadReport,
@@ -28,6 +32,8 @@ from tether.data.readers import (
 )
 from tether.data.records import Demonstration, PreferencePair, Prompt, PromptRecord, prompt_text
 from tether.data.templates import as_messages, encode_prompt, encode_response, render_prompt
+
+_COLLATE = ("IGNORE_INDEX", "SFTExample", "collate_pairs", "collate_sft", "encode_demonstration", "pad_left", "pad_right")
 
 __all__ = [
     "IGNORE_INDEX",
@@ -57,3 +63,10 @@ __all__ = [
     "split",
     "write_jsonl",
 ]
+
+
+def __getattr__(name: str):
+    """`from tether.data import collate_sft` and the other names of tether.data.collate, imported when first asked for."""
+    if name in _COLLATE:
+        return getattr(importlib.import_module("tether.data.collate"), name)
+    raise AttributeError(f"module 'tether.data' has no attribute {name!r}")
