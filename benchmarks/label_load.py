@@ -240,16 +240,19 @@ class Load:
     def __init__(self):
         self.lock = threading.Lock()
         self.latency: dict[str, list[float]] = defaultdict(list)
+        self.server: dict[str, list[float]] = defaultdict(list)  # the app's own time per request (its Server-Timing header)
         self.status: dict[int, int] = defaultdict(int)
         self.failed = 0  # connection errors (the server being killed and restarted) and timeouts
         self.acked: list[tuple[str, int]] = []
         self.cli: dict[str, list[float]] = defaultdict(list)
         self.cli_failed: list[str] = []
 
-    def record(self, route: str, seconds: float, status: int) -> None:
+    def record(self, route: str, seconds: float, status: int, server: float | None = None) -> None:
         with self.lock:
             self.latency[route].append(seconds)
             self.status[status] += 1
+            if server is not None:
+                self.server[route].append(server)
 
 
 def request(conn_box: list, port: int, method: str, path: str, load: Load, route: str, headers: dict, body: str | None = None):
@@ -269,7 +272,8 @@ def request(conn_box: list, port: int, method: str, path: str, load: Load, route
             load.failed += 1
         time.sleep(0.2)
         return None
-    load.record(route, time.perf_counter() - start, response.status)
+    timing = re.search(r"app;dur=([0-9.]+)", response.getheader("server-timing") or "")
+    load.record(route, time.perf_counter() - start, response.status, float(timing[1]) / 1000 if timing else None)
     return response.status, data
 
 
@@ -400,6 +404,10 @@ def run(backend: str, url: str, tasks: int, args, folder: Path) -> dict:
             route: {"n": len(v), "p50_ms": round(1000 * percentile(v, 0.5), 1), "p99_ms": round(1000 * percentile(v, 0.99), 1)}
             for route, v in sorted(load.latency.items())
         },
+        "server_routes": {  # the same requests timed inside the app: latency less this is waiting for a core or the client
+            route: {"p50_ms": round(1000 * percentile(v, 0.5), 1), "p99_ms": round(1000 * percentile(v, 0.99), 1)}
+            for route, v in sorted(load.server.items())
+        },
         "cli": {name: {"runs": len(v), "median_s": round(statistics.median(v), 2)} for name, v in load.cli.items()},
         "cli_failed": load.cli_failed[:5],
         "status": dict(sorted(load.status.items())),
@@ -420,15 +428,18 @@ def table(results: list[dict]) -> str:
     """The results as a Markdown table (what benchmarks/README.md shows)."""
     head = (
         "| backend | tasks | think | build | answers/s | GET / p50 / p99 | POST /judge p50 / p99 | GET /api/stats p50 / p99 "
-        "| CLI stats, export runs (median s) | server CPU / request | 5xx | lost | duplicated | over-filled |"
+        "| in the app: GET / and POST /judge p99 | CLI stats, export runs (median s) | server CPU / request | 5xx | lost | duplicated | over-filled |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         route = {k: f"{v['p50_ms']:.0f} / {v['p99_ms']:.0f} ms" for k, v in r["routes"].items()}
         cli = ", ".join(f"{v['runs']} ({v['median_s']:.1f})" for v in r["cli"].values()) or "-"
+        inside = (
+            " / ".join(f"{r.get('server_routes', {}).get(k, {}).get('p99_ms', float('nan')):.0f}" for k in ("GET /", "POST /judge")) + " ms"
+        )
         lines.append(
             f"| {r['backend']} | {r['tasks']:,} | {r.get('think_s', 0):g} s | {r['build_s']:.0f} s | {r['answers_per_s']} | {route.get('GET /', '-')} "
-            f"| {route.get('POST /judge', '-')} | {route.get('GET /api/stats', '-')} | {cli} | {r['server_cpu_ms_per_request']} ms "
+            f"| {route.get('POST /judge', '-')} | {route.get('GET /api/stats', '-')} | {inside} | {cli} | {r['server_cpu_ms_per_request']} ms "
             f"| {r['5xx']} | {r['lost']} "
             f"| {r['duplicated']} | {r['over_filled_tasks']} |"
         )

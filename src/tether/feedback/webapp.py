@@ -48,6 +48,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -109,7 +110,7 @@ def host_name(host: str) -> str:
 
 class _LimitsAndHeaders:
     """ASGI middleware: refuse a Host not in ``allowed_hosts`` with 400 and bodies over ``max_body`` bytes with 413
-    (declared or streamed), and put the security headers on every response."""
+    (declared or streamed), and put the security headers and the server's own time (Server-Timing) on every response."""
 
     HEADERS = [
         (b"x-content-type-options", b"nosniff"),
@@ -126,12 +127,15 @@ class _LimitsAndHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
                 headers += [(k, v) for k, v in self.HEADERS if k not in names]
+                # the time this server spent on the request (W3C Server-Timing): a client's latency less this is queueing
+                headers.append((b"server-timing", f"app;dur={1000 * (time.perf_counter() - started):.1f}".encode()))
                 if b"content-security-policy" not in names:
                     headers.append((b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"))
                 message = {**message, "headers": headers}
