@@ -4,6 +4,7 @@ models in memory are written into the run's folder, so the run records them and 
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import datasets
@@ -190,3 +191,12 @@ def test_the_python_api_page_runs_as_written(tiny_model_dir, tmp_path, monkeypat
         "line",
     ]:
         assert (tmp_path / "runs" / stage / "summary.json").is_file() or (tmp_path / "runs" / stage / "report.md").is_file(), stage
+
+
+def test_a_loaded_model_is_not_left_behind_when_a_setting_fails(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(ConfigError, match=r"unknown key 'max_step'"):
+        tether.sft(model=model, tokenizer=tokenizer, max_step=2, output_dir=tmp_path / "run")
+    assert not list((tmp_path / "tmp").iterdir()) and not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ prints (None when a training stage stopped early for `interrupt_after`, leaving 
 
 Settings come as a config object, as keywords (any key of the stage's config; a section as a dict,
 merged into the config's), or both; the result is checked exactly as a YAML file's keys are, so a
-mistake raises a ConfigError naming the key. Three kinds of value need no file:
+mistake raises a ConfigError naming the key. Two kinds of value need no file:
 
 - **rows in memory** for any data key (`data`, `eval_data`, `prompts`, `ptx_data`, a section's
   `early_stop={"prompts": ...}`): a `datasets.Dataset` or a list of dicts, in any format a file may
@@ -72,8 +72,9 @@ from tether.config import (
 )
 from tether.data import DataError
 from tether.distributed import apply_launcher
+from tether.fingerprint import content_id
 from tether.models.loading import ModelError
-from tether.training import keeping_record
+from tether.training import keeping_record, make_output_dir
 
 __all__ = [
     "BoNConfig",
@@ -195,10 +196,15 @@ def configure(cls: type, config=None, /, *, tokenizer=None, **settings):
     where = f"{cls.__name__} keywords: "
     base = C.to_dict(config) if config is not None else {}
     folder = Path(os.fspath(settings.get("output_dir", base.get("output_dir", _default_output_dir(cls))))) / INPUTS
-    staged: list[Callable[[], None]] = []
-    given = _plain(settings, cls, folder, tokenizer, staged, where, "")
-    cfg = C.from_dict(cls, _merge(base, given), where=where)
-    for write in staged:  # only once every setting has passed its checks
+    staged: list[tuple[Callable[[], None], Callable[[], None]]] = []  # (write, discard) for each input in memory
+    try:
+        given = _plain(settings, cls, folder, tokenizer, staged, where, "")
+        cfg = C.from_dict(cls, _merge(base, given), where=where)
+    except BaseException:  # a setting failed its checks: nothing is written, no saved model is left behind
+        for _, discard in staged:
+            discard()
+        raise
+    for write, _ in staged:  # only once every setting has passed its checks
         write()
     return cfg
 
@@ -266,11 +272,11 @@ def _staged_rows(rows: Iterable[dict], folder: Path, name: str, staged: list, wh
     path = folder / f"{name}-{hashlib.sha256(text).hexdigest()[:12]}.jsonl"
 
     def write() -> None:
-        _make_folder(folder, where)
+        make_output_dir(folder, "output_dir")
         if not (path.is_file() and path.read_bytes() == text):
             path.write_bytes(text)
 
-    staged.append(write)
+    staged.append((write, lambda: None))
     return str(path)
 
 
@@ -284,27 +290,14 @@ def _staged_model(model: PreTrainedModel, tokenizer, folder: Path, name: str, st
     temp = Path(tempfile.mkdtemp(prefix="tether-model-"))
     model.save_pretrained(temp, safe_serialization=True)
     tokenizer.save_pretrained(temp)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in temp.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(temp).as_posix().encode() + b"\0")
-        with file.open("rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
-    path = folder / f"{name}-{digest.hexdigest()[:12]}"
+    path = folder / f"{name}-{content_id(str(temp))[:12]}"  # the content hash a run's fingerprint takes of a model folder
 
     def write() -> None:
-        _make_folder(folder, where)
+        make_output_dir(folder, "output_dir")
         if path.is_dir():
             shutil.rmtree(temp, ignore_errors=True)
         else:
             shutil.move(temp, path)
 
-    staged.append(write)
+    staged.append((write, lambda: shutil.rmtree(temp, ignore_errors=True)))
     return str(path)
-
-
-def _make_folder(folder: Path, where: str) -> None:
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ConfigError(f"{where}output_dir: {blocker} is a file, so {folder} cannot hold the inputs given in memory")
-    folder.mkdir(parents=True, exist_ok=True)
